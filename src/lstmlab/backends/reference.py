@@ -1,0 +1,183 @@
+"""The reference backend: the cell maths in plain PyTorch, one step at a time.
+
+This file is the specification. `step` is one application of the state map
+s_t = F(x_t, s_{t-1}) for any registered cell; `run_layer` is the loop over time that
+every backend must reproduce (forward and backward), including variable lengths,
+reversal for the backward direction of a bidirectional layer, and the 1997 truncated
+gradient.
+
+Shapes: B batch, T time, I input features, H hidden units, G = len(spec.gates).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..cells import ACTIVATIONS, CellSpec
+
+State = tuple[torch.Tensor, ...]  # in spec.state_names order, each (B, width * H)
+
+
+@dataclass
+class CellParams:
+    """The parameters of one layer and direction, in torch's layout.
+
+    weight_ih (G*H, I), weight_hh (G*H, H), bias_ih / bias_hh (G*H,) or None,
+    weight_ch (P*H,) peephole vectors for spec.peephole_gates, or None,
+    weight_gg (A*H, A*H) gate-to-gate matrices for spec.recurrent_gates (FGR), or None.
+    """
+
+    weight_ih: torch.Tensor
+    weight_hh: torch.Tensor
+    bias_ih: torch.Tensor | None = None
+    bias_hh: torch.Tensor | None = None
+    weight_ch: torch.Tensor | None = None
+    weight_gg: torch.Tensor | None = None
+
+
+def input_projection(p: CellParams, x: torch.Tensor) -> torch.Tensor:
+    """W x + b_ih for all steps at once: (..., I) -> (..., G*H)."""
+    out = x @ p.weight_ih.t()
+    return out + p.bias_ih if p.bias_ih is not None else out
+
+
+def _split(t: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    return dict(zip(names, t.chunk(len(names), dim=-1)))
+
+
+def pointwise(spec: CellSpec, p: CellParams, xw: torch.Tensor, state: State,
+              truncate: bool = False, trace: dict | None = None) -> State:
+    """One step given the input projection xw = W x_t + b_ih, (B, G*H).
+
+    The recurrent product R h_{t-1} is taken here too, so that the truncated rule can
+    detach exactly what the 1997 paper truncates. If `trace` is a dict, the pre-activations
+    and activations of the step are stored in it (the Jacobian code reads them).
+    """
+    h = state[0]
+    h_in = h.detach() if truncate else h
+    hw = h_in @ p.weight_hh.t()
+    if p.bias_hh is not None:
+        hw = hw + p.bias_hh
+    if spec.kind == "rnn":
+        pre = xw + hw
+        new = (ACTIVATIONS[spec.activation].fn(pre),)
+        if trace is not None:
+            trace.update(pre=pre)
+        return new
+    if spec.kind == "gru":
+        x_r, x_z, x_n = xw.chunk(3, dim=-1)
+        h_r, h_z, h_n = hw.chunk(3, dim=-1)
+        r = torch.sigmoid(x_r + h_r)
+        z = torch.sigmoid(x_z + h_z)
+        n = torch.tanh(x_n + r * h_n)
+        if trace is not None:
+            trace.update(r=r, z=z, n=n, hw_n=h_n)
+        return ((1 - z) * n + z * h,)
+    return _lstm_pointwise(spec, p, xw + hw, state, truncate, trace)
+
+
+def _lstm_pointwise(spec, p, pre_all, state, truncate, trace):
+    c = state[1]
+    pre = _split(pre_all, spec.gates)  # (B, H) each
+    if spec.gate_recurrence:
+        a = state[2].detach() if truncate else state[2]
+        fb = _split(a @ p.weight_gg.t(), spec.recurrent_gates)
+        pre = {k: v + fb[k] if k in fb else v for k, v in pre.items()}
+    peep = _split(p.weight_ch, spec.peephole_gates) if spec.peepholes else {}
+    c_seen = c.detach() if truncate else c  # what the peepholes read
+    for g in ("i", "f"):
+        if g in peep:
+            pre[g] = pre[g] + peep[g] * c_seen
+    one = torch.ones_like(c)
+    i = torch.sigmoid(pre["i"]) if spec.input_gate else one
+    f = {"free": lambda: torch.sigmoid(pre["f"]), "coupled": lambda: 1 - i,
+         "none": lambda: one}[spec.forget_gate]()
+    g = ACTIVATIONS[spec.activation].fn(pre["g"])
+    c_new = f * c + i * g  # the Constant Error Carousel when f = 1
+    if "o" in peep:
+        pre["o"] = pre["o"] + peep["o"] * (c_new.detach() if truncate else c_new)
+    o = torch.sigmoid(pre["o"]) if spec.output_gate else one
+    h_new = o * ACTIVATIONS[spec.output_activation].fn(c_new)
+    if trace is not None:
+        trace.update(pre=pre, i=i, f=f, g=g, o=o, c=c_new)
+    if spec.gate_recurrence:
+        acts = {"i": i, "f": f, "o": o}
+        return h_new, c_new, torch.cat([acts[k] for k in spec.recurrent_gates], dim=-1)
+    return h_new, c_new
+
+
+def step(spec: CellSpec, p: CellParams, x_t: torch.Tensor, state: State,
+         truncate: bool | None = None) -> State:
+    """The state map s_t = F(x_t, s_{t-1}) for one step.
+
+    Args:
+        spec: the cell.
+        p: its parameters (one layer, one direction).
+        x_t: (B, I) input at step t.
+        state: tuple in spec.state_names order, each (B, width*H).
+        truncate: the 1997 truncated gradient; None takes the cell's default.
+    Returns:
+        the new state, same structure.
+    """
+    truncate = spec.truncate if truncate is None else truncate
+    return pointwise(spec, p, input_projection(p, x_t), state, truncate)
+
+
+def zero_state(spec: CellSpec, batch: int, hidden: int, like: torch.Tensor) -> State:
+    return tuple(like.new_zeros(batch, spec.state_width(n) * hidden) for n in spec.state_names)
+
+
+def reverse_padded(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """Reverse each sequence of x (T, B, ...) within its own length; padding stays put."""
+    if lengths is None:
+        return x.flip(0)
+    T = x.shape[0]
+    t = torch.arange(T, device=x.device).unsqueeze(1)  # (T, 1)
+    L = lengths.to(x.device).unsqueeze(0)  # (1, B)
+    idx = torch.where(t < L, L - 1 - t, t)  # (T, B)
+    return x.gather(0, idx.view(T, -1, *([1] * (x.dim() - 2))).expand_as(x))
+
+
+def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
+              lengths: torch.Tensor | None = None, reverse: bool = False,
+              truncate: bool | None = None, return_cells: bool = False):
+    """Run one layer and direction over a sequence.
+
+    Args:
+        x: (T, B, I). state: initial state (tuple, each (B, width*H)).
+        lengths: (B,) int64 valid lengths, or None when all are T. Past its length a
+            sequence's state is held and its output is zero, as torch does for packed input.
+        reverse: run each sequence backwards within its length (second direction).
+        truncate: the 1997 truncated gradient; None takes the cell's default.
+        return_cells: also return every step's cell state (LSTM cells).
+    Returns:
+        output (T, B, H), final state tuple, and cells (T, B, H) or None.
+    """
+    truncate = spec.truncate if truncate is None else truncate
+    if reverse:
+        x = reverse_padded(x, lengths)
+    xw = input_projection(p, x)  # (T, B, G*H): one matrix product for all steps
+    T = x.shape[0]
+    valid = None
+    if lengths is not None:
+        valid = (torch.arange(T, device=x.device).unsqueeze(1) < lengths.to(x.device)).unsqueeze(-1)
+    outs, cells = [], []
+    for t in range(T):
+        new = pointwise(spec, p, xw[t], state, truncate)
+        if valid is not None:
+            new = tuple(torch.where(valid[t], n, s) for n, s in zip(new, state))
+        state = new
+        outs.append(state[0] if valid is None else state[0] * valid[t])
+        if return_cells:
+            cells.append(state[1] if valid is None else state[1] * valid[t])
+    out = torch.stack(outs)
+    cell_seq = torch.stack(cells) if return_cells else None
+    if reverse:
+        out = reverse_padded(out, lengths)
+        cell_seq = reverse_padded(cell_seq, lengths) if return_cells else None
+    return out, state, cell_seq
+
+
+def available() -> tuple[bool, str]:
+    return True, "plain PyTorch, always available"
