@@ -1,0 +1,30 @@
+"""The `lstmlab` command. Each subcommand lives beside the code it drives and registers
+itself through a `register(subparsers)` function listed here."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# module -> provides register(subparsers); imported lazily so that `lstmlab cells`
+# does not pay for matplotlib or optuna.
+COMMANDS = [
+    "lstmlab.commands",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lstmlab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for mod in COMMANDS:
+        importlib.import_module(mod).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except ValueError as e:  # bad input from the user: one clear line, no traceback
+        print(f"lstmlab {args.command}: error: {e}", file=sys.stderr)
+        return 2
