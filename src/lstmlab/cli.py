@@ -10,6 +10,7 @@ import sys
 # does not pay for matplotlib or optuna.
 COMMANDS = [
     "lstmlab.commands",
+    "lstmlab.analysis.cli",
 ]
 
 

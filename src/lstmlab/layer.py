@@ -1,6 +1,7 @@
 """`Recurrent`: any cell of the family behind torch.nn.LSTM / GRU / RNN's interface."""
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -90,7 +91,7 @@ class Recurrent(nn.Module):
             raise ValueError(f"init={init!r} is not an initialisation; valid: {INITS}")
         spec = get_cell(cell).with_options(**cell_options)
         if spec.kind != "lstm":
-            for name, value in [("truncate", truncate), ("forget_bias", forget_bias),
+            for name, value in [("truncate", truncate or None), ("forget_bias", forget_bias),
                                 ("return_cell_states", return_cell_states or None)]:
                 if value is not None:
                     raise ValueError(f"cell {spec.name!r} has no option {name!r} (given {value!r}); "
@@ -177,20 +178,26 @@ class Recurrent(nn.Module):
 
     # ---- forward -----------------------------------------------------------------------
     def forward(self, input, hx=None):
-        packed = isinstance(input, PackedSequence)
+        return self.run(input, hx)
+
+    def run(self, input, hx=None, *, probe=None):
+        """forward(), optionally instrumented: with `probe`, the reference backend runs and
+        calls probe(layer, direction, t, previous_state, new_state, trace) at every step
+        (see lstmlab.backends.reference.run_layer). lstmlab.analysis is built on this."""
         x, lengths, batched = self._prepare_input(input)
         T, B, _ = x.shape
         states = self._initial_states(hx, B, batched, x)
-        backend = get_backend(self.backend, x.device.type)
+        backend = get_backend(self.backend if probe is None else "reference", x.device.type)
         D = self.num_directions
         finals, layer_in, cells = [], x, None
         for k in range(self.num_layers):
             outs, layer_cells = [], []
             for d in range(D):
+                kw = {} if probe is None else {"probe": functools.partial(probe, k, d)}
                 out, final, c_seq = backend.run_layer(
                     self.spec, self.cell_params(k, d), layer_in, states[k * D + d], lengths,
                     reverse=d == 1, truncate=self.truncate,
-                    return_cells=self.return_cell_states and k == self.num_layers - 1)
+                    return_cells=self.return_cell_states and k == self.num_layers - 1, **kw)
                 outs.append(out)
                 layer_cells.append(c_seq)
                 finals.append(final)

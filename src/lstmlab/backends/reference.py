@@ -141,7 +141,7 @@ def reverse_padded(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tenso
 
 def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
               lengths: torch.Tensor | None = None, reverse: bool = False,
-              truncate: bool | None = None, return_cells: bool = False):
+              truncate: bool | None = None, return_cells: bool = False, probe=None):
     """Run one layer and direction over a sequence.
 
     Args:
@@ -151,6 +151,9 @@ def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
         reverse: run each sequence backwards within its length (second direction).
         truncate: the 1997 truncated gradient; None takes the cell's default.
         return_cells: also return every step's cell state (LSTM cells).
+        probe: if given, called as probe(t, previous_state, new_state, trace) at every
+            step (t in processing order), trace holding the step's pre-activations and
+            activations; the instruments in lstmlab.analysis read the run through it.
     Returns:
         output (T, B, H), final state tuple, and cells (T, B, H) or None.
     """
@@ -164,7 +167,10 @@ def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
         valid = (torch.arange(T, device=x.device).unsqueeze(1) < lengths.to(x.device)).unsqueeze(-1)
     outs, cells = [], []
     for t in range(T):
-        new = pointwise(spec, p, xw[t], state, truncate)
+        trace = {} if probe is not None else None
+        new = pointwise(spec, p, xw[t], state, truncate, trace)
+        if probe is not None:
+            probe(t, state, new, trace)
         if valid is not None:
             new = tuple(torch.where(valid[t], n, s) for n, s in zip(new, state))
         state = new

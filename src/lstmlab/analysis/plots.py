@@ -1,0 +1,161 @@
+"""Figures of the gradient-flow study, drawn from its results dict (flow.json)."""
+from __future__ import annotations
+
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from .. import theory  # noqa: E402
+from ..io import atomic_write  # noqa: E402
+
+FLOOR = -300  # log10 of what we draw as "vanished"
+
+
+def _save(fig, path):
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def _style(cell):
+    spec_rnn = cell.startswith("rnn")
+    return {"linestyle": "--" if spec_rnn else "-", "linewidth": 1.6}
+
+
+def gradient_by_lag(results, path):
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for cell, r in results["cells"].items():
+        y = np.array(r["grad_by_lag"])
+        ax.semilogy(np.arange(len(y)), np.maximum(y, 1e-300), label=cell, **_style(cell))
+    thr = results["config"]["threshold"]
+    ax.axhline(thr, color="grey", linewidth=0.8, linestyle=":")
+    ax.text(1, thr * 3, f"{thr:g}", color="grey")
+    ax.set_xlabel("lag T - t (steps back from the loss)")
+    ax.set_ylabel("||dL/ds_t|| / ||dL/ds_T||")
+    ax.set_title("How much error from the last step reaches step t")
+    ax.set_ylim(bottom=max(1e-60, ax.get_ylim()[0]))
+    ax.legend(ncol=2, fontsize=9)
+    ax.grid(True, which="major", alpha=0.3)
+    _save(fig, path)
+
+
+def heatmaps(results, path):
+    cells = list(results["cells"])
+    ncol = min(4, len(cells))
+    nrow = math.ceil(len(cells) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 3.1 * nrow), squeeze=False, layout="constrained")
+    for ax in axes.flat[len(cells):]:
+        ax.axis("off")
+    for ax, cell in zip(axes.flat, cells):
+        h = results["cells"][cell]["heatmap"]
+        z = np.array([[np.nan if v is None else v for v in row] for row in h["log10_spectral"]])
+        s, e = h["starts"], h["ends"]
+        im = ax.imshow(np.clip(z, -20, 2), origin="lower", aspect="auto", cmap="magma", vmin=-20, vmax=2,
+                       extent=(e[0], e[-1], s[0], s[-1]))
+        ax.set_title(cell, fontsize=10)
+        ax.set_xlabel("t'")
+        ax.set_ylabel("t")
+    fig.colorbar(im, ax=axes, shrink=0.8, label="log10 ||d s_t' / d s_t||_2 (clipped to [-20, 2])")
+    fig.suptitle("Lag Jacobian norms for every pair t < t'")
+    _save(fig, path)
+
+
+def lyapunov_spectra(results, path):
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for cell, r in results["cells"].items():
+        lam = np.array([FLOOR if v is None else v for v in r["lyapunov"]], dtype=float)
+        lam = np.where(np.isfinite(lam), lam, FLOOR)
+        ax.plot(np.arange(1, len(lam) + 1) / len(lam), lam, label=cell, **_style(cell))
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_ylim(-3, 0.5)
+    ax.set_xlabel("exponent index / state size")
+    ax.set_ylabel("Lyapunov exponent (per step, natural log)")
+    ax.set_title("Lyapunov spectra of the backward dynamics (0 = no decay)")
+    ax.legend(ncol=2, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    _save(fig, path)
+
+
+def cell_path(results, path):
+    lstm_cells = {c: r for c, r in results["cells"].items() if "cell_path" in r}
+    if not lstm_cells:
+        return False
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for cell, r in lstm_cells.items():
+        cp = r["cell_path"]
+        a1.plot(cp["lags"], cp["share"], label=cell)
+        a2.plot(cp["lags"], cp["log10_cell_spectral"], label=f"{cell}: cell path")
+        a2.plot(r["lag_norm"]["lags"], r["lag_norm"]["log10_spectral"], linestyle=":", label=f"{cell}: full")
+    a1.set_ylim(-0.02, 1.02)
+    a1.set_xlabel("lag")
+    a1.set_ylabel("share of the c -> c product on the CEC")
+    a1.set_title("Share carried by the cell-state path")
+    a2.set_xlabel("lag")
+    a2.set_ylabel("log10 spectral norm")
+    a2.set_title("Cell path alone vs full lag Jacobian")
+    for a in (a1, a2):
+        a.grid(True, alpha=0.3)
+        a.legend(fontsize=8)
+    _save(fig, path)
+    return True
+
+
+def theory_figure(results, path):
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(14, 4))
+    w = np.linspace(-12, 12, 801)
+    for act, h in [("sigmoid", 0.5), ("tanh", 0.5), ("tanh", 0.2)]:
+        a1.plot(w, theory.rnn_factor(torch.from_numpy(w), h, act).numpy(), label=f"{act}, h={h}")
+    a1.axhline(1, color="grey", linewidth=0.8)
+    a1.set_xlabel("recurrent weight w")
+    a1.set_ylabel("w a'(w h)")
+    a1.set_title("1-D RNN: the per-step factor")
+    a1.legend(fontsize=8)
+    hs = np.linspace(0.05, 1, 200)
+    for act in ("sigmoid", "tanh"):
+        a2.plot(hs, [theory.max_rnn_factor(float(h), act)[1] for h in hs], label=act)
+    a2.axhline(1, color="grey", linewidth=0.8)
+    a2.set_yscale("log")
+    a2.set_xlabel("|h| (previous activation)")
+    a2.set_ylabel("max over w of |w a'(w h)|")
+    a2.set_title("Best any weight can do")
+    a2.legend(fontsize=8)
+    v = np.linspace(-2, 8, 200)
+    a3.semilogy(v, [theory.horizon(theory.lstm_factor(float(b)), 1e-6) for b in v], label="theory: horizon of sigma(b)^n")
+    sweep = results.get("forget_bias_sweep")
+    if sweep:
+        rows = sweep["rows"]
+        hz = [r["horizon_1e-6"] or np.nan for r in rows]
+        cec = [math.log(1e-6) / r["cell_path_top"] if r["cell_path_top"] < 0 else np.nan for r in rows]
+        a3.semilogy([r["forget_bias"] for r in rows], cec, "s", label="measured: cell path alone")
+        a3.semilogy([r["forget_bias"] for r in rows], hz, "o", label="measured: full state (Lyapunov)")
+    a3.set_xlabel("forget-gate bias b")
+    a3.set_ylabel("steps until error falls by 1e-6")
+    a3.set_title("LSTM: the forget gate sets the horizon")
+    a3.legend(fontsize=8)
+    for a in (a1, a2, a3):
+        a.grid(True, alpha=0.3)
+    _save(fig, path)
+
+
+FIGURES = {
+    "gradient_by_lag.png": gradient_by_lag,
+    "lag_heatmaps.png": heatmaps,
+    "lyapunov.png": lyapunov_spectra,
+    "cell_path.png": cell_path,
+    "theory.png": theory_figure,
+}
+
+
+def draw_all(results, out_dir) -> list[str]:
+    drawn = []
+    for name, fn in FIGURES.items():
+        if fn(results, out_dir / name) is not False:
+            drawn.append(name)
+    return drawn

@@ -1,0 +1,176 @@
+"""The gradient-flow study: RNNs against LSTMs, in numbers (flow.json), figures and a report.
+
+For every cell: a freshly initialised network of `hidden` units is driven by Gaussian
+input for `steps` steps (float64, so that vanishing gradients are measured rather than
+flushed to zero). A loss on the last step only, L = <u, h_T> with u a random unit vector
+per sequence, is backpropagated; ||dL/dh_t|| / ||dL/dh_T|| as a function of the lag T - t
+is how much error from the end reaches step t. Beside it: the exact step Jacobians, the
+norms of their products over every lag, the share of the c -> c product carried by the
+cell-state path, and the Lyapunov spectrum of the backward dynamics with the memory
+horizon it implies.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..cells import get_cell
+from ..layer import INITS, Recurrent
+from .flow import gradient_flow
+from .jacobians import jacobians_from_run, record
+from .lag import by_lag, lag_jacobians
+from .lyapunov import lyapunov_from_jacobians
+
+DEFAULT_CELLS = ("rnn-tanh", "rnn-sigmoid", "rnn-relu", "lstm1997", "lstm", "vanilla", "gru")
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    cells: tuple[str, ...] = DEFAULT_CELLS
+    steps: int = 200          # T: the longest lag measured
+    hidden: int = 64          # H
+    input_size: int = 1
+    batch: int = 8            # sequences averaged over
+    seed: int = 0
+    forget_bias: float | None = None  # for cells with a free forget gate; None: as init
+    init: str = "torch"       # "torch" or "1997" (see lstmlab.Recurrent)
+    heatmap_stride: int = 5   # lag products kept every this many steps (cost ~ T^2/stride)
+    heatmap_batch: int = 2    # sequences the heatmaps and cell-path share average over
+    warmup: int = 10          # backward steps not counted in the Lyapunov exponents
+    threshold: float = 1e-6   # the gradient falls below this: the empirical horizon
+    forget_biases: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 5.0)  # the lstm sweep; () for none
+
+    def __post_init__(self):
+        for name in ("steps", "hidden", "input_size", "batch", "heatmap_stride", "heatmap_batch"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}={v!r} is invalid; allowed: an int >= 1")
+        if not self.cells:
+            raise ValueError("cells is empty; allowed: one or more of lstmlab.cell_names()")
+        for c in self.cells:
+            get_cell(c)  # raises with the list of valid cells
+        if self.init not in INITS:
+            raise ValueError(f"init={self.init!r} is invalid; allowed: {INITS}")
+        if not 0 <= self.warmup < self.steps:
+            raise ValueError(f"warmup={self.warmup!r} is invalid; allowed: 0 <= warmup < steps={self.steps}")
+
+
+def _first_below(values: torch.Tensor, threshold: float):
+    idx = torch.nonzero(values < threshold)
+    return int(idx[0]) if len(idx) else None
+
+
+def _fit_rate(log_norm: torch.Tensor) -> float | None:
+    """Least-squares slope of ln ||dL/dh|| against lag, over the lags where it is finite and
+    above 1e-250: the empirical decay rate per step (positive = decays)."""
+    lags = torch.arange(len(log_norm), dtype=torch.float64)
+    ok = torch.isfinite(log_norm) & (log_norm > math.log(1e-250))
+    if ok.sum() < 2:
+        return None
+    x, y = lags[ok], log_norm[ok]
+    slope = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
+    return -float(slope)
+
+
+def study_cell(cell: str, cfg: FlowConfig) -> dict:
+    """All measurements for one cell (plain lists and numbers, ready for JSON)."""
+    torch.manual_seed(cfg.seed)
+    spec = get_cell(cell)
+    fb = cfg.forget_bias if spec.forget_gate == "free" else None
+    model = Recurrent(cfg.input_size, cfg.hidden, cell=cell, dtype=torch.float64,
+                      init=cfg.init, forget_bias=fb)
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    x = torch.randn(cfg.steps, cfg.batch, cfg.input_size, generator=g, dtype=torch.float64)
+    u = torch.randn(cfg.batch, cfg.hidden, generator=g, dtype=torch.float64)
+    u = u / u.norm(dim=-1, keepdim=True)
+    t0 = time.perf_counter()
+
+    # 1. the gradient of a loss at the last step, at every earlier step: the norm over the
+    #    whole state s_t = [h_t, c_t] (with the truncated rule error lives in c alone)
+    gf = gradient_flow(model, x, lambda out: (out[-1] * u).sum())
+    state = gf.h if gf.c is None else torch.sqrt(gf.h ** 2 + gf.c ** 2)
+    by_lag_of = lambda v: torch.log((v / state[-1]).clamp_min(1e-300)).mean(1).flip(0)  # noqa: E731
+    log_rel = by_lag_of(state)  # lag 0..T-1, geometric mean over the batch
+    grad_by_lag = torch.exp(log_rel)
+    out = {"cell": cell, "summary": spec.summary, "state": list(spec.state_names),
+           "truncate": model.truncate, "forget_bias": fb,
+           "parameters": sum(p.numel() for p in model.parameters()),
+           "grad_by_lag": grad_by_lag.tolist(),
+           "decay_rate_fit": _fit_rate(log_rel),
+           "horizon_empirical": _first_below(grad_by_lag, cfg.threshold)}
+    if gf.c is not None:
+        out["grad_h_by_lag"] = torch.exp(by_lag_of(gf.h)).tolist()
+        out["grad_c_by_lag"] = torch.exp(by_lag_of(gf.c)).tolist()
+
+    # 2. exact step Jacobians, and the Lyapunov spectrum of their backward product
+    run = record(model, x)
+    J = jacobians_from_run(run)
+    lyap = lyapunov_from_jacobians(J, warmup=cfg.warmup)
+    out["lyapunov"] = lyap.mean.tolist()
+    out["lyapunov_top"] = float(lyap.mean[0])
+    out["decay_rate"] = lyap.decay_rate
+    out["horizon_e"] = lyap.horizon_e
+    out["horizon_1e-6"] = lyap.horizon_1e6
+    one_step = torch.linalg.matrix_norm(J, ord=2)
+    out["step_jacobian_spectral_mean"] = float(one_step.mean())
+
+    # 3. lag products: heatmap of log10 spectral norms; cell-path share by lag
+    nb = min(cfg.heatmap_batch, cfg.batch)
+    forget = run.trace["f"][:, :nb] if spec.kind == "lstm" else None
+    lag = lag_jacobians(J[:, :nb], forget, stride=cfg.heatmap_stride)
+    heat = torch.log10(lag.spectral.clamp_min(1e-300)).nanmean(0)
+    out["heatmap"] = {"starts": lag.starts.tolist(), "ends": lag.ends.tolist(),
+                      "log10_spectral": [[v if math.isfinite(v) else None for v in row] for row in heat.tolist()]}
+    lags, mean_log = by_lag(lag.spectral, lag.starts, lag.ends)
+    out["lag_norm"] = {"lags": lags.tolist(), "log10_spectral": mean_log.tolist()}
+    if lag.cell_share is not None:
+        share_lags, _ = by_lag(lag.cell_share, lag.starts, lag.ends)
+        L = lag.ends.unsqueeze(0) - lag.starts.unsqueeze(1)
+        out["cell_path"] = {
+            "lags": share_lags.tolist(),
+            "share": [float(lag.cell_share[:, L == k].nanmean()) for k in share_lags],
+            "log10_cell_spectral": by_lag(lag.cell_spectral, lag.starts, lag.ends)[1].tolist()}
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def forget_bias_sweep(cfg: FlowConfig, cell: str = "lstm") -> dict:
+    """The top Lyapunov exponent of `cell` against its forget-gate bias b, beside the
+    closed form log sigma(b) of the 1-D picture (recurrent weights ignored)."""
+    from ..theory import lstm_factor
+
+    rows = []
+    for b in cfg.forget_biases:
+        torch.manual_seed(cfg.seed)
+        model = Recurrent(cfg.input_size, cfg.hidden, cell=cell, dtype=torch.float64,
+                          init=cfg.init, forget_bias=b)
+        g = torch.Generator().manual_seed(cfg.seed + 1)
+        x = torch.randn(cfg.steps, cfg.batch, cfg.input_size, generator=g, dtype=torch.float64)
+        run = record(model, x)
+        lyap = lyapunov_from_jacobians(jacobians_from_run(run), k=1, warmup=cfg.warmup)
+        # the cell-state path alone is diagonal: its top exponent is max_j mean_t log f_tj
+        cec = float(torch.log(run.trace["f"]).mean(0).amax(-1).mean())
+        rows.append({"forget_bias": b, "lyapunov_top": float(lyap.mean[0]), "cell_path_top": cec,
+                     "theory_log_sigma": math.log(lstm_factor(b)), "horizon_1e-6": lyap.horizon_1e6})
+    return {"cell": cell, "rows": rows}
+
+
+def run_study(cfg: FlowConfig, progress=print) -> dict:
+    results = {"config": asdict(cfg), "torch": torch.__version__, "cells": {}}
+    for cell in cfg.cells:
+        r = study_cell(cell, cfg)
+        results["cells"][cell] = r
+        measured = r["horizon_empirical"]
+        progress(f"  {cell:12s} decay/step {r['decay_rate'] + 0.0:+.4f}  horizon(1e-6) "
+                 f"{r['horizon_1e-6']:7.1f}  measured {'>' + str(cfg.steps - 1) if measured is None else measured:>5}"
+                 f"  ({r['seconds']:.1f}s)")
+    if cfg.forget_biases:
+        results["forget_bias_sweep"] = forget_bias_sweep(cfg)
+        for row in results["forget_bias_sweep"]["rows"]:
+            progress(f"  lstm forget bias {row['forget_bias']:4.1f}: top exponent "
+                     f"{row['lyapunov_top']:+.4f}, cell path alone {row['cell_path_top']:+.4f}, "
+                     f"1-D theory log sigma(b) {row['theory_log_sigma']:+.4f}")
+    return results
