@@ -11,6 +11,7 @@ import sys
 COMMANDS = [
     "lstmlab.commands",
     "lstmlab.analysis.cli",
+    "lstmlab.analysis.bench",
 ]
 
 

@@ -59,7 +59,7 @@ def _u_star(activation: str) -> tuple[float, float]:
     if activation == "sigmoid":
         F = lambda u: u * math.tanh(u / 2) - 1  # noqa: E731
         dF = lambda u: math.tanh(u / 2) + u / (2 * math.cosh(u / 2) ** 2)  # noqa: E731
-        u = 2.4
+        u = 1.5
     else:
         F = lambda u: 2 * u * math.tanh(u) - 1  # noqa: E731
         dF = lambda u: 2 * math.tanh(u) + 2 * u / math.cosh(u) ** 2  # noqa: E731
@@ -75,7 +75,7 @@ def _u_star(activation: str) -> tuple[float, float]:
 def max_rnn_factor(h: float, activation: str = "sigmoid") -> tuple[float, float]:
     """The largest |w a'(w h)| over all weights w, for a given previous activation h.
 
-    Returns (w_star, factor). For sigmoid the maximum is 0.2239/|h| at |w*| = 2.3994/|h|;
+    Returns (w_star, factor). For sigmoid the maximum is 0.2239/|h| at |w*| = 1.5434/|h|;
     for tanh 0.4477/|h| at |w*| = 0.7717/|h|: error is carried on undiminished only while
     the activation stays small, which the same weight prevents. |w a'(w h)| is even in w
     for these two; w_star is the positive one, which makes the factor positive. ReLU's factor is w itself on

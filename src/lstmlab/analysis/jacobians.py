@@ -5,9 +5,11 @@ The state is s = h for rnn-* and gru, s = [h, c] for the LSTM cells and [h, c, a
 the one the backward pass actually uses: with the truncated rule the gates and the cell
 input do not depend on the previous state, and only the Constant Error Carousel remains.
 
-All steps and batch elements are done at once: the derivative of every intermediate with
-respect to s_{t-1} is a (N, H, S) tensor (N = T*B), built by the chain rule through the
-pointwise maths of `lstmlab.backends.reference`; no autograd, no per-step loop.
+All steps and batch elements are done at once, by the chain rule through the pointwise
+maths of `lstmlab.backends.reference`; no autograd, no per-step loop. Every derivative of
+an intermediate is a sum of fixed matrices (recurrent, peephole, FGR, identity) with
+per-step row scalings, so the chain rule runs on (T, B, H) coefficients and the
+(T, B, S, S) Jacobian is built once at the end (see `Lin`).
 """
 from __future__ import annotations
 
@@ -85,74 +87,105 @@ def jacobians_from_run(run: Run) -> torch.Tensor:
         return _lstm(spec, p, run.prev, run.trace, run.truncate)
 
 
-def _col(v):
-    return v.unsqueeze(-1)  # (..., H) -> (..., H, 1): scales the rows of a Jacobian
+class Lin:
+    """The derivative of a (T, B, H) quantity with respect to s_{t-1}, kept symbolically as
+    sum_k diag(coef_k) M_k: coef_k (T, B, H) per step, M_k a fixed (H, S) matrix (a
+    recurrent matrix, a peephole diagonal, FGR's rows, or a block of the identity). Row
+    scalings and sums act on the coefficients only; `materialize` builds the (T, B, H, S)
+    Jacobian once, with one contraction."""
+
+    def __init__(self, terms: dict):
+        self.terms = terms  # name -> coef
+
+    def scale(self, v: torch.Tensor) -> "Lin":
+        return Lin({k: c * v for k, c in self.terms.items()})
+
+    def __add__(self, other: "Lin") -> "Lin":
+        terms = dict(self.terms)
+        for k, c in other.terms.items():
+            terms[k] = terms[k] + c if k in terms else c
+        return Lin(terms)
+
+    def __neg__(self) -> "Lin":
+        return Lin({k: -c for k, c in self.terms.items()})
 
 
-def _diag(v):
-    return torch.diag_embed(v)
+def materialize(rows: list[Lin], mats: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """Stack row blocks of Lin derivatives into the (T, B, S, S) Jacobian. `mats` maps a
+    term name to its (H, S) matrix; a name ("eye", offset) is the identity on the block of
+    columns starting at offset (added on the diagonal, no matrix product)."""
+    T, B, H = like.shape
+    S = next(iter(mats.values())).shape[1] if mats else H * len(rows)
+    out = like.new_zeros(T, B, len(rows) * H, S)
+    idx = torch.arange(H, device=like.device)
+    for r, lin in enumerate(rows):
+        block = out[:, :, r * H:(r + 1) * H]
+        names = [k for k in lin.terms if not isinstance(k, tuple)]
+        if names:
+            coef = torch.stack([lin.terms[k] for k in names], -1)  # (T, B, H, K)
+            M = torch.stack([mats[k] for k in names])  # (K, H, S)
+            block.copy_(torch.einsum("tbhk,khs->tbhs", coef, M))
+        for k in lin.terms:
+            if isinstance(k, tuple):  # ("eye", offset): a diagonal on that column block
+                block[:, :, idx, k[1] + idx] += lin.terms[k]
+    return out
 
 
 def _rnn(spec, p, tr):
-    return _col(ACTIVATIONS[spec.activation].grad(tr["pre"])) * p.weight_hh  # (T, B, H, H)
+    d = Lin({"R": ACTIVATIONS[spec.activation].grad(tr["pre"])})
+    return materialize([d], {"R": p.weight_hh}, tr["pre"])
 
 
 def _gru(p, prev, tr):
     h = prev[0]
-    R_r, R_z, R_n = p.weight_hh.chunk(3, dim=0)
+    R = dict(zip("rzn", p.weight_hh.chunk(3, dim=0)))
     r, z, n = tr["r"], tr["z"], tr["n"]
-    dr = _col(r * (1 - r)) * R_r
-    dz = _col(z * (1 - z)) * R_z
-    dn = _col(1 - n ** 2) * (_col(tr["hw_n"]) * dr + _col(r) * R_n)
-    return _col(h - n) * dz + _col(1 - z) * dn + _diag(z)
+    dr = Lin({"r": r * (1 - r)})
+    dz = Lin({"z": z * (1 - z)})
+    dn = (dr.scale(tr["hw_n"]) + Lin({"n": r})).scale(1 - n ** 2)
+    dh = dz.scale(h - n) + dn.scale(1 - z) + Lin({("eye", 0): z})
+    return materialize([dh], R, h)
 
 
 def _lstm(spec, p, prev, tr, truncate):
     c_prev = prev[1]
-    T, B, H = c_prev.shape
+    H = c_prev.shape[-1]
     A = len(spec.recurrent_gates)
     S = H * (2 + A)
-    dt = c_prev.dtype
-    # d pre_g / d s_{t-1} for each gate: the same (H, S) matrix at every step (R_g, the
-    # peephole diagonal on c for i and f, FGR's rows on a), all zero when truncated.
+    # d pre_g / d s_{t-1} for each gate: one fixed (H, S) matrix (R_g on h, the peephole
+    # diagonal on c for i and f, FGR's rows on a); nothing at all when truncated.
     R = dict(zip(spec.gates, p.weight_hh.chunk(len(spec.gates), dim=0)))
     peep = dict(zip(spec.peephole_gates, p.weight_ch.chunk(len(spec.peephole_gates)))) if spec.peepholes else {}
     fgr = dict(zip(spec.recurrent_gates, p.weight_gg.chunk(A, dim=0))) if A else {}
-
-    def dpre(g):
-        M = torch.zeros(H, S, dtype=dt, device=c_prev.device)
-        if not truncate:
-            M[:, :H] = R[g]
-            if g in peep and g != "o":
-                M[:, H:2 * H] = torch.diag(peep[g])
-            if g in fgr:
-                M[:, 2 * H:] = fgr[g]
-        return M
+    mats = {}
+    for g in spec.gates:
+        M = c_prev.new_zeros(H, S)
+        M[:, :H] = R[g]
+        if g in peep and g != "o":
+            M[:, H:2 * H] = torch.diag(peep[g])
+        if g in fgr:
+            M[:, 2 * H:] = fgr[g]
+        mats[g] = M
+    ones = torch.ones_like(c_prev)
+    dpre = (lambda g: Lin({})) if truncate else (lambda g: Lin({g: ones}))
 
     i, f, g, o, c = tr["i"], tr["f"], tr["g"], tr["o"], tr["c"]
-    zero = None
-    dI = _col(i * (1 - i)) * dpre("i") if spec.input_gate else zero
-    dF = {"free": lambda: _col(f * (1 - f)) * dpre("f"), "coupled": lambda: -dI,
-          "none": lambda: zero}[spec.forget_gate]()
-    dG = _col(ACTIVATIONS[spec.activation].grad(tr["pre"]["g"])) * dpre("g")
-    dC = _col(i) * dG  # (T, B, H, S)
-    if dI is not None:
-        dC = dC + _col(g) * dI
-    if dF is not None:
-        dC = dC + _col(c_prev) * dF
-    dC[..., H:2 * H] += _diag(f)  # the Constant Error Carousel: d c_t / d c_{t-1} = f
+    dI = dpre("i").scale(i * (1 - i)) if spec.input_gate else Lin({})
+    dF = {"free": lambda: dpre("f").scale(f * (1 - f)), "coupled": lambda: -dI,
+          "none": lambda: Lin({})}[spec.forget_gate]()
+    dG = dpre("g").scale(ACTIVATIONS[spec.activation].grad(tr["pre"]["g"]))
+    # the Constant Error Carousel: d c_t / d c_{t-1} = f on the diagonal
+    dC = dG.scale(i) + dI.scale(g) + dF.scale(c_prev) + Lin({("eye", H): f})
+    dO = Lin({})
     if spec.output_gate:
-        Mo = dpre("o")
-        dpre_o = Mo + _col(peep["o"]) * dC if ("o" in peep and not truncate) else Mo
-        dO = _col(o * (1 - o)) * dpre_o
-    else:
-        dO = None
+        dpre_o = dpre("o")
+        if "o" in peep and not truncate:
+            dpre_o = dpre_o + dC.scale(peep["o"])
+        dO = dpre_o.scale(o * (1 - o))
     act = ACTIVATIONS[spec.output_activation]
-    dH = _col(o * act.grad(c)) * dC
-    if dO is not None:
-        dH = dH + _col(act.fn(c)) * dO
+    dH = dC.scale(o * act.grad(c)) + dO.scale(act.fn(c))
     rows = [dH, dC] + [{"i": dI, "f": dF, "o": dO}[k] for k in spec.recurrent_gates]
-    return torch.cat(rows, dim=-2)  # (T, B, S, S)
+    return materialize(rows, mats, c_prev)
 
 
 def cell_path(run: Run) -> torch.Tensor | None:

@@ -1,0 +1,122 @@
+"""`lstmlab bench-flow`: the instruments' cost against the naive routes, in one process.
+
+- step Jacobians: closed form (all steps at once) vs autograd's Jacobian of the reference
+  step, one step at a time (torch.autograd.functional.jacobian, both its plain and its
+  vectorised mode);
+- Lyapunov spectrum: closed-form Jacobians + QR vs per-step autograd Jacobians + the same QR;
+- gradient_flow (forward + backward recording every step's gradient norm) vs a plain
+  forward + backward of the same loss on the same (reference) backend.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..backends import reference
+from ..layer import Recurrent
+from .flow import gradient_flow
+from .jacobians import jacobians_from_run, record
+from .lyapunov import lyapunov_from_jacobians
+
+
+def _best(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), out
+
+
+def autograd_jacobians(model, x, vectorize: bool) -> torch.Tensor:
+    """The naive route: d s_t / d s_{t-1} by autograd, one step (and sequence) at a time."""
+    run = record(model, x)
+    spec, p = model.spec, model.cell_params(0)
+    sizes = [s.shape[-1] for s in run.prev]
+    T, B = x.shape[:2]
+    out = torch.empty(T, B, sum(sizes), sum(sizes), dtype=x.dtype)
+    for t in range(T):
+        for b in range(B):
+            def f(flat):
+                st = tuple(v.unsqueeze(0) for v in flat.split(sizes))
+                return torch.cat([n[0] for n in reference.step(spec, p, x[t, b:b + 1], st, model.truncate)])
+            prev = torch.cat([s[t, b] for s in run.prev])
+            out[t, b] = torch.autograd.functional.jacobian(f, prev, vectorize=vectorize)
+    return out
+
+
+def bench_jacobians(cell, T, H, B=1, repeat=3, naive_steps=None):
+    torch.manual_seed(0)
+    model = Recurrent(1, H, cell=cell, dtype=torch.float64)
+    x = torch.randn(T, B, 1, dtype=torch.float64)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    t_closed, J = _best(lambda: jacobians_from_run(record(model, x)), repeat)
+    n = T if naive_steps is None else naive_steps  # the naive route is linear in T
+    rows = {"cell": cell, "T": T, "H": H, "B": B, "closed_form_s": t_closed}
+    for vec in (True, False):
+        t_naive, Jn = _best(lambda: autograd_jacobians(model, x[:n], vec), 1)
+        assert torch.allclose(Jn, J[:n], atol=1e-10), "closed form and autograd disagree"
+        rows[f"autograd{'_vectorized' if vec else ''}_s"] = t_naive * T / n
+    t_qr, _ = _best(lambda: lyapunov_from_jacobians(J), 1)
+    rows["qr_s"] = t_qr
+    rows["lyapunov_closed_s"] = t_closed + t_qr
+    rows["lyapunov_naive_s"] = min(rows["autograd_vectorized_s"], rows["autograd_s"]) + t_qr
+    rows["speedup_jacobians"] = min(rows["autograd_vectorized_s"], rows["autograd_s"]) / t_closed
+    rows["speedup_lyapunov"] = rows["lyapunov_naive_s"] / rows["lyapunov_closed_s"]
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return rows
+
+
+def bench_gradient_flow(cell, T, H, B, repeat=5):
+    torch.manual_seed(0)
+    model = Recurrent(1, H, cell=cell, backend="reference")
+    x = torch.randn(T, B, 1)
+
+    def plain():
+        model.zero_grad()
+        model(x)[0][-1].sum().backward()
+
+    def flow():
+        model.zero_grad()
+        gradient_flow(model, x, lambda out: out[-1].sum())
+
+    plain(), flow()  # warm up
+    t_plain, _ = _best(plain, repeat)
+    t_flow, _ = _best(flow, repeat)
+    return {"cell": cell, "T": T, "H": H, "B": B, "plain_backward_s": t_plain,
+            "gradient_flow_s": t_flow, "ratio": t_flow / t_plain}
+
+
+def _run(args) -> int:
+    cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print(f"Step Jacobians and Lyapunov spectrum, T={args.steps}, H={args.hidden}, B=1, float64 "
+          f"(naive routes timed on {args.naive_steps} steps and scaled to T):")
+    print("| cell | closed form (s) | autograd per step, vectorized (s) | autograd per step (s) | "
+          "speedup | Lyapunov closed (s) | Lyapunov naive (s) | speedup |")
+    print("|---|---|---|---|---|---|---|---|")
+    for cell in cells:
+        r = bench_jacobians(cell, args.steps, args.hidden, naive_steps=args.naive_steps)
+        print(f"| {cell} | {r['closed_form_s']:.3f} | {r['autograd_vectorized_s']:.2f} | {r['autograd_s']:.2f} | "
+              f"{r['speedup_jacobians']:.0f}x | {r['lyapunov_closed_s']:.2f} | {r['lyapunov_naive_s']:.2f} | "
+              f"{r['speedup_lyapunov']:.1f}x |")
+    print(f"\ngradient_flow vs plain forward+backward (reference backend, float32, T=200, H=64, B=8):")
+    print("| cell | plain (s) | gradient_flow (s) | ratio |")
+    print("|---|---|---|---|")
+    for cell in cells:
+        r = bench_gradient_flow(cell, 200, 64, 8)
+        print(f"| {cell} | {r['plain_backward_s']:.4f} | {r['gradient_flow_s']:.4f} | {r['ratio']:.2f}x |")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench-flow", help="benchmark the gradient-flow instruments against naive routes")
+    p.add_argument("--cells", default="rnn-tanh,lstm,vanilla,gru")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--naive-steps", type=int, default=100,
+                   help="steps the naive routes are timed on (their cost is linear in T)")
+    p.set_defaults(func=_run)
