@@ -17,3 +17,22 @@ def assert_close(actual, expected, dtype=None, msg=""):
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server on loopback (see pgserver.py). In CI its absence is a
+    failure, not a skip: .ci/run installs it."""
+    import os
+
+    from pgserver import postgres, server_binaries
+
+    if os.environ.get("LSTMLAB_TEST_POSTGRES"):
+        yield os.environ["LSTMLAB_TEST_POSTGRES"]
+        return
+    if server_binaries() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL server not installed; .ci/run installs it from Debian's packages")
+        pytest.skip("PostgreSQL server not installed (apt-get install postgresql)")
+    with postgres() as url:
+        yield url

@@ -12,6 +12,7 @@ COMMANDS = [
     "lstmlab.commands",
     "lstmlab.analysis.cli",
     "lstmlab.analysis.bench",
+    "lstmlab.sweep.cli",
 ]
 
 
