@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from .run import GREFF_CELLS, SweepConfig, run_sweep
+from .config import GREFF_CELLS, SweepConfig
 from .space import SearchSpace, parse_range
 
 
@@ -26,6 +26,8 @@ def _sweep(args) -> int:
     cfg = _config(args)
     print(f"lstmlab sweep: {cfg.task}, {len(cfg.cells)} variants x {cfg.trials} trials, "
           f"{args.workers} worker(s), storage {cfg.storage}, study {cfg.study!r}")
+    from .run import run_sweep
+
     try:
         result = run_sweep(cfg, workers=args.workers)
     except RuntimeError as e:
