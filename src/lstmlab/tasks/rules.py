@@ -1,0 +1,94 @@
+"""Stopping rules: when a task counts as learned.
+
+A rule sees every training sequence's verdict, in order, through update(); rules that
+need a check on fixed sets see evaluations through update_eval(). Both return True once
+the task counts as learned. state_dict() makes runs resumable.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Mapping
+
+import torch
+
+if TYPE_CHECKING:
+    from .base import Judgement
+
+
+class StoppingRule:
+    """Never stops: the run ends at its budget (tasks whose papers report curves).
+
+    confirmation: how many of the sequences seen when a rule fires only confirmed a
+    success that had already begun (a window rule's window). The 1997 paper reports
+    sequences until the confirming streak began (2a: 5,040 sequences for a 10,000-sequence
+    criterion), so a run's sequences to success are sequences seen minus confirmation.
+    """
+
+    confirmation = 0
+
+    def update(self, judgement: Judgement) -> bool:
+        return False
+
+    def update_eval(self, judgements: Mapping[str, Judgement]) -> bool:
+        return False
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def describe(self) -> str:
+        return "none (runs to its budget)"
+
+
+class WindowRule(StoppingRule):
+    """Stop once the last `window` training sequences hold at most `max_wrong` wrong ones
+    and (if `max_mean_error` is set) their mean error is below it. The window must be full.
+    """
+
+    def __init__(self, window: int, max_wrong: int = 0, max_mean_error: float | None = None):
+        self.window, self.max_wrong, self.max_mean_error = window, max_wrong, max_mean_error
+        self.confirmation = window
+        self.correct: deque[bool] = deque(maxlen=window)
+        self.error: deque[float] = deque(maxlen=window)
+
+    def update(self, judgement: Judgement) -> bool:
+        self.correct.extend(judgement.correct.tolist())
+        self.error.extend(judgement.error.tolist())
+        if len(self.correct) < self.window:
+            return False
+        if self.window - sum(self.correct) > self.max_wrong:
+            return False
+        return self.max_mean_error is None or sum(self.error) / self.window < self.max_mean_error
+
+    def state_dict(self) -> dict:
+        return {"correct": torch.tensor(list(self.correct), dtype=torch.bool),
+                "error": torch.tensor(list(self.error), dtype=torch.float64)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.correct = deque(state["correct"].tolist(), maxlen=self.window)
+        self.error = deque(state["error"].tolist(), maxlen=self.window)
+
+    def describe(self) -> str:
+        s = f"at most {self.max_wrong} wrong of the last {self.window:,} training sequences"
+        return s + (f" and their mean error < {self.max_mean_error}" if self.max_mean_error else "")
+
+
+class EvalRule(StoppingRule):
+    """Stop when, at an evaluation, every sequence of the named fixed sets is correct and
+    (if `max_mean_error` is set) the mean error over set `mean_error_set` is below it."""
+
+    def __init__(self, sets: tuple[str, ...], max_mean_error: float | None = None,
+                 mean_error_set: str = "test"):
+        self.sets, self.max_mean_error, self.mean_error_set = sets, max_mean_error, mean_error_set
+
+    def update_eval(self, judgements: Mapping[str, Judgement]) -> bool:
+        if not all(bool(judgements[s].correct.all()) for s in self.sets):
+            return False
+        return (self.max_mean_error is None
+                or float(judgements[self.mean_error_set].error.mean()) < self.max_mean_error)
+
+    def describe(self) -> str:
+        s = f"every sequence of the {' and '.join(self.sets)} set(s) correct at an evaluation"
+        return s + (f", mean {self.mean_error_set} error < {self.max_mean_error}" if self.max_mean_error else "")

@@ -1,0 +1,119 @@
+"""`lstmlab train TASK ...` and `lstmlab reproduce 1997`; `register(subparsers)` adds both."""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from ..tasks import task_names, task_params
+from .config import TrainConfig
+from ..io import write_json
+from .loop import TrainingDiverged, train
+from .reproduce import ROWS_1997, markdown, reproduce_1997, write_report
+
+# --regime fills the optimiser options the user did not give.
+REGIMES = {"paper": {"optimizer": "sgd", "batch_size": 1, "lr": 0.1},
+           "modern": {"optimizer": "adam", "batch_size": 32, "lr": 1e-3}}
+
+
+def parse_params(task: str, items: list[str]) -> dict:
+    """["T=100", ...] -> {"T": 100}, each value converted to the parameter's type."""
+    types = task_params(task)
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--param {item!r} is invalid; allowed: KEY=VALUE")
+        if key not in types:
+            raise ValueError(f"--param {key}={value!r} is not a parameter of task {task!r}; "
+                             f"allowed: {', '.join(types) or 'none'}")
+        kind = types[key][0]
+        try:
+            params[key] = kind(value) if kind in (int, float) else value
+        except ValueError:
+            raise ValueError(f"--param {key}={value!r} is invalid; allowed: "
+                             f"{'an int' if kind is int else 'a number'}") from None
+    return params
+
+
+def add_optimiser_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--regime", choices=tuple(REGIMES), default="paper",
+                   help="paper: online plain SGD, lr 0.1; modern: Adam, batch 32, lr 1e-3")
+    p.add_argument("--optimizer", choices=("sgd", "adam"))
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int, help="sequences per update")
+    p.add_argument("--loss-steps", choices=("mean", "sum"), default="mean",
+                   help="average or add the per-step errors over a sequence (see TrainConfig)")
+    p.add_argument("--clip-norm", type=float, help="rescale the gradient to this norm when larger")
+    p.add_argument("--clip-value", type=float, help="clip every gradient element to [-v, v]")
+    p.add_argument("--max-sequences", type=int, default=100_000)
+    p.add_argument("--max-seconds", type=float)
+    p.add_argument("--eval-every", type=int, default=1_000, help="sequences between evaluations")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def optimiser_options(args) -> dict:
+    chosen = {k: getattr(args, k) for k in ("optimizer", "lr", "batch_size") if getattr(args, k) is not None}
+    return {**REGIMES[args.regime], **chosen, "loss_steps": args.loss_steps, "clip_norm": args.clip_norm, "clip_value": args.clip_value,
+            "max_sequences": args.max_sequences, "max_seconds": args.max_seconds,
+            "eval_every": args.eval_every, "seed": args.seed,
+            "progress": False if args.no_progress else None}
+
+
+def _train(args) -> int:
+    config = TrainConfig(args.task, parse_params(args.task, args.param), cell=args.cell,
+                         hidden_size=args.hidden, num_layers=args.layers, init=args.init,
+                         forget_bias=args.forget_bias, out_dir=args.out, **optimiser_options(args))
+    try:
+        result = train(config, resume=args.resume)
+    except TrainingDiverged as e:
+        print(f"lstmlab train: {e}", file=sys.stderr)
+        return 1
+    report = {**result.to_dict(), "config": config.resolved().to_dict()}
+    if args.json:
+        write_json(Path(args.json), report)
+    solved = f"solved after {result.sequences_to_success:,} sequences" if result.solved else \
+        f"not solved ({result.stop_reason})"
+    tested = f"; test errors {result.test_errors}/{result.test_size}" if result.test_size else ""
+    print(f"{result.task} {result.cell} H={result.hidden_size}: {solved}, {result.sequences_seen:,} "
+          f"seen in {result.wall_seconds:.1f} s{tested}")
+    return 0
+
+
+def _reproduce(args) -> int:
+    base = TrainConfig(ROWS_1997[0].task, out_dir=str(Path(args.out) / "runs"), **optimiser_options(args))
+    if args.jobs > 1:
+        base = replace(base, progress=False)
+    table = reproduce_1997(base, jobs=args.jobs, tasks=tuple(args.tasks) if args.tasks else None)
+    md, js = write_report(table, base, Path(args.out))
+    print(markdown(table, base))
+    print(f"written: {md}, {js}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a model on a task until solved or out of budget")
+    p.add_argument("task", help="one of: " + ", ".join(task_names()))
+    p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a task parameter, e.g. -p T=1000 (repeatable)")
+    p.add_argument("--cell", default="lstm")
+    p.add_argument("--hidden", type=int, default=8)
+    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--init", choices=("torch", "1997"), default="torch")
+    p.add_argument("--forget-bias", type=float)
+    add_optimiser_options(p)
+    p.add_argument("--out", help="run directory: checkpoint, metrics.jsonl, config.json, result.json")
+    p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    p.add_argument("--json", help="write the result (solved, sequences_seen, test_errors, ...) here")
+    p.set_defaults(func=_train)
+
+    p = subparsers.add_parser("reproduce", help="reproduce a paper's table within a CPU budget")
+    p.add_argument("paper", choices=("1997",))
+    add_optimiser_options(p)
+    p.set_defaults(max_sequences=50_000, max_seconds=120.0, eval_every=500)
+    p.add_argument("--tasks", nargs="+", choices=[r.task for r in ROWS_1997], help="a subset of the rows")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (one CPU thread each)")
+    p.add_argument("--out", default="reproduce-1997", help="where the table and the runs go")
+    p.set_defaults(func=_reproduce)

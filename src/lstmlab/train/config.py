@@ -1,0 +1,135 @@
+"""The training configuration: one frozen dataclass, validated where values enter."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from ..cells import cell_names
+from ..tasks import make
+from ..tasks.base import LOSS_STEPS
+
+OPTIMIZERS = ("sgd", "adam")
+INITS = ("torch", "1997")
+# Fields that may differ between a run and its resumption: they bound the run or say
+# where it writes, but do not change what a given update computes.
+BUDGET_FIELDS = ("max_sequences", "max_seconds", "out_dir", "progress")
+
+
+def _number(name, value, minimum=0.0, strict=True, optional=False):
+    if value is None and optional:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (value > minimum if strict else value >= minimum)
+    if not ok:
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise ValueError(f"{name}={value!r} is invalid; allowed: a number {bound}"
+                         + (" or None" if optional else ""))
+
+
+def _integer(name, value, minimum, optional=False):
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}={value!r} is invalid; allowed: an int >= {minimum}"
+                         + (" or None" if optional else ""))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run depends on. The defaults are the 1997 paper's regime: online
+    (one sequence per update) plain SGD. The modern regime is optimizer="adam" with
+    batch_size > 1.
+
+    task, task_params: the problem (lstmlab.tasks.make(task, **task_params)).
+    cell, hidden_size, num_layers, init, forget_bias: the model, lstmlab.Recurrent
+        followed by a linear readout (init "1997": U(-0.1, 0.1) weights everywhere).
+    optimizer, lr, batch_size: "sgd" or "adam"; sequences per update.
+    momentum: SGD's momentum (0: plain SGD, the 1997 paper's; Greff et al. search it).
+    input_noise: std of Gaussian noise added to every training input (Greff et al.'s
+        regulariser), drawn from the training stream; evaluation and test inputs are clean.
+    loss_steps: "mean" or "sum" of the per-step errors over a sequence's target steps
+        (Task.loss); "sum" matches the 1997 learning rates on tasks with a target at every
+        step, where the paper updated the weights at every step.
+    clip_norm: Pascanu et al.'s rescaling, g <- clip_norm g / ||g|| when ||g|| >= clip_norm.
+    clip_value: clip each gradient element to [-clip_value, clip_value].
+    max_sequences, max_seconds: the budget (the run also stops when the task is solved).
+    eval_every: sequences between evaluations (the task's fixed sets, or eval_size fresh
+        sequences drawn from a generator seeded once, so every evaluation sees the same).
+    eval_batch_size: the most sequences evaluated at once (memory bound).
+    checkpoint_every: sequences between checkpoints (needs out_dir; None: only at the end).
+    seed: seeds the model's initial weights, the training data, evaluation and test data.
+    out_dir: where the checkpoint, metrics.jsonl, config.json and result.json go.
+    progress: show a tqdm bar; None: only when stderr is a terminal.
+    test: measure the task's test set after training.
+    """
+
+    task: str
+    task_params: dict = field(default_factory=dict)
+    cell: str = "lstm"
+    hidden_size: int = 8
+    num_layers: int = 1
+    init: str = "torch"
+    forget_bias: float | None = None
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.0
+    input_noise: float = 0.0
+    batch_size: int = 1
+    loss_steps: str = "mean"
+    clip_norm: float | None = None
+    clip_value: float | None = None
+    max_sequences: int = 100_000
+    max_seconds: float | None = None
+    eval_every: int = 1_000
+    eval_size: int = 256
+    eval_batch_size: int = 128
+    checkpoint_every: int | None = 10_000
+    seed: int = 0
+    out_dir: str | None = None
+    progress: bool | None = None
+    test: bool = True
+
+    def __post_init__(self):
+        make(self.task, **self.task_params)  # raises ValueError naming a bad task or parameter
+        if self.cell not in cell_names():
+            raise ValueError(f"cell={self.cell!r} is not a registered cell; valid cells: {', '.join(cell_names())}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer!r} is invalid; allowed: {', '.join(OPTIMIZERS)}")
+        if self.loss_steps not in LOSS_STEPS:
+            raise ValueError(f"loss_steps={self.loss_steps!r} is invalid; allowed: {', '.join(LOSS_STEPS)}")
+        if self.init not in INITS:
+            raise ValueError(f"init={self.init!r} is invalid; allowed: {', '.join(INITS)}")
+        for name, minimum in [("hidden_size", 1), ("num_layers", 1), ("batch_size", 1),
+                              ("max_sequences", 1), ("eval_every", 1), ("eval_size", 1),
+                              ("eval_batch_size", 1), ("seed", 0)]:
+            _integer(name, getattr(self, name), minimum)
+        _integer("checkpoint_every", self.checkpoint_every, 1, optional=True)
+        _number("lr", self.lr)
+        if not (isinstance(self.momentum, (int, float)) and not isinstance(self.momentum, bool)
+                and 0 <= self.momentum < 1):
+            raise ValueError(f"momentum={self.momentum!r} is invalid; allowed: a number in [0, 1)")
+        if self.momentum and self.optimizer != "sgd":
+            raise ValueError(f"momentum={self.momentum!r} applies to optimizer='sgd' only, "
+                             f"not {self.optimizer!r}")
+        _number("input_noise", self.input_noise, strict=False)
+        _number("clip_norm", self.clip_norm, optional=True)
+        _number("clip_value", self.clip_value, optional=True)
+        _number("max_seconds", self.max_seconds, optional=True)
+        if self.forget_bias is not None:
+            _number("forget_bias", self.forget_bias, minimum=float("-inf"))
+        if not isinstance(self.test, bool):
+            raise ValueError(f"test={self.test!r} is invalid; allowed: True or False")
+        if self.progress is not None and not isinstance(self.progress, bool):
+            raise ValueError(f"progress={self.progress!r} is invalid; allowed: True, False or None")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def resolved(self) -> "TrainConfig":
+        """The same run with every task parameter spelled out (what config.json holds)."""
+        return replace(self, task_params=make(self.task, **self.task_params).params())
+
+    def differences(self, other: "TrainConfig") -> list[str]:
+        """Fields, other than the budget ones, in which two configs differ."""
+        mine, theirs = self.resolved(), other.resolved()
+        return [f.name for f in fields(self) if f.name not in BUDGET_FIELDS
+                and getattr(mine, f.name) != getattr(theirs, f.name)]

@@ -1,0 +1,225 @@
+"""The trainer: real learning on easy settings in both regimes, bit-identical resumption,
+divergence handling, clipping, what a run writes, bad arguments, and the CLI."""
+import argparse
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from lstmlab.train import Trainer, TrainConfig, TrainingDiverged, train
+from lstmlab.train.cli import parse_params, register
+
+EASY = {"T": 12, "criterion": "st1"}  # two-sequence: the class sits in the first 3 of 12 steps
+
+
+def events(path, kind):
+    return [r for r in map(json.loads, (path / "metrics.jsonl").read_text().splitlines()) if r["event"] == kind]
+
+
+# ---- learning ----------------------------------------------------------------------------
+def test_paper_regime_online_sgd_learns(tmp_path):
+    config = TrainConfig("two-sequence", EASY, cell="lstm1997", init="1997", hidden_size=4, lr=1.0,
+                         max_sequences=4000, eval_every=100, out_dir=str(tmp_path), progress=False)
+    result = train(config)
+    assert result.solved and result.stop_reason == "solved"
+    assert result.updates == result.sequences_seen <= 4000  # one sequence per update
+    assert result.test_size == 2560 and result.test_errors <= 3
+    losses = [r["loss"] for r in events(tmp_path, "train")]
+    assert losses[0] > 0.1 and losses[-1] < losses[0] / 4
+    last_eval = events(tmp_path, "eval")[-1]
+    assert last_eval["set"] == "test" and last_eval["correct"] == 1.0
+
+
+def test_modern_regime_adam_minibatches_learns(tmp_path):
+    config = TrainConfig("two-sequence", {**EASY, "criterion": "st2"}, cell="lstm", hidden_size=8,
+                         optimizer="adam", lr=0.02,
+                         batch_size=8, max_sequences=4000, eval_every=200, out_dir=str(tmp_path),
+                         progress=False)
+    result = train(config)
+    assert result.solved and result.updates * 8 == result.sequences_seen
+    assert result.test_errors == 0 and result.test_mean_error < 0.01  # ST2 held on a fresh test set
+    losses = [r["loss"] for r in events(tmp_path, "train")]
+    assert losses[-1] < losses[0] / 20
+
+
+def test_a_tanh_rnn_fails_where_the_budget_is_small():
+    config = TrainConfig("two-sequence", {"T": 12}, cell="rnn-tanh", hidden_size=4, lr=1.0,
+                         max_sequences=300, eval_every=100, progress=False, test=False)
+    result = train(config)
+    assert not result.solved and result.stop_reason == "max_sequences" and result.sequences_to_success is None
+
+
+def test_momentum_and_input_noise_are_greffs():
+    """SGD momentum is torch's heavy-ball rule; input noise perturbs the training inputs
+    only, from the seeded training stream (two runs with one seed agree exactly)."""
+    base = TrainConfig("adding", {"T": 30}, hidden_size=4, lr=0.05, max_sequences=20, eval_every=20,
+                       progress=False, test=False)
+    t = Trainer(replace(base, momentum=0.9))
+    assert t.optimizer.param_groups[0]["momentum"] == 0.9
+    runs = [Trainer(replace(base, input_noise=0.5)) for _ in range(2)] + [Trainer(base)]
+    for r in runs:
+        r.run()
+    w = [dict(r.model.named_parameters())["readout.weight"].detach() for r in runs]
+    assert torch.equal(w[0], w[1]) and not torch.equal(w[0], w[2])
+    clean = Trainer(base)
+    batch = clean.task.sample(1, clean.generator)  # the first training sequence, as step() draws it
+    noisy = Trainer(replace(base, input_noise=0.5))
+    captured = []
+    noisy.model.register_forward_pre_hook(lambda m, args: captured.append(args[0].clone()))
+    noisy.step()
+    diff = captured[0] - batch.inputs
+    assert 0.3 < diff.std().item() < 0.7  # N(0, 0.5^2) on top of the clean sequence
+
+
+# ---- resumption -------------------------------------------------------------------------
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
+    base = TrainConfig("adding", {"T": 30}, cell="lstm", hidden_size=4, optimizer="adam", lr=0.01,
+                       batch_size=4, max_sequences=160, eval_every=40, checkpoint_every=40,
+                       progress=False, test=False)
+    whole = train(replace(base, out_dir=str(tmp_path / "whole")))
+    first = train(replace(base, out_dir=str(tmp_path / "parts"), max_sequences=80))
+    assert first.sequences_seen == 80
+    resumed = train(replace(base, out_dir=str(tmp_path / "parts")), resume=True)
+    assert resumed.sequences_seen == whole.sequences_seen == 160
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "parts" / "checkpoint.pt", weights_only=True)
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    for key, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg_sq"], b["optimizer"]["state"][key]["exp_avg_sq"])
+    assert torch.equal(a["generator"], b["generator"]) and a["updates"] == b["updates"] == 40
+    assert [r["event"] for r in events(tmp_path / "parts", "resumed")] == ["resumed"]
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_resume_refuses_a_different_run(tmp_path):
+    config = TrainConfig("adding", {"T": 30}, hidden_size=4, max_sequences=4, out_dir=str(tmp_path),
+                         progress=False, test=False)
+    train(config)
+    with pytest.raises(ValueError, match=r"differs from this run's in hidden_size"):
+        train(replace(config, hidden_size=5), resume=True)
+    with pytest.raises(ValueError, match=r"resume=True needs out_dir"):
+        train(replace(config, out_dir=None), resume=True)
+
+
+# ---- divergence --------------------------------------------------------------------------
+def test_nan_loss_stops_with_a_clear_error():
+    config = TrainConfig("adding-le", {"T": 10}, cell="rnn-relu", hidden_size=4, lr=1e12,
+                         max_sequences=100, progress=False, test=False)
+    with pytest.raises(TrainingDiverged, match=r"diverged at sequence \d+ \(update \d+\): the loss is "
+                                               r"(nan|inf).*no checkpoint was written \(out_dir is None\)"):
+        train(config)
+
+
+def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
+    config = TrainConfig("adding", {"T": 30}, hidden_size=4, max_sequences=20, checkpoint_every=10,
+                         out_dir=str(tmp_path), progress=False, test=False)
+    trainer = Trainer(config)
+    trainer.run()
+    good = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with torch.no_grad():
+        trainer.model.readout.bias.fill_(float("nan"))  # what a blown-up update leaves behind
+    trainer.config = replace(config, max_sequences=40)
+    with pytest.raises(TrainingDiverged, match=r"at sequence 21 \(update 21\): the loss is nan\. Stopped; "
+                                               r"the last good checkpoint, .*checkpoint\.pt, holds sequence 20"):
+        trainer.run()
+    kept = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert kept["sequences"] == 20
+    assert all(torch.equal(kept["model"][k], good[k]) for k in good)
+    assert events(tmp_path, "diverged")[-1]["why"] == "the loss is nan"
+
+
+# ---- clipping ----------------------------------------------------------------------------
+def grad_of(config):
+    trainer = Trainer(config)
+    trainer.step()
+    return torch.cat([p.grad.flatten() for p in trainer.model.parameters()])
+
+
+def test_gradient_clipping_by_norm_and_by_element():
+    base = TrainConfig("adding", {"T": 30}, hidden_size=4, lr=1e-9, progress=False)
+    g = grad_of(base)
+    assert float(g.norm()) > 1e-3 and float(g.abs().max()) > 1e-4
+    by_norm = grad_of(replace(base, clip_norm=1e-3))
+    torch.testing.assert_close(by_norm, g * (1e-3 / g.norm()), rtol=1e-4, atol=0)
+    by_value = grad_of(replace(base, clip_value=1e-4))
+    torch.testing.assert_close(by_value, g.clamp(-1e-4, 1e-4))
+
+
+# ---- what a run writes, and the global RNG -----------------------------------------------
+def test_run_writes_resolved_config_result_and_metrics(tmp_path):
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    config = TrainConfig("adding", {}, hidden_size=3, max_sequences=30, eval_every=10, out_dir=str(tmp_path),
+                         progress=False, test=False)
+    train(config)
+    assert torch.equal(torch.get_rng_state(), before), "training must not draw from the global RNG"
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["task_params"] == {"T": 100} and saved["hidden_size"] == 3
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["sequences_seen"] == 30 and result["test_size"] is None
+    assert [r["sequences"] for r in events(tmp_path, "eval")] == [10, 20, 30]
+
+
+# ---- bad arguments -----------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, pattern", [
+    ({"task": "adder"}, r"task='adder' is not a registered task; valid tasks: adding, "),
+    ({"task_params": {"T": 3}}, r"T=3 is invalid; allowed: an int >= 22"),
+    ({"cell": "lsmt"}, r"cell='lsmt' is not a registered cell; valid cells: rnn-tanh"),
+    ({"optimizer": "rmsprop"}, r"optimizer='rmsprop' is invalid; allowed: sgd, adam"),
+    ({"lr": 0.0}, r"lr=0.0 is invalid; allowed: a number > 0"),
+    ({"batch_size": 0}, r"batch_size=0 is invalid; allowed: an int >= 1"),
+    ({"hidden_size": 2.5}, r"hidden_size=2.5 is invalid"),
+    ({"clip_norm": -1.0}, r"clip_norm=-1.0 is invalid; allowed: a number > 0 or None"),
+    ({"init": "xavier"}, r"init='xavier' is invalid; allowed: torch, 1997"),
+    ({"max_seconds": 0}, r"max_seconds=0 is invalid"),
+    ({"loss_steps": "total"}, r"loss_steps='total' is invalid; allowed: mean, sum"),
+    ({"momentum": 1.0}, r"momentum=1.0 is invalid; allowed: a number in \[0, 1\)"),
+    ({"momentum": 0.9, "optimizer": "adam"}, r"momentum=0.9 applies to optimizer='sgd' only"),
+    ({"input_noise": -0.1}, r"input_noise=-0.1 is invalid; allowed: a number >= 0"),
+])
+def test_bad_arguments_raise_naming_the_argument(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        TrainConfig(**{"task": "adding", **kwargs})
+
+
+# ---- CLI ---------------------------------------------------------------------------------
+def cli(argv):
+    parser = argparse.ArgumentParser(prog="lstmlab")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_parse_params_converts_and_rejects():
+    assert parse_params("lag-distractor", ["q=50", "p=7"]) == {"q": 50, "p": 7}
+    assert parse_params("two-sequence", ["variant=3b"]) == {"variant": "3b"}
+    with pytest.raises(ValueError, match=r"--param T='x' is invalid; allowed: an int"):
+        parse_params("adding", ["T=x"])
+    with pytest.raises(ValueError, match=r"--param N='3' is not a parameter of task 'adding'; allowed: T"):
+        parse_params("adding", ["N=3"])
+
+
+def test_cli_train_writes_the_json_report(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert cli(["train", "two-sequence", "-p", "T=12", "-p", "criterion=st1", "--cell", "lstm1997", "--init", "1997", "--hidden", "4",
+                "--lr", "1.0", "--max-sequences", "3000", "--eval-every", "100", "--no-progress",
+                "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["solved"] is True and report["test_size"] == 2560
+    assert {"sequences_seen", "test_errors", "wall_seconds"} <= set(report)
+    assert report["config"]["task_params"] == {"T": 12, "N": 3, "variant": "3a", "criterion": "st1"}
+    assert "two-sequence lstm1997 H=4: solved after" in capsys.readouterr().out
+
+
+def test_cli_reproduce_writes_a_table(tmp_path, capsys):
+    assert cli(["reproduce", "1997", "--tasks", "reber", "--max-sequences", "20", "--no-progress",
+                "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "reproduce-1997.json").read_text())["rows"]
+    assert [r["task"] for r in rows] == ["reber"]
+    row = rows[0]
+    assert row["paper_sequences"] == 8_440 and row["lstm_sequences_seen"] == 20 and row["lstm_solved"] is False
+    assert row["rnn_run"]["cell"] == "rnn-tanh" and abs(row["rnn_run"]["parameters"] - row["lstm_run"]["parameters"]) < 40
+    table = (tmp_path / "reproduce-1997.md").read_text()
+    assert "| reber | - | 8,440 | - | not solved in 20 | " in table
