@@ -13,6 +13,7 @@ COMMANDS = [
     "lstmlab.analysis.cli",
     "lstmlab.analysis.bench",
     "lstmlab.sweep.cli",
+    "lstmlab.train.cli",
 ]
 
 

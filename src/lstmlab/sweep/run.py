@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import socket
 import time
+import warnings
 import zlib
 from dataclasses import asdict
 
@@ -23,8 +24,10 @@ from .config import SweepConfig
 
 def make_storage(cfg: SweepConfig) -> optuna.storages.RDBStorage:
     kwargs = {"connect_args": {"timeout": 60}} if cfg.storage.startswith("sqlite") else {"pool_pre_ping": True}
-    return optuna.storages.RDBStorage(cfg.storage, engine_kwargs=kwargs, heartbeat_interval=cfg.heartbeat,
-                                      grace_period=cfg.grace)
+    with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(cfg.storage, engine_kwargs=kwargs, heartbeat_interval=cfg.heartbeat,
+                                          grace_period=cfg.grace)
 
 
 def open_study(storage, cfg: SweepConfig, cell: str) -> optuna.Study:
@@ -92,6 +95,8 @@ def work(cfg: SweepConfig, worker: int = 0, threads: int | None = None, poll: fl
     if threads:
         torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # fail_stale_trials is marked experimental since Optuna 2.9; its behaviour is what we test
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     storage = make_storage(cfg)
     studies = {cell: open_study(storage, cfg, cell) for cell in cfg.cells}
     ran = 0

@@ -1,0 +1,140 @@
+"""Variant sweeps on real storage: SQLite by default, a real PostgreSQL server for many
+workers, a worker killed mid-trial, a restarted command, and the report."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from lstmlab.sweep import SearchSpace, SweepConfig, run_sweep, write_sweep_report
+from lstmlab.sweep.run import counts, make_storage, open_study
+
+TASK = dict(task="adding", task_params={"T": 30})
+
+
+def cfg(storage="sqlite:///unused.db", **kw):
+    base = dict(cells=("vanilla", "nfg"), trials=3, storage=storage, study="t", max_sequences=30,
+                space=SearchSpace(hidden=(4, 8), lr=(1e-3, 1e-1)), heartbeat=1, grace=3, **TASK)
+    base.update(kw)
+    return SweepConfig(**base)
+
+
+def trials_by_state(c, cell):
+    study = optuna.load_study(study_name=c.study_name(cell), storage=make_storage(c))
+    return {t.number: (t.state.name, t.value, t.user_attrs.get("pid")) for t in study.get_trials()}
+
+
+def test_sqlite_sweep_runs_and_continues(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    c = cfg(url, trials=2)
+    result = run_sweep(c, log=lambda *_: None)
+    assert {cell: n["COMPLETE"] for cell, n in result.items()} == {"vanilla": 2, "nfg": 2}
+    first = {cell: trials_by_state(c, cell) for cell in c.cells}
+    for cell in c.cells:  # every trial trained a real model and recorded its test result
+        for number, (state, value, _) in first[cell].items():
+            assert state == "COMPLETE" and 0 <= value < 10
+    # the same command with more trials continues the study: old trials untouched, one more each
+    c3 = cfg(url, trials=3)
+    run_sweep(c3, log=lambda *_: None)
+    for cell in c.cells:
+        now = trials_by_state(c3, cell)
+        assert len(now) == 3 and all(now[k] == v for k, v in first[cell].items())
+    # run again at 3: nothing to do, nothing counted twice
+    run_sweep(c3, log=lambda *_: None)
+    assert all(len(trials_by_state(c3, cell)) == 3 for cell in c.cells)
+
+
+def test_changed_settings_are_refused(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    open_study(make_storage(cfg(url)), cfg(url), "vanilla")
+    with pytest.raises(ValueError, match=r"study='t' exists .* with other settings \(max_sequences\)"):
+        open_study(make_storage(cfg(url)), cfg(url, max_sequences=31), "vanilla")
+
+
+@pytest.mark.parametrize("kw,pattern", [
+    (dict(trials=0), r"trials=0 is invalid"), (dict(cells=("vanilla", "lsmt")), r"cell='lsmt'"),
+    (dict(storage="sweeps.db"), r"storage='sweeps.db' is invalid; allowed: a database URL"),
+    (dict(metric="accuracy"), r"metric='accuracy'"), (dict(grace=1), r"grace=1 is invalid"),
+])
+def test_bad_config(kw, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        cfg(**kw)
+
+
+def test_search_space_ranges():
+    with pytest.raises(ValueError, match=r"lr=\(0.0, 0.01\) is invalid"):
+        SearchSpace(lr=(0.0, 1e-2))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    space = SearchSpace()
+    draws = [space.sample(study.ask()) for _ in range(300)]
+    assert all(20 <= d["hidden"] <= 200 and 1e-6 <= d["lr"] <= 1e-2 and 0 <= d["momentum"] <= 0.99
+               and 0 <= d["input_noise"] <= 1 for d in draws)
+    # log-uniform: about half the learning rates below the geometric midpoint 1e-4
+    assert 0.4 < sum(d["lr"] < 1e-4 for d in draws) / 300 < 0.6
+
+
+def test_two_workers_share_one_study_on_postgresql(postgres_url):
+    c = cfg(postgres_url, cells=("vanilla",), trials=4, study="pg", max_seconds=1.0, max_sequences=10_000)
+    result = run_sweep(c, workers=2, log=lambda *_: None)
+    assert result["vanilla"]["COMPLETE"] == 4
+    trials = trials_by_state(c, "vanilla")
+    assert [s for s, _, _ in trials.values()].count("COMPLETE") == 4
+    assert len({pid for _, _, pid in trials.values()}) == 2  # both workers ran trials
+
+
+def test_worker_killed_mid_trial_loses_only_that_trial(tmp_path):
+    url = f"sqlite:///{tmp_path}/k.db"
+    c = cfg(url, cells=("vanilla",), trials=3, study="k", max_seconds=3.0, max_sequences=1_000_000)
+    cmd = [sys.executable, "-m", "lstmlab", "sweep", "--task", "adding", "--task-params", '{"T": 30}',
+           "--cells", "vanilla", "--trials", "3", "--storage", url, "--study", "k", "--workers", "2",
+           "--hidden", "4,8", "--lr", "0.001,0.1", "--max-sequences", "1000000", "--max-seconds", "3",
+           "--heartbeat", "1", "--grace", "3"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    victim, before = None, None
+    deadline = time.time() + 120
+    while victim is None and time.time() < deadline:
+        time.sleep(0.3)
+        try:
+            now = trials_by_state(c, "vanilla")
+        except KeyError:  # the study is not created yet
+            continue
+        running = [(n, pid) for n, (s, _, pid) in now.items() if s == "RUNNING" and pid]
+        if any(s == "COMPLETE" for s, _, _ in now.values()) and running:
+            victim = running[0]
+            before = {n: v for n, v in now.items() if v[0] == "COMPLETE"}
+            os.kill(victim[1], signal.SIGKILL)
+    assert victim is not None, "never saw a finished trial beside a running one"
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out
+    after = trials_by_state(c, "vanilla")
+    assert after[victim[0]][0] == "FAIL"  # the killed trial, marked failed by its lapsed heartbeat
+    assert all(after[n] == v for n, v in before.items())  # finished results intact
+    assert [s for s, _, _ in after.values()].count("COMPLETE") == 3
+    assert f"{victim[1]}" in out  # the parent reports the dead worker
+
+
+def test_report(tmp_path):
+    url = f"sqlite:///{tmp_path}/r.db"
+    c = cfg(url, trials=4)
+    run_sweep(c, log=lambda *_: None)
+    out = tmp_path / "rep"
+    summary = write_sweep_report(url, "t", out)
+    data = json.loads((out / "sweep.json").read_text())
+    assert set(data["variants"]) == {"vanilla", "nfg"}
+    v, n = data["variants"]["vanilla"], data["variants"]["nfg"]
+    assert v["complete"] == n["complete"] == 4
+    from scipy import stats
+    ref = stats.ttest_ind(n["values"], v["values"], equal_var=False)
+    assert n["p_value"] == pytest.approx(ref.pvalue) and n["welch_t"] == pytest.approx(ref.statistic)
+    assert n["p_bonferroni"] == pytest.approx(min(1.0, ref.pvalue))  # one variant tested
+    imp = summary["importance_pooled"]
+    assert set(imp) == {"hidden", "lr", "one_minus_momentum", "input_noise", "cell"}
+    assert sum(imp.values()) == pytest.approx(1.0)
+    for f in ("boxplot.png", "lr_scatter.png", "importance.png", "report.md"):
+        assert (out / f).stat().st_size > 200
+    with pytest.raises(ValueError, match=r"study='nope' has no variants"):
+        write_sweep_report(url, "nope", tmp_path / "x")
