@@ -4,28 +4,15 @@ Adding a cell means adding one file here with `SPEC = CellSpec(...)`; nothing el
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
+from ..registry import discover
 from .spec import ACTIVATIONS, Activation, CellSpec
 
-_REGISTRY: dict[str, CellSpec] = {}
+_REGISTRY: dict[str, CellSpec] = {}  # filled by discover() at the end of this file
+
 # The order of cell_names(): plain RNNs, the LSTM line in historical order, Greff's
 # variants, GRU. Cells not listed here (new files) follow in alphabetical order.
 _ORDER = ("rnn-tanh", "rnn-sigmoid", "rnn-relu", "lstm1997", "lstm", "vanilla", "nig", "nfg",
           "nog", "niaf", "noaf", "np", "cifg", "fgr", "gru")
-
-
-def _discover() -> None:
-    for info in pkgutil.iter_modules(__path__):
-        if info.name == "spec":
-            continue
-        spec = getattr(importlib.import_module(f"{__name__}.{info.name}"), "SPEC", None)
-        if spec is None:
-            continue
-        if spec.name in _REGISTRY:
-            raise RuntimeError(f"cell {spec.name!r} is defined twice (module {info.name})")
-        _REGISTRY[spec.name] = spec
 
 
 def cell_names() -> list[str]:
@@ -43,6 +30,6 @@ def get_cell(cell: str | CellSpec) -> CellSpec:
     return _REGISTRY[cell]
 
 
-_discover()
+_REGISTRY.update(discover(__name__, __path__, "SPEC", lambda spec: spec.name))
 
 __all__ = ["ACTIVATIONS", "Activation", "CellSpec", "cell_names", "get_cell"]

@@ -12,26 +12,13 @@ subclassing `Task`, its fields the task's parameters); nothing else.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import MISSING, fields
 
+from ..registry import discover
 from .base import Batch, Judgement, Published, Task
 from .rules import EvalRule, StoppingRule, WindowRule
 
-_REGISTRY: dict[str, type[Task]] = {}
-
-
-def _discover() -> None:
-    for info in pkgutil.iter_modules(__path__):
-        if info.name == "base":
-            continue
-        cls = getattr(importlib.import_module(f"{__name__}.{info.name}"), "TASK", None)
-        if cls is None:
-            continue
-        if cls.name in _REGISTRY:
-            raise RuntimeError(f"task {cls.name!r} is defined twice (module {info.name})")
-        _REGISTRY[cls.name] = cls
+_REGISTRY: dict[str, type[Task]] = {}  # filled by discover() at the end of this file
 
 
 def task_names() -> list[str]:
@@ -63,7 +50,7 @@ def make(name: str, **params) -> Task:
     return cls(**params)
 
 
-_discover()
+_REGISTRY.update(discover(__name__, __path__, "TASK", lambda cls: cls.name))
 
 __all__ = ["Batch", "EvalRule", "Judgement", "Published", "StoppingRule", "Task", "WindowRule",
            "get_task_class", "make", "task_names", "task_params"]
