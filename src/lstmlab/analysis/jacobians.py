@@ -113,21 +113,28 @@ class Lin:
 def materialize(rows: list[Lin], mats: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
     """Stack row blocks of Lin derivatives into the (T, B, S, S) Jacobian. `mats` maps a
     term name to its (H, S) matrix; a name ("eye", offset) is the identity on the block of
-    columns starting at offset (added on the diagonal, no matrix product)."""
+    columns starting at offset (added on the diagonal, no matrix product).
+
+    One contraction over every row q of J at once, sum_k coef[t, b, q, k] M_k[q mod H, :],
+    written straight into the result (no zero fill, no copy): the returned tensor is a
+    strided view (rows outermost in memory), which every torch op accepts as it is.
+    """
     T, B, H = like.shape
-    S = next(iter(mats.values())).shape[1] if mats else H * len(rows)
-    out = like.new_zeros(T, B, len(rows) * H, S)
+    R = len(rows)
+    names = sorted({k for lin in rows for k in lin.terms if not isinstance(k, tuple)})
+    if names:
+        zero = like.new_zeros(())
+        coef = torch.stack([torch.cat([lin.terms.get(k, zero).expand(T, B, H) for lin in rows], -1)
+                            for k in names], -1)  # (T, B, R*H, K)
+        M = torch.stack([mats[k].repeat(R, 1) for k in names])  # (K, R*H, S)
+        out = torch.einsum("tbqk,kqs->tbqs", coef, M)
+    else:  # the truncated rule: nothing but the carousel's diagonal
+        out = like.new_zeros(T, B, R * H, next(iter(mats.values())).shape[1])
     idx = torch.arange(H, device=like.device)
     for r, lin in enumerate(rows):
-        block = out[:, :, r * H:(r + 1) * H]
-        names = [k for k in lin.terms if not isinstance(k, tuple)]
-        if names:
-            coef = torch.stack([lin.terms[k] for k in names], -1)  # (T, B, H, K)
-            M = torch.stack([mats[k] for k in names])  # (K, H, S)
-            block.copy_(torch.einsum("tbhk,khs->tbhs", coef, M))
-        for k in lin.terms:
+        for k, c in lin.terms.items():
             if isinstance(k, tuple):  # ("eye", offset): a diagonal on that column block
-                block[:, :, idx, k[1] + idx] += lin.terms[k]
+                out[:, :, r * H + idx, k[1] + idx] += c
     return out
 
 
