@@ -182,6 +182,27 @@ def test_gradient_flow_equals_autograd_state_gradients(cell):
     assert all(p.grad is not None for p in m.parameters())
 
 
+@pytest.mark.parametrize("cell", ["rnn-relu", "gru", "vanilla", "lstm1997", "fgr"])
+def test_gradient_flow_on_the_cpu_backend_equals_the_hooked_reference(cell):
+    from lstmlab.backends import availability
+
+    ok, why = availability().get("cpu", (False, "not registered"))
+    if not ok:
+        pytest.skip(f"cpu backend unavailable: {why}")
+    torch.manual_seed(0)
+    ref = lstmlab.Recurrent(I, H, cell=cell, dtype=DT, num_layers=2, bidirectional=True, backend="reference")
+    cpu = lstmlab.Recurrent(I, H, cell=cell, dtype=DT, num_layers=2, bidirectional=True, backend="cpu")
+    cpu.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I, dtype=DT)
+    u = torch.randn(T, B, 2 * H, dtype=DT)
+    for layer, direction in [(0, 0), (0, 1), (1, 1)]:
+        a = gradient_flow(ref, x, lambda out: (out * u).sum(), layer=layer, direction=direction)
+        b = gradient_flow(cpu, x, lambda out: (out * u).sum(), layer=layer, direction=direction)
+        torch.testing.assert_close(b.h, a.h, rtol=1e-10, atol=1e-12)
+        if a.c is not None:
+            torch.testing.assert_close(b.c, a.c, rtol=1e-10, atol=1e-12)
+
+
 def test_lstm1997_carries_the_error_unchanged_along_the_carousel():
     m = model("lstm1997")
     x = torch.randn(50, B, I, dtype=DT)
