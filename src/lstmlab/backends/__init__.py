@@ -10,8 +10,8 @@ import warnings
 from types import ModuleType
 
 # name -> module, in order of preference for backend="auto" on CPU.
-_MODULES = {"reference": f"{__name__}.reference"}
-_PREFERENCE_CPU: tuple[str, ...] = ("reference",)
+_MODULES = {"reference": f"{__name__}.reference", "cpu": f"{__name__}.cpu"}
+_PREFERENCE_CPU: tuple[str, ...] = ("cpu", "reference")
 
 
 def backend_names() -> list[str]:

@@ -1,0 +1,276 @@
+"""The fused CPU backend: a whole sequence, forward and backward, in compiled code.
+
+Same contract as `reference.run_layer` (every registered cell, the truncated rule,
+variable lengths, reversal), computed by one generic C++ kernel driven by the CellSpec's
+flags (csrc/cells.h), so a newly registered cell is covered without new code:
+
+    forward   gates = x W_ih^T (one matrix product per chunk of steps), then per step one
+              recurrent product and one vectorised pointwise pass; saved for backward:
+              the gate activations, every c_t, and the outputs.
+    backward  per step (last to first): one product with the recurrent weights and the
+              hand-written pointwise backward; dx, dW_ih, dW_hh as large products over a
+              chunk of steps (about 256 rows) each time a chunk is done, so the
+              pre-activation gradients of only two chunks are ever held; bias and
+              peephole gradients accumulate in the pointwise pass.
+
+On machines with more than one thread the hidden units are cut into slices, one per
+thread, that run each time step side by side (csrc/steps.h). The extension is compiled on
+first use (csrc/__init__.py); `available()` says whether that worked and why not.
+
+Per-step gradient norms, opt in, at no extra pass (see `GradNorms`):
+
+    with lstmlab.backends.cpu.GradNorms() as norms:
+        out, _ = model(x)
+    loss(out).backward()
+    norms.h[0]    # (T, B): ||dL/dh_t|| of the first layer
+
+Double backward is not supported (the backward is hand-written): it raises.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ..cells import CellSpec
+from . import reference
+from .csrc.layout import plan as layout_plan
+from .reference import CellParams, State
+
+DTYPES = (torch.float32, torch.float64)
+
+# ---- building and loading the extension ------------------------------------------------
+_ext = None
+_ext_error: str | None = None
+
+
+def _extension():
+    """The compiled module; raises RuntimeError with the reason if it cannot be had."""
+    global _ext, _ext_error
+    if _ext is None and _ext_error is None:
+        from . import csrc
+
+        try:
+            _ext = csrc.load()
+        except csrc.BuildError as e:
+            _ext_error = str(e)
+    if _ext is None:
+        raise RuntimeError(_ext_error)
+    return _ext
+
+
+def available() -> tuple[bool, str]:
+    """(True, how) if the compiled backend loads (building it on first call), else
+    (False, why). Never raises."""
+    try:
+        ext = _extension()
+    except RuntimeError as e:
+        return False, str(e)
+    built = getattr(ext, "build_seconds", None)
+    how = f"compiled for this CPU ({8 * ext.vector_bytes}-bit vectors)"
+    return True, how + (f", built in {built:.0f} s" if built else "")
+
+
+# ---- choosing the slicing and the in-loop product ------------------------------------
+# The kernel's tuning (defaults measured on the benchmark grid, see BENCHMARKS.md).
+# Recurrent products up to this many multiply-adds use the kernel's own register-blocked
+# product; larger ones the BLAS.
+SMALL_GEMM_LIMIT = 1 << 16
+# One slice per thread once a step's recurrent product has this many multiply-adds: below
+# it the per-step synchronisation costs more than the second core gains.
+PARALLEL_MIN_WORK = 1 << 17
+# Let float products use MKL's packed-weight API when torch's BLAS is MKL.
+USE_PACKED_GEMM = True
+# Steps per chunk of the input projection and of the weight-gradient products (0: the
+# kernel chooses, see chunk_steps in csrc/lstmlab_cpu.cpp).
+CHUNK_STEPS = 0
+
+
+def _tune() -> list[int]:
+    return [SMALL_GEMM_LIMIT, int(USE_PACKED_GEMM), CHUNK_STEPS]
+
+
+def _bounds(B: int, H: int, work: int, lanes: int) -> tuple[int, ...]:
+    # one slice per thread, never more than there are cores: the slices meet every step
+    threads = min(torch.get_num_threads(), os.cpu_count() or 1)
+    P = 1 if threads < 2 or work < PARALLEL_MIN_WORK else min(threads, max(1, H // lanes))
+    # slice edges on whole vectors where possible
+    edges = [min(H, round(H * p / P / lanes) * lanes) for p in range(P + 1)]
+    edges[-1] = H
+    edges = sorted(set(edges))
+    return tuple(edges)
+
+
+# ---- the autograd Function -----------------------------------------------------------
+class _Fused(torch.autograd.Function):
+    """One layer and direction; tensors in torch's layout in and out, the kernel's layout
+    (csrc/layout.py: plan.pack, plan.unpack_*) inside, so that autograd sees one node."""
+
+    @staticmethod
+    def forward(ctx, plan, lengths, keep, return_cells, record, x, h0, c0, a0, W_ih, W_hh, b_ih, b_hh, W_ch, W_gg):
+        none = x.new_empty(0)
+        Wx, bx, Wr, s0 = plan.pack(W_ih, W_hh, b_ih, b_hh, W_gg, h0, a0)
+        c0 = none if c0 is None else c0.contiguous()
+        peep = none if W_ch is None else W_ch.contiguous()
+        out, gates, C, s_fin, c_fin, cells = _extension().forward(
+            plan.cfg, plan.bounds, x, s0, c0, Wx, bx, Wr, peep, lengths, keep, return_cells, _tune())
+        ctx.plan, ctx.record = plan, record
+        ctx.flags = (a0 is not None, b_ih is not None, W_ch is not None, c0.numel() > 0)
+        ctx.save_for_backward(x, s0, c0, Wx, Wr, peep, lengths, out, gates, C)
+        h_n, a_n = plan.unpack_state(s_fin, a0 is not None)
+        a_n = none if a_n is None else a_n
+        ctx.mark_non_differentiable(*[t for t in (c_fin, a_n, cells) if t.numel() == 0])
+        return out, h_n, c_fin, a_n, cells
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout, dh_n, dc_n, da_n, dcells):
+        x, s0, c0, Wx, Wr, peep, lengths, out, gates, C = ctx.saved_tensors
+        plan, (fgr, bias, peepholes, lstm) = ctx.plan, ctx.flags
+        none = x.new_empty(0)
+        pick = lambda t: none if t is None else t.contiguous()  # noqa: E731
+        ds_fin = none
+        if dh_n is not None or da_n is not None:
+            H = plan.H
+            ds_fin = dh_n if dh_n is not None else s0.new_zeros(s0.shape[0], H)
+            if fgr:
+                ds_fin = torch.cat([ds_fin, da_n if da_n is not None else s0.new_zeros(s0.shape[0], s0.shape[1] - H)], 1)
+            ds_fin = (ds_fin if plan.s_src is None else ds_fin.index_select(1, plan.s_src)).contiguous()
+        want = ctx.record is not None
+        dx, ds0, dc0, dWx, dbx, dWr, dpeep, norm_h, norm_c = _extension().backward(
+            plan.cfg, plan.bounds, x, s0, c0, Wx, Wr, peep, lengths, out, gates, C,
+            pick(dout), ds_fin, pick(dc_n), pick(dcells), want, _tune())
+        if want:
+            ctx.record.fill(norm_h, norm_c if norm_c.numel() else None)
+        dh0, da0 = plan.unpack_state(ds0, fgr)
+        dW_ih, dW_hh, db_ih, db_hh, dW_gg = plan.unpack_grads(dWx, dbx, dWr, bias, fgr)
+        return (None, None, None, None, None, dx, dh0, dc0 if lstm else None, da0, dW_ih, dW_hh, db_ih, db_hh,
+                dpeep if peepholes else None, dW_gg)
+
+
+_warned: set[str] = set()
+
+
+def _fallback(why: str, *args, **kw):
+    if why not in _warned:
+        _warned.add(why)
+        warnings.warn(f"lstmlab cpu backend: {why}; using the reference backend for it", stacklevel=4)
+    return reference.run_layer(*args, **kw)
+
+
+def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
+              lengths: torch.Tensor | None = None, reverse: bool = False,
+              truncate: bool | None = None, return_cells: bool = False):
+    """Run one layer and direction over a sequence: `reference.run_layer`'s contract.
+
+    Args:
+        x: (T, B, I). state: initial state tuple in spec.state_names order.
+        lengths: (B,) valid lengths or None. reverse: run each sequence backwards.
+        truncate: the 1997 truncated gradient; None takes the cell's default.
+        return_cells: also return every step's c_t (LSTM cells).
+    Returns:
+        output (T, B, H), final state tuple, cells (T, B, H) or None.
+    """
+    truncate = spec.truncate if truncate is None else truncate
+    if x.device.type != "cpu" or x.dtype not in DTYPES:
+        return _fallback(f"{x.dtype} on {x.device} is not supported (float32/float64 on cpu)",
+                         spec, p, x, state, lengths, reverse, truncate, return_cells)
+    T, B, _ = x.shape
+    H = p.weight_hh.shape[1]
+    if lengths is not None:
+        lengths = lengths.to("cpu", torch.long)
+        if bool((lengths >= T).all()):
+            lengths = None
+    if reverse:
+        x = reference.reverse_padded(x, lengths)
+    lanes = _extension().vector_bytes // x.element_size()
+    work = B * p.weight_hh.shape[0] * (H + (p.weight_gg.shape[0] if p.weight_gg is not None else 0))
+    plan = layout_plan(spec, H, _bounds(B, H, work, lanes), bool(truncate))
+    record = GradNorms._register(reverse, lengths)
+    lens = lengths.contiguous() if lengths is not None else x.new_empty(0, dtype=torch.long)
+    lstm, fgr = spec.kind == "lstm", spec.gate_recurrence
+    tensors = (x.contiguous(), state[0], state[1] if lstm else None, state[2] if fgr else None,
+               p.weight_ih, p.weight_hh, p.bias_ih, p.bias_hh, p.weight_ch, p.weight_gg)
+    keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)  # backward to come
+    out, h_n, c_n, a_n, cells = _Fused.apply(plan, lens, keep, bool(return_cells and lstm), record, *tensors)
+    final = ((h_n, c_n, a_n) if fgr else (h_n, c_n)) if lstm else (h_n,)
+    cells = cells if return_cells and lstm else None
+    if reverse:
+        out = reference.reverse_padded(out, lengths)
+        cells = reference.reverse_padded(cells, lengths) if cells is not None else None
+    return out, final, cells
+
+
+# ---- per-step gradient norms ---------------------------------------------------------
+@dataclass
+class RunNorms:
+    """The norms of one run_layer call (one layer and direction), filled by backward.
+
+    h: (T, B) ||dL/dh_t||; c: (T, B) ||dL/dc_t|| (LSTM cells, else None). Time in input
+    order, also for the reverse direction; 0 past a sequence's length.
+    """
+
+    reverse: bool
+    lengths: torch.Tensor | None
+    h: torch.Tensor | None = None
+    c: torch.Tensor | None = None
+
+    def fill(self, h, c):
+        if self.reverse:
+            h = reference.reverse_padded(h, self.lengths)
+            c = reference.reverse_padded(c, self.lengths) if c is not None else None
+        self.h, self.c = h, c
+
+
+@dataclass
+class GradNorms:
+    """Opt in to per-step gradient norms from the cpu backend's backward pass.
+
+    Every run_layer call of the cpu backend made inside the `with` block (for a
+    `Recurrent`: layer 0, its reverse direction if bidirectional, layer 1, ...) is
+    recorded; the backward pass, which may run after the block, fills in for each
+
+        h[k][t, b] = ||dL/dh_t||   (over the hidden units; shape (T, B))
+        c[k][t, b] = ||dL/dc_t||   (LSTM cells; None for rnn and gru)
+
+    where dL/dh_t is the whole gradient that reaches the state h_t of sequence b: from
+    the output at t, from every later step and from the final state; dL/dc_t likewise is
+    the total derivative with respect to c_t, through h_t = o act(c_t), the output gate's
+    peephole and c_{t+1} (under the truncated rule: the truncated gradient). These are the
+    gradients of the states the reference loop computes at each step (the quantities
+    lstmlab.analysis.flow records through hooks). t runs in input order, also for the
+    reverse direction; steps past a sequence's length are 0. The norms come out of the
+    pointwise backward pass itself (no extra pass); runs outside a block cost nothing. A
+    later backward through the same graph overwrites them.
+    """
+
+    runs: list[RunNorms] = field(default_factory=list)
+
+    @property
+    def h(self) -> list[torch.Tensor | None]:
+        return [r.h for r in self.runs]
+
+    @property
+    def c(self) -> list[torch.Tensor | None]:
+        return [r.c for r in self.runs]
+
+    def __enter__(self) -> "GradNorms":
+        _RECORDERS.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _RECORDERS.remove(self)
+
+    @staticmethod
+    def _register(reverse: bool, lengths: torch.Tensor | None) -> RunNorms | None:
+        if not _RECORDERS:
+            return None
+        run = RunNorms(reverse, lengths)
+        _RECORDERS[-1].runs.append(run)
+        return run
+
+
+_RECORDERS: list[GradNorms] = []

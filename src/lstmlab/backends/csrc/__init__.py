@@ -1,0 +1,127 @@
+"""The C++ sources of the cpu backend, and the code that compiles and loads them.
+
+`load()` returns the compiled extension module, building it on first use with
+torch.utils.cpp_extension (ninja + the system C++ compiler) into a cache directory that
+persists between runs: $LSTMLAB_BUILD_DIR, else $XDG_CACHE_HOME/lstmlab, else
+~/.cache/lstmlab. The file name carries a hash of the sources, the torch and Python
+versions, the compiler flags and the CPU's instruction-set flags (the code is compiled
+for the host CPU), so a stale or foreign build is never loaded. A build happens in a
+private temporary directory and the result is moved into place with an atomic rename:
+two processes building at once both succeed and nothing is ever half-written. Once the
+file exists, loading it needs no compiler.
+
+Environment: LSTMLAB_CPU_BACKEND=0 disables the backend; LSTMLAB_CPU_MARCH sets the
+-march value (default "native"; empty for the compiler's default target).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SOURCES = ("lstmlab_cpu.cpp", "cells.h", "clock.h", "gemm.h", "steps.h", "vecmath.h")
+
+
+class BuildError(RuntimeError):
+    """The extension cannot be built or loaded; str() is a one-line reason."""
+
+
+def _cflags() -> list[str]:
+    march = os.environ.get("LSTMLAB_CPU_MARCH", "native")
+    # -fopenmp: at::parallel_for (ATen/ParallelOpenMP.h) is inline, so it only runs in
+    # parallel when this file is compiled with OpenMP; it links the libgomp torch loaded.
+    flags = ["-O3", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno"]
+    return flags + ([f"-march={march}"] if march else [])
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.machine() + platform.processor()
+
+
+def build_dir() -> Path:
+    root = os.environ.get("LSTMLAB_BUILD_DIR")
+    if root:
+        return Path(root)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "lstmlab"
+
+
+def module_name() -> str:
+    import torch
+
+    h = hashlib.sha256()
+    for src in SOURCES:
+        h.update((HERE / src).read_bytes())
+    for part in (torch.__version__, sys.version, " ".join(_cflags()), _cpu_flags()):
+        h.update(part.encode())
+    return f"lstmlab_cpu_{h.hexdigest()[:16]}"
+
+
+def _import(name: str, path: Path):
+    loader = importlib.machinery.ExtensionFileLoader(name, str(path))
+    spec = importlib.util.spec_from_file_location(name, str(path), loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def _first_error(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if "error" in ln.lower() and not ln.lower().startswith("error building extension"):
+            return ln[:300]
+    return (lines[-1] if lines else text)[:300]
+
+
+def load():
+    """The compiled extension module (built here if needed). Raises BuildError."""
+    if os.environ.get("LSTMLAB_CPU_BACKEND", "1") == "0":
+        raise BuildError("disabled by LSTMLAB_CPU_BACKEND=0")
+    name = module_name()
+    root = build_dir()
+    target = root / f"{name}.so"
+    if target.exists():
+        try:
+            return _import(name, target)
+        except ImportError as e:
+            raise BuildError(f"cannot load {target}: {e}") from None
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        raise BuildError(f"no C++ compiler ({compiler!r} not on PATH) to build it, and no prebuilt {target}")
+    from torch.utils import cpp_extension
+
+    try:
+        cpp_extension.verify_ninja_availability()
+    except RuntimeError:
+        raise BuildError("ninja is not installed (pip install ninja); it is needed to build it") from None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
+    except OSError as e:
+        raise BuildError(f"cannot create the build directory {root}: {e}") from None
+    print(f"lstmlab: compiling the cpu backend into {root} (once; about 15 s)", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    try:
+        module = cpp_extension.load(name=name, sources=[str(HERE / SOURCES[0])], extra_include_paths=[str(HERE)],
+                                    extra_cflags=_cflags(), extra_ldflags=["-fopenmp"], build_directory=str(tmp), verbose=False)
+        os.replace(tmp / f"{name}.so", target)
+    except Exception as e:  # a compiler error, a missing header: the reason is the message
+        raise BuildError(f"build failed: {_first_error(str(e))}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    module.build_seconds = time.perf_counter() - start
+    return module

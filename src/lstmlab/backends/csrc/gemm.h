@@ -1,0 +1,255 @@
+// Row-major matrix products C (M x N) [+]= A (M x K) . B (K x N), with leading dimensions.
+// Small products (the per-step recurrent product at small batch and hidden size) use a
+// register-blocked kernel here: a BLAS call costs more than the arithmetic there. Larger
+// ones go to the BLAS that torch is linked with (MKL in the official x86 wheels), called
+// directly: its Fortran sgemm_/dgemm_ are declared weak, and where the process has none,
+// at::mm on wrapped pointers does the product instead.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
+
+#include <type_traits>
+#include <vector>
+
+#include "vecmath.h"
+
+extern "C" {
+void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc) __attribute__((weak));
+void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc) __attribute__((weak));
+// MKL's packed products: the recurrent weights are packed once per sequence.
+size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k) __attribute__((weak));
+void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k, float alpha, const float* src,
+                      int ld, float* dest) __attribute__((weak));
+void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k, const float* a, int lda,
+                         const float* b, int ldb, float beta, float* c, int ldc) __attribute__((weak));
+}
+
+namespace lstmlab {
+
+inline bool have_blas() { return sgemm_ != nullptr && dgemm_ != nullptr; }
+
+// MR rows x NV vectors of C per block; KS independent accumulator sets over k give the
+// FMA pipeline enough independent chains when the block is small.
+template <class T, int MR, int NV, int KS, bool TAIL>
+inline void gemm_block(int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
+                       int ncols, bool accumulate) {
+  using V = vec_t<T>;
+  constexpr int L = Vec<T>::n;
+  const int last = TAIL ? ncols - (NV - 1) * L : L;  // lanes used in the last vector
+  V acc[KS][MR][NV];
+  for (int s = 0; s < KS; ++s)
+    for (int r = 0; r < MR; ++r)
+      for (int j = 0; j < NV; ++j) acc[s][r][j] = V{};
+  int64_t k = 0;
+  for (; k + KS <= K; k += KS) {
+    for (int s = 0; s < KS; ++s) {
+      const T* b = B + (k + s) * ldb;
+      V bv[NV];
+      for (int j = 0; j < NV; ++j) bv[j] = (TAIL && j == NV - 1) ? load_n(b + j * L, last) : load(b + j * L);
+      for (int r = 0; r < MR; ++r) {
+        V a = splat(A[r * lda + k + s]);
+        for (int j = 0; j < NV; ++j) acc[s][r][j] += a * bv[j];
+      }
+    }
+  }
+  for (; k < K; ++k) {
+    const T* b = B + k * ldb;
+    V bv[NV];
+    for (int j = 0; j < NV; ++j) bv[j] = (TAIL && j == NV - 1) ? load_n(b + j * L, last) : load(b + j * L);
+    for (int r = 0; r < MR; ++r) {
+      V a = splat(A[r * lda + k]);
+      for (int j = 0; j < NV; ++j) acc[0][r][j] += a * bv[j];
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    for (int j = 0; j < NV; ++j) {
+      V v = acc[0][r][j];
+      for (int s = 1; s < KS; ++s) v += acc[s][r][j];
+      T* c = C + r * ldc + j * L;
+      const int n = (TAIL && j == NV - 1) ? last : L;
+      if (accumulate) v += ld(c, n);
+      st(c, v, n);
+    }
+  }
+}
+
+template <class T, int MR, int NV, bool TAIL>
+inline void gemm_rows(int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
+                      int ncols, bool accumulate) {
+  constexpr int KS = MR * NV <= 2 ? 4 : (MR * NV <= 4 ? 2 : 1);
+  gemm_block<T, MR, NV, KS, TAIL>(K, A, lda, B, ldb, C, ldc, ncols, accumulate);
+}
+
+template <class T, int NV, bool TAIL>
+inline void gemm_panel(int64_t M, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                       int64_t ldc, int ncols, bool accumulate) {
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4)
+    gemm_rows<T, 4, NV, TAIL>(K, A + m * lda, lda, B, ldb, C + m * ldc, ldc, ncols, accumulate);
+  switch (M - m) {
+    case 3: gemm_rows<T, 3, NV, TAIL>(K, A + m * lda, lda, B, ldb, C + m * ldc, ldc, ncols, accumulate); break;
+    case 2: gemm_rows<T, 2, NV, TAIL>(K, A + m * lda, lda, B, ldb, C + m * ldc, ldc, ncols, accumulate); break;
+    case 1: gemm_rows<T, 1, NV, TAIL>(K, A + m * lda, lda, B, ldb, C + m * ldc, ldc, ncols, accumulate); break;
+    default: break;
+  }
+}
+
+template <class T>
+void gemm_small(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                int64_t ldc, bool accumulate) {
+  constexpr int L = Vec<T>::n;
+  constexpr int NVMAX = 4;
+  int64_t n0 = 0;
+  for (; n0 + NVMAX * L <= N; n0 += NVMAX * L)
+    gemm_panel<T, NVMAX, false>(M, K, A, lda, B + n0, ldb, C + n0, ldc, NVMAX * L, accumulate);
+  const int rest = (int)(N - n0);
+  if (rest == 0) return;
+  const int nv = (rest + L - 1) / L;
+  const bool tail = rest % L != 0;
+#define LSTMLAB_PANEL(NV)                                                                             \
+  (tail ? gemm_panel<T, NV, true>(M, K, A, lda, B + n0, ldb, C + n0, ldc, rest, accumulate)          \
+        : gemm_panel<T, NV, false>(M, K, A, lda, B + n0, ldb, C + n0, ldc, rest, accumulate))
+  switch (nv) {
+    case 1: LSTMLAB_PANEL(1); break;
+    case 2: LSTMLAB_PANEL(2); break;
+    case 3: LSTMLAB_PANEL(3); break;
+    default: LSTMLAB_PANEL(4); break;
+  }
+#undef LSTMLAB_PANEL
+}
+
+inline void blas_call(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
+                      const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+                      const int* ldc) {
+  sgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+inline void blas_call(const char* ta, const char* tb, const int* m, const int* n, const int* k, const double* alpha,
+                      const double* a, const int* lda, const double* b, const int* ldb, const double* beta,
+                      double* c, const int* ldc) {
+  dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+// Row-major C (M x N) [+]= op(A) op(B), op(X) = X^T when trans_x (X then stored K x M /
+// N x K). The BLAS is column-major: row-major C = A B is column-major C^T = B^T A^T.
+template <class T>
+void gemm_blas(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
+               int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate)
+      for (int64_t m = 0; m < M; ++m) std::memset(C + m * ldc, 0, sizeof(T) * N);
+    return;
+  }
+  if (have_blas()) {
+    const int m = (int)N, n = (int)M, k = (int)K, la = (int)ldb, lb = (int)lda, lc = (int)ldc;
+    const T one = 1, beta = accumulate ? T(1) : T(0);
+    blas_call(trans_b ? "T" : "N", trans_a ? "T" : "N", &m, &n, &k, &one, B, &la, A, &lb, &beta, C, &lc);
+    return;
+  }
+  auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  auto wrap = [&](const T* p, int64_t rows, int64_t cols, int64_t ld, bool trans) {
+    at::Tensor t = at::from_blob(const_cast<T*>(p), {rows, cols}, {ld, 1}, opts);
+    return trans ? t.t() : t;
+  };
+  at::Tensor prod = at::mm(wrap(A, trans_a ? K : M, trans_a ? M : K, lda, trans_a),
+                           wrap(B, trans_b ? N : K, trans_b ? K : N, ldb, trans_b));
+  at::Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, opts);
+  if (accumulate) c.add_(prod); else c.copy_(prod);
+}
+
+// The products with fixed weight blocks, repeated every step: C (M x n) [+]= A (M x k)
+// . op(W_part), op(W) = W (k x n, row-major, leading dimension ld) or, when transposed,
+// W^T with W stored n x k. Per part it uses the built-in kernel (small products), MKL's
+// packed weights (float, few rows, when the BLAS is MKL; packed once here) or the plain
+// BLAS call; the last two read a k x n copy of a transposed part, made once here.
+template <class T>
+class StepProduct {
+ public:
+  struct Part {
+    const T* W;
+    int64_t ld, k, n;
+    bool transposed;
+  };
+
+  StepProduct(int64_t M, std::vector<Part> parts, int64_t small_limit, bool allow_pack) : M_(M) {
+    constexpr bool is_float = std::is_same<T, float>::value;
+    bool mkl = is_float && allow_pack && cblas_sgemm_pack && cblas_sgemm_compute && cblas_sgemm_pack_get_size &&
+               M <= kPackMaxRows;
+    if (mkl) {  // MKL's packed copies carry ~8 MB each beyond the weights: keep their sum bounded
+      size_t bytes = 0;
+      for (const Part& q : parts)
+        if (M * q.n * q.k > small_limit && q.k > 0) bytes += cblas_sgemm_pack_get_size(kB, (int)M, (int)q.n, (int)q.k);
+      mkl = bytes <= kPackMaxBytes;
+    }
+    for (const Part& q : parts) {
+      Plan plan{q, BLAS, at::Tensor()};
+      if (q.k == 0 || q.n == 0) {
+        plan.kind = EMPTY;
+      } else if (M * q.n * q.k <= small_limit || !mkl) {
+        plan.kind = M * q.n * q.k <= small_limit ? SMALL : BLAS;
+        if (q.transposed) {  // the built-in kernel, and the BLAS at few rows, read op(W) row by row
+          plan.copy = at::empty({q.k, q.n}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+          T* dst = plan.copy.template data_ptr<T>();
+          for (int64_t j0 = 0; j0 < q.n; j0 += 64)  // transposed in 64 x 64 tiles
+            for (int64_t k0 = 0; k0 < q.k; k0 += 64)
+              for (int64_t j = j0; j < std::min(q.n, j0 + 64); ++j)
+                for (int64_t k = k0; k < std::min(q.k, k0 + 64); ++k) dst[k * q.n + j] = q.W[j * q.ld + k];
+          plan.part.W = dst, plan.part.ld = q.n, plan.part.transposed = false;
+        }
+      } else {
+        if constexpr (is_float) {
+          plan.kind = PACKED;
+          const int m = (int)M, n = (int)q.n, k = (int)q.k;
+          plan.copy = at::empty({(int64_t)cblas_sgemm_pack_get_size(kB, m, n, k)}, at::kByte);
+          cblas_sgemm_pack(kRowMajor, kB, q.transposed ? kTrans : kNoTrans, m, n, k, 1.0f, q.W, (int)q.ld,
+                           (float*)plan.copy.data_ptr());
+        }
+      }
+      plans_.push_back(std::move(plan));
+    }
+  }
+
+  void operator()(size_t i, const T* A, int64_t lda, T* C, int64_t ldc, bool accumulate) const {
+    const Plan& pl = plans_[i];
+    const Part& q = pl.part;
+    switch (pl.kind) {
+      case EMPTY:
+        if (!accumulate)
+          for (int64_t m = 0; m < M_; ++m) std::memset(C + m * ldc, 0, sizeof(T) * q.n);
+        return;
+      case SMALL:
+        return gemm_small<T>(M_, q.n, q.k, A, lda, q.W, q.ld, C, ldc, accumulate);
+      case PACKED:
+        if constexpr (std::is_same<T, float>::value)
+          return cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, (int)M_, (int)q.n, (int)q.k, A, (int)lda,
+                                     (const float*)pl.copy.data_ptr(), (int)q.n, accumulate ? 1.0f : 0.0f, C,
+                                     (int)ldc);
+        break;
+      case BLAS:
+        break;
+    }
+    gemm_blas<T>(false, q.transposed, M_, q.n, q.k, A, lda, q.W, q.ld, C, ldc, accumulate);
+  }
+
+ private:
+  enum Kind { EMPTY, SMALL, PACKED, BLAS };
+  struct Plan {
+    Part part;
+    Kind kind;
+    at::Tensor copy;  // the transposed copy (SMALL) or MKL's packed weights (PACKED)
+  };
+  // MKL's CBLAS enums; packing pays off for few rows (measured: see BENCHMARKS.md)
+  static constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kB = 162;
+  static constexpr int64_t kPackMaxRows = 16;
+  static constexpr size_t kPackMaxBytes = size_t(24) << 20;
+  int64_t M_;
+  std::vector<Plan> plans_;
+};
+
+}  // namespace lstmlab

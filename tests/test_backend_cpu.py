@@ -1,0 +1,247 @@
+"""The cpu backend against the reference backend, for every registered cell (generated from
+the registry, so a new cell is tested the moment it exists): outputs, final states, cell
+states and every gradient, float64 to 1e-10 and float32 to 1e-5, over random shapes,
+lengths, directions, the truncated rule and the kernel's code paths (hidden units cut into
+slices run in parallel, the built-in and the BLAS products, chunk sizes). Also the layer
+(multi-layer, bidirectional, packed), the per-step gradient norms and the error paths."""
+import contextlib
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import lstmlab
+from conftest import TOL, assert_close
+from lstmlab.backends import cpu, reference
+
+CELLS = lstmlab.cell_names()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cpu_backend():
+    ok, why = cpu.available()
+    if not ok:
+        if os.environ.get("LSTMLAB_CPU_BACKEND") == "0":
+            pytest.skip(why)
+        pytest.fail(f"the cpu backend is unavailable: {why}")
+
+
+@contextlib.contextmanager
+def knobs(parallel=False, small_products=True, packed=True, chunk=0):
+    """Force the kernel's code paths: slices in parallel, which product, chunk size."""
+    saved = (cpu.PARALLEL_MIN_WORK, cpu.SMALL_GEMM_LIMIT, cpu.USE_PACKED_GEMM, cpu.CHUNK_STEPS)
+    cpu.PARALLEL_MIN_WORK = 0 if parallel else 1 << 62
+    cpu.SMALL_GEMM_LIMIT = 1 << 62 if small_products else 0
+    cpu.USE_PACKED_GEMM, cpu.CHUNK_STEPS = packed, chunk
+    try:
+        yield
+    finally:
+        cpu.PARALLEL_MIN_WORK, cpu.SMALL_GEMM_LIMIT, cpu.USE_PACKED_GEMM, cpu.CHUNK_STEPS = saved
+
+
+def random_case(cell, dtype, T, B, I, H, seed):
+    torch.manual_seed(seed)
+    m = lstmlab.Recurrent(I, H, cell=cell, dtype=dtype, backend="reference")
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, B, I, generator=g, dtype=dtype).requires_grad_()
+    # FGR's state includes gate activations, which live in (0, 1)
+    state = tuple((torch.rand if n == "a" else torch.randn)(B, m.spec.state_width(n) * H, generator=g,
+                                                           dtype=dtype).requires_grad_()
+                  for n in m.spec.state_names)
+    return m, x, state
+
+
+def run_and_differentiate(backend, m, x, state, lengths, reverse, truncate):
+    """Outputs, final state (and cells) of one run_layer, then the gradients of a fixed
+    random projection of all of them with respect to x, the state and every weight."""
+    spec = m.spec
+    out, final, cells = backend.run_layer(spec, m.cell_params(0), x, state, lengths, reverse=reverse,
+                                          truncate=truncate, return_cells=spec.kind == "lstm")
+    outs = [out, *final] + ([cells] if cells is not None else [])
+    g = torch.Generator().manual_seed(99)
+    cot = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outs]
+    leaves = [x, *state, *m.parameters()]
+    grads = torch.autograd.grad(outs, leaves, cot, allow_unused=True)
+    grads = [torch.zeros_like(leaf) if gr is None else gr for leaf, gr in zip(leaves, grads)]
+    names = ["output", *[f"final {n}" for n in spec.state_names]] + (["cells"] if cells is not None else [])
+    names += ["d input", *[f"d initial {n}" for n in spec.state_names], *[f"d {n}" for n, _ in m.named_parameters()]]
+    return dict(zip(names, [o.detach() for o in outs] + grads))
+
+
+case = st.fixed_dictionaries({
+    "T": st.integers(1, 9), "B": st.integers(1, 4), "I": st.integers(1, 5), "H": st.integers(1, 37),
+    "lengths": st.booleans(), "reverse": st.booleans(), "truncate": st.sampled_from([None, True, False]),
+    "parallel": st.booleans(), "small_products": st.booleans(), "packed": st.booleans(),
+    "chunk": st.sampled_from([0, 1, 2, 3]), "seed": st.integers(0, 2 ** 16),
+})
+
+
+def check_against_reference(cell, dtype, c):
+    m, x, state = random_case(cell, dtype, c["T"], c["B"], c["I"], c["H"], c["seed"])
+    truncate = c["truncate"] if m.spec.kind == "lstm" else None
+    lengths = None
+    if c["lengths"]:
+        g = torch.Generator().manual_seed(c["seed"])
+        lengths = torch.randint(1, c["T"] + 1, (c["B"],), generator=g)
+    want = run_and_differentiate(reference, m, x, state, lengths, c["reverse"], truncate)
+    with knobs(c["parallel"], c["small_products"], c["packed"], c["chunk"]):
+        got = run_and_differentiate(cpu, m, x, state, lengths, c["reverse"], truncate)
+    assert got.keys() == want.keys()
+    for name in want:
+        assert_close(got[name], want[name], dtype, msg=f"{cell}: {name} ({c})")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(c=case)
+def test_matches_reference_float64(cell, c):
+    check_against_reference(cell, torch.float64, c)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(c=case)
+def test_matches_reference_float32(cell, c):
+    check_against_reference(cell, torch.float32, c)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_long_sequence_many_chunks_in_parallel(cell):
+    """Many chunks and slices at once, float32 (the benchmark's dtype), the full gradient."""
+    c = dict(T=40, B=3, I=4, H=48, lengths=True, reverse=False, truncate=None, parallel=True,
+             small_products=False, packed=True, chunk=3, seed=7)
+    check_against_reference(cell, torch.float32, c)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_layer_matches_reference(cell):
+    """Recurrent with backend='cpu' vs 'reference': two layers, bidirectional, batch_first,
+    packed sequences of unsorted lengths, given initial state; every gradient."""
+    I, H, B, T = 3, 6, 4, 7
+    torch.manual_seed(0)
+    ref = lstmlab.Recurrent(I, H, cell=cell, num_layers=2, bidirectional=True, batch_first=True,
+                            dtype=torch.float64, backend="reference")
+    ours = lstmlab.Recurrent(I, H, cell=cell, num_layers=2, bidirectional=True, batch_first=True,
+                             dtype=torch.float64, backend="cpu")
+    ours.load_state_dict(ref.state_dict())
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(B, T, I, generator=g, dtype=torch.float64, requires_grad=True)
+    hx = tuple(torch.randn(4, B, ref.spec.state_width(n) * H, generator=g, dtype=torch.float64)
+               for n in ref.spec.state_names)
+    hx = hx[0] if len(hx) == 1 else hx
+    lengths = torch.tensor([5, 7, 1, 5])
+    for model in (ref, ours):
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, state = model(packed, hx)
+        state = state if isinstance(state, tuple) else (state,)
+        loss = (out.data ** 2).sum() + sum((s * s.cos()).sum() for s in state)
+        model.zero_grad()
+        x.grad = None
+        loss.backward()
+        model.result = (out.data.detach(), [s.detach() for s in state], x.grad.clone(),
+                        {n: p.grad.clone() for n, p in model.named_parameters()})
+    (o1, s1, dx1, g1), (o2, s2, dx2, g2) = ref.result, ours.result
+    assert_close(o2, o1, msg="output")
+    for a, b in zip(s2, s1, strict=True):
+        assert_close(a, b, msg="final state")
+    assert_close(dx2, dx1, msg="d input")
+    for n in g1:
+        assert_close(g2[n], g1[n], msg=f"d {n}")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "vanilla", "gru"])
+def test_inference_matches_training_forward(cell):
+    """Under no_grad the kernel keeps only rings of gates and c: same outputs."""
+    m, x, state = random_case(cell, torch.float64, 11, 3, 2, 20, seed=3)
+    with knobs(parallel=True, chunk=2):
+        train = cpu.run_layer(m.spec, m.cell_params(0), x, state, return_cells=m.spec.kind == "lstm")
+        with torch.no_grad():
+            infer = cpu.run_layer(m.spec, m.cell_params(0), x, state, return_cells=m.spec.kind == "lstm")
+    for a, b in zip([train[0], *train[1]], [infer[0], *infer[1]], strict=True):
+        assert torch.equal(a, b)
+
+
+def reference_state_grads(m, x, state, lengths, reverse, truncate):
+    """The reference loop, retaining the grads of the states each step computes: their
+    norms are what GradNorms documents (0 past a sequence's length)."""
+    spec, p = m.spec, m.cell_params(0)
+    xs = reference.reverse_padded(x, lengths) if reverse else x
+    xw = reference.input_projection(p, xs)
+    T = x.shape[0]
+    valid = torch.ones(T, x.shape[1], 1, dtype=torch.bool) if lengths is None else \
+        (torch.arange(T).unsqueeze(1) < lengths).unsqueeze(-1)
+    states, outs = [], []
+    for t in range(T):
+        new = reference.pointwise(spec, p, xw[t], state, truncate)
+        for n in new:  # what step t computes: its gradient is the total dL/dh_t, dL/dc_t
+            n.retain_grad()
+        states.append(new)
+        state = tuple(torch.where(valid[t], n, s) for n, s in zip(new, state))
+        outs.append(state[0] * valid[t])
+    out = torch.stack(outs)
+    out = reference.reverse_padded(out, lengths) if reverse else out
+    return out, state, states, valid
+
+
+@pytest.mark.parametrize("cell,truncate", [("lstm", False), ("vanilla", False), ("fgr", False),
+                                           ("lstm1997", True), ("gru", None), ("rnn-tanh", None)])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_grad_norms_match_reference(cell, truncate, reverse):
+    m, x, state = random_case(cell, torch.float64, 9, 3, 2, 5, seed=11)
+    lengths = torch.tensor([9, 4, 1])
+    g = torch.Generator().manual_seed(5)
+    with cpu.GradNorms() as norms:
+        out, final, _ = cpu.run_layer(m.spec, m.cell_params(0), x, state, lengths, reverse=reverse, truncate=truncate)
+    assert len(norms.runs) == 1 and norms.h[0] is None  # filled by backward
+    cot = torch.randn(out.shape, generator=g, dtype=out.dtype)
+    fcot = [torch.randn(s.shape, generator=g, dtype=s.dtype) for s in final]
+    torch.autograd.backward([out, *final], [cot, *fcot])
+
+    r_out, r_final, states, valid = reference_state_grads(m, x, state, lengths, reverse, truncate)
+    torch.autograd.backward([r_out, *r_final], [cot, *fcot])
+    for k, got in enumerate([norms.h[0], norms.c[0]]):
+        if m.spec.kind != "lstm" and k == 1:
+            assert got is None
+            continue
+        want = torch.stack([s[k].grad.norm(dim=1) for s in states]) * valid[..., 0]  # (T, B), loop order
+        want = reference.reverse_padded(want, lengths) if reverse else want
+        assert_close(got, want, msg=f"{'hc'[k]} norms")
+
+
+def test_grad_norms_of_a_layer_come_one_per_layer_and_direction():
+    m = lstmlab.Recurrent(2, 4, num_layers=2, bidirectional=True, backend="cpu")
+    x = torch.randn(6, 3, 2)
+    with cpu.GradNorms() as norms:
+        out, _ = m(x)
+    out.sum().backward()
+    assert [r.reverse for r in norms.runs] == [False, True, False, True]
+    assert all(h.shape == (6, 3) and c.shape == (6, 3) for h, c in zip(norms.h, norms.c))
+    # outside a block nothing is recorded
+    m(x)[0].sum().backward()
+    assert len(norms.runs) == 4
+
+
+def test_double_backward_raises():
+    m = lstmlab.Recurrent(2, 3, backend="cpu", dtype=torch.float64)
+    out, _ = m(torch.randn(4, 2, 2, dtype=torch.float64))
+    (gw,) = torch.autograd.grad(out.square().sum(), [m.weight_hh_l0], create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        gw.sum().backward()
+
+
+def test_unsupported_dtype_falls_back_with_a_warning():
+    m = lstmlab.Recurrent(2, 3, dtype=torch.bfloat16, backend="reference")
+    x = torch.randn(4, 2, 2, dtype=torch.bfloat16)
+    state = reference.zero_state(m.spec, 2, 3, x)
+    cpu._warned.clear()
+    with pytest.warns(UserWarning, match="torch.bfloat16 on cpu is not supported.*reference"):
+        got = cpu.run_layer(m.spec, m.cell_params(0), x, state)
+    want = reference.run_layer(m.spec, m.cell_params(0), x, state)
+    assert torch.equal(got[0], want[0])
+
+
+def test_tolerances_are_the_shared_table():
+    assert TOL[torch.float64] == (1e-10, 1e-10) and TOL[torch.float32] == (1e-5, 1e-5)
