@@ -14,6 +14,7 @@ COMMANDS = [
     "lstmlab.analysis.bench",
     "lstmlab.sweep.cli",
     "lstmlab.train.cli",
+    "lstmlab.bench",
 ]
 
 
