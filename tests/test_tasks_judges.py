@@ -168,11 +168,23 @@ def stream(correct, error):
 
 def test_adding_rule_needs_2000_correct_and_low_mean_error():
     rule = tasks.make("adding").stopping_rule()
-    assert rule.confirmation == 2000
+    assert rule.confirmation == 0  # the window is the paper's stopping rule: its sequences count
     fired = [rule.update(stream(i != 500, 0.001)) for i in range(2600)]
     assert fired.index(True) == 2500  # the 2,000 after the wrong one at 500
     high = tasks.make("adding").stopping_rule()
     assert not any(high.update(stream(True, 0.011)) for _ in range(3000))
+
+
+@pytest.mark.parametrize("name, params, confirmation", [
+    ("adding", {}, 0), ("multiplication", {}, 0), ("temporal-order", {}, 0),  # stop rules
+    ("lag", {"p": 10}, 10_000), ("lag-distractor", {}, 10_000),  # checks after training
+])
+def test_window_rules_count_what_the_paper_counted(name, params, confirmation):
+    """1997: adding / multiplication / temporal order stop training once the last 2,000
+    sequences were correct and report every sequence until then (74,000 for adding); 2a-2c
+    test 10,000 successive sequences after training (2a: 5,040 < 10,000), so those
+    10,000 are not training sequences. A run's sequences to success = seen - confirmation."""
+    assert tasks.make(name, **params).stopping_rule().confirmation == confirmation
 
 
 @pytest.mark.parametrize("wrong, fires", [(139, True), (140, False)])

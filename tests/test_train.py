@@ -223,3 +223,39 @@ def test_cli_reproduce_writes_a_table(tmp_path, capsys):
     assert row["rnn_run"]["cell"] == "rnn-tanh" and abs(row["rnn_run"]["parameters"] - row["lstm_run"]["parameters"]) < 40
     table = (tmp_path / "reproduce-1997.md").read_text()
     assert "| reber | - | 8,440 | - | not solved in 20 | " in table
+
+
+# ---- the input-gate bias (the 1997 remedy for state drift) and what a run counts ---------
+@pytest.mark.parametrize("cell, layers", [("lstm", 1), ("lstm1997", 2), ("vanilla", 1)])
+def test_input_bias_sets_every_input_gate_bias(cell, layers):
+    config = TrainConfig("adding", cell=cell, hidden_size=3, num_layers=layers, input_bias=-3.0,
+                         forget_bias=2.0 if cell != "lstm1997" else None, init="1997", progress=False)
+    rnn = Trainer(config).model.rnn
+    i, H = rnn.spec.gates.index("i"), 3
+    for k in range(layers):
+        b_ih, b_hh = getattr(rnn, f"bias_ih_l{k}"), getattr(rnn, f"bias_hh_l{k}")
+        assert torch.equal(b_ih[i * H:(i + 1) * H], torch.full((H,), -3.0))
+        assert torch.equal(b_hh[i * H:(i + 1) * H], torch.zeros(H))
+        if "f" in rnn.spec.gates:  # the forget bias is untouched
+            f = rnn.spec.gates.index("f")
+            assert torch.equal(b_ih[f * H:(f + 1) * H], torch.full((H,), 2.0))
+        o = rnn.spec.gates.index("o")  # so is the 1997 init's output-gate bias
+        assert torch.equal(b_ih[o * H:(o + 1) * H], -(1.0 + torch.arange(H) % 4.0))
+    plain = Trainer(replace(config, input_bias=None)).model.rnn
+    assert not torch.equal(plain.bias_ih_l0[i * H:(i + 1) * H], torch.full((H,), -3.0))
+
+
+@pytest.mark.parametrize("cell", ["rnn-tanh", "gru", "nig"])
+def test_input_bias_needs_an_input_gate(cell):
+    with pytest.raises(ValueError, match=rf"input_bias=-1.0 needs a cell with an input gate; cell '{cell}' has none"):
+        TrainConfig("adding", cell=cell, input_bias=-1.0)
+
+
+@pytest.mark.parametrize("counts_window, success", [(True, 10), (False, 0)])
+def test_sequences_to_success_count_the_window_only_where_the_paper_did(counts_window, success):
+    from lstmlab.tasks import WindowRule
+    trainer = Trainer(TrainConfig("adding", {"T": 30}, hidden_size=2, max_sequences=50, progress=False,
+                                  test=False))
+    trainer.rule = WindowRule(10, max_wrong=10, counts_window=counts_window)  # fires when full
+    result = trainer.run()
+    assert result.solved and result.sequences_seen == 10 and result.sequences_to_success == success

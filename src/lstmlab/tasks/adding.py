@@ -89,7 +89,7 @@ class Adding(Task):
 
     def stopping_rule(self) -> WindowRule:
         """Mean training error < 0.01 and the last 2,000 sequences all correct."""
-        return WindowRule(2000, max_wrong=0, max_mean_error=0.01)
+        return WindowRule(2000, max_wrong=0, max_mean_error=0.01, counts_window=True)
 
 
 TASK = Adding

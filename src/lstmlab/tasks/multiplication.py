@@ -48,7 +48,7 @@ class Multiplication(Task):
         return Judgement(e.abs() < 0.04, e.square())
 
     def stopping_rule(self) -> WindowRule:
-        return WindowRule(2000, max_wrong=self.n_seq - 1)
+        return WindowRule(2000, max_wrong=self.n_seq - 1, counts_window=True)
 
 
 TASK = Multiplication

@@ -19,9 +19,13 @@ class StoppingRule:
     """Never stops: the run ends at its budget (tasks whose papers report curves).
 
     confirmation: how many of the sequences seen when a rule fires only confirmed a
-    success that had already begun (a window rule's window). The 1997 paper reports
-    sequences until the confirming streak began (2a: 5,040 sequences for a 10,000-sequence
-    criterion), so a run's sequences to success are sequences seen minus confirmation.
+    success that had already begun, so a run's sequences to success are sequences seen
+    minus confirmation. It depends on what the paper counted: where its window was a
+    check run after training (1997, 2a-2c: "after training, during 10,000 successive
+    sequences ..."; 2a reports 5,040 sequences for a 10,000-sequence check) the window is
+    not counted; where the window was the training stopping rule (adding, multiplication,
+    temporal order: "training is stopped when ... the last 2,000 sequences were
+    processed correctly") the paper counted every sequence until the stop, window included.
     """
 
     confirmation = 0
@@ -45,11 +49,16 @@ class StoppingRule:
 class WindowRule(StoppingRule):
     """Stop once the last `window` training sequences hold at most `max_wrong` wrong ones
     and (if `max_mean_error` is set) their mean error is below it. The window must be full.
+
+    counts_window: True when the paper counted the window's sequences as training
+    sequences (it was the stopping rule); False when the window was a check after
+    training (then confirmation = window).
     """
 
-    def __init__(self, window: int, max_wrong: int = 0, max_mean_error: float | None = None):
+    def __init__(self, window: int, max_wrong: int = 0, max_mean_error: float | None = None,
+                 counts_window: bool = False):
         self.window, self.max_wrong, self.max_mean_error = window, max_wrong, max_mean_error
-        self.confirmation = window
+        self.confirmation = 0 if counts_window else window
         self.correct: deque[bool] = deque(maxlen=window)
         self.error: deque[float] = deque(maxlen=window)
 

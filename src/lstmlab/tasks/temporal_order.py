@@ -77,7 +77,7 @@ class TemporalOrder(Task):
                          mean_squared_error(self, outputs, batch))
 
     def stopping_rule(self) -> WindowRule:
-        return WindowRule(2000, max_wrong=0, max_mean_error=0.1)
+        return WindowRule(2000, max_wrong=0, max_mean_error=0.1, counts_window=True)
 
 
 TASK = TemporalOrder

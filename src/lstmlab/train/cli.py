@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
+import time
 from pathlib import Path
 
 from ..tasks import task_names, task_params
 from .config import TrainConfig
 from ..io import write_json
 from .loop import TrainingDiverged, train
-from .reproduce import ROWS_1997, markdown, reproduce_1997, write_report
+from .reproduce import ROWS_1997, Budget, markdown, reproduce_1997, write_report
 
 # --regime fills the optimiser options the user did not give.
 REGIMES = {"paper": {"optimizer": "sgd", "batch_size": 1, "lr": 0.1},
@@ -65,7 +65,8 @@ def optimiser_options(args) -> dict:
 def _train(args) -> int:
     config = TrainConfig(args.task, parse_params(args.task, args.param), cell=args.cell,
                          hidden_size=args.hidden, num_layers=args.layers, init=args.init,
-                         forget_bias=args.forget_bias, out_dir=args.out, **optimiser_options(args))
+                         forget_bias=args.forget_bias, input_bias=args.input_bias, out_dir=args.out,
+                         **optimiser_options(args))
     try:
         result = train(config, resume=args.resume)
     except TrainingDiverged as e:
@@ -83,13 +84,14 @@ def _train(args) -> int:
 
 
 def _reproduce(args) -> int:
-    base = TrainConfig(ROWS_1997[0].task, out_dir=str(Path(args.out) / "runs"), **optimiser_options(args))
-    if args.jobs > 1:
-        base = replace(base, progress=False)
-    table = reproduce_1997(base, jobs=args.jobs, tasks=tuple(args.tasks) if args.tasks else None)
-    md, js = write_report(table, base, Path(args.out))
-    print(markdown(table, base))
-    print(f"written: {md}, {js}")
+    budget = Budget(max_sequences=args.max_sequences, max_seconds=args.max_seconds, seed=args.seed,
+                    out_dir=str(Path(args.out) / "runs"),
+                    progress=False if args.no_progress or args.jobs > 1 else None)
+    start = time.perf_counter()
+    table = reproduce_1997(budget, tasks=tuple(args.tasks) if args.tasks else None, jobs=args.jobs)
+    md, js = write_report(table, budget, Path(args.out))
+    print(markdown(table, budget))
+    print(f"written: {md}, {js} ({time.perf_counter() - start:.0f} s in all)")
     return 0
 
 
@@ -103,6 +105,8 @@ def register(subparsers) -> None:
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--init", choices=("torch", "1997"), default="torch")
     p.add_argument("--forget-bias", type=float)
+    p.add_argument("--input-bias", type=float,
+                   help="initial input-gate bias (the 1997 remedy for state drift, e.g. -3)")
     add_optimiser_options(p)
     p.add_argument("--out", help="run directory: checkpoint, metrics.jsonl, config.json, result.json")
     p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
@@ -111,9 +115,13 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("reproduce", help="reproduce a paper's table within a CPU budget")
     p.add_argument("paper", choices=("1997",))
-    add_optimiser_options(p)
-    p.set_defaults(max_sequences=50_000, max_seconds=120.0, eval_every=500)
     p.add_argument("--tasks", nargs="+", choices=[r.task for r in ROWS_1997], help="a subset of the rows")
-    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (one CPU thread each)")
+    p.add_argument("--max-sequences", type=int,
+                   help="the budget of every run (default: each row's own, the paper's count)")
+    p.add_argument("--max-seconds", type=float, default=600.0, help="wall-clock limit of each run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at once, one CPU thread each (default 1: one after another)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", default="reproduce-1997", help="where the table and the runs go")
     p.set_defaults(func=_reproduce)

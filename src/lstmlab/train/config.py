@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from ..cells import cell_names
+from ..cells import cell_names, get_cell
 from ..tasks import make
 from ..tasks.base import LOSS_STEPS
 
@@ -42,6 +42,9 @@ class TrainConfig:
     task, task_params: the problem (lstmlab.tasks.make(task, **task_params)).
     cell, hidden_size, num_layers, init, forget_bias: the model, lstmlab.Recurrent
         followed by a linear readout (init "1997": U(-0.1, 0.1) weights everywhere).
+    input_bias: initial input-gate bias (None: as init). The 1997 paper's remedy for
+        internal state drift: a negative bias keeps the input gates nearly shut at first,
+        so a cell does not integrate every input to saturation (cells with an input gate).
     optimizer, lr, batch_size: "sgd" or "adam"; sequences per update.
     momentum: SGD's momentum (0: plain SGD, the 1997 paper's; Greff et al. search it).
     input_noise: std of Gaussian noise added to every training input (Greff et al.'s
@@ -69,6 +72,7 @@ class TrainConfig:
     num_layers: int = 1
     init: str = "torch"
     forget_bias: float | None = None
+    input_bias: float | None = None
     optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.0
@@ -116,6 +120,12 @@ class TrainConfig:
         _number("max_seconds", self.max_seconds, optional=True)
         if self.forget_bias is not None:
             _number("forget_bias", self.forget_bias, minimum=float("-inf"))
+        if self.input_bias is not None:
+            _number("input_bias", self.input_bias, minimum=float("-inf"))
+            spec = get_cell(self.cell)
+            if spec.kind != "lstm" or not spec.input_gate:
+                raise ValueError(f"input_bias={self.input_bias!r} needs a cell with an input gate; "
+                                 f"cell {self.cell!r} has none")
         if not isinstance(self.test, bool):
             raise ValueError(f"test={self.test!r} is invalid; allowed: True or False")
         if self.progress is not None and not isinstance(self.progress, bool):
