@@ -28,6 +28,18 @@ def trials_by_state(c, cell):
     return {t.number: (t.state.name, t.value, t.user_attrs.get("pid")) for t in study.get_trials()}
 
 
+def mid_training(c, cell, low=0.5, high=2.0):
+    """RUNNING trials whose worker has been training for low..high seconds (of 3): not
+    starting, not finishing. -> [(number, pid)]"""
+    from datetime import datetime
+
+    study = optuna.load_study(study_name=c.study_name(cell), storage=make_storage(c))
+    now = datetime.now()
+    return [(t.number, t.user_attrs["pid"]) for t in study.get_trials()
+            if t.state.name == "RUNNING" and "pid" in t.user_attrs
+            and low <= (now - t.datetime_start).total_seconds() <= high]
+
+
 def test_sqlite_sweep_runs_and_continues(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     c = cfg(url, trials=2)
@@ -102,7 +114,7 @@ def test_worker_killed_mid_trial_loses_only_that_trial(tmp_path):
             now = trials_by_state(c, "vanilla")
         except KeyError:  # the study is not created yet
             continue
-        running = [(n, pid) for n, (s, _, pid) in now.items() if s == "RUNNING" and pid]
+        running = mid_training(c, "vanilla")
         if any(s == "COMPLETE" for s, _, _ in now.values()) and running:
             victim = running[0]
             before = {n: v for n, v in now.items() if v[0] == "COMPLETE"}

@@ -2,7 +2,8 @@
 Optuna's RDB backend takes: a SQLite file on one machine, PostgreSQL for many.
 
 Faults: every running trial sends a heartbeat; a worker killed mid-trial stops sending,
-and the next worker (or restarted command) to look marks that trial FAILED. Only COMPLETE
+and the next worker (or restarted command) to look marks that trial FAILED; a worker on
+the same machine whose process is gone is noticed at once (fail_dead_trials). Only COMPLETE
 trials count towards `trials` per cell, so a restarted command continues the same study
 and a finished result is never lost or counted twice.
 """
@@ -82,6 +83,37 @@ def objective(trial: optuna.Trial, cfg: SweepConfig, cell: str) -> float:
     return result.test_mean_error
 
 
+def _alive(pid: int) -> bool:
+    """Whether process pid runs on this machine (a zombie, killed but not yet reaped by its
+    parent, counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def fail_dead_trials(study: optuna.Study) -> None:
+    """Mark FAIL the RUNNING trials whose worker is gone: at once for workers on this
+    machine whose process has died, and through Optuna's heartbeats (after the grace
+    period) for any worker anywhere."""
+    optuna.storages.fail_stale_trials(study)
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        pid = t.user_attrs.get("pid")
+        if t.user_attrs.get("host") == host and pid and pid != os.getpid() and not _alive(pid):
+            try:
+                study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # another worker got there first
+
+
 def counts(study: optuna.Study) -> dict[str, int]:
     states = [t.state.name for t in study.get_trials(deepcopy=False)]
     return {s: states.count(s) for s in ("COMPLETE", "RUNNING", "FAIL", "PRUNED", "WAITING")}
@@ -103,7 +135,7 @@ def work(cfg: SweepConfig, worker: int = 0, threads: int | None = None, poll: fl
     while True:
         pending = False
         for cell, study in studies.items():
-            optuna.storages.fail_stale_trials(study)
+            fail_dead_trials(study)
             n = counts(study)
             if n["COMPLETE"] >= cfg.trials:
                 continue
@@ -150,7 +182,10 @@ def run_sweep(cfg: SweepConfig, workers: int = 1, log=print) -> dict[str, dict[s
         dead = [(p.pid, p.exitcode) for p in procs if p.exitcode != 0]
         if dead:
             log(f"workers that did not finish cleanly (pid, exit code): {dead}")
-    result = {cell: counts(open_study(storage, cfg, cell)) for cell in cfg.cells}
+    studies = [open_study(storage, cfg, cell) for cell in cfg.cells]
+    for study in studies:
+        fail_dead_trials(study)
+    result = {cell: counts(study) for cell, study in zip(cfg.cells, studies)}
     missing = {c: cfg.trials - n["COMPLETE"] for c, n in result.items() if n["COMPLETE"] < cfg.trials}
     if missing:
         raise RuntimeError(f"the study is incomplete (trials still missing: {missing}); "

@@ -123,5 +123,5 @@ def register(subparsers) -> None:
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at once, one CPU thread each (default 1: one after another)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--out", default="reproduce-1997", help="where the table and the runs go")
+    p.add_argument("--out", default="out/reproduce-1997", help="where the table and the runs go")
     p.set_defaults(func=_reproduce)
