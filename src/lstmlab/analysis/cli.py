@@ -5,6 +5,8 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+import torch
+
 from ..io import write_json, write_text
 from .study import DEFAULT_CELLS, FlowConfig, run_study
 
@@ -21,6 +23,11 @@ def _run(args) -> int:
                      steps=args.steps, hidden=args.hidden, input_size=args.input_size,
                      batch=args.batch, seed=args.seed, forget_bias=args.forget_bias, init=args.init,
                      heatmap_stride=args.heatmap_stride, forget_biases=_floats(args.forget_bias_sweep))
+    if args.threads < 1:
+        raise ValueError(f"threads={args.threads} is invalid; allowed: an int >= 1")
+    # The batched QR/SVD here are small (S x S, S <= 2H): more threads mostly add waiting,
+    # and on a busy machine spinning threads can slow the study many times over.
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     t0 = time.perf_counter()
     print(f"lstmlab flow: {len(cfg.cells)} cells, hidden {cfg.hidden}, {cfg.steps} steps -> {out}/")
@@ -49,5 +56,6 @@ def register(sub) -> None:
     p.add_argument("--heatmap-stride", type=int, default=d["heatmap_stride"])
     p.add_argument("--forget-bias-sweep", default=",".join(f"{b:g}" for b in d["forget_biases"]),
                    help="forget biases for the lstm sweep against theory ('' to skip)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for the default sizes)")
     p.add_argument("--out", default="out/flow", help="output folder")
     p.set_defaults(func=_run)
