@@ -286,6 +286,9 @@ def _shape(text: str) -> tuple[int, int, int, int]:
 
 
 def _main(args) -> int:
+    if args.rounds < 1 or args.reference_rounds < 0:
+        raise ValueError(f"--rounds {args.rounds} / --reference-rounds {args.reference_rounds} is invalid; "
+                         f"allowed: rounds >= 1, reference rounds >= 0")
     unknown = [c for c in args.cells or () if c not in cell_names()]
     if unknown:
         raise ValueError(f"--cells {', '.join(unknown)}: not registered; valid: {', '.join(cell_names())}")
