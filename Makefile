@@ -24,5 +24,8 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m lstmlab flow --out $(OUT)
 
+bench: $(STAMP)
+	$(PY) -m lstmlab bench
+
 clean:
 	rm -rf $(VENV) out build src/*.egg-info
