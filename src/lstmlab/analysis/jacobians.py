@@ -193,9 +193,3 @@ def _lstm(spec, p, prev, tr, truncate):
     dH = dC.scale(o * act.grad(c)) + dO.scale(act.fn(c))
     rows = [dH, dC] + [{"i": dI, "f": dF, "o": dO}[k] for k in spec.recurrent_gates]
     return materialize(rows, mats, c_prev)
-
-
-def cell_path(run: Run) -> torch.Tensor | None:
-    """The diagonal of the c -> c block along the Constant Error Carousel alone: the
-    forget-gate activations f_t, (T, B, H). None for cells without a cell state."""
-    return run.trace["f"] if run.spec.kind == "lstm" else None
