@@ -221,9 +221,14 @@ def test_parameter_counts(cell, n):
 
 
 def test_forget_bias_and_1997_init():
-    m = make("lstm", forget_bias=2.5)
-    assert torch.equal(m.bias_ih_l0[H:2 * H], torch.full((H,), 2.5, dtype=DT))
-    assert torch.equal(m.bias_hh_l0[H:2 * H], torch.zeros(H, dtype=DT))
+    m = make("lstm", forget_bias=2.5, input_bias=-3.0, num_layers=2, bidirectional=True)
+    for sfx in ("_l0", "_l1_reverse"):  # torch's gate order: i f g o
+        b_ih, b_hh = getattr(m, "bias_ih" + sfx), getattr(m, "bias_hh" + sfx)
+        assert torch.equal(b_ih[H:2 * H], torch.full((H,), 2.5, dtype=DT))
+        assert torch.equal(b_ih[:H], torch.full((H,), -3.0, dtype=DT))
+        assert torch.equal(b_hh[:2 * H], torch.zeros(2 * H, dtype=DT))
+    m = make("cifg", input_bias=-2.0)  # cifg: gates i g o, its f = 1 - i
+    assert torch.equal(m.bias_ih_l0[:H] + m.bias_hh_l0[:H], torch.full((H,), -2.0, dtype=DT))
     m = lstmlab.Recurrent(I, 8, cell="lstm1997", init="1997", dtype=DT)
     o = m.spec.gates.index("o")
     ob = (m.bias_ih_l0 + m.bias_hh_l0)[o * 8:(o + 1) * 8]

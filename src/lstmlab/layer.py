@@ -48,6 +48,9 @@ class Recurrent(nn.Module):
             None takes the cell's default (on for lstm1997 only). LSTM cells only.
         forget_bias: initial value of the forget-gate bias (put in bias_ih; bias_hh's
             forget slice is zeroed). Cells with a free forget gate only.
+        input_bias: initial value of the input-gate bias, put in the same way. The 1997
+            paper's remedy for internal state drift: a negative bias keeps the input gates
+            nearly shut at first. Cells with an input gate only.
         init: "torch" (U(-1/sqrt(H), 1/sqrt(H)) for every parameter, torch's default) or
             "1997" (U(-0.1, 0.1) and negative output-gate biases, as the 1997 paper).
         return_cell_states: forward also returns every step's cell state of the last
@@ -72,7 +75,7 @@ class Recurrent(nn.Module):
                  num_layers: int = 1, bias: bool = True, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None, *,
                  backend: str = "auto", truncate: bool | None = None,
-                 forget_bias: float | None = None, init: str = "torch",
+                 forget_bias: float | None = None, input_bias: float | None = None, init: str = "torch",
                  return_cell_states: bool = False, learn_init: bool = False, **cell_options):
         super().__init__()
         _check_int("input_size", input_size, 1)
@@ -92,18 +95,23 @@ class Recurrent(nn.Module):
         spec = get_cell(cell).with_options(**cell_options)
         if spec.kind != "lstm":
             for name, value in [("truncate", truncate or None), ("forget_bias", forget_bias),
-                                ("return_cell_states", return_cell_states or None)]:
+                                ("input_bias", input_bias), ("return_cell_states", return_cell_states or None)]:
                 if value is not None:
                     raise ValueError(f"cell {spec.name!r} has no option {name!r} (given {value!r}); "
                                      f"it needs a cell state (an LSTM cell)")
         if truncate is not None:
             _check_bool("truncate", truncate)
-        if forget_bias is not None:
-            if spec.forget_gate != "free":
-                raise ValueError(f"cell {spec.name!r} has no option 'forget_bias' (given "
-                                 f"{forget_bias!r}): its forget gate is {spec.forget_gate!r}")
+        for name, value, gate, why in [
+                ("forget_bias", forget_bias, spec.forget_gate == "free", f"its forget gate is {spec.forget_gate!r}"),
+                ("input_bias", input_bias, spec.input_gate, "it has no input gate")]:
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name}={value!r} is invalid; allowed: a finite number or None")
+            if not gate:
+                raise ValueError(f"cell {spec.name!r} has no option {name!r} (given {value!r}): {why}")
             if not bias:
-                raise ValueError(f"forget_bias={forget_bias!r} needs bias=True")
+                raise ValueError(f"{name}={value!r} needs bias=True")
 
         self.spec = spec
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
@@ -111,7 +119,8 @@ class Recurrent(nn.Module):
         self.dropout = float(dropout)
         self.backend, self.init = backend, init
         self.truncate = spec.truncate if truncate is None else truncate
-        self.forget_bias, self.return_cell_states = forget_bias, return_cell_states
+        self.forget_bias, self.input_bias = forget_bias, input_bias
+        self.return_cell_states = return_cell_states
         self.num_directions = 2 if bidirectional else 1
 
         kw = {"device": device, "dtype": dtype}
@@ -161,10 +170,11 @@ class Recurrent(nn.Module):
                     o = gates.index("o")
                     b_ih[o * H:(o + 1) * H] = -(1.0 + torch.arange(H, dtype=b_ih.dtype) % 4)
                     b_hh[o * H:(o + 1) * H] = 0.0
-                if self.forget_bias is not None:
-                    f = gates.index("f")
-                    b_ih[f * H:(f + 1) * H] = self.forget_bias
-                    b_hh[f * H:(f + 1) * H] = 0.0
+                for gate, value in (("f", self.forget_bias), ("i", self.input_bias)):
+                    if value is not None:
+                        j = gates.index(gate)
+                        b_ih[j * H:(j + 1) * H] = value
+                        b_hh[j * H:(j + 1) * H] = 0.0
 
     def flatten_parameters(self) -> None:
         """No-op, for code written against torch.nn.LSTM."""
