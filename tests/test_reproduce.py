@@ -11,7 +11,7 @@ from lstmlab.train import reproduce
 from lstmlab.train.reproduce import ROWS_1997, Budget, configs, markdown, reproduce_1997
 
 OPTIMISER = ("optimizer", "lr", "momentum", "batch_size", "loss_steps", "clip_norm", "clip_value",
-             "max_sequences", "max_seconds", "eval_every", "seed")
+             "max_sequences", "max_seconds", "eval_every", "seed", "skip_input", "connect_after")
 
 
 def test_the_rows_are_the_issue_s_and_each_has_its_reasons():

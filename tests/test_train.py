@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from lstmlab.train import Trainer, TrainConfig, TrainingDiverged, train
-from lstmlab.train.cli import parse_params, register
+from lstmlab.train.cli import parse_cell_options, parse_params, register
+from lstmlab.train.model import SequenceModel
+from lstmlab.train.reproduce import LAG_CELL
 
 EASY = {"T": 12, "criterion": "st1"}  # two-sequence: the class sits in the first 3 of 12 steps
 
@@ -178,6 +180,12 @@ def test_run_writes_resolved_config_result_and_metrics(tmp_path):
     ({"momentum": 1.0}, r"momentum=1.0 is invalid; allowed: a number in \[0, 1\)"),
     ({"momentum": 0.9, "optimizer": "adam"}, r"momentum=0.9 applies to optimizer='sgd' only"),
     ({"input_noise": -0.1}, r"input_noise=-0.1 is invalid; allowed: a number >= 0"),
+    ({"connect_after": 100}, r"connect_after=100 needs skip_input=True"),
+    ({"connect_after": -1, "skip_input": True}, r"connect_after=-1 is invalid; allowed: an int >= 0"),
+    ({"skip_input": 1}, r"skip_input=1 is invalid; allowed: True or False"),
+    ({"cell_options": {"peephole": True}}, r"cell 'lstm' has no option 'peephole'"),
+    ({"cell_options": {"activation": "softsign"}}, r"activation='softsign' is not allowed"),
+    ({"cell_options": ["peepholes"]}, r"cell_options=\['peepholes'\] is invalid; allowed: a dict"),
 ])
 def test_bad_arguments_raise_naming_the_argument(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
@@ -190,6 +198,17 @@ def cli(argv):
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.func(args)
+
+
+def test_parse_cell_options_converts_by_field_type_and_rejects():
+    assert parse_cell_options("lstm1997", ["output_gate=false", "activation=sigmoid", "peepholes=True"]) == {
+        "output_gate": False, "activation": "sigmoid", "peepholes": True}
+    with pytest.raises(ValueError, match=r"--cell-option output_gate='no' is invalid; allowed: true or false"):
+        parse_cell_options("lstm", ["output_gate=no"])
+    with pytest.raises(ValueError, match=r"cell 'gru' has no option 'peepholes'; allowed: none"):
+        parse_cell_options("gru", ["peepholes=true"])
+    with pytest.raises(ValueError, match=r"--cell-option 'peepholes' is invalid; allowed: KEY=VALUE"):
+        parse_cell_options("lstm", ["peepholes"])
 
 
 def test_parse_params_converts_and_rejects():
@@ -259,3 +278,62 @@ def test_sequences_to_success_count_the_window_only_where_the_paper_did(counts_w
     trainer.rule = WindowRule(10, max_wrong=10, counts_window=counts_window)  # fires when full
     result = trainer.run()
     assert result.solved and result.sequences_seen == 10 and result.sequences_to_success == success
+
+
+# ---- the 1997 lag net: direct input-to-output weights, a cell connected later ------------
+def test_skip_weights_and_the_disconnected_model():
+    torch.manual_seed(0)
+    m = SequenceModel(5, 3, 4, cell="lstm", skip_input=True).double()
+    x = torch.randn(2, 6, 5, dtype=torch.float64)
+    ref = torch.nn.LSTM(5, 3, batch_first=True).double()
+    ref.load_state_dict({k.removeprefix("rnn."): v for k, v in m.state_dict().items() if k.startswith("rnn.")})
+    expected = ref(x)[0] @ m.readout.weight.T + m.readout.bias + x @ m.skip.weight.T
+    torch.testing.assert_close(m(x), expected, rtol=1e-12, atol=1e-12)
+    m.connected = False  # outputs from the skip path and the readout bias; the layer gets no gradient
+    out = m(x)
+    torch.testing.assert_close(out, x @ m.skip.weight.T + m.readout.bias, rtol=1e-12, atol=1e-12)
+    out.sum().backward()
+    assert all(p.grad is None for p in m.rnn.parameters()) and m.readout.weight.grad is None
+    assert m.skip.weight.grad is not None and m.readout.bias.grad is not None
+    with pytest.raises(RuntimeError, match="without skip_input must stay connected"):
+        plain = SequenceModel(5, 3, 4)
+        plain.connected = False
+        plain(x.float())
+
+
+def test_the_cell_is_connected_after_connect_after_sequences():
+    config = TrainConfig("lag", {"p": 6}, cell="lstm1997", cell_options=LAG_CELL, hidden_size=1, init="1997",
+                         skip_input=True, connect_after=30, optimizer="adam", lr=0.03, max_sequences=60,
+                         progress=False, test=False)
+    t = Trainer(config)
+    assert t.model.rnn.spec.output_gate is False and t.model.rnn.spec.activation == "sigmoid"
+    start = {k: v.clone() for k, v in t.model.rnn.state_dict().items()}
+    while t.sequences < 30:
+        t.step()
+    assert all(torch.equal(v, start[k]) for k, v in t.model.rnn.state_dict().items())
+    assert not t.model.connected
+    t.step()
+    assert t.model.connected
+    assert not all(torch.equal(v, start[k]) for k, v in t.model.rnn.state_dict().items())
+
+
+def test_the_1997_lag_net_learns_the_first_symbol():
+    """Lag p = 20 with the reproduce row's recipe: after 1,500 sequences (500 before the
+    cell is connected) the final symbol, which only the first one predicts, is right for
+    x and y sequences, and every other output is within the paper's 0.25."""
+    config = TrainConfig("lag", {"p": 20}, cell="lstm1997", cell_options=LAG_CELL, hidden_size=1, init="1997",
+                         skip_input=True, connect_after=500, optimizer="adam", lr=0.03, clip_norm=1.0,
+                         loss_steps="sum", max_sequences=1_500, progress=False, test=False)
+    t = Trainer(config)
+    while t.budget_left() is None:
+        t.step()
+    batch = t.task.sample(64, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        judged = t.task.judge(t.model(batch.inputs), batch)
+    first = batch.inputs[:, 0].argmax(-1)
+    assert set(first.tolist()) == {19, 20} and bool(judged.correct.all())
+    without_cell = Trainer(replace(config, connect_after=1_500))
+    while without_cell.budget_left() is None:
+        without_cell.step()
+    with torch.no_grad():
+        assert not without_cell.task.judge(without_cell.model(batch.inputs), batch).correct.any()

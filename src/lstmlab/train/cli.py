@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
+from ..cells import CellSpec, get_cell
+from ..cells.spec import OVERRIDABLE
 from ..tasks import task_names, task_params
 from .config import TrainConfig
 from ..io import write_json
@@ -37,6 +40,28 @@ def parse_params(task: str, items: list[str]) -> dict:
     return params
 
 
+def parse_cell_options(cell: str, items: list[str]) -> dict:
+    """["output_gate=false", "activation=sigmoid"] -> {"output_gate": False, ...}: the
+    CellSpec fields this cell's kind lets a user change, booleans as true/false."""
+    kinds = {f.name: f.type for f in dataclasses.fields(CellSpec)}
+    allowed = OVERRIDABLE[get_cell(cell).kind]
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--cell-option {item!r} is invalid; allowed: KEY=VALUE")
+        if key not in allowed:
+            raise ValueError(f"--cell-option {key}={value!r}: cell {cell!r} has no option {key!r}; "
+                             f"allowed: {', '.join(allowed) or 'none'}")
+        if kinds[key] in (bool, "bool"):
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"--cell-option {key}={value!r} is invalid; allowed: true or false")
+            options[key] = value.lower() == "true"
+        else:
+            options[key] = value
+    return options
+
+
 def add_optimiser_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--regime", choices=tuple(REGIMES), default="paper",
                    help="paper: online plain SGD, lr 0.1; modern: Adam, batch 32, lr 1e-3")
@@ -64,8 +89,10 @@ def optimiser_options(args) -> dict:
 
 def _train(args) -> int:
     config = TrainConfig(args.task, parse_params(args.task, args.param), cell=args.cell,
+                         cell_options=parse_cell_options(args.cell, args.cell_option),
                          hidden_size=args.hidden, num_layers=args.layers, init=args.init,
-                         forget_bias=args.forget_bias, input_bias=args.input_bias, out_dir=args.out,
+                         forget_bias=args.forget_bias, input_bias=args.input_bias,
+                         skip_input=args.skip_input, connect_after=args.connect_after, out_dir=args.out,
                          **optimiser_options(args))
     try:
         result = train(config, resume=args.resume)
@@ -107,6 +134,12 @@ def register(subparsers) -> None:
     p.add_argument("--forget-bias", type=float)
     p.add_argument("--input-bias", type=float,
                    help="initial input-gate bias (the 1997 remedy for state drift, e.g. -3)")
+    p.add_argument("--cell-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a field of the cell, e.g. --cell-option output_gate=false (repeatable)")
+    p.add_argument("--skip-input", action="store_true",
+                   help="direct input-to-output weights beside the readout (the 1997 lag nets')")
+    p.add_argument("--connect-after", type=int, default=0, metavar="N",
+                   help="train N sequences before connecting the recurrent layer (needs --skip-input)")
     add_optimiser_options(p)
     p.add_argument("--out", help="run directory: checkpoint, metrics.jsonl, config.json, result.json")
     p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")

@@ -42,9 +42,16 @@ class TrainConfig:
     task, task_params: the problem (lstmlab.tasks.make(task, **task_params)).
     cell, hidden_size, num_layers, init, forget_bias: the model, lstmlab.Recurrent
         followed by a linear readout (init "1997": U(-0.1, 0.1) weights everywhere).
+    cell_options: fields of the cell changed for this run (CellSpec.with_options), e.g.
+        {"output_gate": False, "output_activation": "identity"}.
     input_bias: initial input-gate bias (None: as init). The 1997 paper's remedy for
         internal state drift: a negative bias keeps the input gates nearly shut at first,
         so a cell does not integrate every input to saturation (cells with an input gate).
+    skip_input: direct input-to-output weights beside the readout (SequenceModel).
+    connect_after: sequences trained with the recurrent layer disconnected (outputs from
+        the skip path and the readout bias alone) before it is connected; the 1997 paper
+        added its memory cells once the error had stopped decreasing. 0: from the start.
+        Needs skip_input. The sequences before count towards sequences to success.
     optimizer, lr, batch_size: "sgd" or "adam"; sequences per update.
     momentum: SGD's momentum (0: plain SGD, the 1997 paper's; Greff et al. search it).
     input_noise: std of Gaussian noise added to every training input (Greff et al.'s
@@ -68,11 +75,14 @@ class TrainConfig:
     task: str
     task_params: dict = field(default_factory=dict)
     cell: str = "lstm"
+    cell_options: dict = field(default_factory=dict)
     hidden_size: int = 8
     num_layers: int = 1
     init: str = "torch"
     forget_bias: float | None = None
     input_bias: float | None = None
+    skip_input: bool = False
+    connect_after: int = 0
     optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.0
@@ -96,6 +106,9 @@ class TrainConfig:
         make(self.task, **self.task_params)  # raises ValueError naming a bad task or parameter
         if self.cell not in cell_names():
             raise ValueError(f"cell={self.cell!r} is not a registered cell; valid cells: {', '.join(cell_names())}")
+        if not isinstance(self.cell_options, dict):
+            raise ValueError(f"cell_options={self.cell_options!r} is invalid; allowed: a dict of CellSpec fields")
+        spec = get_cell(self.cell).with_options(**self.cell_options)  # raises naming a bad option
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer={self.optimizer!r} is invalid; allowed: {', '.join(OPTIMIZERS)}")
         if self.loss_steps not in LOSS_STEPS:
@@ -104,7 +117,7 @@ class TrainConfig:
             raise ValueError(f"init={self.init!r} is invalid; allowed: {', '.join(INITS)}")
         for name, minimum in [("hidden_size", 1), ("num_layers", 1), ("batch_size", 1),
                               ("max_sequences", 1), ("eval_every", 1), ("eval_size", 1),
-                              ("eval_batch_size", 1), ("seed", 0)]:
+                              ("eval_batch_size", 1), ("seed", 0), ("connect_after", 0)]:
             _integer(name, getattr(self, name), minimum)
         _integer("checkpoint_every", self.checkpoint_every, 1, optional=True)
         _number("lr", self.lr)
@@ -122,10 +135,14 @@ class TrainConfig:
             _number("forget_bias", self.forget_bias, minimum=float("-inf"))
         if self.input_bias is not None:
             _number("input_bias", self.input_bias, minimum=float("-inf"))
-            spec = get_cell(self.cell)
             if spec.kind != "lstm" or not spec.input_gate:
                 raise ValueError(f"input_bias={self.input_bias!r} needs a cell with an input gate; "
                                  f"cell {self.cell!r} has none")
+        if not isinstance(self.skip_input, bool):
+            raise ValueError(f"skip_input={self.skip_input!r} is invalid; allowed: True or False")
+        if self.connect_after and not self.skip_input:
+            raise ValueError(f"connect_after={self.connect_after!r} needs skip_input=True (until the recurrent "
+                             f"layer is connected the outputs come from the skip path)")
         if not isinstance(self.test, bool):
             raise ValueError(f"test={self.test!r} is invalid; allowed: True or False")
         if self.progress is not None and not isinstance(self.progress, bool):

@@ -127,6 +127,7 @@ class Trainer:
     def step(self) -> tuple[float, Judgement]:
         """Train on one batch; returns its loss and the judgement of its pre-update outputs."""
         batch = self.task.sample(self.config.batch_size, self.generator)
+        self.model.connected = self.sequences >= self.config.connect_after
         inputs = batch.inputs
         if self.config.input_noise:  # Greff et al.'s input noise, from the training stream
             noise = torch.randn(inputs.shape, generator=self.generator, dtype=inputs.dtype)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..cells import CellSpec, get_cell
 from ..layer import Recurrent
 
 
@@ -12,44 +13,44 @@ class SequenceModel(nn.Module):
 
     Args:
         input_size, output_size: the task's features and output units.
-        hidden_size, cell, num_layers, forget_bias: as lstmlab.Recurrent.
-        input_bias: if given, the initial input-gate bias of every layer (put in bias_ih;
-            bias_hh's input-gate slice is zeroed, as Recurrent does for forget_bias).
+        hidden_size, cell, num_layers, forget_bias, input_bias: as lstmlab.Recurrent.
         init: "torch" or "1997"; with "1997" the readout too is drawn from U(-0.1, 0.1),
             as every weight in the 1997 paper.
+        skip_input: direct input-to-output weights (no bias) added to the readout, so the
+            output units see the current input as well as the hidden state. The 1997
+            paper's nets for the lag experiments had them (as we read its section 5.2):
+            the local next-symbol predictions need no memory, the cells keep the bit.
+
+    Attribute `connected` (True at first): when False the outputs are the skip path plus
+    the readout bias alone, and the recurrent layer gets no gradient. The 1997 paper added
+    its memory cells only once the error had stopped decreasing (TrainConfig.connect_after).
     Shapes: x (B, T, input_size) -> outputs (B, T, output_size), the raw readout (each
         task squashes it itself).
     """
 
-    def __init__(self, input_size: int, hidden_size: int, output_size: int, cell: str = "lstm",
+    def __init__(self, input_size: int, hidden_size: int, output_size: int, cell: str | CellSpec = "lstm",
                  num_layers: int = 1, init: str = "torch", forget_bias: float | None = None,
-                 input_bias: float | None = None):
+                 input_bias: float | None = None, skip_input: bool = False):
         super().__init__()
         self.rnn = Recurrent(input_size, hidden_size, cell=cell, num_layers=num_layers,
-                             batch_first=True, init=init, forget_bias=forget_bias)
+                             batch_first=True, init=init, forget_bias=forget_bias, input_bias=input_bias)
         self.readout = nn.Linear(hidden_size, output_size)
-        if input_bias is not None:
-            self._set_input_bias(input_bias)
+        self.skip = nn.Linear(input_size, output_size, bias=False) if skip_input else None
+        self.connected = True
         if init == "1997":
             with torch.no_grad():
-                self.readout.weight.uniform_(-0.1, 0.1)
-                self.readout.bias.uniform_(-0.1, 0.1)
-
-    @torch.no_grad()
-    def _set_input_bias(self, value: float) -> None:
-        spec, H = self.rnn.spec, self.rnn.hidden_size
-        if spec.kind != "lstm" or "i" not in spec.gates:
-            raise ValueError(f"input_bias={value!r} needs a cell with an input gate; cell {spec.name!r} has none")
-        i = spec.gates.index("i")
-        for name, b in self.rnn.named_parameters():
-            if name.startswith("bias_ih"):
-                b[i * H:(i + 1) * H] = value
-            elif name.startswith("bias_hh"):
-                b[i * H:(i + 1) * H] = 0.0
+                for p in self.readout.parameters() if self.skip is None else (*self.readout.parameters(),
+                                                                              self.skip.weight):
+                    p.uniform_(-0.1, 0.1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.connected:
+            if self.skip is None:
+                raise RuntimeError("a model without skip_input must stay connected")
+            return self.skip(x) + self.readout.bias
         h, _ = self.rnn(x)  # (B, T, H)
-        return self.readout(h)  # (B, T, K)
+        y = self.readout(h)  # (B, T, K)
+        return y if self.skip is None else y + self.skip(x)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -60,6 +61,8 @@ def build_model(config, task, seed: int) -> SequenceModel:
     forked and seeded only for the construction and restored afterwards."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return SequenceModel(task.input_size, config.hidden_size, task.output_size, cell=config.cell,
+        cell = get_cell(config.cell).with_options(**config.cell_options)
+        return SequenceModel(task.input_size, config.hidden_size, task.output_size, cell=cell,
                              num_layers=config.num_layers, init=config.init,
-                             forget_bias=config.forget_bias, input_bias=config.input_bias)
+                             forget_bias=config.forget_bias, input_bias=config.input_bias,
+                             skip_input=config.skip_input)
