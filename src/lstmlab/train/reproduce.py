@@ -268,7 +268,8 @@ def markdown(table: list[dict], budget: Budget) -> str:
               "did: adding and temporal order include the 2,000-sequence stopping window; lag excludes its "
               "10,000-sequence check (the paper ran it after training); Reber counts to the evaluation that "
               "found every training and test string right. The tanh RNN (rnn-tanh, torch init) has about the "
-              "LSTM's number of weights and the same optimiser, seed and budget. Test errors: wrong test "
+              "LSTM's number of weights and the same optimiser, input-to-output weights, seed and budget. "
+              "Test errors: wrong test "
               "sequences by the paper's criterion after training, solved or not."]
     return "\n".join(lines) + "\n"
 
