@@ -103,7 +103,9 @@ def fail_dead_trials(study: optuna.Study) -> None:
     """Mark FAIL the RUNNING trials whose worker is gone: at once for workers on this
     machine whose process has died, and through Optuna's heartbeats (after the grace
     period) for any worker anywhere."""
-    optuna.storages.fail_stale_trials(study)
+    with warnings.catch_warnings():  # Optuna marks it experimental; its behaviour is what we need
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
