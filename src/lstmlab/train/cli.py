@@ -20,14 +20,22 @@ REGIMES = {"paper": {"optimizer": "sgd", "batch_size": 1, "lr": 0.1},
            "modern": {"optimizer": "adam", "batch_size": 32, "lr": 1e-3}}
 
 
+def key_values(flag: str, items: list[str]) -> list[tuple[str, str]]:
+    """["a=1", ...] -> [("a", "1"), ...]; an item without "=" raises naming the flag."""
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{flag} {item!r} is invalid; allowed: KEY=VALUE")
+        pairs.append((key, value))
+    return pairs
+
+
 def parse_params(task: str, items: list[str]) -> dict:
     """["T=100", ...] -> {"T": 100}, each value converted to the parameter's type."""
     types = task_params(task)
     params = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--param {item!r} is invalid; allowed: KEY=VALUE")
+    for key, value in key_values("--param", items):
         if key not in types:
             raise ValueError(f"--param {key}={value!r} is not a parameter of task {task!r}; "
                              f"allowed: {', '.join(types) or 'none'}")
@@ -46,10 +54,7 @@ def parse_cell_options(cell: str, items: list[str]) -> dict:
     kinds = {f.name: f.type for f in dataclasses.fields(CellSpec)}
     allowed = OVERRIDABLE[get_cell(cell).kind]
     options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--cell-option {item!r} is invalid; allowed: KEY=VALUE")
+    for key, value in key_values("--cell-option", items):
         if key not in allowed:
             raise ValueError(f"--cell-option {key}={value!r}: cell {cell!r} has no option {key!r}; "
                              f"allowed: {', '.join(allowed) or 'none'}")
