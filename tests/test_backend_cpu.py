@@ -30,16 +30,22 @@ def cpu_backend():
 
 
 @contextlib.contextmanager
-def knobs(parallel=False, small_products=True, packed=True, chunk=0):
-    """Force the kernel's code paths: slices in parallel, which product, chunk size."""
-    saved = (cpu.PARALLEL_MIN_WORK, cpu.SMALL_GEMM_LIMIT, cpu.USE_PACKED_GEMM, cpu.CHUNK_STEPS)
+def knobs(parallel=False, small_products=True, packed=True, chunk=0, copies=True):
+    """Force the kernel's code paths: slices in parallel, which product, chunk size, and
+    whether the backward reads the recurrent weights through copies (small weights) or in
+    place in torch's order (large ones)."""
+    names = ("PARALLEL_MIN_WORK", "SMALL_GEMM_LIMIT", "USE_PACKED_GEMM", "CHUNK_STEPS", "OWN_ORDER_MAX_BYTES",
+             "GATHER_MAX_BYTES")
+    saved = [getattr(cpu, n) for n in names]
     cpu.PARALLEL_MIN_WORK = 0 if parallel else 1 << 62
     cpu.SMALL_GEMM_LIMIT = 1 << 62 if small_products else 0
     cpu.USE_PACKED_GEMM, cpu.CHUNK_STEPS = packed, chunk
+    cpu.OWN_ORDER_MAX_BYTES = cpu.GATHER_MAX_BYTES = (1 << 62) if copies else 0
     try:
         yield
     finally:
-        cpu.PARALLEL_MIN_WORK, cpu.SMALL_GEMM_LIMIT, cpu.USE_PACKED_GEMM, cpu.CHUNK_STEPS = saved
+        for n, v in zip(names, saved):
+            setattr(cpu, n, v)
 
 
 def random_case(cell, dtype, T, B, I, H, seed):
@@ -75,7 +81,7 @@ case = st.fixed_dictionaries({
     "T": st.integers(1, 9), "B": st.integers(1, 4), "I": st.integers(1, 5), "H": st.integers(1, 37),
     "lengths": st.booleans(), "reverse": st.booleans(), "truncate": st.sampled_from([None, True, False]),
     "parallel": st.booleans(), "small_products": st.booleans(), "packed": st.booleans(),
-    "chunk": st.sampled_from([0, 1, 2, 3]), "seed": st.integers(0, 2 ** 16),
+    "chunk": st.sampled_from([0, 1, 2, 3]), "copies": st.booleans(), "seed": st.integers(0, 2 ** 16),
 })
 
 
@@ -87,7 +93,7 @@ def check_against_reference(cell, dtype, c):
         g = torch.Generator().manual_seed(c["seed"])
         lengths = torch.randint(1, c["T"] + 1, (c["B"],), generator=g)
     want = run_and_differentiate(reference, m, x, state, lengths, c["reverse"], truncate)
-    with knobs(c["parallel"], c["small_products"], c["packed"], c["chunk"]):
+    with knobs(c["parallel"], c["small_products"], c["packed"], c["chunk"], c.get("copies", True)):
         got = run_and_differentiate(cpu, m, x, state, lengths, c["reverse"], truncate)
     assert got.keys() == want.keys()
     for name in want:
@@ -144,6 +150,96 @@ def test_layer_matches_reference(cell):
         model.result = (out.data.detach(), [s.detach() for s in state], x.grad.clone(),
                         {n: p.grad.clone() for n, p in model.named_parameters()})
     (o1, s1, dx1, g1), (o2, s2, dx2, g2) = ref.result, ours.result
+    assert_close(o2, o1, msg="output")
+    for a, b in zip(s2, s1, strict=True):
+        assert_close(a, b, msg="final state")
+    assert_close(dx2, dx1, msg="d input")
+    for n in g1:
+        assert_close(g2[n], g1[n], msg=f"d {n}")
+
+
+# FGR's layout (csrc/cells.h Layout): gate-to-gate weights in a product of their own, the
+# gates fed back first in each slice, the a part of the state slice by slice. These force
+# more slices than the machine has cores, uneven ones, odd hidden sizes, and the variants
+# that feed back fewer gates (A = 2: cifg, nfg; A = 1: nig without an output gate).
+FGR_CELLS = {"fgr": "fgr",
+             "cifg+fgr": lstmlab.get_cell("cifg").with_options(gate_recurrence=True),
+             "nfg+fgr": lstmlab.get_cell("nfg").with_options(gate_recurrence=True),
+             "nig+nog+fgr": lstmlab.get_cell("nig").with_options(gate_recurrence=True, output_gate=False),
+             "fgr+peepholes": lstmlab.get_cell("fgr").with_options(peepholes=True)}
+
+
+@contextlib.contextmanager
+def forced_slices(cuts):
+    """Cut the hidden units into slices at these fractions of H (however small the work)."""
+    saved = cpu._bounds
+
+    def bounds(B, H, work, lanes):
+        return tuple(sorted({0, H, *(min(H, max(1, round(f * H))) for f in cuts)}))
+    cpu._bounds = bounds
+    try:
+        yield
+    finally:
+        cpu._bounds = saved
+
+
+fgr_case = st.fixed_dictionaries({
+    "T": st.integers(1, 9), "B": st.integers(1, 4), "I": st.integers(1, 5), "H": st.integers(1, 41),
+    "lengths": st.booleans(), "reverse": st.booleans(), "truncate": st.sampled_from([None, True, False]),
+    "parallel": st.just(False), "small_products": st.booleans(), "packed": st.booleans(),
+    "chunk": st.sampled_from([0, 1, 2, 3]), "copies": st.booleans(), "seed": st.integers(0, 2 ** 16),
+    "cuts": st.lists(st.floats(0.05, 0.95), min_size=0, max_size=3),
+})
+
+
+@pytest.mark.parametrize("cell", FGR_CELLS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(c=fgr_case)
+def test_fgr_in_uneven_slices_matches_reference(cell, dtype, c):
+    with forced_slices(c["cuts"]):
+        check_against_reference(FGR_CELLS[cell], dtype, c)
+
+
+@pytest.mark.parametrize("cell", FGR_CELLS)
+@pytest.mark.parametrize("H", [29, 67])
+@pytest.mark.parametrize("dtype,T", [(torch.float64, 30), (torch.float32, 10)])
+@pytest.mark.parametrize("copies", [True, False])
+def test_fgr_long_sequence_in_three_slices(cell, H, dtype, T, copies):
+    """Odd slice widths, many chunks, the BLAS products (float32: MKL's packed ones), with and
+    without the backward's weight copies. (float32 over 30 steps: gradients of ~100 whose
+    rounding alone exceeds the tolerance.)"""
+    c = dict(T=T, B=5, I=3, H=H, lengths=True, reverse=True, truncate=None, parallel=False,
+             small_products=False, packed=True, chunk=4, copies=copies, seed=3)
+    with forced_slices([0.31, 0.62]):
+        check_against_reference(FGR_CELLS[cell], dtype, c)
+
+
+@pytest.mark.parametrize("cuts", [[], [0.5], [0.2, 0.7]])
+@pytest.mark.parametrize("copies", [True, False])
+def test_fgr_bidirectional_layer_in_slices_matches_reference(cuts, copies):
+    """Two bidirectional FGR layers over packed sequences, hidden units in slices."""
+    I, H, B, T = 3, 11, 4, 8
+    torch.manual_seed(2)
+    kw = dict(cell="fgr", num_layers=2, bidirectional=True, dtype=torch.float64)
+    ref, ours = lstmlab.Recurrent(I, H, backend="reference", **kw), lstmlab.Recurrent(I, H, backend="cpu", **kw)
+    ours.load_state_dict(ref.state_dict())
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(T, B, I, generator=g, dtype=torch.float64, requires_grad=True)
+    hx = tuple(torch.rand(4, B, ref.spec.state_width(n) * H, generator=g, dtype=torch.float64)
+               for n in ref.spec.state_names)
+    lengths = torch.tensor([8, 3, 6, 1])
+    results = []
+    with forced_slices(cuts), knobs(copies=copies):
+        for model in (ref, ours):
+            out, state = model(pack_padded_sequence(x, lengths, enforce_sorted=False), hx)
+            loss = (out.data ** 2).sum() + sum((s * s.sin()).sum() for s in state)
+            model.zero_grad()
+            x.grad = None
+            loss.backward()
+            results.append((out.data.detach(), [s.detach() for s in state], x.grad.clone(),
+                            {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (o1, s1, dx1, g1), (o2, s2, dx2, g2) = results
     assert_close(o2, o1, msg="output")
     for a, b in zip(s2, s1, strict=True):
         assert_close(a, b, msg="final state")

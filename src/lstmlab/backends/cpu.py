@@ -5,12 +5,13 @@ variable lengths, reversal), computed by one generic C++ kernel driven by the Ce
 flags (csrc/cells.h), so a newly registered cell is covered without new code:
 
     forward   gates = x W_ih^T (one matrix product per chunk of steps), then per step one
-              recurrent product and one vectorised pointwise pass; saved for backward:
-              the gate activations, every c_t, and the outputs.
-    backward  per step (last to first): one product with the recurrent weights and the
-              hand-written pointwise backward; dx, dW_ih, dW_hh as large products over a
-              chunk of steps (about 256 rows) each time a chunk is done, so the
-              pre-activation gradients of only two chunks are ever held; bias and
+              recurrent product (FGR: two, h W_hh^T and a W_gg^T, with no zero blocks)
+              and one vectorised pointwise pass; saved for backward: the gate
+              activations, every c_t, and the outputs.
+    backward  per step (last to first): one product with the recurrent weights (FGR: two)
+              and the hand-written pointwise backward; dx, dW_ih, dW_hh (dW_gg) as large
+              products over a chunk of steps (about 256 rows) each time a chunk is done,
+              so the pre-activation gradients of only two chunks are ever held; bias and
               peephole gradients accumulate in the pointwise pass.
 
 On machines with more than one thread the hidden units are cut into slices, one per
@@ -87,10 +88,19 @@ USE_PACKED_GEMM = True
 # Steps per chunk of the input projection and of the weight-gradient products (0: the
 # kernel chooses, see chunk_steps in csrc/lstmlab_cpu.cpp).
 CHUNK_STEPS = 0
+# The backward multiplies the pre-activation gradients by the recurrent weights. Weights of
+# up to this many bytes (and small beside the gradients of the sequence) it may read through
+# a copy in the kernel's row order, which spares it staging the gradients in torch's order
+# (slices interleaved, slow at small sizes); larger ones in place, so that no copy of them is
+# made (FGR at H = 512: 13 MiB). See backward_impl in csrc/lstmlab_cpu.cpp.
+OWN_ORDER_MAX_BYTES = 4 << 20
+# FGR's gate-to-gate weights reach a slice's products in one block per gate: up to this many
+# bytes per slice they are gathered into one block (one product, not three).
+GATHER_MAX_BYTES = 1 << 20
 
 
 def _tune() -> list[int]:
-    return [SMALL_GEMM_LIMIT, int(USE_PACKED_GEMM), CHUNK_STEPS]
+    return [SMALL_GEMM_LIMIT, int(USE_PACKED_GEMM), CHUNK_STEPS, OWN_ORDER_MAX_BYTES, GATHER_MAX_BYTES]
 
 
 def _bounds(B: int, H: int, work: int, lanes: int) -> tuple[int, ...]:
@@ -112,14 +122,18 @@ class _Fused(torch.autograd.Function):
     @staticmethod
     def forward(ctx, plan, lengths, keep, return_cells, record, x, h0, c0, a0, W_ih, W_hh, b_ih, b_hh, W_ch, W_gg):
         none = x.new_empty(0)
-        Wx, bx, Wr, s0 = plan.pack(W_ih, W_hh, b_ih, b_hh, W_gg, h0, a0)
+        Wx, bx, s0 = plan.pack(W_ih, b_ih, b_hh, h0, a0)
         c0 = none if c0 is None else c0.contiguous()
         peep = none if W_ch is None else W_ch.contiguous()
+        # the recurrent weights as they are (the kernel reads them in its order): no copy of
+        # them outlives a pass
+        W_hh, W_gg = W_hh.contiguous(), none if W_gg is None else W_gg.contiguous()
+        maps = [none.long() if m is None else m for m in (plan.r_src, plan.a_src)]
         out, gates, C, s_fin, c_fin, cells = _extension().forward(
-            plan.cfg, plan.bounds, x, s0, c0, Wx, bx, Wr, peep, lengths, keep, return_cells, _tune())
-        ctx.plan, ctx.record = plan, record
+            plan.cfg, plan.bounds, x, s0, c0, Wx, bx, W_hh, W_gg, *maps, peep, lengths, keep, return_cells, _tune())
+        ctx.plan, ctx.record, ctx.maps = plan, record, maps
         ctx.flags = (a0 is not None, b_ih is not None, W_ch is not None, c0.numel() > 0)
-        ctx.save_for_backward(x, s0, c0, Wx, Wr, peep, lengths, out, gates, C)
+        ctx.save_for_backward(x, s0, c0, Wx, W_hh, W_gg, peep, lengths, out, gates, C)
         h_n, a_n = plan.unpack_state(s_fin, a0 is not None)
         a_n = none if a_n is None else a_n
         ctx.mark_non_differentiable(*[t for t in (c_fin, a_n, cells) if t.numel() == 0])
@@ -128,7 +142,7 @@ class _Fused(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dout, dh_n, dc_n, da_n, dcells):
-        x, s0, c0, Wx, Wr, peep, lengths, out, gates, C = ctx.saved_tensors
+        x, s0, c0, Wx, W_hh, W_gg, peep, lengths, out, gates, C = ctx.saved_tensors
         plan, (fgr, bias, peepholes, lstm) = ctx.plan, ctx.flags
         none = x.new_empty(0)
         pick = lambda t: none if t is None else t.contiguous()  # noqa: E731
@@ -140,15 +154,15 @@ class _Fused(torch.autograd.Function):
                 ds_fin = torch.cat([ds_fin, da_n if da_n is not None else s0.new_zeros(s0.shape[0], s0.shape[1] - H)], 1)
             ds_fin = (ds_fin if plan.s_src is None else ds_fin.index_select(1, plan.s_src)).contiguous()
         want = ctx.record is not None
-        dx, ds0, dc0, dWx, dbx, dWr, dpeep, norm_h, norm_c = _extension().backward(
-            plan.cfg, plan.bounds, x, s0, c0, Wx, Wr, peep, lengths, out, gates, C,
+        dx, ds0, dc0, dWx, dbx, dW_hh, dW_gg, dpeep, norm_h, norm_c = _extension().backward(
+            plan.cfg, plan.bounds, x, s0, c0, Wx, W_hh, W_gg, *ctx.maps, peep, lengths, out, gates, C,
             pick(dout), ds_fin, pick(dc_n), pick(dcells), want, _tune())
         if want:
             ctx.record.fill(norm_h, norm_c if norm_c.numel() else None)
         dh0, da0 = plan.unpack_state(ds0, fgr)
-        dW_ih, dW_hh, db_ih, db_hh, dW_gg = plan.unpack_grads(dWx, dbx, dWr, bias, fgr)
+        dW_ih, db_ih, db_hh = plan.unpack_grads(dWx, dbx, bias)
         return (None, None, None, None, None, dx, dh0, dc0 if lstm else None, da0, dW_ih, dW_hh, db_ih, db_hh,
-                dpeep if peepholes else None, dW_gg)
+                dpeep if peepholes else None, dW_gg if fgr else None)
 
 
 _warned: set[str] = set()
@@ -187,7 +201,7 @@ def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
     if reverse:
         x = reference.reverse_padded(x, lengths)
     lanes = _extension().vector_bytes // x.element_size()
-    work = B * p.weight_hh.shape[0] * (H + (p.weight_gg.shape[0] if p.weight_gg is not None else 0))
+    work = B * (p.weight_hh.numel() + (p.weight_gg.numel() if p.weight_gg is not None else 0))  # multiply-adds
     plan = layout_plan(spec, H, _bounds(B, H, work, lanes), bool(truncate))
     record = GradNorms._register(reverse, lengths)
     lens = lengths.contiguous() if lengths is not None else x.new_empty(0, dtype=torch.long)

@@ -40,9 +40,18 @@ struct Cell {
 // Hidden units are cut into P contiguous slices [bound[p], bound[p+1]), one per thread.
 // Each slice keeps its own gates, C and dP buffers (threads never write the same cache
 // lines there): a slice's gates row holds its Gs blocks, each as wide as the slice, the
-// Gr recurrent ones first. Kernel-wide vectors and matrices (the bias, the rows of the
-// input and recurrent weights) are ordered slice by slice the same way. S holds per slice
-// h, then the A a-blocks. With one slice all this is torch's layout (i f g o blocks of H).
+// Gr recurrent ones first, and of those (FGR) the A gates fed back through weight_gg
+// first, in weight_gg's order. Kernel-wide vectors and matrices (the bias, the rows of the
+// input weights Wx, the recurrent weights Wh: weight_hh's rows, R x H, read in this order)
+// are ordered slice by slice the same way. S is h (H, in unit order), then (FGR) the a
+// part: per slice its A a-blocks. FGR's gate-to-gate weights Wa (A*H x A*H: weight_gg,
+// read) have rows and columns in the a part's order, so that a slice's rows are one
+// contiguous range. With one slice all this is torch's layout (i f g o blocks of H; FGR:
+// i f o g, and S = cat(h, a)).
+//
+// FGR's step thus costs two products per slice, h Wh^T into all its recurrent blocks and
+// a Wa^T into its A gated ones: (Gr + A^2) H^2 multiply-adds per batch row (13 H^2 for
+// i f o g), none of them on zeros.
 struct Layout {
   int64_t H, P, Gs, Gr, A;
   std::vector<int64_t> bound;
@@ -53,9 +62,12 @@ struct Layout {
   int64_t GS() const { return Gs * H; }       // gates columns, all slices
   int64_t R() const { return Gr * H; }        // recurrent gate columns, all slices
   int64_t K() const { return (1 + A) * H; }   // S row width
+  int64_t AH() const { return A * H; }        // the a part of S; Wa is AH x AH
   int64_t gs(int64_t p) const { return Gs * w(p); }  // a slice's gates row width
   int64_t col(int64_t p, int64_t blk) const { return blk * w(p); }  // a block within a slice row
-  int64_t scol(int64_t p, int64_t j) const { return (1 + A) * u0(p) + j * w(p); }
+  // S column of slice p's block j (0: h, 1..A: a-blocks); the a ones are H + arow(p) on.
+  int64_t scol(int64_t p, int64_t j) const { return j == 0 ? u0(p) : H + arow(p) + (j - 1) * w(p); }
+  int64_t arow(int64_t p) const { return A * u0(p); }  // slice p's first row (column) of Wa
   // Where slice p's part of a per-slice buffer of `rows` rows starts (units: elements).
   int64_t gates_at(int64_t p, int64_t rows) const { return rows * Gs * u0(p); }
   int64_t units_at(int64_t p, int64_t rows) const { return rows * u0(p); }

@@ -10,7 +10,9 @@
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/mm.h>
 
+#include <algorithm>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "vecmath.h"
@@ -167,7 +169,18 @@ void gemm_blas(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, cons
 // . op(W_part), op(W) = W (k x n, row-major, leading dimension ld) or, when transposed,
 // W^T with W stored n x k. Per part it uses the built-in kernel (small products), MKL's
 // packed weights (float, few rows, when the BLAS is MKL; packed once here) or the plain
-// BLAS call; the last two read a k x n copy of a transposed part, made once here.
+// BLAS call; the built-in kernel and the BLAS read a k x n copy of a transposed part,
+// made once here.
+//
+// A part may read a torch parameter in the kernel's order through index maps, so that no
+// reordered copy of the weights has to outlive the pass: a transposed part's column j of
+// op(W) is row rows[j] of W and its row kk is column cols[kk]; a plain part's row kk is
+// row rows[kk] of W (null: j, kk), and its n columns are `groups` blocks of n / groups,
+// gstride apart in W (side by side in C). Those that need a copy anyway (transposed ones,
+// plain ones with a row map) gather it, and so do grouped ones of at most gather_max bytes
+// (one product instead of one per group, for a copy that hardly counts); MKL packs from
+// such a copy, dropped at once; the BLAS runs a larger grouped part group by group, in
+// place (beside such products the calls cost little, and a copy would count).
 template <class T>
 class StepProduct {
  public:
@@ -175,39 +188,51 @@ class StepProduct {
     const T* W;
     int64_t ld, k, n;
     bool transposed;
+    const int64_t* rows = nullptr;
+    const int64_t* cols = nullptr;
+    int64_t groups = 1, gstride = 0;
   };
 
-  StepProduct(int64_t M, std::vector<Part> parts, int64_t small_limit, bool allow_pack) : M_(M) {
+  StepProduct(int64_t M, std::vector<Part> parts, int64_t small_limit, bool allow_pack, int64_t gather_max)
+      : M_(M) {
     constexpr bool is_float = std::is_same<T, float>::value;
-    bool mkl = is_float && allow_pack && cblas_sgemm_pack && cblas_sgemm_compute && cblas_sgemm_pack_get_size &&
-               M <= kPackMaxRows;
-    if (mkl) {  // MKL's packed copies carry ~8 MB each beyond the weights: keep their sum bounded
+    const bool mkl = is_float && allow_pack && cblas_sgemm_pack && cblas_sgemm_compute &&
+                     cblas_sgemm_pack_get_size && M <= kPackMaxRows;
+    // A packed copy takes about the memory of the weights it packs (resident; MKL reserves
+    // ~7.5 MB more per copy that stays untouched). Transposed parts are copied anyway, so
+    // they are always packed; parts read in place gain a copy: their packed copies are kept
+    // to a bounded sum.
+    bool pack_in_place = mkl;
+    if (mkl) {
       size_t bytes = 0;
       for (const Part& q : parts)
-        if (M * q.n * q.k > small_limit && q.k > 0) bytes += cblas_sgemm_pack_get_size(kB, (int)M, (int)q.n, (int)q.k);
-      mkl = bytes <= kPackMaxBytes;
+        if (!q.transposed && M * q.n * q.k > small_limit && q.k > 0)
+          bytes += cblas_sgemm_pack_get_size(kB, (int)M, (int)q.n, (int)q.k);
+      pack_in_place = bytes <= kPackMaxBytes;
     }
     for (const Part& q : parts) {
       Plan plan{q, BLAS, at::Tensor()};
       if (q.k == 0 || q.n == 0) {
         plan.kind = EMPTY;
-      } else if (M * q.n * q.k <= small_limit || !mkl) {
+      } else if (M * q.n * q.k <= small_limit || !(q.transposed ? mkl : pack_in_place)) {
         plan.kind = M * q.n * q.k <= small_limit ? SMALL : BLAS;
-        if (q.transposed) {  // the built-in kernel, and the BLAS at few rows, read op(W) row by row
-          plan.copy = at::empty({q.k, q.n}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
-          T* dst = plan.copy.template data_ptr<T>();
-          for (int64_t j0 = 0; j0 < q.n; j0 += 64)  // transposed in 64 x 64 tiles
-            for (int64_t k0 = 0; k0 < q.k; k0 += 64)
-              for (int64_t j = j0; j < std::min(q.n, j0 + 64); ++j)
-                for (int64_t k = k0; k < std::min(q.k, k0 + 64); ++k) dst[k * q.n + j] = q.W[j * q.ld + k];
-          plan.part.W = dst, plan.part.ld = q.n, plan.part.transposed = false;
+        // the built-in kernel, and the BLAS at few rows, read op(W) row by row
+        const bool small_groups = q.groups > 1 && (plan.kind == SMALL || q.k * q.n * (int64_t)sizeof(T) <= gather_max);
+        if (q.transposed || q.rows || small_groups) {
+          plan.copy = gather(q);
+          plan.part = {plan.copy.template data_ptr<T>(), q.n, q.k, q.n, false};
         }
       } else {
         if constexpr (is_float) {
           plan.kind = PACKED;
           const int m = (int)M, n = (int)q.n, k = (int)q.k;
+          at::Tensor from;  // W's rows (transposed parts) or groups in the kernel's order
+          if (q.transposed && (q.rows || q.cols)) from = gather_rows(q);
+          if (!q.transposed && (q.rows || q.groups > 1)) from = gather(q);
+          const float* src = from.defined() ? from.data_ptr<float>() : q.W;
+          const int ld = !from.defined() ? (int)q.ld : (q.transposed ? k : n);
           plan.copy = at::empty({(int64_t)cblas_sgemm_pack_get_size(kB, m, n, k)}, at::kByte);
-          cblas_sgemm_pack(kRowMajor, kB, q.transposed ? kTrans : kNoTrans, m, n, k, 1.0f, q.W, (int)q.ld,
+          cblas_sgemm_pack(kRowMajor, kB, q.transposed ? kTrans : kNoTrans, m, n, k, 1.0f, src, ld,
                            (float*)plan.copy.data_ptr());
         }
       }
@@ -234,10 +259,58 @@ class StepProduct {
       case BLAS:
         break;
     }
-    gemm_blas<T>(false, q.transposed, M_, q.n, q.k, A, lda, q.W, q.ld, C, ldc, accumulate);
+    const int64_t gw = q.n / q.groups;
+    for (int64_t g = 0; g < q.groups; ++g)
+      gemm_blas<T>(false, q.transposed, M_, gw, q.k, A, lda, q.W + g * q.gstride, q.ld, C + g * gw, ldc, accumulate);
   }
 
  private:
+  static at::TensorOptions options() { return at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value); }
+
+  // A transposed part's W as an n x k row-major copy in the kernel's order: rows through
+  // q.rows, columns through q.cols in runs of consecutive ones (memcpy throughout).
+  static at::Tensor gather_rows(const Part& q) {
+    at::Tensor copy = at::empty({q.n, q.k}, options());
+    T* dst = copy.template data_ptr<T>();
+    std::vector<std::pair<int64_t, int64_t>> runs;  // (first column of W, length)
+    for (int64_t c = 0, len; c < q.k; c += len) {
+      len = 1;
+      while (c + len < q.k && (!q.cols || q.cols[c + len] == q.cols[c] + len)) ++len;
+      runs.push_back({q.cols ? q.cols[c] : c, len});
+    }
+    for (int64_t j = 0; j < q.n; ++j) {
+      const T* src = q.W + (q.rows ? q.rows[j] : j) * q.ld;
+      T* d = dst + j * q.k;
+      for (const auto& [c, len] : runs) d = std::copy(src + c, src + c + len, d);
+    }
+    return copy;
+  }
+
+  // op(q) as a k x n row-major copy (transposed parts: in 64 x 64 tiles)
+  static at::Tensor gather(const Part& q) {
+    if (q.transposed && q.cols) {  // the columns in order first, then the plain transposition
+      at::Tensor rows = gather_rows(q);
+      return gather({rows.template data_ptr<T>(), q.k, q.k, q.n, true});
+    }
+    at::Tensor copy = at::empty({q.k, q.n}, options());
+    T* dst = copy.template data_ptr<T>();
+    if (q.transposed) {
+      for (int64_t j0 = 0; j0 < q.n; j0 += 64)
+        for (int64_t k0 = 0; k0 < q.k; k0 += 64)
+          for (int64_t j = j0; j < std::min(q.n, j0 + 64); ++j) {
+            const T* src = q.W + (q.rows ? q.rows[j] : j) * q.ld;
+            for (int64_t k = k0; k < std::min(q.k, k0 + 64); ++k) dst[k * q.n + j] = src[k];
+          }
+    } else {
+      const int64_t gw = q.n / q.groups;
+      for (int64_t k = 0; k < q.k; ++k) {
+        const T* src = q.W + (q.rows ? q.rows[k] : k) * q.ld;
+        for (int64_t g = 0; g < q.groups; ++g) std::memcpy(dst + k * q.n + g * gw, src + g * q.gstride, sizeof(T) * gw);
+      }
+    }
+    return copy;
+  }
+
   enum Kind { EMPTY, SMALL, PACKED, BLAS };
   struct Plan {
     Part part;

@@ -1,6 +1,9 @@
 """The Python mirror of the kernel's buffer layout (csrc/cells.h `Cell` and `Layout`):
 the flags the kernel reads, and the index maps between torch's parameter layout and the
-kernel's, with which the weights are packed before a run and the gradients unpacked after.
+kernel's, with which the input weights, biases and state are packed before a run and
+their gradients unpacked after. The recurrent weights are not copied here: the kernel
+reads weight_hh and weight_gg through the maps r_src and a_src and writes their gradients
+in torch's layout.
 """
 from __future__ import annotations
 
@@ -24,13 +27,12 @@ class Plan:
     cfg: the flags of csrc/cells.h `Cell`. bounds: the slices of hidden units.
     x_src: for each row of the kernel's input weights (= gates column), the row of
         weight_ih it takes (G*H: a zero row, for gru's separate h-side n block).
-    r_src: for each row of the kernel's recurrent weights, the row of weight_hh.
+    r_src: for each row of the kernel's recurrent weights Wh, the row of weight_hh.
     x_dst / hb_dst: the gates column each entry of bias_ih (row of weight_ih) / bias_hh
-        adds to; r_dst: the recurrent row each row of weight_hh goes to (for lstm and rnn
-        cells all three are the same map). s_src: for each column of the kernel's state S,
-        the index into cat(h, a); s_dst its inverse. gg_src: for each weight_hh row, the weight_gg row
-        beside it (A*H: a zero row, the g gate's); gg_rows: the weight_hh row beside each
-        weight_gg row. None stands for the identity (no index op needed).
+        adds to. s_src: for each column of the kernel's state S, the index into cat(h, a);
+        s_dst its inverse. a_src (FGR): for each row (and column) of the kernel's
+        gate-to-gate weights Wa, the row (column) of weight_gg. None stands for the
+        identity (no index op needed).
     """
 
     cfg: list
@@ -41,45 +43,33 @@ class Plan:
     r_src: torch.Tensor | None
     x_dst: torch.Tensor | None
     hb_dst: torch.Tensor | None
-    r_dst: torch.Tensor | None
     s_src: torch.Tensor | None
     s_dst: torch.Tensor | None
-    gg_src: torch.Tensor | None
-    gg_rows: torch.Tensor | None
+    a_src: torch.Tensor | None
 
-    def pack(self, W_ih, W_hh, b_ih, b_hh, W_gg, h0, a0):
-        """The kernel's Wx (GS, I), bx (GS,), Wr (R, K) and s0 (B, K) (no autograd here)."""
+    def pack(self, W_ih, b_ih, b_hh, h0, a0):
+        """The kernel's Wx (GS, I), bx (GS,) and s0 (B, K) (no autograd here)."""
         zero_row = lambda w: torch.cat([w, w.new_zeros(1, w.shape[1])])  # noqa: E731
         Wx = W_ih if self.x_src is None else zero_row(W_ih).index_select(0, self.x_src)
         bx = W_ih.new_zeros(self.GS)
         if b_ih is not None:
             for dst, b in ((self.x_dst, b_ih), (self.hb_dst, b_hh)):
                 bx = bx + b if dst is None else bx.index_add(0, dst, b)
-        Wc = W_hh if W_gg is None else torch.cat([W_hh, zero_row(W_gg).index_select(0, self.gg_src)], 1)
-        Wr = _select(_select(Wc, 0, self.r_src), 1, self.s_src)
         s0 = _select(h0 if a0 is None else torch.cat([h0, a0], 1), 1, self.s_src)
-        return Wx.contiguous(), bx, Wr.contiguous(), s0.contiguous()
+        return Wx.contiguous(), bx, s0.contiguous()
 
     def unpack_state(self, s, with_a):
         """(h, a) in torch's order from the kernel's state S (a: None without FGR)."""
         s = _select(s, 1, self.s_dst)
         return (s[:, :self.H], s[:, self.H:]) if with_a else (s, None)
 
-    def unpack_grads(self, dWx, dbx, dWr, with_bias, with_gg):
-        """Gradients of weight_ih, weight_hh, bias_ih, bias_hh, weight_gg from the kernel's."""
-        H = self.H
+    def unpack_grads(self, dWx, dbx, with_bias):
+        """Gradients of weight_ih, bias_ih, bias_hh from the kernel's (those of weight_hh
+        and weight_gg leave the kernel in torch's layout)."""
         dW_ih = _select(dWx, 0, self.x_dst)
         db_ih = _select(dbx, 0, self.x_dst) if with_bias else None
         db_hh = _select(dbx, 0, self.hb_dst) if with_bias else None
-        # columns first (h part, a part), then rows: the smallest temporaries
-        h_cols = dWr[:, :H] if self.s_dst is None else dWr.index_select(1, self.s_dst[:H])
-        dW_hh = _select(h_cols, 0, self.r_dst)
-        dW_gg = None
-        if with_gg:
-            a_cols = dWr[:, H:] if self.s_dst is None else dWr.index_select(1, self.s_dst[H:])
-            rows = self.gg_rows if self.r_dst is None else self.r_dst.index_select(0, self.gg_rows)
-            dW_gg = a_cols.index_select(0, rows)
-        return dW_ih, dW_hh, db_ih, db_hh, dW_gg
+        return dW_ih, db_ih, db_hh
 
 
 def _select(t: torch.Tensor, dim: int, idx: torch.Tensor | None) -> torch.Tensor:
@@ -93,12 +83,12 @@ def _or_identity(idx: list[int]) -> torch.Tensor | None:
 @functools.lru_cache(maxsize=256)
 def plan(spec: CellSpec, H: int, bounds: tuple[int, ...], truncate: bool) -> Plan:
     """The Plan for a cell, hidden size H, slices `bounds` and the truncated rule (cached)."""
-    gates = spec.gates
+    gates, fed_back = spec.gates, spec.recurrent_gates
     if spec.kind == "gru":
         blocks, Gr = ("r", "z", "hn", "n"), 3  # h-side n (R_n h + b_hn) kept apart from x-side n
-    else:
-        blocks, Gr = gates, len(gates)
-    Gs, A = len(blocks), len(spec.recurrent_gates)
+    else:  # FGR: the gates fed back through weight_gg first (in its order), so they are contiguous
+        blocks, Gr = fed_back + tuple(g for g in gates if g not in fed_back), len(gates)
+    Gs, A = len(blocks), len(fed_back)
     P = len(bounds) - 1
     slice_of = [p for p in range(P) for _ in range(bounds[p], bounds[p + 1])]
 
@@ -107,22 +97,25 @@ def plan(spec: CellSpec, H: int, bounds: tuple[int, ...], truncate: bool) -> Pla
         u0, w = bounds[p], bounds[p + 1] - bounds[p]
         return width * u0 + blk * w + u - u0
 
-    def scol(j: int, u: int) -> int:  # mirrors Layout::scol
+    def arow(j: int, u: int) -> int:  # row (column) of Wa of a-block j (0..A-1), unit u: Layout::arow
         p = slice_of[u]
-        return (1 + A) * bounds[p] + j * (bounds[p + 1] - bounds[p]) + u - bounds[p]
+        return A * bounds[p] + j * (bounds[p + 1] - bounds[p]) + u - bounds[p]
+
+    def scol(j: int, u: int) -> int:  # mirrors Layout::scol
+        return u if j == 0 else H + arow(j - 1, u)
 
     x_blk = {"n": 3} if spec.kind == "gru" else {}
     h_blk = {"n": 2} if spec.kind == "gru" else {}
     GS, R, K = Gs * H, Gr * H, (1 + A) * H
     x_src, r_src = [len(gates) * H] * GS, [0] * R
-    x_dst, hb_dst, r_dst = ([0] * (len(gates) * H) for _ in range(3))
+    x_dst, hb_dst = ([0] * (len(gates) * H) for _ in range(2))
     for gi, name in enumerate(gates):
         for u in range(H):
             j = gi * H + u
             x_dst[j] = col(x_blk.get(name, blocks.index(name)), u, Gs)   # weight_ih, bias_ih
             hb_dst[j] = col(h_blk.get(name, blocks.index(name)), u, Gs)  # bias_hh (gates row)
-            r_dst[j] = col(h_blk.get(name, blocks.index(name)), u, Gr)   # weight_hh (recurrent rows)
-            x_src[x_dst[j]], r_src[r_dst[j]] = j, j
+            r_src[col(h_blk.get(name, blocks.index(name)), u, Gr)] = j  # weight_hh (recurrent rows)
+            x_src[x_dst[j]] = j
     s_src = [0] * K
     for u in range(H):
         s_src[scol(0, u)] = u
@@ -131,11 +124,10 @@ def plan(spec: CellSpec, H: int, bounds: tuple[int, ...], truncate: bool) -> Pla
     s_dst = [0] * K
     for k, src in enumerate(s_src):
         s_dst[src] = k
-    gg_src, gg_rows = [A * H] * (len(gates) * H), []
-    for j, name in enumerate(spec.recurrent_gates):
-        gi = gates.index(name)
-        gg_src[gi * H:(gi + 1) * H] = range(j * H, (j + 1) * H)
-        gg_rows += range(gi * H, (gi + 1) * H)
+    a_src = [0] * (A * H)
+    for j in range(A):
+        for u in range(H):
+            a_src[arow(j, u)] = j * H + u
 
     def blk(name):
         return blocks.index(name) if name in blocks else -1
@@ -143,8 +135,8 @@ def plan(spec: CellSpec, H: int, bounds: tuple[int, ...], truncate: bool) -> Pla
     def peep(name):
         return spec.peephole_gates.index(name) if name in spec.peephole_gates else -1
 
-    def a_blk(name):
-        return 1 + spec.recurrent_gates.index(name) if name in spec.recurrent_gates else -1
+    def a_blk(name):  # S block 1 + j holds gates block j (csrc/lstmlab_cpu.cpp checks it)
+        return 1 + fed_back.index(name) if name in fed_back else -1
 
     lstm = spec.kind == "lstm"
     cfg = [_KIND[spec.kind], _ACT[spec.activation], _ACT[spec.output_activation],
@@ -152,6 +144,5 @@ def plan(spec: CellSpec, H: int, bounds: tuple[int, ...], truncate: bool) -> Pla
            *(peep(g) for g in "ifo"), *(a_blk(g) for g in "ifo"), int(truncate), Gs, Gr, A]
     ident = _or_identity
     dst = ident if len(gates) * H == GS else torch.tensor  # gru: 3H rows into 4H, never the identity
-    return Plan(cfg, list(bounds), H, GS, ident(x_src), ident(r_src), dst(x_dst), dst(hb_dst), ident(r_dst),
-                 ident(s_src), ident(s_dst), torch.tensor(gg_src) if A else None,
-                 torch.tensor(gg_rows) if A else None)
+    return Plan(cfg, list(bounds), H, GS, ident(x_src), ident(r_src), dst(x_dst), dst(hb_dst), ident(s_src),
+                ident(s_dst), ident(a_src))

@@ -4,19 +4,25 @@
 //
 // The hidden units are cut into slices, one per thread (steps.h); each slice owns its
 // rows of the gates, C and dP buffers (cells.h Layout).
-// forward: per step and slice, one recurrent product into the slice's gate columns and
-//   one vectorised pointwise pass (cells.h). The input projection x W^T is one product
-//   per chunk of steps and slice (the chunk's gates are still in cache when the loop
-//   reaches them). Saves the activations, every c_t and the outputs.
+// forward: per step and slice, one recurrent product into the slice's gate columns (FGR:
+//   two, h Wh^T and a Wa^T, see cells.h Layout) and one vectorised pointwise pass
+//   (cells.h). The input projection x W^T is one product per chunk of steps and slice (the
+//   chunk's gates are still in cache when the loop reaches them). Saves the activations,
+//   every c_t and the outputs.
 // backward: per step (last to first) and slice, the product of the next step's
-//   pre-activation gradients with the recurrent weights, then the pointwise backward.
-//   dP, the pre-activation gradients, lives in a ring of two chunks: when a chunk is
-//   done, each thread forms its slice's share of dx, dW_ih and dW_hh from it with products
-//   over the whole chunk. Bias and peephole gradients accumulate in the pointwise pass.
+//   pre-activation gradients with the recurrent weights (FGR: with Wh and Wa), then the
+//   pointwise backward. dP, the pre-activation gradients, lives in a ring of two chunks:
+//   when a chunk is done, each thread forms its slice's share of dx, dW_ih, dW_hh (and
+//   dW_gg) from it with products over the whole chunk. Bias and peephole gradients
+//   accumulate in the pointwise pass. The weight gradients are permuted into torch's
+//   layout in place at the end (no second copy of them).
 //
-// tune = {small_limit, allow_pack, chunk}: products up to small_limit multiply-adds use
-//   the built-in kernel; allow_pack lets float products use MKL's packed weights; chunk:
-//   steps per chunk (0: chosen here).
+// tune = {small_limit, allow_pack, chunk, own_order, gather}: products up to small_limit
+//   multiply-adds use the built-in kernel; allow_pack lets float products use MKL's packed
+//   weights; chunk: steps per chunk (0: chosen here); recurrent weights of at most
+//   own_order bytes may be read by the backward through a copy in its own row order (see
+//   backward_impl), and grouped weight parts of at most gather bytes through a contiguous
+//   copy (gemm.h).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -53,6 +59,17 @@ int64_t chunk_steps(int64_t requested, int64_t T, int64_t B, int64_t GS, int64_t
   return std::max<int64_t>(1, std::min({by_rows, by_bytes, T}));
 }
 
+// n elements, in vectors: the staged copies are many short rows (a slice's block of a batch
+// row), where a call to memcpy would cost more than the copy.
+template <class T>
+inline void copy_row(T* dst, const T* src, int64_t n) {
+  constexpr int L = Vec<T>::n;
+  for (int64_t u = 0; u < n; u += L) {
+    const int m = (int)std::min<int64_t>(L, n - u);
+    st(dst + u, ld(src + u, m), m);
+  }
+}
+
 // Buffers with one part per slice: slice p's rows (step, batch) of width `width(p)`.
 template <class T>
 struct SliceBuffer {
@@ -66,13 +83,56 @@ struct SliceBuffer {
   }
 };
 
+// A row-major matrix (rows x n) permuted in place: row i becomes old row row_src[i] and
+// column c old column col_src[c] (null: unchanged; both permutations). Rows move along the
+// permutation's cycles through one row of scratch, each once; columns move in runs of
+// consecutive ones (blocks of a slice's units), so it is one pass of memcpy.
+template <class T>
+void permute_in_place(T* m, int64_t rows, int64_t n, const int64_t* row_src, const int64_t* col_src) {
+  struct Run { int64_t dst, src, len; };
+  std::vector<Run> runs;
+  for (int64_t c = 0, len; c < n; c += len) {
+    len = 1;
+    while (c + len < n && (!col_src || col_src[c + len] == col_src[c] + len)) ++len;
+    runs.push_back({c, col_src ? col_src[c] : c, len});
+  }
+  auto move = [&](T* dst, const T* src) {
+    for (const Run& r : runs) std::memcpy(dst + r.dst, src + r.src, sizeof(T) * r.len);
+  };
+  std::vector<T> tmp(n);
+  std::vector<char> done(rows, 0);
+  for (int64_t i = 0; i < rows; ++i) {
+    if (done[i] || (!col_src && (!row_src || row_src[i] == i))) continue;
+    std::memcpy(tmp.data(), m + i * n, sizeof(T) * n);
+    int64_t j = i;
+    for (int64_t k = row_src ? row_src[i] : i; k != i; j = k, k = row_src[k]) {
+      move(m + j * n, m + k * n);
+      done[j] = 1;
+    }
+    move(m + j * n, tmp.data());
+    done[j] = 1;
+  }
+}
+
+// The recurrent weights are torch's parameters, weight_hh (R x H) and (FGR) weight_gg
+// (AH x AH), read in the kernel's order (cells.h Layout) through h_src (R: for each row of
+// the kernel's Wh, the row of weight_hh) and a_src (AH: for each row and column of the
+// kernel's Wa, those of weight_gg); empty maps stand for the identity.
+struct Weights {
+  const at::Tensor &W_hh, &W_gg, &h_src, &a_src;
+  int64_t h_row(int64_t r) const { return has(h_src) ? h_src.data_ptr<int64_t>()[r] : r; }
+  int64_t a_idx(int64_t i) const { return has(a_src) ? a_src.data_ptr<int64_t>()[i] : i; }
+  const int64_t* h_map(int64_t r) const { return has(h_src) ? h_src.data_ptr<int64_t>() + r : nullptr; }
+  const int64_t* a_map(int64_t i) const { return has(a_src) ? a_src.data_ptr<int64_t>() + i : nullptr; }
+};
+
 template <class T>
 std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, const at::Tensor& x, const at::Tensor& s0,
                                      const at::Tensor& c0, const at::Tensor& Wx, const at::Tensor& bx,
-                                     const at::Tensor& Wr, const at::Tensor& peep, const at::Tensor& lengths,
+                                     const Weights& wts, const at::Tensor& peep, const at::Tensor& lengths,
                                      bool keep, bool return_cells, const std::vector<int64_t>& tune) {
   const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2), H = lay.H;
-  const int64_t GS = lay.GS(), K = lay.K(), P = lay.P, Gs = lay.Gs, Gr = lay.Gr;
+  const int64_t GS = lay.GS(), K = lay.K(), P = lay.P, Gs = lay.Gs, Gr = lay.Gr, A = lay.A, AH = lay.AH();
   const int64_t CH = chunk_steps(tune[2], T_, B, GS, P, sizeof(T));
   const bool lstm = cell.kind == KIND_LSTM;
   const bool keep_c = keep || return_cells;
@@ -86,10 +146,22 @@ std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, const 
   S[0].copy_(s0);
   const SliceBuffer<T> G{ptr<T>(gates), lay, Tg * B, true}, Cb{ptr<T>(C), lay, Tc * B, false};
 
-  const T *wr = ptr<T>(Wr), *wx = ptr<T>(Wx), *xp = ptr<T>(x), *bxp = ptr<T>(bx), *c0p = ptr<T>(c0);
-  std::vector<typename StepProduct<T>::Part> parts;  // slice p: its recurrent gate rows of Wr, transposed
-  for (int64_t p = 0; p < P; ++p) parts.push_back({wr + Gr * lay.u0(p) * K, K, K, Gr * lay.w(p), true});
-  const StepProduct<T> product(B, parts, tune[0], tune[1] != 0);
+  const T *wh = ptr<T>(wts.W_hh), *wa = ptr<T>(wts.W_gg), *wx = ptr<T>(Wx), *xp = ptr<T>(x), *bxp = ptr<T>(bx),
+          *c0p = ptr<T>(c0);
+  // part p: slice p's recurrent gate rows of Wh, transposed; part P + p (FGR): its gated
+  // rows of Wa, transposed (columns: the a part of S)
+  std::vector<typename StepProduct<T>::Part> parts;
+  for (int64_t p = 0; p < P; ++p) {
+    const int64_t r0 = Gr * lay.u0(p);
+    const int64_t* rows = wts.h_map(r0);
+    parts.push_back({rows ? wh : wh + r0 * H, H, H, Gr * lay.w(p), true, rows});
+  }
+  for (int64_t p = 0; A > 0 && p < P; ++p) {
+    const int64_t a0 = lay.arow(p);
+    const int64_t* rows = wts.a_map(a0);
+    parts.push_back({rows ? wa : wa + a0 * AH, AH, AH, A * lay.w(p), true, rows, wts.a_map(0)});
+  }
+  const StepProduct<T> product(B, parts, tune[0], tune[1] != 0, tune[4]);
   SliceClock clock(P);
 
   const CellKernel<T> kern{cell, lay, B, ptr<int64_t>(lengths), ptr<T>(peep)};
@@ -110,6 +182,7 @@ std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, const 
     const T* sprev = Sp + (t & 1) * B * K;
     T* snext = Sp + ((t + 1) & 1) * B * K;
     product(p, sprev, K, gates_row(p, t, 0), gsp, true);
+    if (A > 0) product(P + p, sprev + H, K, gates_row(p, t, 0), gsp, true);  // the gated blocks come first
     clock.add(p, F_PRODUCT, since);
     const T* bias = bxp + Gs * lay.u0(p);
     for (int64_t b = 0; b < B; ++b) {
@@ -124,7 +197,7 @@ std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, const 
     clock.add(p, F_POINTWISE, since);
   });
   clock.fold();
-  if (g_clock.on) g_clock.flops[0] += 2.0 * T_ * B * lay.R() * K;
+  if (g_clock.on) g_clock.flops[0] += 2.0 * T_ * B * (lay.R() * H + AH * AH);
   at::Tensor s_final = S[T_ & 1].clone();
   // c_n, and every c_t for return_cells, in (B, H) / (T, B, H) from the slices' rows
   auto gather_c = [&](int64_t t, T* dst) {
@@ -152,70 +225,115 @@ std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, const 
 template <class T>
 std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, const at::Tensor& x,
                                       const at::Tensor& s0, const at::Tensor& c0, const at::Tensor& Wx,
-                                      const at::Tensor& Wr, const at::Tensor& peep, const at::Tensor& lengths,
+                                      const Weights& wts, const at::Tensor& peep, const at::Tensor& lengths,
                                       const at::Tensor& out, const at::Tensor& gates, const at::Tensor& C,
                                       const at::Tensor& dout, const at::Tensor& ds_final, const at::Tensor& dc_final,
                                       const at::Tensor& dcells, bool want_norms, const std::vector<int64_t>& tune) {
   const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2), H = lay.H;
-  const int64_t GS = lay.GS(), R = lay.R(), K = lay.K(), P = lay.P, A = lay.A, Gs = lay.Gs, Gr = lay.Gr;
+  const int64_t GS = lay.GS(), R = lay.R(), K = lay.K(), P = lay.P, A = lay.A, AH = lay.AH(), Gs = lay.Gs,
+                Gr = lay.Gr;
   const int64_t CH = chunk_steps(tune[2], T_, B, GS, P, sizeof(T));
   const int64_t RING = std::min(2 * CH, T_);  // dP: a ring of two chunks
   const bool lstm = cell.kind == KIND_LSTM;
   auto opts = x.options();
+  // The next step's products read dP_t's recurrent part as one (B, R) matrix D_t and (FGR)
+  // its gated part as one (B, AH) matrix, and multiply them by weight_hh and weight_gg with
+  // rows in the same order, in one of two ways. Own order: D_t in the kernel's order, every
+  // slice's gated blocks, then every slice's others (with one slice that is dP itself), the
+  // gated part its first AH columns; the products read copies of the weights in that row
+  // order (made by StepProduct, one pass over the weights). Torch's order: D_t and the
+  // gated part staged in torch's row order, and the products read the parameters in place,
+  // so that no copy as large as the weights is made; but the staging interleaves the
+  // slices' blocks in each row, which the two cores pay for in every step. Own order is
+  // taken for weights of at most tune[3] bytes that are also at most a quarter of the
+  // recurrent gradients over the sequence (T B (R + AH) numbers), where one pass over them
+  // costs less than the staging it saves (measured: BENCHMARKS.md). Staged copies
+  // alternate by step parity.
+  const int64_t weight_bytes = (R * H + AH * AH) * (int64_t)sizeof(T);
+  const bool own = weight_bytes <= tune[3] && 4 * weight_bytes <= T_ * B * (R + AH) * (int64_t)sizeof(T);
+  const bool stage_h = !cell.truncate && (P > 1 || (!own && has(wts.h_src)));
+  const bool stage_a = A > 0 && stage_h && !own;  // torch's order: i f g o, the gated part apart
   at::Tensor dP = at::empty({RING * B * GS}, opts);
-  at::Tensor stage = at::empty({P > 1 ? 2 : 0, B, R}, opts);
+  at::Tensor stage = at::empty({stage_h ? 2 : 0, B, R}, opts);
+  at::Tensor stage_g = at::empty({stage_a ? 2 : 0, B, AH}, opts);
   at::Tensor dS = has(ds_final) ? ds_final.clone() : at::zeros({B, K}, opts);
   at::Tensor dC = lstm ? (has(dc_final) ? dc_final.clone() : at::zeros({B, H}, opts)) : at::empty({0}, opts);
   at::Tensor dbx = at::zeros({GS}, opts);
   at::Tensor dpeep = at::zeros({peep.numel()}, opts);
   at::Tensor dWx = at::zeros({GS, I}, opts);
-  at::Tensor dWr = at::zeros({R, K}, opts);
+  at::Tensor dWh = at::zeros({R, H}, opts);
+  at::Tensor dWa = at::zeros({A > 0 ? AH : 0, AH}, opts);
   at::Tensor dx = P == 1 ? at::empty({T_, B, I}, opts) : at::empty({P, T_, B, I}, opts);  // per-slice shares
   at::Tensor norms = at::zeros({want_norms ? 2 : 0, P, T_, B}, opts);
 
-  const T* wr = ptr<T>(Wr);
-  std::vector<typename StepProduct<T>::Part> parts;  // slice p: the columns of Wr for its part of S
-  for (int64_t p = 0; p < P; ++p) parts.push_back({wr + lay.scol(p, 0), K, cell.truncate ? 0 : R, (1 + A) * lay.w(p), false});
-  const StepProduct<T> product(B, parts, tune[0], tune[1] != 0);
+  // Where slice p's blocks go in D_t and in the staged gated part: runs of blocks that
+  // stay consecutive, (first column in the slice's dP row, first column there, length).
+  struct Run { int64_t from, to, len; };
+  std::vector<std::vector<Run>> h_runs(P), a_runs(P);
+  std::vector<int64_t> own_rows(own ? R : 0);  // own: the row of weight_hh for each row of D_t
+  bool own_ident = true;
+  for (int64_t p = 0; p < P; ++p) {
+    const int64_t u0 = lay.u0(p), w = lay.w(p);
+    auto add = [w](std::vector<Run>& runs, int64_t from, int64_t to) {
+      if (!runs.empty() && runs.back().from + runs.back().len == from && runs.back().to + runs.back().len == to)
+        runs.back().len += w;
+      else
+        runs.push_back({from, to, w});
+    };
+    for (int64_t j = 0; j < Gr; ++j) {
+      const int64_t to = !own ? wts.h_row(Gr * u0 + j * w) : j < A ? A * u0 + j * w : AH + (Gr - A) * u0 + (j - A) * w;
+      add(h_runs[p], j * w, to);
+      for (int64_t i = 0; own && i < w; ++i) {
+        own_rows[to + i] = wts.h_row(Gr * u0 + j * w + i);
+        own_ident = own_ident && own_rows[to + i] == to + i;
+      }
+    }
+    for (int64_t j = 0; j < A; ++j) add(a_runs[p], j * w, wts.a_idx(lay.arow(p) + j * w));
+  }
+  const T *wh = ptr<T>(wts.W_hh), *wa = ptr<T>(wts.W_gg);
+  // part p: the columns of weight_hh for slice p's h; part P + p (FGR): those of weight_gg
+  // for its a, one block of its units per gate fed back (H apart; one block with one slice)
+  const int64_t* h_rows = own && !own_ident ? own_rows.data() : nullptr;
+  const int64_t* a_rows = own ? wts.a_map(0) : nullptr;
+  std::vector<typename StepProduct<T>::Part> parts;
+  for (int64_t p = 0; p < P; ++p)
+    parts.push_back({wh + lay.u0(p), H, cell.truncate ? 0 : R, lay.w(p), false, h_rows});
+  for (int64_t p = 0; A > 0 && p < P; ++p)
+    parts.push_back({wa + lay.u0(p), AH, cell.truncate ? 0 : AH, A * lay.w(p), false, a_rows, nullptr,
+                     P > 1 ? A : 1, H});
+  const StepProduct<T> product(B, parts, tune[0], tune[1] != 0, tune[4]);
   SliceClock clock(P);
 
   const CellKernel<T> kern{cell, lay, B, ptr<int64_t>(lengths), ptr<T>(peep)};
   const SliceBuffer<T> G{ptr<T>(gates), lay, T_ * B, true}, Cb{ptr<T>(C), lay, T_ * B, false},
       D{ptr<T>(dP), lay, RING * B, true};
-  T *ds = ptr<T>(dS), *dc = ptr<T>(dC), *db = ptr<T>(dbx), *dpe = ptr<T>(dpeep), *stg = ptr<T>(stage);
-  T *dwx = ptr<T>(dWx), *dwr = ptr<T>(dWr), *dxp = ptr<T>(dx), *nrm = ptr<T>(norms);
+  T *ds = ptr<T>(dS), *dc = ptr<T>(dC), *db = ptr<T>(dbx), *dpe = ptr<T>(dpeep), *stg = ptr<T>(stage),
+    *stga = ptr<T>(stage_g);
+  T *dwx = ptr<T>(dWx), *dwh = ptr<T>(dWh), *dwa = ptr<T>(dWa), *dxp = ptr<T>(dx), *nrm = ptr<T>(norms);
   const T *c0p = ptr<T>(c0), *o = ptr<T>(out), *s0p = ptr<T>(s0);
   const T *xp = ptr<T>(x), *wx = ptr<T>(Wx), *dop = ptr<T>(dout), *dcl = ptr<T>(dcells);
   auto dp_row = [&](int64_t p, int64_t t, int64_t b) { return D.row(p, (((t / CH) & 1) * CH + t % CH) * B + b); };
-  // The next step's product reads the recurrent part of dP_t as one (B, R) matrix: with one
-  // slice that is dP itself, with several a staged copy (by step parity).
-  const bool staged = P > 1 && !cell.truncate;
-  const int64_t rec_ld = P > 1 ? R : GS;
-  auto rec_grads = [&](int64_t t) -> const T* { return P > 1 ? stg + (t & 1) * B * R : dp_row(0, t, 0); };
+  const int64_t rec_ld = stage_h ? R : GS, gated_ld = stage_a ? AH : rec_ld;
+  auto rec_grads = [&](int64_t t) -> const T* { return stage_h ? stg + (t & 1) * B * R : dp_row(0, t, 0); };
+  auto gated_grads = [&](int64_t t) -> const T* { return stage_a ? stga + (t & 1) * B * AH : rec_grads(t); };
 
-  // dW_hh (and FGR's dW_gg) rows of slice p += dP[t0:t0+n]^T S_{t-1}, S_{t-1} being s0 at
-  // t = 0, the outputs (h part) and the saved gate activations (FGR's a part) after.
+  // Slice p's rows of dWh += dP[t0:t0+n]^T h_{t-1}, and (FGR) its rows of dWa += (its gated
+  // columns of dP)^T a_{t-1}; h_{-1}, a_{-1} are s0's, then the outputs and the saved gate
+  // activations (per slice q, its gated blocks: Wa's columns of slice q).
   auto recurrent_weight_grads = [&](int64_t p, int64_t t0, int64_t n) {
-    const int64_t gsp = lay.gs(p), nr = Gr * lay.w(p);
-    T* dst = dwr + Gr * lay.u0(p) * K;
-    auto block = [&](int64_t scol, int64_t w, const T* from, int64_t ld, const T* s0_part) {
-      int64_t t = t0, m = n;
-      if (t0 == 0) {
-        gemm_blas<T>(true, false, nr, w, B, dp_row(p, 0, 0), gsp, s0_part, K, dst + scol, K, true);
-        t = 1, m = n - 1;
-      }
-      if (m > 0) gemm_blas<T>(true, false, nr, w, m * B, dp_row(p, t, 0), gsp, from + (t - 1) * B * ld, ld,
-                              dst + scol, K, true);
-    };
-    if (A == 0) return block(0, H, o, H, s0p);
-    for (int64_t q = 0; q < P; ++q) {
-      const int64_t w = lay.w(q);
-      block(lay.scol(q, 0), w, o + lay.u0(q), H, s0p + lay.scol(q, 0));
-      for (int64_t j = 1; j <= A; ++j) {
-        const int blk = j == cell.ai ? cell.bi : (j == cell.af ? cell.bf : cell.bo);
-        block(lay.scol(q, j), w, G.row(q, 0) + lay.col(q, blk), lay.gs(q), s0p + lay.scol(q, j));
-      }
+    const int64_t gsp = lay.gs(p), nr = Gr * lay.w(p), na = A * lay.w(p);
+    T* dst_h = dwh + Gr * lay.u0(p) * H;
+    T* dst_a = dwa + lay.arow(p) * AH;
+    const int64_t t = t0 == 0 ? 1 : t0, m = t0 == 0 ? n - 1 : n;  // the steps after s0's
+    if (t0 == 0) {
+      gemm_blas<T>(true, false, nr, H, B, dp_row(p, 0, 0), gsp, s0p, K, dst_h, H, true);
+      if (A > 0) gemm_blas<T>(true, false, na, AH, B, dp_row(p, 0, 0), gsp, s0p + H, K, dst_a, AH, true);
     }
+    if (m <= 0) return;
+    gemm_blas<T>(true, false, nr, H, m * B, dp_row(p, t, 0), gsp, o + (t - 1) * B * H, H, dst_h, H, true);
+    for (int64_t q = 0; A > 0 && q < P; ++q)
+      gemm_blas<T>(true, false, na, A * lay.w(q), m * B, dp_row(p, t, 0), gsp, G.row(q, (t - 1) * B), lay.gs(q),
+                   dst_a + lay.arow(q), AH, true);
   };
   // Slice p's share of a finished chunk: dx (its columns' part), dW_ih and dW_hh rows.
   auto chunk_grads = [&](int64_t p, int64_t t0, int64_t n) {
@@ -229,14 +347,17 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, const
 
   run_steps(T_, P, [&](int64_t k, int64_t p) {
     const int64_t t = T_ - 1 - k;
-    const int64_t sc = lay.scol(p, 0), nr = Gr * lay.w(p);
     auto since = clock.now();
-    if (t < T_ - 1 && !cell.truncate) product(p, rec_grads(t + 1), rec_ld, ds + sc, K, true);
+    if (t < T_ - 1 && !cell.truncate) {
+      product(p, rec_grads(t + 1), rec_ld, ds + lay.scol(p, 0), K, true);
+      if (A > 0) product(P + p, gated_grads(t + 1), gated_ld, ds + lay.scol(p, 1), K, true);
+    }
     clock.add(p, B_PRODUCT, since);
     T* nh = nrm ? nrm + (p * T_ + t) * B : nullptr;
     T* nc = nrm ? nrm + ((P + p) * T_ + t) * B : nullptr;
     T scratch_h = 0, scratch_c = 0;
-    T* st = staged ? stg + (t & 1) * B * R + Gr * lay.u0(p) : nullptr;
+    T* st = stage_h ? stg + (t & 1) * B * R : nullptr;
+    T* sta = stage_a ? stga + (t & 1) * B * AH : nullptr;
     for (int64_t b = 0; b < B; ++b) {
       const int64_t row = t * B + b;
       T* dpr = dp_row(p, t, b);
@@ -250,16 +371,34 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, const
                           dop ? dop + row * H : nullptr, dcl ? dcl + row * H : nullptr, db + Gs * lay.u0(p), dpe,
                           nh ? nh + b : &scratch_h, lstm ? (nc ? nc + b : &scratch_c) : nullptr);
       }
-      if (staged) std::memcpy(st + b * R, dpr, sizeof(T) * nr);
+      if (st)
+        for (const Run& r : h_runs[p]) copy_row(st + b * R + r.to, dpr + r.from, r.len);
+      if (sta)
+        for (const Run& r : a_runs[p]) copy_row(sta + b * AH + r.to, dpr + r.from, r.len);
     }
     clock.add(p, B_POINTWISE, since);
     if (t % CH == 0) chunk_grads(p, t, std::min(CH, T_ - t));
     clock.add(p, B_CHUNK, since);
   });
   clock.fold();
-  if (g_clock.on) g_clock.flops[1] += cell.truncate ? 0.0 : 2.0 * (T_ - 1) * B * R * K;
-  if (!cell.truncate)  // the gradient of the initial state through the first product
-    gemm_blas<T>(false, false, B, K, R, rec_grads(0), rec_ld, wr, K, ds, K, true);
+  if (g_clock.on) g_clock.flops[1] += cell.truncate ? 0.0 : 2.0 * (T_ - 1) * B * (R * H + AH * AH);
+  for (int64_t p = 0; p < P && !cell.truncate; ++p) {  // the initial state's gradient through the first products
+    product(p, rec_grads(0), rec_ld, ds + lay.scol(p, 0), K, true);
+    if (A > 0) product(P + p, gated_grads(0), gated_ld, ds + lay.scol(p, 1), K, true);
+  }
+  // dWh, dWa into torch's layout, in place: weight_hh's row h_src[r] is dWh's row r;
+  // weight_gg's row (column) a_src[i] is dWa's row (column) i
+  auto inverse = [](const at::Tensor& src) {
+    const int64_t* s = src.data_ptr<int64_t>();
+    std::vector<int64_t> inv(src.numel());
+    for (int64_t i = 0; i < src.numel(); ++i) inv[s[i]] = i;
+    return inv;
+  };
+  if (has(wts.h_src)) permute_in_place(dwh, R, H, inverse(wts.h_src).data(), nullptr);
+  if (A > 0 && has(wts.a_src)) {
+    const std::vector<int64_t> inv = inverse(wts.a_src);
+    permute_in_place(dwa, AH, AH, inv.data(), inv.data());
+  }
   if (P > 1) dx = dx.sum(0);
   at::Tensor norm_h = at::empty({0}, opts), norm_c = at::empty({0}, opts);
   if (want_norms) {
@@ -267,42 +406,72 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, const
     norm_h = sums[0].sqrt();
     if (lstm) norm_c = sums[1].sqrt();
   }
-  return {dx, dS, dC, dWx, dbx, dWr, dpeep, norm_h, norm_c};
+  return {dx, dS, dC, dWx, dbx, dWh, dWa, dpeep, norm_h, norm_c};
+}
+
+// The Layout of a call, after checking the recurrent weights against it: weight_hh (R, H),
+// (FGR) weight_gg (AH, AH), h_src and a_src permutations of R and AH (or empty), and the
+// gates block j holding the gate of S block 1 + j (Layout).
+Layout layout_of(const Cell& cell, std::vector<int64_t> bounds, const Weights& wts) {
+  const at::Tensor &Wh = wts.W_hh, &Wa = wts.W_gg;
+  TORCH_CHECK(Wh.dim() == 2 && Wh.size(0) == cell.Gr * Wh.size(1), "lstmlab cpu backend: bad weight_hh shape");
+  Layout lay(cell, Wh.size(1), std::move(bounds));
+  TORCH_CHECK(cell.A == 0 || (Wa.dim() == 2 && Wa.size(0) == lay.AH() && Wa.size(1) == lay.AH()),
+              "lstmlab cpu backend: bad weight_gg shape");
+  const int blk[3] = {cell.bi, cell.bf, cell.bo}, ablk[3] = {cell.ai, cell.af, cell.ao};
+  for (int k = 0; k < 3; ++k)
+    TORCH_CHECK(ablk[k] <= 0 || blk[k] == ablk[k] - 1, "lstmlab cpu backend: bad gate-recurrence layout");
+  for (auto& [map, n] : {std::pair{&wts.h_src, lay.R()}, {&wts.a_src, lay.AH()}}) {
+    if (!has(*map)) continue;
+    check(*map, "index map", at::kLong);
+    TORCH_CHECK(map->numel() == n, "lstmlab cpu backend: bad index map");
+    std::vector<char> seen(n, 0);
+    const int64_t* m = map->data_ptr<int64_t>();
+    for (int64_t i = 0; i < n; ++i) {
+      TORCH_CHECK(m[i] >= 0 && m[i] < n && !seen[m[i]], "lstmlab cpu backend: bad index map");
+      seen[m[i]] = 1;
+    }
+  }
+  return lay;
 }
 
 std::vector<at::Tensor> forward(std::vector<int64_t> cfg, std::vector<int64_t> bounds, at::Tensor x, at::Tensor s0,
-                                at::Tensor c0, at::Tensor Wx, at::Tensor bx, at::Tensor Wr, at::Tensor peep,
-                                at::Tensor lengths, bool keep, bool return_cells, std::vector<int64_t> tune) {
-  TORCH_CHECK((int64_t)cfg.size() == Cell::kFields && tune.size() == 3, "lstmlab cpu backend: bad configuration");
+                                at::Tensor c0, at::Tensor Wx, at::Tensor bx, at::Tensor W_hh, at::Tensor W_gg,
+                                at::Tensor h_src, at::Tensor a_src, at::Tensor peep, at::Tensor lengths, bool keep,
+                                bool return_cells, std::vector<int64_t> tune) {
+  TORCH_CHECK((int64_t)cfg.size() == Cell::kFields && tune.size() == 5, "lstmlab cpu backend: bad configuration");
   Cell cell(cfg);
-  Layout lay(cell, Wr.size(1) / (1 + cell.A), std::move(bounds));
   const auto dt = x.scalar_type();
-  for (auto& [t, n] : {std::pair{&x, "x"}, {&s0, "s0"}, {&Wx, "Wx"}, {&bx, "bx"}, {&Wr, "Wr"}, {&c0, "c0"},
-                       {&peep, "peep"}})
+  for (auto& [t, n] : {std::pair{&x, "x"}, {&s0, "s0"}, {&Wx, "Wx"}, {&bx, "bx"}, {&W_hh, "weight_hh"},
+                       {&W_gg, "weight_gg"}, {&c0, "c0"}, {&peep, "peep"}})
     check(*t, n, dt);
   check(lengths, "lengths", at::kLong);
+  const Weights wts{W_hh, W_gg, h_src, a_src};
+  Layout lay = layout_of(cell, std::move(bounds), wts);
   if (dt == at::kFloat)
-    return forward_impl<float>(cell, lay, x, s0, c0, Wx, bx, Wr, peep, lengths, keep, return_cells, tune);
+    return forward_impl<float>(cell, lay, x, s0, c0, Wx, bx, wts, peep, lengths, keep, return_cells, tune);
   TORCH_CHECK(dt == at::kDouble, "lstmlab cpu backend: dtype ", dt, " is not supported (float32, float64)");
-  return forward_impl<double>(cell, lay, x, s0, c0, Wx, bx, Wr, peep, lengths, keep, return_cells, tune);
+  return forward_impl<double>(cell, lay, x, s0, c0, Wx, bx, wts, peep, lengths, keep, return_cells, tune);
 }
 
 std::vector<at::Tensor> backward(std::vector<int64_t> cfg, std::vector<int64_t> bounds, at::Tensor x, at::Tensor s0,
-                                 at::Tensor c0, at::Tensor Wx, at::Tensor Wr, at::Tensor peep, at::Tensor lengths,
-                                 at::Tensor out, at::Tensor gates, at::Tensor C, at::Tensor dout,
-                                 at::Tensor ds_final, at::Tensor dc_final, at::Tensor dcells, bool want_norms,
-                                 std::vector<int64_t> tune) {
-  TORCH_CHECK((int64_t)cfg.size() == Cell::kFields && tune.size() == 3, "lstmlab cpu backend: bad configuration");
+                                 at::Tensor c0, at::Tensor Wx, at::Tensor W_hh, at::Tensor W_gg, at::Tensor h_src,
+                                 at::Tensor a_src, at::Tensor peep, at::Tensor lengths, at::Tensor out,
+                                 at::Tensor gates, at::Tensor C, at::Tensor dout, at::Tensor ds_final,
+                                 at::Tensor dc_final, at::Tensor dcells, bool want_norms, std::vector<int64_t> tune) {
+  TORCH_CHECK((int64_t)cfg.size() == Cell::kFields && tune.size() == 5, "lstmlab cpu backend: bad configuration");
   Cell cell(cfg);
-  Layout lay(cell, Wr.size(1) / (1 + cell.A), std::move(bounds));
   const auto dt = x.scalar_type();
   for (auto& [t, n] : {std::pair{&out, "out"}, {&gates, "gates"}, {&dout, "dout"}, {&ds_final, "ds_final"},
-                       {&dc_final, "dc_final"}, {&dcells, "dcells"}, {&C, "C"}})
+                       {&dc_final, "dc_final"}, {&dcells, "dcells"}, {&C, "C"}, {&W_hh, "weight_hh"},
+                       {&W_gg, "weight_gg"}})
     check(*t, n, dt);
+  const Weights wts{W_hh, W_gg, h_src, a_src};
+  Layout lay = layout_of(cell, std::move(bounds), wts);
   if (dt == at::kFloat)
-    return backward_impl<float>(cell, lay, x, s0, c0, Wx, Wr, peep, lengths, out, gates, C, dout, ds_final,
+    return backward_impl<float>(cell, lay, x, s0, c0, Wx, wts, peep, lengths, out, gates, C, dout, ds_final,
                                 dc_final, dcells, want_norms, tune);
-  return backward_impl<double>(cell, lay, x, s0, c0, Wx, Wr, peep, lengths, out, gates, C, dout, ds_final,
+  return backward_impl<double>(cell, lay, x, s0, c0, Wx, wts, peep, lengths, out, gates, C, dout, ds_final,
                                dc_final, dcells, want_norms, tune);
 }
 
