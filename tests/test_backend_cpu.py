@@ -85,6 +85,17 @@ case = st.fixed_dictionaries({
 })
 
 
+def same_run(got, expected):
+    """(output, final states, d input, parameter gradients) of two runs agree."""
+    (o2, s2, dx2, g2), (o1, s1, dx1, g1) = got, expected
+    assert_close(o2, o1, msg="output")
+    for a, b in zip(s2, s1, strict=True):
+        assert_close(a, b, msg="final state")
+    assert_close(dx2, dx1, msg="d input")
+    for n in g1:
+        assert_close(g2[n], g1[n], msg=f"d {n}")
+
+
 def check_against_reference(cell, dtype, c):
     m, x, state = random_case(cell, dtype, c["T"], c["B"], c["I"], c["H"], c["seed"])
     truncate = c["truncate"] if m.spec.kind == "lstm" else None
@@ -149,13 +160,7 @@ def test_layer_matches_reference(cell):
         loss.backward()
         model.result = (out.data.detach(), [s.detach() for s in state], x.grad.clone(),
                         {n: p.grad.clone() for n, p in model.named_parameters()})
-    (o1, s1, dx1, g1), (o2, s2, dx2, g2) = ref.result, ours.result
-    assert_close(o2, o1, msg="output")
-    for a, b in zip(s2, s1, strict=True):
-        assert_close(a, b, msg="final state")
-    assert_close(dx2, dx1, msg="d input")
-    for n in g1:
-        assert_close(g2[n], g1[n], msg=f"d {n}")
+    same_run(ours.result, ref.result)
 
 
 # FGR's layout (csrc/cells.h Layout): gate-to-gate weights in a product of their own, the
@@ -239,13 +244,7 @@ def test_fgr_bidirectional_layer_in_slices_matches_reference(cuts, copies):
             loss.backward()
             results.append((out.data.detach(), [s.detach() for s in state], x.grad.clone(),
                             {n: p.grad.clone() for n, p in model.named_parameters()}))
-    (o1, s1, dx1, g1), (o2, s2, dx2, g2) = results
-    assert_close(o2, o1, msg="output")
-    for a, b in zip(s2, s1, strict=True):
-        assert_close(a, b, msg="final state")
-    assert_close(dx2, dx1, msg="d input")
-    for n in g1:
-        assert_close(g2[n], g1[n], msg=f"d {n}")
+    same_run(results[1], results[0])
 
 
 @pytest.mark.parametrize("cell", ["lstm", "vanilla", "gru"])
