@@ -38,9 +38,9 @@ class SequenceModel(nn.Module):
         self.skip = nn.Linear(input_size, output_size, bias=False) if skip_input else None
         self.connected = True
         if init == "1997":
+            heads = [self.readout] if self.skip is None else [self.readout, self.skip]
             with torch.no_grad():
-                for p in self.readout.parameters() if self.skip is None else (*self.readout.parameters(),
-                                                                              self.skip.weight):
+                for p in (p for head in heads for p in head.parameters()):
                     p.uniform_(-0.1, 0.1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
