@@ -2,7 +2,8 @@
 the registry, so a new cell is tested the moment it exists): outputs, final states, cell
 states and every gradient, float64 to 1e-10 and float32 to 1e-5, over random shapes,
 lengths, directions, the truncated rule and the kernel's code paths (hidden units cut into
-slices run in parallel, the built-in and the BLAS products, chunk sizes). Also the layer
+slices run in parallel, batch rows cut into groups, the built-in and the BLAS products, chunk
+sizes). Also the layer
 (multi-layer, bidirectional, packed), the per-step gradient norms and the error paths."""
 import contextlib
 import os
@@ -30,13 +31,18 @@ def cpu_backend():
 
 
 @contextlib.contextmanager
-def knobs(parallel=False, small_products=True, packed=True, chunk=0, copies=True):
-    """Force the kernel's code paths: slices in parallel, which product, chunk size, and
+def knobs(parallel=False, small_products=True, packed=True, chunk=0, copies=True, groups=1):
+    """Force the kernel's code paths: slices in parallel, which product, chunk size,
     whether the backward reads the recurrent weights through copies (small weights) or in
-    place in torch's order (large ones)."""
+    place in torch's order (large ones), and groups > 1: that many groups of batch rows
+    (at most one per row; instead of slices), however many threads there are."""
     names = ("PARALLEL_MIN_WORK", "SMALL_GEMM_LIMIT", "USE_PACKED_GEMM", "CHUNK_STEPS", "OWN_ORDER_MAX_BYTES",
-             "GATHER_MAX_BYTES")
+             "GATHER_MAX_BYTES", "GROUP_MIN_ROWS", "_split")
     saved = [getattr(cpu, n) for n in names]
+    split = cpu._split
+    cpu.GROUP_MIN_ROWS = 1 << 62
+    if groups > 1:
+        cpu._split = lambda B, H, work, lanes: ((0, H), min(groups, B)) if B > 1 else split(B, H, work, lanes)
     cpu.PARALLEL_MIN_WORK = 0 if parallel else 1 << 62
     cpu.SMALL_GEMM_LIMIT = 1 << 62 if small_products else 0
     cpu.USE_PACKED_GEMM, cpu.CHUNK_STEPS = packed, chunk
@@ -81,7 +87,8 @@ case = st.fixed_dictionaries({
     "T": st.integers(1, 9), "B": st.integers(1, 4), "I": st.integers(1, 5), "H": st.integers(1, 37),
     "lengths": st.booleans(), "reverse": st.booleans(), "truncate": st.sampled_from([None, True, False]),
     "parallel": st.booleans(), "small_products": st.booleans(), "packed": st.booleans(),
-    "chunk": st.sampled_from([0, 1, 2, 3]), "copies": st.booleans(), "seed": st.integers(0, 2 ** 16),
+    "chunk": st.sampled_from([0, 1, 2, 3]), "copies": st.booleans(), "groups": st.sampled_from([1, 2, 3]),
+    "seed": st.integers(0, 2 ** 16),
 })
 
 
@@ -104,7 +111,8 @@ def check_against_reference(cell, dtype, c):
         g = torch.Generator().manual_seed(c["seed"])
         lengths = torch.randint(1, c["T"] + 1, (c["B"],), generator=g)
     want = run_and_differentiate(reference, m, x, state, lengths, c["reverse"], truncate)
-    with knobs(c["parallel"], c["small_products"], c["packed"], c["chunk"], c.get("copies", True)):
+    with knobs(c["parallel"], c["small_products"], c["packed"], c["chunk"], c.get("copies", True),
+               c.get("groups", 1)):
         got = run_and_differentiate(cpu, m, x, state, lengths, c["reverse"], truncate)
     assert got.keys() == want.keys()
     for name in want:
@@ -131,6 +139,25 @@ def test_long_sequence_many_chunks_in_parallel(cell):
     c = dict(T=40, B=3, I=4, H=48, lengths=True, reverse=False, truncate=None, parallel=True,
              small_products=False, packed=True, chunk=3, seed=7)
     check_against_reference(cell, torch.float32, c)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_long_sequence_many_chunks_in_batch_groups(cell, dtype):
+    """Groups of unequal size (2 and 3 rows: two products) meeting at many chunk ends,
+    MKL's products, the full gradient."""
+    c = dict(T=40, B=5, I=4, H=24, lengths=True, reverse=False, truncate=None, parallel=False,
+             small_products=False, packed=True, chunk=3, groups=2, seed=7)
+    check_against_reference(cell, dtype, c)
+
+
+def test_batch_groups_are_chosen_for_small_steps_with_enough_rows():
+    threads = min(torch.get_num_threads(), os.cpu_count() or 1)
+    groups = lambda B, H: cpu._split(B, H, B * 4 * H * H, 16)[1]  # noqa: E731
+    assert groups(16, 64) == min(threads, 2)
+    assert groups(32, 128) == min(threads, 4)
+    assert groups(15, 64) == 1  # 7 rows a group: too few
+    assert groups(64, 256) == 1  # 16.8M multiply-adds a step: slices
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -177,15 +204,15 @@ FGR_CELLS = {"fgr": "fgr",
 @contextlib.contextmanager
 def forced_slices(cuts):
     """Cut the hidden units into slices at these fractions of H (however small the work)."""
-    saved = cpu._bounds
+    saved = cpu._split
 
-    def bounds(B, H, work, lanes):
-        return tuple(sorted({0, H, *(min(H, max(1, round(f * H))) for f in cuts)}))
-    cpu._bounds = bounds
+    def split(B, H, work, lanes):
+        return tuple(sorted({0, H, *(min(H, max(1, round(f * H))) for f in cuts)})), 1
+    cpu._split = split
     try:
         yield
     finally:
-        cpu._bounds = saved
+        cpu._split = saved
 
 
 fgr_case = st.fixed_dictionaries({
@@ -251,12 +278,13 @@ def test_fgr_bidirectional_layer_in_slices_matches_reference(cuts, copies):
 def test_inference_matches_training_forward(cell):
     """Under no_grad the kernel keeps only rings of gates and c: same outputs."""
     m, x, state = random_case(cell, torch.float64, 11, 3, 2, 20, seed=3)
-    with knobs(parallel=True, chunk=2):
-        train = cpu.run_layer(m.spec, m.cell_params(0), x, state, return_cells=m.spec.kind == "lstm")
-        with torch.no_grad():
-            infer = cpu.run_layer(m.spec, m.cell_params(0), x, state, return_cells=m.spec.kind == "lstm")
-    for a, b in zip([train[0], *train[1]], [infer[0], *infer[1]], strict=True):
-        assert torch.equal(a, b)
+    for how in (dict(parallel=True), dict(groups=2)):
+        with knobs(chunk=2, **how):
+            train = cpu.run_layer(m.spec, m.cell_params(0), x, state, return_cells=m.spec.kind == "lstm")
+            with torch.no_grad():
+                infer = cpu.run_layer(m.spec, m.cell_params(0), x, state, return_cells=m.spec.kind == "lstm")
+        for a, b in zip([train[0], *train[1]], [infer[0], *infer[1]], strict=True):
+            assert torch.equal(a, b), how
 
 
 def reference_state_grads(m, x, state, lengths, reverse, truncate):
@@ -284,11 +312,12 @@ def reference_state_grads(m, x, state, lengths, reverse, truncate):
 @pytest.mark.parametrize("cell,truncate", [("lstm", False), ("vanilla", False), ("fgr", False),
                                            ("lstm1997", True), ("gru", None), ("rnn-tanh", None)])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_grad_norms_match_reference(cell, truncate, reverse):
+@pytest.mark.parametrize("groups", [1, 2])
+def test_grad_norms_match_reference(cell, truncate, reverse, groups):
     m, x, state = random_case(cell, torch.float64, 9, 3, 2, 5, seed=11)
     lengths = torch.tensor([9, 4, 1])
     g = torch.Generator().manual_seed(5)
-    with cpu.GradNorms() as norms:
+    with cpu.GradNorms() as norms, knobs(groups=groups, chunk=2):
         out, final, _ = cpu.run_layer(m.spec, m.cell_params(0), x, state, lengths, reverse=reverse, truncate=truncate)
     assert len(norms.runs) == 1 and norms.h[0] is None  # filled by backward
     cot = torch.randn(out.shape, generator=g, dtype=out.dtype)

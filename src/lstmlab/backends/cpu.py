@@ -80,8 +80,14 @@ def available() -> tuple[bool, str]:
 # Recurrent products up to this many multiply-adds use the kernel's own register-blocked
 # product; larger ones the BLAS.
 SMALL_GEMM_LIMIT = 1 << 16
-# One slice per thread once a step's recurrent product has this many multiply-adds: below
-# it the per-step synchronisation costs more than the second core gains.
+# Groups of batch rows, one per thread, when every group gets at least this many rows and a
+# step's recurrent products have at most this many multiply-adds: the groups meet once per
+# chunk of steps, slices of hidden units once per step; larger products split well by
+# units, and every group reads all the weights at every step.
+GROUP_MIN_ROWS = 8
+GROUP_MAX_WORK = 1 << 23
+# Otherwise one slice per thread once a step's recurrent product has this many
+# multiply-adds: below it the per-step synchronisation costs more than the second core gains.
 PARALLEL_MIN_WORK = 1 << 17
 # Let float products use MKL's packed-weight API when torch's BLAS is MKL.
 USE_PACKED_GEMM = True
@@ -103,15 +109,18 @@ def _tune() -> list[int]:
     return [SMALL_GEMM_LIMIT, int(USE_PACKED_GEMM), CHUNK_STEPS, OWN_ORDER_MAX_BYTES, GATHER_MAX_BYTES]
 
 
-def _bounds(B: int, H: int, work: int, lanes: int) -> tuple[int, ...]:
-    # one slice per thread, never more than there are cores: the slices meet every step
+def _split(B: int, H: int, work: int, lanes: int) -> tuple[tuple[int, ...], int]:
+    """How the threads share a sequence: (slice edges of the hidden units, batch groups)."""
+    # one worker per thread, never more than there are cores
     threads = min(torch.get_num_threads(), os.cpu_count() or 1)
+    groups = min(threads, B // GROUP_MIN_ROWS)
+    if groups >= 2 and work <= GROUP_MAX_WORK:
+        return (0, H), groups
     P = 1 if threads < 2 or work < PARALLEL_MIN_WORK else min(threads, max(1, H // lanes))
     # slice edges on whole vectors where possible
     edges = [min(H, round(H * p / P / lanes) * lanes) for p in range(P + 1)]
     edges[-1] = H
-    edges = sorted(set(edges))
-    return tuple(edges)
+    return tuple(sorted(set(edges))), 1
 
 
 # ---- the autograd Function -----------------------------------------------------------
@@ -120,7 +129,8 @@ class _Fused(torch.autograd.Function):
     (csrc/layout.py: plan.pack, plan.unpack_*) inside, so that autograd sees one node."""
 
     @staticmethod
-    def forward(ctx, plan, lengths, keep, return_cells, record, x, h0, c0, a0, W_ih, W_hh, b_ih, b_hh, W_ch, W_gg):
+    def forward(ctx, plan, groups, lengths, keep, return_cells, record, x, h0, c0, a0, W_ih, W_hh, b_ih, b_hh, W_ch,
+                W_gg):
         none = x.new_empty(0)
         Wx, bx, s0 = plan.pack(W_ih, b_ih, b_hh, h0, a0)
         c0 = none if c0 is None else c0.contiguous()
@@ -130,8 +140,8 @@ class _Fused(torch.autograd.Function):
         W_hh, W_gg = W_hh.contiguous(), none if W_gg is None else W_gg.contiguous()
         maps = [none.long() if m is None else m for m in (plan.r_src, plan.a_src)]
         out, gates, C, s_fin, c_fin, cells = _extension().forward(
-            plan.cfg, plan.bounds, x, s0, c0, Wx, bx, W_hh, W_gg, *maps, peep, lengths, keep, return_cells, _tune())
-        ctx.plan, ctx.record, ctx.maps = plan, record, maps
+            plan.cfg, plan.bounds, groups, x, s0, c0, Wx, bx, W_hh, W_gg, *maps, peep, lengths, keep, return_cells, _tune())
+        ctx.plan, ctx.groups, ctx.record, ctx.maps = plan, groups, record, maps
         ctx.flags = (a0 is not None, b_ih is not None, W_ch is not None, c0.numel() > 0)
         ctx.save_for_backward(x, s0, c0, Wx, W_hh, W_gg, peep, lengths, out, gates, C)
         h_n, a_n = plan.unpack_state(s_fin, a0 is not None)
@@ -155,13 +165,13 @@ class _Fused(torch.autograd.Function):
             ds_fin = (ds_fin if plan.s_src is None else ds_fin.index_select(1, plan.s_src)).contiguous()
         want = ctx.record is not None
         dx, ds0, dc0, dWx, dbx, dW_hh, dW_gg, dpeep, norm_h, norm_c = _extension().backward(
-            plan.cfg, plan.bounds, x, s0, c0, Wx, W_hh, W_gg, *ctx.maps, peep, lengths, out, gates, C,
+            plan.cfg, plan.bounds, ctx.groups, x, s0, c0, Wx, W_hh, W_gg, *ctx.maps, peep, lengths, out, gates, C,
             pick(dout), ds_fin, pick(dc_n), pick(dcells), want, _tune())
         if want:
             ctx.record.fill(norm_h, norm_c if norm_c.numel() else None)
         dh0, da0 = plan.unpack_state(ds0, fgr)
         dW_ih, db_ih, db_hh = plan.unpack_grads(dWx, dbx, bias)
-        return (None, None, None, None, None, dx, dh0, dc0 if lstm else None, da0, dW_ih, dW_hh, db_ih, db_hh,
+        return (None, None, None, None, None, None, dx, dh0, dc0 if lstm else None, da0, dW_ih, dW_hh, db_ih, db_hh,
                 dpeep if peepholes else None, dW_gg if fgr else None)
 
 
@@ -202,14 +212,15 @@ def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
         x = reference.reverse_padded(x, lengths)
     lanes = _extension().vector_bytes // x.element_size()
     work = B * (p.weight_hh.numel() + (p.weight_gg.numel() if p.weight_gg is not None else 0))  # multiply-adds
-    plan = layout_plan(spec, H, _bounds(B, H, work, lanes), bool(truncate))
+    bounds, groups = _split(B, H, work, lanes)
+    plan = layout_plan(spec, H, bounds, bool(truncate))
     record = GradNorms._register(reverse, lengths)
     lens = lengths.contiguous() if lengths is not None else x.new_empty(0, dtype=torch.long)
     lstm, fgr = spec.kind == "lstm", spec.gate_recurrence
     tensors = (x.contiguous(), state[0], state[1] if lstm else None, state[2] if fgr else None,
                p.weight_ih, p.weight_hh, p.bias_ih, p.bias_hh, p.weight_ch, p.weight_gg)
     keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)  # backward to come
-    out, h_n, c_n, a_n, cells = _Fused.apply(plan, lens, keep, bool(return_cells and lstm), record, *tensors)
+    out, h_n, c_n, a_n, cells = _Fused.apply(plan, groups, lens, keep, bool(return_cells and lstm), record, *tensors)
     final = ((h_n, c_n, a_n) if fgr else (h_n, c_n)) if lstm else (h_n,)
     cells = cells if return_cells and lstm else None
     if reverse:

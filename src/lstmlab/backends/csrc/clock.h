@@ -8,7 +8,7 @@
 
 namespace lstmlab {
 
-// Per phase, the busiest slice's seconds, summed over calls; and the recurrent products'
+// Per phase, the busiest worker's seconds, summed over calls; and the recurrent products'
 // flops.
 enum Phase { F_INPUT, F_PRODUCT, F_POINTWISE, B_PRODUCT, B_POINTWISE, B_CHUNK, kPhases };
 struct Clock {
@@ -17,24 +17,27 @@ struct Clock {
 };
 inline Clock g_clock;
 
-// Per-slice stopwatches for one call; folded into g_clock at the end.
+// Per-worker stopwatches for one call, each on a cache line of its own (the threads write
+// them at every step); folded into g_clock at the end.
 struct SliceClock {
-  std::vector<double> s;
-  int64_t P;
-  explicit SliceClock(int64_t P_) : s(g_clock.on ? P_ * kPhases : 0, 0.0), P(P_) {}
+  struct alignas(64) Slot {
+    double s[kPhases] = {};
+  };
+  std::vector<Slot> slots;
+  explicit SliceClock(int64_t P) : slots(g_clock.on ? P : 0) {}
   using tp = std::chrono::steady_clock::time_point;
   tp now() const { return g_clock.on ? std::chrono::steady_clock::now() : tp(); }
   void add(int64_t p, Phase ph, tp& since) {
     if (!g_clock.on) return;
     tp t = std::chrono::steady_clock::now();
-    s[p * kPhases + ph] += std::chrono::duration<double>(t - since).count();
+    slots[p].s[ph] += std::chrono::duration<double>(t - since).count();
     since = t;
   }
   void fold() const {
     if (!g_clock.on) return;
     for (int ph = 0; ph < kPhases; ++ph) {
       double m = 0;
-      for (int64_t p = 0; p < P; ++p) m = std::max(m, s[p * kPhases + ph]);
+      for (const Slot& slot : slots) m = std::max(m, slot.s[ph]);
       g_clock.seconds[ph] += m;
     }
   }

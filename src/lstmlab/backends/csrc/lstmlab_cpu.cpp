@@ -126,14 +126,45 @@ struct Weights {
   const int64_t* a_map(int64_t i) const { return has(a_src) ? a_src.data_ptr<int64_t>() + i : nullptr; }
 };
 
+// Who runs what: P slices of hidden units over all B rows (G = 1), or G groups of batch
+// rows over the one slice (P = 1); worker k is slice k or group k. One StepProduct for
+// each distinct number of rows a worker multiplies (B, or a group's).
 template <class T>
-std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, const at::Tensor& x, const at::Tensor& s0,
+struct Workers {
+  struct Share {
+    int64_t p, b0, b1;  // slice, batch rows [b0, b1)
+  };
+  int64_t B, G, P, n;
+  std::vector<StepProduct<T>> products;
+  std::vector<size_t> of;  // worker -> its product
+  Workers(int64_t B_, int64_t G_, int64_t P_, const std::vector<typename StepProduct<T>::Part>& parts,
+          const std::vector<int64_t>& tune)
+      : B(B_), G(G_), P(P_), n(G_ > 1 ? G_ : P_) {
+    TORCH_CHECK(G >= 1 && G <= std::max<int64_t>(B, 1) && (G == 1 || P == 1),
+                "lstmlab cpu backend: bad batch groups");
+    std::vector<int64_t> rows;
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t m = at(k).b1 - at(k).b0;
+      size_t i = std::find(rows.begin(), rows.end(), m) - rows.begin();
+      if (i == rows.size()) {
+        rows.push_back(m);
+        products.emplace_back(m, parts, tune[0], tune[1] != 0, tune[4]);
+      }
+      of.push_back(i);
+    }
+  }
+  Share at(int64_t k) const { return G > 1 ? Share{0, B * k / G, B * (k + 1) / G} : Share{k, 0, B}; }
+  const StepProduct<T>& product(int64_t k) const { return products[of[k]]; }
+};
+
+template <class T>
+std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, int64_t G, const at::Tensor& x, const at::Tensor& s0,
                                      const at::Tensor& c0, const at::Tensor& Wx, const at::Tensor& bx,
                                      const Weights& wts, const at::Tensor& peep, const at::Tensor& lengths,
                                      bool keep, bool return_cells, const std::vector<int64_t>& tune) {
   const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2), H = lay.H;
   const int64_t GS = lay.GS(), K = lay.K(), P = lay.P, Gs = lay.Gs, Gr = lay.Gr, A = lay.A, AH = lay.AH();
-  const int64_t CH = chunk_steps(tune[2], T_, B, GS, P, sizeof(T));
+  const int64_t CH = chunk_steps(tune[2], T_, B, GS, std::max(P, G), sizeof(T));
   const bool lstm = cell.kind == KIND_LSTM;
   const bool keep_c = keep || return_cells;
   // Without a backward to feed, gates and c are rings (a chunk, two steps).
@@ -144,7 +175,7 @@ std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, const 
   at::Tensor C = at::empty({Tc * B * H}, opts);
   at::Tensor S = at::empty({2, B, K}, opts);
   S[0].copy_(s0);
-  const SliceBuffer<T> G{ptr<T>(gates), lay, Tg * B, true}, Cb{ptr<T>(C), lay, Tc * B, false};
+  const SliceBuffer<T> Gb{ptr<T>(gates), lay, Tg * B, true}, Cb{ptr<T>(C), lay, Tc * B, false};
 
   const T *wh = ptr<T>(wts.W_hh), *wa = ptr<T>(wts.W_gg), *wx = ptr<T>(Wx), *xp = ptr<T>(x), *bxp = ptr<T>(bx),
           *c0p = ptr<T>(c0);
@@ -161,31 +192,38 @@ std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, const 
     const int64_t* rows = wts.a_map(a0);
     parts.push_back({rows ? wa : wa + a0 * AH, AH, AH, A * lay.w(p), true, rows, wts.a_map(0)});
   }
-  const StepProduct<T> product(B, parts, tune[0], tune[1] != 0, tune[4]);
-  SliceClock clock(P);
+  const Workers<T> work(B, G, P, parts, tune);
+  SliceClock clock(work.n);
 
   const CellKernel<T> kern{cell, lay, B, ptr<int64_t>(lengths), ptr<T>(peep)};
   T *Sp = ptr<T>(S), *o = ptr<T>(out);
-  auto gates_row = [&](int64_t p, int64_t t, int64_t b) { return G.row(p, (t % Tg) * B + b); };
+  auto gates_row = [&](int64_t p, int64_t t, int64_t b) { return Gb.row(p, (t % Tg) * B + b); };
   auto c_row = [&](int64_t p, int64_t t, int64_t b) {  // c_t of row b, slice p (t = -1: c0)
     return t < 0 ? const_cast<T*>(c0p) + b * H + lay.u0(p) : Cb.row(p, (keep_c ? t : (t & 1)) * B + b);
   };
-  run_steps(T_, P, [&](int64_t t, int64_t p) {
+  // Share g of G of the rows of slice p's input projection x W^T for the chunk from step t
+  // (the bias is added in the pointwise pass).
+  auto input_projection = [&](int64_t p, int64_t t, int64_t g, int64_t G_) {
+    const int64_t gsp = lay.gs(p), r0 = B * std::min(CH, T_ - t) * g / G_, r1 = B * std::min(CH, T_ - t) * (g + 1) / G_;
+    gemm_blas<T>(false, true, r1 - r0, gsp, I, xp + (t * B + r0) * I, I, wx + Gs * lay.u0(p) * I, I,
+                 gates_row(p, t, 0) + r0 * gsp, gsp, false);
+  };
+  auto step = [&](int64_t t, int64_t k) {  // step t of worker k: slice p, batch rows [b0, b1)
+    const auto [p, b0, b1] = work.at(k);
+    const StepProduct<T>& product = work.product(k);
     auto since = clock.now();
     const int64_t gsp = lay.gs(p);
-    if (t % CH == 0) {  // this chunk's input projection for the slice (the bias is added below)
-      const int64_t n = std::min(CH, T_ - t);
-      gemm_blas<T>(false, true, n * B, gsp, I, xp + t * B * I, I, wx + Gs * lay.u0(p) * I, I, gates_row(p, t, 0),
-                   gsp, false);
-      clock.add(p, F_INPUT, since);
+    if (G == 1 && t % CH == 0) {
+      input_projection(p, t, 0, 1);
+      clock.add(k, F_INPUT, since);
     }
     const T* sprev = Sp + (t & 1) * B * K;
     T* snext = Sp + ((t + 1) & 1) * B * K;
-    product(p, sprev, K, gates_row(p, t, 0), gsp, true);
-    if (A > 0) product(P + p, sprev + H, K, gates_row(p, t, 0), gsp, true);  // the gated blocks come first
-    clock.add(p, F_PRODUCT, since);
+    product(p, sprev + b0 * K, K, gates_row(p, t, b0), gsp, true);
+    if (A > 0) product(P + p, sprev + b0 * K + H, K, gates_row(p, t, b0), gsp, true);  // gated blocks first
+    clock.add(k, F_PRODUCT, since);
     const T* bias = bxp + Gs * lay.u0(p);
-    for (int64_t b = 0; b < B; ++b) {
+    for (int64_t b = b0; b < b1; ++b) {
       T* hout = o + (t * B + b) * H;
       const T* cp = lstm ? c_row(p, t - 1, b) : nullptr;
       T* cn = lstm ? c_row(p, t, b) : nullptr;
@@ -194,8 +232,19 @@ std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, const 
       else
         kern.hold_row(p, sprev + b * K, snext + b * K, cp, cn, hout);
     }
-    clock.add(p, F_POINTWISE, since);
-  });
+    clock.add(k, F_POINTWISE, since);
+  };
+  if (G > 1) {  // the groups meet before each chunk and share its input projection
+    input_projection(0, 0, 0, 1);
+    run_groups(T_, G, step, [&](int64_t t) { return (t + 1) % CH == 0 && t + 1 < T_; },
+               [&](int64_t t, int64_t g) {
+                 auto since = clock.now();
+                 input_projection(0, t + 1, g, G);
+                 clock.add(g, F_INPUT, since);
+               });
+  } else {
+    run_steps(T_, P, step);
+  }
   clock.fold();
   if (g_clock.on) g_clock.flops[0] += 2.0 * T_ * B * (lay.R() * H + AH * AH);
   at::Tensor s_final = S[T_ & 1].clone();
@@ -223,7 +272,7 @@ std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, const 
 }
 
 template <class T>
-std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, const at::Tensor& x,
+std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64_t G, const at::Tensor& x,
                                       const at::Tensor& s0, const at::Tensor& c0, const at::Tensor& Wx,
                                       const Weights& wts, const at::Tensor& peep, const at::Tensor& lengths,
                                       const at::Tensor& out, const at::Tensor& gates, const at::Tensor& C,
@@ -232,7 +281,7 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, const
   const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2), H = lay.H;
   const int64_t GS = lay.GS(), R = lay.R(), K = lay.K(), P = lay.P, A = lay.A, AH = lay.AH(), Gs = lay.Gs,
                 Gr = lay.Gr;
-  const int64_t CH = chunk_steps(tune[2], T_, B, GS, P, sizeof(T));
+  const int64_t CH = chunk_steps(tune[2], T_, B, GS, std::max(P, G), sizeof(T));
   const int64_t RING = std::min(2 * CH, T_);  // dP: a ring of two chunks
   const bool lstm = cell.kind == KIND_LSTM;
   auto opts = x.options();
@@ -258,8 +307,9 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, const
   at::Tensor stage_g = at::empty({stage_a ? 2 : 0, B, AH}, opts);
   at::Tensor dS = has(ds_final) ? ds_final.clone() : at::zeros({B, K}, opts);
   at::Tensor dC = lstm ? (has(dc_final) ? dc_final.clone() : at::zeros({B, H}, opts)) : at::empty({0}, opts);
-  at::Tensor dbx = at::zeros({GS}, opts);
-  at::Tensor dpeep = at::zeros({peep.numel()}, opts);
+  // the bias and peephole gradients sum over the rows: one share per group
+  at::Tensor dbx = at::zeros({G, GS}, opts);
+  at::Tensor dpeep = at::zeros({G, peep.numel()}, opts);
   at::Tensor dWx = at::zeros({GS, I}, opts);
   at::Tensor dWh = at::zeros({R, H}, opts);
   at::Tensor dWa = at::zeros({A > 0 ? AH : 0, AH}, opts);
@@ -301,11 +351,11 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, const
   for (int64_t p = 0; A > 0 && p < P; ++p)
     parts.push_back({wa + lay.u0(p), AH, cell.truncate ? 0 : AH, A * lay.w(p), false, a_rows, nullptr,
                      P > 1 ? A : 1, H});
-  const StepProduct<T> product(B, parts, tune[0], tune[1] != 0, tune[4]);
-  SliceClock clock(P);
+  const Workers<T> work(B, G, P, parts, tune);
+  SliceClock clock(work.n);
 
   const CellKernel<T> kern{cell, lay, B, ptr<int64_t>(lengths), ptr<T>(peep)};
-  const SliceBuffer<T> G{ptr<T>(gates), lay, T_ * B, true}, Cb{ptr<T>(C), lay, T_ * B, false},
+  const SliceBuffer<T> Gb{ptr<T>(gates), lay, T_ * B, true}, Cb{ptr<T>(C), lay, T_ * B, false},
       D{ptr<T>(dP), lay, RING * B, true};
   T *ds = ptr<T>(dS), *dc = ptr<T>(dC), *db = ptr<T>(dbx), *dpe = ptr<T>(dpeep), *stg = ptr<T>(stage),
     *stga = ptr<T>(stage_g);
@@ -317,48 +367,67 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, const
   auto rec_grads = [&](int64_t t) -> const T* { return stage_h ? stg + (t & 1) * B * R : dp_row(0, t, 0); };
   auto gated_grads = [&](int64_t t) -> const T* { return stage_a ? stga + (t & 1) * B * AH : rec_grads(t); };
 
-  // Slice p's rows of dWh += dP[t0:t0+n]^T h_{t-1}, and (FGR) its rows of dWa += (its gated
-  // columns of dP)^T a_{t-1}; h_{-1}, a_{-1} are s0's, then the outputs and the saved gate
-  // activations (per slice q, its gated blocks: Wa's columns of slice q).
-  auto recurrent_weight_grads = [&](int64_t p, int64_t t0, int64_t n) {
-    const int64_t gsp = lay.gs(p), nr = Gr * lay.w(p), na = A * lay.w(p);
-    T* dst_h = dwh + Gr * lay.u0(p) * H;
-    T* dst_a = dwa + lay.arow(p) * AH;
+  // [len g / G, len (g + 1) / G) on whole vectors: share g of G of len rows or columns
+  auto share = [](int64_t len, int64_t g, int64_t G_) {
+    constexpr int64_t L = Vec<T>::n;
+    auto edge = [&](int64_t i) { return i == G_ ? len : std::min(len, len * i / G_ / L * L); };
+    return std::pair<int64_t, int64_t>{edge(g), edge(g + 1)};
+  };
+  // Share g of G of slice p's rows of dWh += dP[t0:t0+n]^T h_{t-1}, and (FGR) of its rows
+  // of dWa += (its gated columns of dP)^T a_{t-1}; h_{-1}, a_{-1} are s0's, then the outputs
+  // and the saved gate activations (per slice q, its gated blocks: Wa's columns of slice q).
+  auto recurrent_weight_grads = [&](int64_t p, int64_t t0, int64_t n, int64_t g, int64_t G_) {
+    const int64_t gsp = lay.gs(p);
+    const auto [h0, h1] = share(Gr * lay.w(p), g, G_);
+    const auto [a0, a1] = share(A * lay.w(p), g, G_);
+    T* dst_h = dwh + (Gr * lay.u0(p) + h0) * H;
+    T* dst_a = dwa + (lay.arow(p) + a0) * AH;
     const int64_t t = t0 == 0 ? 1 : t0, m = t0 == 0 ? n - 1 : n;  // the steps after s0's
     if (t0 == 0) {
-      gemm_blas<T>(true, false, nr, H, B, dp_row(p, 0, 0), gsp, s0p, K, dst_h, H, true);
-      if (A > 0) gemm_blas<T>(true, false, na, AH, B, dp_row(p, 0, 0), gsp, s0p + H, K, dst_a, AH, true);
+      gemm_blas<T>(true, false, h1 - h0, H, B, dp_row(p, 0, 0) + h0, gsp, s0p, K, dst_h, H, true);
+      if (A > 0) gemm_blas<T>(true, false, a1 - a0, AH, B, dp_row(p, 0, 0) + a0, gsp, s0p + H, K, dst_a, AH, true);
     }
     if (m <= 0) return;
-    gemm_blas<T>(true, false, nr, H, m * B, dp_row(p, t, 0), gsp, o + (t - 1) * B * H, H, dst_h, H, true);
+    gemm_blas<T>(true, false, h1 - h0, H, m * B, dp_row(p, t, 0) + h0, gsp, o + (t - 1) * B * H, H, dst_h, H, true);
     for (int64_t q = 0; A > 0 && q < P; ++q)
-      gemm_blas<T>(true, false, na, A * lay.w(q), m * B, dp_row(p, t, 0), gsp, G.row(q, (t - 1) * B), lay.gs(q),
-                   dst_a + lay.arow(q), AH, true);
+      gemm_blas<T>(true, false, a1 - a0, A * lay.w(q), m * B, dp_row(p, t, 0) + a0, gsp, Gb.row(q, (t - 1) * B),
+                   lay.gs(q), dst_a + lay.arow(q), AH, true);
   };
-  // Slice p's share of a finished chunk: dx (its columns' part), dW_ih and dW_hh rows.
-  auto chunk_grads = [&](int64_t p, int64_t t0, int64_t n) {
+  // Share g of G of slice p's work on a finished chunk of n steps from t0: dx (the slice's
+  // columns' part; share g of the rows), its rows of dW_ih and of dW_hh (share g of each).
+  auto chunk_grads = [&](int64_t p, int64_t t0, int64_t n, int64_t g, int64_t G_) {
     const T* dpc = dp_row(p, t0, 0);
     const int64_t gsp = lay.gs(p), r0 = Gs * lay.u0(p);
-    T* dxs = dxp + (P == 1 ? 0 : p * T_ * B * I) + t0 * B * I;
-    gemm_blas<T>(false, false, n * B, I, gsp, dpc, gsp, wx + r0 * I, I, dxs, I, false);
-    gemm_blas<T>(true, false, gsp, I, n * B, dpc, gsp, xp + t0 * B * I, I, dwx + r0 * I, I, true);
-    recurrent_weight_grads(p, t0, n);
+    const auto [x0, x1] = share(n * B, g, G_);
+    const auto [w0, w1] = share(gsp, g, G_);
+    T* dxs = dxp + (P == 1 ? 0 : p * T_ * B * I) + (t0 * B + x0) * I;
+    gemm_blas<T>(false, false, x1 - x0, I, gsp, dpc + x0 * gsp, gsp, wx + r0 * I, I, dxs, I, false);
+    gemm_blas<T>(true, false, w1 - w0, I, n * B, dpc + w0, gsp, xp + t0 * B * I, I, dwx + (r0 + w0) * I, I, true);
+    recurrent_weight_grads(p, t0, n, g, G_);
   };
 
-  run_steps(T_, P, [&](int64_t k, int64_t p) {
+  // the product of the gradients of step t's pre-activations, rows [b0, b1), with the
+  // recurrent weights: their share of the previous state's gradient
+  auto through_weights = [&](int64_t t, int64_t k) {
+    const auto [p, b0, b1] = work.at(k);
+    const StepProduct<T>& product = work.product(k);
+    product(p, rec_grads(t) + b0 * rec_ld, rec_ld, ds + b0 * K + lay.scol(p, 0), K, true);
+    if (A > 0) product(P + p, gated_grads(t) + b0 * gated_ld, gated_ld, ds + b0 * K + lay.scol(p, 1), K, true);
+  };
+  auto step = [&](int64_t k, int64_t w) {  // step k (in loop order) of worker w
     const int64_t t = T_ - 1 - k;
+    const auto [p, b0, b1] = work.at(w);
     auto since = clock.now();
-    if (t < T_ - 1 && !cell.truncate) {
-      product(p, rec_grads(t + 1), rec_ld, ds + lay.scol(p, 0), K, true);
-      if (A > 0) product(P + p, gated_grads(t + 1), gated_ld, ds + lay.scol(p, 1), K, true);
-    }
-    clock.add(p, B_PRODUCT, since);
+    if (t < T_ - 1 && !cell.truncate) through_weights(t + 1, w);
+    clock.add(w, B_PRODUCT, since);
     T* nh = nrm ? nrm + (p * T_ + t) * B : nullptr;
     T* nc = nrm ? nrm + ((P + p) * T_ + t) * B : nullptr;
     T scratch_h = 0, scratch_c = 0;
     T* st = stage_h ? stg + (t & 1) * B * R : nullptr;
     T* sta = stage_a ? stga + (t & 1) * B * AH : nullptr;
-    for (int64_t b = 0; b < B; ++b) {
+    T* dbw = db + w * GS * (G > 1) + Gs * lay.u0(p);
+    T* dpw = dpe + w * peep.numel() * (G > 1);
+    for (int64_t b = b0; b < b1; ++b) {
       const int64_t row = t * B + b;
       T* dpr = dp_row(p, t, b);
       if (!kern.valid(t, b)) {
@@ -367,8 +436,8 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, const
         const T* hprev = t == 0 ? s0p + b * K : o + (row - B) * H;
         const T* cprev = lstm ? (t == 0 ? c0p + b * H + lay.u0(p) : Cb.row(p, row - B)) : nullptr;
         const T* cnew = lstm ? Cb.row(p, row) : nullptr;
-        kern.backward_row(p, G.row(p, row), dpr, ds + b * K, lstm ? dc + b * H : nullptr, hprev, cprev, cnew,
-                          dop ? dop + row * H : nullptr, dcl ? dcl + row * H : nullptr, db + Gs * lay.u0(p), dpe,
+        kern.backward_row(p, Gb.row(p, row), dpr, ds + b * K, lstm ? dc + b * H : nullptr, hprev, cprev, cnew,
+                          dop ? dop + row * H : nullptr, dcl ? dcl + row * H : nullptr, dbw, dpw,
                           nh ? nh + b : &scratch_h, lstm ? (nc ? nc + b : &scratch_c) : nullptr);
       }
       if (st)
@@ -376,16 +445,23 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, const
       if (sta)
         for (const Run& r : a_runs[p]) copy_row(sta + b * AH + r.to, dpr + r.from, r.len);
     }
-    clock.add(p, B_POINTWISE, since);
-    if (t % CH == 0) chunk_grads(p, t, std::min(CH, T_ - t));
-    clock.add(p, B_CHUNK, since);
-  });
+    clock.add(w, B_POINTWISE, since);
+    if (G == 1 && t % CH == 0) chunk_grads(p, t, std::min(CH, T_ - t), 0, 1);
+    clock.add(w, B_CHUNK, since);
+  };
+  if (G > 1)  // the groups meet at the end of each chunk and share its products
+    run_groups(T_, G, step, [&](int64_t k) { return (T_ - 1 - k) % CH == 0; },
+               [&](int64_t k, int64_t g) {
+                 auto since = clock.now();
+                 const int64_t t = T_ - 1 - k;
+                 chunk_grads(0, t, std::min(CH, T_ - t), g, G);
+                 clock.add(g, B_CHUNK, since);
+               });
+  else
+    run_steps(T_, P, step);
   clock.fold();
   if (g_clock.on) g_clock.flops[1] += cell.truncate ? 0.0 : 2.0 * (T_ - 1) * B * (R * H + AH * AH);
-  for (int64_t p = 0; p < P && !cell.truncate; ++p) {  // the initial state's gradient through the first products
-    product(p, rec_grads(0), rec_ld, ds + lay.scol(p, 0), K, true);
-    if (A > 0) product(P + p, gated_grads(0), gated_ld, ds + lay.scol(p, 1), K, true);
-  }
+  for (int64_t w = 0; w < work.n && !cell.truncate; ++w) through_weights(0, w);  // the initial state's gradient
   // dWh, dWa into torch's layout, in place: weight_hh's row h_src[r] is dWh's row r;
   // weight_gg's row (column) a_src[i] is dWa's row (column) i
   auto inverse = [](const at::Tensor& src) {
@@ -400,6 +476,7 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, const
     permute_in_place(dwa, AH, AH, inv.data(), inv.data());
   }
   if (P > 1) dx = dx.sum(0);
+  dbx = dbx.sum(0), dpeep = dpeep.sum(0);
   at::Tensor norm_h = at::empty({0}, opts), norm_c = at::empty({0}, opts);
   if (want_norms) {
     at::Tensor sums = norms.sum(1);  // (2, T, B)
@@ -435,7 +512,7 @@ Layout layout_of(const Cell& cell, std::vector<int64_t> bounds, const Weights& w
   return lay;
 }
 
-std::vector<at::Tensor> forward(std::vector<int64_t> cfg, std::vector<int64_t> bounds, at::Tensor x, at::Tensor s0,
+std::vector<at::Tensor> forward(std::vector<int64_t> cfg, std::vector<int64_t> bounds, int64_t groups, at::Tensor x, at::Tensor s0,
                                 at::Tensor c0, at::Tensor Wx, at::Tensor bx, at::Tensor W_hh, at::Tensor W_gg,
                                 at::Tensor h_src, at::Tensor a_src, at::Tensor peep, at::Tensor lengths, bool keep,
                                 bool return_cells, std::vector<int64_t> tune) {
@@ -449,12 +526,12 @@ std::vector<at::Tensor> forward(std::vector<int64_t> cfg, std::vector<int64_t> b
   const Weights wts{W_hh, W_gg, h_src, a_src};
   Layout lay = layout_of(cell, std::move(bounds), wts);
   if (dt == at::kFloat)
-    return forward_impl<float>(cell, lay, x, s0, c0, Wx, bx, wts, peep, lengths, keep, return_cells, tune);
+    return forward_impl<float>(cell, lay, groups, x, s0, c0, Wx, bx, wts, peep, lengths, keep, return_cells, tune);
   TORCH_CHECK(dt == at::kDouble, "lstmlab cpu backend: dtype ", dt, " is not supported (float32, float64)");
-  return forward_impl<double>(cell, lay, x, s0, c0, Wx, bx, wts, peep, lengths, keep, return_cells, tune);
+  return forward_impl<double>(cell, lay, groups, x, s0, c0, Wx, bx, wts, peep, lengths, keep, return_cells, tune);
 }
 
-std::vector<at::Tensor> backward(std::vector<int64_t> cfg, std::vector<int64_t> bounds, at::Tensor x, at::Tensor s0,
+std::vector<at::Tensor> backward(std::vector<int64_t> cfg, std::vector<int64_t> bounds, int64_t groups, at::Tensor x, at::Tensor s0,
                                  at::Tensor c0, at::Tensor Wx, at::Tensor W_hh, at::Tensor W_gg, at::Tensor h_src,
                                  at::Tensor a_src, at::Tensor peep, at::Tensor lengths, at::Tensor out,
                                  at::Tensor gates, at::Tensor C, at::Tensor dout, at::Tensor ds_final,
@@ -469,9 +546,9 @@ std::vector<at::Tensor> backward(std::vector<int64_t> cfg, std::vector<int64_t> 
   const Weights wts{W_hh, W_gg, h_src, a_src};
   Layout lay = layout_of(cell, std::move(bounds), wts);
   if (dt == at::kFloat)
-    return backward_impl<float>(cell, lay, x, s0, c0, Wx, wts, peep, lengths, out, gates, C, dout, ds_final,
+    return backward_impl<float>(cell, lay, groups, x, s0, c0, Wx, wts, peep, lengths, out, gates, C, dout, ds_final,
                                 dc_final, dcells, want_norms, tune);
-  return backward_impl<double>(cell, lay, x, s0, c0, Wx, wts, peep, lengths, out, gates, C, dout, ds_final,
+  return backward_impl<double>(cell, lay, groups, x, s0, c0, Wx, wts, peep, lengths, out, gates, C, dout, ds_final,
                                dc_final, dcells, want_norms, tune);
 }
 
