@@ -14,8 +14,12 @@ flags (csrc/cells.h), so a newly registered cell is covered without new code:
               so the pre-activation gradients of only two chunks are ever held; bias and
               peephole gradients accumulate in the pointwise pass.
 
-On machines with more than one thread the hidden units are cut into slices, one per
-thread, that run each time step side by side (csrc/steps.h). The extension is compiled on
+On machines with more than one thread the work is shared in one of two ways
+(csrc/steps.h, chosen by `_split`): when a step's products are small and the batch has at
+least 8 rows a thread, the batch rows are cut into groups, one per thread, that run the
+sequence side by side and meet once per chunk of steps (to share the input projection and
+the weight-gradient products); otherwise the hidden units are cut into slices, one per
+thread, that run each time step side by side and meet at every step. The extension is compiled on
 first use (csrc/__init__.py); `available()` says whether that worked and why not.
 
 Per-step gradient norms, opt in, at no extra pass (see `GradNorms`):
@@ -78,8 +82,10 @@ def available() -> tuple[bool, str]:
 # ---- choosing the slicing and the in-loop product ------------------------------------
 # The kernel's tuning (defaults measured on the benchmark grid, see BENCHMARKS.md).
 # Recurrent products up to this many multiply-adds use the kernel's own register-blocked
-# product; larger ones the BLAS.
+# product; larger ones the BLAS. With groups of batch rows the products have fewer rows,
+# where the BLAS does worse (and each call inside the threads' team costs it more).
 SMALL_GEMM_LIMIT = 1 << 16
+GROUP_SMALL_GEMM_LIMIT = 1 << 19
 # Groups of batch rows, one per thread, when every group gets at least this many rows and a
 # step's recurrent products have at most this many multiply-adds: the groups meet once per
 # chunk of steps, slices of hidden units once per step; larger products split well by
@@ -105,8 +111,9 @@ OWN_ORDER_MAX_BYTES = 4 << 20
 GATHER_MAX_BYTES = 1 << 20
 
 
-def _tune() -> list[int]:
-    return [SMALL_GEMM_LIMIT, int(USE_PACKED_GEMM), CHUNK_STEPS, OWN_ORDER_MAX_BYTES, GATHER_MAX_BYTES]
+def _tune(groups: int) -> list[int]:
+    small = GROUP_SMALL_GEMM_LIMIT if groups > 1 else SMALL_GEMM_LIMIT
+    return [small, int(USE_PACKED_GEMM), CHUNK_STEPS, OWN_ORDER_MAX_BYTES, GATHER_MAX_BYTES]
 
 
 def _split(B: int, H: int, work: int, lanes: int) -> tuple[tuple[int, ...], int]:
@@ -140,7 +147,7 @@ class _Fused(torch.autograd.Function):
         W_hh, W_gg = W_hh.contiguous(), none if W_gg is None else W_gg.contiguous()
         maps = [none.long() if m is None else m for m in (plan.r_src, plan.a_src)]
         out, gates, C, s_fin, c_fin, cells = _extension().forward(
-            plan.cfg, plan.bounds, groups, x, s0, c0, Wx, bx, W_hh, W_gg, *maps, peep, lengths, keep, return_cells, _tune())
+            plan.cfg, plan.bounds, groups, x, s0, c0, Wx, bx, W_hh, W_gg, *maps, peep, lengths, keep, return_cells, _tune(groups))
         ctx.plan, ctx.groups, ctx.record, ctx.maps = plan, groups, record, maps
         ctx.flags = (a0 is not None, b_ih is not None, W_ch is not None, c0.numel() > 0)
         ctx.save_for_backward(x, s0, c0, Wx, W_hh, W_gg, peep, lengths, out, gates, C)
@@ -166,7 +173,7 @@ class _Fused(torch.autograd.Function):
         want = ctx.record is not None
         dx, ds0, dc0, dWx, dbx, dW_hh, dW_gg, dpeep, norm_h, norm_c = _extension().backward(
             plan.cfg, plan.bounds, ctx.groups, x, s0, c0, Wx, W_hh, W_gg, *ctx.maps, peep, lengths, out, gates, C,
-            pick(dout), ds_fin, pick(dc_n), pick(dcells), want, _tune())
+            pick(dout), ds_fin, pick(dc_n), pick(dcells), want, _tune(ctx.groups))
         if want:
             ctx.record.fill(norm_h, norm_c if norm_c.numel() else None)
         dh0, da0 = plan.unpack_state(ds0, fgr)

@@ -88,10 +88,16 @@ inline void gemm_rows(int64_t K, const T* A, int64_t lda, const T* B, int64_t ld
   gemm_block<T, MR, NV, KS, TAIL>(K, A, lda, B, ldb, C, ldc, ncols, accumulate);
 }
 
+// One panel of NV vectors of columns, all M rows: blocks of 8 rows where the registers
+// hold them (8 x NV accumulators, NV <= 3), then of 4, then the rest; the panel of B is
+// read once per block, from the L1 cache after the first.
 template <class T, int NV, bool TAIL>
 inline void gemm_panel(int64_t M, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
                        int64_t ldc, int ncols, bool accumulate) {
   int64_t m = 0;
+  if constexpr (NV <= 3)
+    for (; m + 8 <= M; m += 8)
+      gemm_rows<T, 8, NV, TAIL>(K, A + m * lda, lda, B, ldb, C + m * ldc, ldc, ncols, accumulate);
   for (; m + 4 <= M; m += 4)
     gemm_rows<T, 4, NV, TAIL>(K, A + m * lda, lda, B, ldb, C + m * ldc, ldc, ncols, accumulate);
   switch (M - m) {
@@ -102,11 +108,10 @@ inline void gemm_panel(int64_t M, int64_t K, const T* A, int64_t lda, const T* B
   }
 }
 
-template <class T>
-void gemm_small(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
-                int64_t ldc, bool accumulate) {
+template <class T, int NVMAX>
+void gemm_panels(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                 int64_t ldc, bool accumulate) {
   constexpr int L = Vec<T>::n;
-  constexpr int NVMAX = 4;
   int64_t n0 = 0;
   for (; n0 + NVMAX * L <= N; n0 += NVMAX * L)
     gemm_panel<T, NVMAX, false>(M, K, A, lda, B + n0, ldb, C + n0, ldc, NVMAX * L, accumulate);
@@ -121,9 +126,20 @@ void gemm_small(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const 
     case 1: LSTMLAB_PANEL(1); break;
     case 2: LSTMLAB_PANEL(2); break;
     case 3: LSTMLAB_PANEL(3); break;
-    default: LSTMLAB_PANEL(4); break;
+    default: if constexpr (NVMAX >= 4) LSTMLAB_PANEL(4); break;
   }
 #undef LSTMLAB_PANEL
+}
+
+// Panels of 4 vectors below 8 rows (4-row blocks, 16 accumulators), of 3 from 8 rows on
+// (8-row blocks, 24 accumulators: each vector of B feeds 8 rows).
+template <class T>
+void gemm_small(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                int64_t ldc, bool accumulate) {
+  if (M >= 8)
+    gemm_panels<T, 3>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+  else
+    gemm_panels<T, 4>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
 }
 
 inline void blas_call(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,

@@ -2,20 +2,24 @@
 // sequence, forward and backward (lstmlab.backends.cpu wraps these two functions in a
 // torch.autograd.Function; csrc/layout.py packs the weights into the kernel's layout).
 //
-// The hidden units are cut into slices, one per thread (steps.h); each slice owns its
-// rows of the gates, C and dP buffers (cells.h Layout).
-// forward: per step and slice, one recurrent product into the slice's gate columns (FGR:
-//   two, h Wh^T and a Wa^T, see cells.h Layout) and one vectorised pointwise pass
-//   (cells.h). The input projection x W^T is one product per chunk of steps and slice (the
-//   chunk's gates are still in cache when the loop reaches them). Saves the activations,
-//   every c_t and the outputs.
-// backward: per step (last to first) and slice, the product of the next step's
+// The threads share a sequence in one of two ways (steps.h, Workers): the hidden units are
+// cut into slices, one per thread, which meet at every step; or (small steps, batch of at
+// least 8 rows a thread) the batch rows are cut into groups, one per thread, of one slice
+// of all units, which meet once per chunk of steps. Each slice owns its rows of the gates,
+// C and dP buffers (cells.h Layout); a group, its batch rows of every buffer.
+// forward: per step and worker, one recurrent product into the worker's gate columns and
+//   rows (FGR: two, h Wh^T and a Wa^T, see cells.h Layout) and one vectorised pointwise
+//   pass (cells.h). The input projection x W^T is one product per chunk of steps and slice
+//   (groups: a share of the chunk's rows each); the chunk's gates are still in cache when
+//   the loop reaches them. Saves the activations, every c_t and the outputs.
+// backward: per step (last to first) and worker, the product of the next step's
 //   pre-activation gradients with the recurrent weights (FGR: with Wh and Wa), then the
 //   pointwise backward. dP, the pre-activation gradients, lives in a ring of two chunks:
-//   when a chunk is done, each thread forms its slice's share of dx, dW_ih, dW_hh (and
-//   dW_gg) from it with products over the whole chunk. Bias and peephole gradients
-//   accumulate in the pointwise pass. The weight gradients are permuted into torch's
-//   layout in place at the end (no second copy of them).
+//   when a chunk is done, each thread forms its share of dx, dW_ih, dW_hh (and dW_gg)
+//   from it with products over the whole chunk (a slice: its rows of them; groups: a share
+//   of every slice's). Bias and peephole gradients accumulate in the pointwise pass (per
+//   group, summed at the end). The weight gradients are permuted into torch's layout in
+//   place at the end (no second copy of them).
 //
 // tune = {small_limit, allow_pack, chunk, own_order, gather}: products up to small_limit
 //   multiply-adds use the built-in kernel; allow_pack lets float products use MKL's packed
@@ -50,12 +54,13 @@ void check(const at::Tensor& t, const char* name, at::ScalarType dtype) {
   TORCH_CHECK(t.is_contiguous(), "lstmlab cpu backend: ", name, " must be contiguous");
 }
 
-// Steps per chunk: about 256 rows (chunk * B) for efficient weight-gradient products, at
-// most 2 MiB of a slice's gates (about the L2 cache of a core). Measured: BENCHMARKS.md.
-int64_t chunk_steps(int64_t requested, int64_t T, int64_t B, int64_t GS, int64_t P, int64_t elt) {
+// Steps per chunk: about 256 rows (chunk * B) for efficient weight-gradient products (256
+// per group with G groups, which meet once per chunk), at most 2 MiB of a worker's gates
+// (about the L2 cache of a core). Measured: BENCHMARKS.md.
+int64_t chunk_steps(int64_t requested, int64_t T, int64_t B, int64_t GS, int64_t P, int64_t G, int64_t elt) {
   if (requested > 0) return std::min(requested, T);
-  const int64_t by_rows = (256 + B - 1) / B;
-  const int64_t by_bytes = std::max<int64_t>(1, (2 << 20) / std::max<int64_t>(1, B * GS / P * elt));
+  const int64_t by_rows = (256 * G + B - 1) / B;
+  const int64_t by_bytes = std::max<int64_t>(1, (2 << 20) / std::max<int64_t>(1, B * GS / std::max(P, G) * elt));
   return std::max<int64_t>(1, std::min({by_rows, by_bytes, T}));
 }
 
@@ -164,7 +169,7 @@ std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, int64_
                                      bool keep, bool return_cells, const std::vector<int64_t>& tune) {
   const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2), H = lay.H;
   const int64_t GS = lay.GS(), K = lay.K(), P = lay.P, Gs = lay.Gs, Gr = lay.Gr, A = lay.A, AH = lay.AH();
-  const int64_t CH = chunk_steps(tune[2], T_, B, GS, std::max(P, G), sizeof(T));
+  const int64_t CH = chunk_steps(tune[2], T_, B, GS, P, G, sizeof(T));
   const bool lstm = cell.kind == KIND_LSTM;
   const bool keep_c = keep || return_cells;
   // Without a backward to feed, gates and c are rings (a chunk, two steps).
@@ -281,7 +286,7 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
   const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2), H = lay.H;
   const int64_t GS = lay.GS(), R = lay.R(), K = lay.K(), P = lay.P, A = lay.A, AH = lay.AH(), Gs = lay.Gs,
                 Gr = lay.Gr;
-  const int64_t CH = chunk_steps(tune[2], T_, B, GS, std::max(P, G), sizeof(T));
+  const int64_t CH = chunk_steps(tune[2], T_, B, GS, P, G, sizeof(T));
   const int64_t RING = std::min(2 * CH, T_);  // dP: a ring of two chunks
   const bool lstm = cell.kind == KIND_LSTM;
   auto opts = x.options();
