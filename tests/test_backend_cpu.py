@@ -36,22 +36,17 @@ def knobs(parallel=False, small_products=True, packed=True, chunk=0, copies=True
     whether the backward reads the recurrent weights through copies (small weights) or in
     place in torch's order (large ones), and groups > 1: that many groups of batch rows
     (at most one per row; instead of slices), however many threads there are."""
-    names = ("PARALLEL_MIN_WORK", "SMALL_GEMM_LIMIT", "USE_PACKED_GEMM", "CHUNK_STEPS", "OWN_ORDER_MAX_BYTES",
-             "GATHER_MAX_BYTES", "GROUP_MIN_ROWS", "GROUP_SMALL_GEMM_LIMIT", "_split")
-    saved = [getattr(cpu, n) for n in names]
+    small, big = (1 << 62) if small_products else 0, (1 << 62) if copies else 0
     split = cpu._split
-    cpu.GROUP_MIN_ROWS = 1 << 62
-    if groups > 1:
-        cpu._split = lambda B, H, work, lanes: ((0, H), min(groups, B)) if B > 1 else split(B, H, work, lanes)
-    cpu.PARALLEL_MIN_WORK = 0 if parallel else 1 << 62
-    cpu.SMALL_GEMM_LIMIT = cpu.GROUP_SMALL_GEMM_LIMIT = 1 << 62 if small_products else 0
-    cpu.USE_PACKED_GEMM, cpu.CHUNK_STEPS = packed, chunk
-    cpu.OWN_ORDER_MAX_BYTES = cpu.GATHER_MAX_BYTES = (1 << 62) if copies else 0
-    try:
-        yield
-    finally:
-        for n, v in zip(names, saved):
-            setattr(cpu, n, v)
+    with cpu.tuning(PARALLEL_MIN_WORK=0 if parallel else 1 << 62, SMALL_GEMM_LIMIT=small,
+                    GROUP_SMALL_GEMM_LIMIT=small, USE_PACKED_GEMM=int(packed), CHUNK_STEPS=chunk,
+                    OWN_ORDER_MAX_BYTES=big, GATHER_MAX_BYTES=big, GROUP_MIN_ROWS=1 << 62):
+        if groups > 1:
+            cpu._split = lambda B, H, work, lanes: ((0, H), min(groups, B)) if B > 1 else split(B, H, work, lanes)
+        try:
+            yield
+        finally:
+            cpu._split = split
 
 
 def random_case(cell, dtype, T, B, I, H, seed):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import json
 import math
 import os
 import platform
@@ -29,6 +28,7 @@ import torch
 
 from .backends import cpu
 from .cells import cell_names
+from .io import write_json, write_text
 from .layer import Recurrent
 
 GRID = ((1, 1000, 1, 32), (16, 500, 8, 64), (32, 200, 32, 128), (64, 100, 64, 256), (8, 100, 128, 512))
@@ -38,7 +38,10 @@ GRID = ((1, 1000, 1, 32), (16, 500, 8, 64), (32, 200, 32, 128), (64, 100, 64, 25
 class BenchConfig:
     """cells: registry names (default: all). shapes: (B, T, I, H) each. rounds: timing
     rounds (best of); reference_rounds: the same for the slow reference loop (0 skips it).
-    memory: measure peak memory. seed: for inputs and weights."""
+    memory: measure peak memory. seed: for inputs and weights. variants: each a tuple of
+    (name, value) overrides of the cpu backend's tuning constants (`cpu.tuning`): every
+    cell runs once more under each, with the same weights, in the same rounds, as
+    "cell [name=value,...]"."""
 
     cells: tuple[str, ...] = field(default_factory=lambda: tuple(cell_names()))
     shapes: tuple[tuple[int, int, int, int], ...] = GRID
@@ -46,6 +49,7 @@ class BenchConfig:
     reference_rounds: int = 2
     memory: bool = True
     seed: int = 0
+    variants: tuple[tuple[tuple[str, int], ...], ...] = ()
 
 
 # ---- measuring -------------------------------------------------------------------------
@@ -121,14 +125,36 @@ class PeakMemory:
         return self._status("VmHWM:") - base
 
 
-def _models(shape, cells, seed):
+def variant_name(cell: str, variant) -> str:
+    return f"{cell} [{','.join(f'{k}={v}' for k, v in variant)}]"
+
+
+def _models(shape, cfg: BenchConfig):
+    """The input, the models by name and each model's tuning overrides."""
     B, T, I, H = shape
-    torch.manual_seed(seed)
+    torch.manual_seed(cfg.seed)
     x = torch.randn(T, B, I, requires_grad=True)
     models = {"torch.nn.LSTM": torch.nn.LSTM(I, H)}
-    for cell in cells:
-        models[cell] = Recurrent(I, H, cell=cell, backend="cpu")
-    return x, models
+    knobs = {"torch.nn.LSTM": {}}
+    for cell in cfg.cells:
+        models[cell], knobs[cell] = Recurrent(I, H, cell=cell, backend="cpu"), {}
+    for variant in cfg.variants:
+        for cell in cfg.cells:
+            name = variant_name(cell, variant)
+            models[name] = Recurrent(I, H, cell=cell, backend="cpu")
+            models[name].load_state_dict(models[cell].state_dict())
+            knobs[name] = dict(variant)
+    return x, models, knobs
+
+
+def _tuned(fn, knobs):
+    if not knobs:
+        return fn
+
+    def run():
+        with cpu.tuning(**knobs):
+            fn()
+    return run
 
 
 def _product_rate(model, x) -> float | None:
@@ -148,24 +174,27 @@ def _product_rate(model, x) -> float | None:
 def bench_shape(shape, cfg: BenchConfig, log=print) -> dict:
     """Times, ratios and product rates for one shape (memory: see bench_memory)."""
     B, T, I, H = shape
-    x, models = _models(shape, cfg.cells, cfg.seed)
-    for m in models.values():  # warm up (and allocate the parameters' gradients)
-        _train_step(m, x)()
-        _forward(m, x)()
+    x, models, knobs = _models(shape, cfg)
+    forward = {k: _tuned(_forward(m, x), knobs[k]) for k, m in models.items()}
+    step = {k: _tuned(_train_step(m, x), knobs[k]) for k, m in models.items()}
+    for k in models:  # warm up (and allocate the parameters' gradients)
+        step[k]()
+        forward[k]()
     fwd = {k: math.inf for k in models}
     train = {k: math.inf for k in models}
     for _ in range(cfg.rounds):
-        for k, m in models.items():
-            fwd[k] = min(fwd[k], _best(_forward(m, x), 1))
-        for k, m in models.items():
-            train[k] = min(train[k], _best(_train_step(m, x), 1))
+        for k in models:
+            fwd[k] = min(fwd[k], _best(forward[k], 1))
+        for k in models:
+            train[k] = min(train[k], _best(step[k], 1))
     rows = []
     for k, m in models.items():
         row = {"model": k, "fwd_s": fwd[k], "train_s": train[k],
                "fwd_ratio": fwd[k] / fwd["torch.nn.LSTM"], "train_ratio": train[k] / train["torch.nn.LSTM"]}
         if k != "torch.nn.LSTM":
-            row["product_flops"] = _product_rate(m, x)
-            if cfg.reference_rounds:
+            with cpu.tuning(**knobs[k]):
+                row["product_flops"] = _product_rate(m, x)
+            if cfg.reference_rounds and k in cfg.cells:
                 ref = Recurrent(I, H, cell=k, backend="reference")
                 ref.load_state_dict(m.state_dict())
                 _train_step(ref, x)()
@@ -182,10 +211,10 @@ def bench_shape(shape, cfg: BenchConfig, log=print) -> dict:
 def bench_memory(shape, cfg: BenchConfig, meter: PeakMemory) -> dict[str, float | None]:
     """Peak memory of one training step per model: the smaller of two measurements (the
     first use of a code path can allocate once-only buffers, in MKL for instance)."""
-    x, models = _models(shape, cfg.cells, cfg.seed)
+    x, models, knobs = _models(shape, cfg)
     out = {}
     for k, m in models.items():
-        step = _train_step(m, x)
+        step = _tuned(_train_step(m, x), knobs[k])
         step()  # gradients exist before the measured step
         m.zero_grad(set_to_none=False)
         x.grad = torch.zeros_like(x)
@@ -289,6 +318,23 @@ def _shape(text: str) -> tuple[int, int, int, int]:
     return tuple(int(p) for p in parts)
 
 
+def _variant(text: str) -> tuple[tuple[str, int], ...]:
+    """--variant NAME=VALUE[,NAME=VALUE...]: overrides of cpu.TUNING constants."""
+    pairs = []
+    for item in text.split(","):
+        name, eq, value = item.partition("=")
+        if not eq or not value.strip().isdigit():
+            raise ValueError(f"--variant {text!r} is invalid; allowed: NAME=VALUE[,NAME=VALUE...] with VALUE a whole "
+                             f"number and NAME one of {', '.join(cpu.TUNING)}")
+        pairs.append((name.strip(), int(value)))
+    try:
+        with cpu.tuning(**dict(pairs)):  # checks the names and values
+            pass
+    except ValueError as e:
+        raise ValueError(f"--variant {text!r}: {e}") from None
+    return tuple(pairs)
+
+
 def _main(args) -> int:
     if args.rounds < 1 or args.reference_rounds < 0:
         raise ValueError(f"--rounds {args.rounds} / --reference-rounds {args.reference_rounds} is invalid; "
@@ -298,17 +344,16 @@ def _main(args) -> int:
         raise ValueError(f"--cells {', '.join(unknown)}: not registered; valid: {', '.join(cell_names())}")
     cfg = BenchConfig(cells=tuple(args.cells or cell_names()),
                       shapes=tuple(_shape(s) for s in args.shape) if args.shape else GRID,
-                      rounds=args.rounds, reference_rounds=args.reference_rounds, memory=not args.no_memory)
+                      rounds=args.rounds, reference_rounds=args.reference_rounds, memory=not args.no_memory,
+                      variants=tuple(_variant(v) for v in args.variant or ()))
     result = run(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
     command = "lstmlab bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "lstmlab bench"
     text = markdown(result, command.strip())
     print(text)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+        write_text(args.out, text)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        write_json(args.json, result)
     return 0
 
 
@@ -320,6 +365,9 @@ def register(sub) -> None:
     p.add_argument("--reference-rounds", type=int, default=BenchConfig.reference_rounds,
                    help="rounds for the reference loop (0: skip it)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    p.add_argument("--variant", action="append", metavar="NAME=VALUE[,...]",
+                   help="also run every cell with these cpu backend tuning constants (lstmlab.backends.cpu.TUNING), "
+                        "in the same rounds (repeatable)")
     p.add_argument("--out", help="also write the markdown report here")
     p.add_argument("--json", help="write all numbers as JSON here")
     p.set_defaults(func=_main)

@@ -33,6 +33,7 @@ Double backward is not supported (the backward is hand-written): it raises.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -109,6 +110,30 @@ OWN_ORDER_MAX_BYTES = 4 << 20
 # FGR's gate-to-gate weights reach a slice's products in one block per gate: up to this many
 # bytes per slice they are gathered into one block (one product, not three).
 GATHER_MAX_BYTES = 1 << 20
+
+
+TUNING = ("SMALL_GEMM_LIMIT", "GROUP_SMALL_GEMM_LIMIT", "GROUP_MIN_ROWS", "GROUP_MAX_WORK", "PARALLEL_MIN_WORK",
+          "USE_PACKED_GEMM", "CHUNK_STEPS", "OWN_ORDER_MAX_BYTES", "GATHER_MAX_BYTES")
+
+
+@contextlib.contextmanager
+def tuning(**values: int):
+    """Override the tuning constants above (names in TUNING; whole numbers, USE_PACKED_GEMM
+    0 or 1) for the calls made inside the block: `lstmlab bench --variant` compares
+    settings this way. Not thread-safe: the constants are module-wide."""
+    for name, value in values.items():
+        if name not in TUNING:
+            raise ValueError(f"tuning {name}={value!r}: unknown; allowed: {', '.join(TUNING)}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (
+                name == "USE_PACKED_GEMM" and value > 1):
+            raise ValueError(f"tuning {name}={value!r} is invalid; allowed: a whole number >= 0"
+                             + (" (0 or 1)" if name == "USE_PACKED_GEMM" else ""))
+    saved = {name: globals()[name] for name in values}
+    globals().update({n: bool(v) if n == "USE_PACKED_GEMM" else v for n, v in values.items()})
+    try:
+        yield
+    finally:
+        globals().update(saved)
 
 
 def _tune(groups: int) -> list[int]:
