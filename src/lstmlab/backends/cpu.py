@@ -172,7 +172,8 @@ class _Fused(torch.autograd.Function):
         W_hh, W_gg = W_hh.contiguous(), none if W_gg is None else W_gg.contiguous()
         maps = [none.long() if m is None else m for m in (plan.r_src, plan.a_src)]
         out, gates, C, s_fin, c_fin, cells = _extension().forward(
-            plan.cfg, plan.bounds, groups, x, s0, c0, Wx, bx, W_hh, W_gg, *maps, peep, lengths, keep, return_cells, _tune(groups))
+            plan.cfg, plan.bounds, groups, x, s0, c0, Wx, bx, W_hh, W_gg, *maps, peep, lengths, keep, return_cells,
+            _tune(groups))
         ctx.plan, ctx.groups, ctx.record, ctx.maps = plan, groups, record, maps
         ctx.flags = (a0 is not None, b_ih is not None, W_ch is not None, c0.numel() > 0)
         ctx.save_for_backward(x, s0, c0, Wx, W_hh, W_gg, peep, lengths, out, gates, C)

@@ -163,8 +163,8 @@ struct Workers {
 };
 
 template <class T>
-std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, int64_t G, const at::Tensor& x, const at::Tensor& s0,
-                                     const at::Tensor& c0, const at::Tensor& Wx, const at::Tensor& bx,
+std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, int64_t G, const at::Tensor& x,
+                                     const at::Tensor& s0, const at::Tensor& c0, const at::Tensor& Wx, const at::Tensor& bx,
                                      const Weights& wts, const at::Tensor& peep, const at::Tensor& lengths,
                                      bool keep, bool return_cells, const std::vector<int64_t>& tune) {
   const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2), H = lay.H;
@@ -481,7 +481,8 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
     permute_in_place(dwa, AH, AH, inv.data(), inv.data());
   }
   if (P > 1) dx = dx.sum(0);
-  dbx = dbx.sum(0), dpeep = dpeep.sum(0);
+  dbx = dbx.sum(0);
+  dpeep = dpeep.sum(0);
   at::Tensor norm_h = at::empty({0}, opts), norm_c = at::empty({0}, opts);
   if (want_norms) {
     at::Tensor sums = norms.sum(1);  // (2, T, B)
@@ -517,8 +518,8 @@ Layout layout_of(const Cell& cell, std::vector<int64_t> bounds, const Weights& w
   return lay;
 }
 
-std::vector<at::Tensor> forward(std::vector<int64_t> cfg, std::vector<int64_t> bounds, int64_t groups, at::Tensor x, at::Tensor s0,
-                                at::Tensor c0, at::Tensor Wx, at::Tensor bx, at::Tensor W_hh, at::Tensor W_gg,
+std::vector<at::Tensor> forward(std::vector<int64_t> cfg, std::vector<int64_t> bounds, int64_t groups, at::Tensor x,
+                                at::Tensor s0, at::Tensor c0, at::Tensor Wx, at::Tensor bx, at::Tensor W_hh, at::Tensor W_gg,
                                 at::Tensor h_src, at::Tensor a_src, at::Tensor peep, at::Tensor lengths, bool keep,
                                 bool return_cells, std::vector<int64_t> tune) {
   TORCH_CHECK((int64_t)cfg.size() == Cell::kFields && tune.size() == 5, "lstmlab cpu backend: bad configuration");
@@ -536,8 +537,8 @@ std::vector<at::Tensor> forward(std::vector<int64_t> cfg, std::vector<int64_t> b
   return forward_impl<double>(cell, lay, groups, x, s0, c0, Wx, bx, wts, peep, lengths, keep, return_cells, tune);
 }
 
-std::vector<at::Tensor> backward(std::vector<int64_t> cfg, std::vector<int64_t> bounds, int64_t groups, at::Tensor x, at::Tensor s0,
-                                 at::Tensor c0, at::Tensor Wx, at::Tensor W_hh, at::Tensor W_gg, at::Tensor h_src,
+std::vector<at::Tensor> backward(std::vector<int64_t> cfg, std::vector<int64_t> bounds, int64_t groups, at::Tensor x,
+                                 at::Tensor s0, at::Tensor c0, at::Tensor Wx, at::Tensor W_hh, at::Tensor W_gg, at::Tensor h_src,
                                  at::Tensor a_src, at::Tensor peep, at::Tensor lengths, at::Tensor out,
                                  at::Tensor gates, at::Tensor C, at::Tensor dout, at::Tensor ds_final,
                                  at::Tensor dc_final, at::Tensor dcells, bool want_norms, std::vector<int64_t> tune) {
