@@ -95,6 +95,11 @@ def test_build_key_changes_with_the_sources(monkeypatch, tmp_path):
     assert csrc.module_name() != name
 
 
+def test_every_source_file_is_in_the_build_key():
+    on_disk = {p.name for p in csrc.HERE.iterdir() if p.suffix in (".cpp", ".h")}
+    assert on_disk == set(csrc.SOURCES)
+
+
 def test_doctor_lists_every_backend():
     r = subprocess.run([sys.executable, "-m", "lstmlab", "doctor"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0

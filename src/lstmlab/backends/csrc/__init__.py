@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("lstmlab_cpu.cpp", "cells.h", "clock.h", "gemm.h", "steps.h", "vecmath.h")
+SOURCES = ("lstmlab_cpu.cpp", "cells.h", "clock.h", "gemm.h", "steps.h", "vecmath.h", "work.h")
 
 
 class BuildError(RuntimeError):
