@@ -156,9 +156,11 @@ def test_batch_groups_are_chosen_for_small_steps_with_enough_rows():
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_layer_matches_reference(cell):
+@pytest.mark.parametrize("groups", [1, 3])
+def test_layer_matches_reference(cell, groups):
     """Recurrent with backend='cpu' vs 'reference': two layers, bidirectional, batch_first,
-    packed sequences of unsorted lengths, given initial state; every gradient."""
+    packed sequences of unsorted lengths, given initial state; every gradient; the cpu
+    backend as it chooses, or in three groups of batch rows (1, 1 and 2 rows)."""
     I, H, B, T = 3, 6, 4, 7
     torch.manual_seed(0)
     ref = lstmlab.Recurrent(I, H, cell=cell, num_layers=2, bidirectional=True, batch_first=True,
@@ -174,7 +176,8 @@ def test_layer_matches_reference(cell):
     lengths = torch.tensor([5, 7, 1, 5])
     for model in (ref, ours):
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        out, state = model(packed, hx)
+        with knobs(groups=groups) if groups > 1 else contextlib.nullcontext():
+            out, state = model(packed, hx)
         state = state if isinstance(state, tuple) else (state,)
         loss = (out.data ** 2).sum() + sum((s * s.cos()).sum() for s in state)
         model.zero_grad()
