@@ -125,7 +125,7 @@ class PeakMemory:
         return self._status("VmHWM:") - base
 
 
-def variant_name(cell: str, variant) -> str:
+def _variant_name(cell: str, variant) -> str:
     return f"{cell} [{','.join(f'{k}={v}' for k, v in variant)}]"
 
 
@@ -140,7 +140,7 @@ def _models(shape, cfg: BenchConfig):
         models[cell], knobs[cell] = Recurrent(I, H, cell=cell, backend="cpu"), {}
     for variant in cfg.variants:
         for cell in cfg.cells:
-            name = variant_name(cell, variant)
+            name = _variant_name(cell, variant)
             models[name] = Recurrent(I, H, cell=cell, backend="cpu")
             models[name].load_state_dict(models[cell].state_dict())
             knobs[name] = dict(variant)

@@ -19,8 +19,9 @@ On machines with more than one thread the work is shared in one of two ways
 least 8 rows a thread, the batch rows are cut into groups, one per thread, that run the
 sequence side by side and meet once per chunk of steps (to share the input projection and
 the weight-gradient products); otherwise the hidden units are cut into slices, one per
-thread, that run each time step side by side and meet at every step. The extension is compiled on
-first use (csrc/__init__.py); `available()` says whether that worked and why not.
+thread, that run each time step side by side and meet at every step. The extension is
+compiled on first use (csrc/__init__.py); `available()` says whether that worked and why
+not.
 
 Per-step gradient norms, opt in, at no extra pass (see `GradNorms`):
 
@@ -80,7 +81,7 @@ def available() -> tuple[bool, str]:
     return True, how + (f", built in {built:.0f} s" if built else "")
 
 
-# ---- choosing the slicing and the in-loop product ------------------------------------
+# ---- sharing the work between threads, and the in-loop product -------------------
 # The kernel's tuning (defaults measured on the benchmark grid, see BENCHMARKS.md).
 # Recurrent products up to this many multiply-adds use the kernel's own register-blocked
 # product; larger ones the BLAS. With groups of batch rows the products have fewer rows,
