@@ -95,6 +95,17 @@ def test_build_key_changes_with_the_sources(monkeypatch, tmp_path):
     assert csrc.module_name() != name
 
 
+def test_prune_keeps_the_most_recent_builds(tmp_path):
+    for i in range(11):
+        f = tmp_path / f"lstmlab_cpu_{i:016x}.so"
+        f.write_bytes(b"")
+        os.utime(f, (1_000_000 + i, 1_000_000 + i))
+    (tmp_path / "unrelated.so").write_bytes(b"")
+    csrc.prune(tmp_path, keep=8)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([f"lstmlab_cpu_{i:016x}.so" for i in range(3, 11)] + ["unrelated.so"])
+
+
 def test_every_source_file_is_in_the_build_key():
     on_disk = {p.name for p in csrc.HERE.iterdir() if p.suffix in (".cpp", ".h")}
     assert on_disk == set(csrc.SOURCES)

@@ -87,6 +87,25 @@ def _first_error(text: str) -> str:
     return (lines[-1] if lines else text)[:300]
 
 
+KEEP_BUILDS = 8
+
+
+def prune(root: Path, keep: int = KEEP_BUILDS) -> None:
+    """Remove all but the `keep` most recently built modules in `root` (other lstmlab
+    versions, toolchains or environments may share the directory: a few are kept; a module
+    in use stays mapped after its file is removed)."""
+    def built(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except OSError:  # removed meanwhile
+            return 0.0
+    for old in sorted(root.glob("lstmlab_cpu_*.so"), key=built, reverse=True)[keep:]:
+        try:
+            old.unlink()
+        except OSError:
+            pass
+
+
 def load():
     """The compiled extension module (built here if needed). Raises BuildError."""
     if os.environ.get("LSTMLAB_CPU_BACKEND", "1") == "0":
@@ -124,4 +143,5 @@ def load():
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     module.build_seconds = time.perf_counter() - start
+    prune(root)
     return module
