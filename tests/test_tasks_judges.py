@@ -224,3 +224,30 @@ def test_published_rows_are_the_papers_numbers():
     assert [(p.sequences, p.test_errors) for p in tasks.make("temporal-order").published] == [(31_390, 1)]
     distractor = {(p.setting["q"], p.setting["p"]): p.sequences for p in tasks.make("lag-distractor").published}
     assert distractor[(1000, 50)] == 203_000 and len(distractor) == 7
+
+
+def test_window_rule_slides_over_the_stream_as_its_definition_says():
+    """Batches of uneven size, wrong ones entering and leaving the window, and a resume from
+    state_dict halfway, against the definition on the whole stream: the last `window`
+    sequences hold at most `max_wrong` wrong ones and their mean error is below the bound."""
+    g = torch.Generator().manual_seed(3)
+    window, max_wrong, bound = 50, 2, 0.3
+    rule = WindowRule(window, max_wrong=max_wrong, max_mean_error=bound)
+    stream_ok, stream_err, outcomes = [], [], set()
+    for step in range(120):
+        n = int(torch.randint(1, 9, (1,), generator=g))
+        ok = torch.rand(n, generator=g) > (0.2 if step < 60 else 0.01)
+        err = torch.rand(n, generator=g, dtype=torch.float64) * 0.5
+        stream_ok += ok.tolist()
+        stream_err += err.tolist()
+        fired = rule.update(Judgement(ok, err))
+        last_ok, last_err = stream_ok[-window:], stream_err[-window:]
+        want = (len(last_ok) == window and last_ok.count(False) <= max_wrong
+                and sum(last_err) / window < bound)
+        assert fired == want, step
+        outcomes.add(fired)
+        if step == 70:
+            resumed = WindowRule(window, max_wrong=max_wrong, max_mean_error=bound)
+            resumed.load_state_dict(rule.state_dict())
+            rule = resumed
+    assert outcomes == {True, False}

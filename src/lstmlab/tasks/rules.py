@@ -61,13 +61,16 @@ class WindowRule(StoppingRule):
         self.confirmation = 0 if counts_window else window
         self.correct: deque[bool] = deque(maxlen=window)
         self.error: deque[float] = deque(maxlen=window)
+        self.wrong = 0  # in the window, kept as it slides (summing 10,000 at every update costs)
 
     def update(self, judgement: Judgement) -> bool:
-        self.correct.extend(judgement.correct.tolist())
+        for ok in judgement.correct.tolist():
+            if len(self.correct) == self.window:
+                self.wrong -= not self.correct[0]
+            self.correct.append(ok)
+            self.wrong += not ok
         self.error.extend(judgement.error.tolist())
-        if len(self.correct) < self.window:
-            return False
-        if self.window - sum(self.correct) > self.max_wrong:
+        if len(self.correct) < self.window or self.wrong > self.max_wrong:
             return False
         return self.max_mean_error is None or sum(self.error) / self.window < self.max_mean_error
 
@@ -78,6 +81,7 @@ class WindowRule(StoppingRule):
     def load_state_dict(self, state: dict) -> None:
         self.correct = deque(state["correct"].tolist(), maxlen=self.window)
         self.error = deque(state["error"].tolist(), maxlen=self.window)
+        self.wrong = len(self.correct) - sum(self.correct)
 
     def describe(self) -> str:
         s = f"at most {self.max_wrong} wrong of the last {self.window:,} training sequences"
