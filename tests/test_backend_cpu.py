@@ -146,6 +146,17 @@ def test_long_sequence_many_chunks_in_batch_groups(cell, dtype):
     check_against_reference(cell, dtype, c)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_products_of_eight_rows_and_more(cell, dtype, groups):
+    """The built-in product's 8-row blocks (AVX-512 builds): one slice over 17 rows (two
+    blocks and a row), or groups of 8 and 9 rows; H = 21 leaves a partial vector."""
+    c = dict(T=6, B=17, I=3, H=21, lengths=True, reverse=False, truncate=None, parallel=False,
+             small_products=True, packed=True, chunk=2, groups=groups, seed=5)
+    check_against_reference(cell, dtype, c)
+
+
 def test_batch_groups_are_chosen_for_small_steps_with_enough_rows():
     threads = min(torch.get_num_threads(), os.cpu_count() or 1)
     groups = lambda B, H: cpu._split(B, H, B * 4 * H * H, 16)[1]  # noqa: E731

@@ -117,7 +117,9 @@ def load():
         try:
             return _import(name, target)
         except ImportError as e:
-            raise BuildError(f"cannot load {target}: {e}") from None
+            if target.exists():
+                raise BuildError(f"cannot load {target}: {e}") from None
+            # removed meanwhile (another process pruned the directory): build it again
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
         raise BuildError(f"no C++ compiler ({compiler!r} not on PATH) to build it, and no prebuilt {target}")

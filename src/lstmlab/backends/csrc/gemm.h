@@ -88,14 +88,19 @@ inline void gemm_rows(int64_t K, const T* A, int64_t lda, const T* B, int64_t ld
   gemm_block<T, MR, NV, KS, TAIL>(K, A, lda, B, ldb, C, ldc, ncols, accumulate);
 }
 
-// One panel of NV vectors of columns, all M rows: blocks of 8 rows where the registers
-// hold them (8 x NV accumulators, NV <= 3), then of 4, then the rest; the panel of B is
-// read once per block, from the L1 cache after the first.
+// With 32 vector registers (AVX-512) a block of 8 rows x 3 vectors keeps its 24
+// accumulators, the 3 vectors of B and a broadcast in registers; with 16 (AVX2) it would
+// spill, and blocks stay at 4 rows.
+constexpr bool kEightRowBlocks = kVecBytes >= 64;
+
+// One panel of NV vectors of columns, all M rows: blocks of 8 rows (kEightRowBlocks,
+// NV <= 3), then of 4, then the rest; the panel of B is read once per block, from the L1
+// cache after the first.
 template <class T, int NV, bool TAIL>
 inline void gemm_panel(int64_t M, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
                        int64_t ldc, int ncols, bool accumulate) {
   int64_t m = 0;
-  if constexpr (NV <= 3)
+  if constexpr (kEightRowBlocks && NV <= 3)
     for (; m + 8 <= M; m += 8)
       gemm_rows<T, 8, NV, TAIL>(K, A + m * lda, lda, B, ldb, C + m * ldc, ldc, ncols, accumulate);
   for (; m + 4 <= M; m += 4)
@@ -126,17 +131,20 @@ void gemm_panels(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const
     case 1: LSTMLAB_PANEL(1); break;
     case 2: LSTMLAB_PANEL(2); break;
     case 3: LSTMLAB_PANEL(3); break;
-    default: if constexpr (NVMAX >= 4) LSTMLAB_PANEL(4); break;
+    default:  // nv is at most NVMAX
+      if constexpr (NVMAX >= 4) LSTMLAB_PANEL(4);
+      break;
   }
 #undef LSTMLAB_PANEL
 }
 
 // Panels of 4 vectors below 8 rows (4-row blocks, 16 accumulators), of 3 from 8 rows on
-// (8-row blocks, 24 accumulators: each vector of B feeds 8 rows).
+// where the 8-row blocks fit (24 accumulators: each vector of B feeds 8 rows; measured in
+// BENCHMARKS.md).
 template <class T>
 void gemm_small(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
                 int64_t ldc, bool accumulate) {
-  if (M >= 8)
+  if (kEightRowBlocks && M >= 8)
     gemm_panels<T, 3>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
   else
     gemm_panels<T, 4>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);

@@ -9,9 +9,11 @@
 // C and dP buffers (cells.h Layout); a group, its batch rows of every buffer.
 // forward: per step and worker, one recurrent product into the worker's gate columns and
 //   rows (FGR: two, h Wh^T and a Wa^T, see cells.h Layout) and one vectorised pointwise
-//   pass (cells.h). The input projection x W^T is one product per chunk of steps and slice
-//   (groups: a share of the chunk's rows each); the chunk's gates are still in cache when
-//   the loop reaches them. Saves the activations, every c_t and the outputs.
+//   pass (cells.h). The input projection x W^T is one product per chunk of steps and slice,
+//   whose gates are still in the core's cache when the loop reaches them (groups: each
+//   thread a share of the chunk's rows, so that part comes from the other core; per group,
+//   one product per step cost as much, BENCHMARKS.md). Saves the activations, every c_t
+//   and the outputs.
 // backward: per step (last to first) and worker, the product of the next step's
 //   pre-activation gradients with the recurrent weights (FGR: with Wh and Wa), then the
 //   pointwise backward. dP, the pre-activation gradients, lives in a ring of two chunks:
@@ -140,7 +142,9 @@ std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, int64_
     clock.add(k, F_POINTWISE, since);
   };
   if (G > 1) {  // the groups meet before each chunk and share its input projection
+    auto since = clock.now();
     input_projection(0, 0, 0, 1);
+    clock.add(0, F_INPUT, since);
     run_groups(T_, G, step, [&](int64_t t) { return (t + 1) % CH == 0 && t + 1 < T_; },
                [&](int64_t t, int64_t g) {
                  auto since = clock.now();
@@ -272,10 +276,11 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
   auto rec_grads = [&](int64_t t) -> const T* { return stage_h ? stg + (t & 1) * B * R : dp_row(0, t, 0); };
   auto gated_grads = [&](int64_t t) -> const T* { return stage_a ? stga + (t & 1) * B * AH : rec_grads(t); };
 
-  // [len g / G, len (g + 1) / G) on whole vectors: share g of G of len rows or columns
-  auto share = [](int64_t len, int64_t g, int64_t G_) {
-    constexpr int64_t L = Vec<T>::n;
-    auto edge = [&](int64_t i) { return i == G_ ? len : std::min(len, len * i / G_ / L * L); };
+  // share g of G of len rows or columns, [len g / G, len (g + 1) / G); for columns, edges on
+  // whole vectors where every share still gets some
+  auto share = [](int64_t len, int64_t g, int64_t G_, bool columns) {
+    const int64_t L = columns && len >= G_ * Vec<T>::n ? Vec<T>::n : 1;
+    auto edge = [&](int64_t i) { return i == G_ ? len : len * i / G_ / L * L; };
     return std::pair<int64_t, int64_t>{edge(g), edge(g + 1)};
   };
   // Share g of G of slice p's rows of dWh += dP[t0:t0+n]^T h_{t-1}, and (FGR) of its rows
@@ -283,8 +288,8 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
   // and the saved gate activations (per slice q, its gated blocks: Wa's columns of slice q).
   auto recurrent_weight_grads = [&](int64_t p, int64_t t0, int64_t n, int64_t g, int64_t G_) {
     const int64_t gsp = lay.gs(p);
-    const auto [h0, h1] = share(Gr * lay.w(p), g, G_);
-    const auto [a0, a1] = share(A * lay.w(p), g, G_);
+    const auto [h0, h1] = share(Gr * lay.w(p), g, G_, true);
+    const auto [a0, a1] = share(A * lay.w(p), g, G_, true);
     T* dst_h = dwh + (Gr * lay.u0(p) + h0) * H;
     T* dst_a = dwa + (lay.arow(p) + a0) * AH;
     const int64_t t = t0 == 0 ? 1 : t0, m = t0 == 0 ? n - 1 : n;  // the steps after s0's
@@ -303,8 +308,8 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
   auto chunk_grads = [&](int64_t p, int64_t t0, int64_t n, int64_t g, int64_t G_) {
     const T* dpc = dp_row(p, t0, 0);
     const int64_t gsp = lay.gs(p), r0 = Gs * lay.u0(p);
-    const auto [x0, x1] = share(n * B, g, G_);
-    const auto [w0, w1] = share(gsp, g, G_);
+    const auto [x0, x1] = share(n * B, g, G_, false);
+    const auto [w0, w1] = share(gsp, g, G_, true);
     T* dxs = dxp + (P == 1 ? 0 : p * T_ * B * I) + (t0 * B + x0) * I;
     gemm_blas<T>(false, false, x1 - x0, I, gsp, dpc + x0 * gsp, gsp, wx + r0 * I, I, dxs, I, false);
     gemm_blas<T>(true, false, w1 - w0, I, n * B, dpc + w0, gsp, xp + t0 * B * I, I, dwx + (r0 + w0) * I, I, true);
