@@ -105,6 +105,136 @@ def test_resume_refuses_a_different_run(tmp_path):
         train(replace(config, out_dir=None), resume=True)
 
 
+def records(path, drop=("resumed", "interrupted")):
+    """metrics.jsonl without wall-clock seconds and without the given events."""
+    rows = map(json.loads, (path / "metrics.jsonl").read_text().splitlines())
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows if r["event"] not in drop]
+
+
+RESUMABLE = TrainConfig("adding", {"T": 30}, cell="lstm", hidden_size=4, optimizer="adam", lr=0.01,
+                        batch_size=4, max_sequences=160, eval_every=20, checkpoint_every=40,
+                        progress=False, test=False)
+
+
+@pytest.mark.parametrize("damage,why", [
+    (lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
+    (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), r"cannot be read \(.*\): it is truncated"),
+    (lambda p: p.write_text("hello"), r"cannot be read \(.*\): it is truncated or not a checkpoint"),
+    (lambda p: torch.save({"weight": torch.ones(2)}, p), r"is not an lstmlab training checkpoint \(it holds a dict "
+                                                         r"without config, elapsed, generator, "),
+    (lambda p: torch.save([torch.ones(2)], p), r"is not an lstmlab training checkpoint \(it holds a list\)"),
+], ids=["empty", "truncated", "text", "foreign-dict", "foreign-list"])
+def test_resume_from_a_damaged_checkpoint_names_the_file(tmp_path, capsys, damage, why):
+    config = replace(RESUMABLE, max_sequences=8, out_dir=str(tmp_path))
+    train(config)
+    path = tmp_path / "checkpoint.pt"
+    damage(path)
+    with pytest.raises(ValueError, match=rf"checkpoint {path} {why}.*--overwrite"):
+        train(config, resume=True)
+    from lstmlab.cli import main
+
+    assert main(["train", "adding", "-p", "T=30", "--out", str(tmp_path), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"lstmlab train: error: checkpoint {path} " in err and "Traceback" not in err
+
+
+def test_a_second_run_into_the_same_folder_is_refused_unless_asked(tmp_path):
+    config = replace(RESUMABLE, max_sequences=40, out_dir=str(tmp_path))
+    train(config)
+    before = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match=r"already holds a run \(checkpoint.pt, metrics.jsonl, result.json\); "
+                                         r"allowed: resume=True \(--resume\) .* overwrite=True \(--overwrite\)"):
+        train(replace(config, seed=1))
+    assert (tmp_path / "metrics.jsonl").read_text() == before  # untouched
+    train(replace(config, seed=1), overwrite=True)
+    fresh = replace(config, seed=1, out_dir=str(tmp_path / "fresh"))
+    train(fresh)
+    assert records(tmp_path) == records(tmp_path / "fresh")  # the old run's records are gone
+    with pytest.raises(ValueError, match=r"resume=True and overwrite=True contradict"):
+        train(config, resume=True, overwrite=True)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes_bit_for_bit(tmp_path, monkeypatch, capsys):
+    import signal
+
+    from lstmlab.cli import main
+    from lstmlab.train.loop import TrainingInterrupted
+
+    base = replace(RESUMABLE, max_sequences=80, checkpoint_every=1000)
+    whole = Trainer(replace(base, out_dir=str(tmp_path / "whole")))
+    whole.run()
+    step = Trainer.step
+
+    def step_then_ctrl_c(self):
+        out = step(self)
+        if self.updates == 7:
+            signal.raise_signal(signal.SIGINT)  # what Ctrl-C sends, in the middle of the loop
+        return out
+
+    monkeypatch.setattr(Trainer, "step", step_then_ctrl_c)
+    handler = signal.getsignal(signal.SIGINT)
+    parts = replace(base, out_dir=str(tmp_path / "parts"))
+    with pytest.raises(TrainingInterrupted, match=r"stopped at sequence 28 \(update 7\); checkpoint saved to "
+                                                  r".*checkpoint\.pt\. To continue, .* --resume"):
+        train(parts)
+    assert signal.getsignal(signal.SIGINT) is handler  # restored
+    saved = torch.load(tmp_path / "parts" / "checkpoint.pt", weights_only=True)
+    assert saved["sequences"] == 28 and saved["updates"] == 7
+    assert not list(tmp_path.rglob("*.tmp"))
+    monkeypatch.setattr(Trainer, "step", step)
+    resumed = Trainer(parts)
+    resumed.run(resume=True)
+    for name, tensor in whole.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    drop = ("resumed", "interrupted", "checkpoint")
+    assert records(tmp_path / "parts", drop) == records(tmp_path / "whole", drop)
+    # the command line: exit status 130 and how to continue
+    monkeypatch.setattr(Trainer, "step", step_then_ctrl_c)
+    argv = ["train", "adding", "-p", "T=30", "--hidden", "4", "--max-sequences", "80", "--no-progress",
+            "--out", str(tmp_path / "cli")]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert f"lstmlab train: interrupted: stopped at sequence 7 (update 7); checkpoint saved to " \
+           f"{tmp_path / 'cli' / 'checkpoint.pt'}. To continue, run the same command with --resume" in err
+    monkeypatch.setattr(Trainer, "step", step)
+    assert main(argv + ["--resume"]) == 0
+    assert json.loads((tmp_path / "cli" / "result.json").read_text())["sequences_seen"] == 80
+
+
+def test_resume_drops_the_metrics_logged_after_the_checkpoint(tmp_path, monkeypatch):
+    train(replace(RESUMABLE, out_dir=str(tmp_path / "whole")))
+    step = Trainer.step
+
+    def crash_at_100(self):
+        if self.sequences == 100:  # past the checkpoint at 80 and the evaluation at 100
+            raise RuntimeError("the machine went down")
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "step", crash_at_100)
+    parts = replace(RESUMABLE, out_dir=str(tmp_path / "parts"))
+    with pytest.raises(RuntimeError, match="went down"):
+        train(parts)
+    assert [r["sequences"] for r in events(tmp_path / "parts", "eval")][-1] == 100
+    monkeypatch.setattr(Trainer, "step", step)
+    train(parts, resume=True)
+    assert records(tmp_path / "parts") == records(tmp_path / "whole")
+    assert [r["sequences"] for r in events(tmp_path / "parts", "resumed")] == [80]
+
+
+def test_checkpoint_every_is_an_option(tmp_path):
+    argv = ["train", "adding", "-p", "T=30", "--hidden", "4", "--max-sequences", "30", "--eval-every", "10",
+            "--checkpoint-every", "10", "--no-progress", "--out", str(tmp_path / "a")]
+    assert cli(argv) == 0
+    assert [r["sequences"] for r in events(tmp_path / "a", "checkpoint")] == [10, 20, 30, 30]
+    argv[argv.index("10", argv.index("--checkpoint-every"))] = "0"
+    argv[-1] = str(tmp_path / "b")
+    assert cli(argv) == 0
+    assert [r["sequences"] for r in events(tmp_path / "b", "checkpoint")] == [30]  # only at the end
+    sub = argparse.ArgumentParser(prog="lstmlab").add_subparsers(dest="command")
+    register(sub)
+    assert "--checkpoint-every N" in sub.choices["train"].format_help()
+
+
 # ---- divergence --------------------------------------------------------------------------
 def test_nan_loss_stops_with_a_clear_error():
     config = TrainConfig("adding-le", {"T": 10}, cell="rnn-relu", hidden_size=4, lr=1e12,
@@ -170,16 +300,21 @@ def test_run_writes_resolved_config_result_and_metrics(tmp_path):
     ({"task_params": {"T": 3}}, r"T=3 is invalid; allowed: an int >= 22"),
     ({"cell": "lsmt"}, r"cell='lsmt' is not a registered cell; valid cells: rnn-tanh"),
     ({"optimizer": "rmsprop"}, r"optimizer='rmsprop' is invalid; allowed: sgd, adam"),
-    ({"lr": 0.0}, r"lr=0.0 is invalid; allowed: a number > 0"),
+    ({"lr": 0.0}, r"lr=0.0 is invalid; allowed: a finite number > 0"),
+    ({"lr": float("inf")}, r"lr=inf is invalid; allowed: a finite number > 0"),
+    ({"lr": float("nan")}, r"lr=nan is invalid; allowed: a finite number > 0"),
+    ({"lr": -0.1}, r"lr=-0.1 is invalid; allowed: a finite number > 0"),
+    ({"forget_bias": float("inf")}, r"forget_bias=inf is invalid; allowed: a finite number"),
+    ({"max_seconds": float("inf")}, r"max_seconds=inf is invalid; allowed: a finite number > 0 or None"),
     ({"batch_size": 0}, r"batch_size=0 is invalid; allowed: an int >= 1"),
     ({"hidden_size": 2.5}, r"hidden_size=2.5 is invalid"),
-    ({"clip_norm": -1.0}, r"clip_norm=-1.0 is invalid; allowed: a number > 0 or None"),
+    ({"clip_norm": -1.0}, r"clip_norm=-1.0 is invalid; allowed: a finite number > 0 or None"),
     ({"init": "xavier"}, r"init='xavier' is invalid; allowed: torch, 1997"),
     ({"max_seconds": 0}, r"max_seconds=0 is invalid"),
     ({"loss_steps": "total"}, r"loss_steps='total' is invalid; allowed: mean, sum"),
     ({"momentum": 1.0}, r"momentum=1.0 is invalid; allowed: a number in \[0, 1\)"),
     ({"momentum": 0.9, "optimizer": "adam"}, r"momentum=0.9 applies to optimizer='sgd' only"),
-    ({"input_noise": -0.1}, r"input_noise=-0.1 is invalid; allowed: a number >= 0"),
+    ({"input_noise": -0.1}, r"input_noise=-0.1 is invalid; allowed: a finite number >= 0"),
     ({"connect_after": 100}, r"connect_after=100 needs skip_input=True"),
     ({"connect_after": -1, "skip_input": True}, r"connect_after=-1 is invalid; allowed: an int >= 0"),
     ({"skip_input": 1}, r"skip_input=1 is invalid; allowed: True or False"),

@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from .extras import MissingExtra
+
 # module -> provides register(subparsers); imported lazily so that `lstmlab cells`
 # does not pay for matplotlib or optuna.
 COMMANDS = [
@@ -33,3 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # bad input from the user: one clear line, no traceback
         print(f"lstmlab {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except MissingExtra as e:  # an optional dependency: which extra installs it
+        print(f"lstmlab {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:  # Ctrl-C: what was kept (if anything), and the usual status
+        print(f"lstmlab {args.command}: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
+        return 130

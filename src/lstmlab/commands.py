@@ -27,6 +27,9 @@ def markdown_table(rows: list[dict]) -> str:
 def _cells(args) -> int:
     import lstmlab
 
+    for flag, value in (("--input-size", args.input_size), ("--hidden", args.hidden), ("--steps", args.steps)):
+        if value < 1:
+            raise ValueError(f"{flag}={value} is invalid; allowed: an int >= 1")
     print(f"Cells (parameters for input {args.input_size}, hidden {args.hidden}, one layer):\n")
     print(markdown_table(cell_table(args.input_size, args.hidden)))
     if args.run:

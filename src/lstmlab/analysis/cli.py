@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..io import write_json, write_text
+from ..io import check_writable, write_json, write_text
 from .study import DEFAULT_CELLS, FlowConfig, run_study
 
 
@@ -28,7 +28,7 @@ def _run(args) -> int:
     # The batched QR/SVD here are small (S x S, S <= 2H): more threads mostly add waiting,
     # and on a busy machine spinning threads can slow the study many times over.
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    out = check_writable(args.out, "--out")
     t0 = time.perf_counter()
     print(f"lstmlab flow: {len(cfg.cells)} cells, hidden {cfg.hidden}, {cfg.steps} steps -> {out}/")
     results = run_study(cfg)

@@ -39,7 +39,7 @@ class FlowConfig:
     init: str = "torch"       # "torch" or "1997" (see lstmlab.Recurrent)
     heatmap_stride: int = 5   # lag products kept every this many steps (cost ~ T^2/stride)
     heatmap_batch: int = 2    # sequences the heatmaps and cell-path share average over
-    warmup: int = 10          # backward steps not counted in the Lyapunov exponents
+    warmup: int | None = None  # backward steps not counted in the Lyapunov exponents; None: min(10, steps // 2)
     threshold: float = 1e-6   # the gradient falls below this: the empirical horizon
     forget_biases: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 5.0)  # the lstm sweep; () for none
 
@@ -54,7 +54,9 @@ class FlowConfig:
             get_cell(c)  # raises with the list of valid cells
         if self.init not in INITS:
             raise ValueError(f"init={self.init!r} is invalid; allowed: {INITS}")
-        if not 0 <= self.warmup < self.steps:
+        if self.warmup is None:  # derived, so that a short --steps works too
+            object.__setattr__(self, "warmup", min(10, self.steps // 2))
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or not 0 <= self.warmup < self.steps:
             raise ValueError(f"warmup={self.warmup!r} is invalid; allowed: 0 <= warmup < steps={self.steps}")
 
 

@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import json
 
+from ..extras import require
+from ..io import check_writable
 from .config import GREFF_CELLS, SweepConfig
 from .space import SearchSpace, parse_range
+from .storage import check_storage, engine_url, shown
 
 
 def _config(args) -> SweepConfig:
+    check_storage(args.storage, "--storage", workers=args.workers)
     space = SearchSpace(hidden=tuple(int(v) for v in parse_range(args.hidden, "hidden")),
                         lr=parse_range(args.lr, "lr"),
                         one_minus_momentum=parse_range(args.one_minus_momentum, "one_minus_momentum"),
@@ -23,9 +27,14 @@ def _config(args) -> SweepConfig:
 
 
 def _sweep(args) -> int:
+    if args.workers < 1:
+        raise ValueError(f"--workers={args.workers} is invalid; allowed: an int >= 1")
     cfg = _config(args)
+    require("optuna", "sweep", "lstmlab sweep")
+    url = engine_url(cfg.storage)
+    driver = "" if url == cfg.storage else f" (opened as {shown(url).split('://')[0]}://: psycopg 3 is not installed)"
     print(f"lstmlab sweep: {cfg.task}, {len(cfg.cells)} variants x {cfg.trials} trials, "
-          f"{args.workers} worker(s), storage {cfg.storage}, study {cfg.study!r}")
+          f"{args.workers} worker(s), storage {shown(cfg.storage)}{driver}, study {cfg.study!r}")
     from .run import run_sweep
 
     try:
@@ -39,6 +48,10 @@ def _sweep(args) -> int:
 
 
 def _report(args) -> int:
+    check_storage(args.storage, "--storage", must_exist=True)
+    check_writable(args.out, "--out")
+    require("optuna", "sweep", "lstmlab sweep-report")
+    engine_url(args.storage)
     from .report import write_sweep_report
 
     summary = write_sweep_report(args.storage, args.study, args.out, baseline=args.baseline)
@@ -59,7 +72,8 @@ def register(sub) -> None:
     p.add_argument("--cells", default=",".join(GREFF_CELLS))
     p.add_argument("--trials", type=int, default=d["trials"].default, help="COMPLETE trials per variant")
     p.add_argument("--storage", default=d["storage"].default,
-                   help="sqlite:///FILE (one machine) or postgresql://USER:PASS@HOST/DB (many)")
+                   help="sqlite:///FILE (one machine; its folder must exist) or postgresql://USER:PASS@HOST/DB "
+                        "(many; opened with psycopg2, which lstmlab[sweep] installs, unless psycopg 3 is there)")
     p.add_argument("--study", default=d["study"].default)
     p.add_argument("--workers", type=int, default=1, help="local worker processes")
     p.add_argument("--sampler", choices=["random", "tpe"], default="random")
@@ -79,8 +93,8 @@ def register(sub) -> None:
                    help="seconds without a heartbeat before a trial counts as failed")
     p.set_defaults(func=_sweep)
     r = sub.add_parser("sweep-report", help="box plots, Welch's t-tests, fANOVA importance of a sweep")
-    r.add_argument("--storage", default=d["storage"].default)
+    r.add_argument("--storage", default=d["storage"].default, help="as for sweep; the database must exist")
     r.add_argument("--study", default=d["study"].default)
-    r.add_argument("--baseline", default="vanilla")
+    r.add_argument("--baseline", default="vanilla", help="the variant the others are tested against")
     r.add_argument("--out", required=True)
     r.set_defaults(func=_report)

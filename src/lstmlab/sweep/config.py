@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from ..cells import get_cell
 from ..tasks import make as make_task
 from .space import SearchSpace
+from .storage import check_storage
 
 METRICS = ("test_mean_error", "test_error_rate")
 SAMPLERS = ("random", "tpe")
@@ -53,9 +54,7 @@ class SweepConfig:
             raise ValueError(f"sampler={self.sampler!r} is invalid; allowed: {SAMPLERS}")
         if self.metric not in METRICS:
             raise ValueError(f"metric={self.metric!r} is invalid; allowed: {METRICS}")
-        if "://" not in self.storage:
-            raise ValueError(f"storage={self.storage!r} is invalid; allowed: a database URL, "
-                             "e.g. sqlite:///sweeps.db or postgresql://user:pass@host/db")
+        check_storage(self.storage)
 
     def study_name(self, cell: str) -> str:
         return f"{self.study}:{cell}"

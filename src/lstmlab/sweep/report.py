@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import io
 import math
+import statistics
 from pathlib import Path
 
-import optuna
-from optuna.distributions import CategoricalDistribution
-
+from ..extras import require
 from ..io import atomic_write, write_json, write_text
+from .storage import engine_url
+
+optuna = require("optuna", "sweep", "lstmlab sweep-report")
 
 
 def load(storage_url: str, study: str) -> dict[str, optuna.Study]:
     """Every study of the sweep `study` in the storage, by cell (names "{study}:{cell}")."""
-    storage = optuna.storages.RDBStorage(storage_url)
+    storage = optuna.storages.RDBStorage(engine_url(storage_url))
     prefix = f"{study}:"
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)
              if s.study_name.startswith(prefix)]
@@ -35,8 +37,7 @@ def _complete(study):
 
 def welch(a: list[float], b: list[float]) -> tuple[float, float]:
     """Welch's t statistic and two-sided p-value (unequal variances)."""
-    from scipy import stats
-
+    stats = require("scipy.stats", "sweep", "Welch's t-test in lstmlab sweep-report")
     res = stats.ttest_ind(a, b, equal_var=False)
     return float(res.statistic), float(res.pvalue)
 
@@ -48,17 +49,28 @@ def importances(trials, seed: int = 0) -> dict[str, float] | None:
         return None
     study = optuna.create_study(direction="minimize")
     study.add_trials(trials)
+    require("sklearn", "sweep", "fANOVA importance in lstmlab sweep-report")
     ev = optuna.importance.FanovaImportanceEvaluator(seed=seed)
     return {k: float(v) for k, v in optuna.importance.get_param_importances(study, evaluator=ev).items()}
 
 
 def _with_cell(trial, cell, cells):
     params = dict(trial.params, cell=cell)
-    dists = dict(trial.distributions, cell=CategoricalDistribution(cells))
+    dists = dict(trial.distributions, cell=optuna.distributions.CategoricalDistribution(cells))
     return optuna.trial.create_trial(params=params, distributions=dists, value=trial.value)
 
 
+def check_baseline(studies: dict, baseline: str, study: str = "") -> None:
+    """Raise ValueError naming --baseline unless it is one of the study's variants."""
+    if baseline not in studies:
+        where = f"study {study!r}" if study else "the study"
+        raise ValueError(f"--baseline {baseline!r} is not a variant of {where}; allowed: {', '.join(studies)}")
+
+
 def summarize(studies: dict[str, optuna.Study], baseline: str = "vanilla") -> dict:
+    """Per variant: counts, values, median (of an even count: the mean of the middle two),
+    mean, best, fANOVA importance; Welch's t-test of each variant against `baseline`."""
+    check_baseline(studies, baseline)
     variants = {}
     for cell, study in studies.items():
         done = _complete(study)
@@ -68,7 +80,7 @@ def summarize(studies: dict[str, optuna.Study], baseline: str = "vanilla") -> di
         variants[cell] = {
             "complete": n, "failed": states.count("FAIL"), "running": states.count("RUNNING"),
             "values": vals,
-            "median": vals[n // 2] if n else None,
+            "median": statistics.median(vals) if n else None,
             "mean": sum(vals) / n if n else None,
             "best": vals[0] if n else None,
             "best_params": min(done, key=lambda t: t.value).params if n else None,
@@ -154,7 +166,7 @@ def markdown(summary: dict, figs: list[str]) -> str:
     if imp:
         lines += ["", "fANOVA importance, all variants pooled (the variant is a factor): "
                   + ", ".join(f"{k} {x:.2f}" for k, x in imp.items())]
-    lines += ["", "Welch's t-test compares each variant's metric with vanilla's without assuming equal "
+    lines += ["", f"Welch's t-test compares each variant's metric with {base}'s without assuming equal "
               "variances; Bonferroni multiplies p by the number of variants tested. fANOVA splits the "
               "variance of the metric over the hyperparameters (Hutter et al. 2014) on a random forest "
               "fitted to the trials.", ""]
@@ -165,6 +177,7 @@ def markdown(summary: dict, figs: list[str]) -> str:
 def write_sweep_report(storage_url: str, study: str, out: str | Path, baseline: str = "vanilla") -> dict:
     out = Path(out)
     studies = load(storage_url, study)
+    check_baseline(studies, baseline, study)
     summary = summarize(studies, baseline)
     figs = figures(summary, studies, out)
     write_json(out / "sweep.json", summary)

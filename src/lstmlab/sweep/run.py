@@ -18,17 +18,21 @@ import warnings
 import zlib
 from dataclasses import asdict
 
-import optuna
 import torch
 
+from ..extras import require
 from .config import SweepConfig
+from .storage import check_storage, engine_url
+
+optuna = require("optuna", "sweep", "lstmlab sweep")
+
 
 def make_storage(cfg: SweepConfig) -> optuna.storages.RDBStorage:
     kwargs = {"connect_args": {"timeout": 60}} if cfg.storage.startswith("sqlite") else {"pool_pre_ping": True}
     with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(cfg.storage, engine_kwargs=kwargs, heartbeat_interval=cfg.heartbeat,
-                                          grace_period=cfg.grace)
+        return optuna.storages.RDBStorage(engine_url(cfg.storage), engine_kwargs=kwargs,
+                                          heartbeat_interval=cfg.heartbeat, grace_period=cfg.grace)
 
 
 def open_study(storage, cfg: SweepConfig, cell: str) -> optuna.Study:
@@ -145,8 +149,10 @@ def work(cfg: SweepConfig, worker: int = 0, threads: int | None = None, poll: fl
             if n["COMPLETE"] + n["RUNNING"] >= cfg.trials:
                 continue  # the rest are running elsewhere
             study.sampler = _sampler(cfg, cell, worker, sum(n.values()))
-            study.optimize(lambda t, cell=cell: objective(t, cfg, cell), n_trials=1, catch=(TrainingDiverged,))
-            last = study.get_trials(deepcopy=False)[-1]
+            mine = []  # this worker's trial (the study's last may be another worker's)
+            study.optimize(lambda t, cell=cell: objective(t, cfg, cell), n_trials=1, catch=(TrainingDiverged,),
+                           callbacks=[lambda _, trial: mine.append(trial)])
+            last = mine[0]
             ran += 1
             log(f"[worker {worker} pid {os.getpid()}] {cell} trial {last.number}: {last.state.name} "
                 f"{'' if last.value is None else f'{cfg.metric}={last.value:.4g}'}")
@@ -167,6 +173,7 @@ def run_sweep(cfg: SweepConfig, workers: int = 1, log=print) -> dict[str, dict[s
     died): the same command continues it."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers={workers!r} is invalid; allowed: an int >= 1")
+    check_storage(cfg.storage, workers=workers)
     storage = make_storage(cfg)
     for cell in cfg.cells:
         open_study(storage, cfg, cell)  # create, or check the settings, before any worker starts

@@ -63,8 +63,10 @@ class Chorales(Task):
 
     @cached_property
     def _rolls(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        from music21 import corpus
-        from music21.corpus import chorales
+        from ..extras import require
+
+        corpus = require("music21.corpus", "tasks", "task 'chorales' (its corpus)")
+        chorales = require("music21.corpus.chorales", "tasks", "task 'chorales' (its corpus)")
 
         names = list(chorales.Iterator(returnType="filename"))[:self.max_chorales]
         rolls = [piano_roll(corpus.parse(name), self.step) for name in names]

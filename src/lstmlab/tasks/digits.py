@@ -35,9 +35,9 @@ class Digits(Task):
 
     @cached_property
     def _data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        from sklearn.datasets import load_digits
+        from ..extras import require
 
-        d = load_digits()
+        d = require("sklearn.datasets", "tasks", "task 'digits' (its data set)").load_digits()
         pixels = torch.tensor(d.data, dtype=torch.float32) / 16.0  # (1797, 64)
         return pixels.unsqueeze(-1), torch.tensor(d.target, dtype=torch.long)
 

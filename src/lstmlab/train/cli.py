@@ -11,7 +11,7 @@ from ..cells import CellSpec, get_cell
 from ..cells.spec import OVERRIDABLE
 from ..tasks import task_names, task_params
 from .config import TrainConfig
-from ..io import write_json
+from ..io import check_writable, write_json
 from .loop import TrainingDiverged, train
 from .reproduce import ROWS_1997, Budget, markdown, reproduce_1997, write_report
 
@@ -93,14 +93,25 @@ def optimiser_options(args) -> dict:
 
 
 def _train(args) -> int:
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other; allowed: one of them")
+    if args.resume and not args.out:
+        raise ValueError("--resume needs --out (the run directory holding the checkpoint)")
+    if args.checkpoint_every < 0:
+        raise ValueError(f"--checkpoint-every={args.checkpoint_every} is invalid; allowed: an int >= 0 "
+                         "(0: only at the end)")
+    if args.out:
+        check_writable(args.out, "--out")
+    if args.json:
+        check_writable(args.json, "--json", folder=False)
     config = TrainConfig(args.task, parse_params(args.task, args.param), cell=args.cell,
                          cell_options=parse_cell_options(args.cell, args.cell_option),
                          hidden_size=args.hidden, num_layers=args.layers, init=args.init,
                          forget_bias=args.forget_bias, input_bias=args.input_bias,
                          skip_input=args.skip_input, connect_after=args.connect_after, out_dir=args.out,
-                         **optimiser_options(args))
+                         checkpoint_every=args.checkpoint_every or None, **optimiser_options(args))
     try:
-        result = train(config, resume=args.resume)
+        result = train(config, resume=args.resume, overwrite=args.overwrite)
     except TrainingDiverged as e:
         print(f"lstmlab train: {e}", file=sys.stderr)
         return 1
@@ -116,6 +127,7 @@ def _train(args) -> int:
 
 
 def _reproduce(args) -> int:
+    check_writable(args.out, "--out")
     budget = Budget(max_sequences=args.max_sequences, max_seconds=args.max_seconds, seed=args.seed,
                     out_dir=str(Path(args.out) / "runs"),
                     progress=False if args.no_progress or args.jobs > 1 else None)
@@ -147,7 +159,13 @@ def register(subparsers) -> None:
                    help="train N sequences before connecting the recurrent layer (needs --skip-input)")
     add_optimiser_options(p)
     p.add_argument("--out", help="run directory: checkpoint, metrics.jsonl, config.json, result.json")
-    p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from --out's checkpoint (metrics logged after it are dropped)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run already in --out (without --resume or this, one there is refused)")
+    every = TrainConfig.__dataclass_fields__["checkpoint_every"].default
+    p.add_argument("--checkpoint-every", type=int, default=every, metavar="N", help="sequences between checkpoints in --out (default %(default)s; 0: only at "
+                   "the end); Ctrl-C also saves one, then exits with status 130")
     p.add_argument("--json", help="write the result (solved, sequences_seen, test_errors, ...) here")
     p.set_defaults(func=_train)
 

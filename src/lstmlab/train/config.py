@@ -1,6 +1,7 @@
 """The training configuration: one frozen dataclass, validated where values enter."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from ..cells import cell_names, get_cell
@@ -17,11 +18,11 @@ BUDGET_FIELDS = ("max_sequences", "max_seconds", "out_dir", "progress")
 def _number(name, value, minimum=0.0, strict=True, optional=False):
     if value is None and optional:
         return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > minimum if strict else value >= minimum)
     if not ok:
-        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-        raise ValueError(f"{name}={value!r} is invalid; allowed: a number {bound}"
+        bound = "" if minimum == float("-inf") else f" > {minimum:g}" if strict else f" >= {minimum:g}"
+        raise ValueError(f"{name}={value!r} is invalid; allowed: a finite number{bound}"
                          + (" or None" if optional else ""))
 
 

@@ -12,7 +12,9 @@ the seed and resumable bit for bit from their checkpoint.
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +35,11 @@ TRAIN_DATA, EVAL_DATA, TEST_DATA, MODEL_INIT = range(4)
 
 class TrainingDiverged(RuntimeError):
     """The loss or a parameter became NaN or infinite; the run stopped."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped the run between two updates; the message says what was
+    kept (with out_dir, a checkpoint at that point) and how to continue."""
 
 
 @dataclass(frozen=True)
@@ -89,13 +96,17 @@ class Trainer:
         self.elapsed, self.solved = 0.0, False
         self.out = Path(config.out_dir) if config.out_dir else None
         self.last_checkpoint: int | None = None  # sequences seen at the last checkpoint
+        self.since: list[tuple[float, Judgement]] = []  # the updates since the last evaluation
+        self.wrote = False  # whether this trainer has written into out_dir (it may go on)
+        self.interrupted = False  # set by the SIGINT handler while run() trains
 
     # ---- state ----------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"config": self.config.resolved().to_dict(), "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
                 "rule": self.rule.state_dict(), "sequences": self.sequences, "updates": self.updates,
-                "elapsed": self.elapsed, "solved": self.solved}
+                "elapsed": self.elapsed, "solved": self.solved,
+                "since": [(loss, j.correct, j.error) for loss, j in self.since]}
 
     def load_state_dict(self, state: dict) -> None:
         differ = self.config.differences(TrainConfig(**state["config"]))
@@ -108,7 +119,47 @@ class Trainer:
         self.rule.load_state_dict(state["rule"])
         self.sequences, self.updates = state["sequences"], state["updates"]
         self.elapsed, self.solved = state["elapsed"], state["solved"]
+        # "since": absent from checkpoints written before it was kept
+        self.since = [(loss, Judgement(correct, error)) for loss, correct, error in state.get("since", [])]
         self.last_checkpoint = self.sequences
+
+    def load_checkpoint(self) -> dict:
+        """The state in out_dir's checkpoint; ValueError naming the file and what is wrong
+        with it when it is empty, truncated or not a checkpoint of this trainer."""
+        path = self.out / CHECKPOINT
+        fix = "delete it, or start afresh with overwrite=True (--overwrite) instead of resume"
+        if path.stat().st_size == 0:
+            raise ValueError(f"checkpoint {path} is empty (0 bytes), so the run cannot be resumed; {fix}")
+        try:
+            state = torch.load(path, weights_only=True)
+        except Exception as e:  # torch raises any of several types for a damaged file
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {why}): it is truncated "
+                             f"or not a checkpoint written by lstmlab; {fix}") from None
+        missing = sorted(set(self.state_dict()) - {"since"} - set(state)) if isinstance(state, dict) else None
+        if missing is None or missing:
+            what = f"a {type(state).__name__}" if missing is None else f"a dict without {', '.join(missing)}"
+            raise ValueError(f"checkpoint {path} is not an lstmlab training checkpoint (it holds {what}); {fix}")
+        try:
+            TrainConfig(**state["config"])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"checkpoint {path} holds a config this version cannot use ({e}); {fix}") from None
+        return state
+
+    def truncate_metrics(self) -> None:
+        """Drop the metrics logged after the checkpoint just loaded (they will be logged
+        again as the run repeats those sequences), rewriting the file atomically."""
+        path = self.out / METRICS
+        if not path.exists():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        records = [json.loads(line) for line in lines if line.strip()]
+        marks = [i for i, r in enumerate(records)
+                 if r.get("event") == "checkpoint" and r.get("sequences") == self.sequences]
+        keep = lines[:marks[-1] + 1] if marks else \
+            [line for line, r in zip(lines, records) if r.get("sequences", 0) <= self.sequences]
+        if len(keep) < len(lines):
+            atomic_write(path, lambda f: f.write("".join(keep).encode()))
 
     def save_checkpoint(self) -> None:
         state = self.state_dict()
@@ -122,6 +173,7 @@ class Trainer:
                       "seconds": round(self.elapsed, 3), **record}
             with open(self.out / METRICS, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            self.wrote = True
 
     # ---- one update -----------------------------------------------------------------
     def step(self) -> tuple[float, Judgement]:
@@ -188,30 +240,73 @@ class Trainer:
             return "max_seconds"
         return None
 
-    def run(self, resume: bool = False) -> RunResult:
+    def prepare_out(self, resume: bool, overwrite: bool) -> None:
+        """Create out_dir; load its checkpoint when resuming; refuse to write over another
+        run's files unless overwrite (which removes them first)."""
+        if resume and overwrite:
+            raise ValueError("resume=True and overwrite=True contradict each other; allowed: one of them")
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume and (self.out / CHECKPOINT).exists():
+            self.load_state_dict(self.load_checkpoint())
+            self.truncate_metrics()
+            self.log(event="resumed")
+        elif not self.wrote:
+            existing = [n for n in (CHECKPOINT, METRICS, RESULT) if (self.out / n).exists()]
+            if existing and not (overwrite or resume):  # resume without a checkpoint starts afresh
+                raise ValueError(f"out_dir {str(self.out)!r} already holds a run ({', '.join(existing)}); "
+                                 "allowed: resume=True (--resume) to continue it, overwrite=True (--overwrite) "
+                                 "to start afresh, or another out_dir (--out)")
+            for name in existing:
+                (self.out / name).unlink()
+        write_json(self.out / CONFIG, self.config.resolved().to_dict())
+        self.wrote = True
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.interrupted:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.interrupted = True
+
+    def interruption(self) -> TrainingInterrupted:
+        where = f"sequence {self.sequences:,} (update {self.updates:,})"
+        self.log(event="interrupted")
+        if self.out is None:
+            return TrainingInterrupted(f"stopped at {where}; nothing was saved (out_dir is None)")
+        return TrainingInterrupted(f"stopped at {where}; checkpoint saved to {self.out / CHECKPOINT}. "
+                                   "To continue, run the same command with --resume (train(..., resume=True))")
+
+    def run(self, resume: bool = False, overwrite: bool = False) -> RunResult:
+        """Train until solved or out of budget, then test. resume: continue from
+        out_dir's checkpoint; overwrite: replace a run already in out_dir (without
+        either, a run there is refused). Ctrl-C stops between two updates, saves a
+        checkpoint (with out_dir) and raises TrainingInterrupted."""
         c = self.config
         if resume and self.out is None:
             raise ValueError("resume=True needs out_dir (where the checkpoint is)")
         if self.out is not None:
-            self.out.mkdir(parents=True, exist_ok=True)
-            if resume and (self.out / CHECKPOINT).exists():
-                self.load_state_dict(torch.load(self.out / CHECKPOINT, weights_only=True))
-                self.log(event="resumed")
-            write_json(self.out / CONFIG, c.resolved().to_dict())
+            self.prepare_out(resume, overwrite)
         show = sys.stderr.isatty() if c.progress is None else c.progress
         bar = tqdm(total=c.max_sequences, initial=self.sequences, unit="seq", disable=not show,
                    desc=f"{c.task} {c.cell}")
-        start, since = time.perf_counter() - self.elapsed, []
+        start = time.perf_counter() - self.elapsed
+        # Ctrl-C sets a flag checked between updates, so a checkpoint never holds half an update
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, self._on_sigint) if main else None
+        previous = signal.default_int_handler if previous is None else previous  # None: set outside Python
+        self.interrupted = False
         try:
             while (stop := self.budget_left()) is None:
+                if self.interrupted:
+                    if self.out is not None:
+                        self.save_checkpoint()
+                    raise self.interruption()
                 before = self.sequences
                 loss, judgement = self.step()
-                since.append((loss, judgement))
+                self.since.append((loss, judgement))
                 self.solved = self.rule.update(judgement)
                 self.elapsed = time.perf_counter() - start
                 if self.sequences // c.eval_every > before // c.eval_every:
-                    self.log_interval(since)
-                    since = []
+                    self.log_interval(self.since)
+                    self.since = []
                     evals = self.evaluate()
                     for name, j in evals.items():
                         self.log(event="eval", set=name, correct=float(j.correct.float().mean()),
@@ -223,9 +318,13 @@ class Trainer:
                 bar.update(self.sequences - before)
                 bar.set_postfix(loss=f"{loss:.4g}")
         finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
             bar.close()
         if self.out is not None:
             self.save_checkpoint()
+        if self.interrupted:  # during the last update: the checkpoint above holds the end
+            raise self.interruption()
         return self.finish(stop)
 
     def log_interval(self, since: list[tuple[float, Judgement]]) -> None:
@@ -252,10 +351,12 @@ class Trainer:
         return result
 
 
-def train(config: TrainConfig, resume: bool = False) -> RunResult:
+def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> RunResult:
     """Train, stop when solved or out of budget, test; see TrainConfig for the options.
 
     resume: continue from out_dir's checkpoint when there is one (the config may differ
-    only in the budget fields). Raises TrainingDiverged on a NaN or infinite loss.
+    only in the budget fields); its metrics after that checkpoint are dropped.
+    overwrite: replace a run already in out_dir (without resume or overwrite, ValueError).
+    Raises TrainingDiverged on a NaN or infinite loss, TrainingInterrupted on Ctrl-C.
     """
-    return Trainer(config).run(resume)
+    return Trainer(config).run(resume, overwrite)

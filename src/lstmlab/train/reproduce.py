@@ -157,7 +157,7 @@ def run_one(config: TrainConfig) -> dict:
     """One run's result.json fields plus wall_total (training and test, seconds)."""
     start = time.perf_counter()
     try:
-        result = train(config).to_dict()
+        result = train(config, overwrite=True).to_dict()  # a reproduction starts every run afresh
     except TrainingDiverged as e:
         result = {"diverged": str(e), "solved": False, "cell": config.cell}
     return {**result, "wall_total": round(time.perf_counter() - start, 1)}
