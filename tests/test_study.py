@@ -72,3 +72,17 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     assert main(["flow", "--steps", "0", "--out", str(tmp_path)]) == 2
     assert "steps=0 is invalid" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_a_short_study_derives_its_warmup(tmp_path, capsys):
+    from lstmlab.analysis.study import FlowConfig
+
+    assert [FlowConfig(steps=s).warmup for s in (1, 5, 20, 200)] == [0, 2, 10, 10]
+    assert FlowConfig(steps=5, warmup=4).warmup == 4
+    with pytest.raises(ValueError, match=r"warmup=5 is invalid; allowed: 0 <= warmup < steps=5"):
+        FlowConfig(steps=5, warmup=5)
+    assert main(["flow", "--cells", "lstm,rnn-tanh", "--steps", "5", "--hidden", "4", "--batch", "2",
+                 "--forget-bias-sweep", "", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "flow.json").read_text())
+    assert res["config"]["warmup"] == 2 and len(res["cells"]["lstm"]["grad_by_lag"]) == 5
+    assert "warmup" not in capsys.readouterr().err

@@ -2,6 +2,7 @@
 workers, a worker killed mid-trial, a restarted command, and the report."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -129,7 +130,7 @@ def test_worker_killed_mid_trial_loses_only_that_trial(tmp_path):
     assert f"{victim[1]}" in out  # the parent reports the dead worker
 
 
-def test_report(tmp_path):
+def test_report(tmp_path, capsys):
     url = f"sqlite:///{tmp_path}/r.db"
     c = cfg(url, trials=4)
     run_sweep(c, log=lambda *_: None)
@@ -143,6 +144,9 @@ def test_report(tmp_path):
     ref = stats.ttest_ind(n["values"], v["values"], equal_var=False)
     assert n["p_value"] == pytest.approx(ref.pvalue) and n["welch_t"] == pytest.approx(ref.statistic)
     assert n["p_bonferroni"] == pytest.approx(min(1.0, ref.pvalue))  # one variant tested
+    for r in (v, n):  # of an even count, the median is the mean of the middle two
+        middle = sorted(r["values"])[1:3]
+        assert r["median"] == (middle[0] + middle[1]) / 2 and middle[0] != middle[1]
     imp = summary["importance_pooled"]
     assert set(imp) == {"hidden", "lr", "one_minus_momentum", "input_noise", "cell"}
     assert sum(imp.values()) == pytest.approx(1.0)
@@ -150,3 +154,103 @@ def test_report(tmp_path):
         assert (out / f).stat().st_size > 200
     with pytest.raises(ValueError, match=r"study='nope' has no variants"):
         write_sweep_report(url, "nope", tmp_path / "x")
+    with pytest.raises(ValueError, match=r"--baseline 'lstm' is not a variant of study 't'; allowed: nfg, vanilla"):
+        write_sweep_report(url, "t", tmp_path / "x", baseline="lstm")
+    from lstmlab.cli import main
+
+    report = ["sweep-report", "--storage", url, "--study", "t"]
+    assert main(report + ["--baseline", "lstm", "--out", str(tmp_path / "x")]) == 2
+    assert "error: --baseline 'lstm' is not a variant of study 't'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    assert main(report + ["--baseline", "nfg", "--out", str(tmp_path / "y")]) == 0
+    assert json.loads((tmp_path / "y" / "sweep.json").read_text())["variants"]["vanilla"]["p_value"] \
+        == pytest.approx(n["p_value"])  # Welch's test is symmetric in its two samples
+
+
+# ---- the --storage URL -------------------------------------------------------------------
+@pytest.mark.parametrize("url,workers,why", [
+    ("sweeps.db", 1, r"is invalid; allowed: a database URL, e.g. sqlite:///FILE or postgresql://"),
+    ("mysql://u:p@host/db", 1, r"is invalid: unknown database 'mysql'; allowed: sqlite, postgresql"),
+    ("postgresql+asyncpg://u@host/db", 1, r"is invalid: unknown PostgreSQL driver 'asyncpg'; allowed: psycopg2"),
+    ("postgresql://u@host:port/db", 1, r"is invalid: malformed URL \(.*port.*\)"),
+    ("postgresql://", 1, r"is invalid: no server and no database"),
+    ("sqlite:///{tmp}/no/such/folder/s.db", 1, r"is invalid: the folder '{tmp}/no/such/folder' of the database "
+                                               r"file does not exist"),
+    ("sqlite://", 2, r"is invalid: an in-memory SQLite database is private to one process, so 2 workers"),
+    ("sqlite:///:memory:", 3, r"is invalid: an in-memory SQLite database is private to one process, so 3 workers"),
+])
+def test_bad_storage_urls_are_refused_naming_the_option(tmp_path, capsys, url, workers, why):
+    from lstmlab.cli import main
+
+    url = url.format(tmp=tmp_path)
+    argv = ["sweep", "--task", "adding", "--cells", "vanilla", "--trials", "1", "--max-sequences", "1",
+            "--storage", url, "--workers", str(workers)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"lstmlab sweep: error: --storage=" + re.escape(repr(url)) + " " + why.format(tmp=tmp_path), err), err
+    assert not list(tmp_path.iterdir())  # nothing created
+    with pytest.raises(ValueError, match=r"storage=" + re.escape(repr(url))):
+        run_sweep(cfg(url), workers=workers, log=lambda *_: None)
+
+
+def test_sweep_report_wants_an_existing_database(tmp_path, capsys):
+    from lstmlab.cli import main
+
+    url = f"sqlite:///{tmp_path}/missing.db"
+    assert main(["sweep-report", "--storage", url, "--out", str(tmp_path / "rep")]) == 2
+    assert f"--storage={url!r} is invalid: the database file '{tmp_path}/missing.db' does not exist" \
+        in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # no empty database created
+
+
+def test_bare_postgresql_url_opens_with_the_installed_driver(monkeypatch):
+    from lstmlab.extras import MissingExtra
+    from lstmlab.sweep import storage
+
+    url = "postgresql://u:secret@db-host/lstmlab"
+    installed = {"psycopg": False, "psycopg2": True}
+    monkeypatch.setattr(storage, "_installed", lambda m: installed.get(m, True))
+    assert storage.engine_url(url) == "postgresql+psycopg2://u:secret@db-host/lstmlab"
+    installed["psycopg"] = True  # psycopg 3, SQLAlchemy's default: the URL as it is
+    assert storage.engine_url(url) == url
+    installed.update(psycopg=False, psycopg2=False)
+    with pytest.raises(MissingExtra, match=r"--storage postgresql:// needs the PostgreSQL driver psycopg2, .*"
+                                           r"pip install 'lstmlab\[sweep\]'"):
+        storage.engine_url(url)
+    assert storage.engine_url("sqlite:///x.db") == "sqlite:///x.db"
+    assert storage.shown(url) == "postgresql://u:***@db-host/lstmlab"
+
+
+def test_the_readme_postgresql_url_runs_a_sweep(postgres_url, capsys):
+    """README writes postgresql://USER:PASS@HOST/DB, without a driver."""
+    from lstmlab.cli import main
+
+    bare = postgres_url.replace("postgresql+psycopg2://", "postgresql://")
+    assert bare.startswith("postgresql://")
+    argv = ["sweep", "--task", "adding", "--task-params", '{"T": 30}', "--cells", "vanilla", "--trials", "1",
+            "--storage", bare, "--study", "bare", "--hidden", "4,8", "--max-sequences", "10"]
+    assert main(argv) == 0, capsys.readouterr()
+    assert "vanilla    complete    1" in capsys.readouterr().out
+    assert counts(optuna.load_study(study_name="bare:vanilla", storage=postgres_url))["COMPLETE"] == 1
+
+
+# ---- logs and the report -----------------------------------------------------------------
+def test_the_log_credits_each_worker_with_its_own_trial(tmp_path, monkeypatch):
+    """Another worker's trial may finish while this one trains: the log line must name the
+    trial this worker ran, not the study's latest."""
+    from lstmlab.sweep import run
+
+    c = cfg(f"sqlite:///{tmp_path}/w.db", cells=("vanilla",), trials=1, study="w")
+    other = optuna.trial.create_trial(params={"lr": 0.01}, value=0.25,
+                                      distributions={"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1)})
+
+    def objective_while_another_finishes(trial, cfg_, cell):
+        optuna.load_study(study_name=c.study_name(cell), storage=make_storage(c)).add_trial(other)
+        return 0.5
+
+    monkeypatch.setattr(run, "objective", objective_while_another_finishes)
+    lines = []
+    run.work(c, worker=3, log=lines.append)
+    assert len(lines) == 1 and re.fullmatch(rf"\[worker 3 pid {os.getpid()}\] vanilla trial 0: COMPLETE "
+                                            r"test_mean_error=0\.5", lines[0].strip()), lines
+    assert trials_by_state(c, "vanilla")[1][:2] == ("COMPLETE", 0.25)  # the other worker's, trial 1

@@ -215,6 +215,8 @@ def test_resume_drops_the_metrics_logged_after_the_checkpoint(tmp_path, monkeypa
     with pytest.raises(RuntimeError, match="went down"):
         train(parts)
     assert [r["sequences"] for r in events(tmp_path / "parts", "eval")][-1] == 100
+    with open(tmp_path / "parts" / "metrics.jsonl", "a") as f:
+        f.write('{"sequences": 104, "upd')  # a record cut short by the crash
     monkeypatch.setattr(Trainer, "step", step)
     train(parts, resume=True)
     assert records(tmp_path / "parts") == records(tmp_path / "whole")

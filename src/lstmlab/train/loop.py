@@ -152,14 +152,20 @@ class Trainer:
         path = self.out / METRICS
         if not path.exists():
             return
-        lines = path.read_text().splitlines(keepends=True)
-        records = [json.loads(line) for line in lines if line.strip()]
-        marks = [i for i, r in enumerate(records)
+        text = path.read_text()
+        records = []
+        for line in text.splitlines():
+            try:
+                records.append((line, json.loads(line)))
+            except json.JSONDecodeError:
+                continue  # a line cut short when the run was killed
+        marks = [i for i, (_, r) in enumerate(records)
                  if r.get("event") == "checkpoint" and r.get("sequences") == self.sequences]
-        keep = lines[:marks[-1] + 1] if marks else \
-            [line for line, r in zip(lines, records) if r.get("sequences", 0) <= self.sequences]
-        if len(keep) < len(lines):
-            atomic_write(path, lambda f: f.write("".join(keep).encode()))
+        keep = records[:marks[-1] + 1] if marks else \
+            [(line, r) for line, r in records if r.get("sequences", 0) <= self.sequences]
+        kept = "".join(line + "\n" for line, _ in keep)
+        if kept != text:
+            atomic_write(path, lambda f: f.write(kept.encode()))
 
     def save_checkpoint(self) -> None:
         state = self.state_dict()
