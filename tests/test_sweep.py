@@ -254,3 +254,25 @@ def test_the_log_credits_each_worker_with_its_own_trial(tmp_path, monkeypatch):
     assert len(lines) == 1 and re.fullmatch(rf"\[worker 3 pid {os.getpid()}\] vanilla trial 0: COMPLETE "
                                             r"test_mean_error=0\.5", lines[0].strip()), lines
     assert trials_by_state(c, "vanilla")[1][:2] == ("COMPLETE", 0.25)  # the other worker's, trial 1
+
+
+def test_ctrl_c_keeps_the_finished_trials(tmp_path, monkeypatch, capsys):
+    from lstmlab.cli import main
+    from lstmlab.sweep import run
+
+    url = f"sqlite:///{tmp_path}/c.db"
+    calls = []
+
+    def objective_then_ctrl_c(trial, cfg_, cell):
+        calls.append(trial.number)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what Ctrl-C raises in the second trial
+        return 0.5
+
+    monkeypatch.setattr(run, "objective", objective_then_ctrl_c)
+    assert main(["sweep", "--task", "adding", "--cells", "vanilla", "--trials", "3", "--storage", url,
+                 "--study", "c"]) == 130
+    assert "lstmlab sweep: interrupted: the trials that were running are lost, the finished ones are kept" \
+        in capsys.readouterr().err
+    c = cfg(url, cells=("vanilla",), study="c")
+    assert [s for s, _, _ in trials_by_state(c, "vanilla").values()] == ["COMPLETE", "FAIL"]

@@ -381,6 +381,27 @@ def test_cli_reproduce_writes_a_table(tmp_path, capsys):
     assert "| reber | - | 8,440 | - | not solved in 20 | " in table
 
 
+def test_ctrl_c_during_reproduce_says_what_happened(tmp_path, monkeypatch, capsys):
+    import signal
+
+    from lstmlab.cli import main
+
+    step = Trainer.step
+
+    def step_then_ctrl_c(self):
+        out = step(self)
+        if self.updates == 3:
+            signal.raise_signal(signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(Trainer, "step", step_then_ctrl_c)
+    assert main(["reproduce", "1997", "--tasks", "reber", "--max-sequences", "20", "--no-progress",
+                 "--out", str(tmp_path)]) == 130
+    assert "lstmlab reproduce: interrupted: a run stopped at sequence 3; no table was written. Run the " \
+           "command again" in capsys.readouterr().err
+    assert not (tmp_path / "reproduce-1997.md").exists()
+
+
 # ---- the input-gate bias (the 1997 remedy for state drift) and what a run counts ---------
 @pytest.mark.parametrize("cell, layers", [("lstm", 1), ("lstm1997", 2), ("vanilla", 1)])
 def test_input_bias_sets_every_input_gate_bias(cell, layers):

@@ -39,6 +39,9 @@ def _sweep(args) -> int:
 
     try:
         result = run_sweep(cfg, workers=args.workers)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt("the trials that were running are lost, the finished ones are kept in "
+                                "--storage; run the same command again to continue the study") from None
     except RuntimeError as e:
         print(f"lstmlab sweep: {e}")
         return 1

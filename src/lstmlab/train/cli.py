@@ -12,7 +12,7 @@ from ..cells.spec import OVERRIDABLE
 from ..tasks import task_names, task_params
 from .config import TrainConfig
 from ..io import check_writable, write_json
-from .loop import TrainingDiverged, train
+from .loop import TrainingDiverged, TrainingInterrupted, train
 from .reproduce import ROWS_1997, Budget, markdown, reproduce_1997, write_report
 
 # --regime fills the optimiser options the user did not give.
@@ -132,7 +132,11 @@ def _reproduce(args) -> int:
                     out_dir=str(Path(args.out) / "runs"),
                     progress=False if args.no_progress or args.jobs > 1 else None)
     start = time.perf_counter()
-    table = reproduce_1997(budget, tasks=tuple(args.tasks) if args.tasks else None, jobs=args.jobs)
+    try:
+        table = reproduce_1997(budget, tasks=tuple(args.tasks) if args.tasks else None, jobs=args.jobs)
+    except TrainingInterrupted as e:  # its advice (--resume) is train's, not ours
+        raise KeyboardInterrupt(f"a run stopped at sequence {e.sequences:,}; no table was written. "
+                                "Run the command again to start the reproduction over") from None
     md, js = write_report(table, budget, Path(args.out))
     print(markdown(table, budget))
     print(f"written: {md}, {js} ({time.perf_counter() - start:.0f} s in all)")

@@ -39,7 +39,12 @@ class TrainingDiverged(RuntimeError):
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C (SIGINT) stopped the run between two updates; the message says what was
-    kept (with out_dir, a checkpoint at that point) and how to continue."""
+    kept and how to continue. sequences: seen when it stopped; checkpoint: the file
+    holding that point (None without out_dir)."""
+
+    def __init__(self, message: str, sequences: int, checkpoint: Path | None):
+        super().__init__(message)
+        self.sequences, self.checkpoint = sequences, checkpoint
 
 
 @dataclass(frozen=True)
@@ -276,9 +281,11 @@ class Trainer:
         where = f"sequence {self.sequences:,} (update {self.updates:,})"
         self.log(event="interrupted")
         if self.out is None:
-            return TrainingInterrupted(f"stopped at {where}; nothing was saved (out_dir is None)")
+            return TrainingInterrupted(f"stopped at {where}; nothing was saved (out_dir is None)",
+                                       self.sequences, None)
         return TrainingInterrupted(f"stopped at {where}; checkpoint saved to {self.out / CHECKPOINT}. "
-                                   "To continue, run the same command with --resume (train(..., resume=True))")
+                                   "To continue, run the same command with --resume (train(..., resume=True))",
+                                   self.sequences, self.out / CHECKPOINT)
 
     def run(self, resume: bool = False, overwrite: bool = False) -> RunResult:
         """Train until solved or out of budget, then test. resume: continue from
