@@ -44,6 +44,8 @@ def a_file(tmp_path):
     (["train", "adding", "--json", "{d}"], "lstmlab.train.cli.train", "--json", "exists and is not a file"),
     (["reproduce", "1997", "--out", "{f}/x/y"], "lstmlab.train.cli.reproduce_1997", "--out", "is a file"),
     (["flow", "--out", "{f}/flow"], "lstmlab.analysis.cli.run_study", "--out", "is a file, not a folder"),
+    (["bench", "--out", "{f}/b.md"], "lstmlab.bench.run", "--out", "is a file, not a folder"),
+    (["bench", "--json", "{d}"], "lstmlab.bench.run", "--json", "exists and is not a file"),
     (["sweep-report", "--storage", "sqlite:///{d}/s.db", "--out", "{f}/rep"],
      "lstmlab.sweep.report.write_sweep_report", "--out", "is a file, not a folder"),
 ])

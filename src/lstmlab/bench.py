@@ -28,7 +28,7 @@ import torch
 
 from .backends import cpu
 from .cells import cell_names
-from .io import write_json, write_text
+from .io import check_writable, write_json, write_text
 from .layer import Recurrent
 
 GRID = ((1, 1000, 1, 32), (16, 500, 8, 64), (32, 200, 32, 128), (64, 100, 64, 256), (8, 100, 128, 512))
@@ -336,6 +336,10 @@ def _variant(text: str) -> tuple[tuple[str, int], ...]:
 
 
 def _main(args) -> int:
+    if args.out:
+        check_writable(args.out, "--out", folder=False)
+    if args.json:
+        check_writable(args.json, "--json", folder=False)
     if args.rounds < 1 or args.reference_rounds < 0:
         raise ValueError(f"--rounds {args.rounds} / --reference-rounds {args.reference_rounds} is invalid; "
                          f"allowed: rounds >= 1, reference rounds >= 0")

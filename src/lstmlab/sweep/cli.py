@@ -32,7 +32,8 @@ def _sweep(args) -> int:
     cfg = _config(args)
     require("optuna", "sweep", "lstmlab sweep")
     url = engine_url(cfg.storage)
-    driver = "" if url == cfg.storage else f" (opened as {shown(url).split('://')[0]}://: psycopg 3 is not installed)"
+    scheme = url.split("://")[0]
+    driver = "" if url == cfg.storage else f" (opened as {scheme}://, since psycopg 3 is not installed)"
     print(f"lstmlab sweep: {cfg.task}, {len(cfg.cells)} variants x {cfg.trials} trials, "
           f"{args.workers} worker(s), storage {shown(cfg.storage)}{driver}, study {cfg.study!r}")
     from .run import run_sweep

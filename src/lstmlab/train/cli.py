@@ -168,8 +168,9 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a run already in --out (without --resume or this, one there is refused)")
     every = TrainConfig.__dataclass_fields__["checkpoint_every"].default
-    p.add_argument("--checkpoint-every", type=int, default=every, metavar="N", help="sequences between checkpoints in --out (default %(default)s; 0: only at "
-                   "the end); Ctrl-C also saves one, then exits with status 130")
+    p.add_argument("--checkpoint-every", type=int, default=every, metavar="N",
+                   help="sequences between checkpoints in --out (default %(default)s; 0: only at the end); "
+                        "Ctrl-C also saves one, then exits with status 130")
     p.add_argument("--json", help="write the result (solved, sequences_seen, test_errors, ...) here")
     p.set_defaults(func=_train)
 
