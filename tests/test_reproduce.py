@@ -44,7 +44,8 @@ def test_budget_overrides_every_row_and_names_the_run_directories(tmp_path):
 def test_runs_go_one_after_another_on_one_thread(monkeypatch):
     seen = []
 
-    def fake_train(config):
+    def fake_train(config, overwrite=False):
+        assert overwrite  # a reproduction starts every run afresh, also in a folder used before
         seen.append((config.cell, torch.get_num_threads()))
         raise reproduce.TrainingDiverged("stopped by the test")
 
