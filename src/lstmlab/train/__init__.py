@@ -8,8 +8,8 @@ atomic resumable checkpoints and a JSON-lines metrics log.
     >>> result = train(config)  # doctest: +SKIP
 """
 from .config import BUDGET_FIELDS, TrainConfig
-from .loop import RunResult, Trainer, TrainingDiverged, train
+from .loop import RunResult, Trainer, TrainingDiverged, TrainingInterrupted, train
 from .model import SequenceModel, build_model
 
 __all__ = ["BUDGET_FIELDS", "RunResult", "SequenceModel", "TrainConfig", "Trainer", "TrainingDiverged",
-           "build_model", "train"]
+           "TrainingInterrupted", "build_model", "train"]
