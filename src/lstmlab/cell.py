@@ -19,6 +19,7 @@ from .backends import reference
 from .backends.reference import CellParams
 from .cells import CellSpec, cell_names, get_cell
 from .errors import ArgumentError, InputError, InputTypeError
+from .options import check_bool, check_int
 
 
 class _Cell(nn.Module):
@@ -29,18 +30,16 @@ class _Cell(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, bias: bool, device, dtype,
                  cell: str | CellSpec, truncate: bool | None, cell_options: dict):
         super().__init__()
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ArgumentError(f"{name}={value!r} is invalid; allowed: an int >= 1")
-        if not isinstance(bias, bool):
-            raise ArgumentError(f"bias={bias!r} is invalid; allowed: True or False")
+        check_int("input_size", input_size, 1)
+        check_int("hidden_size", hidden_size, 1)
+        check_bool("bias", bias)
         spec = get_cell(cell).with_options(**cell_options)
         if spec.kind != self._kind:
             same = [n for n in cell_names() if get_cell(n).kind == self._kind]
             raise ArgumentError(f"cell={spec.name!r} is a {spec.kind} cell; lstmlab.{type(self).__name__} "
                                 f"takes a {self._kind} cell: {', '.join(same)}")
-        if truncate is not None and not isinstance(truncate, bool):
-            raise ArgumentError(f"truncate={truncate!r} is invalid; allowed: True, False or None")
+        if truncate is not None:
+            check_bool("truncate", truncate)
         if truncate and spec.kind != "lstm":
             raise ArgumentError(f"cell {spec.name!r} has no option 'truncate' (given True); "
                                 f"it needs a cell state (an LSTM cell)")

@@ -12,59 +12,15 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from .backends import backend_names, get_backend
 from .backends.reference import CellParams, zero_state
-from .cells import CellSpec, get_cell
+from .cells import CellSpec
 from .errors import ArgumentError, InputError, InputTypeError
+from .options import check_bool, check_int, check_number, resolve_spec
 
 INITS = ("torch", "1997")
 # torch.nn.RNNBase.mode for each kind of cell (plain RNNs: "RNN_" + the activation).
 _MODES = {"lstm": "LSTM", "gru": "GRU"}
 _DROPOUT_WARNING = ("dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
                     "expects num_layers greater than 1, but got dropout={} and num_layers={}")
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ArgumentError(f"{name}={value!r} is invalid; allowed: an int >= {minimum}")
-
-
-def _check_bool(name, value):
-    if not isinstance(value, bool):
-        raise ArgumentError(f"{name}={value!r} is invalid; allowed: True or False")
-
-
-def _check_number(name, value, allowed, ok):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
-        raise ArgumentError(f"{name}={value!r} is invalid; allowed: {allowed}")
-
-
-def _resolve_spec(cell, hidden_size, proj_size, bias, truncate, forget_bias, input_bias,
-                  return_cell_states, cell_options) -> CellSpec:
-    """Check the options that depend on the cell; return the cell with its options applied."""
-    spec = get_cell(cell).with_options(**cell_options)
-    _check_int("proj_size", proj_size, 0)
-    if proj_size >= hidden_size:
-        raise ArgumentError(f"proj_size={proj_size} is invalid; allowed: 0 (no projection) up to "
-                            f"hidden_size - 1 = {hidden_size - 1}")
-    if spec.kind != "lstm":
-        for name, value in [("truncate", truncate or None), ("forget_bias", forget_bias),
-                            ("input_bias", input_bias), ("return_cell_states", return_cell_states or None),
-                            ("proj_size", proj_size or None)]:
-            if value is not None:
-                raise ArgumentError(f"cell {spec.name!r} has no option {name!r} (given {value!r}); "
-                                    f"it needs a cell state (an LSTM cell)")
-    if truncate is not None:
-        _check_bool("truncate", truncate)
-    for name, value, gate, why in [
-            ("forget_bias", forget_bias, spec.forget_gate == "free", f"its forget gate is {spec.forget_gate!r}"),
-            ("input_bias", input_bias, spec.input_gate, "it has no input gate")]:
-        if value is None:
-            continue
-        _check_number(name, value, "a finite number or None", math.isfinite)
-        if not gate:
-            raise ArgumentError(f"cell {spec.name!r} has no option {name!r} (given {value!r}): {why}")
-        if not bias:
-            raise ArgumentError(f"{name}={value!r} needs bias=True")
-    return spec
 
 
 class Recurrent(nn.Module):
@@ -134,25 +90,25 @@ class Recurrent(nn.Module):
                  forget_bias: float | None = None, input_bias: float | None = None, init: str = "torch",
                  return_cell_states: bool = False, learn_init: bool = False, **cell_options):
         super().__init__()
-        _check_number("dropout", dropout, "a number in [0, 1]", lambda p: 0 <= p <= 1)
+        check_number("dropout", dropout, "a number in [0, 1]", lambda p: 0 <= p <= 1)
         if dropout > 0 and num_layers == 1:
             warnings.warn(_DROPOUT_WARNING.format(dropout, num_layers), stacklevel=2)
-        _check_int("input_size", input_size, 1)
-        _check_int("hidden_size", hidden_size, 1)
+        check_int("input_size", input_size, 1)
+        check_int("hidden_size", hidden_size, 1)
         if isinstance(num_layers, (str, CellSpec)):
             raise ArgumentError(f"num_layers={num_layers!r} is invalid; allowed: an int >= 1 "
                                 f"(the cell is keyword-only, as in torch's order: cell={num_layers!r})")
-        _check_int("num_layers", num_layers, 1)
+        check_int("num_layers", num_layers, 1)
         for name, value in [("bias", bias), ("batch_first", batch_first),
                             ("bidirectional", bidirectional),
                             ("return_cell_states", return_cell_states), ("learn_init", learn_init)]:
-            _check_bool(name, value)
+            check_bool(name, value)
         if backend != "auto" and backend not in backend_names():
             raise ArgumentError(f"backend={backend!r} is not a backend; valid: 'auto', "
                                 f"{', '.join(map(repr, backend_names()))}")
         if init not in INITS:
             raise ArgumentError(f"init={init!r} is not an initialisation; valid: {INITS}")
-        spec = _resolve_spec(cell, hidden_size, proj_size, bias, truncate, forget_bias, input_bias,
+        spec = resolve_spec(cell, hidden_size, proj_size, bias, truncate, forget_bias, input_bias,
                              return_cell_states, cell_options)
 
         self.spec = spec
