@@ -17,7 +17,7 @@ import torch
 
 from ..cells import ACTIVATIONS, CellSpec
 
-State = tuple[torch.Tensor, ...]  # in spec.state_names order, each (B, width * H)
+State = tuple[torch.Tensor, ...]  # in spec.state_names order: h (B, P), the others (B, width * H)
 
 
 @dataclass
