@@ -251,3 +251,14 @@ def test_cell_options_are_typed(option, value, allowed):
 def test_boolean_cell_options_take_booleans():
     assert lstmlab.Recurrent(4, 8, peepholes=True).spec.peepholes is True
     assert lstmlab.Recurrent(4, 8, cell="vanilla", peepholes=False).spec.peepholes is False
+
+
+def test_input_dtype_is_checked_outside_autocast_only_as_torch():
+    ref, ours = torch.nn.LSTM(3, 4), lstmlab.LSTM(3, 4, backend="reference")
+    x = torch.randn(5, 2, 3, dtype=torch.bfloat16)
+    for m in (ref, ours):
+        with pytest.raises(ValueError, match="dtype"):
+            m(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, _ = m(x)
+        assert out.shape == (5, 2, 4) and torch.isfinite(out).all()

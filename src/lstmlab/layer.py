@@ -286,7 +286,7 @@ class Recurrent(nn.Module):
                 x = x.transpose(0, 1)
             lengths = None
         w = self.weight_ih_l0
-        if x.dtype != w.dtype:
+        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):  # torch's condition
             raise InputError(f"input dtype {x.dtype} does not match the parameters' dtype {w.dtype}")
         if x.shape[-1] != self.input_size:
             shape = tuple((input.data if isinstance(input, PackedSequence) else input).shape)
