@@ -1,5 +1,6 @@
-"""Bad input raises ValueError / TypeError whose message names the argument, what was
-given and what is allowed."""
+"""Bad input raises lstmlab's exceptions (lstmlab.errors), whose messages name the argument,
+what was given and what is allowed, and whose types derive from what torch raises in the
+same case, so `except` clauses written for torch.nn.LSTM catch them."""
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -35,7 +36,7 @@ from lstmlab import CellSpec
 def test_constructor_errors(kwargs, pattern):
     args = dict(input_size=3, hidden_size=4)
     args.update(kwargs)
-    with pytest.raises(ValueError, match=pattern):
+    with pytest.raises(lstmlab.ArgumentError, match=pattern):
         lstmlab.Recurrent(**args)
 
 
@@ -58,7 +59,7 @@ def lstm():
     (lambda: torch.randn(5, 2, 3, 1), ValueError, r"4 dimensions .*expected 3 \(batched\) or 2"),
     (lambda: torch.randn(5, 2, 3, dtype=torch.float64), ValueError, r"dtype torch.float64 .*torch.float32"),
     (lambda: [[1.0, 2.0, 3.0]], TypeError, r"input must be a Tensor or PackedSequence, got list"),
-    (lambda: torch.randn(0, 2, 3), ValueError, r"0 time steps"),
+    (lambda: torch.randn(0, 2, 3), RuntimeError, r"0 time steps"),
     (lambda: pack_padded_sequence(torch.randn(5, 2, 7), torch.tensor([5, 3])), ValueError, r"7 features"),
 ])
 def test_forward_input_errors(lstm, make_input, exc, pattern):
@@ -103,3 +104,85 @@ def test_device_mismatch():
     m = lstmlab.Recurrent(3, 4, device="meta")
     with pytest.raises(ValueError, match=r"input is on cpu but the parameters are on meta"):
         m(torch.randn(5, 2, 3))
+
+
+# ---- exception types: whatever torch raises in the same case catches ours ----------------
+def _lstm_pair():
+    return torch.nn.LSTM(3, 4, 2), lstmlab.LSTM(3, 4, 2, backend="reference")
+
+
+def _gru_pair():
+    return torch.nn.GRU(3, 4), lstmlab.GRU(3, 4, backend="reference")
+
+
+def _cell_pair(name):
+    return getattr(torch.nn, name)(3, 4), getattr(lstmlab, name)(3, 4)
+
+
+FORWARD_CASES = {
+    "4-D input": (_lstm_pair, lambda: (torch.randn(5, 2, 3, 1),)),
+    "1-D input": (_lstm_pair, lambda: (torch.randn(3),)),
+    "wrong feature count": (_lstm_pair, lambda: (torch.randn(5, 2, 6),)),
+    "wrong feature count, unbatched": (_gru_pair, lambda: (torch.randn(5, 6),)),
+    "float64 input": (_lstm_pair, lambda: (torch.randn(5, 2, 3, dtype=torch.float64),)),
+    "int input": (_gru_pair, lambda: (torch.ones(5, 2, 3, dtype=torch.int64),)),
+    "list input": (_lstm_pair, lambda: ([[1.0, 2.0, 3.0]],)),
+    "0 time steps": (_lstm_pair, lambda: (torch.randn(0, 2, 3),)),
+    "h_0 of the wrong layer count": (_lstm_pair, lambda: (torch.randn(5, 2, 3), (torch.zeros(1, 2, 4), torch.zeros(2, 2, 4)))),
+    "c_0 of the wrong batch": (_lstm_pair, lambda: (torch.randn(5, 2, 3), (torch.zeros(2, 2, 4), torch.zeros(2, 3, 4)))),
+    "h_0 of the wrong width": (_lstm_pair, lambda: (torch.randn(5, 2, 3), (torch.zeros(2, 2, 5), torch.zeros(2, 2, 4)))),
+    "2-D hx for batched input": (_lstm_pair, lambda: (torch.randn(5, 2, 3), (torch.zeros(2, 4), torch.zeros(2, 4)))),
+    "3-D hx for unbatched input": (_lstm_pair, lambda: (torch.randn(5, 3), (torch.zeros(2, 1, 4), torch.zeros(2, 1, 4)))),
+    "a tensor for LSTM's hx": (_lstm_pair, lambda: (torch.randn(5, 2, 3), torch.zeros(2, 2, 4))),
+    "a tuple for GRU's hx": (_gru_pair, lambda: (torch.randn(5, 2, 3), (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4)))),
+    "GRU hx of the wrong batch": (_gru_pair, lambda: (torch.randn(5, 2, 3), torch.zeros(1, 3, 4))),
+    "float64 hx": (_gru_pair, lambda: (torch.randn(5, 2, 3), torch.zeros(1, 2, 4, dtype=torch.float64))),
+    "LSTMCell 3-D input": (lambda: _cell_pair("LSTMCell"), lambda: (torch.randn(2, 2, 3),)),
+    "LSTMCell wrong feature count": (lambda: _cell_pair("LSTMCell"), lambda: (torch.randn(2, 5),)),
+    "LSTMCell c_0 of the wrong batch": (lambda: _cell_pair("LSTMCell"), lambda: (torch.randn(2, 3), (torch.zeros(2, 4), torch.zeros(3, 4)))),
+    "GRUCell hx of the wrong width": (lambda: _cell_pair("GRUCell"), lambda: (torch.randn(2, 3), torch.zeros(2, 5))),
+    "RNNCell float64 input": (lambda: _cell_pair("RNNCell"), lambda: (torch.randn(2, 3, dtype=torch.float64),)),
+    "RNNCell 3-D hx": (lambda: _cell_pair("RNNCell"), lambda: (torch.randn(2, 3), torch.zeros(1, 2, 4))),
+}
+
+
+@pytest.mark.parametrize("case", list(FORWARD_CASES))
+def test_forward_errors_are_caught_as_torchs(case):
+    make_pair, make_args = FORWARD_CASES[case]
+    theirs, ours = make_pair()
+    with pytest.raises(Exception) as ref:
+        theirs(*make_args())
+    with pytest.raises(lstmlab.InputError) as mine:
+        ours(*make_args())
+    assert isinstance(mine.value, type(ref.value)), (type(ref.value), mine.value)
+
+
+CONSTRUCTOR_CASES = [
+    ("LSTM", dict(input_size=3.0, hidden_size=4)),
+    ("LSTM", dict(input_size=0, hidden_size=4)),
+    ("LSTM", dict(input_size=3, hidden_size=-1)),
+    ("LSTM", dict(input_size=3, hidden_size=4, num_layers=0)),
+    ("LSTM", dict(input_size=3, hidden_size=4, num_layers=1.5)),
+    ("LSTM", dict(input_size=3, hidden_size=4, num_layers="2")),
+    ("LSTM", dict(input_size=3, hidden_size=4, bias=1)),
+    ("LSTM", dict(input_size=3, hidden_size=4, batch_first="yes")),
+    ("LSTM", dict(input_size=3, hidden_size=4, dropout=1.5)),
+    ("LSTM", dict(input_size=3, hidden_size=4, dropout="0.5")),
+    ("LSTM", dict(input_size=3, hidden_size=4, proj_size=-1)),
+    ("LSTM", dict(input_size=3, hidden_size=4, proj_size=4)),
+    ("LSTM", dict(input_size=3, hidden_size=4, proj_size=2.5)),
+    ("GRU", dict(input_size=3, hidden_size=4, proj_size=2)),
+    ("RNN", dict(input_size=3, hidden_size=4, proj_size=2)),
+    ("RNN", dict(input_size=3, hidden_size=4, nonlinearity="sigmoid")),
+    ("LSTMCell", dict(input_size=3, hidden_size=4.0)),
+    ("GRUCell", dict(input_size="3", hidden_size=4)),
+]
+
+
+@pytest.mark.parametrize("name,kwargs", CONSTRUCTOR_CASES, ids=[f"{n}-{k}" for n, k in CONSTRUCTOR_CASES])
+def test_constructor_errors_are_caught_as_torchs(name, kwargs):
+    with pytest.raises(Exception) as ref:
+        getattr(torch.nn, name)(**kwargs)
+    with pytest.raises(lstmlab.ArgumentError) as mine:
+        getattr(lstmlab, name)(**kwargs)
+    assert isinstance(mine.value, type(ref.value)), (type(ref.value), mine.value)

@@ -5,9 +5,15 @@ through time.
     >>> lstmlab.cell_names()[:4]
     ['rnn-tanh', 'rnn-sigmoid', 'rnn-relu', 'lstm1997']
     >>> rnn = lstmlab.Recurrent(8, 32, cell="vanilla", batch_first=True)
+    >>> lstm = lstmlab.LSTM(8, 32, 2)           # torch.nn.LSTM's drop-in: num_layers=2
+    >>> step = lstmlab.LSTMCell(8, 32, cell="vanilla")   # torch.nn.LSTMCell's, any LSTM cell (peepholes)
 """
 from .cells import CellSpec, cell_names, get_cell
+from .cell import GRUCell, LSTMCell, RNNCell
+from .errors import ArgumentError, InputError, InputTypeError
 from .layer import Recurrent
+from .modules import GRU, LSTM, RNN
 
 __version__ = "0.1.0"
-__all__ = ["CellSpec", "Recurrent", "cell_names", "get_cell"]
+__all__ = ["GRU", "LSTM", "RNN", "ArgumentError", "CellSpec", "GRUCell", "InputError", "InputTypeError",
+           "LSTMCell", "RNNCell", "Recurrent", "cell_names", "get_cell"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -11,25 +12,24 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from .backends import backend_names, get_backend
 from .backends.reference import CellParams, zero_state
-from .cells import CellSpec, get_cell
+from .cells import CellSpec
+from .errors import ArgumentError, InputError, InputTypeError
+from .options import check_bool, check_int, check_number, resolve_spec
 
 INITS = ("torch", "1997")
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} is invalid; allowed: an int >= {minimum}")
-
-
-def _check_bool(name, value):
-    if not isinstance(value, bool):
-        raise ValueError(f"{name}={value!r} is invalid; allowed: True or False")
+# torch.nn.RNNBase.mode for each kind of cell (plain RNNs: "RNN_" + the activation).
+_MODES = {"lstm": "LSTM", "gru": "GRU"}
+_DROPOUT_WARNING = ("dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
+                    "expects num_layers greater than 1, but got dropout={} and num_layers={}")
 
 
 class Recurrent(nn.Module):
     r"""A multi-layer recurrent network of any registered cell; a drop-in for
     torch.nn.LSTM (cell="lstm"), torch.nn.GRU (cell="gru") and torch.nn.RNN
-    (cell="rnn-tanh" / "rnn-relu"): same arguments, shapes, parameter names, state_dict.
+    (cell="rnn-tanh" / "rnn-relu"): same arguments (positional ones in torch's order),
+    shapes, parameter names, state_dict, attributes (mode, proj_size, all_weights,
+    _flat_weights, ...) and exception types. lstmlab.LSTM / GRU / RNN are the same layer
+    with torch's class names and defaults.
 
     For the LSTM family (see CELLS.md; gates present depend on the cell):
         i_t = sigma(W_i x_t + b_ii + R_i h_{t-1} + b_hi [+ p_i * c_{t-1}])
@@ -37,12 +37,15 @@ class Recurrent(nn.Module):
         g_t = G(W_g x_t + b_ig + R_g h_{t-1} + b_hg)
         c_t = f_t * c_{t-1} + i_t * g_t
         o_t = sigma(W_o x_t + b_io + R_o h_{t-1} + b_ho [+ p_o * c_t])
-        h_t = o_t * Hs(c_t)
+        h_t = o_t * Hs(c_t)                     [h_t = W_hr (o_t * Hs(c_t)) with proj_size]
 
     Args:
         input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-        device, dtype: as torch.nn.LSTM.
-        cell: a registry name (lstmlab.cell_names()) or a CellSpec.
+        proj_size, device, dtype: as torch.nn.LSTM, in its positional order. proj_size > 0
+            (LSTM cells only, < hidden_size) adds weight_hr_l{k} (proj_size, hidden_size):
+            h, the output and the next layer's input are proj_size wide; c stays H wide.
+    Keyword-only (lstmlab's options):
+        cell: a registry name (lstmlab.cell_names()) or a CellSpec. Default "lstm".
         backend: "auto" (fastest available), or a name from lstmlab.backends.
         truncate: the 1997 truncated gradient (error flows back in time only along c);
             None takes the cell's default (on for lstm1997 only). LSTM cells only.
@@ -54,69 +57,68 @@ class Recurrent(nn.Module):
         init: "torch" (U(-1/sqrt(H), 1/sqrt(H)) for every parameter, torch's default) or
             "1997" (U(-0.1, 0.1) and negative output-gate biases, as the 1997 paper).
         return_cell_states: forward also returns every step's cell state of the last
-            layer, shaped like the output. LSTM cells only.
+            layer, shaped like the output but H wide. LSTM cells only.
         learn_init: learn the initial state (parameters initial_h, initial_c, ...),
             used when hx is None.
         **cell_options: change fields of the cell, e.g. peepholes=True (see CellSpec).
 
     Inputs: input, hx
         input: (L, N, H_in), (N, L, H_in) if batch_first, (L, H_in) unbatched, or a
-            PackedSequence.
+            PackedSequence. L >= 1 (torch raises for L = 0 too); N may be 0.
         hx: the initial state: a tensor (D*num_layers, N, H) for rnn-* and gru; a tuple
             (h_0, c_0) for LSTM cells ((h_0, c_0, a_0) for fgr, a_0 the previous gate
-            activations, (D*num_layers, N, 3H)). Zeros (or the learned state) if None.
+            activations, (D*num_layers, N, 3H)); h_0 is P = proj_size wide when set.
+            Zeros (or the learned state) if None.
     Outputs: output, state[, cells]
-        output: (L, N, D*H) (batch_first: (N, L, D*H)); a PackedSequence if input was.
-        state: h_n, or the tuple (h_n, c_n[, a_n]), each (D*num_layers, N, width*H).
+        output: (L, N, D*P) (batch_first: (N, L, D*P)); a PackedSequence if input was.
+            P is proj_size, or H without a projection.
+        state: h_n, or the tuple (h_n, c_n[, a_n]): h_n (D*num_layers, N, P), the others
+            (D*num_layers, N, width*H).
         cells: only with return_cell_states, the last layer's c_t for every t.
+    Raises:
+        lstmlab.errors.ArgumentError (a ValueError and a TypeError) for a bad argument;
+        InputError (a ValueError and a RuntimeError) for a bad input or hx, so that
+        whatever torch.nn.LSTM raises in the same case catches ours.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, cell: str | CellSpec = "lstm",
-                 num_layers: int = 1, bias: bool = True, batch_first: bool = False,
-                 dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None, *,
+    _default_cell = "lstm"  # what extra_repr leaves out
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, device=None, dtype=None, *, cell: str | CellSpec = "lstm",
                  backend: str = "auto", truncate: bool | None = None,
                  forget_bias: float | None = None, input_bias: float | None = None, init: str = "torch",
                  return_cell_states: bool = False, learn_init: bool = False, **cell_options):
         super().__init__()
-        _check_int("input_size", input_size, 1)
-        _check_int("hidden_size", hidden_size, 1)
-        _check_int("num_layers", num_layers, 1)
+        check_number("dropout", dropout, "a number in [0, 1]", lambda p: 0 <= p <= 1)
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(_DROPOUT_WARNING.format(dropout, num_layers), stacklevel=2)
+        check_int("input_size", input_size, 1)
+        check_int("hidden_size", hidden_size, 1)
+        if isinstance(num_layers, (str, CellSpec)):
+            raise ArgumentError(f"num_layers={num_layers!r} is invalid; allowed: an int >= 1 "
+                                f"(the cell is keyword-only, as in torch's order: cell={num_layers!r})")
+        check_int("num_layers", num_layers, 1)
         for name, value in [("bias", bias), ("batch_first", batch_first),
                             ("bidirectional", bidirectional),
                             ("return_cell_states", return_cell_states), ("learn_init", learn_init)]:
-            _check_bool(name, value)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
-            raise ValueError(f"dropout={dropout!r} is invalid; allowed: a number in [0, 1]")
+            check_bool(name, value)
         if backend != "auto" and backend not in backend_names():
-            raise ValueError(f"backend={backend!r} is not a backend; valid: 'auto', "
-                             f"{', '.join(map(repr, backend_names()))}")
+            raise ArgumentError(f"backend={backend!r} is not a backend; valid: 'auto', "
+                                f"{', '.join(map(repr, backend_names()))}")
         if init not in INITS:
-            raise ValueError(f"init={init!r} is not an initialisation; valid: {INITS}")
-        spec = get_cell(cell).with_options(**cell_options)
-        if spec.kind != "lstm":
-            for name, value in [("truncate", truncate or None), ("forget_bias", forget_bias),
-                                ("input_bias", input_bias), ("return_cell_states", return_cell_states or None)]:
-                if value is not None:
-                    raise ValueError(f"cell {spec.name!r} has no option {name!r} (given {value!r}); "
-                                     f"it needs a cell state (an LSTM cell)")
-        if truncate is not None:
-            _check_bool("truncate", truncate)
-        for name, value, gate, why in [
-                ("forget_bias", forget_bias, spec.forget_gate == "free", f"its forget gate is {spec.forget_gate!r}"),
-                ("input_bias", input_bias, spec.input_gate, "it has no input gate")]:
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name}={value!r} is invalid; allowed: a finite number or None")
-            if not gate:
-                raise ValueError(f"cell {spec.name!r} has no option {name!r} (given {value!r}): {why}")
-            if not bias:
-                raise ValueError(f"{name}={value!r} needs bias=True")
+            raise ArgumentError(f"init={init!r} is not an initialisation; valid: {INITS}")
+        spec = resolve_spec(cell, hidden_size, proj_size, bias, truncate, forget_bias, input_bias,
+                             return_cell_states, cell_options)
 
         self.spec = spec
+        self.mode = _MODES.get(spec.kind) or f"RNN_{spec.activation.upper()}"
+        if spec.kind == "rnn":
+            self.nonlinearity = spec.activation
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.bidirectional = bias, batch_first, bidirectional
         self.dropout = float(dropout)
+        self.proj_size = proj_size
         self.backend, self.init = backend, init
         self.truncate = spec.truncate if truncate is None else truncate
         self.forget_bias, self.input_bias = forget_bias, input_bias
@@ -124,25 +126,66 @@ class Recurrent(nn.Module):
         self.num_directions = 2 if bidirectional else 1
 
         kw = {"device": device, "dtype": dtype}
-        H, G = hidden_size, len(spec.gates)
-        P, A = len(spec.peephole_gates), len(spec.recurrent_gates)
+        H, G, P = hidden_size, len(spec.gates), self._state_width("h")
+        K, A = len(spec.peephole_gates), len(spec.recurrent_gates)
+        # torch's order within a layer: weight_ih, weight_hh, bias_ih, bias_hh, weight_hr;
+        # the peephole and gate-to-gate weights of the other cells follow.
+        self._flat_weights_names: list[str] = []
+        self._all_weights: list[list[str]] = []
         for k in range(num_layers):
-            layer_in = input_size if k == 0 else H * self.num_directions
+            layer_in = input_size if k == 0 else P * self.num_directions
             for sfx in self._suffixes():
-                shapes = {"weight_ih": (G * H, layer_in), "weight_hh": (G * H, H)}
+                shapes = {"weight_ih": (G * H, layer_in), "weight_hh": (G * H, P)}
                 if bias:
                     shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
-                if P:
-                    shapes["weight_ch"] = (P * H,)
+                if proj_size:
+                    shapes["weight_hr"] = (proj_size, H)
+                if K:
+                    shapes["weight_ch"] = (K * H,)
                 if A:
                     shapes["weight_gg"] = (A * H, A * H)
-                for name, shape in shapes.items():
-                    self.register_parameter(f"{name}_l{k}{sfx}", nn.Parameter(torch.empty(shape, **kw)))
+                names = [f"{name}_l{k}{sfx}" for name in shapes]
+                for name, shape in zip(names, shapes.values()):
+                    self.register_parameter(name, nn.Parameter(torch.empty(shape, **kw)))
+                self._flat_weights_names.extend(names)
+                self._all_weights.append(names)
         if learn_init:
             for s in spec.state_names:
-                shape = (num_layers * self.num_directions, spec.state_width(s) * H)
+                shape = (num_layers * self.num_directions, self._state_width(s))
                 self.register_parameter(f"initial_{s}", nn.Parameter(torch.zeros(shape, **kw)))
+        self._init_flat_weights()
         self.reset_parameters()
+
+    def _state_width(self, name: str) -> int:
+        """Width of one state tensor: h is proj_size wide with a projection."""
+        if name == "h" and self.proj_size:
+            return self.proj_size
+        return self.spec.state_width(name) * self.hidden_size
+
+    # ---- torch.nn.RNNBase's bookkeeping of the weights ---------------------------------
+    def _init_flat_weights(self) -> None:
+        self._flat_weights = [getattr(self, n, None) for n in self._flat_weights_names]
+
+    def __setattr__(self, attr, value) -> None:
+        # keep _flat_weights up to date when a weight is reassigned, as torch does
+        if "_flat_weights" in self.__dict__ and attr in self._flat_weights_names:
+            self._flat_weights[self._flat_weights_names.index(attr)] = value
+        super().__setattr__(attr, value)
+
+    def _apply(self, fn, recurse=True):
+        ret = super()._apply(fn, recurse)
+        self._init_flat_weights()  # .to(), .double(), ... replace the parameters
+        return ret
+
+    def _update_flat_weights(self) -> None:
+        """Catch weights swapped behind __setattr__'s back (torch.func.functional_call)."""
+        if any(w is not getattr(self, n, None) for w, n in zip(self._flat_weights, self._flat_weights_names)):
+            self._init_flat_weights()
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        """The parameters, one list per layer and direction (torch.nn.RNNBase.all_weights)."""
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
 
     def _suffixes(self):
         return ("", "_reverse")[: self.num_directions]
@@ -184,7 +227,7 @@ class Recurrent(nn.Module):
         sfx = self._suffixes()[direction]
         get = lambda n: getattr(self, f"{n}_l{layer}{sfx}", None)  # noqa: E731
         return CellParams(get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"),
-                          get("weight_ch"), get("weight_gg"))
+                          get("weight_ch"), get("weight_gg"), get("weight_hr"))
 
     # ---- forward -----------------------------------------------------------------------
     def forward(self, input, hx=None):
@@ -194,6 +237,7 @@ class Recurrent(nn.Module):
         """forward(), optionally instrumented: with `probe`, the reference backend runs and
         calls probe(layer, direction, t, previous_state, new_state, trace) at every step
         (see lstmlab.backends.reference.run_layer). lstmlab.analysis is built on this."""
+        self._update_flat_weights()
         x, lengths, batched = self._prepare_input(input)
         T, B, _ = x.shape
         states = self._initial_states(hx, B, batched, x)
@@ -232,57 +276,59 @@ class Recurrent(nn.Module):
             batched = True
         else:
             if not isinstance(input, torch.Tensor):
-                raise TypeError(f"input must be a Tensor or PackedSequence, got {type(input).__name__}")
+                raise InputTypeError(f"input must be a Tensor or PackedSequence, got {type(input).__name__}")
             if input.dim() not in (2, 3):
-                raise ValueError(f"input has {input.dim()} dimensions (shape {tuple(input.shape)}); "
+                raise InputError(f"input has {input.dim()} dimensions (shape {tuple(input.shape)}); "
                                  f"expected 3 (batched) or 2 (unbatched)")
             batched = input.dim() == 3
             x = input if batched else input.unsqueeze(1)
             if batched and self.batch_first:
                 x = x.transpose(0, 1)
             lengths = None
+        w = self.weight_ih_l0
+        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):  # torch's condition
+            raise InputError(f"input dtype {x.dtype} does not match the parameters' dtype {w.dtype}")
         if x.shape[-1] != self.input_size:
             shape = tuple((input.data if isinstance(input, PackedSequence) else input).shape)
-            raise ValueError(f"input has {x.shape[-1]} features (shape {shape}); "
+            raise InputError(f"input has {x.shape[-1]} features (shape {shape}); "
                              f"expected input_size={self.input_size}")
         if x.shape[0] == 0:
-            raise ValueError("input has 0 time steps; expected at least 1")
-        w = self.weight_ih_l0
-        if x.dtype != w.dtype:
-            raise ValueError(f"input dtype {x.dtype} does not match the parameters' dtype {w.dtype}")
+            raise InputError(f"input has 0 time steps (shape {tuple(input.shape)}); expected at least 1, "
+                             f"as torch.nn.{self.mode.split('_')[0]} does")
         if x.device != w.device:
-            raise ValueError(f"input is on {x.device} but the parameters are on {w.device}")
+            raise InputError(f"input is on {x.device} but the parameters are on {w.device}")
         return x, lengths, batched
 
     def _initial_states(self, hx, B, batched, x):
-        """A list over (layer, direction) of state tuples, each tensor (B, width*H)."""
-        spec, H = self.spec, self.hidden_size
+        """A list over (layer, direction) of state tuples: h (B, P), the others (B, width*H)."""
+        spec = self.spec
         LD = self.num_layers * self.num_directions
         if hx is None:
             if any(n.startswith("initial_") for n, _ in self.named_parameters()):
                 full = [getattr(self, f"initial_{s}").unsqueeze(1).expand(-1, B, -1) for s in spec.state_names]
             else:
-                z = zero_state(spec, B, H, x)
+                z = zero_state(spec, B, self.hidden_size, x, self.proj_size)
                 full = [t.unsqueeze(0).expand(LD, -1, -1) for t in z]
         else:
             names = [f"{s}_0" for s in spec.state_names]
             if len(names) == 1:
                 if not isinstance(hx, torch.Tensor):
-                    raise ValueError(f"hx must be a Tensor (h_0) for cell {spec.name!r}, got {type(hx).__name__}")
+                    raise InputTypeError(f"hx must be a Tensor (h_0) for cell {spec.name!r}, got {type(hx).__name__}")
                 hx = (hx,)
             elif not isinstance(hx, (tuple, list)) or len(hx) != len(names):
-                raise ValueError(f"hx must be a tuple ({', '.join(names)}) for cell {spec.name!r}, "
-                                 f"got {type(hx).__name__}{'' if not isinstance(hx, (tuple, list)) else f' of length {len(hx)}'}")
+                raise InputTypeError(f"hx must be a tuple ({', '.join(names)}) for cell {spec.name!r}, "
+                                     f"got {type(hx).__name__}{'' if not isinstance(hx, (tuple, list)) else f' of length {len(hx)}'}")
             full = []
             for name, s, t in zip(names, spec.state_names, hx):
-                W = spec.state_width(s) * H
+                W = self._state_width(s)
                 want = (LD, B, W) if batched else (LD, W)
-                if not isinstance(t, torch.Tensor) or tuple(t.shape) != want:
-                    got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-                    raise ValueError(f"hx {name} has shape {got}; expected {want} "
+                if not isinstance(t, torch.Tensor):
+                    raise InputTypeError(f"hx {name} must be a Tensor of shape {want}, got {type(t).__name__}")
+                if tuple(t.shape) != want:
+                    raise InputError(f"hx {name} has shape {tuple(t.shape)}; expected {want} "
                                      f"(num_layers*num_directions{', batch' if batched else ''}, {W})")
                 if t.dtype != x.dtype or t.device != x.device:
-                    raise ValueError(f"hx {name} is {t.dtype} on {t.device}; expected {x.dtype} on {x.device} like the input")
+                    raise InputError(f"hx {name} is {t.dtype} on {t.device}; expected {x.dtype} on {x.device} like the input")
                 full.append(t if batched else t.unsqueeze(1))
         return [tuple(f[i] for f in full) for i in range(LD)]
 
@@ -297,11 +343,12 @@ class Recurrent(nn.Module):
         return out.transpose(0, 1) if self.batch_first else out
 
     def extra_repr(self) -> str:
-        s = f"{self.input_size}, {self.hidden_size}, cell={self.spec.name!r}"
-        if self.num_layers != 1:
-            s += f", num_layers={self.num_layers}"
-        for name, default in [("bias", True), ("batch_first", False), ("dropout", 0.0),
-                              ("bidirectional", False), ("backend", "auto")]:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.spec.name != self._default_cell:
+            s += f", cell={self.spec.name!r}"
+        for name, default in [("proj_size", 0), ("num_layers", 1), ("bias", True),
+                              ("batch_first", False), ("dropout", 0.0), ("bidirectional", False),
+                              ("backend", "auto")]:
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)!r}"
         if self.truncate != self.spec.truncate:

@@ -6,7 +6,8 @@ every backend must reproduce (forward and backward), including variable lengths,
 reversal for the backward direction of a bidirectional layer, and the 1997 truncated
 gradient.
 
-Shapes: B batch, T time, I input features, H hidden units, G = len(spec.gates).
+Shapes: B batch, T time, I input features, H hidden units, G = len(spec.gates), and
+P the width of h: H, or proj_size for an LSTM cell with a projection (weight_hr).
 """
 from __future__ import annotations
 
@@ -16,16 +17,19 @@ import torch
 
 from ..cells import ACTIVATIONS, CellSpec
 
-State = tuple[torch.Tensor, ...]  # in spec.state_names order, each (B, width * H)
+State = tuple[torch.Tensor, ...]  # in spec.state_names order: h (B, P), the others (B, width * H)
 
 
 @dataclass
 class CellParams:
     """The parameters of one layer and direction, in torch's layout.
 
-    weight_ih (G*H, I), weight_hh (G*H, H), bias_ih / bias_hh (G*H,) or None,
-    weight_ch (P*H,) peephole vectors for spec.peephole_gates, or None,
-    weight_gg (A*H, A*H) gate-to-gate matrices for spec.recurrent_gates (FGR), or None.
+    weight_ih (G*H, I), weight_hh (G*H, P), bias_ih / bias_hh (G*H,) or None,
+    weight_ch (K*H,) peephole vectors for the K = len(spec.peephole_gates) gates, or None,
+    weight_gg (A*H, A*H) gate-to-gate matrices for spec.recurrent_gates (FGR), or None,
+    weight_hr (P, H) the projection of LSTM cells (torch's proj_size = P), or None: then
+        h_t = (o_t * act(c_t)) @ weight_hr.T is P wide (and P = H without it).
+    H is weight_hh.shape[0] // G, never weight_hh.shape[1] (which is P).
     """
 
     weight_ih: torch.Tensor
@@ -34,6 +38,7 @@ class CellParams:
     bias_hh: torch.Tensor | None = None
     weight_ch: torch.Tensor | None = None
     weight_gg: torch.Tensor | None = None
+    weight_hr: torch.Tensor | None = None
 
 
 def input_projection(p: CellParams, x: torch.Tensor) -> torch.Tensor:
@@ -99,6 +104,8 @@ def _lstm_pointwise(spec, p, pre_all, state, truncate, trace):
         pre["o"] = pre["o"] + peep["o"] * (c_new.detach() if truncate else c_new)
     o = torch.sigmoid(pre["o"]) if spec.output_gate else one
     h_new = o * ACTIVATIONS[spec.output_activation].fn(c_new)
+    if p.weight_hr is not None:
+        h_new = h_new @ p.weight_hr.t()  # torch's proj_size: (B, H) -> (B, P)
     if trace is not None:
         trace.update(pre=pre, i=i, f=f, g=g, o=o, c=c_new)
     if spec.gate_recurrence:
@@ -115,7 +122,7 @@ def step(spec: CellSpec, p: CellParams, x_t: torch.Tensor, state: State,
         spec: the cell.
         p: its parameters (one layer, one direction).
         x_t: (B, I) input at step t.
-        state: tuple in spec.state_names order, each (B, width*H).
+        state: tuple in spec.state_names order: h (B, P), the others (B, width*H).
         truncate: the 1997 truncated gradient; None takes the cell's default.
     Returns:
         the new state, same structure.
@@ -124,8 +131,11 @@ def step(spec: CellSpec, p: CellParams, x_t: torch.Tensor, state: State,
     return pointwise(spec, p, input_projection(p, x_t), state, truncate)
 
 
-def zero_state(spec: CellSpec, batch: int, hidden: int, like: torch.Tensor) -> State:
-    return tuple(like.new_zeros(batch, spec.state_width(n) * hidden) for n in spec.state_names)
+def zero_state(spec: CellSpec, batch: int, hidden: int, like: torch.Tensor,
+               proj_size: int = 0) -> State:
+    """The all-zero state: h (batch, proj_size or hidden), the others (batch, width*hidden)."""
+    return tuple(like.new_zeros(batch, proj_size if n == "h" and proj_size else spec.state_width(n) * hidden)
+                 for n in spec.state_names)
 
 
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
@@ -145,7 +155,7 @@ def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
     """Run one layer and direction over a sequence.
 
     Args:
-        x: (T, B, I). state: initial state (tuple, each (B, width*H)).
+        x: (T, B, I). state: initial state (tuple: h (B, P), the others (B, width*H)).
         lengths: (B,) int64 valid lengths, or None when all are T. Past its length a
             sequence's state is held and its output is zero, as torch does for packed input.
         reverse: run each sequence backwards within its length (second direction).
@@ -155,7 +165,7 @@ def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
             step (t in processing order), trace holding the step's pre-activations and
             activations; the instruments in lstmlab.analysis read the run through it.
     Returns:
-        output (T, B, H), final state tuple, and cells (T, B, H) or None.
+        output (T, B, P), final state tuple, and cells (T, B, H) or None.
     """
     truncate = spec.truncate if truncate is None else truncate
     if reverse:

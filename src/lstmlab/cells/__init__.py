@@ -5,6 +5,7 @@ Adding a cell means adding one file here with `SPEC = CellSpec(...)`; nothing el
 from __future__ import annotations
 
 from ..registry import discover
+from ..errors import ArgumentError
 from .spec import ACTIVATIONS, Activation, CellSpec
 
 _REGISTRY: dict[str, CellSpec] = {}  # filled by discover() at the end of this file
@@ -26,7 +27,7 @@ def get_cell(cell: str | CellSpec) -> CellSpec:
     if isinstance(cell, CellSpec):
         return cell
     if not isinstance(cell, str) or cell not in _REGISTRY:
-        raise ValueError(f"cell={cell!r} is not a registered cell; valid cells: {', '.join(cell_names())}")
+        raise ArgumentError(f"cell={cell!r} is not a registered cell; valid cells: {', '.join(cell_names())}")
     return _REGISTRY[cell]
 
 

@@ -13,6 +13,8 @@ from typing import Callable
 
 import torch
 
+from ..errors import ArgumentError
+
 # ---------------------------------------------------------------------------------------
 # Squashing functions. Each has its derivative with respect to its input, which the
 # closed-form Jacobians in lstmlab.analysis need.
@@ -55,6 +57,12 @@ OVERRIDABLE = {
              "activation", "output_activation"),
 }
 
+# The values each overridable field takes; booleans must be True or False, not truthy.
+_OPTION_VALUES = {"input_gate": (False, True), "output_gate": (False, True),
+                  "peepholes": (False, True), "gate_recurrence": (False, True),
+                  "forget_gate": FORGET_MODES, "activation": tuple(ACTIVATIONS),
+                  "output_activation": tuple(ACTIVATIONS)}
+
 
 @dataclass(frozen=True)
 class CellSpec:
@@ -90,7 +98,7 @@ class CellSpec:
 
     def __post_init__(self):
         def bad(field, value, allowed):
-            raise ValueError(f"cell {self.name!r}: {field}={value!r} is not allowed; allowed: {allowed}")
+            raise ArgumentError(f"cell {self.name!r}: {field}={value!r} is not allowed; allowed: {allowed}")
 
         if self.kind not in KINDS:
             bad("kind", self.kind, KINDS)
@@ -164,10 +172,14 @@ class CellSpec:
         Raises ValueError naming the option if this kind of cell does not have it.
         """
         allowed = OVERRIDABLE[self.kind]
-        for key in options:
+        for key, value in options.items():
             if key not in allowed:
-                raise ValueError(f"cell {self.name!r} has no option {key!r}; "
-                                 f"options for a {self.kind} cell: {list(allowed) or 'none'}")
+                raise ArgumentError(f"cell {self.name!r} has no option {key!r}; "
+                                    f"options for a {self.kind} cell: {list(allowed) or 'none'}")
+            choices = _OPTION_VALUES[key]
+            if isinstance(value, bool) != (choices == (False, True)) or value not in choices:
+                raise ArgumentError(f"cell {self.name!r}: {key}={value!r} is not allowed; "
+                                    f"allowed: {' or '.join(map(repr, choices))}")
         changed = {k: v for k, v in options.items() if getattr(self, k) != v}
         if not changed:
             return self
