@@ -238,6 +238,8 @@ def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
                          spec, p, x, state, lengths, reverse, truncate, return_cells)
     T, B, _ = x.shape
     H = p.weight_hh.shape[1]
+    if T == 0 or B == 0 or H == 0:
+        return _empty(spec, p, x, state, lengths, reverse, truncate, return_cells)
     if lengths is not None:
         lengths = lengths.to("cpu", torch.long)
         if bool((lengths >= T).all()):
@@ -260,6 +262,24 @@ def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
     if reverse:
         out = reference.reverse_padded(out, lengths)
         cells = reference.reverse_padded(cells, lengths) if cells is not None else None
+    return out, final, cells
+
+
+def _empty(spec, p, x, state, lengths, reverse, truncate, return_cells):
+    """A sequence with nothing to compute (no batch rows, no steps or no hidden units), which
+    the kernel refuses: the reference loop's empty results, with their
+    autograd graph (zero gradients, as torch.nn.LSTM gives for an empty batch); with no
+    steps, empty outputs and the initial state as the final one."""
+    T, B, _ = x.shape
+    H = state[0].shape[1]
+    record = GradNorms._register(reverse, lengths)
+    if record is not None:  # nothing reaches the backward: the norms are known now
+        record.fill(x.new_zeros(T, B), x.new_zeros(T, B) if spec.kind == "lstm" else None)
+    if T == 0:
+        cells = x.new_zeros(0, B, H) if return_cells and spec.kind == "lstm" else None
+        return x.new_zeros(0, B, H), tuple(state), cells
+    out, final, cells = reference.run_layer(spec, p, x, state, lengths, reverse, truncate,
+                                            return_cells and spec.kind == "lstm")
     return out, final, cells
 
 

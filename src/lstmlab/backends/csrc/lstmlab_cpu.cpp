@@ -397,12 +397,26 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
   return {dx, dS, dC, dWx, dbx, dWh, dWa, dpeep, norm_h, norm_c};
 }
 
+// The sizes the kernel divides by: at least one step, batch row and hidden unit
+// (lstmlab.backends.cpu.run_layer answers empty sequences without calling it).
+void check_sizes(const at::Tensor& x, const at::Tensor& W_hh) {
+  TORCH_CHECK(x.dim() == 3, "lstmlab cpu backend: x must be (T, B, I), got ", x.dim(), " dimensions");
+  TORCH_CHECK(x.size(0) > 0 && x.size(1) > 0, "lstmlab cpu backend: x has shape ", x.sizes(),
+              "; the kernel needs at least one step and one batch row (T, B > 0)");
+  TORCH_CHECK(W_hh.dim() == 2 && W_hh.size(0) > 0 && W_hh.size(1) > 0, "lstmlab cpu backend: weight_hh has shape ",
+              W_hh.sizes(), "; the kernel needs at least one hidden unit");
+}
+
 // The Layout of a call, after checking the recurrent weights against it: weight_hh (R, H),
 // (FGR) weight_gg (AH, AH), h_src and a_src permutations of R and AH (or empty), and the
 // gates block j holding the gate of S block 1 + j (Layout).
 Layout layout_of(const Cell& cell, std::vector<int64_t> bounds, const Weights& wts) {
   const at::Tensor &Wh = wts.W_hh, &Wa = wts.W_gg;
   TORCH_CHECK(Wh.dim() == 2 && Wh.size(0) == cell.Gr * Wh.size(1), "lstmlab cpu backend: bad weight_hh shape");
+  TORCH_CHECK(bounds.size() >= 2 && bounds.front() == 0 && bounds.back() == Wh.size(1),
+              "lstmlab cpu backend: bad slices of hidden units");
+  for (size_t p = 1; p < bounds.size(); ++p)
+    TORCH_CHECK(bounds[p] > bounds[p - 1], "lstmlab cpu backend: bad slices of hidden units");
   Layout lay(cell, Wh.size(1), std::move(bounds));
   TORCH_CHECK(cell.A == 0 || (Wa.dim() == 2 && Wa.size(0) == lay.AH() && Wa.size(1) == lay.AH()),
               "lstmlab cpu backend: bad weight_gg shape");
@@ -429,6 +443,7 @@ std::vector<at::Tensor> forward(std::vector<int64_t> cfg, std::vector<int64_t> b
                                 at::Tensor lengths, bool keep, bool return_cells, std::vector<int64_t> tune) {
   TORCH_CHECK((int64_t)cfg.size() == Cell::kFields && tune.size() == 5, "lstmlab cpu backend: bad configuration");
   Cell cell(cfg);
+  check_sizes(x, W_hh);
   const auto dt = x.scalar_type();
   for (auto& [t, n] : {std::pair{&x, "x"}, {&s0, "s0"}, {&Wx, "Wx"}, {&bx, "bx"}, {&W_hh, "weight_hh"},
                        {&W_gg, "weight_gg"}, {&c0, "c0"}, {&peep, "peep"}})
@@ -449,6 +464,7 @@ std::vector<at::Tensor> backward(std::vector<int64_t> cfg, std::vector<int64_t> 
                                  at::Tensor dc_final, at::Tensor dcells, bool want_norms, std::vector<int64_t> tune) {
   TORCH_CHECK((int64_t)cfg.size() == Cell::kFields && tune.size() == 5, "lstmlab cpu backend: bad configuration");
   Cell cell(cfg);
+  check_sizes(x, W_hh);
   const auto dt = x.scalar_type();
   for (auto& [t, n] : {std::pair{&out, "out"}, {&gates, "gates"}, {&dout, "dout"}, {&ds_final, "ds_final"},
                        {&dc_final, "dc_final"}, {&dcells, "dcells"}, {&C, "C"}, {&W_hh, "weight_hh"},
