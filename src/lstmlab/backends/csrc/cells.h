@@ -183,7 +183,7 @@ struct CellKernel {
     switch (act) {
       case ACT_TANH: run([](V x) { return vtanh<T>(x); }); break;
       case ACT_SIGMOID: run([](V x) { return vsigmoid<T>(x); }); break;
-      case ACT_RELU: run([](V x) { return x > T(0) ? x : splat(T(0)); }); break;
+      case ACT_RELU: run([](V x) { return x < T(0) ? splat(T(0)) : x; }); break;  // NaN stays NaN
       case ACT_IDENTITY: run([](V x) { return x; }); break;
       case ACT_G1997: run([](V x) { return T(2) * vtanh<T>(T(0.5) * x); }); break;
       default: run([](V x) { return vtanh<T>(T(0.5) * x); }); break;
@@ -216,7 +216,7 @@ struct CellKernel {
         V dh = ld(dsh + u, n);
         if (dout) dh += ld(dout + u0 + u, n);
         acc_h += dh * dh;
-        V d = dh * activate_grad<T>(c.act, ld(g + o + u, n));
+        V d = activate_back<T>(c.act, dh, ld(g + o + u, n));
         st(dp + o + u, d, n);
         st(dbias + o + u, ld(dbias + o + u, n) + d, n);
         st(dsh + u, V{}, n);
@@ -232,7 +232,8 @@ struct CellKernel {
         V r = ld(g + orr + u, n), z = ld(g + oz + u, n), hn = ld(g + ohn + u, n), nn = ld(g + on + u, n);
         V hp = ld(hprev + u0 + u, n);
         V dpn = dh * (T(1) - z) * (T(1) - nn * nn);
-        V dpz = dh * (hp - nn) * z * (T(1) - z);
+        // (dh h - dh n), as autograd forms it: dh (h - n) differs where dh is infinite
+        V dpz = (dh * hp - dh * nn) * z * (T(1) - z);
         V dpr = dpn * hn * r * (T(1) - r);
         V dhn = dpn * r;
         st(dp + orr + u, dpr, n);
@@ -282,7 +283,7 @@ struct CellKernel {
       V dcv = ld(dc + u0 + u, n);
       if (dcell) dcv += ld(dcell + u0 + u, n);
       V ho = activate<T>(c.out_act, cn);
-      dcv += dh * o * activate_grad<T>(c.out_act, ho);
+      dcv += activate_back<T>(c.out_act, dh * o, ho);
       V dpo = V{};
       if (oo >= 0) {
         V dov = dh * ho;
@@ -294,7 +295,7 @@ struct CellKernel {
       acc_c += dcv * dcv;
       V di = dcv * gv;
       if (da_i) di += ld(da_i + u, n);
-      V dpg = dcv * i * activate_grad<T>(c.act, gv);
+      V dpg = activate_back<T>(c.act, dcv * i, gv);
       V df = dcv * cp;
       if (da_f) df += ld(da_f + u, n);
       if (c.forget == FORGET_COUPLED) di -= df;  // f = 1 - i

@@ -45,6 +45,14 @@
 namespace lstmlab {
 namespace {
 
+// The runs of a slice's gates row (width w) that the input reaches, (first column, length):
+// all of it, but for gru not the h-side n block (R_n h + b_hn), whose rows of Wx are zero:
+// the products skip it, so that an infinite input gives no 0 * inf = NaN there (nor in dx).
+std::vector<std::pair<int64_t, int64_t>> input_runs(const Cell& cell, int64_t w) {
+  if (cell.kind == KIND_GRU) return {{0, GRU_HN * w}, {(GRU_HN + 1) * w, (cell.Gs - GRU_HN - 1) * w}};
+  return {{0, cell.Gs * w}};
+}
+
 void check(const at::Tensor& t, const char* name, at::ScalarType dtype) {
   if (!has(t)) return;
   TORCH_CHECK(t.device().is_cpu(), "lstmlab cpu backend: ", name, " must be on the CPU");
@@ -112,8 +120,12 @@ std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, int64_
   // (the bias is added in the pointwise pass).
   auto input_projection = [&](int64_t p, int64_t t, int64_t g, int64_t G_) {
     const int64_t gsp = lay.gs(p), r0 = B * std::min(CH, T_ - t) * g / G_, r1 = B * std::min(CH, T_ - t) * (g + 1) / G_;
-    gemm_blas<T>(false, true, r1 - r0, gsp, I, xp + (t * B + r0) * I, I, wx + Gs * lay.u0(p) * I, I,
-                 gates_row(p, t, 0) + r0 * gsp, gsp, false);
+    T* dst = gates_row(p, t, 0) + r0 * gsp;
+    for (const auto& [c0, len] : input_runs(cell, lay.w(p)))
+      gemm_blas<T>(false, true, r1 - r0, len, I, xp + (t * B + r0) * I, I, wx + (Gs * lay.u0(p) + c0) * I, I, dst + c0,
+                   gsp, false);
+    if (cell.kind == KIND_GRU)  // the h-side n block: the recurrent product adds to 0
+      for (int64_t r = 0; r < r1 - r0; ++r) std::memset(dst + r * gsp + GRU_HN * lay.w(p), 0, sizeof(T) * lay.w(p));
   };
   auto step = [&](int64_t t, int64_t k) {  // step t of worker k: slice p, batch rows [b0, b1)
     const auto [p, b0, b1] = work.at(k);
@@ -311,7 +323,11 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
     const auto [x0, x1] = share(n * B, g, G_, false);
     const auto [w0, w1] = share(gsp, g, G_, true);
     T* dxs = dxp + (P == 1 ? 0 : p * T_ * B * I) + (t0 * B + x0) * I;
-    gemm_blas<T>(false, false, x1 - x0, I, gsp, dpc + x0 * gsp, gsp, wx + r0 * I, I, dxs, I, false);
+    bool first = true;
+    for (const auto& [c0, len] : input_runs(cell, lay.w(p))) {
+      gemm_blas<T>(false, false, x1 - x0, I, len, dpc + x0 * gsp + c0, gsp, wx + (r0 + c0) * I, I, dxs, I, !first);
+      first = false;
+    }
     gemm_blas<T>(true, false, w1 - w0, I, n * B, dpc + w0, gsp, xp + t0 * B * I, I, dwx + (r0 + w0) * I, I, true);
     recurrent_weight_grads(p, t0, n, g, G_);
   };
