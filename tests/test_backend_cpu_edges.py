@@ -151,7 +151,7 @@ def test_kernel_refuses_zero_sizes():
     none, idx = torch.zeros(0), torch.zeros(0, dtype=torch.long)
     args = lambda x, W_hh: (pl.cfg, pl.bounds, 1, x, torch.zeros(x.shape[1], 8), torch.zeros(x.shape[1], 8),  # noqa: E731
                             torch.zeros(32, 4), torch.zeros(32), W_hh, none, idx, idx, none, idx, False, False,
-                            [0, 0, 0, 0, 0])
+                            [0, 0, 0, 0, 0], none)
     with pytest.raises(RuntimeError, match=r"at least one step and one batch row"):
         ext.forward(*args(torch.zeros(5, 0, 4), torch.zeros(32, 8)))
     with pytest.raises(RuntimeError, match=r"at least one step and one batch row"):

@@ -34,6 +34,7 @@ class CellParams:
     bias_hh: torch.Tensor | None = None
     weight_ch: torch.Tensor | None = None
     weight_gg: torch.Tensor | None = None
+    weight_hr: torch.Tensor | None = None
 
 
 def input_projection(p: CellParams, x: torch.Tensor) -> torch.Tensor:
@@ -99,6 +100,8 @@ def _lstm_pointwise(spec, p, pre_all, state, truncate, trace):
         pre["o"] = pre["o"] + peep["o"] * (c_new.detach() if truncate else c_new)
     o = torch.sigmoid(pre["o"]) if spec.output_gate else one
     h_new = o * ACTIVATIONS[spec.output_activation].fn(c_new)
+    if p.weight_hr is not None:
+        h_new = h_new @ p.weight_hr.t()
     if trace is not None:
         trace.update(pre=pre, i=i, f=f, g=g, o=o, c=c_new)
     if spec.gate_recurrence:
