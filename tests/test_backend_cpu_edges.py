@@ -149,13 +149,16 @@ def test_kernel_refuses_zero_sizes():
 
     pl = plan(spec, 8, (0, 8), False)
     none, idx = torch.zeros(0), torch.zeros(0, dtype=torch.long)
-    args = lambda x, W_hh: (pl.cfg, pl.bounds, 1, x, torch.zeros(x.shape[1], 8), torch.zeros(x.shape[1], 8),  # noqa: E731
-                            torch.zeros(32, 4), torch.zeros(32), W_hh, none, idx, idx, none, idx, False, False,
-                            [0, 0, 0, 0, 0], none)
+
+    def call(x, bounds=pl.bounds):
+        B = x.shape[1]
+        return ext.forward(pl.cfg, bounds, 1, x, torch.zeros(B, 8), torch.zeros(B, 8), torch.zeros(32, 4),
+                           torch.zeros(32), torch.zeros(32, 8), none, idx, idx, none, idx, False, False,
+                           [0, 0, 0, 0, 0], none)
     with pytest.raises(RuntimeError, match=r"at least one step and one batch row"):
-        ext.forward(*args(torch.zeros(5, 0, 4), torch.zeros(32, 8)))
+        call(torch.zeros(5, 0, 4))
     with pytest.raises(RuntimeError, match=r"at least one step and one batch row"):
-        ext.forward(*args(torch.zeros(0, 2, 4), torch.zeros(32, 8)))
+        call(torch.zeros(0, 2, 4))
     with pytest.raises(RuntimeError, match=r"bad slices"):
-        ext.forward(*args(torch.zeros(5, 2, 4), torch.zeros(32, 8))[:1], [0], *args(torch.zeros(5, 2, 4),
-                                                                                    torch.zeros(32, 8))[2:])
+        call(torch.zeros(5, 2, 4), [0])
+    assert call(torch.zeros(5, 2, 4))[0].shape == (5, 2, 8)

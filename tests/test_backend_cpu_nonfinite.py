@@ -29,7 +29,8 @@ def same_nonfinite(actual, expected, dtype, what):
     """NaN where expected has NaN, the same infinities, finite values within tolerance."""
     for name, mask in (("NaN", torch.isnan), ("+inf", torch.isposinf), ("-inf", torch.isneginf)):
         got, want = mask(actual), mask(expected)
-        assert torch.equal(got, want), f"{what}: {name} at {got.nonzero().tolist()}, expected at {want.nonzero().tolist()}"
+        assert torch.equal(got, want), \
+            f"{what}: {name} at {got.nonzero().tolist()}, expected at {want.nonzero().tolist()}"
     finite = torch.isfinite(expected)
     rtol, atol = TOL[dtype]
     torch.testing.assert_close(actual[finite], expected[finite], rtol=rtol, atol=atol, msg=lambda m: f"{what}\n{m}")

@@ -201,3 +201,21 @@ def test_projection_errors():
                     idx, none, idx, False, False, [0, 0, 0, 0, 0], torch.zeros(2, 4, dtype=DT))
     with pytest.raises(ValueError, match="one slice"):
         plan(spec, 4, (0, 2, 4), False, 2)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "fgr"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_projection_propagates_nonfinite_values_as_reference(cell, value):
+    """NaN / +-inf in x at one step, in h0, c0 or one entry of weight_hr or weight_hh: the
+    same non-finite pattern and finite values as the reference, forward and backward."""
+    from test_backend_cpu_nonfinite import same_nonfinite
+
+    for where in ("x", "h0", "c0", "weight_hr", "weight_hh"):
+        spec, p, x, state = projected_case(cell, 4, 3, 2, 5, 3, seed=2)
+        with torch.no_grad():
+            target = {"x": x[1], "h0": state[0], "c0": state[1]}.get(where)
+            (getattr(p, where) if target is None else target)[1, 1] = value
+        want = run(reference, spec, p, x, state)
+        got = run(cpu, spec, p, x, state)
+        for name in want:
+            same_nonfinite(got[name], want[name], DT, f"{cell}, {value} in {where}: {name}")
