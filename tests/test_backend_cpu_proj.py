@@ -219,3 +219,43 @@ def test_projection_propagates_nonfinite_values_as_reference(cell, value):
         got = run(cpu, spec, p, x, state)
         for name in want:
             same_nonfinite(got[name], want[name], DT, f"{cell}, {value} in {where}: {name}")
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_projection_inference_matches_training_forward(groups):
+    """Under no_grad the kernel keeps one step of m_t (no backward to feed): same results."""
+    spec, p, x, state = projected_case("fgr", 9, 4, 2, 6, 3, seed=6)
+    lengths = torch.tensor([9, 4, 1, 7])
+    with split(groups=groups, chunk=2):
+        train = cpu.run_layer(spec, p, x, state, lengths, return_cells=True)
+        with torch.no_grad():
+            infer = cpu.run_layer(spec, p, x, state, lengths, return_cells=True)
+    for a, b in zip([train[0], *train[1], train[2]], [infer[0], *infer[1], infer[2]], strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("P", [0, 2])
+def test_padding_is_zero_as_torch_pads_also_with_nonfinite_weights(P):
+    """Past a sequence's length the output is 0, as torch.nn.LSTM's packed output padded
+    by pad_packed_sequence, even where the held state is NaN or infinite (the reference
+    backend multiplies the held state by 0 there, which gives NaN)."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    from test_backend_cpu_nonfinite import same_nonfinite
+
+    T, B, I, H = 5, 3, 2, 4
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(I, H, proj_size=P, dtype=DT)
+    with torch.no_grad():
+        (lstm.weight_hr_l0 if P else lstm.weight_hh_l0)[1, 1] = float("inf")
+    x = torch.randn(T, B, I, dtype=DT)
+    lengths = torch.tensor([5, 2, 3])
+    want, _ = pad_packed_sequence(lstm(pack_padded_sequence(x, lengths, enforce_sorted=False))[0], total_length=T)
+    p = CellParams(lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0,
+                   weight_hr=lstm.weight_hr_l0 if P else None)
+    state = (torch.zeros(B, P or H, dtype=DT), torch.zeros(B, H, dtype=DT))
+    with torch.no_grad():
+        got, _, _ = cpu.run_layer(lstmlab.get_cell("lstm"), p, x, state, lengths)
+    assert not torch.isfinite(got).all()
+    same_nonfinite(got, want, DT, f"P={P}")
+    assert torch.equal(got[3:, 1], torch.zeros(2, P or H, dtype=DT))
