@@ -43,22 +43,22 @@ def split(groups=1, chunk=0, slices=False):
         cpu._split = saved
 
 
-def projected_case(cell, T, B, I, H, P, seed):
+def projected_case(cell, T, B, I, H, P, seed, dtype=DT):
     """A CellParams with weight_hh (G*H, P) and weight_hr (P, H), x and the state (h P
     wide), all leaves that require grad."""
     torch.manual_seed(seed)
-    m = lstmlab.Recurrent(I, H, cell=cell, dtype=DT, backend="reference")
+    m = lstmlab.Recurrent(I, H, cell=cell, dtype=dtype, backend="reference")
     spec = m.spec
     g = torch.Generator().manual_seed(seed)
     base = m.cell_params(0)
     leaf = lambda t: None if t is None else t.detach().clone().requires_grad_()  # noqa: E731
     p = CellParams(leaf(base.weight_ih),
-                   (torch.randn(len(spec.gates) * H, P, generator=g, dtype=DT) * 0.5).requires_grad_(),
+                   (torch.randn(len(spec.gates) * H, P, generator=g, dtype=dtype) * 0.5).requires_grad_(),
                    leaf(base.bias_ih), leaf(base.bias_hh), leaf(base.weight_ch), leaf(base.weight_gg),
-                   (torch.randn(P, H, generator=g, dtype=DT) * 0.5).requires_grad_())
-    x = torch.randn(T, B, I, generator=g, dtype=DT).requires_grad_()
+                   (torch.randn(P, H, generator=g, dtype=dtype) * 0.5).requires_grad_())
+    x = torch.randn(T, B, I, generator=g, dtype=dtype).requires_grad_()
     width = {"h": P, "c": H, "a": len(spec.recurrent_gates) * H}
-    state = tuple((torch.rand if n == "a" else torch.randn)(B, width[n], generator=g, dtype=DT).requires_grad_()
+    state = tuple((torch.rand if n == "a" else torch.randn)(B, width[n], generator=g, dtype=dtype).requires_grad_()
                   for n in spec.state_names)
     return spec, p, x, state
 
@@ -98,6 +98,21 @@ def test_projection_matches_reference(cell, P, how):
         assert got["output"].shape == (T, B, P) and got["final h"].shape == (B, P)
         for name in want:
             assert_close(got[name], want[name], msg=f"{cell} P={P} {how} case {k}: {name}")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "fgr", "np"])
+@pytest.mark.parametrize("small_products", [True, False])
+@pytest.mark.parametrize("packed", [True, False])
+def test_projection_in_float32_through_each_product(cell, small_products, packed):
+    """float32, the built-in, the BLAS and MKL's packed products (the projection's too)."""
+    spec, p, x, state = projected_case(cell, 6, 5, 3, 20, 7, seed=3, dtype=torch.float32)
+    lengths = torch.tensor([6, 3, 1, 5, 6])
+    want = run(reference, spec, p, x, state, lengths, reverse=True)
+    small = (1 << 62) if small_products else 0
+    with cpu.tuning(SMALL_GEMM_LIMIT=small, GROUP_SMALL_GEMM_LIMIT=small, USE_PACKED_GEMM=int(packed)):
+        got = run(cpu, spec, p, x, state, lengths, reverse=True)
+    for name in want:
+        assert_close(got[name], want[name], msg=name)
 
 
 @pytest.mark.parametrize("P", [1, 3])
@@ -210,6 +225,7 @@ def test_projection_propagates_nonfinite_values_as_reference(cell, value):
     same non-finite pattern and finite values as the reference, forward and backward."""
     from test_backend_cpu_nonfinite import same_nonfinite
 
+    assert cpu.run_layer(*projected_case(cell, 4, 0, 2, 5, 3, seed=2)[:4])[0].shape == (4, 0, 3)  # empty batch
     for where in ("x", "h0", "c0", "weight_hr", "weight_hh"):
         spec, p, x, state = projected_case(cell, 4, 3, 2, 5, 3, seed=2)
         with torch.no_grad():
