@@ -14,6 +14,12 @@ flags (csrc/cells.h), so a newly registered cell is covered without new code:
               so the pre-activation gradients of only two chunks are ever held; bias and
               peephole gradients accumulate in the pointwise pass.
 
+With a projection (CellParams.weight_hr, torch's proj_size; lstm kinds) h is proj_size
+wide: h_t = (o_t * act(c_t)) W_hr^T is one more product per step, whose backward is one
+product per step (dL/dm_t = dL/dh_t W_hr) and one per chunk (dW_hr). A slice of hidden
+units cannot form its part of h_t before every slice has its o act(c), so a projected layer
+runs either in groups of batch rows or in one worker: never in slices.
+
 On machines with more than one thread the work is shared in one of two ways
 (csrc/steps.h, chosen by `_split`): when a step's products are small and the batch has at
 least 8 rows a thread, the batch rows are cut into groups, one per thread, that run the
@@ -163,7 +169,7 @@ class _Fused(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, plan, groups, lengths, keep, return_cells, record, x, h0, c0, a0, W_ih, W_hh, b_ih, b_hh, W_ch,
-                W_gg):
+                W_gg, W_hr):
         none = x.new_empty(0)
         Wx, bx, s0 = plan.pack(W_ih, b_ih, b_hh, h0, a0)
         c0 = none if c0 is None else c0.contiguous()
@@ -172,12 +178,13 @@ class _Fused(torch.autograd.Function):
         # them outlives a pass
         W_hh, W_gg = W_hh.contiguous(), none if W_gg is None else W_gg.contiguous()
         maps = [none.long() if m is None else m for m in (plan.r_src, plan.a_src)]
-        out, gates, C, s_fin, c_fin, cells = _extension().forward(
+        W_hr = none if W_hr is None else W_hr.contiguous()  # the projection (proj_size), or none
+        out, gates, C, s_fin, c_fin, cells, M = _extension().forward(
             plan.cfg, plan.bounds, groups, x, s0, c0, Wx, bx, W_hh, W_gg, *maps, peep, lengths, keep, return_cells,
-            _tune(groups))
+            _tune(groups), W_hr)
         ctx.plan, ctx.groups, ctx.record, ctx.maps = plan, groups, record, maps
         ctx.flags = (a0 is not None, b_ih is not None, W_ch is not None, c0.numel() > 0)
-        ctx.save_for_backward(x, s0, c0, Wx, W_hh, W_gg, peep, lengths, out, gates, C)
+        ctx.save_for_backward(x, s0, c0, Wx, W_hh, W_gg, peep, lengths, out, gates, C, W_hr, M)
         h_n, a_n = plan.unpack_state(s_fin, a0 is not None)
         a_n = none if a_n is None else a_n
         ctx.mark_non_differentiable(*[t for t in (c_fin, a_n, cells) if t.numel() == 0])
@@ -186,27 +193,27 @@ class _Fused(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dout, dh_n, dc_n, da_n, dcells):
-        x, s0, c0, Wx, W_hh, W_gg, peep, lengths, out, gates, C = ctx.saved_tensors
+        x, s0, c0, Wx, W_hh, W_gg, peep, lengths, out, gates, C, W_hr, M = ctx.saved_tensors
         plan, (fgr, bias, peepholes, lstm) = ctx.plan, ctx.flags
         none = x.new_empty(0)
         pick = lambda t: none if t is None else t.contiguous()  # noqa: E731
         ds_fin = none
         if dh_n is not None or da_n is not None:
-            H = plan.H
+            H = plan.Hs
             ds_fin = dh_n if dh_n is not None else s0.new_zeros(s0.shape[0], H)
             if fgr:
                 ds_fin = torch.cat([ds_fin, da_n if da_n is not None else s0.new_zeros(s0.shape[0], s0.shape[1] - H)], 1)
             ds_fin = (ds_fin if plan.s_src is None else ds_fin.index_select(1, plan.s_src)).contiguous()
         want = ctx.record is not None
-        dx, ds0, dc0, dWx, dbx, dW_hh, dW_gg, dpeep, norm_h, norm_c = _extension().backward(
+        dx, ds0, dc0, dWx, dbx, dW_hh, dW_gg, dpeep, norm_h, norm_c, dW_hr = _extension().backward(
             plan.cfg, plan.bounds, ctx.groups, x, s0, c0, Wx, W_hh, W_gg, *ctx.maps, peep, lengths, out, gates, C,
-            pick(dout), ds_fin, pick(dc_n), pick(dcells), want, _tune(ctx.groups))
+            pick(dout), ds_fin, pick(dc_n), pick(dcells), want, _tune(ctx.groups), W_hr, M)
         if want:
             ctx.record.fill(norm_h, norm_c if norm_c.numel() else None)
         dh0, da0 = plan.unpack_state(ds0, fgr)
         dW_ih, db_ih, db_hh = plan.unpack_grads(dWx, dbx, bias)
         return (None, None, None, None, None, None, dx, dh0, dc0 if lstm else None, da0, dW_ih, dW_hh, db_ih, db_hh,
-                dpeep if peepholes else None, dW_gg if fgr else None)
+                dpeep if peepholes else None, dW_gg if fgr else None, dW_hr if W_hr.numel() else None)
 
 
 _warned: set[str] = set()
@@ -229,15 +236,23 @@ def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
         lengths: (B,) valid lengths or None. reverse: run each sequence backwards.
         truncate: the 1997 truncated gradient; None takes the cell's default.
         return_cells: also return every step's c_t (LSTM cells).
+        p.weight_hr: (P, H) projection (proj_size P, lstm kinds), or None: h is then
+            P wide (state h (B, P), weight_hh (G*H, P), output (T, B, P)).
     Returns:
-        output (T, B, H), final state tuple, cells (T, B, H) or None.
+        output (T, B, H or P), final state tuple, cells (T, B, H) or None.
     """
     truncate = spec.truncate if truncate is None else truncate
+    W_hr = getattr(p, "weight_hr", None)
+    if W_hr is not None and spec.kind != "lstm":
+        raise ValueError(f"weight_hr given for cell {spec.name!r} ({spec.kind}); allowed: lstm cells only (proj_size)")
     if x.device.type != "cpu" or x.dtype not in DTYPES:
         return _fallback(f"{x.dtype} on {x.device} is not supported (float32/float64 on cpu)",
                          spec, p, x, state, lengths, reverse, truncate, return_cells)
     T, B, _ = x.shape
-    H = p.weight_hh.shape[1]
+    H = p.weight_hh.shape[0] // len(spec.gates)
+    proj = 0 if W_hr is None else W_hr.shape[0]
+    if T == 0 or B == 0 or H == 0:
+        return _empty(spec, p, x, state, lengths, reverse, truncate, return_cells)
     if lengths is not None:
         lengths = lengths.to("cpu", torch.long)
         if bool((lengths >= T).all()):
@@ -247,12 +262,14 @@ def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
     lanes = _extension().vector_bytes // x.element_size()
     work = B * (p.weight_hh.numel() + (p.weight_gg.numel() if p.weight_gg is not None else 0))  # multiply-adds
     bounds, groups = _split(B, H, work, lanes)
-    plan = layout_plan(spec, H, bounds, bool(truncate))
+    if proj:  # never slices (see the module docstring): groups, or one worker
+        bounds = (0, H)
+    plan = layout_plan(spec, H, bounds, bool(truncate), proj)
     record = GradNorms._register(reverse, lengths)
     lens = lengths.contiguous() if lengths is not None else x.new_empty(0, dtype=torch.long)
     lstm, fgr = spec.kind == "lstm", spec.gate_recurrence
     tensors = (x.contiguous(), state[0], state[1] if lstm else None, state[2] if fgr else None,
-               p.weight_ih, p.weight_hh, p.bias_ih, p.bias_hh, p.weight_ch, p.weight_gg)
+               p.weight_ih, p.weight_hh, p.bias_ih, p.bias_hh, p.weight_ch, p.weight_gg, W_hr)
     keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)  # backward to come
     out, h_n, c_n, a_n, cells = _Fused.apply(plan, groups, lens, keep, bool(return_cells and lstm), record, *tensors)
     final = ((h_n, c_n, a_n) if fgr else (h_n, c_n)) if lstm else (h_n,)
@@ -260,6 +277,23 @@ def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
     if reverse:
         out = reference.reverse_padded(out, lengths)
         cells = reference.reverse_padded(cells, lengths) if cells is not None else None
+    return out, final, cells
+
+
+def _empty(spec, p, x, state, lengths, reverse, truncate, return_cells):
+    """A sequence with nothing to compute (no batch rows, no steps or no hidden units), which
+    the kernel refuses: the reference loop's empty results, with their
+    autograd graph (zero gradients, as torch.nn.LSTM gives for an empty batch); with no
+    steps, empty outputs and the initial state as the final one."""
+    T, B, _ = x.shape
+    record = GradNorms._register(reverse, lengths)
+    if record is not None:  # nothing reaches the backward: the norms are known now
+        record.fill(x.new_zeros(T, B), x.new_zeros(T, B) if spec.kind == "lstm" else None)
+    if T == 0:
+        cells = x.new_zeros(0, B, state[1].shape[1]) if return_cells and spec.kind == "lstm" else None
+        return x.new_zeros(0, B, state[0].shape[1]), tuple(state), cells
+    out, final, cells = reference.run_layer(spec, p, x, state, lengths, reverse, truncate,
+                                            return_cells and spec.kind == "lstm")
     return out, final, cells
 
 
@@ -292,7 +326,8 @@ class GradNorms:
     `Recurrent`: layer 0, its reverse direction if bidirectional, layer 1, ...) is
     recorded; the backward pass, which may run after the block, fills in for each
 
-        h[k][t, b] = ||dL/dh_t||   (over the hidden units; shape (T, B))
+        h[k][t, b] = ||dL/dh_t||   (over the hidden units; shape (T, B); with a
+                                    projection, over h's proj_size entries)
         c[k][t, b] = ||dL/dc_t||   (LSTM cells; None for rnn and gru)
 
     where dL/dh_t is the whole gradient that reaches the state h_t of sequence b: from

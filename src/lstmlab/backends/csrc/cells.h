@@ -49,24 +49,32 @@ struct Cell {
 // contiguous range. With one slice all this is torch's layout (i f g o blocks of H; FGR:
 // i f o g, and S = cat(h, a)).
 //
+// With a projection (torch's proj_size, lstm kinds; one slice only: a slice cannot form its
+// part of h = m W_hr^T before every slice has its m = o act(c)), h is Q = proj wide: S is
+// h (Q), then the a part; the pointwise pass writes m to a buffer of its own, and the
+// caller forms h from it.
+//
 // FGR's step thus costs two products per slice, h Wh^T into all its recurrent blocks and
 // a Wa^T into its A gated ones: (Gr + A^2) H^2 multiply-adds per batch row (13 H^2 for
 // i f o g), none of them on zeros.
 struct Layout {
   int64_t H, P, Gs, Gr, A;
   std::vector<int64_t> bound;
-  Layout(const Cell& c, int64_t H_, std::vector<int64_t> b)
-      : H(H_), P((int64_t)b.size() - 1), Gs(c.Gs), Gr(c.Gr), A(c.A), bound(std::move(b)) {}
+  int64_t Q;  // the projection's width (proj_size), 0 for none
+  Layout(const Cell& c, int64_t H_, std::vector<int64_t> b, int64_t Q_ = 0)
+      : H(H_), P((int64_t)b.size() - 1), Gs(c.Gs), Gr(c.Gr), A(c.A), bound(std::move(b)), Q(Q_) {}
+  int64_t Hs() const { return Q > 0 ? Q : H; }  // the width of h (in S, the output)
+  int64_t hw(int64_t p) const { return Q > 0 ? Q : w(p); }  // slice p's part of h
   int64_t u0(int64_t p) const { return bound[p]; }
   int64_t w(int64_t p) const { return bound[p + 1] - bound[p]; }
   int64_t GS() const { return Gs * H; }       // gates columns, all slices
   int64_t R() const { return Gr * H; }        // recurrent gate columns, all slices
-  int64_t K() const { return (1 + A) * H; }   // S row width
+  int64_t K() const { return Hs() + A * H; }  // S row width
   int64_t AH() const { return A * H; }        // the a part of S; Wa is AH x AH
   int64_t gs(int64_t p) const { return Gs * w(p); }  // a slice's gates row width
   int64_t col(int64_t p, int64_t blk) const { return blk * w(p); }  // a block within a slice row
   // S column of slice p's block j (0: h, 1..A: a-blocks); the a ones are H + arow(p) on.
-  int64_t scol(int64_t p, int64_t j) const { return j == 0 ? u0(p) : H + arow(p) + (j - 1) * w(p); }
+  int64_t scol(int64_t p, int64_t j) const { return j == 0 ? u0(p) : Hs() + arow(p) + (j - 1) * w(p); }
   int64_t arow(int64_t p) const { return A * u0(p); }  // slice p's first row (column) of Wa
   // Where slice p's part of a per-slice buffer of `rows` rows starts (units: elements).
   int64_t gates_at(int64_t p, int64_t rows) const { return rows * Gs * u0(p); }
@@ -152,7 +160,7 @@ struct CellKernel {
       V hv = ld(h + u, n);
       if (go) hv *= ld(go + u, n);
       st(h + u, hv, n);
-      st(sh + u, hv, n);
+      if (!lay.Q) st(sh + u, hv, n);  // with a projection, hout is m's row: the caller forms h
     }
     const int64_t ablk[3] = {c.ai, c.af, c.ao};
     T* const gates_ifo[3] = {gi, gf, go};
@@ -183,17 +191,19 @@ struct CellKernel {
     switch (act) {
       case ACT_TANH: run([](V x) { return vtanh<T>(x); }); break;
       case ACT_SIGMOID: run([](V x) { return vsigmoid<T>(x); }); break;
-      case ACT_RELU: run([](V x) { return x > T(0) ? x : splat(T(0)); }); break;
+      case ACT_RELU: run([](V x) { return x < T(0) ? splat(T(0)) : x; }); break;  // NaN stays NaN
       case ACT_IDENTITY: run([](V x) { return x; }); break;
       case ACT_G1997: run([](V x) { return T(2) * vtanh<T>(T(0.5) * x); }); break;
       default: run([](V x) { return vtanh<T>(T(0.5) * x); }); break;
     }
   }
 
-  // A padded step (t >= length): the state is held, the output is zero.
+  // A padded step (t >= length): the state is held, the output (m's row with a
+  // projection) is zero.
   void hold_row(int64_t p, const T* sprev, T* snext, const T* cprev, T* cnew, T* hout) const {
     const int64_t u0 = lay.u0(p), w = lay.w(p);
-    for (int64_t j = 0; j <= lay.A; ++j) std::memcpy(snext + lay.scol(p, j), sprev + lay.scol(p, j), sizeof(T) * w);
+    for (int64_t j = 0; j <= lay.A; ++j)
+      std::memcpy(snext + lay.scol(p, j), sprev + lay.scol(p, j), sizeof(T) * (j == 0 ? lay.hw(p) : w));
     if (cnew) std::memcpy(cnew, cprev, sizeof(T) * w);
     std::memset(hout + u0, 0, sizeof(T) * w);
   }
@@ -204,8 +214,10 @@ struct CellKernel {
   // go through the recurrent product (gru's z h term; 0 otherwise); dc: the same for c;
   // hprev (gru) / cprev, cnew (lstm): state rows; dout / dcell: cotangent rows or nullptr;
   // dbias and dpeep accumulate; nh / nc receive the sums of squares of dL/dh_t, dL/dc_t.
+  // With a projection (lstm), dm is the row of dL/dm_t (m = o act(c), taken back through
+  // W_hr by the caller, dout already in it), read in place of S's h part and dout.
   void backward_row(int64_t p, const T* g, T* dp, T* ds, T* dc, const T* hprev, const T* cprev, const T* cnew,
-                    const T* dout, const T* dcell, T* dbias, T* dpeep, T* nh, T* nc) const {
+                    const T* dout, const T* dcell, T* dbias, T* dpeep, T* nh, T* nc, T* dm = nullptr) const {
     const int64_t u0 = lay.u0(p), w = lay.w(p), H = lay.H;
     T* dsh = ds + lay.scol(p, 0);
     V acc_h = V{}, acc_c = V{};
@@ -216,7 +228,7 @@ struct CellKernel {
         V dh = ld(dsh + u, n);
         if (dout) dh += ld(dout + u0 + u, n);
         acc_h += dh * dh;
-        V d = dh * activate_grad<T>(c.act, ld(g + o + u, n));
+        V d = activate_back<T>(c.act, dh, ld(g + o + u, n));
         st(dp + o + u, d, n);
         st(dbias + o + u, ld(dbias + o + u, n) + d, n);
         st(dsh + u, V{}, n);
@@ -232,7 +244,8 @@ struct CellKernel {
         V r = ld(g + orr + u, n), z = ld(g + oz + u, n), hn = ld(g + ohn + u, n), nn = ld(g + on + u, n);
         V hp = ld(hprev + u0 + u, n);
         V dpn = dh * (T(1) - z) * (T(1) - nn * nn);
-        V dpz = dh * (hp - nn) * z * (T(1) - z);
+        // (dh h - dh n), as autograd forms it: dh (h - n) differs where dh is infinite
+        V dpz = (dh * hp - dh * nn) * z * (T(1) - z);
         V dpr = dpn * hn * r * (T(1) - r);
         V dhn = dpn * r;
         st(dp + orr + u, dpr, n);
@@ -246,7 +259,7 @@ struct CellKernel {
         st(dsh + u, dh * z, n);
       }
     } else {
-      lstm_backward(p, g, dp, ds, dc, cprev, cnew, dout, dcell, dbias, dpeep, acc_h, acc_c);
+      lstm_backward(p, g, dp, ds, dc, cprev, cnew, dout, dcell, dbias, dpeep, acc_h, acc_c, dm);
     }
     *nh += reduce(acc_h);
     if (nc) *nc += reduce(acc_c);
@@ -254,7 +267,7 @@ struct CellKernel {
   }
 
   void lstm_backward(int64_t p, const T* g, T* dp, T* ds, T* dc, const T* cprev, const T* cnew, const T* dout,
-                     const T* dcell, T* dbias, T* dpeep, V& acc_h, V& acc_c) const {
+                     const T* dcell, T* dbias, T* dpeep, V& acc_h, V& acc_c, T* dm) const {
     const int64_t u0 = lay.u0(p), w = lay.w(p), H = lay.H;
     const bool full = !c.truncate;
     const int64_t oi = c.bi >= 0 ? lay.col(p, c.bi) : -1, of = c.bf >= 0 ? lay.col(p, c.bf) : -1,
@@ -265,7 +278,8 @@ struct CellKernel {
     T* dpe_i = c.pi >= 0 ? dpeep + c.pi * H + u0 : nullptr;
     T* dpe_f = c.pf >= 0 ? dpeep + c.pf * H + u0 : nullptr;
     T* dpe_o = c.po >= 0 ? dpeep + c.po * H + u0 : nullptr;
-    T* dsh = ds + lay.scol(p, 0);
+    T* dsh = dm ? dm : ds + lay.scol(p, 0);
+    if (dm) dout = nullptr;  // in dm already
     T* da_i = c.ai > 0 ? ds + lay.scol(p, c.ai) : nullptr;
     T* da_f = c.af > 0 ? ds + lay.scol(p, c.af) : nullptr;
     T* da_o = c.ao > 0 ? ds + lay.scol(p, c.ao) : nullptr;
@@ -282,7 +296,7 @@ struct CellKernel {
       V dcv = ld(dc + u0 + u, n);
       if (dcell) dcv += ld(dcell + u0 + u, n);
       V ho = activate<T>(c.out_act, cn);
-      dcv += dh * o * activate_grad<T>(c.out_act, ho);
+      dcv += activate_back<T>(c.out_act, dh * o, ho);
       V dpo = V{};
       if (oo >= 0) {
         V dov = dh * ho;
@@ -294,7 +308,7 @@ struct CellKernel {
       acc_c += dcv * dcv;
       V di = dcv * gv;
       if (da_i) di += ld(da_i + u, n);
-      V dpg = dcv * i * activate_grad<T>(c.act, gv);
+      V dpg = activate_back<T>(c.act, dcv * i, gv);
       V df = dcv * cp;
       if (da_f) df += ld(da_f + u, n);
       if (c.forget == FORGET_COUPLED) di -= df;  // f = 1 - i

@@ -25,6 +25,8 @@ class Plan:
     torch's parameter layout and the kernel's (csrc/cells.h `Layout`).
 
     cfg: the flags of csrc/cells.h `Cell`. bounds: the slices of hidden units.
+    Hs: the width of h (the state's first part, the output): proj_size with a projection
+        (one slice; the maps below are then the identity there), else H.
     x_src: for each row of the kernel's input weights (= gates column), the row of
         weight_ih it takes (G*H: a zero row, for gru's separate h-side n block).
     r_src: for each row of the kernel's recurrent weights Wh, the row of weight_hh.
@@ -38,6 +40,7 @@ class Plan:
     cfg: list
     bounds: list
     H: int
+    Hs: int
     GS: int
     x_src: torch.Tensor | None
     r_src: torch.Tensor | None
@@ -61,7 +64,7 @@ class Plan:
     def unpack_state(self, s, with_a):
         """(h, a) in torch's order from the kernel's state S (a: None without FGR)."""
         s = _select(s, 1, self.s_dst)
-        return (s[:, :self.H], s[:, self.H:]) if with_a else (s, None)
+        return (s[:, :self.Hs], s[:, self.Hs:]) if with_a else (s, None)
 
     def unpack_grads(self, dWx, dbx, with_bias):
         """Gradients of weight_ih, bias_ih, bias_hh from the kernel's (those of weight_hh
@@ -81,8 +84,11 @@ def _or_identity(idx: list[int]) -> torch.Tensor | None:
 
 
 @functools.lru_cache(maxsize=256)
-def plan(spec: CellSpec, H: int, bounds: tuple[int, ...], truncate: bool) -> Plan:
-    """The Plan for a cell, hidden size H, slices `bounds` and the truncated rule (cached)."""
+def plan(spec: CellSpec, H: int, bounds: tuple[int, ...], truncate: bool, proj: int = 0) -> Plan:
+    """The Plan for a cell, hidden size H, slices `bounds`, the truncated rule and the width
+    of the projection (proj_size; 0: none, else one slice only) (cached)."""
+    if proj and len(bounds) != 2:
+        raise ValueError(f"bounds={bounds!r} with proj={proj}: a projection runs in one slice of hidden units")
     gates, fed_back = spec.gates, spec.recurrent_gates
     if spec.kind == "gru":
         blocks, Gr = ("r", "z", "hn", "n"), 3  # h-side n (R_n h + b_hn) kept apart from x-side n
@@ -144,5 +150,7 @@ def plan(spec: CellSpec, H: int, bounds: tuple[int, ...], truncate: bool) -> Pla
            *(peep(g) for g in "ifo"), *(a_blk(g) for g in "ifo"), int(truncate), Gs, Gr, A]
     ident = _or_identity
     dst = ident if len(gates) * H == GS else torch.tensor  # gru: 3H rows into 4H, never the identity
-    return Plan(cfg, list(bounds), H, GS, ident(x_src), ident(r_src), dst(x_dst), dst(hb_dst), ident(s_src),
-                ident(s_dst), ident(a_src))
+    # one slice: S is cat(h, a) as torch holds it, h proj wide with a projection
+    s_src, s_dst = (None, None) if proj else (ident(s_src), ident(s_dst))
+    return Plan(cfg, list(bounds), H, proj or H, GS, ident(x_src), ident(r_src), dst(x_dst), dst(hb_dst), s_src,
+                s_dst, ident(a_src))

@@ -45,6 +45,14 @@
 namespace lstmlab {
 namespace {
 
+// The runs of a slice's gates row (width w) that the input reaches, (first column, length):
+// all of it, but for gru not the h-side n block (R_n h + b_hn), whose rows of Wx are zero:
+// the products skip it, so that an infinite input gives no 0 * inf = NaN there (nor in dx).
+std::vector<std::pair<int64_t, int64_t>> input_runs(const Cell& cell, int64_t w) {
+  if (cell.kind == KIND_GRU) return {{0, GRU_HN * w}, {(GRU_HN + 1) * w, (cell.Gs - GRU_HN - 1) * w}};
+  return {{0, cell.Gs * w}};
+}
+
 void check(const at::Tensor& t, const char* name, at::ScalarType dtype) {
   if (!has(t)) return;
   TORCH_CHECK(t.device().is_cpu(), "lstmlab cpu backend: ", name, " must be on the CPU");
@@ -68,8 +76,8 @@ std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, int64_
                                      const at::Tensor& s0, const at::Tensor& c0, const at::Tensor& Wx,
                                      const at::Tensor& bx, const Weights& wts, const at::Tensor& peep,
                                      const at::Tensor& lengths, bool keep, bool return_cells,
-                                     const std::vector<int64_t>& tune) {
-  const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2), H = lay.H;
+                                     const std::vector<int64_t>& tune, const at::Tensor& W_hr) {
+  const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2), H = lay.H, Hs = lay.Hs(), Q = lay.Q;
   const int64_t GS = lay.GS(), K = lay.K(), P = lay.P, Gs = lay.Gs, Gr = lay.Gr, A = lay.A, AH = lay.AH();
   const int64_t CH = chunk_steps(tune[2], T_, B, GS, P, G, sizeof(T));
   const bool lstm = cell.kind == KIND_LSTM;
@@ -78,8 +86,10 @@ std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, int64_
   const int64_t Tg = keep ? T_ : CH, Tc = lstm ? (keep_c ? T_ : 2) : 0;
   auto opts = x.options();
   at::Tensor gates = at::empty({Tg * B * GS}, opts);
-  at::Tensor out = at::empty({T_, B, H}, opts);
+  at::Tensor out = at::empty({T_, B, Hs}, opts);
   at::Tensor C = at::empty({Tc * B * H}, opts);
+  // with a projection, m_t = o act(c_t) of every step (a backward to feed) or of one
+  at::Tensor M = at::empty({Q > 0 ? (keep ? T_ : 1) * B * H : 0}, opts);
   at::Tensor S = at::empty({2, B, K}, opts);
   S[0].copy_(s0);
   const SliceBuffer<T> Gb{ptr<T>(gates), lay, Tg * B, true}, Cb{ptr<T>(C), lay, Tc * B, false};
@@ -87,23 +97,26 @@ std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, int64_
   const T *wh = ptr<T>(wts.W_hh), *wa = ptr<T>(wts.W_gg), *wx = ptr<T>(Wx), *xp = ptr<T>(x), *bxp = ptr<T>(bx),
           *c0p = ptr<T>(c0);
   // part p: slice p's recurrent gate rows of Wh, transposed; part P + p (FGR): its gated
-  // rows of Wa, transposed (columns: the a part of S)
+  // rows of Wa, transposed (columns: the a part of S); then (projection) W_hr, transposed
   std::vector<typename StepProduct<T>::Part> parts;
   for (int64_t p = 0; p < P; ++p) {
     const int64_t r0 = Gr * lay.u0(p);
     const int64_t* rows = wts.h_map(r0);
-    parts.push_back({rows ? wh : wh + r0 * H, H, H, Gr * lay.w(p), true, rows});
+    parts.push_back({rows ? wh : wh + r0 * Hs, Hs, Hs, Gr * lay.w(p), true, rows});
   }
   for (int64_t p = 0; A > 0 && p < P; ++p) {
     const int64_t a0 = lay.arow(p);
     const int64_t* rows = wts.a_map(a0);
     parts.push_back({rows ? wa : wa + a0 * AH, AH, AH, A * lay.w(p), true, rows, wts.a_map(0)});
   }
+  const size_t proj_part = parts.size();
+  if (Q > 0) parts.push_back({ptr<T>(W_hr), H, H, Q, true});
   const Workers<T> work(B, G, P, parts, tune);
   SliceClock clock(work.n);
 
   const CellKernel<T> kern{cell, lay, B, ptr<int64_t>(lengths), ptr<T>(peep)};
-  T *Sp = ptr<T>(S), *o = ptr<T>(out);
+  T *Sp = ptr<T>(S), *o = ptr<T>(out), *mp = ptr<T>(M);
+  auto m_row = [&](int64_t t, int64_t b) { return mp + ((keep ? t : 0) * B + b) * H; };
   auto gates_row = [&](int64_t p, int64_t t, int64_t b) { return Gb.row(p, (t % Tg) * B + b); };
   auto c_row = [&](int64_t p, int64_t t, int64_t b) {  // c_t of row b, slice p (t = -1: c0)
     return t < 0 ? const_cast<T*>(c0p) + b * H + lay.u0(p) : Cb.row(p, (keep_c ? t : (t & 1)) * B + b);
@@ -112,8 +125,12 @@ std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, int64_
   // (the bias is added in the pointwise pass).
   auto input_projection = [&](int64_t p, int64_t t, int64_t g, int64_t G_) {
     const int64_t gsp = lay.gs(p), r0 = B * std::min(CH, T_ - t) * g / G_, r1 = B * std::min(CH, T_ - t) * (g + 1) / G_;
-    gemm_blas<T>(false, true, r1 - r0, gsp, I, xp + (t * B + r0) * I, I, wx + Gs * lay.u0(p) * I, I,
-                 gates_row(p, t, 0) + r0 * gsp, gsp, false);
+    T* dst = gates_row(p, t, 0) + r0 * gsp;
+    for (const auto& [c0, len] : input_runs(cell, lay.w(p)))
+      gemm_blas<T>(false, true, r1 - r0, len, I, xp + (t * B + r0) * I, I, wx + (Gs * lay.u0(p) + c0) * I, I, dst + c0,
+                   gsp, false);
+    if (cell.kind == KIND_GRU)  // the h-side n block: the recurrent product adds to 0
+      for (int64_t r = 0; r < r1 - r0; ++r) std::memset(dst + r * gsp + GRU_HN * lay.w(p), 0, sizeof(T) * lay.w(p));
   };
   auto step = [&](int64_t t, int64_t k) {  // step t of worker k: slice p, batch rows [b0, b1)
     const auto [p, b0, b1] = work.at(k);
@@ -127,17 +144,27 @@ std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, int64_
     const T* sprev = Sp + (t & 1) * B * K;
     T* snext = Sp + ((t + 1) & 1) * B * K;
     product(p, sprev + b0 * K, K, gates_row(p, t, b0), gsp, true);
-    if (A > 0) product(P + p, sprev + b0 * K + H, K, gates_row(p, t, b0), gsp, true);  // gated blocks first
+    if (A > 0) product(P + p, sprev + b0 * K + Hs, K, gates_row(p, t, b0), gsp, true);  // gated blocks first
     clock.add(k, F_PRODUCT, since);
     const T* bias = bxp + Gs * lay.u0(p);
     for (int64_t b = b0; b < b1; ++b) {
-      T* hout = o + (t * B + b) * H;
+      T* hout = Q > 0 ? m_row(t, b) : o + (t * B + b) * H;
       const T* cp = lstm ? c_row(p, t - 1, b) : nullptr;
       T* cn = lstm ? c_row(p, t, b) : nullptr;
       if (kern.valid(t, b))
         kern.forward_row(p, gates_row(p, t, b), bias, sprev + b * K, snext + b * K, cp, cn, hout);
       else
         kern.hold_row(p, sprev + b * K, snext + b * K, cp, cn, hout);
+    }
+    if (Q > 0) {  // h_t = m_t W_hr^T (one slice: all of m is here), into the output and S
+      T* ht = o + (t * B + b0) * Q;
+      product(proj_part, m_row(t, b0), H, ht, Q, false);
+      for (int64_t b = b0; b < b1; ++b) {
+        if (kern.valid(t, b))
+          std::memcpy(snext + b * K, ht + (b - b0) * Q, sizeof(T) * Q);
+        else
+          std::memset(ht + (b - b0) * Q, 0, sizeof(T) * Q);
+      }
     }
     clock.add(k, F_POINTWISE, since);
   };
@@ -155,7 +182,7 @@ std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, int64_
     run_steps(T_, P, step);
   }
   clock.fold();
-  if (g_clock.on) g_clock.flops[0] += 2.0 * T_ * B * (lay.R() * H + AH * AH);
+  if (g_clock.on) g_clock.flops[0] += 2.0 * T_ * B * (lay.R() * Hs + AH * AH + Q * H);
   at::Tensor s_final = S[T_ & 1].clone();
   // c_n, and every c_t for return_cells, in (B, H) / (T, B, H) from the slices' rows
   auto gather_c = [&](int64_t t, T* dst) {
@@ -176,8 +203,8 @@ std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, int64_
           if (t >= len[b]) std::memset(cp + (t * B + b) * H, 0, sizeof(T) * H);
     }
   }
-  if (!keep) gates = at::empty({0}, opts), C = at::empty({0}, opts);
-  return {out, gates, C, s_final, c_final, cells};
+  if (!keep) gates = at::empty({0}, opts), C = at::empty({0}, opts), M = at::empty({0}, opts);
+  return {out, gates, C, s_final, c_final, cells, M};
 }
 
 template <class T>
@@ -186,8 +213,9 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
                                       const Weights& wts, const at::Tensor& peep, const at::Tensor& lengths,
                                       const at::Tensor& out, const at::Tensor& gates, const at::Tensor& C,
                                       const at::Tensor& dout, const at::Tensor& ds_final, const at::Tensor& dc_final,
-                                      const at::Tensor& dcells, bool want_norms, const std::vector<int64_t>& tune) {
-  const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2), H = lay.H;
+                                      const at::Tensor& dcells, bool want_norms, const std::vector<int64_t>& tune,
+                                      const at::Tensor& W_hr, const at::Tensor& M) {
+  const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2), H = lay.H, Hs = lay.Hs(), Q = lay.Q;
   const int64_t GS = lay.GS(), R = lay.R(), K = lay.K(), P = lay.P, A = lay.A, AH = lay.AH(), Gs = lay.Gs,
                 Gr = lay.Gr;
   const int64_t CH = chunk_steps(tune[2], T_, B, GS, P, G, sizeof(T));
@@ -207,7 +235,7 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
   // recurrent gradients over the sequence (T B (R + AH) numbers), where one pass over them
   // costs less than the staging it saves (measured: BENCHMARKS.md). Staged copies
   // alternate by step parity.
-  const int64_t weight_bytes = (R * H + AH * AH) * (int64_t)sizeof(T);
+  const int64_t weight_bytes = (R * Hs + AH * AH) * (int64_t)sizeof(T);
   const bool own = weight_bytes <= tune[3] && 4 * weight_bytes <= T_ * B * (R + AH) * (int64_t)sizeof(T);
   const bool stage_h = !cell.truncate && (P > 1 || (!own && has(wts.h_src)));
   const bool stage_a = A > 0 && stage_h && !own;  // torch's order: i f g o, the gated part apart
@@ -220,7 +248,12 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
   at::Tensor dbx = at::zeros({G, GS}, opts);
   at::Tensor dpeep = at::zeros({G, peep.numel()}, opts);
   at::Tensor dWx = at::zeros({GS, I}, opts);
-  at::Tensor dWh = at::zeros({R, H}, opts);
+  at::Tensor dWh = at::zeros({R, Hs}, opts);
+  // projection: dL/dh_t of every step (0 past a length) for dW_hr = sum_t dh_t^T m_t, one
+  // step's dL/dm_t = dh_t W_hr (B, H)
+  at::Tensor dWr = at::zeros({Q, Q > 0 ? H : 0}, opts);
+  at::Tensor DQ = at::empty({Q > 0 ? T_ * B * Q : 0}, opts);
+  at::Tensor DM = at::empty({Q > 0 ? B * H : 0}, opts);
   at::Tensor dWa = at::zeros({A > 0 ? AH : 0, AH}, opts);
   at::Tensor dx = P == 1 ? at::empty({T_, B, I}, opts) : at::empty({P, T_, B, I}, opts);  // per-slice shares
   at::Tensor norms = at::zeros({want_norms ? 2 : 0, P, T_, B}, opts);
@@ -256,10 +289,12 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
   const int64_t* a_rows = own ? wts.a_map(0) : nullptr;
   std::vector<typename StepProduct<T>::Part> parts;
   for (int64_t p = 0; p < P; ++p)
-    parts.push_back({wh + lay.u0(p), H, cell.truncate ? 0 : R, lay.w(p), false, h_rows});
+    parts.push_back({wh + lay.u0(p), Hs, cell.truncate ? 0 : R, lay.hw(p), false, h_rows});
   for (int64_t p = 0; A > 0 && p < P; ++p)
     parts.push_back({wa + lay.u0(p), AH, cell.truncate ? 0 : AH, A * lay.w(p), false, a_rows, nullptr,
                      P > 1 ? A : 1, H});
+  const size_t proj_part = parts.size();
+  if (Q > 0) parts.push_back({ptr<T>(W_hr), H, Q, H, false});  // dL/dm = dL/dh W_hr
   const Workers<T> work(B, G, P, parts, tune);
   SliceClock clock(work.n);
 
@@ -269,7 +304,8 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
   T *ds = ptr<T>(dS), *dc = ptr<T>(dC), *db = ptr<T>(dbx), *dpe = ptr<T>(dpeep), *stg = ptr<T>(stage),
     *stga = ptr<T>(stage_g);
   T *dwx = ptr<T>(dWx), *dwh = ptr<T>(dWh), *dwa = ptr<T>(dWa), *dxp = ptr<T>(dx), *nrm = ptr<T>(norms);
-  const T *c0p = ptr<T>(c0), *o = ptr<T>(out), *s0p = ptr<T>(s0);
+  const T *c0p = ptr<T>(c0), *o = ptr<T>(out), *s0p = ptr<T>(s0), *mp = ptr<T>(M);
+  T *dq = ptr<T>(DQ), *dm = ptr<T>(DM), *dwr = ptr<T>(dWr);
   const T *xp = ptr<T>(x), *wx = ptr<T>(Wx), *dop = ptr<T>(dout), *dcl = ptr<T>(dcells);
   auto dp_row = [&](int64_t p, int64_t t, int64_t b) { return D.row(p, (((t / CH) & 1) * CH + t % CH) * B + b); };
   const int64_t rec_ld = stage_h ? R : GS, gated_ld = stage_a ? AH : rec_ld;
@@ -290,15 +326,16 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
     const int64_t gsp = lay.gs(p);
     const auto [h0, h1] = share(Gr * lay.w(p), g, G_, true);
     const auto [a0, a1] = share(A * lay.w(p), g, G_, true);
-    T* dst_h = dwh + (Gr * lay.u0(p) + h0) * H;
+    T* dst_h = dwh + (Gr * lay.u0(p) + h0) * Hs;
     T* dst_a = dwa + (lay.arow(p) + a0) * AH;
     const int64_t t = t0 == 0 ? 1 : t0, m = t0 == 0 ? n - 1 : n;  // the steps after s0's
     if (t0 == 0) {
-      gemm_blas<T>(true, false, h1 - h0, H, B, dp_row(p, 0, 0) + h0, gsp, s0p, K, dst_h, H, true);
-      if (A > 0) gemm_blas<T>(true, false, a1 - a0, AH, B, dp_row(p, 0, 0) + a0, gsp, s0p + H, K, dst_a, AH, true);
+      gemm_blas<T>(true, false, h1 - h0, Hs, B, dp_row(p, 0, 0) + h0, gsp, s0p, K, dst_h, Hs, true);
+      if (A > 0) gemm_blas<T>(true, false, a1 - a0, AH, B, dp_row(p, 0, 0) + a0, gsp, s0p + Hs, K, dst_a, AH, true);
     }
     if (m <= 0) return;
-    gemm_blas<T>(true, false, h1 - h0, H, m * B, dp_row(p, t, 0) + h0, gsp, o + (t - 1) * B * H, H, dst_h, H, true);
+    gemm_blas<T>(true, false, h1 - h0, Hs, m * B, dp_row(p, t, 0) + h0, gsp, o + (t - 1) * B * Hs, Hs, dst_h, Hs,
+                 true);
     for (int64_t q = 0; A > 0 && q < P; ++q)
       gemm_blas<T>(true, false, a1 - a0, A * lay.w(q), m * B, dp_row(p, t, 0) + a0, gsp, Gb.row(q, (t - 1) * B),
                    lay.gs(q), dst_a + lay.arow(q), AH, true);
@@ -311,9 +348,17 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
     const auto [x0, x1] = share(n * B, g, G_, false);
     const auto [w0, w1] = share(gsp, g, G_, true);
     T* dxs = dxp + (P == 1 ? 0 : p * T_ * B * I) + (t0 * B + x0) * I;
-    gemm_blas<T>(false, false, x1 - x0, I, gsp, dpc + x0 * gsp, gsp, wx + r0 * I, I, dxs, I, false);
+    bool first = true;
+    for (const auto& [c0, len] : input_runs(cell, lay.w(p))) {
+      gemm_blas<T>(false, false, x1 - x0, I, len, dpc + x0 * gsp + c0, gsp, wx + (r0 + c0) * I, I, dxs, I, !first);
+      first = false;
+    }
     gemm_blas<T>(true, false, w1 - w0, I, n * B, dpc + w0, gsp, xp + t0 * B * I, I, dwx + (r0 + w0) * I, I, true);
     recurrent_weight_grads(p, t0, n, g, G_);
+    if (Q > 0) {  // share g of dW_hr's rows += dL/dh^T m over the chunk (one slice)
+      const auto [q0, q1] = share(Q, g, G_, false);
+      gemm_blas<T>(true, false, q1 - q0, H, n * B, dq + t0 * B * Q + q0, Q, mp + t0 * B * H, H, dwr + q0 * H, H, true);
+    }
   };
 
   // the product of the gradients of step t's pre-activations, rows [b0, b1), with the
@@ -337,18 +382,37 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
     T* sta = stage_a ? stga + (t & 1) * B * AH : nullptr;
     T* dbw = db + w * GS * (G > 1) + Gs * lay.u0(p);
     T* dpw = dpe + w * peep.numel() * (G > 1);
+    if (Q > 0) {  // dL/dh_t (S's h part and the output's), then dL/dm_t = dL/dh_t W_hr
+      for (int64_t b = b0; b < b1; ++b) {
+        T* d = dq + (t * B + b) * Q;
+        T* dsb = ds + b * K;
+        if (kern.valid(t, b)) {
+          T sum = 0;
+          for (int64_t q = 0; q < Q; ++q) {
+            d[q] = dsb[q] + (dop ? dop[(t * B + b) * Q + q] : T(0));
+            sum += d[q] * d[q];
+            dsb[q] = 0;
+          }
+          if (nh) nh[b] += sum;
+        } else {
+          std::memset(d, 0, sizeof(T) * Q);  // the held state's gradient stays in S
+        }
+      }
+      work.product(w)(proj_part, dq + (t * B + b0) * Q, Q, dm + b0 * H, H, false);
+    }
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t row = t * B + b;
       T* dpr = dp_row(p, t, b);
       if (!kern.valid(t, b)) {
         kern.skip_row(p, dpr);
       } else {
-        const T* hprev = t == 0 ? s0p + b * K : o + (row - B) * H;
+        const T* hprev = t == 0 ? s0p + b * K : o + (row - B) * Hs;
         const T* cprev = lstm ? (t == 0 ? c0p + b * H + lay.u0(p) : Cb.row(p, row - B)) : nullptr;
         const T* cnew = lstm ? Cb.row(p, row) : nullptr;
         kern.backward_row(p, Gb.row(p, row), dpr, ds + b * K, lstm ? dc + b * H : nullptr, hprev, cprev, cnew,
-                          dop ? dop + row * H : nullptr, dcl ? dcl + row * H : nullptr, dbw, dpw,
-                          nh ? nh + b : &scratch_h, lstm ? (nc ? nc + b : &scratch_c) : nullptr);
+                          dop ? dop + row * Hs : nullptr, dcl ? dcl + row * H : nullptr, dbw, dpw,
+                          nh && Q == 0 ? nh + b : &scratch_h, lstm ? (nc ? nc + b : &scratch_c) : nullptr,
+                          Q > 0 ? dm + b * H : nullptr);
       }
       if (st)
         for (const Run& r : h_runs[p]) copy_row(st + b * R + r.to, dpr + r.from, r.len);
@@ -370,7 +434,7 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
   else
     run_steps(T_, P, step);
   clock.fold();
-  if (g_clock.on) g_clock.flops[1] += cell.truncate ? 0.0 : 2.0 * (T_ - 1) * B * (R * H + AH * AH);
+  if (g_clock.on) g_clock.flops[1] += cell.truncate ? 0.0 : 2.0 * (T_ - 1) * B * (R * Hs + AH * AH);
   for (int64_t w = 0; w < work.n && !cell.truncate; ++w) through_weights(0, w);  // the initial state's gradient
   // dWh, dWa into torch's layout, in place: weight_hh's row h_src[r] is dWh's row r;
   // weight_gg's row (column) a_src[i] is dWa's row (column) i
@@ -380,7 +444,7 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
     for (int64_t i = 0; i < src.numel(); ++i) inv[s[i]] = i;
     return inv;
   };
-  if (has(wts.h_src)) permute_in_place(dwh, R, H, inverse(wts.h_src).data(), nullptr);
+  if (has(wts.h_src)) permute_in_place(dwh, R, Hs, inverse(wts.h_src).data(), nullptr);
   if (A > 0 && has(wts.a_src)) {
     const std::vector<int64_t> inv = inverse(wts.a_src);
     permute_in_place(dwa, AH, AH, inv.data(), inv.data());
@@ -394,16 +458,38 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
     norm_h = sums[0].sqrt();
     if (lstm) norm_c = sums[1].sqrt();
   }
-  return {dx, dS, dC, dWx, dbx, dWh, dWa, dpeep, norm_h, norm_c};
+  return {dx, dS, dC, dWx, dbx, dWh, dWa, dpeep, norm_h, norm_c, dWr};
 }
 
-// The Layout of a call, after checking the recurrent weights against it: weight_hh (R, H),
+// The sizes the kernel divides by: at least one step, batch row and hidden unit
+// (lstmlab.backends.cpu.run_layer answers empty sequences without calling it).
+void check_sizes(const at::Tensor& x, const at::Tensor& W_hh) {
+  TORCH_CHECK(x.dim() == 3, "lstmlab cpu backend: x must be (T, B, I), got ", x.dim(), " dimensions");
+  TORCH_CHECK(x.size(0) > 0 && x.size(1) > 0, "lstmlab cpu backend: x has shape ", x.sizes(),
+              "; the kernel needs at least one step and one batch row (T, B > 0)");
+  TORCH_CHECK(W_hh.dim() == 2 && W_hh.size(0) > 0 && W_hh.size(1) > 0, "lstmlab cpu backend: weight_hh has shape ",
+              W_hh.sizes(), "; the kernel needs at least one hidden unit");
+}
+
+// The Layout of a call, after checking the recurrent weights against it: weight_hh (R, H)
+// or, with a projection weight_hr (Q, H) (lstm kinds, one slice), (R, Q),
 // (FGR) weight_gg (AH, AH), h_src and a_src permutations of R and AH (or empty), and the
 // gates block j holding the gate of S block 1 + j (Layout).
-Layout layout_of(const Cell& cell, std::vector<int64_t> bounds, const Weights& wts) {
+Layout layout_of(const Cell& cell, std::vector<int64_t> bounds, const Weights& wts, const at::Tensor& W_hr) {
   const at::Tensor &Wh = wts.W_hh, &Wa = wts.W_gg;
-  TORCH_CHECK(Wh.dim() == 2 && Wh.size(0) == cell.Gr * Wh.size(1), "lstmlab cpu backend: bad weight_hh shape");
-  Layout lay(cell, Wh.size(1), std::move(bounds));
+  TORCH_CHECK(Wh.dim() == 2 && Wh.size(0) % cell.Gr == 0, "lstmlab cpu backend: bad weight_hh shape");
+  const int64_t H = Wh.size(0) / cell.Gr, Q = has(W_hr) ? W_hr.size(0) : 0;
+  if (Q > 0) {
+    TORCH_CHECK(cell.kind == KIND_LSTM, "lstmlab cpu backend: a projection (weight_hr) needs an lstm cell");
+    TORCH_CHECK(W_hr.dim() == 2 && W_hr.size(1) == H, "lstmlab cpu backend: bad weight_hr shape");
+    TORCH_CHECK(bounds.size() == 2, "lstmlab cpu backend: a projection runs in one slice of hidden units");
+  }
+  TORCH_CHECK(Wh.size(1) == (Q > 0 ? Q : H), "lstmlab cpu backend: bad weight_hh shape");
+  TORCH_CHECK(bounds.size() >= 2 && bounds.front() == 0 && bounds.back() == H,
+              "lstmlab cpu backend: bad slices of hidden units");
+  for (size_t p = 1; p < bounds.size(); ++p)
+    TORCH_CHECK(bounds[p] > bounds[p - 1], "lstmlab cpu backend: bad slices of hidden units");
+  Layout lay(cell, H, std::move(bounds), Q);
   TORCH_CHECK(cell.A == 0 || (Wa.dim() == 2 && Wa.size(0) == lay.AH() && Wa.size(1) == lay.AH()),
               "lstmlab cpu backend: bad weight_gg shape");
   const int blk[3] = {cell.bi, cell.bf, cell.bo}, ablk[3] = {cell.ai, cell.af, cell.ao};
@@ -426,41 +512,48 @@ Layout layout_of(const Cell& cell, std::vector<int64_t> bounds, const Weights& w
 std::vector<at::Tensor> forward(std::vector<int64_t> cfg, std::vector<int64_t> bounds, int64_t groups, at::Tensor x,
                                 at::Tensor s0, at::Tensor c0, at::Tensor Wx, at::Tensor bx, at::Tensor W_hh,
                                 at::Tensor W_gg, at::Tensor h_src, at::Tensor a_src, at::Tensor peep,
-                                at::Tensor lengths, bool keep, bool return_cells, std::vector<int64_t> tune) {
+                                at::Tensor lengths, bool keep, bool return_cells, std::vector<int64_t> tune,
+                                at::Tensor W_hr) {
   TORCH_CHECK((int64_t)cfg.size() == Cell::kFields && tune.size() == 5, "lstmlab cpu backend: bad configuration");
   Cell cell(cfg);
+  check_sizes(x, W_hh);
   const auto dt = x.scalar_type();
   for (auto& [t, n] : {std::pair{&x, "x"}, {&s0, "s0"}, {&Wx, "Wx"}, {&bx, "bx"}, {&W_hh, "weight_hh"},
-                       {&W_gg, "weight_gg"}, {&c0, "c0"}, {&peep, "peep"}})
+                       {&W_gg, "weight_gg"}, {&c0, "c0"}, {&peep, "peep"}, {&W_hr, "weight_hr"}})
     check(*t, n, dt);
   check(lengths, "lengths", at::kLong);
   const Weights wts{W_hh, W_gg, h_src, a_src};
-  Layout lay = layout_of(cell, std::move(bounds), wts);
+  Layout lay = layout_of(cell, std::move(bounds), wts, W_hr);
   if (dt == at::kFloat)
-    return forward_impl<float>(cell, lay, groups, x, s0, c0, Wx, bx, wts, peep, lengths, keep, return_cells, tune);
+    return forward_impl<float>(cell, lay, groups, x, s0, c0, Wx, bx, wts, peep, lengths, keep, return_cells, tune,
+                               W_hr);
   TORCH_CHECK(dt == at::kDouble, "lstmlab cpu backend: dtype ", dt, " is not supported (float32, float64)");
-  return forward_impl<double>(cell, lay, groups, x, s0, c0, Wx, bx, wts, peep, lengths, keep, return_cells, tune);
+  return forward_impl<double>(cell, lay, groups, x, s0, c0, Wx, bx, wts, peep, lengths, keep, return_cells, tune,
+                              W_hr);
 }
 
 std::vector<at::Tensor> backward(std::vector<int64_t> cfg, std::vector<int64_t> bounds, int64_t groups, at::Tensor x,
                                  at::Tensor s0, at::Tensor c0, at::Tensor Wx, at::Tensor W_hh, at::Tensor W_gg,
                                  at::Tensor h_src, at::Tensor a_src, at::Tensor peep, at::Tensor lengths,
                                  at::Tensor out, at::Tensor gates, at::Tensor C, at::Tensor dout, at::Tensor ds_final,
-                                 at::Tensor dc_final, at::Tensor dcells, bool want_norms, std::vector<int64_t> tune) {
+                                 at::Tensor dc_final, at::Tensor dcells, bool want_norms, std::vector<int64_t> tune,
+                                 at::Tensor W_hr, at::Tensor M) {
   TORCH_CHECK((int64_t)cfg.size() == Cell::kFields && tune.size() == 5, "lstmlab cpu backend: bad configuration");
   Cell cell(cfg);
+  check_sizes(x, W_hh);
   const auto dt = x.scalar_type();
   for (auto& [t, n] : {std::pair{&out, "out"}, {&gates, "gates"}, {&dout, "dout"}, {&ds_final, "ds_final"},
                        {&dc_final, "dc_final"}, {&dcells, "dcells"}, {&C, "C"}, {&W_hh, "weight_hh"},
-                       {&W_gg, "weight_gg"}})
+                       {&W_gg, "weight_gg"}, {&W_hr, "weight_hr"}, {&M, "M"}})
     check(*t, n, dt);
   const Weights wts{W_hh, W_gg, h_src, a_src};
-  Layout lay = layout_of(cell, std::move(bounds), wts);
+  Layout lay = layout_of(cell, std::move(bounds), wts, W_hr);
+  TORCH_CHECK(lay.Q == 0 || M.numel() == x.size(0) * x.size(1) * lay.H, "lstmlab cpu backend: bad M");
   if (dt == at::kFloat)
     return backward_impl<float>(cell, lay, groups, x, s0, c0, Wx, wts, peep, lengths, out, gates, C, dout, ds_final,
-                                dc_final, dcells, want_norms, tune);
+                                dc_final, dcells, want_norms, tune, W_hr, M);
   return backward_impl<double>(cell, lay, groups, x, s0, c0, Wx, wts, peep, lengths, out, gates, C, dout, ds_final,
-                               dc_final, dcells, want_norms, tune);
+                               dc_final, dcells, want_norms, tune, W_hr, M);
 }
 
 // `lstmlab bench`: switch the clock on (and reset it) or off; read it.

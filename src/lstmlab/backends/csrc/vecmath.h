@@ -2,9 +2,14 @@
 // extensions so the same code compiles to AVX-512, AVX2 or NEON. exp, sigmoid and tanh
 // are Cephes-style range reduction + polynomial, accurate to a few ulp in float and
 // double; no -ffast-math is needed and IEEE semantics are kept everywhere else.
+//
+// Non-finite values come out as torch's do (the reference backend): NaN in, NaN out (the
+// clamps below keep it); sigmoid(+-inf) = 1, 0; tanh(+-inf) = +-1; relu(NaN) = NaN, and
+// relu's backward selects rather than multiplies, as torch's threshold_backward does.
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
@@ -82,8 +87,11 @@ template <class T> inline void st(T* p, vec_t<T> v, int n) {
   if (n == Vec<T>::n) store(p, v); else store_n(p, v, n);
 }
 
-template <class T> inline vec_t<T> vmin(vec_t<T> a, vec_t<T> b) { return a < b ? a : b; }
-template <class T> inline vec_t<T> vmax(vec_t<T> a, vec_t<T> b) { return a > b ? a : b; }
+// x clamped to [lo, hi], NaN kept (each comparison is false for NaN, which then stays).
+template <class T> inline vec_t<T> clamp(vec_t<T> x, T lo, T hi) {
+  x = x < lo ? splat(lo) : x;
+  return x > hi ? splat(hi) : x;
+}
 
 // ---- exp ------------------------------------------------------------------------------
 #if defined(__AVX512F__)
@@ -91,10 +99,12 @@ template <class T> inline vec_t<T> vmax(vec_t<T> a, vec_t<T> b) { return a > b ?
 // log2 e split in two, so f is accurate); 2^f by a degree-6 fit (relative error 1e-7);
 // vscalefps applies 2^n. x is clamped to [-87, 87]: exp(x), and 1 / (1 + exp(x)) in the
 // sigmoid, stay normal numbers (denormals cost a hundred cycles each); sigmoid(x) for
-// x < -87 is then 1.6e-38 instead of smaller, an absolute error below 2e-38.
+// x < -87 is then 1.6e-38 instead of smaller, an absolute error below 2e-38 (and -inf
+// gives 0, see vsigmoid). A NaN passes the clamp (vminps / vmaxps return their second
+// operand when either is NaN) and gives NaN.
 inline vec_t<float> vexp(vec_t<float> x) {
   using V = vec_t<float>;
-  const __m512 v = _mm512_max_ps(_mm512_min_ps((__m512)x, _mm512_set1_ps(87.0f)), _mm512_set1_ps(-87.0f));
+  const __m512 v = _mm512_max_ps(_mm512_set1_ps(-87.0f), _mm512_min_ps(_mm512_set1_ps(87.0f), (__m512)x));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 f = _mm512_fmsub_ps(v, _mm512_set1_ps(1.44269502162933349609375f), n);
@@ -111,11 +121,11 @@ inline vec_t<float> vexp(vec_t<float> x) {
 }
 #else
 // Cephes' expf: the same range reduction by bit tricks, a degree-5 polynomial; x clamped
-// to [-87, 87] as above.
+// to [-87, 87] as above (a NaN stays NaN).
 inline vec_t<float> vexp(vec_t<float> x) {
   using V = vec_t<float>;
   using I = Vec<float>::itype;
-  x = vmin<float>(vmax<float>(x, splat(-87.0f)), splat(87.0f));
+  x = clamp<float>(x, -87.0f, 87.0f);
   const V magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
   V t = x * 1.44269504088896341f + magic;
   V n = t - magic;
@@ -137,7 +147,7 @@ inline vec_t<float> vexp(vec_t<float> x) {
 inline vec_t<double> vexp(vec_t<double> x) {
   using V = vec_t<double>;
   using I = Vec<double>::itype;
-  x = vmin<double>(vmax<double>(x, splat(-708.0)), splat(708.0));  // normal results, as above
+  x = clamp<double>(x, -708.0, 708.0);  // normal results, NaN kept, as above
   const V magic = splat(6755399441055744.0);  // 1.5 * 2^52
   V t = x * 1.4426950408889634073599 + magic;
   V n = t - magic;
@@ -173,7 +183,12 @@ inline vec_t<double> vrecip(vec_t<double> d) {
 #endif
 }
 
-template <class T> inline vec_t<T> vsigmoid(vec_t<T> x) { return vrecip(T(1) + vexp(-x)); }
+// 1 / (1 + exp(-x)); exactly 0 at -inf (where the clamped exp would leave 1.6e-38 in
+// float), as torch gives, so that 0 * inf in the cell makes NaN there too.
+template <class T> inline vec_t<T> vsigmoid(vec_t<T> x) {
+  const vec_t<T> s = vrecip(T(1) + vexp(-x));
+  return x == splat(-std::numeric_limits<T>::infinity()) ? splat(T(0)) : s;
+}
 
 template <class T> inline typename Vec<T>::itype sign_mask() {
   using I = typename Vec<T>::itype;
@@ -221,7 +236,7 @@ template <class T> inline vec_t<T> activate(int a, vec_t<T> x) {
   switch (a) {
     case ACT_TANH: return vtanh<T>(x);
     case ACT_SIGMOID: return vsigmoid<T>(x);
-    case ACT_RELU: return x > T(0) ? x : splat(T(0));
+    case ACT_RELU: return x < T(0) ? splat(T(0)) : x;  // NaN stays NaN
     case ACT_IDENTITY: return x;
     case ACT_G1997: return T(2) * vtanh<T>(T(0.5) * x);  // = 4 sigma(x) - 2
     default: return vtanh<T>(T(0.5) * x);                // ACT_H1997: = 2 sigma(x) - 1
@@ -238,6 +253,14 @@ template <class T> inline vec_t<T> activate_grad(int a, vec_t<T> y) {
     case ACT_G1997: return (y + T(2)) * (T(2) - y) * T(0.25);  // 4 s (1 - s), s = (y + 2) / 4
     default: return (T(1) + y) * (T(1) - y) * T(0.5);          // 2 s (1 - s), s = (y + 1) / 2
   }
+}
+
+// The gradient d of act's output taken back through it, given y = act(x): d act'(x), but
+// for relu a selection, as torch's threshold_backward: 0 where y <= 0, else d (NaN or inf
+// in d do not leak through a unit that is off; NaN in y lets d through).
+template <class T> inline vec_t<T> activate_back(int a, vec_t<T> d, vec_t<T> y) {
+  if (a == ACT_RELU) return y <= T(0) ? splat(T(0)) : d;
+  return d * activate_grad<T>(a, y);
 }
 
 }  // namespace lstmlab

@@ -1,0 +1,114 @@
+"""Non-finite values through the cpu backend: NaN, +inf or -inf in the input at one step,
+in the initial state or in one entry of any weight tensor give, for every registered cell,
+NaN exactly where the reference backend has NaN, +-inf where it has +-inf, and equal finite
+values elsewhere: in the outputs, the final states, the cell states and every gradient."""
+import os
+
+import pytest
+import torch
+
+import lstmlab
+from conftest import TOL
+from lstmlab.backends import cpu, reference
+
+CELLS = lstmlab.cell_names()
+VALUES = {"nan": float("nan"), "+inf": float("inf"), "-inf": float("-inf")}
+T, B, I, H = 4, 3, 3, 5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cpu_backend():
+    ok, why = cpu.available()
+    if not ok:
+        if os.environ.get("LSTMLAB_CPU_BACKEND") == "0":
+            pytest.skip(why)
+        pytest.fail(f"the cpu backend is unavailable: {why}")
+
+
+def same_nonfinite(actual, expected, dtype, what):
+    """NaN where expected has NaN, the same infinities, finite values within tolerance."""
+    for name, mask in (("NaN", torch.isnan), ("+inf", torch.isposinf), ("-inf", torch.isneginf)):
+        got, want = mask(actual), mask(expected)
+        assert torch.equal(got, want), \
+            f"{what}: {name} at {got.nonzero().tolist()}, expected at {want.nonzero().tolist()}"
+    finite = torch.isfinite(expected)
+    rtol, atol = TOL[dtype]
+    torch.testing.assert_close(actual[finite], expected[finite], rtol=rtol, atol=atol, msg=lambda m: f"{what}\n{m}")
+
+
+def sites(spec):
+    """(where, index) of every injection: x at one step, each initial state, each weight."""
+    m = lstmlab.Recurrent(I, H, cell=spec, backend="reference")
+    yield "x", (1, 1, 2)
+    for n in spec.state_names:
+        yield f"state {n}", (1, 2)
+    for name, p in m.named_parameters():
+        yield name, (p.shape[0] // 2 + 1, 1)[:p.dim()]
+
+
+def case(spec, dtype, where, index, value):
+    torch.manual_seed(0)
+    m = lstmlab.Recurrent(I, H, cell=spec, dtype=dtype, backend="reference")
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(T, B, I, generator=g, dtype=dtype)
+    # FGR's state includes gate activations, which live in (0, 1)
+    state = [(torch.rand if n == "a" else torch.randn)(B, spec.state_width(n) * H, generator=g, dtype=dtype)
+             for n in spec.state_names]
+    with torch.no_grad():
+        if where == "x":
+            x[index] = value
+        elif where.startswith("state "):
+            state[spec.state_names.index(where[6:])][index] = value
+        else:
+            getattr(m, where)[index] = value
+    x.requires_grad_()
+    state = tuple(s.requires_grad_() for s in state)
+    return m, x, state
+
+
+def run(backend, m, x, state, truncate):
+    lstm = m.spec.kind == "lstm"
+    out, final, cells = backend.run_layer(m.spec, m.cell_params(0), x, state, truncate=truncate, return_cells=lstm)
+    outs = [out, *final] + ([cells] if lstm else [])
+    g = torch.Generator().manual_seed(2)
+    cot = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outs]
+    leaves = [x, *state, *m.parameters()]
+    grads = torch.autograd.grad(outs, leaves, cot, allow_unused=True)
+    names = ["output", *(f"final {n}" for n in m.spec.state_names)] + (["cells"] if lstm else [])
+    names += ["d x", *(f"d {n}0" for n in m.spec.state_names), *(f"d {n}" for n, _ in m.named_parameters())]
+    return dict(zip(names, [o.detach() for o in outs] + [torch.zeros_like(v) if d is None else d
+                                                          for v, d in zip(leaves, grads)]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("value", VALUES)
+@pytest.mark.parametrize("cell", CELLS)
+def test_nonfinite_values_propagate_as_in_reference(cell, value, dtype):
+    spec = lstmlab.get_cell(cell)
+    for truncate in ([False, True] if spec.kind == "lstm" else [None]):
+        for where, index in sites(spec):
+            m, x, state = case(spec, dtype, where, index, VALUES[value])
+            want = run(reference, m, x, state, truncate)
+            got = run(cpu, m, x, state, truncate)
+            for name in want:
+                same_nonfinite(got[name], want[name], dtype, f"{cell}, {value} in {where}{index}, "
+                                                             f"truncate={truncate}: {name}")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn-relu", "fgr"])
+def test_nonfinite_propagation_in_slices_and_groups(cell):
+    """The same with hidden units in parallel slices and with batch rows in groups."""
+    spec = lstmlab.get_cell(cell)
+    for split in (lambda B_, H_, work, lanes: ((0, 2, H_), 1), lambda B_, H_, work, lanes: ((0, H_), 2)):
+        saved = cpu._split
+        cpu._split = split
+        try:
+            for where, index in sites(spec):
+                for value in VALUES.values():
+                    m, x, state = case(spec, torch.float64, where, index, value)
+                    want = run(reference, m, x, state, None)
+                    got = run(cpu, m, x, state, None)
+                    for name in want:
+                        same_nonfinite(got[name], want[name], torch.float64, f"{cell}, {value} in {where}: {name}")
+        finally:
+            cpu._split = saved
