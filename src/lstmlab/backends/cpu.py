@@ -30,7 +30,10 @@ Per-step gradient norms, opt in, at no extra pass (see `GradNorms`):
     loss(out).backward()
     norms.h[0]    # (T, B): ||dL/dh_t|| of the first layer
 
-Double backward is not supported (the backward is hand-written): it raises.
+Double backward (a backward with create_graph=True: gradient penalties, Hessian-vector
+products) recomputes the layer with the reference backend from the saved inputs and
+differentiates that, so every order of derivative is the reference's; a first-order
+backward runs the kernel's hand-written backward.
 """
 from __future__ import annotations
 
@@ -40,7 +43,6 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from ..cells import CellSpec
 from . import reference
@@ -162,8 +164,9 @@ class _Fused(torch.autograd.Function):
     (csrc/layout.py: plan.pack, plan.unpack_*) inside, so that autograd sees one node."""
 
     @staticmethod
-    def forward(ctx, plan, groups, lengths, keep, return_cells, record, x, h0, c0, a0, W_ih, W_hh, b_ih, b_hh, W_ch,
-                W_gg):
+    def forward(ctx, spec, truncate, plan, groups, lengths, keep, return_cells, record, x, h0, c0, a0, W_ih, W_hh, b_ih,
+                b_hh, W_ch, W_gg):
+        x_in, c0_in, W_hh_in, W_gg_in = x, c0, W_hh, W_gg
         none = x.new_empty(0)
         Wx, bx, s0 = plan.pack(W_ih, b_ih, b_hh, h0, a0)
         c0 = none if c0 is None else c0.contiguous()
@@ -178,14 +181,21 @@ class _Fused(torch.autograd.Function):
         ctx.plan, ctx.groups, ctx.record, ctx.maps = plan, groups, record, maps
         ctx.flags = (a0 is not None, b_ih is not None, W_ch is not None, c0.numel() > 0)
         ctx.save_for_backward(x, s0, c0, Wx, W_hh, W_gg, peep, lengths, out, gates, C)
+        # for a backward with create_graph=True: the inputs as given
+        ctx.inputs = (x_in, h0, c0_in, a0, W_ih, W_hh_in, b_ih, b_hh, W_ch, W_gg_in)
+        ctx.spec, ctx.truncate, ctx.return_cells = spec, truncate, return_cells
         h_n, a_n = plan.unpack_state(s_fin, a0 is not None)
         a_n = none if a_n is None else a_n
         ctx.mark_non_differentiable(*[t for t in (c_fin, a_n, cells) if t.numel() == 0])
         return out, h_n, c_fin, a_n, cells
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dout, dh_n, dc_n, da_n, dcells):
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            if ctx.record is not None:
+                ctx.record.fill(None, None)
+            return (None,) * 8 + _reference_grads(ctx.spec, ctx.truncate, ctx.return_cells, ctx.saved_tensors[7],
+                                                   ctx.inputs, (dout, dh_n, dc_n, da_n, dcells))
         x, s0, c0, Wx, W_hh, W_gg, peep, lengths, out, gates, C = ctx.saved_tensors
         plan, (fgr, bias, peepholes, lstm) = ctx.plan, ctx.flags
         none = x.new_empty(0)
@@ -205,8 +215,32 @@ class _Fused(torch.autograd.Function):
             ctx.record.fill(norm_h, norm_c if norm_c.numel() else None)
         dh0, da0 = plan.unpack_state(ds0, fgr)
         dW_ih, db_ih, db_hh = plan.unpack_grads(dWx, dbx, bias)
-        return (None, None, None, None, None, None, dx, dh0, dc0 if lstm else None, da0, dW_ih, dW_hh, db_ih, db_hh,
+        return (None,) * 8 + (dx, dh0, dc0 if lstm else None, da0, dW_ih, dW_hh, db_ih, db_hh,
                 dpeep if peepholes else None, dW_gg if fgr else None)
+
+
+def _reference_grads(spec, truncate, return_cells, lengths, inputs, grads):
+    """The gradients of one run with respect to `inputs` (x, h0, c0, a0, W_ih, W_hh, b_ih,
+    b_hh, W_ch, W_gg; None where absent), given the gradients of its outputs (out, h_n, c_n,
+    a_n, cells), as a differentiable function of both: the reference backend's run from the
+    same inputs, differentiated with create_graph=True."""
+    x, h0, c0, a0, *weights = inputs
+    state = tuple(t for t in (h0, c0, a0) if t is not None)
+    with torch.enable_grad():
+        out, final, cells = reference.run_layer(spec, CellParams(*weights), x, state,
+                                                lengths if lengths.numel() else None, truncate=truncate,
+                                                return_cells=return_cells)
+    outs = [out, *final] + ([cells] if return_cells else [])
+    dout, dh_n, dc_n, da_n, dcells = grads
+    douts = [dout, dh_n, dc_n, da_n][:1 + len(final)] + ([dcells] if return_cells else [])
+    pairs = [(o, g) for o, g in zip(outs, douts, strict=True) if g is not None]
+    wrt = [(k, t) for k, t in enumerate(inputs) if t is not None and t.requires_grad]
+    got = torch.autograd.grad([o for o, _ in pairs], [t for _, t in wrt], [g for _, g in pairs],
+                              create_graph=True, allow_unused=True)
+    result = [None] * len(inputs)
+    for (k, t), g in zip(wrt, got):
+        result[k] = torch.zeros_like(t) if g is None else g
+    return tuple(result)
 
 
 _warned: set[str] = set()
@@ -254,7 +288,7 @@ def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
     tensors = (x.contiguous(), state[0], state[1] if lstm else None, state[2] if fgr else None,
                p.weight_ih, p.weight_hh, p.bias_ih, p.bias_hh, p.weight_ch, p.weight_gg)
     keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)  # backward to come
-    out, h_n, c_n, a_n, cells = _Fused.apply(plan, groups, lens, keep, bool(return_cells and lstm), record, *tensors)
+    out, h_n, c_n, a_n, cells = _Fused.apply(spec, bool(truncate), plan, groups, lens, keep, bool(return_cells and lstm), record, *tensors)
     final = ((h_n, c_n, a_n) if fgr else (h_n, c_n)) if lstm else (h_n,)
     cells = cells if return_cells and lstm else None
     if reverse:
