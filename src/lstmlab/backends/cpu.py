@@ -38,9 +38,14 @@ backward runs the kernel's hand-written backward.
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
+import json
 import os
 import warnings
-from dataclasses import dataclass, field
+import weakref
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -146,8 +151,7 @@ def _tune(groups: int) -> list[int]:
 
 def _split(B: int, H: int, work: int, lanes: int) -> tuple[tuple[int, ...], int]:
     """How the threads share a sequence: (slice edges of the hidden units, batch groups)."""
-    # one worker per thread, never more than there are cores
-    threads = min(torch.get_num_threads(), os.cpu_count() or 1)
+    threads = _threads()  # one worker per thread, never more than there are cores
     groups = min(threads, B // GROUP_MIN_ROWS)
     if groups >= 2 and work <= GROUP_MAX_WORK:
         return (0, H), groups
@@ -158,65 +162,197 @@ def _split(B: int, H: int, work: int, lanes: int) -> tuple[tuple[int, ...], int]
     return tuple(sorted(set(edges))), 1
 
 
-# ---- the autograd Function -----------------------------------------------------------
-class _Fused(torch.autograd.Function):
-    """One layer and direction; tensors in torch's layout in and out, the kernel's layout
-    (csrc/layout.py: plan.pack, plan.unpack_*) inside, so that autograd sees one node."""
+# ---- the custom operators ------------------------------------------------------------
+# One layer and direction is one operator, lstmlab::layer_forward, whose gradient is another,
+# lstmlab::layer_backward (torch.library custom operators: torch.jit.trace, torch.export,
+# torch.compile and torch.func see each as one node with known output shapes). Arguments:
+#   cell     the CellSpec as a string (`_spec_key`); the kernel's layout (csrc/layout.py) is
+#            rebuilt from it inside, cached;
+#   config   whole numbers, `Config` below (the truncated rule, the threads' split, tuning);
+#   lengths  (B,) int64 or None;
+#   tensors  [x, h0, c0, a0, *CellParams' fields in order] in torch's layout, an empty (0,)
+#            tensor where absent (None: torch's autograd wrapper takes no optional tensors
+#            in a list): a parameter added to CellParams (last) arrives as one more entry.
+# Few arguments, as lists: torch's wrapper handles each argument of each call in Python.
+Tensor = torch.Tensor
 
-    @staticmethod
-    def forward(ctx, spec, truncate, plan, groups, lengths, keep, return_cells, record, x, h0, c0, a0, W_ih, W_hh, b_ih,
-                b_hh, W_ch, W_gg):
-        x_in, c0_in, W_hh_in, W_gg_in = x, c0, W_hh, W_gg
-        none = x.new_empty(0)
-        Wx, bx, s0 = plan.pack(W_ih, b_ih, b_hh, h0, a0)
-        c0 = none if c0 is None else c0.contiguous()
-        peep = none if W_ch is None else W_ch.contiguous()
-        # the recurrent weights as they are (the kernel reads them in its order): no copy of
-        # them outlives a pass
-        W_hh, W_gg = W_hh.contiguous(), none if W_gg is None else W_gg.contiguous()
-        maps = [none.long() if m is None else m for m in (plan.r_src, plan.a_src)]
-        out, gates, C, s_fin, c_fin, cells = _extension().forward(
-            plan.cfg, plan.bounds, groups, x, s0, c0, Wx, bx, W_hh, W_gg, *maps, peep, lengths, keep, return_cells,
-            _tune(groups))
-        ctx.plan, ctx.groups, ctx.record, ctx.maps = plan, groups, record, maps
-        ctx.flags = (a0 is not None, b_ih is not None, W_ch is not None, c0.numel() > 0)
-        ctx.save_for_backward(x, s0, c0, Wx, W_hh, W_gg, peep, lengths, out, gates, C)
-        # for a backward with create_graph=True: the inputs as given
-        ctx.inputs = (x_in, h0, c0_in, a0, W_ih, W_hh_in, b_ih, b_hh, W_ch, W_gg_in)
-        ctx.spec, ctx.truncate, ctx.return_cells = spec, truncate, return_cells
-        h_n, a_n = plan.unpack_state(s_fin, a0 is not None)
-        a_n = none if a_n is None else a_n
-        ctx.mark_non_differentiable(*[t for t in (c_fin, a_n, cells) if t.numel() == 0])
-        return out, h_n, c_fin, a_n, cells
 
-    @staticmethod
-    def backward(ctx, dout, dh_n, dc_n, da_n, dcells):
-        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
-            if ctx.record is not None:
-                ctx.record.fill(None, None)
-            return (None,) * 8 + _reference_grads(ctx.spec, ctx.truncate, ctx.return_cells, ctx.saved_tensors[7],
-                                                   ctx.inputs, (dout, dh_n, dc_n, da_n, dcells))
-        x, s0, c0, Wx, W_hh, W_gg, peep, lengths, out, gates, C = ctx.saved_tensors
-        plan, (fgr, bias, peepholes, lstm) = ctx.plan, ctx.flags
-        none = x.new_empty(0)
-        pick = lambda t: none if t is None else t.contiguous()  # noqa: E731
-        ds_fin = none
-        if dh_n is not None or da_n is not None:
-            H = plan.H
-            ds_fin = dh_n if dh_n is not None else s0.new_zeros(s0.shape[0], H)
-            if fgr:
-                ds_fin = torch.cat([ds_fin, da_n if da_n is not None else s0.new_zeros(s0.shape[0], s0.shape[1] - H)], 1)
-            ds_fin = (ds_fin if plan.s_src is None else ds_fin.index_select(1, plan.s_src)).contiguous()
+class Config(NamedTuple):
+    truncate: int
+    groups: int  # groups of batch rows (csrc/steps.h)
+    keep: int  # save what the backward needs
+    return_cells: int
+    norms: int  # forward: the id of the RunNorms its backward fills; backward: want them; -1: none
+    tune: tuple[int, ...]  # _tune(): 5 numbers
+    bounds: tuple[int, ...]  # the slices of hidden units
+
+    def to_list(self) -> list[int]:
+        return [self.truncate, self.groups, self.keep, self.return_cells, self.norms, *self.tune, *self.bounds]
+
+    @classmethod
+    def of(cls, config: list[int]) -> "Config":
+        return cls(*config[:5], tuple(config[5:10]), tuple(config[10:]))
+
+
+@functools.lru_cache(maxsize=256)
+def _spec_key(spec: CellSpec) -> str:
+    return json.dumps(asdict(spec), sort_keys=True)
+
+
+@functools.lru_cache(maxsize=256)
+def _spec_of(key: str) -> CellSpec:
+    return CellSpec(**json.loads(key))
+
+
+def _distinct(tensors):
+    """Outputs of a custom operator may not share memory: copy the second of any two that do
+    (slices of the kernel's state, bias gradients that are one tensor); absent ones are each
+    a fresh (0,) tensor."""
+    seen, out = set(), []
+    for t in tensors:
+        if not t.numel():
+            out.append(t.new_empty(0))
+            continue
+        key = t.untyped_storage().data_ptr()
+        out.append(t.clone() if key in seen else t)
+        seen.add(key)
+    return out
+
+
+def _present(tensors):
+    """The operators' `tensors` with None for the empty entries that stand for absent ones."""
+    return [t if t.numel() else None for t in tensors]
+
+
+def _kernel_args(cell, c, lengths, tensors):
+    """The plan, the packed input weights and state, and the arguments every kernel call
+    takes in torch's layout or as given (csrc/lstmlab_cpu.cpp forward/backward)."""
+    x, h0, c0, a0, W_ih, W_hh, b_ih, b_hh, W_ch, W_gg = tensors
+    plan = layout_plan(_spec_of(cell), W_hh.shape[1], c.bounds, bool(c.truncate))
+    none = x.new_empty(0)
+    pick = lambda t: none if t is None else t.contiguous()  # noqa: E731
+    Wx, bx, s0 = plan.pack(W_ih, b_ih, b_hh, h0, a0)
+    maps = [none.long() if m is None else m for m in (plan.r_src, plan.a_src)]
+    lens = none.long() if lengths is None else lengths.contiguous()
+    # the recurrent weights as they are (the kernel reads them in its order)
+    return plan, Wx, bx, s0, (pick(c0), W_hh.contiguous(), pick(W_gg), *maps, pick(W_ch), lens)
+
+
+@torch.library.custom_op("lstmlab::layer_forward", mutates_args=(), device_types="cpu")
+def _layer_forward(cell: str, config: list[int], lengths: Optional[Tensor], tensors: list[Tensor]) -> list[Tensor]:
+    """-> [out (T, B, H), h_n (B, H), c_n (B, H), a_n (B, A*H), cells (T, B, H), and for
+    layer_backward the gate activations and every c_t in the kernel's layout (if keep)];
+    (0,) where absent."""
+    c, tensors = Config.of(config), _present(tensors)
+    plan, Wx, bx, s0, (c0, W_hh, W_gg, r_src, a_src, peep, lens) = _kernel_args(cell, c, lengths, tensors)
+    x, a0 = tensors[0].contiguous(), tensors[3]
+    out, gates, C, s_fin, c_fin, cells = _extension().forward(
+        plan.cfg, plan.bounds, c.groups, x, s0, c0, Wx, bx, W_hh, W_gg, r_src, a_src, peep, lens, bool(c.keep),
+        bool(c.return_cells), list(c.tune))
+    h_n, a_n = plan.unpack_state(s_fin, a0 is not None)
+    return _distinct((out, h_n, c_fin, x.new_empty(0) if a_n is None else a_n, cells, gates, C))
+
+
+@_layer_forward.register_fake
+def _(cell, config, lengths, tensors):
+    spec, c = _spec_of(cell), Config.of(config)
+    x, a0, W_hh = tensors[0], _present(tensors)[3], tensors[5]
+    (T, B, _), H = x.shape, W_hh.shape[1]
+    lstm = spec.kind == "lstm"
+    GS = (4 if spec.kind == "gru" else len(spec.gates)) * H  # the kernel's gates columns (csrc/layout.py)
+    new = x.new_empty
+    return [new(T, B, H), new(B, H), new(B, H) if lstm else new(0), new(B, a0.shape[1]) if a0 is not None else new(0),
+            new(T, B, H) if lstm and c.return_cells else new(0), new(T * B * GS) if c.keep else new(0),
+            new(T * B * H) if c.keep and lstm else new(0)]
+
+
+@torch.library.custom_op("lstmlab::layer_backward", mutates_args=(), device_types="cpu")
+def _layer_backward(cell: str, config: list[int], lengths: Optional[Tensor], tensors: list[Tensor],
+                    saved: list[Tensor], grads: list[Optional[Tensor]]) -> list[Tensor]:
+    """The kernel's backward. saved: layer_forward's out, gates, C; grads: those of out,
+    h_n, c_n, a_n, cells (None: zero). -> [one per entry of `tensors` (the gradient; (0,)
+    where the entry is absent), norm_h (T, B), norm_c (T, B)]; the norms (0,) unless wanted
+    (config's norms >= 0)."""
+    c, tensors = Config.of(config), _present(tensors)
+    plan, Wx, _, s0, (c0, W_hh, W_gg, r_src, a_src, peep, lens) = _kernel_args(cell, c, lengths, tensors)
+    x, a0, b_ih = tensors[0].contiguous(), tensors[3], tensors[6]
+    none = x.new_empty(0)
+    pick = lambda t: none if t is None else t.contiguous()  # noqa: E731
+    dout, dh_n, dc_n, da_n, dcells = grads
+    fgr, want = a0 is not None, c.norms >= 0
+    ds_fin = none
+    if dh_n is not None or da_n is not None:
+        ds_fin = dh_n if dh_n is not None else s0.new_zeros(s0.shape[0], plan.H)
+        if fgr:
+            ds_fin = torch.cat([ds_fin, da_n if da_n is not None else a0.new_zeros(a0.shape)], 1)
+        ds_fin = (ds_fin if plan.s_src is None else ds_fin.index_select(1, plan.s_src)).contiguous()
+    dx, ds0, dc0, dWx, dbx, dW_hh, dW_gg, dpeep, norm_h, norm_c = _extension().backward(
+        plan.cfg, plan.bounds, c.groups, x, s0, c0, Wx, W_hh, W_gg, r_src, a_src, peep, lens, *saved, pick(dout),
+        ds_fin, pick(dc_n), pick(dcells), want, list(c.tune))
+    dh0, da0 = plan.unpack_state(ds0, fgr)
+    dW_ih, db_ih, db_hh = plan.unpack_grads(dWx, dbx, b_ih is not None)
+    out = [dx, dh0, dc0, da0, dW_ih, dW_hh, db_ih, db_hh, dpeep, dW_gg]
+    out = [none if t is None or g is None else g for t, g in zip(tensors, out, strict=True)]
+    return _distinct(out + [norm_h if want else none, norm_c if want and tensors[2] is not None else none])
+
+
+@_layer_backward.register_fake
+def _(cell, config, lengths, tensors, saved, grads):
+    x, c0 = tensors[0], tensors[2]
+    want = Config.of(config).norms >= 0
+    norm = lambda on: x.new_empty(x.shape[:2]) if on else x.new_empty(0)  # noqa: E731
+    return [torch.empty_like(t) for t in tensors] + [norm(want), norm(want and c0.numel() > 0)]
+
+
+def _setup_context(ctx, inputs, output):
+    cell, config, lengths, tensors = inputs
+    c = Config.of(config)
+    ctx.cell, ctx.config = cell, c
+    ctx.record = _RUNS.get(c.norms) if c.norms >= 0 else None
+    out, _, _, _, _, gates, C = output
+    ctx.save_for_backward(lengths, *tensors, out, gates, C)
+    ctx.mark_non_differentiable(gates, C)
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, grads):
+    lengths, *given, out, gates, C = ctx.saved_tensors
+    tensors = _present(given)
+    douts, c = grads[:5], ctx.config
+    if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+        if ctx.record is not None:
+            ctx.record.fill(None, None)  # not recorded (the reference backend runs it)
+        got = _reference_grads(_spec_of(ctx.cell), bool(c.truncate), bool(c.return_cells), lengths, tensors, douts)
+    else:
         want = ctx.record is not None
-        dx, ds0, dc0, dWx, dbx, dW_hh, dW_gg, dpeep, norm_h, norm_c = _extension().backward(
-            plan.cfg, plan.bounds, ctx.groups, x, s0, c0, Wx, W_hh, W_gg, *ctx.maps, peep, lengths, out, gates, C,
-            pick(dout), ds_fin, pick(dc_n), pick(dcells), want, _tune(ctx.groups))
+        config = c._replace(norms=1 if want else -1).to_list()
+        *got, norm_h, norm_c = _layer_backward(ctx.cell, config, lengths, given, [out, gates, C], list(douts))
         if want:
             ctx.record.fill(norm_h, norm_c if norm_c.numel() else None)
-        dh0, da0 = plan.unpack_state(ds0, fgr)
-        dW_ih, db_ih, db_hh = plan.unpack_grads(dWx, dbx, bias)
-        return (None,) * 8 + (dx, dh0, dc0 if lstm else None, da0, dW_ih, dW_hh, db_ih, db_hh,
-                dpeep if peepholes else None, dW_gg if fgr else None)
+    need = ctx.needs_input_grad[3]
+    need = need if isinstance(need, (list, tuple)) else [need] * len(tensors)
+    return None, None, None, [g if t is not None and n else None for g, t, n in zip(got, tensors, need)]
+
+
+torch.library.register_autograd("lstmlab::layer_forward", _backward, setup_context=_setup_context)
+
+
+def _loop_rule(op):
+    """A vmap rule: the operator once per member of the vmapped batch, outputs stacked in
+    dimension 0 (the kernel has no batched form beyond its own batch dimension)."""
+    def take(a, d, i):
+        if isinstance(a, list):
+            return [take(t, e, i) for t, e in zip(a, d if isinstance(d, list) else [d] * len(a))]
+        return a if d is None or a is None else a.select(d, i)
+
+    def rule(info, in_dims, *args):
+        runs = [op(*[take(a, d, i) for a, d in zip(args, in_dims)]) for i in range(info.batch_size)]
+        return [torch.stack(o) for o in zip(*runs)], [0] * len(runs[0])
+    return rule
+
+
+torch.library.register_vmap("lstmlab::layer_forward", _loop_rule(_layer_forward))
+torch.library.register_vmap("lstmlab::layer_backward", _loop_rule(_layer_backward))
 
 
 def _reference_grads(spec, truncate, return_cells, lengths, inputs, grads):
@@ -227,8 +363,7 @@ def _reference_grads(spec, truncate, return_cells, lengths, inputs, grads):
     x, h0, c0, a0, *weights = inputs
     state = tuple(t for t in (h0, c0, a0) if t is not None)
     with torch.enable_grad():
-        out, final, cells = reference.run_layer(spec, CellParams(*weights), x, state,
-                                                lengths if lengths.numel() else None, truncate=truncate,
+        out, final, cells = reference.run_layer(spec, CellParams(*weights), x, state, lengths, truncate=truncate,
                                                 return_cells=return_cells)
     outs = [out, *final] + ([cells] if return_cells else [])
     dout, dh_n, dc_n, da_n, dcells = grads
@@ -251,6 +386,19 @@ def _fallback(why: str, *args, **kw):
         _warned.add(why)
         warnings.warn(f"lstmlab cpu backend: {why}; using the reference backend for it", stacklevel=4)
     return reference.run_layer(*args, **kw)
+
+
+@torch.compiler.assume_constant_result
+def _vector_bytes() -> int:
+    return _extension().vector_bytes
+
+
+_CORES = os.cpu_count() or 1
+
+
+@torch.compiler.assume_constant_result
+def _threads() -> int:
+    return min(torch.get_num_threads(), _CORES)
 
 
 def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
@@ -278,17 +426,19 @@ def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
             lengths = None
     if reverse:
         x = reference.reverse_padded(x, lengths)
-    lanes = _extension().vector_bytes // x.element_size()
+    lanes = _vector_bytes() // x.element_size()
     work = B * (p.weight_hh.numel() + (p.weight_gg.numel() if p.weight_gg is not None else 0))  # multiply-adds
     bounds, groups = _split(B, H, work, lanes)
-    plan = layout_plan(spec, H, bounds, bool(truncate))
     record = GradNorms._register(reverse, lengths)
-    lens = lengths.contiguous() if lengths is not None else x.new_empty(0, dtype=torch.long)
     lstm, fgr = spec.kind == "lstm", spec.gate_recurrence
-    tensors = (x.contiguous(), state[0], state[1] if lstm else None, state[2] if fgr else None,
-               p.weight_ih, p.weight_hh, p.bias_ih, p.bias_hh, p.weight_ch, p.weight_gg)
+    tensors = [x, state[0], state[1] if lstm else None, state[2] if fgr else None,
+               p.weight_ih, p.weight_hh, p.bias_ih, p.bias_hh, p.weight_ch, p.weight_gg]
     keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)  # backward to come
-    out, h_n, c_n, a_n, cells = _Fused.apply(spec, bool(truncate), plan, groups, lens, keep, bool(return_cells and lstm), record, *tensors)
+    config = Config(int(truncate), groups, int(keep), int(return_cells and lstm), -1 if record is None else record.id,
+                    tuple(_tune(groups)), tuple(bounds))
+    none = x.new_empty(0)
+    out, h_n, c_n, a_n, cells, _, _ = _layer_forward(_spec_key(spec), config.to_list(), lengths,
+                                                     [none if t is None else t for t in tensors])
     final = ((h_n, c_n, a_n) if fgr else (h_n, c_n)) if lstm else (h_n,)
     cells = cells if return_cells and lstm else None
     if reverse:
@@ -310,6 +460,7 @@ class RunNorms:
     lengths: torch.Tensor | None
     h: torch.Tensor | None = None
     c: torch.Tensor | None = None
+    id: int = field(default_factory=lambda: next(_IDS))  # how layer_forward's backward finds it
 
     def fill(self, h, c):
         if self.reverse:
@@ -361,9 +512,15 @@ class GradNorms:
     def _register(reverse: bool, lengths: torch.Tensor | None) -> RunNorms | None:
         if not _RECORDERS:
             return None
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            raise RuntimeError("lstmlab.backends.cpu.GradNorms records eager runs only; a run traced or compiled "
+                               "(torch.jit.trace, torch.export, torch.compile) inside its block cannot fill it")
         run = RunNorms(reverse, lengths)
         _RECORDERS[-1].runs.append(run)
+        _RUNS[run.id] = run
         return run
 
 
 _RECORDERS: list[GradNorms] = []
+_RUNS: weakref.WeakValueDictionary[int, RunNorms] = weakref.WeakValueDictionary()  # by id, while their GradNorms lives
+_IDS = itertools.count()
