@@ -9,6 +9,8 @@ import importlib
 import warnings
 from types import ModuleType
 
+import torch
+
 # name -> module, in order of preference for backend="auto" on CPU.
 _MODULES = {"reference": f"{__name__}.reference", "cpu": f"{__name__}.cpu"}
 _PREFERENCE_CPU: tuple[str, ...] = ("cpu", "reference")
@@ -31,16 +33,32 @@ def availability() -> dict[str, tuple[bool, str]]:
 
 def get_backend(name: str, device_type: str = "cpu") -> ModuleType:
     """The backend module for `name` ("auto" picks the fastest available one)."""
+    return _LOADED[_resolve(name, device_type)]
+
+
+# Imported backend modules by name. torch.compile and torch.export take the name chosen when
+# they trace as a constant (choosing imports modules and may build the extension: not for
+# tracing) and find the module here.
+_LOADED: dict[str, ModuleType] = {}
+
+
+@torch.compiler.assume_constant_result
+def _resolve(name: str, device_type: str) -> str:
+    """The name of the backend get_backend returns, its module imported into _LOADED."""
     if name == "auto":
+        chosen = "reference"
         for cand in (_PREFERENCE_CPU if device_type == "cpu" else ()):
             ok, why = availability()[cand]
             if ok:
-                return importlib.import_module(_MODULES[cand])
-            warnings.warn(f"lstmlab: backend {cand!r} unavailable ({why}); using 'reference'", stacklevel=3)
-        return importlib.import_module(_MODULES["reference"])
-    if name not in _MODULES:
-        raise ValueError(f"backend={name!r} is not a backend; valid: 'auto', {', '.join(map(repr, _MODULES))}")
-    ok, why = availability()[name]
-    if not ok:
-        raise RuntimeError(f"backend={name!r} is unavailable: {why}")
-    return importlib.import_module(_MODULES[name])
+                chosen = cand
+                break
+            warnings.warn(f"lstmlab: backend {cand!r} unavailable ({why}); using 'reference'", stacklevel=4)
+    else:
+        if name not in _MODULES:
+            raise ValueError(f"backend={name!r} is not a backend; valid: 'auto', {', '.join(map(repr, _MODULES))}")
+        ok, why = availability()[name]
+        if not ok:
+            raise RuntimeError(f"backend={name!r} is unavailable: {why}")
+        chosen = name
+    _LOADED[chosen] = importlib.import_module(_MODULES[chosen])
+    return chosen

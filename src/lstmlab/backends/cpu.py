@@ -37,14 +37,14 @@ backward runs the kernel's hand-written backward.
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import functools
 import itertools
-import json
 import os
 import warnings
 import weakref
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import NamedTuple, Optional
 
 import torch
@@ -194,14 +194,20 @@ class Config(NamedTuple):
         return cls(*config[:5], tuple(config[5:10]), tuple(config[10:]))
 
 
-@functools.lru_cache(maxsize=256)
+# The CellSpec fields that define the maths (not its name, summary or torch twin).
+_SPEC_FIELDS = tuple(f.name for f in fields(CellSpec) if f.name not in ("name", "summary", "torch_module"))
+
+
 def _spec_key(spec: CellSpec) -> str:
-    return json.dumps(asdict(spec), sort_keys=True)
+    """The cell as the operators' string: "kind='lstm',activation='tanh',...,truncate=False"
+    (plain string building, which torch.compile traces)."""
+    return ",".join(f"{k}={getattr(spec, k)!r}" for k in _SPEC_FIELDS)
 
 
 @functools.lru_cache(maxsize=256)
 def _spec_of(key: str) -> CellSpec:
-    return CellSpec(**json.loads(key))
+    values = dict(item.split("=", 1) for item in key.split(","))
+    return CellSpec(name=key, summary="", **{k: ast.literal_eval(v) for k, v in values.items()})
 
 
 def _distinct(tensors):
@@ -250,7 +256,8 @@ def _layer_forward(cell: str, config: list[int], lengths: Optional[Tensor], tens
         plan.cfg, plan.bounds, c.groups, x, s0, c0, Wx, bx, W_hh, W_gg, r_src, a_src, peep, lens, bool(c.keep),
         bool(c.return_cells), list(c.tune))
     h_n, a_n = plan.unpack_state(s_fin, a0 is not None)
-    return _distinct((out, h_n, c_fin, x.new_empty(0) if a_n is None else a_n, cells, gates, C))
+    return _distinct((out, h_n.contiguous(), c_fin, x.new_empty(0) if a_n is None else a_n.contiguous(), cells,
+                      gates, C))
 
 
 @_layer_forward.register_fake
@@ -289,7 +296,7 @@ def _layer_backward(cell: str, config: list[int], lengths: Optional[Tensor], ten
     dx, ds0, dc0, dWx, dbx, dW_hh, dW_gg, dpeep, norm_h, norm_c = _extension().backward(
         plan.cfg, plan.bounds, c.groups, x, s0, c0, Wx, W_hh, W_gg, r_src, a_src, peep, lens, *saved, pick(dout),
         ds_fin, pick(dc_n), pick(dcells), want, list(c.tune))
-    dh0, da0 = plan.unpack_state(ds0, fgr)
+    dh0, da0 = (None if t is None else t.contiguous() for t in plan.unpack_state(ds0, fgr))
     dW_ih, db_ih, db_hh = plan.unpack_grads(dWx, dbx, b_ih is not None)
     out = [dx, dh0, dc0, da0, dW_ih, dW_hh, db_ih, db_hh, dpeep, dW_gg]
     out = [none if t is None or g is None else g for t, g in zip(tensors, out, strict=True)]
@@ -301,7 +308,7 @@ def _(cell, config, lengths, tensors, saved, grads):
     x, c0 = tensors[0], tensors[2]
     want = Config.of(config).norms >= 0
     norm = lambda on: x.new_empty(x.shape[:2]) if on else x.new_empty(0)  # noqa: E731
-    return [torch.empty_like(t) for t in tensors] + [norm(want), norm(want and c0.numel() > 0)]
+    return [x.new_empty(t.shape) for t in tensors] + [norm(want), norm(want and c0.numel() > 0)]
 
 
 def _setup_context(ctx, inputs, output):
@@ -315,11 +322,15 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, grads):
+def _grads(ctx, grads, need):
+    """The gradients of `tensors` (None where absent or not needed) from those of the
+    outputs: the kernel's backward, or for a differentiable backward the reference's."""
     lengths, *given, out, gates, C = ctx.saved_tensors
     tensors = _present(given)
     douts, c = grads[:5], ctx.config
-    if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+    # create_graph=True (a differentiable backward), or a forward that saved nothing (traced or
+    # compiled under torch.no_grad, run with grad): the reference backend's run, differentiated
+    if torch.is_grad_enabled() or not c.keep:
         if ctx.record is not None:
             ctx.record.fill(None, None)  # not recorded (the reference backend runs it)
         got = _reference_grads(_spec_of(ctx.cell), bool(c.truncate), bool(c.return_cells), lengths, tensors, douts)
@@ -329,12 +340,38 @@ def _backward(ctx, grads):
         *got, norm_h, norm_c = _layer_backward(ctx.cell, config, lengths, given, [out, gates, C], list(douts))
         if want:
             ctx.record.fill(norm_h, norm_c if norm_c.numel() else None)
+    return [g if t is not None and n else None for g, t, n in zip(got, tensors, need)]
+
+
+def _backward(ctx, grads):
     need = ctx.needs_input_grad[3]
-    need = need if isinstance(need, (list, tuple)) else [need] * len(tensors)
-    return None, None, None, [g if t is not None and n else None for g, t, n in zip(got, tensors, need)]
+    need = need if isinstance(need, (list, tuple)) else [need] * (len(ctx.saved_tensors) - 4)
+    return None, None, None, _grads(ctx, grads, need)
 
 
 torch.library.register_autograd("lstmlab::layer_forward", _backward, setup_context=_setup_context)
+
+
+class _Layer(torch.autograd.Function):
+    """layer_forward with its gradient, as run_layer calls it: the operator's own autograd
+    registration (above; used when it is called directly, and by opcheck) cannot be used by
+    torch.func's transforms (pytorch/pytorch#168393: the Function torch generates for it
+    has no setup_context); this one can. Both save and differentiate alike."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(cell, config, lengths, *tensors):
+        return tuple(_layer_forward(cell, config, lengths, list(tensors)))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        cell, config, lengths, *tensors = inputs
+        _setup_context(ctx, (cell, config, lengths, tensors), output)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return (None, None, None, *_grads(ctx, grads, ctx.needs_input_grad[3:]))
 
 
 def _loop_rule(op):
@@ -418,8 +455,7 @@ def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
     if x.device.type != "cpu" or x.dtype not in DTYPES:
         return _fallback(f"{x.dtype} on {x.device} is not supported (float32/float64 on cpu)",
                          spec, p, x, state, lengths, reverse, truncate, return_cells)
-    T, B, _ = x.shape
-    H = p.weight_hh.shape[1]
+    T, B, H = int(x.shape[0]), int(x.shape[1]), int(p.weight_hh.shape[1])  # ints also under torch.jit.trace
     if lengths is not None:
         lengths = lengths.to("cpu", torch.long)
         if bool((lengths >= T).all()):
@@ -427,7 +463,7 @@ def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
     if reverse:
         x = reference.reverse_padded(x, lengths)
     lanes = _vector_bytes() // x.element_size()
-    work = B * (p.weight_hh.numel() + (p.weight_gg.numel() if p.weight_gg is not None else 0))  # multiply-adds
+    work = B * int(p.weight_hh.numel() + (p.weight_gg.numel() if p.weight_gg is not None else 0))  # multiply-adds
     bounds, groups = _split(B, H, work, lanes)
     record = GradNorms._register(reverse, lengths)
     lstm, fgr = spec.kind == "lstm", spec.gate_recurrence
@@ -437,8 +473,11 @@ def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
     config = Config(int(truncate), groups, int(keep), int(return_cells and lstm), -1 if record is None else record.id,
                     tuple(_tune(groups)), tuple(bounds))
     none = x.new_empty(0)
-    out, h_n, c_n, a_n, cells, _, _ = _layer_forward(_spec_key(spec), config.to_list(), lengths,
-                                                     [none if t is None else t for t in tensors])
+    args = (_spec_key(spec), config.to_list(), lengths, [none if t is None else t for t in tensors])
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():  # the operator itself in the graph
+        out, h_n, c_n, a_n, cells, _, _ = _layer_forward(*args)
+    else:  # eager: through the Function torch.func can transform
+        out, h_n, c_n, a_n, cells, _, _ = _Layer.apply(*args[:3], *args[3])
     final = ((h_n, c_n, a_n) if fgr else (h_n, c_n)) if lstm else (h_n,)
     cells = cells if return_cells and lstm else None
     if reverse:
