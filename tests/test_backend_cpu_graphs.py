@@ -152,7 +152,7 @@ def op_samples():
     """The operators' arguments for a few cells and options, as run_layer and its backward
     pass them: [(forward args, backward args)]."""
     calls = {"forward": [], "backward": []}
-    real = {"forward": cpu._layer_forward, "backward": cpu._layer_backward}
+    real = {"forward": cpu._forward_impl, "backward": cpu._backward_impl}
 
     def spy(which):
         def op(*args):
@@ -160,7 +160,7 @@ def op_samples():
             return real[which](*args)
         return op
 
-    cpu._layer_forward, cpu._layer_backward = spy("forward"), spy("backward")
+    cpu._forward_impl, cpu._backward_impl = spy("forward"), spy("backward")
     try:
         for cell, kw in SAMPLES:
             torch.manual_seed(0)
@@ -171,7 +171,7 @@ def op_samples():
             out, final, _ = cpu.run_layer(m.spec, m.cell_params(0), x, state, **kw)
             (out.sum() + sum(s.square().sum() for s in final)).backward()
     finally:
-        cpu._layer_forward, cpu._layer_backward = real["forward"], real["backward"]
+        cpu._forward_impl, cpu._backward_impl = real["forward"], real["backward"]
     return list(zip(calls["forward"], calls["backward"], strict=True))
 
 

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field, fields
 from typing import NamedTuple, Optional
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 
 from ..cells import CellSpec
 from . import reference
@@ -210,19 +211,11 @@ def _spec_of(key: str) -> CellSpec:
     return CellSpec(name=key, summary="", **{k: ast.literal_eval(v) for k, v in values.items()})
 
 
-def _distinct(tensors):
-    """Outputs of a custom operator may not share memory: copy the second of any two that do
-    (slices of the kernel's state, bias gradients that are one tensor); absent ones are each
-    a fresh (0,) tensor."""
-    seen, out = set(), []
-    for t in tensors:
-        if not t.numel():
-            out.append(t.new_empty(0))
-            continue
-        key = t.untyped_storage().data_ptr()
-        out.append(t.clone() if key in seen else t)
-        seen.add(key)
-    return out
+def _state_out(s, plan, with_a):
+    """(h, a) from the kernel's state S: each its own tensor (a custom operator's outputs may
+    not share memory), a (0,) without FGR."""
+    h, a = plan.unpack_state(s, with_a)
+    return (h, s.new_empty(0)) if a is None else (h.clone(), a.clone())
 
 
 def _present(tensors):
@@ -244,8 +237,7 @@ def _kernel_args(cell, c, lengths, tensors):
     return plan, Wx, bx, s0, (pick(c0), W_hh.contiguous(), pick(W_gg), *maps, pick(W_ch), lens)
 
 
-@torch.library.custom_op("lstmlab::layer_forward", mutates_args=(), device_types="cpu")
-def _layer_forward(cell: str, config: list[int], lengths: Optional[Tensor], tensors: list[Tensor]) -> list[Tensor]:
+def _forward_impl(cell: str, config: list[int], lengths: Optional[Tensor], tensors: list[Tensor]) -> list[Tensor]:
     """-> [out (T, B, H), h_n (B, H), c_n (B, H), a_n (B, A*H), cells (T, B, H), and for
     layer_backward the gate activations and every c_t in the kernel's layout (if keep)];
     (0,) where absent."""
@@ -255,9 +247,11 @@ def _layer_forward(cell: str, config: list[int], lengths: Optional[Tensor], tens
     out, gates, C, s_fin, c_fin, cells = _extension().forward(
         plan.cfg, plan.bounds, c.groups, x, s0, c0, Wx, bx, W_hh, W_gg, r_src, a_src, peep, lens, bool(c.keep),
         bool(c.return_cells), list(c.tune))
-    h_n, a_n = plan.unpack_state(s_fin, a0 is not None)
-    return _distinct((out, h_n.contiguous(), c_fin, x.new_empty(0) if a_n is None else a_n.contiguous(), cells,
-                      gates, C))
+    h_n, a_n = _state_out(s_fin, plan, a0 is not None)
+    return [out, h_n, c_fin, a_n, cells, gates, C]
+
+
+_layer_forward = torch.library.custom_op("lstmlab::layer_forward", _forward_impl, mutates_args=(), device_types="cpu")
 
 
 @_layer_forward.register_fake
@@ -273,9 +267,8 @@ def _(cell, config, lengths, tensors):
             new(T * B * H) if c.keep and lstm else new(0)]
 
 
-@torch.library.custom_op("lstmlab::layer_backward", mutates_args=(), device_types="cpu")
-def _layer_backward(cell: str, config: list[int], lengths: Optional[Tensor], tensors: list[Tensor],
-                    saved: list[Tensor], grads: list[Optional[Tensor]]) -> list[Tensor]:
+def _backward_impl(cell: str, config: list[int], lengths: Optional[Tensor], tensors: list[Tensor],
+                   saved: list[Tensor], grads: list[Optional[Tensor]]) -> list[Tensor]:
     """The kernel's backward. saved: layer_forward's out, gates, C; grads: those of out,
     h_n, c_n, a_n, cells (None: zero). -> [one per entry of `tensors` (the gradient; (0,)
     where the entry is absent), norm_h (T, B), norm_c (T, B)]; the norms (0,) unless wanted
@@ -296,11 +289,17 @@ def _layer_backward(cell: str, config: list[int], lengths: Optional[Tensor], ten
     dx, ds0, dc0, dWx, dbx, dW_hh, dW_gg, dpeep, norm_h, norm_c = _extension().backward(
         plan.cfg, plan.bounds, c.groups, x, s0, c0, Wx, W_hh, W_gg, r_src, a_src, peep, lens, *saved, pick(dout),
         ds_fin, pick(dc_n), pick(dcells), want, list(c.tune))
-    dh0, da0 = (None if t is None else t.contiguous() for t in plan.unpack_state(ds0, fgr))
+    dh0, da0 = _state_out(ds0, plan, fgr)
     dW_ih, db_ih, db_hh = plan.unpack_grads(dWx, dbx, b_ih is not None)
+    if db_hh is db_ih and db_ih is not None:  # both the kernel's one bias gradient
+        db_hh = db_hh.clone()
     out = [dx, dh0, dc0, da0, dW_ih, dW_hh, db_ih, db_hh, dpeep, dW_gg]
-    out = [none if t is None or g is None else g for t, g in zip(tensors, out, strict=True)]
-    return _distinct(out + [norm_h if want else none, norm_c if want and tensors[2] is not None else none])
+    out = [x.new_empty(0) if t is None else g for t, g in zip(tensors, out, strict=True)]
+    return out + [norm_h if want else x.new_empty(0), norm_c if want and tensors[2] is not None else x.new_empty(0)]
+
+
+_layer_backward = torch.library.custom_op("lstmlab::layer_backward", _backward_impl, mutates_args=(),
+                                          device_types="cpu")
 
 
 @_layer_backward.register_fake
@@ -337,7 +336,8 @@ def _grads(ctx, grads, need):
     else:
         want = ctx.record is not None
         config = c._replace(norms=1 if want else -1).to_list()
-        *got, norm_h, norm_c = _layer_backward(ctx.cell, config, lengths, given, [out, gates, C], list(douts))
+        op = _backward_impl if _eager(given[0]) else _layer_backward
+        *got, norm_h, norm_c = op(ctx.cell, config, lengths, given, [out, gates, C], list(douts))
         if want:
             ctx.record.fill(norm_h, norm_c if norm_c.numel() else None)
     return [g if t is not None and n else None for g, t, n in zip(got, tensors, need)]
@@ -352,6 +352,14 @@ def _backward(ctx, grads):
 torch.library.register_autograd("lstmlab::layer_forward", _backward, setup_context=_setup_context)
 
 
+def _eager(x: torch.Tensor) -> bool:
+    """Whether x is a plain tensor computed on: then the operators' implementations are called
+    directly (torch's dispatch of a custom operator costs tens of microseconds a call);
+    otherwise (torch.func's transforms, tracing, fake tensors) the operators themselves."""
+    return (type(x) is torch.Tensor and not torch._C._are_functorch_transforms_active()
+            and _current_dispatch_mode() is None and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
+
+
 class _Layer(torch.autograd.Function):
     """layer_forward with its gradient, as run_layer calls it: the operator's own autograd
     registration (above; used when it is called directly, and by opcheck) cannot be used by
@@ -362,7 +370,8 @@ class _Layer(torch.autograd.Function):
 
     @staticmethod
     def forward(cell, config, lengths, *tensors):
-        return tuple(_layer_forward(cell, config, lengths, list(tensors)))
+        op = _forward_impl if _eager(tensors[0]) else _layer_forward
+        return tuple(op(cell, config, lengths, list(tensors)))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
