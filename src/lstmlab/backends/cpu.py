@@ -31,9 +31,17 @@ Per-step gradient norms, opt in, at no extra pass (see `GradNorms`):
     norms.h[0]    # (T, B): ||dL/dh_t|| of the first layer
 
 Double backward (a backward with create_graph=True: gradient penalties, Hessian-vector
-products) recomputes the layer with the reference backend from the saved inputs and
-differentiates that, so every order of derivative is the reference's; a first-order
-backward runs the kernel's hand-written backward.
+products, torch.func.grad, which always builds a graph) recomputes the layer with the
+reference backend from the saved inputs and differentiates that, so every order of
+derivative is the reference's; a first-order backward runs the kernel's hand-written
+backward.
+
+The kernel is the torch.library custom operator lstmlab::layer_forward, its backward
+lstmlab::layer_backward (both with fake kernels), so that torch.jit.trace, torch.export,
+torch.compile(fullgraph=True) and torch.func.grad / vmap work as they do for
+torch.nn.LSTM. torch.func.vmap runs the kernel once per member of the vmapped batch (a
+loop; the kernel has no batched form beyond its own batch dimension). GradNorms records
+eager runs only: a traced or compiled run inside its block raises.
 """
 from __future__ import annotations
 
@@ -148,6 +156,20 @@ def tuning(**values: int):
 def _tune(groups: int) -> list[int]:
     small = GROUP_SMALL_GEMM_LIMIT if groups > 1 else SMALL_GEMM_LIMIT
     return [small, int(USE_PACKED_GEMM), CHUNK_STEPS, OWN_ORDER_MAX_BYTES, GATHER_MAX_BYTES]
+
+
+# Facts of the machine, which torch.compile takes as constants when it traces run_layer.
+@torch.compiler.assume_constant_result
+def _vector_bytes() -> int:
+    return _extension().vector_bytes
+
+
+_CORES = os.cpu_count() or 1
+
+
+@torch.compiler.assume_constant_result
+def _threads() -> int:
+    return min(torch.get_num_threads(), _CORES)
 
 
 def _split(B: int, H: int, work: int, lanes: int) -> tuple[tuple[int, ...], int]:
@@ -432,19 +454,6 @@ def _fallback(why: str, *args, **kw):
         _warned.add(why)
         warnings.warn(f"lstmlab cpu backend: {why}; using the reference backend for it", stacklevel=4)
     return reference.run_layer(*args, **kw)
-
-
-@torch.compiler.assume_constant_result
-def _vector_bytes() -> int:
-    return _extension().vector_bytes
-
-
-_CORES = os.cpu_count() or 1
-
-
-@torch.compiler.assume_constant_result
-def _threads() -> int:
-    return min(torch.get_num_threads(), _CORES)
 
 
 def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
