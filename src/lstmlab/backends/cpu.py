@@ -249,7 +249,8 @@ def _kernel_args(cell, c, lengths, tensors):
     """The plan, the packed input weights and state, and the arguments every kernel call
     takes in torch's layout or as given (csrc/lstmlab_cpu.cpp forward/backward)."""
     x, h0, c0, a0, W_ih, W_hh, b_ih, b_hh, W_ch, W_gg = tensors
-    plan = layout_plan(_spec_of(cell), W_hh.shape[1], c.bounds, bool(c.truncate))
+    spec = _spec_of(cell)
+    plan = layout_plan(spec, W_hh.shape[0] // len(spec.gates), c.bounds, bool(c.truncate))
     none = x.new_empty(0)
     pick = lambda t: none if t is None else t.contiguous()  # noqa: E731
     Wx, bx, s0 = plan.pack(W_ih, b_ih, b_hh, h0, a0)
@@ -280,7 +281,7 @@ _layer_forward = torch.library.custom_op("lstmlab::layer_forward", _forward_impl
 def _(cell, config, lengths, tensors):
     spec, c = _spec_of(cell), Config.of(config)
     x, a0, W_hh = tensors[0], _present(tensors)[3], tensors[5]
-    (T, B, _), H = x.shape, W_hh.shape[1]
+    (T, B, _), H = x.shape, W_hh.shape[0] // len(spec.gates)
     lstm = spec.kind == "lstm"
     GS = (4 if spec.kind == "gru" else len(spec.gates)) * H  # the kernel's gates columns (csrc/layout.py)
     new = x.new_empty
@@ -473,7 +474,8 @@ def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
     if x.device.type != "cpu" or x.dtype not in DTYPES:
         return _fallback(f"{x.dtype} on {x.device} is not supported (float32/float64 on cpu)",
                          spec, p, x, state, lengths, reverse, truncate, return_cells)
-    T, B, H = int(x.shape[0]), int(x.shape[1]), int(p.weight_hh.shape[1])  # ints also under torch.jit.trace
+    # ints also under torch.jit.trace; H from weight_hh's rows (its columns are P with projections)
+    T, B, H = int(x.shape[0]), int(x.shape[1]), int(p.weight_hh.shape[0]) // len(spec.gates)
     if lengths is not None:
         lengths = lengths.to("cpu", torch.long)
         if bool((lengths >= T).all()):
