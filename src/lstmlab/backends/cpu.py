@@ -406,6 +406,19 @@ class _Layer(torch.autograd.Function):
         return (None, None, None, *_grads(ctx, grads, ctx.needs_input_grad[3:]))
 
 
+class _EagerLayer(torch.autograd.Function):
+    """_Layer for plain eager calls: the same, with forward(ctx, ...) (torch binds the
+    arguments of a Function with setup_context to its signature at every call, ~15 us)."""
+
+    @staticmethod
+    def forward(ctx, cell, config, lengths, *tensors):
+        output = tuple(_forward_impl(cell, config, lengths, list(tensors)))
+        _setup_context(ctx, (cell, config, lengths, tensors), output)
+        return output
+
+    backward = _Layer.backward
+
+
 def _loop_rule(op):
     """A vmap rule: the operator once per member of the vmapped batch, outputs stacked in
     dimension 0 (the kernel has no batched form beyond its own batch dimension)."""
@@ -496,8 +509,9 @@ def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
     args = (_spec_key(spec), config.to_list(), lengths, [none if t is None else t for t in tensors])
     if torch.jit.is_tracing() or torch.compiler.is_compiling():  # the operator itself in the graph
         out, h_n, c_n, a_n, cells, _, _ = _layer_forward(*args)
-    else:  # eager: through the Function torch.func can transform
-        out, h_n, c_n, a_n, cells, _, _ = _Layer.apply(*args[:3], *args[3])
+    else:  # eager: through a Function (one torch.func can transform under its transforms)
+        layer = _EagerLayer if _eager(x) else _Layer
+        out, h_n, c_n, a_n, cells, _, _ = layer.apply(*args[:3], *args[3])
     final = ((h_n, c_n, a_n) if fgr else (h_n, c_n)) if lstm else (h_n,)
     cells = cells if return_cells and lstm else None
     if reverse:
