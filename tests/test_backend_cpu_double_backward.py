@@ -147,3 +147,15 @@ def test_hessian_vector_product_matches_reference(cell):
     want = torch.autograd.functional.hvp(loss_of(ms["reference"]), flat, v)[1]
     assert_close(got, want)
     assert want.norm() > 1e-3
+
+
+def test_grad_norms_of_a_differentiable_backward_are_none():
+    """GradNorms come from the kernel's backward; create_graph=True runs the reference's."""
+    m = lstmlab.Recurrent(2, 3, dtype=F64, backend="cpu")
+    x = torch.randn(4, 2, 2, dtype=F64)
+    with cpu.GradNorms() as norms:
+        out, _ = m(x)
+    torch.autograd.grad(out.sum(), [m.weight_hh_l0], retain_graph=True)
+    assert norms.h[0].shape == (4, 2)
+    torch.autograd.grad(out.sum(), [m.weight_hh_l0], create_graph=True)
+    assert norms.h[0] is None and norms.c[0] is None

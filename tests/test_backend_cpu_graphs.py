@@ -74,6 +74,15 @@ def test_jit_trace(cell):
     same(grads_of(traced, inputs(2)), grads_of(m, inputs(2)), f"{cell} traced")
 
 
+def test_jit_trace_under_no_grad_still_differentiates():
+    """Traced without grad, the kernel saves nothing for a backward; run with grad, the
+    traced module's backward recomputes the layer (reference backend): eager's gradients."""
+    m = net("lstm")
+    with torch.no_grad():
+        traced = torch.jit.trace(m, (inputs(),), check_trace=False)
+    same(grads_of(traced, inputs(2)), grads_of(m, inputs(2)), "lstm traced under no_grad")
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_export(cell):
     m, x = net(cell), inputs()

@@ -561,7 +561,8 @@ class GradNorms:
     lstmlab.analysis.flow records through hooks). t runs in input order, also for the
     reverse direction; steps past a sequence's length are 0. The norms come out of the
     pointwise backward pass itself (no extra pass); runs outside a block cost nothing. A
-    later backward through the same graph overwrites them.
+    later backward through the same graph overwrites them; a backward with
+    create_graph=True (run by the reference backend) sets them to None.
     """
 
     runs: list[RunNorms] = field(default_factory=list)
