@@ -199,3 +199,22 @@ def test_opcheck(k):
     detach = lambda t: t.detach() if isinstance(t, torch.Tensor) else t  # noqa: E731
     args = [[detach(t) for t in a] if isinstance(a, list) else detach(a) for a in backward]
     torch.library.opcheck(torch.ops.lstmlab.layer_backward.default, args)
+
+
+def test_vmap_rule_of_the_backward_operator():
+    """layer_backward under torch.func.vmap (its loop rule): vmapped over the gradients of
+    the outputs, [g, 2 g] gives the gradients of g and twice them."""
+    _, backward = op_samples()[0]
+    cell, config, lengths, tensors, saved, grads = [
+        [t.detach() if isinstance(t, torch.Tensor) else t for t in a] if isinstance(a, list) else a for a in backward]
+    op = torch.ops.lstmlab.layer_backward.default
+    once = op(cell, config, lengths, tensors, saved, grads)
+    batched = [None if g is None else torch.stack([g, 2 * g]) for g in grads]
+    dims = [None if g is None else 0 for g in grads]
+    got = torch.func.vmap(op, in_dims=(None, None, None, None, None, dims))(cell, config, lengths, tensors, saved,
+                                                                             batched)
+    assert len(got) == len(once)
+    for a, b in zip(got[:-2], once[:-2]):  # the gradients (the norms are off: config's norms < 0)
+        assert_close(a[0], b)
+        assert_close(a[1], 2 * b)
+    assert once[0].norm() > 0

@@ -201,6 +201,8 @@ Tensor = torch.Tensor
 
 
 class Config(NamedTuple):
+    """The operators' `config` list, by name (to_list / of)."""
+
     truncate: int
     groups: int  # groups of batch rows (csrc/steps.h)
     keep: int  # save what the backward needs
