@@ -242,9 +242,13 @@ def _state_out(s, plan, with_a):
     return (h, s.new_empty(0)) if a is None else (h.clone(), a.clone())
 
 
+_REQUIRED = (0, 1, 4, 5)  # x, h0, weight_ih, weight_hh: never absent (may be empty)
+
+
 def _present(tensors):
-    """The operators' `tensors` with None for the empty entries that stand for absent ones."""
-    return [t if t.numel() else None for t in tensors]
+    """The operators' `tensors` with None for the empty entries that stand for absent ones
+    (an empty batch is not run by run_layer: its c0 would read as absent)."""
+    return [t if k in _REQUIRED or t.numel() else None for k, t in enumerate(tensors)]
 
 
 def _kernel_args(cell, c, lengths, tensors):
