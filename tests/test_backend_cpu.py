@@ -357,14 +357,6 @@ def test_grad_norms_of_a_layer_come_one_per_layer_and_direction():
     assert len(norms.runs) == 4
 
 
-def test_double_backward_raises():
-    m = lstmlab.Recurrent(2, 3, backend="cpu", dtype=torch.float64)
-    out, _ = m(torch.randn(4, 2, 2, dtype=torch.float64))
-    (gw,) = torch.autograd.grad(out.square().sum(), [m.weight_hh_l0], create_graph=True)
-    with pytest.raises(RuntimeError, match="differentiate twice"):
-        gw.sum().backward()
-
-
 def test_unsupported_dtype_falls_back_with_a_warning():
     m = lstmlab.Recurrent(2, 3, dtype=torch.bfloat16, backend="reference")
     x = torch.randn(4, 2, 2, dtype=torch.bfloat16)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from .backends import backend_names, get_backend
+from .backends import backend_names, get_backend, run_layer
 from .backends.reference import CellParams, zero_state
 from .cells import CellSpec
 from .errors import ArgumentError, InputError, InputTypeError
@@ -248,8 +248,8 @@ class Recurrent(nn.Module):
             outs, layer_cells = [], []
             for d in range(D):
                 kw = {} if probe is None else {"probe": functools.partial(probe, k, d)}
-                out, final, c_seq = backend.run_layer(
-                    self.spec, self.cell_params(k, d), layer_in, states[k * D + d], lengths,
+                out, final, c_seq = run_layer(
+                    backend, self.spec, self.cell_params(k, d), layer_in, states[k * D + d], lengths,
                     reverse=d == 1, truncate=self.truncate,
                     return_cells=self.return_cell_states and k == self.num_layers - 1, **kw)
                 outs.append(out)

@@ -1,13 +1,18 @@
 """Backends by name. Each runs one layer and direction over a whole sequence with the
 signature of `reference.run_layer`, and must match the reference forward and backward.
 
-A backend module exposes `available() -> (bool, reason)` and `run_layer(...)`.
+A backend module exposes `available() -> (bool, reason)` and `run_layer(...)`. Layers call
+them through `run_layer(backend, ...)` here, which applies torch's CPU autocast rule for
+recurrent layers (the same on every backend).
 """
 from __future__ import annotations
 
 import importlib
 import warnings
+from dataclasses import fields
 from types import ModuleType
+
+import torch
 
 # name -> module, in order of preference for backend="auto" on CPU.
 _MODULES = {"reference": f"{__name__}.reference", "cpu": f"{__name__}.cpu"}
@@ -31,16 +36,82 @@ def availability() -> dict[str, tuple[bool, str]]:
 
 def get_backend(name: str, device_type: str = "cpu") -> ModuleType:
     """The backend module for `name` ("auto" picks the fastest available one)."""
+    return _LOADED[_resolve(name, device_type)]
+
+
+# Imported backend modules by name. torch.compile and torch.export take the name chosen when
+# they trace as a constant (choosing imports modules and may build the extension: not for
+# tracing) and find the module here.
+_LOADED: dict[str, ModuleType] = {}
+
+
+@torch.compiler.assume_constant_result
+def _resolve(name: str, device_type: str) -> str:
+    """The name of the backend get_backend returns, its module imported into _LOADED."""
     if name == "auto":
+        chosen = "reference"
         for cand in (_PREFERENCE_CPU if device_type == "cpu" else ()):
             ok, why = availability()[cand]
             if ok:
-                return importlib.import_module(_MODULES[cand])
-            warnings.warn(f"lstmlab: backend {cand!r} unavailable ({why}); using 'reference'", stacklevel=3)
-        return importlib.import_module(_MODULES["reference"])
-    if name not in _MODULES:
-        raise ValueError(f"backend={name!r} is not a backend; valid: 'auto', {', '.join(map(repr, _MODULES))}")
-    ok, why = availability()[name]
-    if not ok:
-        raise RuntimeError(f"backend={name!r} is unavailable: {why}")
-    return importlib.import_module(_MODULES[name])
+                chosen = cand
+                break
+            warnings.warn(f"lstmlab: backend {cand!r} unavailable ({why}); using 'reference'", stacklevel=4)
+    else:
+        if name not in _MODULES:
+            raise ValueError(f"backend={name!r} is not a backend; valid: 'auto', {', '.join(map(repr, _MODULES))}")
+        ok, why = availability()[name]
+        if not ok:
+            raise RuntimeError(f"backend={name!r} is unavailable: {why}")
+        chosen = name
+    _LOADED[chosen] = importlib.import_module(_MODULES[chosen])
+    return chosen
+
+
+# ---- autocast -------------------------------------------------------------------------
+# Under torch.autocast("cpu", dtype=D) (D = bfloat16 or float16) torch's recurrent layers
+# run on ops of autocast's lower-precision list: torch.nn.LSTM on aten::mkldnn_rnn_layer,
+# which autocast casts to D as a whole (input, weights, state: output, h_n and c_n come out
+# in D); torch.nn.RNN and torch.nn.GRU step by step on aten::linear (D), so an RNN's state
+# and output are D, while GRU's update (1 - z) * n + z * h with the float32 initial state
+# promotes back: its output and state stay float32. With proj_size the LSTM steps on
+# aten::linear too: output and h_n D, c_n float32. Autocast casts float32 (and float16)
+# tensors, never float64.
+#
+# lstmlab follows that per kind of cell, on every backend: the matrix products' operands
+# (input, every weight, initial state) rounded to D, the layer computed in float32 with
+# autocast off (the kernels have no D arithmetic; accumulation in float32 is what the
+# lower-precision products do too), and the results returned in D as torch's module of the
+# same kind does: lstm cells output, h_n, c_n (and FGR's a_n, cells) in D (c_n float32 with
+# projections); rnn cells in D; gru in float32. Gradients reach the float32 parameters
+# through the casts, as under autocast.
+
+
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The lower-precision dtype autocast casts x to in a recurrent layer, or None."""
+    device = x.device.type
+    if device != "cpu" or not torch.is_autocast_enabled(device):
+        return None
+    if not x.is_floating_point() or x.dtype == torch.float64:
+        return None
+    return torch.get_autocast_dtype(device)
+
+
+def run_layer(backend: ModuleType, spec, p, x: torch.Tensor, state, lengths=None, reverse: bool = False,
+              truncate: bool | None = None, return_cells: bool = False, **kw):
+    """`backend.run_layer(spec, p, x, state, ...)` (see reference.run_layer), under CPU
+    autocast by torch's rule for recurrent layers (above); otherwise exactly that call."""
+    low = _autocast_dtype(x)
+    if low is None:
+        return backend.run_layer(spec, p, x, state, lengths, reverse=reverse, truncate=truncate,
+                                 return_cells=return_cells, **kw)
+    f32 = torch.float32
+    rounded = lambda t: None if t is None else t.to(low).to(f32)  # noqa: E731
+    p32 = type(p)(*(rounded(getattr(p, f.name)) for f in fields(p)))
+    with torch.autocast("cpu", enabled=False):
+        out, final, cells = backend.run_layer(spec, p32, rounded(x), tuple(rounded(s) for s in state), lengths,
+                                              reverse=reverse, truncate=truncate, return_cells=return_cells, **kw)
+    if spec.kind == "gru":
+        return out, final, cells
+    c_dtype = f32 if getattr(p, "weight_hr", None) is not None else low  # torch's LSTM with projections
+    final = tuple(s.to(c_dtype if name == "c" else low) for name, s in zip(spec.state_names, final))
+    return out.to(low), final, None if cells is None else cells.to(low)

@@ -36,17 +36,33 @@ Per-step gradient norms, opt in, at no extra pass (see `GradNorms`):
     loss(out).backward()
     norms.h[0]    # (T, B): ||dL/dh_t|| of the first layer
 
-Double backward is not supported (the backward is hand-written): it raises.
+Double backward (a backward with create_graph=True: gradient penalties, Hessian-vector
+products, torch.func.grad, which always builds a graph) recomputes the layer with the
+reference backend from the saved inputs and differentiates that, so every order of
+derivative is the reference's; a first-order backward runs the kernel's hand-written
+backward.
+
+The kernel is the torch.library custom operator lstmlab::layer_forward, its backward
+lstmlab::layer_backward (both with fake kernels), so that torch.jit.trace, torch.export,
+torch.compile(fullgraph=True) and torch.func.grad / vmap work as they do for
+torch.nn.LSTM. torch.func.vmap runs the kernel once per member of the vmapped batch (a
+loop; the kernel has no batched form beyond its own batch dimension). GradNorms records
+eager runs only: a traced or compiled run inside its block raises.
 """
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
+import itertools
 import os
 import warnings
-from dataclasses import dataclass, field
+import weakref
+from dataclasses import dataclass, field, fields
+from typing import NamedTuple, Optional
 
 import torch
-from torch.autograd.function import once_differentiable
+from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 
 from ..cells import CellSpec
 from . import reference
@@ -148,10 +164,23 @@ def _tune(groups: int) -> list[int]:
     return [small, int(USE_PACKED_GEMM), CHUNK_STEPS, OWN_ORDER_MAX_BYTES, GATHER_MAX_BYTES]
 
 
+# Facts of the machine, which torch.compile takes as constants when it traces run_layer.
+@torch.compiler.assume_constant_result
+def _vector_bytes() -> int:
+    return _extension().vector_bytes
+
+
+_CORES = os.cpu_count() or 1
+
+
+@torch.compiler.assume_constant_result
+def _threads() -> int:
+    return min(torch.get_num_threads(), _CORES)
+
+
 def _split(B: int, H: int, work: int, lanes: int) -> tuple[tuple[int, ...], int]:
     """How the threads share a sequence: (slice edges of the hidden units, batch groups)."""
-    # one worker per thread, never more than there are cores
-    threads = min(torch.get_num_threads(), os.cpu_count() or 1)
+    threads = _threads()  # one worker per thread, never more than there are cores
     groups = min(threads, B // GROUP_MIN_ROWS)
     if groups >= 2 and work <= GROUP_MAX_WORK:
         return (0, H), groups
@@ -162,58 +191,288 @@ def _split(B: int, H: int, work: int, lanes: int) -> tuple[tuple[int, ...], int]
     return tuple(sorted(set(edges))), 1
 
 
-# ---- the autograd Function -----------------------------------------------------------
-class _Fused(torch.autograd.Function):
-    """One layer and direction; tensors in torch's layout in and out, the kernel's layout
-    (csrc/layout.py: plan.pack, plan.unpack_*) inside, so that autograd sees one node."""
+# ---- the custom operators ------------------------------------------------------------
+# One layer and direction is one operator, lstmlab::layer_forward, whose gradient is another,
+# lstmlab::layer_backward (torch.library custom operators: torch.jit.trace, torch.export,
+# torch.compile and torch.func see each as one node with known output shapes). Arguments:
+#   cell     the CellSpec as a string (`_spec_key`); the kernel's layout (csrc/layout.py) is
+#            rebuilt from it inside, cached;
+#   config   whole numbers, `Config` below (the truncated rule, the threads' split, tuning);
+#   lengths  (B,) int64 or None;
+#   tensors  [x, h0, c0, a0, *CellParams' fields in order] in torch's layout, an empty (0,)
+#            tensor where absent (None: torch's autograd wrapper takes no optional tensors
+#            in a list): a parameter added to CellParams (last) arrives as one more entry.
+# Few arguments, as lists: torch's wrapper handles each argument of each call in Python.
+Tensor = torch.Tensor
 
-    @staticmethod
-    def forward(ctx, plan, groups, lengths, keep, return_cells, record, x, h0, c0, a0, W_ih, W_hh, b_ih, b_hh, W_ch,
-                W_gg, W_hr):
-        none = x.new_empty(0)
-        Wx, bx, s0 = plan.pack(W_ih, b_ih, b_hh, h0, a0)
-        c0 = none if c0 is None else c0.contiguous()
-        peep = none if W_ch is None else W_ch.contiguous()
-        # the recurrent weights as they are (the kernel reads them in its order): no copy of
-        # them outlives a pass
-        W_hh, W_gg = W_hh.contiguous(), none if W_gg is None else W_gg.contiguous()
-        maps = [none.long() if m is None else m for m in (plan.r_src, plan.a_src)]
-        W_hr = none if W_hr is None else W_hr.contiguous()  # the projection (proj_size), or none
-        out, gates, C, s_fin, c_fin, cells, M = _extension().forward(
-            plan.cfg, plan.bounds, groups, x, s0, c0, Wx, bx, W_hh, W_gg, *maps, peep, lengths, keep, return_cells,
-            _tune(groups), W_hr)
-        ctx.plan, ctx.groups, ctx.record, ctx.maps = plan, groups, record, maps
-        ctx.flags = (a0 is not None, b_ih is not None, W_ch is not None, c0.numel() > 0)
-        ctx.save_for_backward(x, s0, c0, Wx, W_hh, W_gg, peep, lengths, out, gates, C, W_hr, M)
-        h_n, a_n = plan.unpack_state(s_fin, a0 is not None)
-        a_n = none if a_n is None else a_n
-        ctx.mark_non_differentiable(*[t for t in (c_fin, a_n, cells) if t.numel() == 0])
-        return out, h_n, c_fin, a_n, cells
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dout, dh_n, dc_n, da_n, dcells):
-        x, s0, c0, Wx, W_hh, W_gg, peep, lengths, out, gates, C, W_hr, M = ctx.saved_tensors
-        plan, (fgr, bias, peepholes, lstm) = ctx.plan, ctx.flags
-        none = x.new_empty(0)
-        pick = lambda t: none if t is None else t.contiguous()  # noqa: E731
-        ds_fin = none
-        if dh_n is not None or da_n is not None:
-            H = plan.Hs
-            ds_fin = dh_n if dh_n is not None else s0.new_zeros(s0.shape[0], H)
-            if fgr:
-                ds_fin = torch.cat([ds_fin, da_n if da_n is not None else s0.new_zeros(s0.shape[0], s0.shape[1] - H)], 1)
-            ds_fin = (ds_fin if plan.s_src is None else ds_fin.index_select(1, plan.s_src)).contiguous()
+class Config(NamedTuple):
+    """The operators' `config` list, by name (to_list / of)."""
+
+    truncate: int
+    groups: int  # groups of batch rows (csrc/steps.h)
+    keep: int  # save what the backward needs
+    return_cells: int
+    norms: int  # forward: the id of the RunNorms its backward fills; backward: want them; -1: none
+    tune: tuple[int, ...]  # _tune(): 5 numbers
+    bounds: tuple[int, ...]  # the slices of hidden units
+
+    def to_list(self) -> list[int]:
+        return [self.truncate, self.groups, self.keep, self.return_cells, self.norms, *self.tune, *self.bounds]
+
+    @classmethod
+    def of(cls, config: list[int]) -> "Config":
+        return cls(*config[:5], tuple(config[5:10]), tuple(config[10:]))
+
+
+# The CellSpec fields that define the maths (not its name, summary or torch twin).
+_SPEC_FIELDS = tuple(f.name for f in fields(CellSpec) if f.name not in ("name", "summary", "torch_module"))
+
+
+def _spec_key(spec: CellSpec) -> str:
+    """The cell as the operators' string: "kind='lstm',activation='tanh',...,truncate=False"
+    (plain string building, which torch.compile traces)."""
+    return ",".join(f"{k}={getattr(spec, k)!r}" for k in _SPEC_FIELDS)
+
+
+@functools.lru_cache(maxsize=256)
+def _spec_of(key: str) -> CellSpec:
+    values = dict(item.split("=", 1) for item in key.split(","))
+    return CellSpec(name=key, summary="", **{k: ast.literal_eval(v) for k, v in values.items()})
+
+
+def _state_out(s, plan, with_a):
+    """(h, a) from the kernel's state S: each its own tensor (a custom operator's outputs may
+    not share memory), a (0,) without FGR."""
+    h, a = plan.unpack_state(s, with_a)
+    return (h, s.new_empty(0)) if a is None else (h.clone(), a.clone())
+
+
+_REQUIRED = (0, 1, 4, 5)  # x, h0, weight_ih, weight_hh: never absent (may be empty)
+
+
+def _present(tensors):
+    """The operators' `tensors` with None for the empty entries that stand for absent ones
+    (an empty batch is not run by run_layer: its c0 would read as absent)."""
+    return [t if k in _REQUIRED or t.numel() else None for k, t in enumerate(tensors)]
+
+
+def _kernel_args(cell, c, lengths, tensors):
+    """The plan, the packed input weights and state, and the arguments every kernel call
+    takes in torch's layout or as given (csrc/lstmlab_cpu.cpp forward/backward)."""
+    x, h0, c0, a0, W_ih, W_hh, b_ih, b_hh, W_ch, W_gg, W_hr = tensors
+    spec = _spec_of(cell)
+    proj = 0 if W_hr is None else W_hr.shape[0]
+    plan = layout_plan(spec, W_hh.shape[0] // len(spec.gates), c.bounds, bool(c.truncate), proj)
+    none = x.new_empty(0)
+    pick = lambda t: none if t is None else t.contiguous()  # noqa: E731
+    Wx, bx, s0 = plan.pack(W_ih, b_ih, b_hh, h0, a0)
+    maps = [none.long() if m is None else m for m in (plan.r_src, plan.a_src)]
+    lens = none.long() if lengths is None else lengths.contiguous()
+    # the recurrent weights as they are (the kernel reads them in its order)
+    return plan, Wx, bx, s0, (pick(c0), W_hh.contiguous(), pick(W_gg), *maps, pick(W_ch), lens), pick(W_hr)
+
+
+def _forward_impl(cell: str, config: list[int], lengths: Optional[Tensor], tensors: list[Tensor]) -> list[Tensor]:
+    """-> [out (T, B, P), h_n (B, P), c_n (B, H), a_n (B, A*H), cells (T, B, H), and for
+    layer_backward the gate activations, every c_t and (with a projection) every
+    o_t act(c_t) in the kernel's layout (if keep)]; (0,) where absent. P = proj_size or H."""
+    c, tensors = Config.of(config), _present(tensors)
+    plan, Wx, bx, s0, (c0, W_hh, W_gg, r_src, a_src, peep, lens), W_hr = _kernel_args(cell, c, lengths, tensors)
+    x, a0 = tensors[0].contiguous(), tensors[3]
+    out, gates, C, s_fin, c_fin, cells, M = _extension().forward(
+        plan.cfg, plan.bounds, c.groups, x, s0, c0, Wx, bx, W_hh, W_gg, r_src, a_src, peep, lens, bool(c.keep),
+        bool(c.return_cells), list(c.tune), W_hr)
+    h_n, a_n = _state_out(s_fin, plan, a0 is not None)
+    return [out, h_n, c_fin, a_n, cells, gates, C, M]
+
+
+_layer_forward = torch.library.custom_op("lstmlab::layer_forward", _forward_impl, mutates_args=(), device_types="cpu")
+
+
+@_layer_forward.register_fake
+def _(cell, config, lengths, tensors):
+    spec, c = _spec_of(cell), Config.of(config)
+    x, a0, W_hh, W_hr = tensors[0], _present(tensors)[3], tensors[5], _present(tensors)[10]
+    (T, B, _), H = x.shape, W_hh.shape[0] // len(spec.gates)
+    P = H if W_hr is None else W_hr.shape[0]
+    lstm = spec.kind == "lstm"
+    GS = (4 if spec.kind == "gru" else len(spec.gates)) * H  # the kernel's gates columns (csrc/layout.py)
+    new = x.new_empty
+    return [new(T, B, P), new(B, P), new(B, H) if lstm else new(0), new(B, a0.shape[1]) if a0 is not None else new(0),
+            new(T, B, H) if lstm and c.return_cells else new(0), new(T * B * GS) if c.keep else new(0),
+            new(T * B * H) if c.keep and lstm else new(0), new(T * B * H) if c.keep and W_hr is not None else new(0)]
+
+
+def _backward_impl(cell: str, config: list[int], lengths: Optional[Tensor], tensors: list[Tensor],
+                   saved: list[Tensor], grads: list[Optional[Tensor]]) -> list[Tensor]:
+    """The kernel's backward. saved: layer_forward's out, gates, C, M; grads: those of out,
+    h_n, c_n, a_n, cells (None: zero). -> [one per entry of `tensors` (the gradient; (0,)
+    where the entry is absent), norm_h (T, B), norm_c (T, B)]; the norms (0,) unless wanted
+    (config's norms >= 0)."""
+    c, tensors = Config.of(config), _present(tensors)
+    plan, Wx, _, s0, (c0, W_hh, W_gg, r_src, a_src, peep, lens), W_hr = _kernel_args(cell, c, lengths, tensors)
+    x, a0, b_ih = tensors[0].contiguous(), tensors[3], tensors[6]
+    none = x.new_empty(0)
+    pick = lambda t: none if t is None else t.contiguous()  # noqa: E731
+    dout, dh_n, dc_n, da_n, dcells = grads
+    fgr, want = a0 is not None, c.norms >= 0
+    ds_fin = none
+    if dh_n is not None or da_n is not None:
+        ds_fin = dh_n if dh_n is not None else s0.new_zeros(s0.shape[0], plan.Hs)
+        if fgr:
+            ds_fin = torch.cat([ds_fin, da_n if da_n is not None else a0.new_zeros(a0.shape)], 1)
+        ds_fin = (ds_fin if plan.s_src is None else ds_fin.index_select(1, plan.s_src)).contiguous()
+    out, gates, C, M = saved
+    dx, ds0, dc0, dWx, dbx, dW_hh, dW_gg, dpeep, norm_h, norm_c, dW_hr = _extension().backward(
+        plan.cfg, plan.bounds, c.groups, x, s0, c0, Wx, W_hh, W_gg, r_src, a_src, peep, lens, out, gates, C,
+        pick(dout), ds_fin, pick(dc_n), pick(dcells), want, list(c.tune), W_hr, M)
+    dh0, da0 = _state_out(ds0, plan, fgr)
+    dW_ih, db_ih, db_hh = plan.unpack_grads(dWx, dbx, b_ih is not None)
+    if db_hh is db_ih and db_ih is not None:  # both the kernel's one bias gradient
+        db_hh = db_hh.clone()
+    out = [dx, dh0, dc0, da0, dW_ih, dW_hh, db_ih, db_hh, dpeep, dW_gg, dW_hr]
+    out = [x.new_empty(0) if t is None else g for t, g in zip(tensors, out, strict=True)]
+    return out + [norm_h if want else x.new_empty(0), norm_c if want and tensors[2] is not None else x.new_empty(0)]
+
+
+_layer_backward = torch.library.custom_op("lstmlab::layer_backward", _backward_impl, mutates_args=(),
+                                          device_types="cpu")
+
+
+@_layer_backward.register_fake
+def _(cell, config, lengths, tensors, saved, grads):
+    x, c0 = tensors[0], tensors[2]
+    want = Config.of(config).norms >= 0
+    norm = lambda on: x.new_empty(x.shape[:2]) if on else x.new_empty(0)  # noqa: E731
+    return [x.new_empty(t.shape) for t in tensors] + [norm(want), norm(want and c0.numel() > 0)]
+
+
+def _setup_context(ctx, inputs, output):
+    cell, config, lengths, tensors = inputs
+    c = Config.of(config)
+    ctx.cell, ctx.config = cell, c
+    ctx.record = _RUNS.get(c.norms) if c.norms >= 0 else None
+    out, _, _, _, _, gates, C, M = output
+    ctx.save_for_backward(lengths, *tensors, out, gates, C, M)
+    ctx.mark_non_differentiable(gates, C, M)
+    ctx.set_materialize_grads(False)
+
+
+def _grads(ctx, grads, need):
+    """The gradients of `tensors` (None where absent or not needed) from those of the
+    outputs: the kernel's backward, or for a differentiable backward the reference's."""
+    lengths, *given, out, gates, C, M = ctx.saved_tensors
+    tensors = _present(given)
+    douts, c = grads[:5], ctx.config
+    # create_graph=True (a differentiable backward), or a forward that saved nothing (traced or
+    # compiled under torch.no_grad, run with grad): the reference backend's run, differentiated
+    if torch.is_grad_enabled() or not c.keep:
+        if ctx.record is not None:
+            ctx.record.fill(None, None)  # not recorded (the reference backend runs it)
+        got = _reference_grads(_spec_of(ctx.cell), bool(c.truncate), bool(c.return_cells), lengths, tensors, douts)
+    else:
         want = ctx.record is not None
-        dx, ds0, dc0, dWx, dbx, dW_hh, dW_gg, dpeep, norm_h, norm_c, dW_hr = _extension().backward(
-            plan.cfg, plan.bounds, ctx.groups, x, s0, c0, Wx, W_hh, W_gg, *ctx.maps, peep, lengths, out, gates, C,
-            pick(dout), ds_fin, pick(dc_n), pick(dcells), want, _tune(ctx.groups), W_hr, M)
+        config = c._replace(norms=1 if want else -1).to_list()
+        op = _backward_impl if _eager(given[0]) else _layer_backward
+        *got, norm_h, norm_c = op(ctx.cell, config, lengths, given, [out, gates, C, M], list(douts))
         if want:
             ctx.record.fill(norm_h, norm_c if norm_c.numel() else None)
-        dh0, da0 = plan.unpack_state(ds0, fgr)
-        dW_ih, db_ih, db_hh = plan.unpack_grads(dWx, dbx, bias)
-        return (None, None, None, None, None, None, dx, dh0, dc0 if lstm else None, da0, dW_ih, dW_hh, db_ih, db_hh,
-                dpeep if peepholes else None, dW_gg if fgr else None, dW_hr if W_hr.numel() else None)
+    return [g if t is not None and n else None for g, t, n in zip(got, tensors, need)]
+
+
+def _backward(ctx, grads):
+    need = ctx.needs_input_grad[3]
+    need = need if isinstance(need, (list, tuple)) else [need] * (len(ctx.saved_tensors) - 5)  # less lengths, saved
+    return None, None, None, _grads(ctx, grads, need)
+
+
+torch.library.register_autograd("lstmlab::layer_forward", _backward, setup_context=_setup_context)
+
+
+def _eager(x: torch.Tensor) -> bool:
+    """Whether x is a plain tensor computed on: then the operators' implementations are called
+    directly (torch's dispatch of a custom operator costs tens of microseconds a call);
+    otherwise (torch.func's transforms, tracing, fake tensors) the operators themselves."""
+    return (type(x) is torch.Tensor and not torch._C._are_functorch_transforms_active()
+            and _current_dispatch_mode() is None and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
+
+
+class _Layer(torch.autograd.Function):
+    """layer_forward with its gradient, as run_layer calls it: the operator's own autograd
+    registration (above; used when it is called directly, and by opcheck) cannot be used by
+    torch.func's transforms (pytorch/pytorch#168393: the Function torch generates for it
+    has no setup_context); this one can. Both save and differentiate alike."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(cell, config, lengths, *tensors):
+        op = _forward_impl if _eager(tensors[0]) else _layer_forward
+        return tuple(op(cell, config, lengths, list(tensors)))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        cell, config, lengths, *tensors = inputs
+        _setup_context(ctx, (cell, config, lengths, tensors), output)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return (None, None, None, *_grads(ctx, grads, ctx.needs_input_grad[3:]))
+
+
+class _EagerLayer(torch.autograd.Function):
+    """_Layer for plain eager calls: the same, with forward(ctx, ...) (torch binds the
+    arguments of a Function with setup_context to its signature at every call, ~15 us)."""
+
+    @staticmethod
+    def forward(ctx, cell, config, lengths, *tensors):
+        output = tuple(_forward_impl(cell, config, lengths, list(tensors)))
+        _setup_context(ctx, (cell, config, lengths, tensors), output)
+        return output
+
+    backward = _Layer.backward
+
+
+def _loop_rule(op):
+    """A vmap rule: the operator once per member of the vmapped batch, outputs stacked in
+    dimension 0 (the kernel has no batched form beyond its own batch dimension)."""
+    def take(a, d, i):
+        if isinstance(a, list):
+            return [take(t, e, i) for t, e in zip(a, d if isinstance(d, list) else [d] * len(a))]
+        return a if d is None or a is None else a.select(d, i)
+
+    def rule(info, in_dims, *args):
+        runs = [op(*[take(a, d, i) for a, d in zip(args, in_dims)]) for i in range(info.batch_size)]
+        return [torch.stack(o) for o in zip(*runs)], [0] * len(runs[0])
+    return rule
+
+
+torch.library.register_vmap("lstmlab::layer_forward", _loop_rule(_layer_forward))
+torch.library.register_vmap("lstmlab::layer_backward", _loop_rule(_layer_backward))
+
+
+def _reference_grads(spec, truncate, return_cells, lengths, inputs, grads):
+    """The gradients of one run with respect to `inputs` (x, h0, c0, a0, W_ih, W_hh, b_ih,
+    b_hh, W_ch, W_gg, W_hr; None where absent), given the gradients of its outputs (out, h_n, c_n,
+    a_n, cells), as a differentiable function of both: the reference backend's run from the
+    same inputs, differentiated with create_graph=True."""
+    x, h0, c0, a0, *weights = inputs
+    state = tuple(t for t in (h0, c0, a0) if t is not None)
+    with torch.enable_grad():
+        out, final, cells = reference.run_layer(spec, CellParams(*weights), x, state, lengths, truncate=truncate,
+                                                return_cells=return_cells)
+    outs = [out, *final] + ([cells] if return_cells else [])
+    dout, dh_n, dc_n, da_n, dcells = grads
+    douts = [dout, dh_n, dc_n, da_n][:1 + len(final)] + ([dcells] if return_cells else [])
+    pairs = [(o, g) for o, g in zip(outs, douts, strict=True) if g is not None]
+    wrt = [(k, t) for k, t in enumerate(inputs) if t is not None and t.requires_grad]
+    got = torch.autograd.grad([o for o, _ in pairs], [t for _, t in wrt], [g for _, g in pairs],
+                              create_graph=True, allow_unused=True)
+    result = [None] * len(inputs)
+    for (k, t), g in zip(wrt, got):
+        result[k] = torch.zeros_like(t) if g is None else g
+    return tuple(result)
 
 
 _warned: set[str] = set()
@@ -242,16 +501,14 @@ def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
         output (T, B, H or P), final state tuple, cells (T, B, H) or None.
     """
     truncate = spec.truncate if truncate is None else truncate
-    W_hr = getattr(p, "weight_hr", None)
-    if W_hr is not None and spec.kind != "lstm":
+    if p.weight_hr is not None and spec.kind != "lstm":
         raise ValueError(f"weight_hr given for cell {spec.name!r} ({spec.kind}); allowed: lstm cells only (proj_size)")
     if x.device.type != "cpu" or x.dtype not in DTYPES:
         return _fallback(f"{x.dtype} on {x.device} is not supported (float32/float64 on cpu)",
                          spec, p, x, state, lengths, reverse, truncate, return_cells)
-    T, B, _ = x.shape
-    H = p.weight_hh.shape[0] // len(spec.gates)
-    proj = 0 if W_hr is None else W_hr.shape[0]
-    if T == 0 or B == 0 or H == 0:
+    # ints also under torch.jit.trace; H from weight_hh's rows (its columns are P with projections)
+    T, B, H = int(x.shape[0]), int(x.shape[1]), int(p.weight_hh.shape[0]) // len(spec.gates)
+    if T == 0 or B == 0 or H == 0:  # before `tensors`, where an empty c0 would read as absent
         return _empty(spec, p, x, state, lengths, reverse, truncate, return_cells)
     if lengths is not None:
         lengths = lengths.to("cpu", torch.long)
@@ -259,19 +516,25 @@ def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
             lengths = None
     if reverse:
         x = reference.reverse_padded(x, lengths)
-    lanes = _extension().vector_bytes // x.element_size()
-    work = B * (p.weight_hh.numel() + (p.weight_gg.numel() if p.weight_gg is not None else 0))  # multiply-adds
+    lanes = _vector_bytes() // x.element_size()
+    work = B * int(p.weight_hh.numel() + (p.weight_gg.numel() if p.weight_gg is not None else 0))  # multiply-adds
     bounds, groups = _split(B, H, work, lanes)
-    if proj:  # never slices (see the module docstring): groups, or one worker
+    if p.weight_hr is not None:  # never slices (see the module docstring): groups, or one worker
         bounds = (0, H)
-    plan = layout_plan(spec, H, bounds, bool(truncate), proj)
     record = GradNorms._register(reverse, lengths)
-    lens = lengths.contiguous() if lengths is not None else x.new_empty(0, dtype=torch.long)
     lstm, fgr = spec.kind == "lstm", spec.gate_recurrence
-    tensors = (x.contiguous(), state[0], state[1] if lstm else None, state[2] if fgr else None,
-               p.weight_ih, p.weight_hh, p.bias_ih, p.bias_hh, p.weight_ch, p.weight_gg, W_hr)
+    tensors = [x, state[0], state[1] if lstm else None, state[2] if fgr else None,
+               p.weight_ih, p.weight_hh, p.bias_ih, p.bias_hh, p.weight_ch, p.weight_gg, p.weight_hr]
     keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)  # backward to come
-    out, h_n, c_n, a_n, cells = _Fused.apply(plan, groups, lens, keep, bool(return_cells and lstm), record, *tensors)
+    config = Config(int(truncate), groups, int(keep), int(return_cells and lstm), -1 if record is None else record.id,
+                    tuple(_tune(groups)), tuple(bounds))
+    none = x.new_empty(0)
+    args = (_spec_key(spec), config.to_list(), lengths, [none if t is None else t for t in tensors])
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():  # the operator itself in the graph
+        out, h_n, c_n, a_n, cells, *_ = _layer_forward(*args)
+    else:  # eager: through a Function (one torch.func can transform under its transforms)
+        layer = _EagerLayer if _eager(x) else _Layer
+        out, h_n, c_n, a_n, cells, *_ = layer.apply(*args[:3], *args[3])
     final = ((h_n, c_n, a_n) if fgr else (h_n, c_n)) if lstm else (h_n,)
     cells = cells if return_cells and lstm else None
     if reverse:
@@ -292,9 +555,7 @@ def _empty(spec, p, x, state, lengths, reverse, truncate, return_cells):
     if T == 0:
         cells = x.new_zeros(0, B, state[1].shape[1]) if return_cells and spec.kind == "lstm" else None
         return x.new_zeros(0, B, state[0].shape[1]), tuple(state), cells
-    out, final, cells = reference.run_layer(spec, p, x, state, lengths, reverse, truncate,
-                                            return_cells and spec.kind == "lstm")
-    return out, final, cells
+    return reference.run_layer(spec, p, x, state, lengths, reverse, truncate, return_cells and spec.kind == "lstm")
 
 
 # ---- per-step gradient norms ---------------------------------------------------------
@@ -310,6 +571,7 @@ class RunNorms:
     lengths: torch.Tensor | None
     h: torch.Tensor | None = None
     c: torch.Tensor | None = None
+    id: int = field(default_factory=lambda: next(_IDS))  # how layer_forward's backward finds it
 
     def fill(self, h, c):
         if self.reverse:
@@ -338,7 +600,8 @@ class GradNorms:
     lstmlab.analysis.flow records through hooks). t runs in input order, also for the
     reverse direction; steps past a sequence's length are 0. The norms come out of the
     pointwise backward pass itself (no extra pass); runs outside a block cost nothing. A
-    later backward through the same graph overwrites them.
+    later backward through the same graph overwrites them; a backward with
+    create_graph=True (run by the reference backend) sets them to None.
     """
 
     runs: list[RunNorms] = field(default_factory=list)
@@ -362,9 +625,15 @@ class GradNorms:
     def _register(reverse: bool, lengths: torch.Tensor | None) -> RunNorms | None:
         if not _RECORDERS:
             return None
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            raise RuntimeError("lstmlab.backends.cpu.GradNorms records eager runs only; a run traced or compiled "
+                               "(torch.jit.trace, torch.export, torch.compile) inside its block cannot fill it")
         run = RunNorms(reverse, lengths)
         _RECORDERS[-1].runs.append(run)
+        _RUNS[run.id] = run
         return run
 
 
 _RECORDERS: list[GradNorms] = []
+_RUNS: weakref.WeakValueDictionary[int, RunNorms] = weakref.WeakValueDictionary()  # by id, while their GradNorms lives
+_IDS = itertools.count()
