@@ -66,9 +66,10 @@ def case(spec, dtype, where, index, value):
     return m, x, state
 
 
-def run(backend, m, x, state, truncate):
+def run(backend, m, x, state, truncate, lengths=None, reverse=False):
     lstm = m.spec.kind == "lstm"
-    out, final, cells = backend.run_layer(m.spec, m.cell_params(0), x, state, truncate=truncate, return_cells=lstm)
+    out, final, cells = backend.run_layer(m.spec, m.cell_params(0), x, state, lengths, reverse, truncate=truncate,
+                                          return_cells=lstm)
     outs = [out, *final] + ([cells] if lstm else [])
     g = torch.Generator().manual_seed(2)
     cot = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outs]
@@ -112,3 +113,21 @@ def test_nonfinite_propagation_in_slices_and_groups(cell):
                         same_nonfinite(got[name], want[name], torch.float64, f"{cell}, {value} in {where}: {name}")
         finally:
             cpu._split = saved
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn-tanh", "lstm1997", "fgr"])
+def test_nonfinite_values_with_variable_lengths(cell, reverse):
+    """Sequences of unequal length: the padding is 0 on both backends (as torch pads packed
+    output) and the held states and every gradient carry the same non-finite values."""
+    spec = lstmlab.get_cell(cell)
+    lengths = torch.tensor([4, 2, 3])
+    for where, index in sites(spec):
+        for value in VALUES.values():
+            m, x, state = case(spec, torch.float64, where, index, value)
+            want = run(reference, m, x, state, None, lengths, reverse)
+            got = run(cpu, m, x, state, None, lengths, reverse)
+            assert torch.equal(want["output"][2:, 1], torch.zeros(2, H, dtype=torch.float64))
+            for name in want:
+                same_nonfinite(got[name], want[name], torch.float64, f"{cell}, {value} in {where}{index}, "
+                                                                     f"reverse={reverse}: {name}")

@@ -253,8 +253,7 @@ def test_projection_inference_matches_training_forward(groups):
 @pytest.mark.parametrize("P", [0, 2])
 def test_padding_is_zero_as_torch_pads_also_with_nonfinite_weights(P):
     """Past a sequence's length the output is 0, as torch.nn.LSTM's packed output padded
-    by pad_packed_sequence, even where the held state is NaN or infinite (the reference
-    backend multiplies the held state by 0 there, which gives NaN)."""
+    by pad_packed_sequence, even where the held state is NaN or infinite: on both backends."""
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
     from test_backend_cpu_nonfinite import same_nonfinite
@@ -270,8 +269,9 @@ def test_padding_is_zero_as_torch_pads_also_with_nonfinite_weights(P):
     p = CellParams(lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0,
                    weight_hr=lstm.weight_hr_l0 if P else None)
     state = (torch.zeros(B, P or H, dtype=DT), torch.zeros(B, H, dtype=DT))
-    with torch.no_grad():
-        got, _, _ = cpu.run_layer(lstmlab.get_cell("lstm"), p, x, state, lengths)
-    assert not torch.isfinite(got).all()
-    same_nonfinite(got, want, DT, f"P={P}")
-    assert torch.equal(got[3:, 1], torch.zeros(2, P or H, dtype=DT))
+    for backend in (cpu, reference):
+        with torch.no_grad():
+            got, _, _ = backend.run_layer(lstmlab.get_cell("lstm"), p, x, state, lengths)
+        assert not torch.isfinite(got).all()
+        same_nonfinite(got, want, DT, f"{backend.__name__}, P={P}")
+        assert torch.equal(got[3:, 1], torch.zeros(2, P or H, dtype=DT))

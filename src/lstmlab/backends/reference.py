@@ -163,7 +163,8 @@ def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
         return_cells: also return every step's cell state (LSTM cells).
         probe: if given, called as probe(t, previous_state, new_state, trace) at every
             step (t in processing order), trace holding the step's pre-activations and
-            activations; the instruments in lstmlab.analysis read the run through it.
+            activations (with lengths: of the rows still running at t, in batch order); the
+            instruments in lstmlab.analysis read the run through it.
     Returns:
         output (T, B, P), final state tuple, and cells (T, B, H) or None.
     """
@@ -178,15 +179,22 @@ def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
     outs, cells = [], []
     for t in range(T):
         trace = {} if probe is not None else None
-        new = pointwise(spec, p, xw[t], state, truncate, trace)
+        if valid is None:
+            new = pointwise(spec, p, xw[t], state, truncate, trace)
+        else:
+            # Only the rows still running step, as in torch's packed sequences: the others
+            # hold their state, and nothing (not even a NaN times a zero gradient) flows from
+            # their padding into the state, the input or the weights.
+            rows = valid[t, :, 0].nonzero().squeeze(1)
+            ran = pointwise(spec, p, xw[t, rows], tuple(s[rows] for s in state), truncate, trace)
+            new = tuple(s.index_copy(0, rows, n) for s, n in zip(state, ran))
         if probe is not None:
             probe(t, state, new, trace)
-        if valid is not None:
-            new = tuple(torch.where(valid[t], n, s) for n, s in zip(new, state))
         state = new
-        outs.append(state[0] if valid is None else state[0] * valid[t])
+        # padding is 0 as in torch's packed output, also where the held state is not finite
+        outs.append(state[0] if valid is None else torch.where(valid[t], state[0], 0.0))
         if return_cells:
-            cells.append(state[1] if valid is None else state[1] * valid[t])
+            cells.append(state[1] if valid is None else torch.where(valid[t], state[1], 0.0))
     out = torch.stack(outs)
     cell_seq = torch.stack(cells) if return_cells else None
     if reverse:

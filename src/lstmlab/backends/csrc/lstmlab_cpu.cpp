@@ -369,11 +369,31 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
     product(p, rec_grads(t) + b0 * rec_ld, rec_ld, ds + b0 * K + lay.scol(p, 0), K, true);
     if (A > 0) product(P + p, gated_grads(t) + b0 * gated_ld, gated_ld, ds + b0 * K + lay.scol(p, 1), K, true);
   };
+  // Rows past their length at step t + 1 have dP = 0 there, and the product through the
+  // weights adds 0 * W to their held gradient: NaN where a weight is not finite. Those rows
+  // keep the gradient they held (torch does not run them at all); a copy of it sits here.
+  at::Tensor held = at::empty({has(lengths) && !cell.truncate ? B * K : 0}, opts);
+  auto keep_held = [&](int64_t t, int64_t w, bool restore) {
+    const auto [p, b0, b1] = work.at(w);
+    T* hb = ptr<T>(held);
+    for (int64_t b = b0; b < b1; ++b) {
+      if (kern.valid(t, b)) continue;
+      for (const auto& [col, n] : {std::pair{lay.scol(p, 0), lay.hw(p)}, std::pair{lay.scol(p, 1), A * lay.w(p)}}) {
+        T* from = ds + b * K + col;
+        T* to = hb + b * K + col;
+        std::memcpy(restore ? from : to, restore ? to : from, sizeof(T) * n);
+      }
+    }
+  };
   auto step = [&](int64_t k, int64_t w) {  // step k (in loop order) of worker w
     const int64_t t = T_ - 1 - k;
     const auto [p, b0, b1] = work.at(w);
     auto since = clock.now();
-    if (t < T_ - 1 && !cell.truncate) through_weights(t + 1, w);
+    if (t < T_ - 1 && !cell.truncate) {
+      if (held.numel()) keep_held(t + 1, w, false);
+      through_weights(t + 1, w);
+      if (held.numel()) keep_held(t + 1, w, true);
+    }
     clock.add(w, B_PRODUCT, since);
     T* nh = nrm ? nrm + (p * T_ + t) * B : nullptr;
     T* nc = nrm ? nrm + ((P + p) * T_ + t) * B : nullptr;
