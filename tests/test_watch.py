@@ -108,3 +108,28 @@ def test_resume_keeps_the_records_once(tmp_path):
 def test_flow_every_is_checked():
     with pytest.raises(ValueError, match=r"flow_every=0 is invalid; allowed: an int >= 1 or None"):
         TrainConfig(**CFG, flow_every=0)
+
+
+def test_flow_report_of_two_runs_side_by_side(tmp_path, capsys):
+    from lstmlab.cli import main
+
+    runs = []
+    for cell in ("lstm", "rnn-tanh"):
+        out = tmp_path / cell
+        train(TrainConfig(**{**CFG, "cell": cell, "max_sequences": 80}, flow_every=40, out_dir=str(out)))
+        runs.append(out)
+    report = tmp_path / "report"
+    assert main(["flow-report", *map(str, runs), "--out", str(report)]) == 0
+    for name in ("flow_horizon.png", "flow_heatmaps.png", "flow_gates.png"):
+        assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = (report / "report.html").read_text()
+    assert "<b>lstm H=4</b>" in html and "<b>rnn-tanh H=4</b>" in html
+    first, last = _records(runs[1])[0], _records(runs[1])[-1]  # the table quotes the run's own numbers
+    row = html.split("<b>rnn-tanh H=4</b>")[1].split("</tr>")[0]
+    cells = [c.split("</td>")[0] for c in row.split("<td>")[1:]]
+    horizon = lambda r: f"{r['horizon_lyapunov']:.0f}" if r["lyapunov_status"] == "decays" else r["lyapunov_status"]  # noqa: E731
+    assert cells[2] == "80" and cells[3:5] == [horizon(first), horizon(last)]
+    assert cells[5:7] == [f"{first['lyapunov_top']:+.4f}", f"{last['lyapunov_top']:+.4f}"]
+    assert main(["flow-report", str(tmp_path), "--out", str(report)]) == 2
+    assert "has no flow.json; allowed: the --out folder of a `lstmlab train ... --flow-every N` run" in \
+        capsys.readouterr().err

@@ -14,6 +14,7 @@ COMMANDS = [
     "lstmlab.commands",
     "lstmlab.analysis.cli",
     "lstmlab.analysis.bench",
+    "lstmlab.analysis.flow_report",
     "lstmlab.sweep.cli",
     "lstmlab.train.cli",
     "lstmlab.bench",
