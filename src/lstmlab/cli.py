@@ -15,6 +15,7 @@ COMMANDS = [
     "lstmlab.analysis.cli",
     "lstmlab.analysis.bench",
     "lstmlab.analysis.flow_report",
+    "lstmlab.analysis.explore",
     "lstmlab.sweep.cli",
     "lstmlab.train.cli",
     "lstmlab.bench",
