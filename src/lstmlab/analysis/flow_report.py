@@ -57,8 +57,14 @@ def load_run(run_dir) -> dict:
                 continue
             if r.get("event") == "eval":
                 evals.append((r["sequences"], r["correct"]))
-    run.update(dir=str(run_dir), evals=evals, lag=task_lag(run["task_params"]),
-               label=f"{run['cell']} H={run['hidden_size']}")
+    label = f"{run['cell']} H={run['hidden_size']}"
+    config = run_dir / "config.json"
+    if config.exists():  # the initial biases tell runs of one cell apart
+        c = json.loads(config.read_text())
+        for key, name in (("forget_bias", "forget bias"), ("input_bias", "input bias")):
+            if c.get(key) is not None:
+                label += f", {name} {c[key]:g}"
+    run.update(dir=str(run_dir), evals=evals, lag=task_lag(run["task_params"]), label=label)
     return run
 
 
@@ -122,7 +128,8 @@ def horizons(runs, path):
         a1.plot(s, ly, label=f"{r['label']}: from the top Lyapunov exponent", **kw)
         grows = np.array([x["lyapunov_status"] != "decays" for x in recs])
         if grows.any():  # no horizon: the gradient does not decay. Drawn at the top, marked
-            a1.plot(s[grows], np.full(grows.sum(), top), "^", color=col, markersize=8,
+            a1.plot(s[grows], np.full(grows.sum(), top), marker=r"$\uparrow$", linestyle="none", color=col,
+                    markersize=12,
                     label=f"{r['label']}: does not decay (growing or constant)")
         a1.plot(s, meas, color=col, linestyle=":", linewidth=1.2,
                 label=f"{r['label']}: measured, first lag below {r['threshold']:g}")
