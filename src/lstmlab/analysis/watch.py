@@ -14,8 +14,9 @@ the recurrence, whatever the readout has learned. Recorded (plain numbers, for J
   (steps until error falls by `threshold`), with "decays" / "growing" / "constant";
 - the measured horizon: the first lag where the gradient is below `threshold`;
 - for LSTM cells: histograms of the forget- and input-gate activations over all steps,
-  units and probe sequences; the mean forget-gate input v; the share of the c -> c lag
-  Jacobian carried by the cell-state path (the carousel) against the lag.
+  units and the first `jacobian_batch` probe sequences (those the Lyapunov exponent uses);
+  the mean forget-gate input v; the share of the c -> c lag Jacobian carried by the
+  cell-state path (the carousel) against the lag.
 
 The copy leaves the training model, its gradients and every random stream untouched.
 """
@@ -43,11 +44,12 @@ class ProbeConfig:
     threshold: float = 1e-6   # the gradient falls below this: the horizon
     bins: int = 20            # gate histograms over [0, 1]
     top_k: int = 8            # Lyapunov exponents computed (the top one is kept)
+    jacobian_batch: int = 4   # probe sequences the Jacobian measures (Lyapunov, gates, share) use
     share_batch: int = 2      # sequences the cell-path share averages over
-    share_stride: int | None = None  # lag products every this many steps; None: about T / 10
+    share_stride: int | None = None  # lag products every this many steps; None: about T / 5
 
     def __post_init__(self):
-        for name in ("batch", "bins", "top_k", "share_batch"):
+        for name in ("batch", "bins", "top_k", "jacobian_batch", "share_batch"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r} is invalid; allowed: an int >= 1")
@@ -120,7 +122,7 @@ class FlowProbe:
             out["grad_h_log10"] = _log10_list(by_lag_of(gf.h))
             out["grad_c_log10"] = _log10_list(by_lag_of(gf.c))
 
-        run = record(model, x)
+        run = record(model, x[:, :cfg.jacobian_batch])
         J = jacobians_from_run(run)
         lyap = lyapunov_from_jacobians(J, k=min(cfg.top_k, J.shape[-1]), warmup=min(10, T // 2))
         top = float(lyap.mean[0])
@@ -140,7 +142,7 @@ class FlowProbe:
             if "f" in run.trace["pre"]:
                 out["f_input_mean"] = round(float(run.trace["pre"]["f"].mean()), 6)
             nb = min(cfg.share_batch, x.shape[1])
-            stride = cfg.share_stride or max(1, T // 10)
+            stride = cfg.share_stride or max(1, T // 5)
             lag = lag_jacobians(J[:, :nb], run.trace["f"][:, :nb], stride=stride, spectral=False)
             lags, _ = by_lag(lag.cell_share, lag.starts, lag.ends)
             L = lag.ends.unsqueeze(0) - lag.starts.unsqueeze(1)
