@@ -133,3 +133,24 @@ def test_flow_report_of_two_runs_side_by_side(tmp_path, capsys):
     assert main(["flow-report", str(tmp_path), "--out", str(report)]) == 2
     assert "has no flow.json; allowed: the --out folder of a `lstmlab train ... --flow-every N` run" in \
         capsys.readouterr().err
+
+
+def test_train_and_reproduce_take_flow_every(tmp_path, capsys, monkeypatch):
+    from lstmlab.cli import main
+    from lstmlab.train import cli as train_cli
+    from lstmlab.train.reproduce import ROWS_1997, Budget, configs
+
+    out = tmp_path / "run"
+    assert main(["train", "adding", "-p", "T=22", "--hidden", "3", "--max-sequences", "6", "--eval-every", "6",
+                 "--flow-every", "4", "--no-progress", "--out", str(out)]) == 0
+    assert [r["sequences"] for r in _records(out)] == [0, 4, 6]
+    assert f"lstmlab flow-report {out}" in capsys.readouterr().out
+    assert all(c.flow_every == 500 for c in configs(ROWS_1997[0], Budget(flow_every=500)))
+    seen = {}
+
+    def fake(budget, tasks=None, jobs=1):
+        seen["budget"] = budget
+        raise ValueError("stopped by the test")
+    monkeypatch.setattr(train_cli, "reproduce_1997", fake)
+    assert main(["reproduce", "1997", "--flow-every", "250", "--out", str(tmp_path / "rep")]) == 2
+    assert seen["budget"].flow_every == 250

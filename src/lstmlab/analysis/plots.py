@@ -186,7 +186,7 @@ def theory_figure(results, path):
     a3.set_xlabel("forget-gate bias b")
     a3.set_ylabel("steps until error falls by 1e-6")
     a3.set_title("LSTM: the forget gate sets the horizon")
-    a3.legend(fontsize=8, loc="lower right")
+    a3.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     for a in (a1, a2, a3):
         a.grid(True, alpha=0.3)
     _save(fig, path)

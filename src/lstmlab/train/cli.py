@@ -130,6 +130,8 @@ def _train(args) -> int:
     tested = f"; test errors {result.test_errors}/{result.test_size}" if result.test_size else ""
     print(f"{result.task} {result.cell} H={result.hidden_size}: {solved}, {result.sequences_seen:,} "
           f"seen in {result.wall_seconds:.1f} s{tested}")
+    if args.flow_every and args.out:
+        print(f"error flow: {Path(args.out) / 'flow.json'}; figures: lstmlab flow-report {args.out}")
     return 0
 
 
