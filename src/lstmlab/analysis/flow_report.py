@@ -144,7 +144,7 @@ def horizons(runs, path):
     a1.set_xlabel("sequences seen")
     a1.set_ylabel(f"memory horizon (steps until error falls by {runs[0]['threshold']:g})")
     a1.set_title("Memory horizon as the network learns")
-    a1.legend(fontsize=7, loc="best")
+    a1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     a2.set_xlabel("sequences seen")
     a2.set_ylabel("fraction of evaluation sequences correct")
     a2.set_title("Learning curve")
