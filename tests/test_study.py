@@ -97,6 +97,9 @@ def test_forget_bias_variants_and_growing_are_told_apart(study):
     default, b2 = cells["lstm"], cells["lstm, forget bias 2"]
     assert b2["forget_bias"] == 2.0 and b2["cell"] == "lstm" and default["forget_bias"] is None
     assert b2["lyapunov_top"] > default["lyapunov_top"]  # the forget bias lengthens the memory
+    assert b2["forget_gate_mean"] > default["forget_gate_mean"]
+    assert "Its forget gates average " + f"{default['forget_gate_mean']:.2f}" in study[0].joinpath(
+        "report.html").read_text()
     for r in rows:  # the status follows the sign of the top exponent; only a decay has a horizon
         assert r["lyapunov_status"] == ("growing" if r["lyapunov_top"] > 1e-9 else "decays")
         assert (r["horizon_1e-6"] is None) == (r["lyapunov_status"] == "growing")

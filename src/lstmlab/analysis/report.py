@@ -102,16 +102,18 @@ def conclusion(results: dict) -> str:
                 f".</b> With its forget-gate bias {'as initialised' if fb is None else f'at {fb:g}'}, the "
                 f"lstm's gradient falls below {thr:g} {horizon_words(default, cfg)}")
         if "rnn-tanh" in cells:
-            text += f", against {horizon_words(cells['rnn-tanh'], cfg)} for the tanh RNN"
-        out.append(text + ": its forget gates sit near &sigma;(0) = 0.5 and halve the carried error "
-                   "at every step, just as an RNN's small per-step factor does.")
+            text += f"; the tanh RNN's {horizon_words(cells['rnn-tanh'], cfg)}"
+        if "forget_gate_mean" in default:
+            text += (f". Its forget gates average {default['forget_gate_mean']:.2f}, so the cell state "
+                     "shrinks the carried error at every step much as an RNN's small per-step factor does")
+        out.append(text + ".")
     if variants:
         parts = []
         for c, r in variants:
             b = r["forget_bias"]
-            parts.append(f"with a forget bias of {b:g} (&sigma;({b:g}) = {theory.lstm_factor(b):.3f}) "
-                         f"it falls below {thr:g} {horizon_words(r, cfg)}")
-        out.append("<b>The forget gate is the answer.</b> The same LSTM, " + "; ".join(parts) + ".")
+            parts.append(f"With a forget bias of {b:g} (&sigma;({b:g}) = {theory.lstm_factor(b):.3f}) the same "
+                         f"LSTM's gradient falls below {thr:g} {horizon_words(r, cfg)}.")
+        out.append("<b>The forget gate is the answer.</b> " + " ".join(parts))
     tanh = theory.max_rnn_factor(1.0, "tanh")[1]
     sig = theory.max_rnn_factor(1.0, "sigmoid")[1]
     out.append(f"<b>Why.</b> A plain RNN carries error back one step with the factor w a'(w h). For a "

@@ -151,6 +151,8 @@ def study_cell(cell: str, cfg: FlowConfig, forget_bias: float | None = None) -> 
     out["step_jacobian_spectral_mean"] = float(one_step.mean())
 
     # 3. lag products: heatmap of log10 spectral norms; cell-path share by lag
+    if spec.kind == "lstm":
+        out["forget_gate_mean"] = float(run.trace["f"].mean())
     nb = min(cfg.heatmap_batch, cfg.batch)
     forget = run.trace["f"][:, :nb] if spec.kind == "lstm" else None
     lag = lag_jacobians(J[:, :nb], forget, stride=cfg.heatmap_stride)
