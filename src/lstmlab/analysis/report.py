@@ -133,9 +133,11 @@ def conclusion(results: dict) -> str:
     sweep = (results.get("forget_bias_sweep") or {}).get("rows", [])
     grow = [r for r in sweep if r.get("lyapunov_status") == "growing"]
     if grow:
-        out.append("A forget bias can also be too large: at "
-                   + ", ".join(f"b = {r['forget_bias']:g} (top exponent {r['lyapunov_top']:+.4f})" for r in grow)
-                   + " the full state's gradient grows with the lag, although the carousel alone still "
+        items = [f"b = {r['forget_bias']:g} (top exponent {r['lyapunov_top']:+.4f})" for r in grow]
+        listed = items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+        out.append("A forget bias can also be too large: at " + listed
+                   + " the full state's gradient is growing (larger the further back, so it has no "
+                   "horizon), although the carousel alone still "
                    "decays slowly; the paths through h and the recurrent weights add to it.")
     return "".join(f"<p>{p}</p>" for p in out)
 

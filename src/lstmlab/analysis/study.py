@@ -205,13 +205,15 @@ def run_study(cfg: FlowConfig, progress=print) -> dict:
             r["summary"] += f"; forget-gate bias {fb:g} at initialisation"
         results["cells"][name] = r
         measured = r["horizon_empirical"]
-        progress(f"  {name:12s} decay/step {r['decay_rate'] + 0.0:+.4f}  horizon(1e-6) "
-                 f"{r['horizon_1e-6']:7.1f}  measured {'>' + str(cfg.steps - 1) if measured is None else measured:>5}"
+        hz = {"growing": "growing", "constant": "inf"}.get(r["lyapunov_status"], f"{r['horizon_1e-6']:.1f}")
+        seen = {"growing": "growing", "never_below_threshold": f">{cfg.steps - 1}"}.get(r["measured_status"], measured)
+        progress(f"  {name:20s} decay/step {r['decay_rate'] + 0.0:+.4f}  horizon(1e-6) {hz:>7}  measured {seen:>7}"
                  f"  ({r['seconds']:.1f}s)")
     if cfg.forget_biases:
         results["forget_bias_sweep"] = forget_bias_sweep(cfg)
         for row in results["forget_bias_sweep"]["rows"]:
             progress(f"  lstm forget bias {row['forget_bias']:4.1f}: top exponent "
                      f"{row['lyapunov_top']:+.4f}, cell path alone {row['cell_path_top']:+.4f}, "
-                     f"1-D theory log sigma(b) {row['theory_log_sigma']:+.4f}")
+                     f"1-D theory log sigma(b) {row['theory_log_sigma']:+.4f}"
+                     + (" (growing)" if row["lyapunov_status"] == "growing" else ""))
     return results
