@@ -14,7 +14,7 @@ CELLS = "rnn-tanh,rnn-sigmoid,lstm1997,lstm,gru"
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("flow")
     rc = main(["flow", "--cells", CELLS, "--steps", "40", "--hidden", "8", "--batch", "3",
-               "--heatmap-stride", "4", "--forget-bias-sweep", "0,3", "--out", str(out)])
+               "--heatmap-stride", "4", "--forget-bias-sweep", "0,3,8", "--out", str(out)])
     assert rc == 0
     return out, json.loads((out / "flow.json").read_text())
 
@@ -31,7 +31,9 @@ def test_files_written(study):
     html = (out / "report.html").read_text()
     for cell in CELLS.split(","):
         assert f"<b>{cell}</b>" in html
-    assert res["config"]["steps"] == 40 and list(res["cells"]) == CELLS.split(",")
+    assert res["config"]["steps"] == 40
+    assert list(res["cells"]) == CELLS.split(",") + ["lstm, forget bias 1", "lstm, forget bias 2"]
+    assert "<b>lstm, forget bias 2</b>" in html
 
 
 def test_lstm1997_carries_error_without_loss(study):
@@ -40,6 +42,7 @@ def test_lstm1997_carries_error_without_loss(study):
     assert all(math.isclose(v, g[1], rel_tol=1e-12) for v in g[1:])  # flat after the last step
     assert r["lyapunov_top"] == pytest.approx(0.0, abs=1e-12)
     assert r["horizon_1e-6"] is None and r["horizon_empirical"] is None  # infinite / never
+    assert r["lyapunov_status"] == "constant" and r["measured_status"] == "never_below_threshold"
     assert all(s == pytest.approx(1.0) for s in r["cell_path"]["share"])
 
 
@@ -50,6 +53,7 @@ def test_plain_rnns_vanish_and_the_rates_agree(study):
     for name in ("rnn-tanh", "rnn-sigmoid", "gru"):
         r = cells[name]
         assert r["decay_rate"] > 0
+        assert r["lyapunov_status"] == "decays" and r["measured_status"] == "below_threshold"
         # the top Lyapunov exponent is the measured exponential decay rate of the gradient
         assert r["decay_rate_fit"] == pytest.approx(r["decay_rate"], rel=0.25)
         assert r["horizon_1e-6"] == pytest.approx(math.log(1e6) / r["decay_rate"])
@@ -57,7 +61,7 @@ def test_plain_rnns_vanish_and_the_rates_agree(study):
 
 def test_forget_bias_sweep_follows_theory(study):
     rows = study[1]["forget_bias_sweep"]["rows"]
-    assert [r["forget_bias"] for r in rows] == [0.0, 3.0]
+    assert [r["forget_bias"] for r in rows] == [0.0, 3.0, 8.0]
     for r in rows:
         assert r["theory_log_sigma"] == pytest.approx(math.log(1 / (1 + math.exp(-r["forget_bias"]))))
     # a larger forget bias slows the decay along the carousel, as log sigma(b) says
@@ -86,3 +90,66 @@ def test_a_short_study_derives_its_warmup(tmp_path, capsys):
     res = json.loads((tmp_path / "flow.json").read_text())
     assert res["config"]["warmup"] == 2 and len(res["cells"]["lstm"]["grad_by_lag"]) == 5
     assert "warmup" not in capsys.readouterr().err
+
+
+def test_forget_bias_variants_and_growing_are_told_apart(study):
+    cells, rows = study[1]["cells"], study[1]["forget_bias_sweep"]["rows"]
+    default, b2 = cells["lstm"], cells["lstm, forget bias 2"]
+    assert b2["forget_bias"] == 2.0 and b2["cell"] == "lstm" and default["forget_bias"] is None
+    assert b2["lyapunov_top"] > default["lyapunov_top"]  # the forget bias lengthens the memory
+    assert b2["forget_gate_mean"] > default["forget_gate_mean"]
+    assert "Its forget gates average " + f"{default['forget_gate_mean']:.2f}" in study[0].joinpath(
+        "report.html").read_text()
+    for r in rows:  # the status follows the sign of the top exponent; only a decay has a horizon
+        assert r["lyapunov_status"] == ("growing" if r["lyapunov_top"] > 1e-9 else "decays")
+        assert (r["horizon_1e-6"] is None) == (r["lyapunov_status"] == "growing")
+    # with b = 8 the carousel alone still decays (log sigma(8) < 0), but the full state's
+    # gradient grows: "growing", no horizon, and the report says so
+    grow = rows[2]
+    assert grow["cell_path_top"] < 0 < grow["lyapunov_top"] and grow["lyapunov_status"] == "growing"
+    assert "b = 8 (top exponent" in study[0].joinpath("report.html").read_text()
+
+
+def test_growing_is_reported_as_growing(study):
+    """A gradient that grows with the lag is called growing in the table and the answer,
+    not an infinite horizon (the default study's forget biases 3 and 5 do this)."""
+    from lstmlab.analysis.report import conclusion, horizon_words, write_report
+
+    res = json.loads(json.dumps(study[1]))
+    b2 = res["cells"]["lstm, forget bias 2"]
+    b2.update(lyapunov_top=0.02, lyapunov_status="growing", measured_status="growing",
+              horizon_empirical=None, **{"horizon_1e-6": None, "horizon_e": None})
+    row = res["forget_bias_sweep"]["rows"][1]
+    row.update(lyapunov_top=0.02, lyapunov_status="growing", **{"horizon_1e-6": None})
+    assert horizon_words(b2, res["config"]).startswith("never: it grows with the lag")
+    assert "at b = 3 (top exponent +0.0200) and b = 8 (top exponent" in conclusion(res)
+    doc = write_report(res, [], lambda d: None)
+    assert "<td>growing</td>" in doc and "&infin;</td>" not in doc.split("lstm, forget bias 2")[1].split("</tr>")[0]
+
+
+def test_status_rules():
+    from lstmlab.analysis.study import lyapunov_status, measured_status
+
+    assert [lyapunov_status(v) for v in (-0.1, 0.0, 1e-12, 0.01)] == ["decays", "constant", "constant", "growing"]
+    assert measured_status([1.0, 1e-3, 1e-7], 1e-6) == "below_threshold"
+    assert measured_status([1.0, 0.5, 0.1], 1e-6) == "never_below_threshold"
+    assert measured_status([1.0, 0.5, 0.1, 1.5], 1e-6) == "growing"
+
+
+def test_the_report_answers_from_the_numbers(study):
+    from lstmlab.analysis.report import conclusion, horizon_words
+
+    res = study[1]
+    text = conclusion(res)
+    cells, cfg = res["cells"], res["config"]
+    # every horizon quoted is the measured one, formatted from flow.json
+    for name in ("rnn-tanh", "lstm", "lstm, forget bias 1"):
+        assert horizon_words(cells[name], cfg) in text
+    assert f"after {cells['rnn-tanh']['horizon_empirical']} steps" in text
+    assert "gradient is growing" in text  # the sweep's b = 8
+    changed = json.loads(json.dumps(res))
+    changed["cells"]["rnn-tanh"]["horizon_empirical"] = 12345
+    assert "after 12345 steps" in conclusion(changed)  # computed, not written in
+    html = (study[0] / "report.html").read_text()
+    assert html.index("The answer") < html.index("gradient_by_lag.png") < html.index("The numbers")
+    assert "Measured share carried by the carousel" in html

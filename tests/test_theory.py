@@ -67,3 +67,12 @@ def test_horizon():
     assert theory.horizon(seq, 0.041) == 5 and theory.horizon(seq, 0.04) == math.inf
     with pytest.raises(ValueError, match=r"tol=0 is invalid"):
         theory.horizon(0.5, 0)
+
+
+def test_lag_product():
+    from lstmlab.theory import lag_product
+
+    assert lag_product(-0.5, 3) == 0.125 and lag_product(0.9, 0) == 1.0
+    assert lag_product(2.0, 2000) == math.inf  # overflow: the error grows without bound
+    with pytest.raises(ValueError, match=r"lag=-1 is invalid; allowed: an int >= 0"):
+        lag_product(0.5, -1)

@@ -14,6 +14,8 @@ COMMANDS = [
     "lstmlab.commands",
     "lstmlab.analysis.cli",
     "lstmlab.analysis.bench",
+    "lstmlab.analysis.flow_report",
+    "lstmlab.analysis.explore",
     "lstmlab.sweep.cli",
     "lstmlab.train.cli",
     "lstmlab.bench",

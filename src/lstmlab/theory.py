@@ -100,6 +100,17 @@ def lstm_factor(v):
     return out.item() if scalar else out
 
 
+def lag_product(factor: float, lag: int) -> float:
+    """|factor|^lag: how much of the error a constant per-step factor carries over `lag`
+    steps (inf where the float overflows: the error grows without bound)."""
+    if isinstance(lag, bool) or not isinstance(lag, int) or lag < 0:
+        raise ValueError(f"lag={lag!r} is invalid; allowed: an int >= 0")
+    try:
+        return abs(float(factor)) ** lag
+    except OverflowError:
+        return math.inf
+
+
 def horizon(factor: float | Sequence[float] | torch.Tensor, tol: float) -> float:
     """The lag n after which a product of per-step factors first falls below tol.
 

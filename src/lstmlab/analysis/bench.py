@@ -5,7 +5,8 @@
   vectorised mode);
 - Lyapunov spectrum: closed-form Jacobians + QR vs per-step autograd Jacobians + the same QR;
 - gradient_flow (forward + backward recording every step's gradient norm) vs a plain
-  forward + backward of the same loss on the same (reference) backend.
+  forward + backward of the same loss on the same (reference) backend;
+- `train --flow-every` (`--watch`): a short training run with and without the probes.
 """
 from __future__ import annotations
 
@@ -92,7 +93,61 @@ def bench_gradient_flow(cell, T, H, B, repeat=5):
             "gradient_flow_s": t_flow, "ratio": t_flow / t_plain}
 
 
+def bench_watch(hidden: int, sequences: int, every: int, repeat: int = 3) -> dict:
+    """The cost of train --flow-every on a short adding (T = 100) run: the time spent in
+    the probes (measuring and writing flow.json) against the rest of the same run, which is
+    immune to the machine's load changing between runs; and, beside it, the wall time of
+    runs without and with the probes (interleaved, best of `repeat` each)."""
+    import tempfile
+
+    from ..train import TrainConfig, Trainer
+
+    def once(flow_every):
+        with tempfile.TemporaryDirectory() as d:
+            config = TrainConfig("adding", {"T": 100}, cell="lstm", hidden_size=hidden, optimizer="adam",
+                                 lr=0.01, batch_size=4, max_sequences=sequences, eval_every=sequences,
+                                 checkpoint_every=None, test=False, progress=False, flow_every=flow_every,
+                                 out_dir=d)
+            trainer = Trainer(config)
+            spent, measure = [0.0], trainer.measure_flow
+
+            def timed():
+                t = time.perf_counter()
+                measure()
+                spent[0] += time.perf_counter() - t
+            trainer.measure_flow = timed
+            t0 = time.perf_counter()
+            trainer.run()
+            return time.perf_counter() - t0, spent[0], len(trainer.flow_records)
+
+    plain, flow = [], []
+    for _ in range(repeat):
+        plain.append(once(None))
+        flow.append(once(every))
+    t_plain = min(r[0] for r in plain)
+    t_flow, in_probes, probes = min(flow, key=lambda r: r[1] / (r[0] - r[1]))
+    return {"hidden": hidden, "sequences": sequences, "flow_every": every, "probes": probes,
+            "probe_s": in_probes / probes, "rest_s": t_flow - in_probes, "overhead": in_probes / (t_flow - in_probes),
+            "plain_s": t_plain, "flow_s": min(r[0] for r in flow)}
+
+
+def _watch(args) -> int:
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print(f"train --flow-every on adding T=100 (lstm, Adam, batch 4, {args.watch_sequences:,} sequences): time in "
+          f"the probes against the rest of the same run; beside it, whole runs without and with (best of 3).")
+    print("| H | flow_every | probes | s per probe | rest of the run (s) | overhead | runs without / with (s) |")
+    print("|---|---|---|---|---|---|---|")
+    for hidden in (8, 64):
+        for every in (2000, 500):
+            r = bench_watch(hidden, args.watch_sequences, every)
+            print(f"| {hidden} | {every:,} | {r['probes']} | {r['probe_s']:.3f} | {r['rest_s']:.2f} | "
+                  f"{100 * r['overhead']:.1f}% | {r['plain_s']:.2f} / {r['flow_s']:.2f} |")
+    return 0
+
+
 def _run(args) -> int:
+    if args.watch:
+        return _watch(args)
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print(f"Step Jacobians and Lyapunov exponents, T={args.steps}, H={args.hidden}, B=1, float64. Naive route: "
@@ -124,4 +179,7 @@ def register(sub) -> None:
     p.add_argument("--k", type=int, default=16, help="top-k Lyapunov exponents")
     p.add_argument("--naive-steps", type=int, default=100,
                    help="steps the naive routes are timed on (their cost is linear in T)")
+    p.add_argument("--watch", action="store_true",
+                   help="instead: the cost of train --flow-every (a short run with and without the probes)")
+    p.add_argument("--watch-sequences", type=int, default=8000, help="sequences of each --watch run")
     p.set_defaults(func=_run)

@@ -22,7 +22,8 @@ def _run(args) -> int:
     cfg = FlowConfig(cells=tuple(c.strip() for c in args.cells.split(",") if c.strip()),
                      steps=args.steps, hidden=args.hidden, input_size=args.input_size,
                      batch=args.batch, seed=args.seed, forget_bias=args.forget_bias, init=args.init,
-                     heatmap_stride=args.heatmap_stride, forget_biases=_floats(args.forget_bias_sweep))
+                     heatmap_stride=args.heatmap_stride, forget_biases=_floats(args.forget_bias_sweep),
+                     lstm_forget_biases=_floats(args.lstm_forget_biases))
     if args.threads < 1:
         raise ValueError(f"threads={args.threads} is invalid; allowed: an int >= 1")
     # The batched QR/SVD here are small (S x S, S <= 2H): more threads mostly add waiting,
@@ -56,6 +57,8 @@ def register(sub) -> None:
     p.add_argument("--heatmap-stride", type=int, default=d["heatmap_stride"])
     p.add_argument("--forget-bias-sweep", default=",".join(f"{b:g}" for b in d["forget_biases"]),
                    help="forget biases for the lstm sweep against theory ('' to skip)")
+    p.add_argument("--lstm-forget-biases", default=",".join(f"{b:g}" for b in d["lstm_forget_biases"]),
+                   help="the lstm again with each of these forget biases, beside the cells ('' for none)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for the default sizes)")
     p.add_argument("--out", default="out/flow", help="output folder")
     p.set_defaults(func=_run)

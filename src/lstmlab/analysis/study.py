@@ -42,6 +42,8 @@ class FlowConfig:
     warmup: int | None = None  # backward steps not counted in the Lyapunov exponents; None: min(10, steps // 2)
     threshold: float = 1e-6   # the gradient falls below this: the empirical horizon
     forget_biases: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 5.0)  # the lstm sweep; () for none
+    # the lstm again with these forget biases, beside the cells in every figure ("lstm, forget bias 1")
+    lstm_forget_biases: tuple[float, ...] = (1.0, 2.0)
 
     def __post_init__(self):
         for name in ("steps", "hidden", "input_size", "batch", "heatmap_stride", "heatmap_batch"):
@@ -52,12 +54,38 @@ class FlowConfig:
             raise ValueError("cells is empty; allowed: one or more of lstmlab.cell_names()")
         for c in self.cells:
             get_cell(c)  # raises with the list of valid cells
+        for name in ("forget_biases", "lstm_forget_biases"):
+            v = getattr(self, name)
+            if not all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in v):
+                raise ValueError(f"{name}={v!r} is invalid; allowed: a tuple of finite numbers")
         if self.init not in INITS:
             raise ValueError(f"init={self.init!r} is invalid; allowed: {INITS}")
         if self.warmup is None:  # derived, so that a short --steps works too
             object.__setattr__(self, "warmup", min(10, self.steps // 2))
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or not 0 <= self.warmup < self.steps:
             raise ValueError(f"warmup={self.warmup!r} is invalid; allowed: 0 <= warmup < steps={self.steps}")
+
+
+GROWTH_TOL = 1e-9  # |lambda_1| below this: neither decays nor grows (the 1997 carousel)
+
+
+def variant_name(forget_bias: float) -> str:
+    """The study's name for the lstm with a given forget bias."""
+    return f"lstm, forget bias {forget_bias:g}"
+
+
+def lyapunov_status(top: float) -> str:
+    """"decays", "growing" or "constant" by the sign of the top Lyapunov exponent."""
+    return "decays" if top < -GROWTH_TOL else "growing" if top > GROWTH_TOL else "constant"
+
+
+def measured_status(grad_by_lag, threshold: float) -> str:
+    """"below_threshold": the measured gradient fell below threshold within the lags measured;
+    "growing": it never did and is larger at the longest lag than at lag 0;
+    "never_below_threshold": it never did and did not grow (flat, or decaying too slowly)."""
+    if any(v < threshold for v in grad_by_lag):
+        return "below_threshold"
+    return "growing" if grad_by_lag[-1] > grad_by_lag[0] else "never_below_threshold"
 
 
 def _first_below(values: torch.Tensor, threshold: float):
@@ -77,11 +105,12 @@ def _fit_rate(log_norm: torch.Tensor) -> float | None:
     return -float(slope)
 
 
-def study_cell(cell: str, cfg: FlowConfig) -> dict:
-    """All measurements for one cell (plain lists and numbers, ready for JSON)."""
+def study_cell(cell: str, cfg: FlowConfig, forget_bias: float | None = None) -> dict:
+    """All measurements for one cell (plain lists and numbers, ready for JSON).
+    forget_bias: overrides cfg.forget_bias (cells with a free forget gate)."""
     torch.manual_seed(cfg.seed)
     spec = get_cell(cell)
-    fb = cfg.forget_bias if spec.forget_gate == "free" else None
+    fb = (cfg.forget_bias if forget_bias is None else forget_bias) if spec.forget_gate == "free" else None
     model = Recurrent(cfg.input_size, cfg.hidden, cell=cell, dtype=torch.float64,
                       init=cfg.init, forget_bias=fb)
     g = torch.Generator().manual_seed(cfg.seed + 1)
@@ -102,7 +131,8 @@ def study_cell(cell: str, cfg: FlowConfig) -> dict:
            "parameters": sum(p.numel() for p in model.parameters()),
            "grad_by_lag": grad_by_lag.tolist(),
            "decay_rate_fit": _fit_rate(log_rel),
-           "horizon_empirical": _first_below(grad_by_lag, cfg.threshold)}
+           "horizon_empirical": _first_below(grad_by_lag, cfg.threshold),
+           "measured_status": measured_status(grad_by_lag.tolist(), cfg.threshold)}
     if gf.c is not None:
         out["grad_h_by_lag"] = torch.exp(by_lag_of(gf.h)).tolist()
         out["grad_c_by_lag"] = torch.exp(by_lag_of(gf.c)).tolist()
@@ -116,10 +146,13 @@ def study_cell(cell: str, cfg: FlowConfig) -> dict:
     out["decay_rate"] = lyap.decay_rate
     out["horizon_e"] = lyap.horizon_e
     out["horizon_1e-6"] = lyap.horizon_1e6
+    out["lyapunov_status"] = lyapunov_status(out["lyapunov_top"])
     one_step = torch.linalg.matrix_norm(J, ord=2)
     out["step_jacobian_spectral_mean"] = float(one_step.mean())
 
     # 3. lag products: heatmap of log10 spectral norms; cell-path share by lag
+    if spec.kind == "lstm":
+        out["forget_gate_mean"] = float(run.trace["f"].mean())
     nb = min(cfg.heatmap_batch, cfg.batch)
     forget = run.trace["f"][:, :nb] if spec.kind == "lstm" else None
     lag = lag_jacobians(J[:, :nb], forget, stride=cfg.heatmap_stride)
@@ -152,27 +185,35 @@ def forget_bias_sweep(cfg: FlowConfig, cell: str = "lstm") -> dict:
         g = torch.Generator().manual_seed(cfg.seed + 1)
         x = torch.randn(cfg.steps, cfg.batch, cfg.input_size, generator=g, dtype=torch.float64)
         run = record(model, x)
-        lyap = lyapunov_from_jacobians(jacobians_from_run(run), k=1, warmup=cfg.warmup)
+        # the full spectrum, as study_cell computes it: with finite T the top-1 estimate differs
+        lyap = lyapunov_from_jacobians(jacobians_from_run(run), warmup=cfg.warmup)
         # the cell-state path alone is diagonal: its top exponent is max_j mean_t log f_tj
         cec = float(torch.log(run.trace["f"]).mean(0).amax(-1).mean())
         rows.append({"forget_bias": b, "lyapunov_top": float(lyap.mean[0]), "cell_path_top": cec,
-                     "theory_log_sigma": math.log(lstm_factor(b)), "horizon_1e-6": lyap.horizon_1e6})
+                     "theory_log_sigma": math.log(lstm_factor(b)), "horizon_1e-6": lyap.horizon_1e6,
+                     "lyapunov_status": lyapunov_status(float(lyap.mean[0]))})
     return {"cell": cell, "rows": rows}
 
 
 def run_study(cfg: FlowConfig, progress=print) -> dict:
     results = {"config": asdict(cfg), "torch": torch.__version__, "cells": {}}
-    for cell in cfg.cells:
-        r = study_cell(cell, cfg)
-        results["cells"][cell] = r
+    entries = [(cell, cell, None) for cell in cfg.cells]
+    entries += [(variant_name(b), "lstm", b) for b in cfg.lstm_forget_biases]
+    for name, cell, fb in entries:
+        r = study_cell(cell, cfg, fb)
+        if fb is not None:
+            r["summary"] += f"; forget-gate bias {fb:g} at initialisation"
+        results["cells"][name] = r
         measured = r["horizon_empirical"]
-        progress(f"  {cell:12s} decay/step {r['decay_rate'] + 0.0:+.4f}  horizon(1e-6) "
-                 f"{r['horizon_1e-6']:7.1f}  measured {'>' + str(cfg.steps - 1) if measured is None else measured:>5}"
+        hz = {"growing": "growing", "constant": "inf"}.get(r["lyapunov_status"], f"{r['horizon_1e-6']:.1f}")
+        seen = {"growing": "growing", "never_below_threshold": f">{cfg.steps - 1}"}.get(r["measured_status"], measured)
+        progress(f"  {name:20s} decay/step {r['decay_rate'] + 0.0:+.4f}  horizon(1e-6) {hz:>7}  measured {seen:>7}"
                  f"  ({r['seconds']:.1f}s)")
     if cfg.forget_biases:
         results["forget_bias_sweep"] = forget_bias_sweep(cfg)
         for row in results["forget_bias_sweep"]["rows"]:
             progress(f"  lstm forget bias {row['forget_bias']:4.1f}: top exponent "
                      f"{row['lyapunov_top']:+.4f}, cell path alone {row['cell_path_top']:+.4f}, "
-                     f"1-D theory log sigma(b) {row['theory_log_sigma']:+.4f}")
+                     f"1-D theory log sigma(b) {row['theory_log_sigma']:+.4f}"
+                     + (" (growing)" if row["lyapunov_status"] == "growing" else ""))
     return results

@@ -84,6 +84,12 @@ def add_optimiser_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def add_flow_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--flow-every", type=int, metavar="N",
+                   help="measure the error flow (gradient against lag, horizon, gate histograms) on a fixed "
+                        "probe batch every N sequences, into the run's flow.json; see `lstmlab flow-report`")
+
+
 def optimiser_options(args) -> dict:
     chosen = {k: getattr(args, k) for k in ("optimizer", "lr", "batch_size") if getattr(args, k) is not None}
     return {**REGIMES[args.regime], **chosen, "loss_steps": args.loss_steps, "clip_norm": args.clip_norm, "clip_value": args.clip_value,
@@ -109,7 +115,8 @@ def _train(args) -> int:
                          hidden_size=args.hidden, num_layers=args.layers, init=args.init,
                          forget_bias=args.forget_bias, input_bias=args.input_bias,
                          skip_input=args.skip_input, connect_after=args.connect_after, out_dir=args.out,
-                         checkpoint_every=args.checkpoint_every or None, **optimiser_options(args))
+                         checkpoint_every=args.checkpoint_every or None, flow_every=args.flow_every,
+                         **optimiser_options(args))
     try:
         result = train(config, resume=args.resume, overwrite=args.overwrite)
     except TrainingDiverged as e:
@@ -123,6 +130,8 @@ def _train(args) -> int:
     tested = f"; test errors {result.test_errors}/{result.test_size}" if result.test_size else ""
     print(f"{result.task} {result.cell} H={result.hidden_size}: {solved}, {result.sequences_seen:,} "
           f"seen in {result.wall_seconds:.1f} s{tested}")
+    if args.flow_every and args.out:
+        print(f"error flow: {Path(args.out) / 'flow.json'}; figures: lstmlab flow-report {args.out}")
     return 0
 
 
@@ -130,7 +139,7 @@ def _reproduce(args) -> int:
     check_writable(args.out, "--out")
     budget = Budget(max_sequences=args.max_sequences, max_seconds=args.max_seconds, seed=args.seed,
                     out_dir=str(Path(args.out) / "runs"),
-                    progress=False if args.no_progress or args.jobs > 1 else None)
+                    progress=False if args.no_progress or args.jobs > 1 else None, flow_every=args.flow_every)
     start = time.perf_counter()
     try:
         table = reproduce_1997(budget, tasks=tuple(args.tasks) if args.tasks else None, jobs=args.jobs)
@@ -172,6 +181,7 @@ def register(subparsers) -> None:
                    help="sequences between checkpoints in --out (default %(default)s; 0: only at the end); "
                         "Ctrl-C also saves one, then exits with status 130")
     p.add_argument("--json", help="write the result (solved, sequences_seen, test_errors, ...) here")
+    add_flow_option(p)
     p.set_defaults(func=_train)
 
     p = subparsers.add_parser("reproduce", help="reproduce a paper's table within a CPU budget")
@@ -185,4 +195,5 @@ def register(subparsers) -> None:
                    help="runs at once, one CPU thread each (default 1: one after another)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", default="out/reproduce-1997", help="where the table and the runs go")
+    add_flow_option(p)
     p.set_defaults(func=_reproduce)

@@ -12,7 +12,8 @@ OPTIMIZERS = ("sgd", "adam")
 INITS = ("torch", "1997")
 # Fields that may differ between a run and its resumption: they bound the run or say
 # where it writes, but do not change what a given update computes.
-BUDGET_FIELDS = ("max_sequences", "max_seconds", "out_dir", "progress")
+# flow_every only says how often the error flow is observed (on a copy of the model).
+BUDGET_FIELDS = ("max_sequences", "max_seconds", "out_dir", "progress", "flow_every")
 
 
 def _number(name, value, minimum=0.0, strict=True, optional=False):
@@ -67,6 +68,10 @@ class TrainConfig:
         sequences drawn from a generator seeded once, so every evaluation sees the same).
     eval_batch_size: the most sequences evaluated at once (memory bound).
     checkpoint_every: sequences between checkpoints (needs out_dir; None: only at the end).
+    flow_every: sequences between measurements of the error flow on a fixed probe batch
+        (lstmlab.analysis.watch: gradient against lag, Lyapunov horizon, gate histograms,
+        cell-path share), also before the first update and at the end; kept in out_dir's
+        flow.json (None: not measured). Training is unchanged by it.
     seed: seeds the model's initial weights, the training data, evaluation and test data.
     out_dir: where the checkpoint, metrics.jsonl, config.json and result.json go.
     progress: show a tqdm bar; None: only when stderr is a terminal.
@@ -98,6 +103,7 @@ class TrainConfig:
     eval_size: int = 256
     eval_batch_size: int = 128
     checkpoint_every: int | None = 10_000
+    flow_every: int | None = None
     seed: int = 0
     out_dir: str | None = None
     progress: bool | None = None
@@ -121,6 +127,7 @@ class TrainConfig:
                               ("eval_batch_size", 1), ("seed", 0), ("connect_after", 0)]:
             _integer(name, getattr(self, name), minimum)
         _integer("checkpoint_every", self.checkpoint_every, 1, optional=True)
+        _integer("flow_every", self.flow_every, 1, optional=True)
         _number("lr", self.lr)
         if not (isinstance(self.momentum, (int, float)) and not isinstance(self.momentum, bool)
                 and 0 <= self.momentum < 1):

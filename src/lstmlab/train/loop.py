@@ -24,13 +24,15 @@ import torch
 from tqdm import tqdm
 
 from ..io import atomic_write, write_json
+from ..analysis.watch import FLOW_FILE, FlowProbe
 from ..tasks import Batch, Judgement, make
 from .config import BUDGET_FIELDS, TrainConfig
 from .model import build_model
 
 CHECKPOINT, METRICS, CONFIG, RESULT = "checkpoint.pt", "metrics.jsonl", "config.json", "result.json"
 # Independent random streams derived from one seed.
-TRAIN_DATA, EVAL_DATA, TEST_DATA, MODEL_INIT = range(4)
+TRAIN_DATA, EVAL_DATA, TEST_DATA, MODEL_INIT, FLOW_PROBE = range(5)
+FLOW_PROBE_BATCH = 8  # probe sequences of --flow-every
 
 
 class TrainingDiverged(RuntimeError):
@@ -104,6 +106,11 @@ class Trainer:
         self.since: list[tuple[float, Judgement]] = []  # the updates since the last evaluation
         self.wrote = False  # whether this trainer has written into out_dir (it may go on)
         self.interrupted = False  # set by the SIGINT handler while run() trains
+        self.flow_records: list[dict] = []  # error-flow measurements (flow_every), oldest first
+        self.probe = None
+        if config.flow_every is not None:
+            probe = self.task.sample(FLOW_PROBE_BATCH, seeded(config.seed, FLOW_PROBE))
+            self.probe = FlowProbe(probe.inputs, seed=config.seed * 1000 + FLOW_PROBE)
 
     # ---- state ----------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -171,6 +178,37 @@ class Trainer:
         kept = "".join(line + "\n" for line, _ in keep)
         if kept != text:
             atomic_write(path, lambda f: f.write(kept.encode()))
+
+    def load_flow(self) -> None:
+        """Keep the error-flow records of out_dir's flow.json up to the checkpoint just
+        loaded (those after it will be measured again), rewriting the file atomically."""
+        path = self.out / FLOW_FILE
+        if not path.exists():
+            return
+        try:
+            records = json.loads(path.read_text())["records"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}); delete it to measure "
+                             "the error flow afresh from here, or start afresh with --overwrite") from None
+        self.flow_records = [r for r in records if r["sequences"] <= self.sequences]
+        self.write_flow()
+
+    def write_flow(self) -> None:
+        if self.out is None:
+            return
+        c = self.config
+        write_json(self.out / FLOW_FILE, {
+            "task": c.task, "task_params": self.task.params(), "cell": c.cell, "hidden_size": c.hidden_size,
+            "flow_every": c.flow_every, "probe_batch": FLOW_PROBE_BATCH,
+            "threshold": self.probe.config.threshold if self.probe else None, "records": self.flow_records})
+
+    def measure_flow(self) -> None:
+        """Measure the error flow now (once per sequence count) and store it with the run."""
+        if self.probe is None or (self.flow_records and self.flow_records[-1]["sequences"] == self.sequences):
+            return
+        record = {"sequences": self.sequences, "updates": self.updates, **self.probe.measure(self.model.rnn)}
+        self.flow_records.append(record)
+        self.write_flow()
 
     def save_checkpoint(self) -> None:
         state = self.state_dict()
@@ -260,9 +298,10 @@ class Trainer:
         if resume and (self.out / CHECKPOINT).exists():
             self.load_state_dict(self.load_checkpoint())
             self.truncate_metrics()
+            self.load_flow()
             self.log(event="resumed")
         elif not self.wrote:
-            existing = [n for n in (CHECKPOINT, METRICS, RESULT) if (self.out / n).exists()]
+            existing = [n for n in (CHECKPOINT, METRICS, RESULT, FLOW_FILE) if (self.out / n).exists()]
             if existing and not (overwrite or resume):  # resume without a checkpoint starts afresh
                 raise ValueError(f"out_dir {str(self.out)!r} already holds a run ({', '.join(existing)}); "
                                  "allowed: resume=True (--resume) to continue it, overwrite=True (--overwrite) "
@@ -307,6 +346,7 @@ class Trainer:
         previous = signal.default_int_handler if previous is None else previous  # None: set outside Python
         self.interrupted = False
         try:
+            self.measure_flow()  # before the first update (or where a resumed run stands)
             while (stop := self.budget_left()) is None:
                 if self.interrupted:
                     if self.out is not None:
@@ -325,6 +365,8 @@ class Trainer:
                         self.log(event="eval", set=name, correct=float(j.correct.float().mean()),
                                  error=float(j.error.mean()))
                     self.solved = self.solved or self.rule.update_eval(evals)
+                if c.flow_every and self.sequences // c.flow_every > before // c.flow_every:
+                    self.measure_flow()
                 every = c.checkpoint_every
                 if self.out is not None and every and self.sequences // every > before // every:
                     self.save_checkpoint()
@@ -334,6 +376,8 @@ class Trainer:
             if main:
                 signal.signal(signal.SIGINT, previous)
             bar.close()
+        if not self.interrupted:
+            self.measure_flow()  # where the run ends
         if self.out is not None:
             self.save_checkpoint()
         if self.interrupted:  # during the last update: the checkpoint above holds the end

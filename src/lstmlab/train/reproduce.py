@@ -110,7 +110,8 @@ class Budget:
 
     max_sequences: overrides every row's budget (None: each row's own).
     max_seconds: the wall-clock limit of each run (None: none).
-    seed, out_dir, progress: as TrainConfig (out_dir: runs go to out_dir/<row>-<cell>).
+    seed, out_dir, progress, flow_every: as TrainConfig (out_dir: runs go to
+        out_dir/<row>-<cell>; flow_every: each run's error flow in its flow.json).
     """
 
     max_sequences: int | None = None
@@ -118,6 +119,7 @@ class Budget:
     seed: int = 0
     out_dir: str | None = None
     progress: bool | None = None
+    flow_every: int | None = None
 
 
 def weights(config: TrainConfig, task) -> int:
@@ -144,7 +146,7 @@ def configs(row: Row, budget: Budget) -> tuple[TrainConfig, TrainConfig]:
     """The LSTM and the tanh-RNN config of one row: same optimiser, budget and seed."""
     lstm = TrainConfig(row.task, row.params, eval_every=row.eval_every,
                        max_sequences=budget.max_sequences or row.budget, max_seconds=budget.max_seconds,
-                       seed=budget.seed, progress=budget.progress, **row.lstm)
+                       seed=budget.seed, progress=budget.progress, flow_every=budget.flow_every, **row.lstm)
     rnn = replace(lstm, cell="rnn-tanh", cell_options={}, init="torch", forget_bias=None, input_bias=None,
                   hidden_size=rnn_hidden_size(lstm))
     if budget.out_dir is None:
