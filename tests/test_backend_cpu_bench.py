@@ -22,6 +22,7 @@ def a_time(x) -> bool:
     return isinstance(x, float) and 0 < x < math.inf
 
 
+@pytest.mark.slow
 def test_run_reports_times_ratios_memory_and_product_rate():
     cfg = bench.BenchConfig(cells=("lstm", "gru"), shapes=((2, 20, 3, 16),), rounds=2, reference_rounds=1)
     result = bench.run(cfg, log=lambda *_: None)

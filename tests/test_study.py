@@ -20,6 +20,7 @@ def study(tmp_path_factory):
     return out, json.loads((out / "flow.json").read_text())
 
 
+@pytest.mark.slow
 def test_files_written(study):
     out, res = study
     for name in ["flow.json", "report.html", "gradient_by_lag.png", "lag_heatmaps.png", "lyapunov.png",
@@ -35,6 +36,7 @@ def test_files_written(study):
     assert res["config"]["steps"] == 40 and list(res["cells"]) == CELLS.split(",")
 
 
+@pytest.mark.slow
 def test_lstm1997_carries_error_without_loss(study):
     r = study[1]["cells"]["lstm1997"]
     g = r["grad_by_lag"]
@@ -44,6 +46,7 @@ def test_lstm1997_carries_error_without_loss(study):
     assert all(s == pytest.approx(1.0) for s in r["cell_path"]["share"])
 
 
+@pytest.mark.slow
 def test_plain_rnns_vanish_and_the_rates_agree(study):
     cells = study[1]["cells"]
     sig = cells["rnn-sigmoid"]
@@ -56,6 +59,7 @@ def test_plain_rnns_vanish_and_the_rates_agree(study):
         assert r["horizon_1e-6"] == pytest.approx(math.log(1e6) / r["decay_rate"])
 
 
+@pytest.mark.slow
 def test_forget_bias_sweep_follows_theory(study):
     rows = study[1]["forget_bias_sweep"]["rows"]
     assert [r["forget_bias"] for r in rows] == [0.0, 3.0]
@@ -75,6 +79,7 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
+@pytest.mark.slow
 def test_a_short_study_derives_its_warmup(tmp_path, capsys):
     from lstmlab.analysis.study import FlowConfig
 

@@ -476,6 +476,7 @@ def test_the_cell_is_connected_after_connect_after_sequences():
     assert not all(torch.equal(v, start[k]) for k, v in t.model.rnn.state_dict().items())
 
 
+@pytest.mark.slow
 def test_the_1997_lag_net_learns_the_first_symbol():
     """Lag p = 20 with the reproduce row's recipe: after 1,500 sequences (500 before the
     cell is connected) the final symbol, which only the first one predicts, is right for
