@@ -3,11 +3,10 @@ import math
 
 import pytest
 import torch
-from conftest import approx, assert_close
 
 import lstmlab
-from lstmlab.analysis import (gradient_flow, lag_jacobians, lyapunov, lyapunov_from_jacobians, record,
-                              step_jacobians)
+from conftest import approx, assert_close
+from lstmlab.analysis import gradient_flow, lag_jacobians, lyapunov, lyapunov_from_jacobians, record, step_jacobians
 from lstmlab.backends import reference
 
 DT = torch.float64

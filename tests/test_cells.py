@@ -2,9 +2,9 @@
 variant's defining property, and parameter counts written out from the equations."""
 import pytest
 import torch
-from conftest import TOL, gradcheck
 
 import lstmlab
+from conftest import TOL, gradcheck
 from lstmlab.backends import reference
 from lstmlab.cells import ACTIVATIONS
 

@@ -4,8 +4,8 @@ import json
 import math
 
 import pytest
-from conftest import approx
 
+from conftest import approx
 from lstmlab.cli import main
 
 CELLS = "rnn-tanh,rnn-sigmoid,lstm1997,lstm,gru"

@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from conftest import assert_close
 
+from conftest import assert_close
 from lstmlab import tasks
 from lstmlab.tasks.base import LOSSES, TARGETS
 from lstmlab.tasks.temporal_order import SYMBOLS as TO

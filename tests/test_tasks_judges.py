@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-from conftest import assert_close
 
+from conftest import assert_close
 from lstmlab import tasks
 from lstmlab.tasks import Judgement, WindowRule
 

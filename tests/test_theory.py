@@ -3,8 +3,8 @@ import math
 
 import pytest
 import torch
-from conftest import approx, assert_close
 
+from conftest import approx, assert_close
 from lstmlab import theory
 
 DT = torch.float64

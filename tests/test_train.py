@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import assert_close
 
-from lstmlab.train import Trainer, TrainConfig, TrainingDiverged, train
+from conftest import assert_close
+from lstmlab.train import TrainConfig, Trainer, TrainingDiverged, train
 from lstmlab.train.cli import parse_cell_options, parse_params, register
 from lstmlab.train.model import SequenceModel
 from lstmlab.train.reproduce import LAG_CELL
