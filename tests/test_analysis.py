@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import lstmlab
-from lstmlab.analysis import (gradient_flow, lag_jacobians, lyapunov, lyapunov_from_jacobians, record,
-                              step_jacobians)
+from conftest import approx, assert_close
+from lstmlab.analysis import gradient_flow, lag_jacobians, lyapunov, lyapunov_from_jacobians, record, step_jacobians
 from lstmlab.backends import reference
 
 DT = torch.float64
@@ -57,18 +57,16 @@ def test_step_jacobians_equal_autograd(cell, truncate):
     J = step_jacobians(m, x)
     S = H * sum(m.spec.state_width(n) for n in m.spec.state_names)
     assert J.shape == (T, B, S, S)
-    torch.testing.assert_close(J, autograd_step_jacobians(m, x), rtol=0, atol=1e-8)
+    assert_close(J, autograd_step_jacobians(m, x), tol="jacobian")
 
 
 @pytest.mark.parametrize("cell", ["vanilla", "gru"])
 def test_step_jacobians_of_upper_layer_and_reverse_direction(cell):
     m = model(cell, num_layers=2, bidirectional=False)
     x = torch.randn(T, B, I, dtype=DT)
-    torch.testing.assert_close(step_jacobians(m, x, layer=1), autograd_step_jacobians(m, x, layer=1),
-                               rtol=0, atol=1e-8)
+    assert_close(step_jacobians(m, x, layer=1), autograd_step_jacobians(m, x, layer=1), tol="jacobian")
     m = model(cell, bidirectional=True)
-    torch.testing.assert_close(step_jacobians(m, x, direction=1), autograd_step_jacobians(m, x, direction=1),
-                               rtol=0, atol=1e-8)
+    assert_close(step_jacobians(m, x, direction=1), autograd_step_jacobians(m, x, direction=1), tol="jacobian")
 
 
 def test_lyapunov_of_a_linear_diagonal_rnn_is_log_abs_a():
@@ -78,7 +76,7 @@ def test_lyapunov_of_a_linear_diagonal_rnn_is_log_abs_a():
         m.weight_hh_l0.copy_(torch.diag(a))
     L = lyapunov(m, torch.randn(40, 3, 2, dtype=DT))
     want = torch.sort(a.abs().log(), descending=True).values
-    torch.testing.assert_close(L.exponents, want.expand(3, 5), rtol=0, atol=1e-12)
+    assert_close(L.exponents, want.expand(3, 5), tol="float64_closed_form")
     assert L.decay_rate == pytest.approx(-math.log(1.1)) and L.horizon_e == math.inf
 
 
@@ -93,12 +91,12 @@ def test_lyapunov_of_lstm_with_constant_forget_input_is_log_sigma_v(v):
         m.bias_hh_l0[f] = 0
     L = lyapunov(m, torch.randn(30, 2, 2, dtype=DT), warmup=1)
     top = math.log(torch.sigmoid(torch.tensor(v, dtype=DT)).item())
-    torch.testing.assert_close(L.exponents[:, :5], torch.full((2, 5), top, dtype=DT), rtol=0, atol=1e-12)
+    assert_close(L.exponents[:, :5], torch.full((2, 5), top, dtype=DT), tol="float64_closed_form")
     assert (L.exponents[:, 5:] < top - 5).all()  # the h block is nilpotent: no error survives there
     assert L.horizon_e == pytest.approx(-1 / top) and L.horizon_1e6 == pytest.approx(math.log(1e6) / -top)
     # top-k agrees with the full spectrum
-    torch.testing.assert_close(lyapunov(m, torch.randn(30, 2, 2, dtype=DT), k=2, warmup=1).exponents,
-                               torch.full((2, 2), top, dtype=DT), rtol=0, atol=1e-12)
+    assert_close(lyapunov(m, torch.randn(30, 2, 2, dtype=DT), k=2, warmup=1).exponents,
+                 torch.full((2, 2), top, dtype=DT), tol="float64_closed_form")
 
 
 def test_lyapunov_top_exponent_matches_the_measured_decay_of_the_gradient():
@@ -108,7 +106,7 @@ def test_lyapunov_top_exponent_matches_the_measured_decay_of_the_gradient():
     L = lyapunov(m, x, k=1, warmup=20)
     gf = gradient_flow(m, x, lambda out: out[-1].sum())
     rate = -(gf.h[50, 0].log() - gf.h[250, 0].log()).item() / 200
-    assert rate == pytest.approx(L.decay_rate, rel=0.05)
+    assert rate == approx(L.decay_rate, "decay_fit")
 
 
 def explicit_product(J, t, t2):
@@ -131,8 +129,8 @@ def test_lag_jacobian_norms_are_norms_of_explicit_products(stride):
                 assert torch.isnan(lag.frobenius[:, i, j]).all()
                 continue
             P = explicit_product(J, t, t2)
-            torch.testing.assert_close(lag.frobenius[:, i, j], torch.linalg.matrix_norm(P), rtol=1e-12, atol=0)
-            torch.testing.assert_close(lag.spectral[:, i, j], torch.linalg.svdvals(P)[:, 0], rtol=1e-12, atol=0)
+            assert_close(lag.frobenius[:, i, j], torch.linalg.matrix_norm(P), tol="float64_closed_form")
+            assert_close(lag.spectral[:, i, j], torch.linalg.svdvals(P)[:, 0], tol="float64_closed_form")
             fprod = run.trace["f"][t:t2].prod(0)
             torch.testing.assert_close(lag.cell_spectral[:, i, j], fprod.abs().amax(-1))
             rest = torch.linalg.matrix_norm(P[:, H:2 * H, H:2 * H] - torch.diag_embed(fprod))
@@ -146,7 +144,7 @@ def test_cell_path_carries_everything_under_the_truncated_rule(cell):
     run = record(m, x)
     lag = lag_jacobians(step_jacobians(m, x), run.trace["f"])
     share = lag.cell_share[~torch.isnan(lag.cell_share)]
-    torch.testing.assert_close(share, torch.ones_like(share), rtol=0, atol=1e-12)
+    assert_close(share, torch.ones_like(share), tol="float64_closed_form")
 
 
 def state_gradients(m, x, loss_fn):
@@ -175,9 +173,9 @@ def test_gradient_flow_equals_autograd_state_gradients(cell):
     loss = lambda out: (out * u).sum()  # noqa: E731  a loss on every step
     gf = gradient_flow(m, x, loss)
     want = state_gradients(m, x, loss)
-    torch.testing.assert_close(gf.h, want[0].norm(dim=-1), rtol=1e-12, atol=1e-14)
+    assert_close(gf.h, want[0].norm(dim=-1), tol="float64_closed_form")
     if gf.c is not None:
-        torch.testing.assert_close(gf.c, want[1].norm(dim=-1), rtol=1e-12, atol=1e-14)
+        assert_close(gf.c, want[1].norm(dim=-1), tol="float64_closed_form")
     assert gf.loss == pytest.approx(loss(m(x)[0]).item())
     assert all(p.grad is not None for p in m.parameters())
 
@@ -198,9 +196,9 @@ def test_gradient_flow_on_the_cpu_backend_equals_the_hooked_reference(cell):
     for layer, direction in [(0, 0), (0, 1), (1, 1)]:
         a = gradient_flow(ref, x, lambda out: (out * u).sum(), layer=layer, direction=direction)
         b = gradient_flow(cpu, x, lambda out: (out * u).sum(), layer=layer, direction=direction)
-        torch.testing.assert_close(b.h, a.h, rtol=1e-10, atol=1e-12)
+        assert_close(b.h, a.h)
         if a.c is not None:
-            torch.testing.assert_close(b.c, a.c, rtol=1e-10, atol=1e-12)
+            assert_close(b.c, a.c)
 
 
 def test_lstm1997_carries_the_error_unchanged_along_the_carousel():
@@ -208,9 +206,9 @@ def test_lstm1997_carries_the_error_unchanged_along_the_carousel():
     x = torch.randn(50, B, I, dtype=DT)
     u = torch.randn(B, H, dtype=DT)
     dc = state_gradients(m, x, lambda out: (out[-1] * u).sum())[1]
-    torch.testing.assert_close(dc[:-1], dc[-1].expand(49, -1, -1), rtol=0, atol=0)
+    assert_close(dc[:-1], dc[-1].expand(49, -1, -1), tol="exact")
     gf = gradient_flow(m, x, lambda out: (out[-1] * u).sum())
-    torch.testing.assert_close(gf.c, gf.c[-1].expand(50, -1), rtol=0, atol=0)
+    assert_close(gf.c, gf.c[-1].expand(50, -1), tol="exact")
     assert (gf.h[:-1] == 0).all()  # the truncated rule: no error reaches h_{t-1} through the gates
 
 

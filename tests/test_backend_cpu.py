@@ -233,6 +233,7 @@ fgr_case = st.fixed_dictionaries({
 })
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", FGR_CELLS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -242,6 +243,7 @@ def test_fgr_in_uneven_slices_matches_reference(cell, dtype, c):
         check_against_reference(FGR_CELLS[cell], dtype, c)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", FGR_CELLS)
 @pytest.mark.parametrize("H", [29, 67])
 @pytest.mark.parametrize("dtype,T", [(torch.float64, 30), (torch.float32, 10)])

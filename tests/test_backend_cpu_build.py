@@ -45,6 +45,7 @@ def test_unavailable_backend_falls_back_with_the_reason(monkeypatch):
     assert out.shape == (4, 1, 3)
 
 
+@pytest.mark.slow
 def test_without_compiler_or_cache_import_works_and_auto_warns_once(tmp_path):
     code = ("import warnings, torch, lstmlab\n"
             "m = lstmlab.Recurrent(2, 3)\n"
@@ -66,11 +67,13 @@ def test_without_compiler_or_cache_import_works_and_auto_warns_once(tmp_path):
     assert "reference  available" in doctor.stdout
 
 
+@pytest.mark.slow
 def test_disabled_by_environment():
     r = run_python("import lstmlab.backends as b; print(b.availability()['cpu'])", LSTMLAB_CPU_BACKEND="0")
     assert r.returncode == 0 and "(False, 'disabled by LSTMLAB_CPU_BACKEND=0')" in r.stdout
 
 
+@pytest.mark.slow
 def test_a_build_is_cached_and_loads_without_a_compiler():
     ok, why = cpu.available()
     if not ok:
@@ -111,6 +114,7 @@ def test_every_source_file_is_in_the_build_key():
     assert on_disk == set(csrc.SOURCES)
 
 
+@pytest.mark.slow
 def test_doctor_lists_every_backend():
     r = subprocess.run([sys.executable, "-m", "lstmlab", "doctor"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import lstmlab
+from conftest import TOL, gradcheck
 from lstmlab.backends import reference
 from lstmlab.cells import ACTIVATIONS
 
@@ -49,7 +50,7 @@ def test_reference_step_gradcheck(cell):
         st = rest[: len(state)]
         return reference.step(m.spec, m.cell_params(0), x, st, truncate=m.truncate)
 
-    assert torch.autograd.gradcheck(f, (x, *state), eps=1e-6, atol=1e-8)
+    assert gradcheck(f, (x, *state))
     # parameters too: gradcheck the step as a function of every weight
     names = [n for n, _ in m.named_parameters()]
 
@@ -57,7 +58,7 @@ def test_reference_step_gradcheck(cell):
         p = reference.CellParams(**{n.rsplit("_l0", 1)[0]: w for n, w in zip(names, ws)})
         return reference.step(m.spec, p, x.detach(), tuple(s.detach() for s in state), truncate=m.truncate)
 
-    assert torch.autograd.gradcheck(fp, tuple(w.detach().requires_grad_() for w in params), eps=1e-6, atol=1e-8)
+    assert gradcheck(fp, tuple(w.detach().requires_grad_() for w in params))
 
 
 def dcT_dc0(m, T, g):
@@ -121,7 +122,7 @@ def test_lstm1997_squashing_ranges():
     ("nig", lambda tr: torch.equal(tr["i"], torch.ones_like(tr["i"]))),
     ("nfg", lambda tr: torch.equal(tr["f"], torch.ones_like(tr["f"]))),
     ("nog", lambda tr: torch.equal(tr["o"], torch.ones_like(tr["o"]))),
-    ("cifg", lambda tr: torch.allclose(tr["f"], 1 - tr["i"], rtol=0, atol=1e-15)),
+    ("cifg", lambda tr: torch.allclose(tr["f"], 1 - tr["i"], *TOL["float64_closed_form"])),
     ("niaf", lambda tr: torch.equal(tr["g"], tr["pre"]["g"])),
     ("lstm", lambda tr: torch.allclose(tr["g"], torch.tanh(tr["pre"]["g"]))),
 ])
@@ -139,7 +140,7 @@ def test_variant_outputs(cell, out):
     m = make(cell)
     x = torch.randn(6, 3, I, dtype=DT)
     for tr, state in trace_run(m, x, rand_state(m.spec, 3, torch.Generator().manual_seed(0))):
-        assert torch.allclose(state[0], out(tr), rtol=0, atol=1e-15)
+        assert torch.allclose(state[0], out(tr), *TOL["float64_closed_form"])
 
 
 @pytest.mark.parametrize("cell", ["nfg", "vanilla", "cifg", "nig"])
@@ -152,7 +153,7 @@ def test_truncated_cell_path_is_the_forget_gate_product(cell):
     state = rand_state(m.spec, 1, g)
     J = torch.autograd.functional.jacobian(lambda c0: run(m, x, (state[0], c0))[-1][1], state[1]).reshape(H, H)
     fprod = torch.stack([tr["f"][0] for tr, _ in trace_run(m, x, state)]).prod(0)
-    assert torch.allclose(J, torch.diag(fprod), rtol=0, atol=1e-14)
+    assert torch.allclose(J, torch.diag(fprod), *TOL["float64_closed_form"])
     if cell == "nfg":
         assert torch.equal(J, torch.eye(H, dtype=DT))
 

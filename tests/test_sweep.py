@@ -29,18 +29,7 @@ def trials_by_state(c, cell):
     return {t.number: (t.state.name, t.value, t.user_attrs.get("pid")) for t in study.get_trials()}
 
 
-def mid_training(c, cell, low=0.5, high=2.0):
-    """RUNNING trials whose worker has been training for low..high seconds (of 3): not
-    starting, not finishing. -> [(number, pid)]"""
-    from datetime import datetime
-
-    study = optuna.load_study(study_name=c.study_name(cell), storage=make_storage(c))
-    now = datetime.now()
-    return [(t.number, t.user_attrs["pid"]) for t in study.get_trials()
-            if t.state.name == "RUNNING" and "pid" in t.user_attrs
-            and low <= (now - t.datetime_start).total_seconds() <= high]
-
-
+@pytest.mark.slow
 def test_sqlite_sweep_runs_and_continues(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     c = cfg(url, trials=2)
@@ -90,6 +79,7 @@ def test_search_space_ranges():
     assert 0.4 < sum(d["lr"] < 1e-4 for d in draws) / 300 < 0.6
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study_on_postgresql(postgres_url):
     c = cfg(postgres_url, cells=("vanilla",), trials=4, study="pg", max_seconds=1.0, max_sequences=10_000)
     result = run_sweep(c, workers=2, log=lambda *_: None)
@@ -99,37 +89,94 @@ def test_two_workers_share_one_study_on_postgresql(postgres_url):
     assert len({pid for _, _, pid in trials.values()}) == 2  # both workers ran trials
 
 
+# The sweep command, with trials that tell the test where they are. Spawned workers run this
+# file's top level again (as __mp_main__), so each worker's training is wrapped the same way:
+# the first trial to start after any trial has finished becomes the victim: it writes its
+# worker's pid to victim.pid and waits to be killed (at most 300 s, then fails loudly).
+KILL_DRIVER = """
+import os, sys, time
+from pathlib import Path
+
+import lstmlab.train
+
+here = Path(os.environ["LSTMLAB_TEST_SWEEP_DIR"])
+real_train = lstmlab.train.train
+
+
+def train(config, *args, **kwargs):
+    if (here / "finished").exists():
+        try:
+            os.close(os.open(here / "victim.claimed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            pass  # another trial is the victim
+        else:
+            (here / "victim.tmp").write_text(str(os.getpid()))
+            os.replace(here / "victim.tmp", here / "victim.pid")
+            time.sleep(300)
+            raise RuntimeError("the victim was never killed")
+    result = real_train(config, *args, **kwargs)
+    (here / "finished").touch()
+    return result
+
+
+lstmlab.train.train = train
+
+if __name__ == "__main__":
+    from lstmlab.cli import main
+
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
+def wait_for(what, check, timeout=120.0):
+    """check()'s first true value, asking every 50 ms; fails after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"waited {timeout:.0f} s for {what}")
+
+
+@pytest.mark.slow
 def test_worker_killed_mid_trial_loses_only_that_trial(tmp_path):
     url = f"sqlite:///{tmp_path}/k.db"
-    c = cfg(url, cells=("vanilla",), trials=3, study="k", max_seconds=3.0, max_sequences=1_000_000)
-    cmd = [sys.executable, "-m", "lstmlab", "sweep", "--task", "adding", "--task-params", '{"T": 30}',
+    c = cfg(url, cells=("vanilla",), trials=3, study="k", max_sequences=30)
+    driver = tmp_path / "sweep_driver.py"
+    driver.write_text(KILL_DRIVER)
+    cmd = [sys.executable, str(driver), "sweep", "--task", "adding", "--task-params", '{"T": 30}',
            "--cells", "vanilla", "--trials", "3", "--storage", url, "--study", "k", "--workers", "2",
-           "--hidden", "4,8", "--lr", "0.001,0.1", "--max-sequences", "1000000", "--max-seconds", "3",
-           "--heartbeat", "1", "--grace", "3"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    victim, before = None, None
-    deadline = time.time() + 120
-    while victim is None and time.time() < deadline:
-        time.sleep(0.3)
-        try:
+           "--hidden", "4,8", "--lr", "0.001,0.1", "--max-sequences", "30", "--heartbeat", "1", "--grace", "3"]
+    env = {**os.environ, "LSTMLAB_TEST_SWEEP_DIR": str(tmp_path)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    try:
+        victim_pid = int(wait_for("a worker inside a trial after another trial finished",
+                                  lambda: (tmp_path / "victim.pid").exists() and (tmp_path / "victim.pid").read_text()))
+
+        def finished_and_running():
             now = trials_by_state(c, "vanilla")
-        except KeyError:  # the study is not created yet
-            continue
-        running = mid_training(c, "vanilla")
-        if any(s == "COMPLETE" for s, _, _ in now.values()) and running:
-            victim = running[0]
-            before = {n: v for n, v in now.items() if v[0] == "COMPLETE"}
-            os.kill(victim[1], signal.SIGKILL)
-    assert victim is not None, "never saw a finished trial beside a running one"
-    out, _ = proc.communicate(timeout=180)
+            states = [s for s, _, _ in now.values()]
+            return now if "COMPLETE" in states and "RUNNING" in states else None
+        now = wait_for("the finished trial and the victim's in the study", finished_and_running)
+        (victim,) = [n for n, (s, _, pid) in now.items() if s == "RUNNING" and pid == victim_pid]
+        before = {n: v for n, v in now.items() if v[0] == "COMPLETE"}
+        os.kill(victim_pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert proc.returncode == 0, out
     after = trials_by_state(c, "vanilla")
-    assert after[victim[0]][0] == "FAIL"  # the killed trial, marked failed by its lapsed heartbeat
+    assert after[victim][0] == "FAIL"  # the killed trial, marked failed as its worker is gone
     assert all(after[n] == v for n, v in before.items())  # finished results intact
     assert [s for s, _, _ in after.values()].count("COMPLETE") == 3
-    assert f"{victim[1]}" in out  # the parent reports the dead worker
+    assert f"{victim_pid}" in out  # the parent reports the dead worker
 
 
+@pytest.mark.slow
 def test_report(tmp_path, capsys):
     url = f"sqlite:///{tmp_path}/r.db"
     c = cfg(url, trials=4)

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from conftest import assert_close
 from lstmlab import tasks
 from lstmlab.tasks import Judgement, WindowRule
 
@@ -58,14 +59,14 @@ def test_error_is_the_squared_error(name):
     task = tasks.make(name, T=30)
     b = task.sample(4, G(1))
     y = off_by(b.targets.double(), 0.03)
-    torch.testing.assert_close(task.judge(raw(task, y), b).error, torch.full((4,), 0.0009), atol=1e-6, rtol=0)
+    assert_close(task.judge(raw(task, y), b).error, torch.full((4,), 0.0009))
 
 
 def test_two_sequence_error_is_the_absolute_error():
     task = tasks.make("two-sequence", T=20)
     b = task.sample(4, G(1))
     j = task.judge(raw(task, off_by(b.targets.double(), 0.15)), b)
-    torch.testing.assert_close(j.error, torch.full((4,), 0.15), atol=1e-6, rtol=0)
+    assert_close(j.error, torch.full((4,), 0.15))
 
 
 # ---- targets at every step -------------------------------------------------------------------
@@ -77,7 +78,7 @@ def test_lag_counts_every_output_at_every_step(e, want):
     y[:, 4, 3] = off_by(b.targets[:, 4, 3].double(), e) if e > 0.1 else y[:, 4, 3]
     j = task.judge(raw(task, y), b)
     assert j.correct.tolist() == [want] * 3
-    torch.testing.assert_close(j.error, torch.full((3,), max(e, 0.1)), atol=1e-6, rtol=0)
+    assert_close(j.error, torch.full((3,), max(e, 0.1)))
 
 
 @pytest.mark.parametrize("e, want", [(0.24, True), (0.26, False)])
@@ -150,13 +151,13 @@ def test_losses_are_the_mean_over_target_steps_of_each_steps_error():
     adding = tasks.make("adding", T=30)
     b = adding.sample(4, G(0))
     y = off_by(b.targets.double(), 0.1)
-    torch.testing.assert_close(adding.loss(raw(adding, y), b), torch.tensor(0.5 * 0.01), rtol=1e-5, atol=0)
+    assert_close(adding.loss(raw(adding, y), b), torch.tensor(0.5 * 0.01))
     lag = tasks.make("lag", p=10)
     b = lag.sample(2, G(0))
     y = off_by(b.targets.double(), 0.1)
-    torch.testing.assert_close(lag.loss(raw(lag, y), b), torch.tensor(0.5 * 11 * 0.01), rtol=1e-5, atol=0)
+    assert_close(lag.loss(raw(lag, y), b), torch.tensor(0.5 * 11 * 0.01))
     summed = lag.loss(raw(lag, y), b, steps="sum")  # 10 target steps, 11 outputs each
-    torch.testing.assert_close(summed, torch.tensor(10 * 0.5 * 11 * 0.01), rtol=1e-5, atol=0)
+    assert_close(summed, torch.tensor(10 * 0.5 * 11 * 0.01))
     with pytest.raises(ValueError, match=r"steps='total' is invalid; allowed: 'mean', 'sum'"):
         lag.loss(raw(lag, y), b, steps="total")
 

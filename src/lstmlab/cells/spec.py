@@ -4,7 +4,7 @@ A cell is a frozen `CellSpec`: which gates exist, how the forget gate is formed,
 squashing functions, peepholes, gate recurrence and whether the 1997 truncated gradient
 is the default. Everything else (parameter layout, the reference step, the Jacobians of
 the state map, the fast kernels) is derived from these fields, so a new cell is one new
-definition. The equations are in shared/reference/CELLS.md and in `lstmlab.backends.reference`.
+definition. The equations are in docs/cells.md and in `lstmlab.backends.reference`.
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """The multiplication problem (Hochreiter & Schmidhuber 1997, experiment 5).
 
 As the adding problem (`lstmlab.tasks.adding`, same markers and lengths) but the values
-are uniform in [0, 1] and the target is X1 * X2. TASKS.md says "as 4", so a mark on the
-first pair contributes X = 0 here too (the product is then 0); a reading with the neutral
-element (X = 1) would be as plausible but is not what the definition we follow says.
+are uniform in [0, 1] and the target is X1 * X2. The definition we follow (docs/tasks.md)
+makes it the adding problem in all else, so a mark on the first pair contributes X = 0
+here too (the product is then 0); a reading with the neutral element (X = 1) would be as
+plausible but is not what that definition says.
 """
 from __future__ import annotations
 

@@ -11,8 +11,9 @@ mean absolute error on that set below 0.01. After stopping, the fraction misclas
 measured on 2,560 fresh sequences.
 
 variant "3b" adds the same Gaussian noise (variance 0.2) to the first N elements too.
-Readings: the length is T exactly (TASKS.md gives no range); variant 3c of the paper
-(noisy, real-valued targets) is not implemented: its definition could not be confirmed.
+Readings: the length is T exactly (the definition in docs/tasks.md gives no range); variant
+3c of the paper (noisy, real-valued targets) is not implemented: its definition could not
+be confirmed.
 """
 from __future__ import annotations
 

@@ -134,7 +134,7 @@ def load():
         tmp = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
     except OSError as e:
         raise BuildError(f"cannot create the build directory {root}: {e}") from None
-    print(f"lstmlab: compiling the cpu backend into {root} (once; about 15 s)", file=sys.stderr, flush=True)
+    print(f"lstmlab: compiling the cpu backend into {root} (once; about 30 s)", file=sys.stderr, flush=True)
     start = time.perf_counter()
     try:
         module = cpp_extension.load(name=name, sources=[str(HERE / SOURCES[0])], extra_include_paths=[str(HERE)],
