@@ -39,6 +39,7 @@ test-isa: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m lstmlab flow --out $(OUT)
+	$(PY) -m lstmlab explore --study $(OUT) --out $(OUT)
 
 bench: $(STAMP)
 	$(PY) -m lstmlab bench
