@@ -27,7 +27,8 @@ test: $(STAMP)
 # so the paths an AVX-512 machine never takes are tested too. Each -march is its own cached
 # build (the build key includes the flags), about 30 s the first time. x86-64 machines only.
 ISA_MARCHES ?= x86-64-v3 x86-64
-ISA_TESTS ?= tests/test_backend_cpu.py tests/test_backend_cpu_bench.py tests/test_backend_cpu_build.py
+ISA_TESTS ?= tests/test_backend_cpu.py tests/test_backend_cpu_nonfinite.py tests/test_backend_cpu_edges.py \
+    tests/test_backend_cpu_proj.py tests/test_backend_cpu_bench.py tests/test_backend_cpu_build.py
 test-isa: $(STAMP)
 	@test "$$(uname -m)" = x86_64 || { echo "make test-isa: needs an x86-64 machine, this is $$(uname -m)"; exit 1; }
 	@for march in $(ISA_MARCHES); do \
