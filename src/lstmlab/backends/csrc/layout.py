@@ -26,7 +26,8 @@ def check_activations(kernel: dict[str, int]) -> None:
     ours = {name: a.code for name, a in ACTIVATIONS.items()}
     diffs = [f"{n!r} is {ours[n]} in lstmlab.cells.ACTIVATIONS but unknown to the kernel"
              for n in ours if n not in kernel]
-    diffs += [f"{n!r} is {kernel[n]} in the kernel but not in lstmlab.cells.ACTIVATIONS" for n in kernel if n not in ours]
+    diffs += [f"{n!r} is {kernel[n]} in the kernel but not in lstmlab.cells.ACTIVATIONS"
+              for n in kernel if n not in ours]
     diffs += [f"{n!r} is {ours[n]} in lstmlab.cells.ACTIVATIONS but {kernel[n]} in the kernel"
               for n in ours if n in kernel and kernel[n] != ours[n]]
     if diffs:
