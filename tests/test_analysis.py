@@ -8,6 +8,7 @@ import lstmlab
 from conftest import approx, assert_close
 from lstmlab.analysis import gradient_flow, lag_jacobians, lyapunov, lyapunov_from_jacobians, record, step_jacobians
 from lstmlab.backends import reference
+from lstmlab.cells import ACTIVATIONS
 
 DT = torch.float64
 I, H, B, T = 3, 4, 2, 6
@@ -58,6 +59,18 @@ def test_step_jacobians_equal_autograd(cell, truncate):
     S = H * sum(m.spec.state_width(n) for n in m.spec.state_names)
     assert J.shape == (T, B, S, S)
     assert_close(J, autograd_step_jacobians(m, x), tol="jacobian")
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+@pytest.mark.parametrize("cell,field", [("rnn-tanh", "activation"), ("lstm", "activation"),
+                                        ("lstm", "output_activation")])
+def test_step_jacobians_equal_autograd_for_every_activation(name, cell, field):
+    """The closed forms read each activation's `grad` from the one table; the registered
+    cells use only some of them in each place."""
+    m = model(cell, **{field: name})
+    assert getattr(m.spec, field) == name
+    x = 2 * torch.randn(T, B, I, dtype=DT, generator=torch.Generator().manual_seed(2))
+    assert_close(step_jacobians(m, x), autograd_step_jacobians(m, x), tol="jacobian")
 
 
 @pytest.mark.parametrize("cell", ["vanilla", "gru"])

@@ -83,7 +83,7 @@ def jacobians_from_run(run: Run) -> torch.Tensor:
         if spec.kind == "rnn":
             return _rnn(spec, p, run.trace)
         if spec.kind == "gru":
-            return _gru(p, run.prev, run.trace)
+            return _gru(spec, p, run.prev, run.trace)
         return _lstm(spec, p, run.prev, run.trace, run.truncate)
 
 
@@ -143,9 +143,9 @@ def _rnn(spec, p, tr):
     return materialize([d], {"R": p.weight_hh}, tr["pre"])
 
 
-def _gru(p, prev, tr):
+def _gru(spec, p, prev, tr):
     h = prev[0]
-    R = dict(zip("rzn", p.weight_hh.chunk(3, dim=0)))
+    R = dict(zip(spec.gates, p.weight_hh.chunk(len(spec.gates), dim=0)))
     r, z, n = tr["r"], tr["z"], tr["n"]
     dr = Lin({"r": r * (1 - r)})
     dz = Lin({"z": z * (1 - z)})

@@ -66,6 +66,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_
 
 from ..cells import CellSpec
 from . import reference
+from .csrc.layout import check_activations
 from .csrc.layout import plan as layout_plan
 from .reference import CellParams, State
 
@@ -83,7 +84,9 @@ def _extension():
         from . import csrc
 
         try:
-            _ext = csrc.load()
+            ext = csrc.load()
+            check_activations(dict(ext.activations))
+            _ext = ext
         except csrc.BuildError as e:
             _ext_error = str(e)
     if _ext is None:

@@ -71,13 +71,12 @@ def pointwise(spec: CellSpec, p: CellParams, xw: torch.Tensor, state: State,
             trace.update(pre=pre)
         return new
     if spec.kind == "gru":
-        x_r, x_z, x_n = xw.chunk(3, dim=-1)
-        h_r, h_z, h_n = hw.chunk(3, dim=-1)
-        r = torch.sigmoid(x_r + h_r)
-        z = torch.sigmoid(x_z + h_z)
-        n = torch.tanh(x_n + r * h_n)
+        xs, hs = _split(xw, spec.gates), _split(hw, spec.gates)  # r z n
+        r = torch.sigmoid(xs["r"] + hs["r"])
+        z = torch.sigmoid(xs["z"] + hs["z"])
+        n = torch.tanh(xs["n"] + r * hs["n"])
         if trace is not None:
-            trace.update(r=r, z=z, n=n, hw_n=h_n)
+            trace.update(r=r, z=z, n=n, hw_n=hs["n"])
         return ((1 - z) * n + z * h,)
     return _lstm_pointwise(spec, p, xw + hw, state, truncate, trace)
 

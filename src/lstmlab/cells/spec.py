@@ -16,8 +16,12 @@ import torch
 from ..errors import ArgumentError
 
 # ---------------------------------------------------------------------------------------
-# Squashing functions. Each has its derivative with respect to its input, which the
-# closed-form Jacobians in lstmlab.analysis need.
+# Squashing functions: the one table of them. The reference backend applies `fn`; the
+# closed-form Jacobians (lstmlab.analysis.jacobians) and the 1-D theory (lstmlab.theory)
+# use `grad`, the derivative with respect to the input; the C++ kernel knows each by its
+# `code` (csrc/vecmath.h `Act`, whose own derivatives are written in terms of the output).
+# The kernel exports its table of codes and lstmlab.backends.csrc.layout checks that it
+# agrees with this one when the kernel loads.
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ class Activation:
     fn: Callable[[torch.Tensor], torch.Tensor]
     grad: Callable[[torch.Tensor], torch.Tensor]  # d fn(x) / dx, as a function of x
     range: tuple[float, float]
+    code: int  # the kernel's code for it (csrc/vecmath.h enum Act)
 
 
 def _sig_grad(x):
@@ -36,14 +41,14 @@ def _sig_grad(x):
 ACTIVATIONS: dict[str, Activation] = {
     a.name: a
     for a in [
-        Activation("tanh", torch.tanh, lambda x: 1 - torch.tanh(x) ** 2, (-1.0, 1.0)),
-        Activation("sigmoid", torch.sigmoid, _sig_grad, (0.0, 1.0)),
-        Activation("relu", torch.relu, lambda x: (x > 0).to(x.dtype), (0.0, float("inf"))),
-        Activation("identity", lambda x: x, torch.ones_like, (float("-inf"), float("inf"))),
+        Activation("tanh", torch.tanh, lambda x: 1 - torch.tanh(x) ** 2, (-1.0, 1.0), 0),
+        Activation("sigmoid", torch.sigmoid, _sig_grad, (0.0, 1.0), 1),
+        Activation("relu", torch.relu, lambda x: (x > 0).to(x.dtype), (0.0, float("inf")), 2),
+        Activation("identity", lambda x: x, torch.ones_like, (float("-inf"), float("inf")), 3),
         # Hochreiter & Schmidhuber 1997: cell input g(x) = 4 sigma(x) - 2 in [-2, 2],
         # cell output h(x) = 2 sigma(x) - 1 in [-1, 1].
-        Activation("g1997", lambda x: 4 * torch.sigmoid(x) - 2, lambda x: 4 * _sig_grad(x), (-2.0, 2.0)),
-        Activation("h1997", lambda x: 2 * torch.sigmoid(x) - 1, lambda x: 2 * _sig_grad(x), (-1.0, 1.0)),
+        Activation("g1997", lambda x: 4 * torch.sigmoid(x) - 2, lambda x: 4 * _sig_grad(x), (-2.0, 2.0), 4),
+        Activation("h1997", lambda x: 2 * torch.sigmoid(x) - 1, lambda x: 2 * _sig_grad(x), (-1.0, 1.0), 5),
     ]
 }
 

@@ -194,7 +194,8 @@ struct CellKernel {
       case ACT_RELU: run([](V x) { return x < T(0) ? splat(T(0)) : x; }); break;  // NaN stays NaN
       case ACT_IDENTITY: run([](V x) { return x; }); break;
       case ACT_G1997: run([](V x) { return T(2) * vtanh<T>(T(0.5) * x); }); break;
-      default: run([](V x) { return vtanh<T>(T(0.5) * x); }); break;
+      case ACT_H1997: run([](V x) { return vtanh<T>(T(0.5) * x); }); break;
+      default: run([](V) { return act_unknown<T>(); }); break;
     }
   }
 

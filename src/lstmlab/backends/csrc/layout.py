@@ -12,11 +12,27 @@ from dataclasses import dataclass
 
 import torch
 
-from ...cells import CellSpec
+from ...cells import ACTIVATIONS, CellSpec
+from . import BuildError
 
-_ACT = {"tanh": 0, "sigmoid": 1, "relu": 2, "identity": 3, "g1997": 4, "h1997": 5}
 _KIND = {"rnn": 0, "lstm": 1, "gru": 2}
 _FORGET = {"free": 0, "coupled": 1, "none": 2}
+
+
+def check_activations(kernel: dict[str, int]) -> None:
+    """Check the kernel's table of activations (its module's `activations`, name -> code)
+    against lstmlab.cells.ACTIVATIONS: the same names with the same codes. Raises
+    BuildError naming every activation on which they differ."""
+    ours = {name: a.code for name, a in ACTIVATIONS.items()}
+    diffs = [f"{n!r} is {ours[n]} in lstmlab.cells.ACTIVATIONS but unknown to the kernel"
+             for n in ours if n not in kernel]
+    diffs += [f"{n!r} is {kernel[n]} in the kernel but not in lstmlab.cells.ACTIVATIONS"
+              for n in kernel if n not in ours]
+    diffs += [f"{n!r} is {ours[n]} in lstmlab.cells.ACTIVATIONS but {kernel[n]} in the kernel"
+              for n in ours if n in kernel and kernel[n] != ours[n]]
+    if diffs:
+        raise BuildError("the kernel's activation codes (csrc/vecmath.h) disagree with lstmlab.cells.ACTIVATIONS: "
+                         + "; ".join(diffs))
 
 
 @dataclass(frozen=True)
@@ -145,7 +161,7 @@ def plan(spec: CellSpec, H: int, bounds: tuple[int, ...], truncate: bool, proj: 
         return 1 + fed_back.index(name) if name in fed_back else -1
 
     lstm = spec.kind == "lstm"
-    cfg = [_KIND[spec.kind], _ACT[spec.activation], _ACT[spec.output_activation],
+    cfg = [_KIND[spec.kind], ACTIVATIONS[spec.activation].code, ACTIVATIONS[spec.output_activation].code,
            *(blk(g) if lstm else -1 for g in "ifgo"), _FORGET[spec.forget_gate],
            *(peep(g) for g in "ifo"), *(a_blk(g) for g in "ifo"), int(truncate), Gs, Gr, A]
     ident = _or_identity

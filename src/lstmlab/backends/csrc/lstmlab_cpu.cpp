@@ -35,6 +35,7 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
+#include <string>
 
 #include "cells.h"
 #include "clock.h"
@@ -491,6 +492,26 @@ void check_sizes(const at::Tensor& x, const at::Tensor& W_hh) {
               W_hh.sizes(), "; the kernel needs at least one hidden unit");
 }
 
+// The activation codes of a call's Cell, checked once per call (the kernel's switches on
+// them have no stand-in for an unknown code).
+void check_cell(const Cell& cell) {
+  for (auto& [code, field] : {std::pair{cell.act, "activation"}, {cell.out_act, "output_activation"}}) {
+    if (known_activation(code)) continue;
+    std::string known;
+    for (const ActName& k : kActivations)
+      known += (known.empty() ? "" : ", ") + std::string(k.name) + "=" + std::to_string(k.code);
+    TORCH_CHECK(false, "lstmlab cpu backend: ", field, " code ", code, " is unknown; known codes: ", known);
+  }
+}
+
+// name -> code of every activation the kernel knows (`activations`, checked against
+// lstmlab.cells.ACTIVATIONS when the module loads).
+py::dict activation_codes() {
+  py::dict d;
+  for (const ActName& k : kActivations) d[k.name] = k.code;
+  return d;
+}
+
 // The Layout of a call, after checking the recurrent weights against it: weight_hh (R, H)
 // or, with a projection weight_hr (Q, H) (lstm kinds, one slice), (R, Q),
 // (FGR) weight_gg (AH, AH), h_src and a_src permutations of R and AH (or empty), and the
@@ -536,6 +557,7 @@ std::vector<at::Tensor> forward(std::vector<int64_t> cfg, std::vector<int64_t> b
                                 at::Tensor W_hr) {
   TORCH_CHECK((int64_t)cfg.size() == Cell::kFields && tune.size() == 5, "lstmlab cpu backend: bad configuration");
   Cell cell(cfg);
+  check_cell(cell);
   check_sizes(x, W_hh);
   const auto dt = x.scalar_type();
   for (auto& [t, n] : {std::pair{&x, "x"}, {&s0, "s0"}, {&Wx, "Wx"}, {&bx, "bx"}, {&W_hh, "weight_hh"},
@@ -560,6 +582,7 @@ std::vector<at::Tensor> backward(std::vector<int64_t> cfg, std::vector<int64_t> 
                                  at::Tensor W_hr, at::Tensor M) {
   TORCH_CHECK((int64_t)cfg.size() == Cell::kFields && tune.size() == 5, "lstmlab cpu backend: bad configuration");
   Cell cell(cfg);
+  check_cell(cell);
   check_sizes(x, W_hh);
   const auto dt = x.scalar_type();
   for (auto& [t, n] : {std::pair{&out, "out"}, {&gates, "gates"}, {&dout, "dout"}, {&ds_final, "ds_final"},
@@ -600,4 +623,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("read_clock", &lstmlab::read_clock);
   m.attr("vector_bytes") = lstmlab::kVecBytes;
   m.attr("have_blas") = lstmlab::have_blas();
+  m.attr("activations") = lstmlab::activation_codes();
 }

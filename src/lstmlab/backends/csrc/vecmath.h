@@ -230,7 +230,23 @@ template <class T> inline vec_t<T> vtanh(vec_t<T> x) {
 }
 
 // ---- the activations of CellSpec, and their derivatives as functions of the output --
+// The codes are those of lstmlab.cells.ACTIVATIONS (each Activation's `code`); the module
+// exports kActivations as `activations` and Python checks the two tables agree when it
+// loads. forward() and backward() reject a code not in kActivations (check_cell), so the
+// switches below never see one: their default is a NaN, never a silent stand-in.
 enum Act { ACT_TANH = 0, ACT_SIGMOID = 1, ACT_RELU = 2, ACT_IDENTITY = 3, ACT_G1997 = 4, ACT_H1997 = 5 };
+struct ActName {
+  const char* name;
+  int code;
+};
+inline constexpr ActName kActivations[] = {{"tanh", ACT_TANH},         {"sigmoid", ACT_SIGMOID}, {"relu", ACT_RELU},
+                                           {"identity", ACT_IDENTITY}, {"g1997", ACT_G1997},     {"h1997", ACT_H1997}};
+inline bool known_activation(int64_t a) {
+  for (const ActName& k : kActivations)
+    if (k.code == a) return true;
+  return false;
+}
+template <class T> inline vec_t<T> act_unknown() { return splat(std::numeric_limits<T>::quiet_NaN()); }
 
 template <class T> inline vec_t<T> activate(int a, vec_t<T> x) {
   switch (a) {
@@ -239,7 +255,8 @@ template <class T> inline vec_t<T> activate(int a, vec_t<T> x) {
     case ACT_RELU: return x < T(0) ? splat(T(0)) : x;  // NaN stays NaN
     case ACT_IDENTITY: return x;
     case ACT_G1997: return T(2) * vtanh<T>(T(0.5) * x);  // = 4 sigma(x) - 2
-    default: return vtanh<T>(T(0.5) * x);                // ACT_H1997: = 2 sigma(x) - 1
+    case ACT_H1997: return vtanh<T>(T(0.5) * x);         // = 2 sigma(x) - 1
+    default: return act_unknown<T>();
   }
 }
 
@@ -251,7 +268,8 @@ template <class T> inline vec_t<T> activate_grad(int a, vec_t<T> y) {
     case ACT_RELU: return y > T(0) ? splat(T(1)) : splat(T(0));
     case ACT_IDENTITY: return splat(T(1));
     case ACT_G1997: return (y + T(2)) * (T(2) - y) * T(0.25);  // 4 s (1 - s), s = (y + 2) / 4
-    default: return (T(1) + y) * (T(1) - y) * T(0.5);          // 2 s (1 - s), s = (y + 1) / 2
+    case ACT_H1997: return (T(1) + y) * (T(1) - y) * T(0.5);   // 2 s (1 - s), s = (y + 1) / 2
+    default: return act_unknown<T>();
   }
 }
 
