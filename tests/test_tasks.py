@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import assert_close
+from conftest import approx, assert_close
 from lstmlab import tasks
 from lstmlab.tasks.base import LOSSES, TARGETS
 from lstmlab.tasks.temporal_order import SYMBOLS as TO
@@ -113,12 +113,28 @@ def test_marked_pairs_follow_the_definition(name, low):
     others[:, 0] = False
     others[rows, lengths - 1] = False
     assert not m[others].any()
-    x = torch.where(ones & (torch.arange(v.shape[1]) > 0), v, torch.zeros_like(v))  # pair 0 counts 0
-    if name == "adding":
-        expected = 0.5 + x.sum(1) / 4
-    else:
-        expected = x[rows, pos[:, 0]] * x[rows, pos[:, 1]]
+    # the target is the sum / product of the values of the marked pairs as input
+    x1, x2 = v[rows, pos[:, 0]], v[rows, pos[:, 1]]
+    expected = 0.5 + (x1 + x2) / 4 if name == "adding" else x1 * x2
     torch.testing.assert_close(b.targets[b.mask].squeeze(-1), expected)
+
+
+@pytest.mark.parametrize("name, first", [("adding", 0.0), ("multiplication", 1.0)])
+def test_a_marked_first_pair_takes_the_papers_value(name, first):
+    """1997, sections 5.4 / 5.5: "in the rare case where the first pair gets marked, we set
+    X1 to zero" (adding) / "to 1.0" (multiplication): the pair's value, as input, and so
+    the target, whichever of the two marks landed there."""
+    T, n = 30, 4000
+    b = tasks.make(name, T=T).sample(n, G(2))
+    v, m = b.inputs[..., 0], b.inputs[..., 1]
+    marked = m[:, 0] == 1
+    # pair 0 is marked with probability 0.1 + 0.9 / 13 (X1 on it, or X2 on it of the 13 free pairs)
+    assert int(marked.sum()) == approx(n * (0.1 + 0.9 / 13), tol="sampled_count")
+    assert torch.equal(v[marked, 0], torch.full((int(marked.sum()),), first))
+    assert float(v[~marked, 0].std()) > 0.2  # unmarked first pairs keep their random values
+    other = torch.where(m[marked, 1:] == 1, v[marked, 1:], torch.zeros_like(v[marked, 1:])).sum(1)
+    expected = 0.5 + (first + other) / 4 if name == "adding" else first * other
+    torch.testing.assert_close(b.targets[b.mask].squeeze(-1)[marked], expected)
 
 
 def test_adding_mark_positions_are_uniform():

@@ -223,8 +223,8 @@ def test_published_rows_are_the_papers_numbers():
     assert pub == {(100, 74_000, 1), (500, 209_000, 0), (1000, 853_000, 1)}
     assert [p.sequences for p in tasks.make("lag").published] == [5_040]
     assert [(p.sequences, p.test_errors) for p in tasks.make("temporal-order").published] == [(31_390, 1)]
-    distractor = {(p.setting["q"], p.setting["p"]): p.sequences for p in tasks.make("lag-distractor").published}
-    assert distractor[(1000, 50)] == 203_000 and len(distractor) == 7
+    mult = {(p.setting["n_seq"], p.sequences, p.test_errors) for p in tasks.make("multiplication").published}
+    assert mult == {(140, 482_000, 139), (13, 1_273_000, 14)}  # Table 8
 
 
 def test_window_rule_slides_over_the_stream_as_its_definition_says():

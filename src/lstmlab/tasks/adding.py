@@ -9,9 +9,12 @@ a sigmoid output unit with squared error.
 
 Readings of the text (positions count from 0):
   * "the first T/2 - 1 pairs" are positions 0 .. T//2 - 2; T/10 is T // 10.
-  * "if the first pair is itself marked, it keeps marker 1 and X1 is taken as 0": we apply
-    this to whichever mark lands on position 0 (X2 may land there too), so the target is
-    always 0.5 + (sum of the values at marked positions > 0) / 4.
+  * "In the rare case where the first pair of the sequence gets marked, we set X1 to zero"
+    (section 5.4): X1 is the name the paper gives the marked pair's first component, so
+    the pair's value itself is set to 0.0 in the input, and the target stays what the task
+    says it is, the sum of the first components of the marked pairs. The rule is keyed
+    to "the first pair gets marked", so it applies to whichever mark lands on position 0
+    (X2 may land there when X1 did not); that pair keeps marker 1 (not -1).
   * The stopping rule's "mean training error" is the mean squared error of the last
     2,000 training sequences (the paper's E without its factor 1/2).
 """
@@ -26,10 +29,13 @@ from .base import H97, Batch, Judgement, Published, Task, check_int, last_step_m
 from .rules import WindowRule
 
 
-def marked_pairs(n: int, T: int, low: float, combine: Callable, generator: torch.Generator) -> Batch:
+def marked_pairs(n: int, T: int, low: float, combine: Callable, generator: torch.Generator,
+                 first_marked: float) -> Batch:
     """The 1997 adding/multiplication sequences: values uniform in [low, 1], two marks.
 
-    combine(x1, x2) -> (n,) targets, where a mark on position 0 contributes x = 0.
+    first_marked: the value the first pair takes when it is marked (the paper sets X1 to
+    0.0 for adding, 1.0 for multiplication), written into the input.
+    combine(x1, x2) -> (n,) targets from the values of the two marked pairs as input.
     """
     lengths = uniform_int(T, T + T // 10, n, generator)
     Tmax = int(lengths.max())
@@ -44,8 +50,8 @@ def marked_pairs(n: int, T: int, low: float, combine: Callable, generator: torch
     marker[rows, lengths - 1] = -1.0
     marker[rows, p1] = 1.0
     marker[rows, p2] = 1.0
-    x1 = torch.where(p1 == 0, torch.zeros(n), values[rows, p1])
-    x2 = torch.where(p2 == 0, torch.zeros(n), values[rows, p2])
+    values[:, 0] = torch.where(marker[:, 0] == 1.0, torch.full((n,), first_marked), values[:, 0])
+    x1, x2 = values[rows, p1], values[rows, p2]
     mask = last_step_mask(lengths, Tmax)
     targets = torch.zeros(n, Tmax, 1)
     targets[mask] = combine(x1, x2).unsqueeze(-1)
@@ -80,7 +86,8 @@ class Adding(Task):
     test_size: ClassVar[int] = 2560
 
     def sample(self, n: int, generator: torch.Generator) -> Batch:
-        return marked_pairs(n, self.T, -1.0, lambda x1, x2: 0.5 + (x1 + x2) / 4, generator)
+        return marked_pairs(n, self.T, -1.0, lambda x1, x2: 0.5 + (x1 + x2) / 4, generator,
+                            first_marked=0.0)
 
     def judge(self, outputs: torch.Tensor, batch: Batch) -> Judgement:
         """Correct: |y - t| < 0.04 at the end. Error: (y - t)^2."""
