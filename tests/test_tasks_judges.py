@@ -223,6 +223,12 @@ def test_published_rows_are_the_papers_numbers():
     assert pub == {(100, 74_000, 1), (500, 209_000, 0), (1000, 853_000, 1)}
     assert [p.sequences for p in tasks.make("lag").published] == [5_040]
     assert [(p.sequences, p.test_errors) for p in tasks.make("temporal-order").published] == [(31_390, 1)]
+    distractor = [((p.setting["q"], p.setting["p"]), p.sequences) for p in tasks.make("lag-distractor").published]
+    assert distractor == [((50, 50), 30_000), ((100, 100), 31_000), ((200, 200), 33_000), ((500, 500), 38_000),
+                          ((1000, 1000), 49_000), ((1000, 500), 49_000), ((1000, 200), 75_000),
+                          ((1000, 100), 135_000), ((1000, 50), 203_000)]  # every row of Table 3
+    for (q, p), _ in distractor:  # each row is a task of its own
+        assert tasks.make("lag-distractor", q=q, p=p).input_size == p + 4
     mult = {(p.setting["n_seq"], p.sequences, p.test_errors) for p in tasks.make("multiplication").published}
     assert mult == {(140, 482_000, 139), (13, 1_273_000, 14)}  # Table 8
 
