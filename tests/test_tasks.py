@@ -40,7 +40,8 @@ def test_unknown_task_names_the_argument_and_lists_the_valid_names():
 @pytest.mark.parametrize("name, params, pattern", [
     ("adding", {"T": 10}, r"T=10 is invalid; allowed: an int >= 22"),
     ("adding", {"length": 5}, r"length=5 is not a parameter of task 'adding'; allowed: T"),
-    ("two-sequence", {"variant": "3c"}, r"variant='3c' is invalid; allowed: '3a', '3b'"),
+    ("two-sequence", {"variant": "3d"}, r"variant='3d' is invalid; allowed: '3a', '3b', '3c'"),
+    ("two-sequence", {"variant": "3c", "criterion": "st1"}, r"criterion='st1' is invalid for variant '3c'; allowed: 'st2'"),
     ("multiplication", {"n_seq": 0}, r"n_seq=0 is invalid"),
     ("lag-distractor", {"q": -1}, r"q=-1 is invalid"),
     ("chorales", {"step": 0}, r"step=0 is invalid"),
@@ -193,21 +194,39 @@ def test_lag_distractor_structure_and_geometric_lengths():
 
 
 # ---- two-sequence --------------------------------------------------------------------------
-@pytest.mark.parametrize("variant", ["3a", "3b"])
+@pytest.mark.parametrize("variant", ["3a", "3b", "3c"])
 def test_two_sequence_information_then_noise(variant):
-    T, N, n = 100, 3, 4000
+    """1997, section 5.3: lengths uniform on [T, T + T/10]; the first N elements +1 / -1 by
+    class (3b: plus noise of variance 0.2), noise of variance 0.2 after; one target, at each
+    sequence's end: 1 / 0 (3a, 3b), 0.2 / 0.8 plus noise of variance 0.1 (3c)."""
+    T, N, n = 100, 3, 6000
     b = tasks.make("two-sequence", T=T, N=N, variant=variant).sample(n, G(0))
-    x, label = b.inputs[..., 0], b.targets[:, -1, 0]
-    assert torch.equal(b.lengths, torch.full((n,), T))
-    assert abs(float(label.mean()) - 0.5) < 0.03
-    sign = 2 * label - 1
+    x, rows, last = b.inputs[..., 0], torch.arange(n), b.lengths - 1
+    counts = torch.bincount(b.lengths - T, minlength=T // 10 + 1)
+    assert counts.numel() == T // 10 + 1  # no length outside [T, T + T/10]
+    assert_close(counts.float(), torch.full((T // 10 + 1,), n / (T // 10 + 1)), tol="sampled_count")
+    inside = torch.arange(x.shape[1]) < b.lengths.unsqueeze(1)
+    assert not x[~inside].any()
+    assert torch.equal(b.mask, torch.arange(x.shape[1]) == last.unsqueeze(1))
+    end = b.targets[rows, last, 0]
+    assert not b.targets[~b.mask].any()
     head = x[:, :N]
-    if variant == "3a":
-        assert torch.equal(head, sign.unsqueeze(1).expand(-1, N))
+    if variant == "3c":  # the class from the clean first input; the target is noisy
+        assert torch.equal(head.abs(), torch.ones(n, N))
+        class1 = head[:, 0] > 0
+        for cls, clean in [(class1, 0.2), (~class1, 0.8)]:
+            assert abs(float(end[cls].mean()) - clean) < 0.02
+            assert abs(float(end[cls].var()) - 0.1) < 0.01
+    else:  # the class from the target, 1 or 0
+        assert torch.equal(end, end.round())
+        class1 = end == 1
+    sign = torch.where(class1, 1.0, -1.0).unsqueeze(1).expand(-1, N)
+    assert abs(float(class1.float().mean()) - 0.5) < 0.03
+    if variant == "3b":
+        assert abs(float((head - sign).var()) - 0.2) < 0.01 and abs(float((head - sign).mean())) < 0.02
     else:
-        noise = head - sign.unsqueeze(1)
-        assert abs(float(noise.var()) - 0.2) < 0.01
-    tail = x[:, N:]
+        assert torch.equal(head, sign)
+    tail = x[:, N:][inside[:, N:]]
     assert abs(float(tail.mean())) < 0.01 and abs(float(tail.var()) - 0.2) < 0.005
 
 

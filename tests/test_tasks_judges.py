@@ -218,6 +218,42 @@ def test_eval_rules_reber_and_two_sequence():
     assert st2.update_eval({"test": ok}) and not st2.update_eval({"test": one_wrong})
 
 
+def test_two_sequence_3b_rules_allow_five_wrong_of_256():
+    """1997, task 3b: "ST1: less than 6 out of 256 sequences from a randomly chosen test
+    set are misclassified. ST2: ST1 is satisfied, and mean absolute test set error is below
+    0.04"."""
+    def test_set(wrong, error):
+        return {"test": Judgement(torch.arange(256) >= wrong, torch.full((256,), error))}
+    st1 = tasks.make("two-sequence", variant="3b", criterion="st1").stopping_rule()
+    st2 = tasks.make("two-sequence", variant="3b", criterion="st2").stopping_rule()
+    assert st1.update_eval(test_set(5, 0.5)) and not st1.update_eval(test_set(6, 0.0))
+    assert st2.update_eval(test_set(5, 0.039)) and not st2.update_eval(test_set(5, 0.041))
+    assert not st2.update_eval(test_set(6, 0.0))
+    assert "at most 5 wrong sequences in the test set(s)" in st2.describe()
+
+
+def test_two_sequence_3c_judges_against_the_noise_free_target():
+    """1997, task 3c: misclassified when |y - noise-free target| > 0.1 (0.2 for class 1,
+    0.8 for class 2), whatever the noisy target of the sequence; the stopping rule wants
+    none of 256 misclassified and a mean of |y - noise-free target| below 0.015."""
+    task = tasks.make("two-sequence", T=20, variant="3c")
+    b = task.sample(64, G(4))
+    clean = torch.where(b.inputs[:, 0, 0] > 0, 0.2, 0.8).double()
+    noisy = b.targets[b.mask].squeeze(-1).double()
+    assert float((noisy - clean).abs().max()) > 0.3  # the targets the loss sees are noisy
+    for e, want in [(0.0, True), (0.098, True), (-0.098, True), (0.102, False), (-0.102, False)]:
+        y = torch.full(b.targets.shape, 0.5, dtype=torch.float64)
+        y[b.mask] = (clean + e).unsqueeze(-1)
+        j = task.judge(raw(task, y), b)
+        assert j.correct.tolist() == [want] * 64, e
+        assert_close(j.error, torch.full((64,), abs(e)), dtype=torch.float32)
+    rule = task.stopping_rule()
+    ok = Judgement(torch.ones(256, dtype=torch.bool), torch.full((256,), 0.014))
+    assert rule.update_eval({"test": ok})
+    assert not rule.update_eval({"test": Judgement(ok.correct, torch.full((256,), 0.016))})
+    assert not rule.update_eval({"test": Judgement(torch.arange(256) > 0, ok.error)})
+
+
 def test_published_rows_are_the_papers_numbers():
     pub = {(p.setting.get("T"), p.sequences, p.test_errors) for p in tasks.make("adding").published}
     assert pub == {(100, 74_000, 1), (500, 209_000, 0), (1000, 853_000, 1)}
@@ -229,6 +265,10 @@ def test_published_rows_are_the_papers_numbers():
                           ((1000, 100), 135_000), ((1000, 50), 203_000)]  # every row of Table 3
     for (q, p), _ in distractor:  # each row is a task of its own
         assert tasks.make("lag-distractor", q=q, p=p).input_size == p + 4
+    two = {(p.setting["variant"], p.setting["T"], p.setting["N"], p.setting["criterion"]): p.sequences
+           for p in tasks.make("two-sequence").published}
+    assert len(two) == 14 and two[("3a", 100, 3, "st1")] == 27_380 and two[("3b", 1000, 1, "st2")] == 485_080
+    assert two[("3c", 100, 3, "st2")] == 269_650 and two[("3c", 100, 1, "st2")] == 565_640  # Tables 4-6
     mult = {(p.setting["n_seq"], p.sequences, p.test_errors) for p in tasks.make("multiplication").published}
     assert mult == {(140, 482_000, 139), (13, 1_273_000, 14)}  # Table 8
 

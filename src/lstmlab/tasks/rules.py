@@ -89,19 +89,23 @@ class WindowRule(StoppingRule):
 
 
 class EvalRule(StoppingRule):
-    """Stop when, at an evaluation, every sequence of the named fixed sets is correct and
-    (if `max_mean_error` is set) the mean error over set `mean_error_set` is below it."""
+    """Stop when, at an evaluation, each of the named fixed sets holds at most `max_wrong`
+    wrong sequences (0: every one correct) and (if `max_mean_error` is set) the mean error
+    over set `mean_error_set` is below it."""
 
     def __init__(self, sets: tuple[str, ...], max_mean_error: float | None = None,
-                 mean_error_set: str = "test"):
+                 mean_error_set: str = "test", max_wrong: int = 0):
         self.sets, self.max_mean_error, self.mean_error_set = sets, max_mean_error, mean_error_set
+        self.max_wrong = max_wrong
 
     def update_eval(self, judgements: Mapping[str, Judgement]) -> bool:
-        if not all(bool(judgements[s].correct.all()) for s in self.sets):
+        if any(int((~judgements[s].correct).sum()) > self.max_wrong for s in self.sets):
             return False
         return (self.max_mean_error is None
                 or float(judgements[self.mean_error_set].error.mean()) < self.max_mean_error)
 
     def describe(self) -> str:
-        s = f"every sequence of the {' and '.join(self.sets)} set(s) correct at an evaluation"
+        sets = f"the {' and '.join(self.sets)} set(s)"
+        s = (f"every sequence of {sets} correct at an evaluation" if self.max_wrong == 0
+             else f"at most {self.max_wrong} wrong sequences in {sets} at an evaluation")
         return s + (f", mean {self.mean_error_set} error < {self.max_mean_error}" if self.max_mean_error else "")
