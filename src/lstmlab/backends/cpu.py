@@ -351,10 +351,10 @@ def _(cell, config, lengths, tensors):
     (T, B, _), H = x.shape, W_hh.shape[0] // len(spec.gates)
     P = H if W_hr is None else W_hr.shape[0]
     lstm = spec.kind == "lstm"
-    GS = (4 if spec.kind == "gru" else len(spec.gates)) * H  # the kernel's gates columns (csrc/layout.py)
+    gate_cols = (4 if spec.kind == "gru" else len(spec.gates)) * H  # the kernel's gates columns (csrc/layout.py)
     new = x.new_empty
     return [new(T, B, P), new(B, P), new(B, H) if lstm else new(0), new(B, a0.shape[1]) if a0 is not None else new(0),
-            new(T, B, H) if lstm and c.return_cells else new(0), new(T * B * GS) if c.keep else new(0),
+            new(T, B, H) if lstm and c.return_cells else new(0), new(T * B * gate_cols) if c.keep else new(0),
             new(T * B * H) if c.keep and lstm else new(0), new(T * B * H) if c.keep and W_hr is not None else new(0)]
 
 

@@ -49,8 +49,8 @@ namespace {
 // all of it, but for gru not the h-side n block (R_n h + b_hn), whose rows of Wx are zero:
 // the products skip it, so that an infinite input gives no 0 * inf = NaN there (nor in dx).
 std::vector<std::pair<int64_t, int64_t>> input_runs(const Cell& cell, int64_t w) {
-  if (cell.kind == KIND_GRU) return {{0, GRU_HN * w}, {(GRU_HN + 1) * w, (cell.Gs - GRU_HN - 1) * w}};
-  return {{0, cell.Gs * w}};
+  if (cell.kind == KIND_GRU) return {{0, GRU_HN * w}, {(GRU_HN + 1) * w, (cell.n_blocks - GRU_HN - 1) * w}};
+  return {{0, cell.n_blocks * w}};
 }
 
 void check(const at::Tensor& t, const char* name, at::ScalarType dtype) {
@@ -64,10 +64,10 @@ void check(const at::Tensor& t, const char* name, at::ScalarType dtype) {
 // Steps per chunk: about 256 rows (chunk * B) for efficient weight-gradient products (256
 // per group with G groups, which meet once per chunk), at most 2 MiB of a worker's gates
 // (about the L2 cache of a core). Measured: BENCHMARKS.md.
-int64_t chunk_steps(int64_t requested, int64_t T, int64_t B, int64_t GS, int64_t P, int64_t G, int64_t elt) {
+int64_t chunk_steps(int64_t requested, int64_t T, int64_t B, int64_t gate_cols, int64_t P, int64_t G, int64_t elt) {
   if (requested > 0) return std::min(requested, T);
   const int64_t by_rows = (256 * G + B - 1) / B;
-  const int64_t by_bytes = std::max<int64_t>(1, (2 << 20) / std::max<int64_t>(1, B * GS / std::max(P, G) * elt));
+  const int64_t by_bytes = std::max<int64_t>(1, (2 << 20) / std::max<int64_t>(1, B * gate_cols / std::max(P, G) * elt));
   return std::max<int64_t>(1, std::min({by_rows, by_bytes, T}));
 }
 
@@ -78,14 +78,15 @@ std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, int64_
                                      const at::Tensor& lengths, bool keep, bool return_cells,
                                      const std::vector<int64_t>& tune, const at::Tensor& W_hr) {
   const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2), H = lay.H, Hs = lay.Hs(), Q = lay.Q;
-  const int64_t GS = lay.GS(), K = lay.K(), P = lay.P, Gs = lay.Gs, Gr = lay.Gr, A = lay.A, AH = lay.AH();
-  const int64_t CH = chunk_steps(tune[2], T_, B, GS, P, G, sizeof(T));
+  const int64_t gate_cols = lay.gate_cols(), K = lay.K(), P = lay.P, A = lay.A, AH = lay.AH();
+  const int64_t n_blocks = lay.n_blocks, n_rec_blocks = lay.n_rec_blocks;
+  const int64_t CH = chunk_steps(tune[2], T_, B, gate_cols, P, G, sizeof(T));
   const bool lstm = cell.kind == KIND_LSTM;
   const bool keep_c = keep || return_cells;
   // Without a backward to feed, gates and c are rings (a chunk, two steps).
   const int64_t Tg = keep ? T_ : CH, Tc = lstm ? (keep_c ? T_ : 2) : 0;
   auto opts = x.options();
-  at::Tensor gates = at::empty({Tg * B * GS}, opts);
+  at::Tensor gates = at::empty({Tg * B * gate_cols}, opts);
   at::Tensor out = at::empty({T_, B, Hs}, opts);
   at::Tensor C = at::empty({Tc * B * H}, opts);
   // with a projection, m_t = o act(c_t) of every step (a backward to feed) or of one
@@ -100,9 +101,9 @@ std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, int64_
   // rows of Wa, transposed (columns: the a part of S); then (projection) W_hr, transposed
   std::vector<typename StepProduct<T>::Part> parts;
   for (int64_t p = 0; p < P; ++p) {
-    const int64_t r0 = Gr * lay.u0(p);
+    const int64_t r0 = n_rec_blocks * lay.u0(p);
     const int64_t* rows = wts.h_map(r0);
-    parts.push_back({rows ? wh : wh + r0 * Hs, Hs, Hs, Gr * lay.w(p), true, rows});
+    parts.push_back({rows ? wh : wh + r0 * Hs, Hs, Hs, n_rec_blocks * lay.w(p), true, rows});
   }
   for (int64_t p = 0; A > 0 && p < P; ++p) {
     const int64_t a0 = lay.arow(p);
@@ -124,29 +125,31 @@ std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, int64_
   // Share g of G of the rows of slice p's input projection x W^T for the chunk from step t
   // (the bias is added in the pointwise pass).
   auto input_projection = [&](int64_t p, int64_t t, int64_t g, int64_t G_) {
-    const int64_t gsp = lay.gs(p), r0 = B * std::min(CH, T_ - t) * g / G_, r1 = B * std::min(CH, T_ - t) * (g + 1) / G_;
-    T* dst = gates_row(p, t, 0) + r0 * gsp;
+    const int64_t slice_cols = lay.slice_gate_cols(p), rows = B * std::min(CH, T_ - t);
+    const int64_t r0 = rows * g / G_, r1 = rows * (g + 1) / G_;
+    T* dst = gates_row(p, t, 0) + r0 * slice_cols;
     for (const auto& [c0, len] : input_runs(cell, lay.w(p)))
-      gemm_blas<T>(false, true, r1 - r0, len, I, xp + (t * B + r0) * I, I, wx + (Gs * lay.u0(p) + c0) * I, I, dst + c0,
-                   gsp, false);
+      gemm_blas<T>(false, true, r1 - r0, len, I, xp + (t * B + r0) * I, I, wx + (n_blocks * lay.u0(p) + c0) * I, I,
+                   dst + c0, slice_cols, false);
     if (cell.kind == KIND_GRU)  // the h-side n block: the recurrent product adds to 0
-      for (int64_t r = 0; r < r1 - r0; ++r) std::memset(dst + r * gsp + GRU_HN * lay.w(p), 0, sizeof(T) * lay.w(p));
+      for (int64_t r = 0; r < r1 - r0; ++r)
+        std::memset(dst + r * slice_cols + GRU_HN * lay.w(p), 0, sizeof(T) * lay.w(p));
   };
   auto step = [&](int64_t t, int64_t k) {  // step t of worker k: slice p, batch rows [b0, b1)
     const auto [p, b0, b1] = work.at(k);
     const StepProduct<T>& product = work.product(k);
     auto since = clock.now();
-    const int64_t gsp = lay.gs(p);
+    const int64_t slice_cols = lay.slice_gate_cols(p);
     if (G == 1 && t % CH == 0) {
       input_projection(p, t, 0, 1);
       clock.add(k, F_INPUT, since);
     }
     const T* sprev = Sp + (t & 1) * B * K;
     T* snext = Sp + ((t + 1) & 1) * B * K;
-    product(p, sprev + b0 * K, K, gates_row(p, t, b0), gsp, true);
-    if (A > 0) product(P + p, sprev + b0 * K + Hs, K, gates_row(p, t, b0), gsp, true);  // gated blocks first
+    product(p, sprev + b0 * K, K, gates_row(p, t, b0), slice_cols, true);
+    if (A > 0) product(P + p, sprev + b0 * K + Hs, K, gates_row(p, t, b0), slice_cols, true);  // gated blocks first
     clock.add(k, F_PRODUCT, since);
-    const T* bias = bxp + Gs * lay.u0(p);
+    const T* bias = bxp + n_blocks * lay.u0(p);
     for (int64_t b = b0; b < b1; ++b) {
       T* hout = Q > 0 ? m_row(t, b) : o + (t * B + b) * H;
       const T* cp = lstm ? c_row(p, t - 1, b) : nullptr;
@@ -216,9 +219,9 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
                                       const at::Tensor& dcells, bool want_norms, const std::vector<int64_t>& tune,
                                       const at::Tensor& W_hr, const at::Tensor& M) {
   const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2), H = lay.H, Hs = lay.Hs(), Q = lay.Q;
-  const int64_t GS = lay.GS(), R = lay.R(), K = lay.K(), P = lay.P, A = lay.A, AH = lay.AH(), Gs = lay.Gs,
-                Gr = lay.Gr;
-  const int64_t CH = chunk_steps(tune[2], T_, B, GS, P, G, sizeof(T));
+  const int64_t gate_cols = lay.gate_cols(), R = lay.R(), K = lay.K(), P = lay.P, A = lay.A, AH = lay.AH();
+  const int64_t n_blocks = lay.n_blocks, n_rec_blocks = lay.n_rec_blocks;
+  const int64_t CH = chunk_steps(tune[2], T_, B, gate_cols, P, G, sizeof(T));
   const int64_t RING = std::min(2 * CH, T_);  // dP: a ring of two chunks
   const bool lstm = cell.kind == KIND_LSTM;
   auto opts = x.options();
@@ -239,15 +242,15 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
   const bool own = weight_bytes <= tune[3] && 4 * weight_bytes <= T_ * B * (R + AH) * (int64_t)sizeof(T);
   const bool stage_h = !cell.truncate && (P > 1 || (!own && has(wts.h_src)));
   const bool stage_a = A > 0 && stage_h && !own;  // torch's order: i f g o, the gated part apart
-  at::Tensor dP = at::empty({RING * B * GS}, opts);
+  at::Tensor dP = at::empty({RING * B * gate_cols}, opts);
   at::Tensor stage = at::empty({stage_h ? 2 : 0, B, R}, opts);
   at::Tensor stage_g = at::empty({stage_a ? 2 : 0, B, AH}, opts);
   at::Tensor dS = has(ds_final) ? ds_final.clone() : at::zeros({B, K}, opts);
   at::Tensor dC = lstm ? (has(dc_final) ? dc_final.clone() : at::zeros({B, H}, opts)) : at::empty({0}, opts);
   // the bias and peephole gradients sum over the rows: one share per group
-  at::Tensor dbx = at::zeros({G, GS}, opts);
+  at::Tensor dbx = at::zeros({G, gate_cols}, opts);
   at::Tensor dpeep = at::zeros({G, peep.numel()}, opts);
-  at::Tensor dWx = at::zeros({GS, I}, opts);
+  at::Tensor dWx = at::zeros({gate_cols, I}, opts);
   at::Tensor dWh = at::zeros({R, Hs}, opts);
   // projection: dL/dh_t of every step (0 past a length) for dW_hr = sum_t dh_t^T m_t, one
   // step's dL/dm_t = dh_t W_hr (B, H)
@@ -272,11 +275,13 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
       else
         runs.push_back({from, to, w});
     };
-    for (int64_t j = 0; j < Gr; ++j) {
-      const int64_t to = !own ? wts.h_row(Gr * u0 + j * w) : j < A ? A * u0 + j * w : AH + (Gr - A) * u0 + (j - A) * w;
+    for (int64_t j = 0; j < n_rec_blocks; ++j) {
+      const int64_t to = !own  ? wts.h_row(n_rec_blocks * u0 + j * w)
+                         : j < A ? A * u0 + j * w
+                                 : AH + (n_rec_blocks - A) * u0 + (j - A) * w;
       add(h_runs[p], j * w, to);
       for (int64_t i = 0; own && i < w; ++i) {
-        own_rows[to + i] = wts.h_row(Gr * u0 + j * w + i);
+        own_rows[to + i] = wts.h_row(n_rec_blocks * u0 + j * w + i);
         own_ident = own_ident && own_rows[to + i] == to + i;
       }
     }
@@ -308,7 +313,7 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
   T *dq = ptr<T>(DQ), *dm = ptr<T>(DM), *dwr = ptr<T>(dWr);
   const T *xp = ptr<T>(x), *wx = ptr<T>(Wx), *dop = ptr<T>(dout), *dcl = ptr<T>(dcells);
   auto dp_row = [&](int64_t p, int64_t t, int64_t b) { return D.row(p, (((t / CH) & 1) * CH + t % CH) * B + b); };
-  const int64_t rec_ld = stage_h ? R : GS, gated_ld = stage_a ? AH : rec_ld;
+  const int64_t rec_ld = stage_h ? R : gate_cols, gated_ld = stage_a ? AH : rec_ld;
   auto rec_grads = [&](int64_t t) -> const T* { return stage_h ? stg + (t & 1) * B * R : dp_row(0, t, 0); };
   auto gated_grads = [&](int64_t t) -> const T* { return stage_a ? stga + (t & 1) * B * AH : rec_grads(t); };
 
@@ -323,37 +328,40 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
   // of dWa += (its gated columns of dP)^T a_{t-1}; h_{-1}, a_{-1} are s0's, then the outputs
   // and the saved gate activations (per slice q, its gated blocks: Wa's columns of slice q).
   auto recurrent_weight_grads = [&](int64_t p, int64_t t0, int64_t n, int64_t g, int64_t G_) {
-    const int64_t gsp = lay.gs(p);
-    const auto [h0, h1] = share(Gr * lay.w(p), g, G_, true);
+    const int64_t slice_cols = lay.slice_gate_cols(p);
+    const auto [h0, h1] = share(n_rec_blocks * lay.w(p), g, G_, true);
     const auto [a0, a1] = share(A * lay.w(p), g, G_, true);
-    T* dst_h = dwh + (Gr * lay.u0(p) + h0) * Hs;
+    T* dst_h = dwh + (n_rec_blocks * lay.u0(p) + h0) * Hs;
     T* dst_a = dwa + (lay.arow(p) + a0) * AH;
     const int64_t t = t0 == 0 ? 1 : t0, m = t0 == 0 ? n - 1 : n;  // the steps after s0's
     if (t0 == 0) {
-      gemm_blas<T>(true, false, h1 - h0, Hs, B, dp_row(p, 0, 0) + h0, gsp, s0p, K, dst_h, Hs, true);
-      if (A > 0) gemm_blas<T>(true, false, a1 - a0, AH, B, dp_row(p, 0, 0) + a0, gsp, s0p + Hs, K, dst_a, AH, true);
+      gemm_blas<T>(true, false, h1 - h0, Hs, B, dp_row(p, 0, 0) + h0, slice_cols, s0p, K, dst_h, Hs, true);
+      if (A > 0)
+        gemm_blas<T>(true, false, a1 - a0, AH, B, dp_row(p, 0, 0) + a0, slice_cols, s0p + Hs, K, dst_a, AH, true);
     }
     if (m <= 0) return;
-    gemm_blas<T>(true, false, h1 - h0, Hs, m * B, dp_row(p, t, 0) + h0, gsp, o + (t - 1) * B * Hs, Hs, dst_h, Hs,
+    gemm_blas<T>(true, false, h1 - h0, Hs, m * B, dp_row(p, t, 0) + h0, slice_cols, o + (t - 1) * B * Hs, Hs, dst_h, Hs,
                  true);
     for (int64_t q = 0; A > 0 && q < P; ++q)
-      gemm_blas<T>(true, false, a1 - a0, A * lay.w(q), m * B, dp_row(p, t, 0) + a0, gsp, Gb.row(q, (t - 1) * B),
-                   lay.gs(q), dst_a + lay.arow(q), AH, true);
+      gemm_blas<T>(true, false, a1 - a0, A * lay.w(q), m * B, dp_row(p, t, 0) + a0, slice_cols, Gb.row(q, (t - 1) * B),
+                   lay.slice_gate_cols(q), dst_a + lay.arow(q), AH, true);
   };
   // Share g of G of slice p's work on a finished chunk of n steps from t0: dx (the slice's
   // columns' part; share g of the rows), its rows of dW_ih and of dW_hh (share g of each).
   auto chunk_grads = [&](int64_t p, int64_t t0, int64_t n, int64_t g, int64_t G_) {
     const T* dpc = dp_row(p, t0, 0);
-    const int64_t gsp = lay.gs(p), r0 = Gs * lay.u0(p);
+    const int64_t slice_cols = lay.slice_gate_cols(p), r0 = n_blocks * lay.u0(p);
     const auto [x0, x1] = share(n * B, g, G_, false);
-    const auto [w0, w1] = share(gsp, g, G_, true);
+    const auto [w0, w1] = share(slice_cols, g, G_, true);
     T* dxs = dxp + (P == 1 ? 0 : p * T_ * B * I) + (t0 * B + x0) * I;
     bool first = true;
     for (const auto& [c0, len] : input_runs(cell, lay.w(p))) {
-      gemm_blas<T>(false, false, x1 - x0, I, len, dpc + x0 * gsp + c0, gsp, wx + (r0 + c0) * I, I, dxs, I, !first);
+      gemm_blas<T>(false, false, x1 - x0, I, len, dpc + x0 * slice_cols + c0, slice_cols, wx + (r0 + c0) * I, I, dxs,
+                   I, !first);
       first = false;
     }
-    gemm_blas<T>(true, false, w1 - w0, I, n * B, dpc + w0, gsp, xp + t0 * B * I, I, dwx + (r0 + w0) * I, I, true);
+    gemm_blas<T>(true, false, w1 - w0, I, n * B, dpc + w0, slice_cols, xp + t0 * B * I, I, dwx + (r0 + w0) * I, I,
+                 true);
     recurrent_weight_grads(p, t0, n, g, G_);
     if (Q > 0) {  // share g of dW_hr's rows += dL/dh^T m over the chunk (one slice)
       const auto [q0, q1] = share(Q, g, G_, false);
@@ -400,7 +408,7 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
     T scratch_h = 0, scratch_c = 0;
     T* st = stage_h ? stg + (t & 1) * B * R : nullptr;
     T* sta = stage_a ? stga + (t & 1) * B * AH : nullptr;
-    T* dbw = db + w * GS * (G > 1) + Gs * lay.u0(p);
+    T* dbw = db + w * gate_cols * (G > 1) + n_blocks * lay.u0(p);
     T* dpw = dpe + w * peep.numel() * (G > 1);
     if (Q > 0) {  // dL/dh_t (S's h part and the output's), then dL/dm_t = dL/dh_t W_hr
       for (int64_t b = b0; b < b1; ++b) {
@@ -497,8 +505,8 @@ void check_sizes(const at::Tensor& x, const at::Tensor& W_hh) {
 // gates block j holding the gate of S block 1 + j (Layout).
 Layout layout_of(const Cell& cell, std::vector<int64_t> bounds, const Weights& wts, const at::Tensor& W_hr) {
   const at::Tensor &Wh = wts.W_hh, &Wa = wts.W_gg;
-  TORCH_CHECK(Wh.dim() == 2 && Wh.size(0) % cell.Gr == 0, "lstmlab cpu backend: bad weight_hh shape");
-  const int64_t H = Wh.size(0) / cell.Gr, Q = has(W_hr) ? W_hr.size(0) : 0;
+  TORCH_CHECK(Wh.dim() == 2 && Wh.size(0) % cell.n_rec_blocks == 0, "lstmlab cpu backend: bad weight_hh shape");
+  const int64_t H = Wh.size(0) / cell.n_rec_blocks, Q = has(W_hr) ? W_hr.size(0) : 0;
   if (Q > 0) {
     TORCH_CHECK(cell.kind == KIND_LSTM, "lstmlab cpu backend: a projection (weight_hr) needs an lstm cell");
     TORCH_CHECK(W_hr.dim() == 2 && W_hr.size(1) == H, "lstmlab cpu backend: bad weight_hr shape");
@@ -512,7 +520,7 @@ Layout layout_of(const Cell& cell, std::vector<int64_t> bounds, const Weights& w
   Layout lay(cell, H, std::move(bounds), Q);
   TORCH_CHECK(cell.A == 0 || (Wa.dim() == 2 && Wa.size(0) == lay.AH() && Wa.size(1) == lay.AH()),
               "lstmlab cpu backend: bad weight_gg shape");
-  const int blk[3] = {cell.bi, cell.bf, cell.bo}, ablk[3] = {cell.ai, cell.af, cell.ao};
+  const int blk[3] = {cell.block_i, cell.block_f, cell.block_o}, ablk[3] = {cell.fed_i, cell.fed_f, cell.fed_o};
   for (int k = 0; k < 3; ++k)
     TORCH_CHECK(ablk[k] <= 0 || blk[k] == ablk[k] - 1, "lstmlab cpu backend: bad gate-recurrence layout");
   for (auto& [map, n] : {std::pair{&wts.h_src, lay.R()}, {&wts.a_src, lay.AH()}}) {
