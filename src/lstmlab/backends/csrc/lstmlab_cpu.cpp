@@ -71,62 +71,117 @@ int64_t chunk_steps(int64_t requested, int64_t T, int64_t B, int64_t gate_cols, 
   return std::max<int64_t>(1, std::min({by_rows, by_bytes, T}));
 }
 
+// One call of `forward`: its sizes, buffers and workers (set up on construction), what a
+// worker does at a step (`step`), and the results. forward_impl runs it.
 template <class T>
-std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, int64_t G, const at::Tensor& x,
-                                     const at::Tensor& s0, const at::Tensor& c0, const at::Tensor& Wx,
-                                     const at::Tensor& bx, const Weights& wts, const at::Tensor& peep,
-                                     const at::Tensor& lengths, bool keep, bool return_cells,
-                                     const std::vector<int64_t>& tune, const at::Tensor& W_hr) {
-  const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2), H = lay.H, Hs = lay.Hs(), Q = lay.Q;
-  const int64_t gate_cols = lay.gate_cols(), K = lay.K(), P = lay.P, A = lay.A, AH = lay.AH();
-  const int64_t n_blocks = lay.n_blocks, n_rec_blocks = lay.n_rec_blocks;
-  const int64_t CH = chunk_steps(tune[2], T_, B, gate_cols, P, G, sizeof(T));
-  const bool lstm = cell.kind == KIND_LSTM;
-  const bool keep_c = keep || return_cells;
+struct ForwardPass {
+  using Part = typename StepProduct<T>::Part;
+  const Cell& cell;
+  const Layout& lay;
+  const int64_t G;  // groups of batch rows (1: slices of hidden units)
+  const at::Tensor &c0, &lengths;
+  const bool keep, return_cells;
+  const int64_t T_, B, I, H, Hs, Q, gate_cols, K, P, A, AH, n_blocks, n_rec_blocks, CH;
+  const bool lstm;
+  const bool keep_c;  // every c_t kept (for the backward or return_cells)
   // Without a backward to feed, gates and c are rings (a chunk, two steps).
-  const int64_t Tg = keep ? T_ : CH, Tc = lstm ? (keep_c ? T_ : 2) : 0;
-  auto opts = x.options();
-  at::Tensor gates = at::empty({Tg * B * gate_cols}, opts);
-  at::Tensor out = at::empty({T_, B, Hs}, opts);
-  at::Tensor C = at::empty({Tc * B * H}, opts);
-  // with a projection, m_t = o act(c_t) of every step (a backward to feed) or of one
-  at::Tensor M = at::empty({Q > 0 ? (keep ? T_ : 1) * B * H : 0}, opts);
-  at::Tensor S = at::empty({2, B, K}, opts);
-  S[0].copy_(s0);
-  const SliceBuffer<T> Gb{ptr<T>(gates), lay, Tg * B, true}, Cb{ptr<T>(C), lay, Tc * B, false};
-
-  const T *wh = ptr<T>(wts.W_hh), *wa = ptr<T>(wts.W_gg), *wx = ptr<T>(Wx), *xp = ptr<T>(x), *bxp = ptr<T>(bx),
-          *c0p = ptr<T>(c0);
+  const int64_t Tg, Tc;
+  const at::TensorOptions opts;
+  at::Tensor gates, out, C;
+  at::Tensor M;  // with a projection, m_t = o act(c_t) of every step (a backward to feed) or of one
+  at::Tensor S;  // the state the recurrent product reads, by step parity: (2, B, K)
+  const SliceBuffer<T> Gb, Cb;
+  const T *wh, *wa, *wx, *xp, *bxp, *c0p;
   // part p: slice p's recurrent gate rows of Wh, transposed; part P + p (FGR): its gated
   // rows of Wa, transposed (columns: the a part of S); then (projection) W_hr, transposed
-  std::vector<typename StepProduct<T>::Part> parts;
-  for (int64_t p = 0; p < P; ++p) {
-    const int64_t r0 = n_rec_blocks * lay.u0(p);
-    const int64_t* rows = wts.h_map(r0);
-    parts.push_back({rows ? wh : wh + r0 * Hs, Hs, Hs, n_rec_blocks * lay.w(p), true, rows});
-  }
-  for (int64_t p = 0; A > 0 && p < P; ++p) {
-    const int64_t a0 = lay.arow(p);
-    const int64_t* rows = wts.a_map(a0);
-    parts.push_back({rows ? wa : wa + a0 * AH, AH, AH, A * lay.w(p), true, rows, wts.a_map(0)});
-  }
-  const size_t proj_part = parts.size();
-  if (Q > 0) parts.push_back({ptr<T>(W_hr), H, H, Q, true});
-  const Workers<T> work(B, G, P, parts, tune);
-  SliceClock clock(work.n);
+  const std::vector<Part> parts;
+  const size_t proj_part;
+  const Workers<T> work;
+  SliceClock clock;
+  const CellKernel<T> kern;
+  T *Sp, *o, *mp;
 
-  const CellKernel<T> kern{cell, lay, B, ptr<int64_t>(lengths), ptr<T>(peep)};
-  T *Sp = ptr<T>(S), *o = ptr<T>(out), *mp = ptr<T>(M);
-  auto m_row = [&](int64_t t, int64_t b) { return mp + ((keep ? t : 0) * B + b) * H; };
-  auto gates_row = [&](int64_t p, int64_t t, int64_t b) { return Gb.row(p, (t % Tg) * B + b); };
-  auto c_row = [&](int64_t p, int64_t t, int64_t b) {  // c_t of row b, slice p (t = -1: c0)
+  ForwardPass(const Cell& cell_, const Layout& lay_, int64_t G_, const at::Tensor& x, const at::Tensor& s0,
+              const at::Tensor& c0_, const at::Tensor& Wx, const at::Tensor& bx, const Weights& wts,
+              const at::Tensor& peep, const at::Tensor& lengths_, bool keep_, bool return_cells_,
+              const std::vector<int64_t>& tune, const at::Tensor& W_hr)
+      : cell(cell_),
+        lay(lay_),
+        G(G_),
+        c0(c0_),
+        lengths(lengths_),
+        keep(keep_),
+        return_cells(return_cells_),
+        T_(x.size(0)),
+        B(x.size(1)),
+        I(x.size(2)),
+        H(lay.H),
+        Hs(lay.Hs()),
+        Q(lay.Q),
+        gate_cols(lay.gate_cols()),
+        K(lay.K()),
+        P(lay.P),
+        A(lay.A),
+        AH(lay.AH()),
+        n_blocks(lay.n_blocks),
+        n_rec_blocks(lay.n_rec_blocks),
+        CH(chunk_steps(tune[2], T_, B, gate_cols, P, G, sizeof(T))),
+        lstm(cell.kind == KIND_LSTM),
+        keep_c(keep || return_cells),
+        Tg(keep ? T_ : CH),
+        Tc(lstm ? (keep_c ? T_ : 2) : 0),
+        opts(x.options()),
+        gates(at::empty({Tg * B * gate_cols}, opts)),
+        out(at::empty({T_, B, Hs}, opts)),
+        C(at::empty({Tc * B * H}, opts)),
+        M(at::empty({Q > 0 ? (keep ? T_ : 1) * B * H : 0}, opts)),
+        S(at::empty({2, B, K}, opts)),
+        Gb{ptr<T>(gates), lay, Tg * B, true},
+        Cb{ptr<T>(C), lay, Tc * B, false},
+        wh(ptr<T>(wts.W_hh)),
+        wa(ptr<T>(wts.W_gg)),
+        wx(ptr<T>(Wx)),
+        xp(ptr<T>(x)),
+        bxp(ptr<T>(bx)),
+        c0p(ptr<T>(c0)),
+        parts(recurrent_parts(wts, W_hr)),
+        proj_part(Q > 0 ? parts.size() - 1 : parts.size()),
+        work(B, G, P, parts, tune),
+        clock(work.n),
+        kern{cell, lay, B, ptr<int64_t>(lengths), ptr<T>(peep)},
+        Sp(ptr<T>(S)),
+        o(ptr<T>(out)),
+        mp(ptr<T>(M)) {
+    S[0].copy_(s0);
+  }
+
+  std::vector<Part> recurrent_parts(const Weights& wts, const at::Tensor& W_hr) const {
+    std::vector<Part> parts;
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t r0 = n_rec_blocks * lay.u0(p);
+      const int64_t* rows = wts.h_map(r0);
+      parts.push_back({rows ? wh : wh + r0 * Hs, Hs, Hs, n_rec_blocks * lay.w(p), true, rows});
+    }
+    for (int64_t p = 0; A > 0 && p < P; ++p) {
+      const int64_t a0 = lay.arow(p);
+      const int64_t* rows = wts.a_map(a0);
+      parts.push_back({rows ? wa : wa + a0 * AH, AH, AH, A * lay.w(p), true, rows, wts.a_map(0)});
+    }
+    if (Q > 0) parts.push_back({ptr<T>(W_hr), H, H, Q, true});
+    return parts;
+  }
+
+  T* m_row(int64_t t, int64_t b) const { return mp + ((keep ? t : 0) * B + b) * H; }
+  T* gates_row(int64_t p, int64_t t, int64_t b) const { return Gb.row(p, (t % Tg) * B + b); }
+  T* c_row(int64_t p, int64_t t, int64_t b) const {  // c_t of row b, slice p (t = -1: c0)
     return t < 0 ? const_cast<T*>(c0p) + b * H + lay.u0(p) : Cb.row(p, (keep_c ? t : (t & 1)) * B + b);
-  };
-  // Share g of G of the rows of slice p's input projection x W^T for the chunk from step t
-  // (the bias is added in the pointwise pass).
-  auto input_projection = [&](int64_t p, int64_t t, int64_t g, int64_t G_) {
+  }
+
+  // Share g of n_shares of the rows of slice p's input projection x W^T for the chunk from
+  // step t (the bias is added in the pointwise pass).
+  void input_projection(int64_t p, int64_t t, int64_t g, int64_t n_shares) const {
     const int64_t slice_cols = lay.slice_gate_cols(p), rows = B * std::min(CH, T_ - t);
-    const int64_t r0 = rows * g / G_, r1 = rows * (g + 1) / G_;
+    const int64_t r0 = rows * g / n_shares, r1 = rows * (g + 1) / n_shares;
     T* dst = gates_row(p, t, 0) + r0 * slice_cols;
     for (const auto& [c0, len] : input_runs(cell, lay.w(p)))
       gemm_blas<T>(false, true, r1 - r0, len, I, xp + (t * B + r0) * I, I, wx + (n_blocks * lay.u0(p) + c0) * I, I,
@@ -134,8 +189,10 @@ std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, int64_
     if (cell.kind == KIND_GRU)  // the h-side n block: the recurrent product adds to 0
       for (int64_t r = 0; r < r1 - r0; ++r)
         std::memset(dst + r * slice_cols + GRU_HN * lay.w(p), 0, sizeof(T) * lay.w(p));
-  };
-  auto step = [&](int64_t t, int64_t k) {  // step t of worker k: slice p, batch rows [b0, b1)
+  }
+
+  // Step t of worker k: slice p, batch rows [b0, b1).
+  void step(int64_t t, int64_t k) {
     const auto [p, b0, b1] = work.at(k);
     const StepProduct<T>& product = work.product(k);
     auto since = clock.now();
@@ -170,44 +227,67 @@ std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, int64_
       }
     }
     clock.add(k, F_POINTWISE, since);
-  };
-  if (G > 1) {  // the groups meet before each chunk and share its input projection
-    auto since = clock.now();
-    input_projection(0, 0, 0, 1);
-    clock.add(0, F_INPUT, since);
-    run_groups(T_, G, step, [&](int64_t t) { return (t + 1) % CH == 0 && t + 1 < T_; },
-               [&](int64_t t, int64_t g) {
-                 auto since = clock.now();
-                 input_projection(0, t + 1, g, G);
-                 clock.add(g, F_INPUT, since);
-               });
-  } else {
-    run_steps(T_, P, step);
   }
-  clock.fold();
-  if (g_clock.on) g_clock.flops[0] += 2.0 * T_ * B * (lay.R() * Hs + AH * AH + Q * H);
-  at::Tensor s_final = S[T_ & 1].clone();
-  // c_n, and every c_t for return_cells, in (B, H) / (T, B, H) from the slices' rows
-  auto gather_c = [&](int64_t t, T* dst) {
+
+  // Every step: slices meet at each step; groups before each chunk, to share its input
+  // projection.
+  void run() {
+    if (G > 1) {
+      auto since = clock.now();
+      input_projection(0, 0, 0, 1);
+      clock.add(0, F_INPUT, since);
+      run_groups(
+          T_, G, [this](int64_t t, int64_t k) { step(t, k); },
+          [this](int64_t t) { return (t + 1) % CH == 0 && t + 1 < T_; },
+          [this](int64_t t, int64_t g) {
+            auto since = clock.now();
+            input_projection(0, t + 1, g, G);
+            clock.add(g, F_INPUT, since);
+          });
+    } else {
+      run_steps(T_, P, [this](int64_t t, int64_t k) { step(t, k); });
+    }
+    clock.fold();
+    if (g_clock.on) g_clock.flops[0] += 2.0 * T_ * B * (lay.R() * Hs + AH * AH + Q * H);
+  }
+
+  // c_t of every row, (B, H), from the slices' rows
+  void gather_c(int64_t t, T* dst) const {
     for (int64_t b = 0; b < B; ++b)
       for (int64_t p = 0; p < P; ++p) std::memcpy(dst + b * H + lay.u0(p), c_row(p, t, b), sizeof(T) * lay.w(p));
-  };
-  at::Tensor c_final = lstm ? at::empty({B, H}, opts) : at::empty({0}, opts);
-  if (lstm) gather_c(T_ - 1, ptr<T>(c_final));
-  at::Tensor cells = at::empty({0}, opts);
-  if (lstm && return_cells) {
-    cells = at::empty({T_, B, H}, opts);
-    T* cp = ptr<T>(cells);
-    for (int64_t t = 0; t < T_; ++t) gather_c(t, cp + t * B * H);
-    if (has(lengths)) {
-      const int64_t* len = ptr<int64_t>(lengths);
-      for (int64_t t = 0; t < T_; ++t)
-        for (int64_t b = 0; b < B; ++b)
-          if (t >= len[b]) std::memset(cp + (t * B + b) * H, 0, sizeof(T) * H);
-    }
   }
-  if (!keep) gates = at::empty({0}, opts), C = at::empty({0}, opts), M = at::empty({0}, opts);
-  return {out, gates, C, s_final, c_final, cells, M};
+
+  // {out, gates, C, s_final, c_final, cells, M} (see `forward`)
+  std::vector<at::Tensor> results() {
+    at::Tensor s_final = S[T_ & 1].clone();
+    at::Tensor c_final = lstm ? at::empty({B, H}, opts) : at::empty({0}, opts);
+    if (lstm) gather_c(T_ - 1, ptr<T>(c_final));
+    at::Tensor cells = at::empty({0}, opts);
+    if (lstm && return_cells) {
+      cells = at::empty({T_, B, H}, opts);
+      T* cp = ptr<T>(cells);
+      for (int64_t t = 0; t < T_; ++t) gather_c(t, cp + t * B * H);
+      if (has(lengths)) {
+        const int64_t* len = ptr<int64_t>(lengths);
+        for (int64_t t = 0; t < T_; ++t)
+          for (int64_t b = 0; b < B; ++b)
+            if (t >= len[b]) std::memset(cp + (t * B + b) * H, 0, sizeof(T) * H);
+      }
+    }
+    if (!keep) gates = at::empty({0}, opts), C = at::empty({0}, opts), M = at::empty({0}, opts);
+    return {out, gates, C, s_final, c_final, cells, M};
+  }
+};
+
+template <class T>
+std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, int64_t G, const at::Tensor& x,
+                                     const at::Tensor& s0, const at::Tensor& c0, const at::Tensor& Wx,
+                                     const at::Tensor& bx, const Weights& wts, const at::Tensor& peep,
+                                     const at::Tensor& lengths, bool keep, bool return_cells,
+                                     const std::vector<int64_t>& tune, const at::Tensor& W_hr) {
+  ForwardPass<T> pass(cell, lay, G, x, s0, c0, Wx, bx, wts, peep, lengths, keep, return_cells, tune, W_hr);
+  pass.run();
+  return pass.results();
 }
 
 template <class T>
