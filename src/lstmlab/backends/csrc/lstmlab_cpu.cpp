@@ -290,127 +290,232 @@ std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, int64_
   return pass.results();
 }
 
+// One call of `backward`: its sizes, buffers and workers (set up on construction), what a
+// worker does at a step (`step`) and once a chunk of steps is done (`chunk_grads`), and the
+// results. backward_impl runs it.
+//
+// The next step's products read dP_t's recurrent part as one (B, R) matrix D_t and (FGR)
+// its gated part as one (B, AH) matrix, and multiply them by weight_hh and weight_gg with
+// rows in the same order, in one of two ways. Own order: D_t in the kernel's order, every
+// slice's gated blocks, then every slice's others (with one slice that is dP itself), the
+// gated part its first AH columns; the products read copies of the weights in that row
+// order (made by StepProduct, one pass over the weights). Torch's order: D_t and the
+// gated part staged in torch's row order, and the products read the parameters in place,
+// so that no copy as large as the weights is made; but the staging interleaves the
+// slices' blocks in each row, which the two cores pay for in every step. Own order is
+// taken for weights of at most tune[3] bytes that are also at most a quarter of the
+// recurrent gradients over the sequence (T B (R + AH) numbers), where one pass over them
+// costs less than the staging it saves (measured: BENCHMARKS.md). Staged copies
+// alternate by step parity.
 template <class T>
-std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64_t G, const at::Tensor& x,
-                                      const at::Tensor& s0, const at::Tensor& c0, const at::Tensor& Wx,
-                                      const Weights& wts, const at::Tensor& peep, const at::Tensor& lengths,
-                                      const at::Tensor& out, const at::Tensor& gates, const at::Tensor& C,
-                                      const at::Tensor& dout, const at::Tensor& ds_final, const at::Tensor& dc_final,
-                                      const at::Tensor& dcells, bool want_norms, const std::vector<int64_t>& tune,
-                                      const at::Tensor& W_hr, const at::Tensor& M) {
-  const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2), H = lay.H, Hs = lay.Hs(), Q = lay.Q;
-  const int64_t gate_cols = lay.gate_cols(), R = lay.R(), K = lay.K(), P = lay.P, A = lay.A, AH = lay.AH();
-  const int64_t n_blocks = lay.n_blocks, n_rec_blocks = lay.n_rec_blocks;
-  const int64_t CH = chunk_steps(tune[2], T_, B, gate_cols, P, G, sizeof(T));
-  const int64_t RING = std::min(2 * CH, T_);  // dP: a ring of two chunks
-  const bool lstm = cell.kind == KIND_LSTM;
-  auto opts = x.options();
-  // The next step's products read dP_t's recurrent part as one (B, R) matrix D_t and (FGR)
-  // its gated part as one (B, AH) matrix, and multiply them by weight_hh and weight_gg with
-  // rows in the same order, in one of two ways. Own order: D_t in the kernel's order, every
-  // slice's gated blocks, then every slice's others (with one slice that is dP itself), the
-  // gated part its first AH columns; the products read copies of the weights in that row
-  // order (made by StepProduct, one pass over the weights). Torch's order: D_t and the
-  // gated part staged in torch's row order, and the products read the parameters in place,
-  // so that no copy as large as the weights is made; but the staging interleaves the
-  // slices' blocks in each row, which the two cores pay for in every step. Own order is
-  // taken for weights of at most tune[3] bytes that are also at most a quarter of the
-  // recurrent gradients over the sequence (T B (R + AH) numbers), where one pass over them
-  // costs less than the staging it saves (measured: BENCHMARKS.md). Staged copies
-  // alternate by step parity.
-  const int64_t weight_bytes = (R * Hs + AH * AH) * (int64_t)sizeof(T);
-  const bool own = weight_bytes <= tune[3] && 4 * weight_bytes <= T_ * B * (R + AH) * (int64_t)sizeof(T);
-  const bool stage_h = !cell.truncate && (P > 1 || (!own && has(wts.h_src)));
-  const bool stage_a = A > 0 && stage_h && !own;  // torch's order: i f g o, the gated part apart
-  at::Tensor dP = at::empty({RING * B * gate_cols}, opts);
-  at::Tensor stage = at::empty({stage_h ? 2 : 0, B, R}, opts);
-  at::Tensor stage_g = at::empty({stage_a ? 2 : 0, B, AH}, opts);
-  at::Tensor dS = has(ds_final) ? ds_final.clone() : at::zeros({B, K}, opts);
-  at::Tensor dC = lstm ? (has(dc_final) ? dc_final.clone() : at::zeros({B, H}, opts)) : at::empty({0}, opts);
+struct BackwardPass {
+  using Part = typename StepProduct<T>::Part;
+  // A run of slice p's blocks that stays consecutive in D_t or in the staged gated part:
+  // (first column in the slice's dP row, first column there, length).
+  struct Run {
+    int64_t from, to, len;
+  };
+  // Where each slice's blocks go in D_t and the staged gated part, and (own order) the row
+  // of weight_hh for each row of D_t.
+  struct RowOrder {
+    std::vector<std::vector<Run>> h_runs, a_runs;
+    std::vector<int64_t> own_rows;
+    bool own_ident = true;  // own_rows is the identity
+  };
+  const Cell& cell;
+  const Layout& lay;
+  const Weights& wts;
+  const int64_t G;  // groups of batch rows (1: slices of hidden units)
+  const bool want_norms;
+  const int64_t T_, B, I, H, Hs, Q, gate_cols, R, K, P, A, AH, n_blocks, n_rec_blocks, CH;
+  const int64_t RING;  // dP: a ring of two chunks
+  const bool lstm;
+  const at::TensorOptions opts;
+  const bool own;      // the products read the weights in the kernel's row order (copies)
+  const bool stage_h;  // D_t is staged (not dP itself)
+  const bool stage_a;  // torch's order: i f g o, the gated part apart
+  at::Tensor dP, stage, stage_g, dS, dC;
   // the bias and peephole gradients sum over the rows: one share per group
-  at::Tensor dbx = at::zeros({G, gate_cols}, opts);
-  at::Tensor dpeep = at::zeros({G, peep.numel()}, opts);
-  at::Tensor dWx = at::zeros({gate_cols, I}, opts);
-  at::Tensor dWh = at::zeros({R, Hs}, opts);
+  at::Tensor dbx, dpeep, dWx, dWh;
   // projection: dL/dh_t of every step (0 past a length) for dW_hr = sum_t dh_t^T m_t, one
   // step's dL/dm_t = dh_t W_hr (B, H)
-  at::Tensor dWr = at::zeros({Q, Q > 0 ? H : 0}, opts);
-  at::Tensor DQ = at::empty({Q > 0 ? T_ * B * Q : 0}, opts);
-  at::Tensor DM = at::empty({Q > 0 ? B * H : 0}, opts);
-  at::Tensor dWa = at::zeros({A > 0 ? AH : 0, AH}, opts);
-  at::Tensor dx = P == 1 ? at::empty({T_, B, I}, opts) : at::empty({P, T_, B, I}, opts);  // per-slice shares
-  at::Tensor norms = at::zeros({want_norms ? 2 : 0, P, T_, B}, opts);
-
-  // Where slice p's blocks go in D_t and in the staged gated part: runs of blocks that
-  // stay consecutive, (first column in the slice's dP row, first column there, length).
-  struct Run { int64_t from, to, len; };
-  std::vector<std::vector<Run>> h_runs(P), a_runs(P);
-  std::vector<int64_t> own_rows(own ? R : 0);  // own: the row of weight_hh for each row of D_t
-  bool own_ident = true;
-  for (int64_t p = 0; p < P; ++p) {
-    const int64_t u0 = lay.u0(p), w = lay.w(p);
-    auto add = [w](std::vector<Run>& runs, int64_t from, int64_t to) {
-      if (!runs.empty() && runs.back().from + runs.back().len == from && runs.back().to + runs.back().len == to)
-        runs.back().len += w;
-      else
-        runs.push_back({from, to, w});
-    };
-    for (int64_t j = 0; j < n_rec_blocks; ++j) {
-      const int64_t to = !own  ? wts.h_row(n_rec_blocks * u0 + j * w)
-                         : j < A ? A * u0 + j * w
-                                 : AH + (n_rec_blocks - A) * u0 + (j - A) * w;
-      add(h_runs[p], j * w, to);
-      for (int64_t i = 0; own && i < w; ++i) {
-        own_rows[to + i] = wts.h_row(n_rec_blocks * u0 + j * w + i);
-        own_ident = own_ident && own_rows[to + i] == to + i;
-      }
-    }
-    for (int64_t j = 0; j < A; ++j) add(a_runs[p], j * w, wts.a_idx(lay.arow(p) + j * w));
-  }
-  const T *wh = ptr<T>(wts.W_hh), *wa = ptr<T>(wts.W_gg);
+  at::Tensor dWr, DQ, DM;
+  at::Tensor dWa;
+  at::Tensor dx;  // with slices, per-slice shares (P, T, B, I)
+  at::Tensor norms;
+  // Rows past their length at step t + 1 have dP = 0 there, and the product through the
+  // weights adds 0 * W to their held gradient: NaN where a weight is not finite. Those rows
+  // keep the gradient they held (torch does not run them at all); a copy of it sits here.
+  at::Tensor held;
+  const RowOrder order;
+  const T *wh, *wa;
   // part p: the columns of weight_hh for slice p's h; part P + p (FGR): those of weight_gg
-  // for its a, one block of its units per gate fed back (H apart; one block with one slice)
-  const int64_t* h_rows = own && !own_ident ? own_rows.data() : nullptr;
-  const int64_t* a_rows = own ? wts.a_map(0) : nullptr;
-  std::vector<typename StepProduct<T>::Part> parts;
-  for (int64_t p = 0; p < P; ++p)
-    parts.push_back({wh + lay.u0(p), Hs, cell.truncate ? 0 : R, lay.hw(p), false, h_rows});
-  for (int64_t p = 0; A > 0 && p < P; ++p)
-    parts.push_back({wa + lay.u0(p), AH, cell.truncate ? 0 : AH, A * lay.w(p), false, a_rows, nullptr,
-                     P > 1 ? A : 1, H});
-  const size_t proj_part = parts.size();
-  if (Q > 0) parts.push_back({ptr<T>(W_hr), H, Q, H, false});  // dL/dm = dL/dh W_hr
-  const Workers<T> work(B, G, P, parts, tune);
-  SliceClock clock(work.n);
+  // for its a, one block of its units per gate fed back (H apart; one block with one slice);
+  // then (projection) W_hr, for dL/dm = dL/dh W_hr
+  const std::vector<Part> parts;
+  const size_t proj_part;
+  const Workers<T> work;
+  SliceClock clock;
+  const CellKernel<T> kern;
+  const SliceBuffer<T> Gb, Cb, D;
+  const int64_t n_peep;
+  T *ds, *dc, *db, *dpe, *stg, *stga;
+  T *dwx, *dwh, *dwa, *dxp, *nrm;
+  const T *c0p, *o, *s0p, *mp;
+  T *dq, *dm, *dwr;
+  const T *xp, *wx, *dop, *dcl;
+  const int64_t rec_ld, gated_ld;  // row strides of rec_grads and gated_grads
 
-  const CellKernel<T> kern{cell, lay, B, ptr<int64_t>(lengths), ptr<T>(peep)};
-  const SliceBuffer<T> Gb{ptr<T>(gates), lay, T_ * B, true}, Cb{ptr<T>(C), lay, T_ * B, false},
-      D{ptr<T>(dP), lay, RING * B, true};
-  T *ds = ptr<T>(dS), *dc = ptr<T>(dC), *db = ptr<T>(dbx), *dpe = ptr<T>(dpeep), *stg = ptr<T>(stage),
-    *stga = ptr<T>(stage_g);
-  T *dwx = ptr<T>(dWx), *dwh = ptr<T>(dWh), *dwa = ptr<T>(dWa), *dxp = ptr<T>(dx), *nrm = ptr<T>(norms);
-  const T *c0p = ptr<T>(c0), *o = ptr<T>(out), *s0p = ptr<T>(s0), *mp = ptr<T>(M);
-  T *dq = ptr<T>(DQ), *dm = ptr<T>(DM), *dwr = ptr<T>(dWr);
-  const T *xp = ptr<T>(x), *wx = ptr<T>(Wx), *dop = ptr<T>(dout), *dcl = ptr<T>(dcells);
-  auto dp_row = [&](int64_t p, int64_t t, int64_t b) { return D.row(p, (((t / CH) & 1) * CH + t % CH) * B + b); };
-  const int64_t rec_ld = stage_h ? R : gate_cols, gated_ld = stage_a ? AH : rec_ld;
-  auto rec_grads = [&](int64_t t) -> const T* { return stage_h ? stg + (t & 1) * B * R : dp_row(0, t, 0); };
-  auto gated_grads = [&](int64_t t) -> const T* { return stage_a ? stga + (t & 1) * B * AH : rec_grads(t); };
+  BackwardPass(const Cell& cell_, const Layout& lay_, int64_t G_, const at::Tensor& x, const at::Tensor& s0,
+               const at::Tensor& c0, const at::Tensor& Wx, const Weights& wts_, const at::Tensor& peep,
+               const at::Tensor& lengths, const at::Tensor& out, const at::Tensor& gates, const at::Tensor& C,
+               const at::Tensor& dout, const at::Tensor& ds_final, const at::Tensor& dc_final,
+               const at::Tensor& dcells, bool want_norms_, const std::vector<int64_t>& tune, const at::Tensor& W_hr,
+               const at::Tensor& M)
+      : cell(cell_),
+        lay(lay_),
+        wts(wts_),
+        G(G_),
+        want_norms(want_norms_),
+        T_(x.size(0)),
+        B(x.size(1)),
+        I(x.size(2)),
+        H(lay.H),
+        Hs(lay.Hs()),
+        Q(lay.Q),
+        gate_cols(lay.gate_cols()),
+        R(lay.R()),
+        K(lay.K()),
+        P(lay.P),
+        A(lay.A),
+        AH(lay.AH()),
+        n_blocks(lay.n_blocks),
+        n_rec_blocks(lay.n_rec_blocks),
+        CH(chunk_steps(tune[2], T_, B, gate_cols, P, G, sizeof(T))),
+        RING(std::min(2 * CH, T_)),
+        lstm(cell.kind == KIND_LSTM),
+        opts(x.options()),
+        own(own_order(tune[3])),
+        stage_h(!cell.truncate && (P > 1 || (!own && has(wts.h_src)))),
+        stage_a(A > 0 && stage_h && !own),
+        dP(at::empty({RING * B * gate_cols}, opts)),
+        stage(at::empty({stage_h ? 2 : 0, B, R}, opts)),
+        stage_g(at::empty({stage_a ? 2 : 0, B, AH}, opts)),
+        dS(has(ds_final) ? ds_final.clone() : at::zeros({B, K}, opts)),
+        dC(lstm ? (has(dc_final) ? dc_final.clone() : at::zeros({B, H}, opts)) : at::empty({0}, opts)),
+        dbx(at::zeros({G, gate_cols}, opts)),
+        dpeep(at::zeros({G, peep.numel()}, opts)),
+        dWx(at::zeros({gate_cols, I}, opts)),
+        dWh(at::zeros({R, Hs}, opts)),
+        dWr(at::zeros({Q, Q > 0 ? H : 0}, opts)),
+        DQ(at::empty({Q > 0 ? T_ * B * Q : 0}, opts)),
+        DM(at::empty({Q > 0 ? B * H : 0}, opts)),
+        dWa(at::zeros({A > 0 ? AH : 0, AH}, opts)),
+        dx(P == 1 ? at::empty({T_, B, I}, opts) : at::empty({P, T_, B, I}, opts)),
+        norms(at::zeros({want_norms ? 2 : 0, P, T_, B}, opts)),
+        held(at::empty({has(lengths) && !cell.truncate ? B * K : 0}, opts)),
+        order(row_order()),
+        wh(ptr<T>(wts.W_hh)),
+        wa(ptr<T>(wts.W_gg)),
+        parts(recurrent_parts(W_hr)),
+        proj_part(Q > 0 ? parts.size() - 1 : parts.size()),
+        work(B, G, P, parts, tune),
+        clock(work.n),
+        kern{cell, lay, B, ptr<int64_t>(lengths), ptr<T>(peep)},
+        Gb{ptr<T>(gates), lay, T_ * B, true},
+        Cb{ptr<T>(C), lay, T_ * B, false},
+        D{ptr<T>(dP), lay, RING * B, true},
+        n_peep(peep.numel()),
+        ds(ptr<T>(dS)),
+        dc(ptr<T>(dC)),
+        db(ptr<T>(dbx)),
+        dpe(ptr<T>(dpeep)),
+        stg(ptr<T>(stage)),
+        stga(ptr<T>(stage_g)),
+        dwx(ptr<T>(dWx)),
+        dwh(ptr<T>(dWh)),
+        dwa(ptr<T>(dWa)),
+        dxp(ptr<T>(dx)),
+        nrm(ptr<T>(norms)),
+        c0p(ptr<T>(c0)),
+        o(ptr<T>(out)),
+        s0p(ptr<T>(s0)),
+        mp(ptr<T>(M)),
+        dq(ptr<T>(DQ)),
+        dm(ptr<T>(DM)),
+        dwr(ptr<T>(dWr)),
+        xp(ptr<T>(x)),
+        wx(ptr<T>(Wx)),
+        dop(ptr<T>(dout)),
+        dcl(ptr<T>(dcells)),
+        rec_ld(stage_h ? R : gate_cols),
+        gated_ld(stage_a ? AH : rec_ld) {}
 
-  // share g of G of len rows or columns, [len g / G, len (g + 1) / G); for columns, edges on
-  // whole vectors where every share still gets some
-  auto share = [](int64_t len, int64_t g, int64_t G_, bool columns) {
-    const int64_t L = columns && len >= G_ * Vec<T>::n ? Vec<T>::n : 1;
-    auto edge = [&](int64_t i) { return i == G_ ? len : len * i / G_ / L * L; };
-    return std::pair<int64_t, int64_t>{edge(g), edge(g + 1)};
-  };
-  // Share g of G of slice p's rows of dWh += dP[t0:t0+n]^T h_{t-1}, and (FGR) of its rows
-  // of dWa += (its gated columns of dP)^T a_{t-1}; h_{-1}, a_{-1} are s0's, then the outputs
-  // and the saved gate activations (per slice q, its gated blocks: Wa's columns of slice q).
-  auto recurrent_weight_grads = [&](int64_t p, int64_t t0, int64_t n, int64_t g, int64_t G_) {
+  bool own_order(int64_t own_max_bytes) const {
+    const int64_t weight_bytes = (R * Hs + AH * AH) * (int64_t)sizeof(T);
+    return weight_bytes <= own_max_bytes && 4 * weight_bytes <= T_ * B * (R + AH) * (int64_t)sizeof(T);
+  }
+
+  RowOrder row_order() const {
+    RowOrder r{std::vector<std::vector<Run>>(P), std::vector<std::vector<Run>>(P),
+               std::vector<int64_t>(own ? R : 0)};
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t u0 = lay.u0(p), w = lay.w(p);
+      auto add = [w](std::vector<Run>& runs, int64_t from, int64_t to) {
+        if (!runs.empty() && runs.back().from + runs.back().len == from && runs.back().to + runs.back().len == to)
+          runs.back().len += w;
+        else
+          runs.push_back({from, to, w});
+      };
+      for (int64_t j = 0; j < n_rec_blocks; ++j) {
+        const int64_t to = !own  ? wts.h_row(n_rec_blocks * u0 + j * w)
+                           : j < A ? A * u0 + j * w
+                                   : AH + (n_rec_blocks - A) * u0 + (j - A) * w;
+        add(r.h_runs[p], j * w, to);
+        for (int64_t i = 0; own && i < w; ++i) {
+          r.own_rows[to + i] = wts.h_row(n_rec_blocks * u0 + j * w + i);
+          r.own_ident = r.own_ident && r.own_rows[to + i] == to + i;
+        }
+      }
+      for (int64_t j = 0; j < A; ++j) add(r.a_runs[p], j * w, wts.a_idx(lay.arow(p) + j * w));
+    }
+    return r;
+  }
+
+  std::vector<Part> recurrent_parts(const at::Tensor& W_hr) const {
+    const int64_t* h_rows = own && !order.own_ident ? order.own_rows.data() : nullptr;
+    const int64_t* a_rows = own ? wts.a_map(0) : nullptr;
+    std::vector<Part> parts;
+    for (int64_t p = 0; p < P; ++p)
+      parts.push_back({wh + lay.u0(p), Hs, cell.truncate ? 0 : R, lay.hw(p), false, h_rows});
+    for (int64_t p = 0; A > 0 && p < P; ++p)
+      parts.push_back({wa + lay.u0(p), AH, cell.truncate ? 0 : AH, A * lay.w(p), false, a_rows, nullptr,
+                       P > 1 ? A : 1, H});
+    if (Q > 0) parts.push_back({ptr<T>(W_hr), H, Q, H, false});
+    return parts;
+  }
+
+  T* dp_row(int64_t p, int64_t t, int64_t b) const { return D.row(p, (((t / CH) & 1) * CH + t % CH) * B + b); }
+  // D_t and the gated part of step t's pre-activation gradients, as the products read them
+  const T* rec_grads(int64_t t) const { return stage_h ? stg + (t & 1) * B * R : dp_row(0, t, 0); }
+  const T* gated_grads(int64_t t) const { return stage_a ? stga + (t & 1) * B * AH : rec_grads(t); }
+
+  // share g of n_shares of len rows or columns, [len g / n_shares, len (g + 1) / n_shares);
+  // for columns, edges on whole vectors where every share still gets some
+  static std::pair<int64_t, int64_t> share(int64_t len, int64_t g, int64_t n_shares, bool columns) {
+    const int64_t L = columns && len >= n_shares * Vec<T>::n ? Vec<T>::n : 1;
+    auto edge = [&](int64_t i) { return i == n_shares ? len : len * i / n_shares / L * L; };
+    return {edge(g), edge(g + 1)};
+  }
+
+  // Share g of n_shares of slice p's rows of dWh += dP[t0:t0+n]^T h_{t-1}, and (FGR) of its
+  // rows of dWa += (its gated columns of dP)^T a_{t-1}; h_{-1}, a_{-1} are s0's, then the
+  // outputs and the saved gate activations (per slice q, its gated blocks: Wa's columns of
+  // slice q).
+  void recurrent_weight_grads(int64_t p, int64_t t0, int64_t n, int64_t g, int64_t n_shares) const {
     const int64_t slice_cols = lay.slice_gate_cols(p);
-    const auto [h0, h1] = share(n_rec_blocks * lay.w(p), g, G_, true);
-    const auto [a0, a1] = share(A * lay.w(p), g, G_, true);
+    const auto [h0, h1] = share(n_rec_blocks * lay.w(p), g, n_shares, true);
+    const auto [a0, a1] = share(A * lay.w(p), g, n_shares, true);
     T* dst_h = dwh + (n_rec_blocks * lay.u0(p) + h0) * Hs;
     T* dst_a = dwa + (lay.arow(p) + a0) * AH;
     const int64_t t = t0 == 0 ? 1 : t0, m = t0 == 0 ? n - 1 : n;  // the steps after s0's
@@ -425,14 +530,16 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
     for (int64_t q = 0; A > 0 && q < P; ++q)
       gemm_blas<T>(true, false, a1 - a0, A * lay.w(q), m * B, dp_row(p, t, 0) + a0, slice_cols, Gb.row(q, (t - 1) * B),
                    lay.slice_gate_cols(q), dst_a + lay.arow(q), AH, true);
-  };
-  // Share g of G of slice p's work on a finished chunk of n steps from t0: dx (the slice's
-  // columns' part; share g of the rows), its rows of dW_ih and of dW_hh (share g of each).
-  auto chunk_grads = [&](int64_t p, int64_t t0, int64_t n, int64_t g, int64_t G_) {
+  }
+
+  // Share g of n_shares of slice p's work on a finished chunk of n steps from t0: dx (the
+  // slice's columns' part; share g of the rows), its rows of dW_ih and of dW_hh (share g of
+  // each), and (projection) of dW_hr.
+  void chunk_grads(int64_t p, int64_t t0, int64_t n, int64_t g, int64_t n_shares) const {
     const T* dpc = dp_row(p, t0, 0);
     const int64_t slice_cols = lay.slice_gate_cols(p), r0 = n_blocks * lay.u0(p);
-    const auto [x0, x1] = share(n * B, g, G_, false);
-    const auto [w0, w1] = share(slice_cols, g, G_, true);
+    const auto [x0, x1] = share(n * B, g, n_shares, false);
+    const auto [w0, w1] = share(slice_cols, g, n_shares, true);
     T* dxs = dxp + (P == 1 ? 0 : p * T_ * B * I) + (t0 * B + x0) * I;
     bool first = true;
     for (const auto& [c0, len] : input_runs(cell, lay.w(p))) {
@@ -442,26 +549,25 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
     }
     gemm_blas<T>(true, false, w1 - w0, I, n * B, dpc + w0, slice_cols, xp + t0 * B * I, I, dwx + (r0 + w0) * I, I,
                  true);
-    recurrent_weight_grads(p, t0, n, g, G_);
+    recurrent_weight_grads(p, t0, n, g, n_shares);
     if (Q > 0) {  // share g of dW_hr's rows += dL/dh^T m over the chunk (one slice)
-      const auto [q0, q1] = share(Q, g, G_, false);
+      const auto [q0, q1] = share(Q, g, n_shares, false);
       gemm_blas<T>(true, false, q1 - q0, H, n * B, dq + t0 * B * Q + q0, Q, mp + t0 * B * H, H, dwr + q0 * H, H, true);
     }
-  };
+  }
 
-  // the product of the gradients of step t's pre-activations, rows [b0, b1), with the
-  // recurrent weights: their share of the previous state's gradient
-  auto through_weights = [&](int64_t t, int64_t k) {
+  // the product of the gradients of step t's pre-activations, rows [b0, b1) of worker k,
+  // with the recurrent weights: their share of the previous state's gradient
+  void through_weights(int64_t t, int64_t k) const {
     const auto [p, b0, b1] = work.at(k);
     const StepProduct<T>& product = work.product(k);
     product(p, rec_grads(t) + b0 * rec_ld, rec_ld, ds + b0 * K + lay.scol(p, 0), K, true);
     if (A > 0) product(P + p, gated_grads(t) + b0 * gated_ld, gated_ld, ds + b0 * K + lay.scol(p, 1), K, true);
-  };
-  // Rows past their length at step t + 1 have dP = 0 there, and the product through the
-  // weights adds 0 * W to their held gradient: NaN where a weight is not finite. Those rows
-  // keep the gradient they held (torch does not run them at all); a copy of it sits here.
-  at::Tensor held = at::empty({has(lengths) && !cell.truncate ? B * K : 0}, opts);
-  auto keep_held = [&](int64_t t, int64_t w, bool restore) {
+  }
+
+  // The rows of worker w past their length at step t: their gradient of S into `held`, or
+  // (restore) back from it.
+  void keep_held(int64_t t, int64_t w, bool restore) const {
     const auto [p, b0, b1] = work.at(w);
     T* hb = ptr<T>(held);
     for (int64_t b = b0; b < b1; ++b) {
@@ -472,8 +578,10 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
         std::memcpy(restore ? from : to, restore ? to : from, sizeof(T) * n);
       }
     }
-  };
-  auto step = [&](int64_t k, int64_t w) {  // step k (in loop order) of worker w
+  }
+
+  // Step k (in loop order: t = T - 1 - k) of worker w.
+  void step(int64_t k, int64_t w) {
     const int64_t t = T_ - 1 - k;
     const auto [p, b0, b1] = work.at(w);
     auto since = clock.now();
@@ -489,7 +597,7 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
     T* st = stage_h ? stg + (t & 1) * B * R : nullptr;
     T* sta = stage_a ? stga + (t & 1) * B * AH : nullptr;
     T* dbw = db + w * gate_cols * (G > 1) + n_blocks * lay.u0(p);
-    T* dpw = dpe + w * peep.numel() * (G > 1);
+    T* dpw = dpe + w * n_peep * (G > 1);
     if (Q > 0) {  // dL/dh_t (S's h part and the output's), then dL/dm_t = dL/dh_t W_hr
       for (int64_t b = b0; b < b1; ++b) {
         T* d = dq + (t * B + b) * Q;
@@ -523,50 +631,76 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
                           Q > 0 ? dm + b * H : nullptr);
       }
       if (st)
-        for (const Run& r : h_runs[p]) copy_row(st + b * R + r.to, dpr + r.from, r.len);
+        for (const Run& r : order.h_runs[p]) copy_row(st + b * R + r.to, dpr + r.from, r.len);
       if (sta)
-        for (const Run& r : a_runs[p]) copy_row(sta + b * AH + r.to, dpr + r.from, r.len);
+        for (const Run& r : order.a_runs[p]) copy_row(sta + b * AH + r.to, dpr + r.from, r.len);
     }
     clock.add(w, B_POINTWISE, since);
     if (G == 1 && t % CH == 0) chunk_grads(p, t, std::min(CH, T_ - t), 0, 1);
     clock.add(w, B_CHUNK, since);
-  };
-  if (G > 1)  // the groups meet at the end of each chunk and share its products
-    run_groups(T_, G, step, [&](int64_t k) { return (T_ - 1 - k) % CH == 0; },
-               [&](int64_t k, int64_t g) {
-                 auto since = clock.now();
-                 const int64_t t = T_ - 1 - k;
-                 chunk_grads(0, t, std::min(CH, T_ - t), g, G);
-                 clock.add(g, B_CHUNK, since);
-               });
-  else
-    run_steps(T_, P, step);
-  clock.fold();
-  if (g_clock.on) g_clock.flops[1] += cell.truncate ? 0.0 : 2.0 * (T_ - 1) * B * (R * Hs + AH * AH);
-  for (int64_t w = 0; w < work.n && !cell.truncate; ++w) through_weights(0, w);  // the initial state's gradient
-  // dWh, dWa into torch's layout, in place: weight_hh's row h_src[r] is dWh's row r;
-  // weight_gg's row (column) a_src[i] is dWa's row (column) i
-  auto inverse = [](const at::Tensor& src) {
+  }
+
+  // Every step, last to first: slices meet at each step; groups at the end of each chunk,
+  // to share its products; then the initial state's gradient.
+  void run() {
+    if (G > 1)
+      run_groups(
+          T_, G, [this](int64_t k, int64_t w) { step(k, w); },
+          [this](int64_t k) { return (T_ - 1 - k) % CH == 0; },
+          [this](int64_t k, int64_t g) {
+            auto since = clock.now();
+            const int64_t t = T_ - 1 - k;
+            chunk_grads(0, t, std::min(CH, T_ - t), g, G);
+            clock.add(g, B_CHUNK, since);
+          });
+    else
+      run_steps(T_, P, [this](int64_t k, int64_t w) { step(k, w); });
+    clock.fold();
+    if (g_clock.on) g_clock.flops[1] += cell.truncate ? 0.0 : 2.0 * (T_ - 1) * B * (R * Hs + AH * AH);
+    for (int64_t w = 0; w < work.n && !cell.truncate; ++w) through_weights(0, w);
+  }
+
+  static std::vector<int64_t> inverse(const at::Tensor& src) {
     const int64_t* s = src.data_ptr<int64_t>();
     std::vector<int64_t> inv(src.numel());
     for (int64_t i = 0; i < src.numel(); ++i) inv[s[i]] = i;
     return inv;
-  };
-  if (has(wts.h_src)) permute_in_place(dwh, R, Hs, inverse(wts.h_src).data(), nullptr);
-  if (A > 0 && has(wts.a_src)) {
-    const std::vector<int64_t> inv = inverse(wts.a_src);
-    permute_in_place(dwa, AH, AH, inv.data(), inv.data());
   }
-  if (P > 1) dx = dx.sum(0);
-  dbx = dbx.sum(0);
-  dpeep = dpeep.sum(0);
-  at::Tensor norm_h = at::empty({0}, opts), norm_c = at::empty({0}, opts);
-  if (want_norms) {
-    at::Tensor sums = norms.sum(1);  // (2, T, B)
-    norm_h = sums[0].sqrt();
-    if (lstm) norm_c = sums[1].sqrt();
+
+  // {dx, dS, dC, dWx, dbx, dWh, dWa, dpeep, norm_h, norm_c, dWr} (see `backward`)
+  std::vector<at::Tensor> results() {
+    // dWh, dWa into torch's layout, in place: weight_hh's row h_src[r] is dWh's row r;
+    // weight_gg's row (column) a_src[i] is dWa's row (column) i
+    if (has(wts.h_src)) permute_in_place(dwh, R, Hs, inverse(wts.h_src).data(), nullptr);
+    if (A > 0 && has(wts.a_src)) {
+      const std::vector<int64_t> inv = inverse(wts.a_src);
+      permute_in_place(dwa, AH, AH, inv.data(), inv.data());
+    }
+    if (P > 1) dx = dx.sum(0);
+    dbx = dbx.sum(0);
+    dpeep = dpeep.sum(0);
+    at::Tensor norm_h = at::empty({0}, opts), norm_c = at::empty({0}, opts);
+    if (want_norms) {
+      at::Tensor sums = norms.sum(1);  // (2, T, B)
+      norm_h = sums[0].sqrt();
+      if (lstm) norm_c = sums[1].sqrt();
+    }
+    return {dx, dS, dC, dWx, dbx, dWh, dWa, dpeep, norm_h, norm_c, dWr};
   }
-  return {dx, dS, dC, dWx, dbx, dWh, dWa, dpeep, norm_h, norm_c, dWr};
+};
+
+template <class T>
+std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64_t G, const at::Tensor& x,
+                                      const at::Tensor& s0, const at::Tensor& c0, const at::Tensor& Wx,
+                                      const Weights& wts, const at::Tensor& peep, const at::Tensor& lengths,
+                                      const at::Tensor& out, const at::Tensor& gates, const at::Tensor& C,
+                                      const at::Tensor& dout, const at::Tensor& ds_final, const at::Tensor& dc_final,
+                                      const at::Tensor& dcells, bool want_norms, const std::vector<int64_t>& tune,
+                                      const at::Tensor& W_hr, const at::Tensor& M) {
+  BackwardPass<T> pass(cell, lay, G, x, s0, c0, Wx, wts, peep, lengths, out, gates, C, dout, ds_final, dc_final,
+                       dcells, want_norms, tune, W_hr, M);
+  pass.run();
+  return pass.results();
 }
 
 // The sizes the kernel divides by: at least one step, batch row and hidden unit
