@@ -130,7 +130,7 @@ class Tuning:
         of the sequence) it may read through a copy in the kernel's row order, which spares
         it staging the gradients in torch's order (slices interleaved, slow at small sizes);
         larger ones in place, so that no copy of them is made (FGR at H = 512: 13 MiB). See
-        backward_impl in csrc/lstmlab_cpu.cpp.
+        BackwardPass in csrc/lstmlab_cpu.cpp.
     GATHER_MAX_BYTES: FGR's gate-to-gate weights reach a slice's products in one block per
         gate: up to this many bytes per slice they are gathered into one block (one product,
         not three).

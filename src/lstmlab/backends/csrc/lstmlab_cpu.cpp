@@ -27,7 +27,7 @@
 //   multiply-adds use the built-in kernel; allow_pack lets float products use MKL's packed
 //   weights; chunk: steps per chunk (0: chosen here); recurrent weights of at most
 //   own_order bytes may be read by the backward through a copy in its own row order (see
-//   backward_impl), and grouped weight parts of at most gather bytes through a contiguous
+//   BackwardPass), and grouped weight parts of at most gather bytes through a contiguous
 //   copy (gemm.h).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -751,6 +751,40 @@ Layout layout_of(const Cell& cell, std::vector<int64_t> bounds, const Weights& w
   return lay;
 }
 
+// The forward of one layer and direction over a whole sequence (lstmlab.backends.cpu
+// `_forward_impl` calls it; csrc/layout.py Plan packs what is in the kernel's layout).
+// Sizes: T steps, B batch rows, I inputs, H hidden units cut into P slices; Hs the width of
+// h (proj_size Q with a projection, else H); A the gates fed back (FGR, else 0); R =
+// n_rec_blocks H and gate_cols = n_blocks H (cells.h Cell); K = Hs + A H, S's row. Every
+// tensor is contiguous, on the CPU, of x's dtype (float32 or float64) unless said; an
+// absent one is an empty tensor.
+//   cfg           Cell::kFields whole numbers: the cell (Plan.cfg; cells.h Cell).
+//   bounds        P + 1 slice edges of the hidden units, 0 = bounds[0] < ... < bounds[P] = H
+//                 (with a projection, P = 1).
+//   groups        G >= 1 groups of batch rows, one per worker (G > 1 needs P = 1; steps.h).
+//   x             (T, B, I).
+//   s0            (B, K): the initial h, then (FGR) a, in the kernel's column order.
+//   c0            (B, H): the initial c (lstm kinds), else absent.
+//   Wx, bx        (gate_cols, I), (gate_cols,): weight_ih and bias_ih + bias_hh, rows in the
+//                 kernel's order (gru: bias_hh's n part in the h-side n block).
+//   W_hh          (R, Hs): torch's weight_hh as it is; h_src (R,) int64: for each row of the
+//                 kernel's Wh the row of W_hh, or absent for the identity.
+//   W_gg          (A H, A H): torch's weight_gg (FGR), else absent; a_src (A H,) int64: for
+//                 each row and column of the kernel's Wa those of W_gg, or absent.
+//   peep          (n H,): weight_ch, the peephole vectors of the cell's n peephole gates, or
+//                 absent.
+//   lengths       (B,) int64: each row's valid steps (steps past it hold the state and
+//                 output 0), or absent for all T.
+//   keep          save what `backward` needs (gates, C, M below); else they come back empty.
+//   return_cells  also return every c_t (lstm kinds).
+//   tune          5 whole numbers (see the top of this file): small_limit, allow_pack, chunk,
+//                 own_order, gather.
+//   W_hr          (Q, H): torch's weight_hr (proj_size Q; lstm kinds, one slice), or absent.
+// Returns {out (T, B, Hs), gates (T B gate_cols), C (T B H), s_final (B, K), c_final (B, H),
+// cells (T, B, H), M (T B H)}: the outputs (0 past a row's length); the gate activations
+// and every c_t in the kernel's per-slice layout (keep; C for lstm kinds); the final state
+// S and c (lstm kinds); every c_t in torch's layout, 0 past a row's length (return_cells,
+// lstm kinds); every m_t = o act(c_t) (keep, with a projection). Empty where not asked for.
 std::vector<at::Tensor> forward(std::vector<int64_t> cfg, std::vector<int64_t> bounds, int64_t groups, at::Tensor x,
                                 at::Tensor s0, at::Tensor c0, at::Tensor Wx, at::Tensor bx, at::Tensor W_hh,
                                 at::Tensor W_gg, at::Tensor h_src, at::Tensor a_src, at::Tensor peep,
@@ -774,6 +808,22 @@ std::vector<at::Tensor> forward(std::vector<int64_t> cfg, std::vector<int64_t> b
                               W_hr);
 }
 
+// The backward of `forward` (lstmlab.backends.cpu `_backward_impl`): the gradients of every
+// input of one call from those of its outputs. Sizes and the arguments cfg to peep,
+// lengths, tune and W_hr as for `forward`, the same tensors as the call being
+// differentiated; and:
+//   out, gates, C, M  what that call returned (made with keep = true).
+//   dout          (T, B, Hs): the gradient of out, or absent (zero).
+//   ds_final      (B, K): that of s_final (h_n, then a_n, in the kernel's column order), or
+//                 absent.
+//   dc_final      (B, H): that of c_final (lstm kinds), or absent.
+//   dcells        (T, B, H): that of cells (return_cells), or absent.
+//   want_norms    also return ||dL/dh_t|| and ||dL/dc_t|| per step and row.
+// Returns {dx (T, B, I), dS (B, K), dC (B, H), dWx (gate_cols, I), dbx (gate_cols,),
+// dWh (R, Hs), dWa (A H, A H), dpeep (n H,), norm_h (T, B), norm_c (T, B), dWr (Q, H)}:
+// the gradients of x, s0 (the kernel's column order), c0 (lstm kinds), Wx and bx (the
+// kernel's row order), W_hh and W_gg (torch's layout, as given), peep and W_hr; the norms
+// (want_norms; norm_c for lstm kinds). Empty (or with no rows) where the input is absent.
 std::vector<at::Tensor> backward(std::vector<int64_t> cfg, std::vector<int64_t> bounds, int64_t groups, at::Tensor x,
                                  at::Tensor s0, at::Tensor c0, at::Tensor Wx, at::Tensor W_hh, at::Tensor W_gg,
                                  at::Tensor h_src, at::Tensor a_src, at::Tensor peep, at::Tensor lengths,
