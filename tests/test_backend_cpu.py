@@ -37,16 +37,11 @@ def knobs(parallel=False, small_products=True, packed=True, chunk=0, copies=True
     place in torch's order (large ones), and groups > 1: that many groups of batch rows
     (at most one per row; instead of slices), however many threads there are."""
     small, big = (1 << 62) if small_products else 0, (1 << 62) if copies else 0
-    split = cpu._split
     with cpu.tuning(PARALLEL_MIN_WORK=0 if parallel else 1 << 62, SMALL_GEMM_LIMIT=small,
                     GROUP_SMALL_GEMM_LIMIT=small, USE_PACKED_GEMM=int(packed), CHUNK_STEPS=chunk,
                     OWN_ORDER_MAX_BYTES=big, GATHER_MAX_BYTES=big, GROUP_MIN_ROWS=1 << 62):
-        if groups > 1:
-            cpu._split = lambda B, H, work, lanes: ((0, H), min(groups, B)) if B > 1 else split(B, H, work, lanes)
-        try:
+        with cpu.force_split(groups=groups):
             yield
-        finally:
-            cpu._split = split
 
 
 def random_case(cell, dtype, T, B, I, H, seed):
@@ -159,7 +154,7 @@ def test_products_of_eight_rows_and_more(cell, dtype, groups):
 
 def test_batch_groups_are_chosen_for_small_steps_with_enough_rows():
     threads = min(torch.get_num_threads(), os.cpu_count() or 1)
-    groups = lambda B, H: cpu._split(B, H, B * 4 * H * H, 16)[1]  # noqa: E731
+    groups = lambda B, H: cpu._split(B, H, B * 4 * H * H, 16, cpu.Tuning())[1]  # noqa: E731
     assert groups(16, 64) == min(threads, 2)
     assert groups(32, 128) == min(threads, 4)
     assert groups(15, 64) == 1  # 7 rows a group: too few
@@ -213,15 +208,8 @@ FGR_CELLS = {"fgr": "fgr",
 @contextlib.contextmanager
 def forced_slices(cuts):
     """Cut the hidden units into slices at these fractions of H (however small the work)."""
-    saved = cpu._split
-
-    def split(B, H, work, lanes):
-        return tuple(sorted({0, H, *(min(H, max(1, round(f * H))) for f in cuts)})), 1
-    cpu._split = split
-    try:
+    with cpu.force_split(cuts=cuts):
         yield
-    finally:
-        cpu._split = saved
 
 
 fgr_case = st.fixed_dictionaries({

@@ -1,6 +1,7 @@
 """`lstmlab bench` end to end on a tiny shape: every number it reports is there, and the
 ratios, summary and report are made from the measured times. Nothing here asserts how long
 anything took: that depends on the machine and its load, and is the benchmark's to report."""
+import dataclasses
 import math
 import re
 
@@ -58,10 +59,10 @@ def test_run_reports_times_ratios_memory_and_product_rate():
 def test_variants_run_every_cell_again_under_their_tuning(monkeypatch):
     seen = []
     split = cpu._split
-    default = (cpu.GROUP_MIN_ROWS, cpu.CHUNK_STEPS)
+    default = (cpu.current_tuning().GROUP_MIN_ROWS, cpu.current_tuning().CHUNK_STEPS)
 
-    def spy(*args):
-        seen.append((cpu.GROUP_MIN_ROWS, cpu.CHUNK_STEPS))
+    def spy(*args):  # the tuning each call is given
+        seen.append((args[-1].GROUP_MIN_ROWS, args[-1].CHUNK_STEPS))
         return split(*args)
     monkeypatch.setattr(cpu, "_split", spy)
     variant = (("GROUP_MIN_ROWS", 1000), ("CHUNK_STEPS", 3))
@@ -72,7 +73,7 @@ def test_variants_run_every_cell_again_under_their_tuning(monkeypatch):
     assert list(rows) == ["torch.nn.LSTM", "lstm", "lstm [GROUP_MIN_ROWS=1000,CHUNK_STEPS=3]"]
     assert "vs_reference" in rows["lstm"] and "vs_reference" not in rows["lstm [GROUP_MIN_ROWS=1000,CHUNK_STEPS=3]"]
     assert {default, (1000, 3)} <= set(seen)  # each model ran under its own constants
-    assert (cpu.GROUP_MIN_ROWS, cpu.CHUNK_STEPS) == default  # and they are back
+    assert (cpu.current_tuning().GROUP_MIN_ROWS, cpu.current_tuning().CHUNK_STEPS) == default  # and it is back
 
 
 def test_tuning_checks_names_and_values_and_restores():
@@ -82,12 +83,30 @@ def test_tuning_checks_names_and_values_and_restores():
     with pytest.raises(ValueError, match=r"USE_PACKED_GEMM=2 is invalid; allowed: a whole number >= 0 \(0 or 1\)"):
         with cpu.tuning(USE_PACKED_GEMM=2):
             pass
-    before = (cpu.GROUP_MAX_WORK, cpu.USE_PACKED_GEMM)
+    before = cpu.current_tuning()
     with pytest.raises(RuntimeError):
         with cpu.tuning(GROUP_MAX_WORK=5, USE_PACKED_GEMM=0):
-            assert cpu.GROUP_MAX_WORK == 5 and cpu.USE_PACKED_GEMM is False
+            now = cpu.current_tuning()
+            assert (now.GROUP_MAX_WORK, now.USE_PACKED_GEMM, now.CHUNK_STEPS) == (5, 0, 0)
             raise RuntimeError
-    assert (cpu.GROUP_MAX_WORK, cpu.USE_PACKED_GEMM) == before
+    assert cpu.current_tuning() is before and before == cpu.Tuning() and before.GROUP_MAX_WORK == 1 << 23
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        before.GROUP_MAX_WORK = 5
+    with pytest.raises(ValueError, match=r"tuning CHUNK_STEPS=-1 is invalid; allowed: a whole number >= 0"):
+        cpu.Tuning(CHUNK_STEPS=-1)
+    with pytest.raises(ValueError, match=r"tuning force_cuts=\(1.5,\) is invalid; allowed: a tuple of fractions"):
+        cpu.force_split(cuts=(1.5,))
+
+
+def test_force_split_forces_groups_or_slices_and_restores():
+    tune = cpu.current_tuning()
+    with cpu.force_split(groups=3):
+        assert cpu._split(16, 64, 1 << 30, 16, cpu.current_tuning()) == ((0, 64), 3)
+        assert cpu._split(2, 64, 1 << 30, 16, cpu.current_tuning()) == ((0, 64), 2)  # at most one group a row
+    with cpu.force_split(cuts=(0.25, 0.5)):
+        assert cpu._split(1, 8, 1, 16, cpu.current_tuning()) == ((0, 2, 4, 8), 1)
+        assert cpu._split(1, 3, 1, 16, cpu.current_tuning()) == ((0, 1, 2, 3), 1)  # each cut at least unit 1
+    assert cpu.current_tuning() is tune
 
 
 @pytest.mark.parametrize("args,pattern", [

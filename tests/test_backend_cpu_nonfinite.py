@@ -100,10 +100,8 @@ def test_nonfinite_values_propagate_as_in_reference(cell, value, dtype):
 def test_nonfinite_propagation_in_slices_and_groups(cell):
     """The same with hidden units in parallel slices and with batch rows in groups."""
     spec = lstmlab.get_cell(cell)
-    for split in (lambda B_, H_, work, lanes: ((0, 2, H_), 1), lambda B_, H_, work, lanes: ((0, H_), 2)):
-        saved = cpu._split
-        cpu._split = split
-        try:
+    for split in ({"cuts": (2 / H,)}, {"groups": 2}):  # slices (0, 2, H); two groups
+        with cpu.force_split(**split):
             for where, index in sites(spec):
                 for value in VALUES.values():
                     m, x, state = case(spec, torch.float64, where, index, value)
@@ -111,8 +109,6 @@ def test_nonfinite_propagation_in_slices_and_groups(cell):
                     got = run(cpu, m, x, state, None)
                     for name in want:
                         same_nonfinite(got[name], want[name], torch.float64, f"{cell}, {value} in {where}: {name}")
-        finally:
-            cpu._split = saved
 
 
 @pytest.mark.parametrize("reverse", [False, True])

@@ -31,16 +31,8 @@ def cpu_backend():
 def split(groups=1, chunk=0, slices=False):
     """Batch rows in `groups` groups, or (slices=True) the hidden units offered in two
     slices, which a projected layer must decline; `chunk` steps per chunk."""
-    saved = cpu._split
-    if groups > 1:
-        cpu._split = lambda B, H, work, lanes: ((0, H), min(groups, B))
-    elif slices:
-        cpu._split = lambda B, H, work, lanes: ((0, H // 2, H), 1)
-    try:
-        with cpu.tuning(CHUNK_STEPS=chunk):
-            yield
-    finally:
-        cpu._split = saved
+    with cpu.force_split(groups=groups, cuts=(0.5,) if slices else ()), cpu.tuning(CHUNK_STEPS=chunk):
+        yield
 
 
 def projected_case(cell, T, B, I, H, P, seed, dtype=DT):

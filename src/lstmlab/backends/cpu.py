@@ -58,7 +58,7 @@ import itertools
 import os
 import warnings
 import weakref
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import NamedTuple, Optional
 
 import torch
@@ -107,64 +107,114 @@ def available() -> tuple[bool, str]:
 
 
 # ---- sharing the work between threads, and the in-loop product -------------------
-# The kernel's tuning (defaults measured on the benchmark grid, see BENCHMARKS.md).
-# Recurrent products up to this many multiply-adds use the kernel's own register-blocked
-# product; larger ones the BLAS. With groups of batch rows the products have fewer rows,
-# where the BLAS does worse (and each call inside the threads' team costs it more).
-SMALL_GEMM_LIMIT = 1 << 16
-GROUP_SMALL_GEMM_LIMIT = 1 << 19
-# Groups of batch rows, one per thread, when every group gets at least this many rows and a
-# step's recurrent products have at most this many multiply-adds: the groups meet once per
-# chunk of steps, slices of hidden units once per step; larger products split well by
-# units, and every group reads all the weights at every step.
-GROUP_MIN_ROWS = 8
-GROUP_MAX_WORK = 1 << 23
-# Otherwise one slice per thread once a step's recurrent product has this many
-# multiply-adds: below it the per-step synchronisation costs more than the second core gains.
-PARALLEL_MIN_WORK = 1 << 17
-# Let float products use MKL's packed-weight API when torch's BLAS is MKL.
-USE_PACKED_GEMM = True
-# Steps per chunk of the input projection and of the weight-gradient products (0: the
-# kernel chooses, see chunk_steps in csrc/lstmlab_cpu.cpp).
-CHUNK_STEPS = 0
-# The backward multiplies the pre-activation gradients by the recurrent weights. Weights of
-# up to this many bytes (and small beside the gradients of the sequence) it may read through
-# a copy in the kernel's row order, which spares it staging the gradients in torch's order
-# (slices interleaved, slow at small sizes); larger ones in place, so that no copy of them is
-# made (FGR at H = 512: 13 MiB). See backward_impl in csrc/lstmlab_cpu.cpp.
-OWN_ORDER_MAX_BYTES = 4 << 20
-# FGR's gate-to-gate weights reach a slice's products in one block per gate: up to this many
-# bytes per slice they are gathered into one block (one product, not three).
-GATHER_MAX_BYTES = 1 << 20
+@dataclass(frozen=True)
+class Tuning:
+    """The kernel's tuning, one frozen value (defaults measured on the benchmark grid, see
+    BENCHMARKS.md): run_layer reads the current one (`tuning` swaps it) and passes it to
+    `_split` and `_tune`. Whole numbers >= 0, USE_PACKED_GEMM 0 or 1; checked here.
+
+    SMALL_GEMM_LIMIT, GROUP_SMALL_GEMM_LIMIT: recurrent products up to this many
+        multiply-adds use the kernel's own register-blocked product, larger ones the BLAS
+        (the second with groups of batch rows: the products have fewer rows, where the BLAS
+        does worse, and each call inside the threads' team costs it more).
+    GROUP_MIN_ROWS, GROUP_MAX_WORK: groups of batch rows, one per thread, when every group
+        gets at least GROUP_MIN_ROWS rows and a step's recurrent products have at most
+        GROUP_MAX_WORK multiply-adds: the groups meet once per chunk of steps, slices of
+        hidden units once per step; larger products split well by units, and every group
+        reads all the weights at every step.
+    PARALLEL_MIN_WORK: otherwise one slice per thread once a step's recurrent product has
+        this many multiply-adds: below it the per-step synchronisation costs more than the
+        second core gains.
+    USE_PACKED_GEMM: let float products use MKL's packed-weight API when torch's BLAS is MKL.
+    CHUNK_STEPS: steps per chunk of the input projection and of the weight-gradient products
+        (0: the kernel chooses, see chunk_steps in csrc/lstmlab_cpu.cpp).
+    OWN_ORDER_MAX_BYTES: the backward multiplies the pre-activation gradients by the
+        recurrent weights. Weights of up to this many bytes (and small beside the gradients
+        of the sequence) it may read through a copy in the kernel's row order, which spares
+        it staging the gradients in torch's order (slices interleaved, slow at small sizes);
+        larger ones in place, so that no copy of them is made (FGR at H = 512: 13 MiB). See
+        BackwardPass in csrc/lstmlab_cpu.cpp.
+    GATHER_MAX_BYTES: FGR's gate-to-gate weights reach a slice's products in one block per
+        gate: up to this many bytes per slice they are gathered into one block (one product,
+        not three).
+    force_groups, force_cuts: not tuning but a way to force a split whatever the sizes
+        (tests; set through `force_split`): force_groups > 1 runs min(force_groups, B)
+        groups of batch rows where that is at least 2; force_cuts (fractions of H in (0, 1))
+        cuts the hidden units into slices there. Neither: `_split`'s rule.
+    """
+
+    SMALL_GEMM_LIMIT: int = 1 << 16
+    GROUP_SMALL_GEMM_LIMIT: int = 1 << 19
+    GROUP_MIN_ROWS: int = 8
+    GROUP_MAX_WORK: int = 1 << 23
+    PARALLEL_MIN_WORK: int = 1 << 17
+    USE_PACKED_GEMM: int = 1
+    CHUNK_STEPS: int = 0
+    OWN_ORDER_MAX_BYTES: int = 4 << 20
+    GATHER_MAX_BYTES: int = 1 << 20
+    force_groups: int = 0
+    force_cuts: tuple[float, ...] = ()
+
+    def __post_init__(self):
+        for name in TUNING + ("force_groups",):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (
+                    name == "USE_PACKED_GEMM" and value > 1):
+                raise ValueError(f"tuning {name}={value!r} is invalid; allowed: a whole number >= 0"
+                                 + (" (0 or 1)" if name == "USE_PACKED_GEMM" else ""))
+        if not isinstance(self.force_cuts, tuple) or not all(
+                isinstance(f, float) and 0 < f < 1 for f in self.force_cuts):
+            raise ValueError(f"tuning force_cuts={self.force_cuts!r} is invalid; allowed: a tuple of fractions "
+                             "of H, floats in (0, 1)")
 
 
+# The tuning names `tuning` (and `lstmlab bench --variant`) accept.
 TUNING = ("SMALL_GEMM_LIMIT", "GROUP_SMALL_GEMM_LIMIT", "GROUP_MIN_ROWS", "GROUP_MAX_WORK", "PARALLEL_MIN_WORK",
           "USE_PACKED_GEMM", "CHUNK_STEPS", "OWN_ORDER_MAX_BYTES", "GATHER_MAX_BYTES")
 
+# The Tuning that run_layer uses now: `tuning` and `force_split` swap it for a block.
+_current = Tuning()
+
+
+def current_tuning() -> Tuning:
+    """The Tuning that cpu-backend calls made now run under."""
+    return _current
+
 
 @contextlib.contextmanager
+def _swapped(value: Tuning):
+    global _current
+    saved, _current = _current, value
+    try:
+        yield value
+    finally:
+        _current = saved
+
+
 def tuning(**values: int):
-    """Override the tuning constants above (names in TUNING; whole numbers, USE_PACKED_GEMM
-    0 or 1) for the calls made inside the block: `lstmlab bench --variant` compares
-    settings this way. Not thread-safe: the constants are module-wide."""
+    """A context manager: the calls made inside the block run under the current Tuning with
+    these values (names in TUNING; whole numbers, USE_PACKED_GEMM 0 or 1): `lstmlab bench
+    --variant` compares settings this way. Not thread-safe: the current value is
+    module-wide."""
     for name, value in values.items():
         if name not in TUNING:
             raise ValueError(f"tuning {name}={value!r}: unknown; allowed: {', '.join(TUNING)}")
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (
-                name == "USE_PACKED_GEMM" and value > 1):
-            raise ValueError(f"tuning {name}={value!r} is invalid; allowed: a whole number >= 0"
-                             + (" (0 or 1)" if name == "USE_PACKED_GEMM" else ""))
-    saved = {name: globals()[name] for name in values}
-    globals().update({n: bool(v) if n == "USE_PACKED_GEMM" else v for n, v in values.items()})
-    try:
-        yield
-    finally:
-        globals().update(saved)
+    return _swapped(replace(_current, **values))
 
 
-def _tune(groups: int) -> list[int]:
-    small = GROUP_SMALL_GEMM_LIMIT if groups > 1 else SMALL_GEMM_LIMIT
-    return [small, int(USE_PACKED_GEMM), CHUNK_STEPS, OWN_ORDER_MAX_BYTES, GATHER_MAX_BYTES]
+def force_split(groups: int | None = None, cuts: tuple[float, ...] | None = None):
+    """A context manager for tests: the calls made inside the block share the work this way
+    whatever the sizes: `groups` > 1 groups of batch rows (at most one a row; with one row,
+    the usual rule), or the hidden units cut into slices at these fractions of H (each cut
+    at least unit 1). None keeps what the current Tuning forces (nothing by default)."""
+    groups = _current.force_groups if groups is None else groups
+    cuts = _current.force_cuts if cuts is None else tuple(float(f) for f in cuts)
+    return _swapped(replace(_current, force_groups=groups, force_cuts=cuts))
+
+
+def _tune(groups: int, tune: Tuning) -> list[int]:
+    small = tune.GROUP_SMALL_GEMM_LIMIT if groups > 1 else tune.SMALL_GEMM_LIMIT
+    return [small, tune.USE_PACKED_GEMM, tune.CHUNK_STEPS, tune.OWN_ORDER_MAX_BYTES, tune.GATHER_MAX_BYTES]
 
 
 # Facts of the machine, which torch.compile takes as constants when it traces run_layer.
@@ -181,13 +231,17 @@ def _threads() -> int:
     return min(torch.get_num_threads(), _CORES)
 
 
-def _split(B: int, H: int, work: int, lanes: int) -> tuple[tuple[int, ...], int]:
+def _split(B: int, H: int, work: int, lanes: int, tune: Tuning) -> tuple[tuple[int, ...], int]:
     """How the threads share a sequence: (slice edges of the hidden units, batch groups)."""
+    if min(tune.force_groups, B) >= 2:
+        return (0, H), min(tune.force_groups, B)
+    if tune.force_cuts:
+        return tuple(sorted({0, H, *(min(H, max(1, round(f * H))) for f in tune.force_cuts)})), 1
     threads = _threads()  # one worker per thread, never more than there are cores
-    groups = min(threads, B // GROUP_MIN_ROWS)
-    if groups >= 2 and work <= GROUP_MAX_WORK:
+    groups = min(threads, B // tune.GROUP_MIN_ROWS)
+    if groups >= 2 and work <= tune.GROUP_MAX_WORK:
         return (0, H), groups
-    P = 1 if threads < 2 or work < PARALLEL_MIN_WORK else min(threads, max(1, H // lanes))
+    P = 1 if threads < 2 or work < tune.PARALLEL_MIN_WORK else min(threads, max(1, H // lanes))
     # slice edges on whole vectors where possible
     edges = [min(H, round(H * p / P / lanes) * lanes) for p in range(P + 1)]
     edges[-1] = H
@@ -300,10 +354,10 @@ def _(cell, config, lengths, tensors):
     (T, B, _), H = x.shape, W_hh.shape[0] // len(spec.gates)
     P = H if W_hr is None else W_hr.shape[0]
     lstm = spec.kind == "lstm"
-    GS = (4 if spec.kind == "gru" else len(spec.gates)) * H  # the kernel's gates columns (csrc/layout.py)
+    gate_cols = (4 if spec.kind == "gru" else len(spec.gates)) * H  # the kernel's gates columns (csrc/layout.py)
     new = x.new_empty
     return [new(T, B, P), new(B, P), new(B, H) if lstm else new(0), new(B, a0.shape[1]) if a0 is not None else new(0),
-            new(T, B, H) if lstm and c.return_cells else new(0), new(T * B * GS) if c.keep else new(0),
+            new(T, B, H) if lstm and c.return_cells else new(0), new(T * B * gate_cols) if c.keep else new(0),
             new(T * B * H) if c.keep and lstm else new(0), new(T * B * H) if c.keep and W_hr is not None else new(0)]
 
 
@@ -521,7 +575,8 @@ def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
         x = reference.reverse_padded(x, lengths)
     lanes = _vector_bytes() // x.element_size()
     work = B * int(p.weight_hh.numel() + (p.weight_gg.numel() if p.weight_gg is not None else 0))  # multiply-adds
-    bounds, groups = _split(B, H, work, lanes)
+    tune = _current
+    bounds, groups = _split(B, H, work, lanes, tune)
     if p.weight_hr is not None:  # never slices (see the module docstring): groups, or one worker
         bounds = (0, H)
     record = GradNorms._register(reverse, lengths)
@@ -530,7 +585,7 @@ def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
                p.weight_ih, p.weight_hh, p.bias_ih, p.bias_hh, p.weight_ch, p.weight_gg, p.weight_hr]
     keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)  # backward to come
     config = Config(int(truncate), groups, int(keep), int(return_cells and lstm), -1 if record is None else record.id,
-                    tuple(_tune(groups)), tuple(bounds))
+                    tuple(_tune(groups, tune)), tuple(bounds))
     none = x.new_empty(0)
     args = (_spec_key(spec), config.to_list(), lengths, [none if t is None else t for t in tensors])
     if torch.jit.is_tracing() or torch.compiler.is_compiling():  # the operator itself in the graph

@@ -24,23 +24,25 @@ enum GruBlock { GRU_R = 0, GRU_Z = 1, GRU_HN = 2, GRU_N = 3 };
 // The spec's flags, as lstmlab.backends.cpu packs them.
 struct Cell {
   int kind, act, out_act;
-  int bi, bf, bg, bo;  // store block of each lstm gate, -1 if absent
+  int block_i, block_f, block_g, block_o;  // gates-row block of each lstm gate, -1 if absent
   int forget;
-  int pi, pf, po;      // peephole vector of i, f, o in weight_ch, -1 if none
-  int ai, af, ao;      // S block (1..A) holding the previous i, f, o (FGR), -1 if none
+  int peep_i, peep_f, peep_o;  // peephole vector of i, f, o in weight_ch, -1 if none
+  int fed_i, fed_f, fed_o;     // S block (1..A) holding the previous i, f, o (FGR), -1 if none
   bool truncate;
-  int Gs, Gr, A;       // store blocks, of which the first Gr are recurrent; a-blocks
+  int n_blocks;      // blocks in a gates row (one per gate; gru: r z hn n)
+  int n_rec_blocks;  // of which the first n_rec_blocks take the recurrent product
+  int A;             // gates fed back through weight_gg (FGR): S's a-blocks
   static constexpr int kFields = 18;
   explicit Cell(const std::vector<int64_t>& v)
-      : kind(v[0]), act(v[1]), out_act(v[2]), bi(v[3]), bf(v[4]), bg(v[5]), bo(v[6]), forget(v[7]),
-        pi(v[8]), pf(v[9]), po(v[10]), ai(v[11]), af(v[12]), ao(v[13]), truncate(v[14] != 0), Gs(v[15]),
-        Gr(v[16]), A(v[17]) {}
+      : kind(v[0]), act(v[1]), out_act(v[2]), block_i(v[3]), block_f(v[4]), block_g(v[5]), block_o(v[6]),
+        forget(v[7]), peep_i(v[8]), peep_f(v[9]), peep_o(v[10]), fed_i(v[11]), fed_f(v[12]), fed_o(v[13]),
+        truncate(v[14] != 0), n_blocks(v[15]), n_rec_blocks(v[16]), A(v[17]) {}
 };
 
 // Hidden units are cut into P contiguous slices [bound[p], bound[p+1]), one per thread.
 // Each slice keeps its own gates, C and dP buffers (threads never write the same cache
-// lines there): a slice's gates row holds its Gs blocks, each as wide as the slice, the
-// Gr recurrent ones first, and of those (FGR) the A gates fed back through weight_gg
+// lines there): a slice's gates row holds n_blocks blocks, each as wide as the slice, the
+// n_rec_blocks recurrent ones first, and of those (FGR) the A gates fed back through weight_gg
 // first, in weight_gg's order. Kernel-wide vectors and matrices (the bias, the rows of the
 // input weights Wx, the recurrent weights Wh: weight_hh's rows, R x H, read in this order)
 // are ordered slice by slice the same way. S is h (H, in unit order), then (FGR) the a
@@ -55,29 +57,35 @@ struct Cell {
 // caller forms h from it.
 //
 // FGR's step thus costs two products per slice, h Wh^T into all its recurrent blocks and
-// a Wa^T into its A gated ones: (Gr + A^2) H^2 multiply-adds per batch row (13 H^2 for
+// a Wa^T into its A gated ones: (n_rec_blocks + A^2) H^2 multiply-adds per batch row (13 H^2 for
 // i f o g), none of them on zeros.
 struct Layout {
-  int64_t H, P, Gs, Gr, A;
+  int64_t H, P, n_blocks, n_rec_blocks, A;
   std::vector<int64_t> bound;
   int64_t Q;  // the projection's width (proj_size), 0 for none
   Layout(const Cell& c, int64_t H_, std::vector<int64_t> b, int64_t Q_ = 0)
-      : H(H_), P((int64_t)b.size() - 1), Gs(c.Gs), Gr(c.Gr), A(c.A), bound(std::move(b)), Q(Q_) {}
+      : H(H_),
+        P((int64_t)b.size() - 1),
+        n_blocks(c.n_blocks),
+        n_rec_blocks(c.n_rec_blocks),
+        A(c.A),
+        bound(std::move(b)),
+        Q(Q_) {}
   int64_t Hs() const { return Q > 0 ? Q : H; }  // the width of h (in S, the output)
   int64_t hw(int64_t p) const { return Q > 0 ? Q : w(p); }  // slice p's part of h
   int64_t u0(int64_t p) const { return bound[p]; }
   int64_t w(int64_t p) const { return bound[p + 1] - bound[p]; }
-  int64_t GS() const { return Gs * H; }       // gates columns, all slices
-  int64_t R() const { return Gr * H; }        // recurrent gate columns, all slices
+  int64_t gate_cols() const { return n_blocks * H; }  // gates columns, all slices
+  int64_t R() const { return n_rec_blocks * H; }      // recurrent gate columns, all slices
   int64_t K() const { return Hs() + A * H; }  // S row width
   int64_t AH() const { return A * H; }        // the a part of S; Wa is AH x AH
-  int64_t gs(int64_t p) const { return Gs * w(p); }  // a slice's gates row width
+  int64_t slice_gate_cols(int64_t p) const { return n_blocks * w(p); }  // a slice's gates row width
   int64_t col(int64_t p, int64_t blk) const { return blk * w(p); }  // a block within a slice row
   // S column of slice p's block j (0: h, 1..A: a-blocks); the a ones are H + arow(p) on.
   int64_t scol(int64_t p, int64_t j) const { return j == 0 ? u0(p) : Hs() + arow(p) + (j - 1) * w(p); }
   int64_t arow(int64_t p) const { return A * u0(p); }  // slice p's first row (column) of Wa
   // Where slice p's part of a per-slice buffer of `rows` rows starts (units: elements).
-  int64_t gates_at(int64_t p, int64_t rows) const { return rows * Gs * u0(p); }
+  int64_t gates_at(int64_t p, int64_t rows) const { return rows * n_blocks * u0(p); }
   int64_t units_at(int64_t p, int64_t rows) const { return rows * u0(p); }
 };
 
@@ -136,16 +144,17 @@ struct CellKernel {
     // The LSTM step in passes over the slice, each a loop of independent iterations (so
     // the transcendental functions of several vectors are in flight at once), the
     // activation chosen once per pass rather than per element.
-    const int64_t oi = c.bi >= 0 ? lay.col(p, c.bi) : -1, of = c.bf >= 0 ? lay.col(p, c.bf) : -1,
-                  og = lay.col(p, c.bg), oo = c.bo >= 0 ? lay.col(p, c.bo) : -1;
+    const int64_t oi = c.block_i >= 0 ? lay.col(p, c.block_i) : -1,
+                  of = c.block_f >= 0 ? lay.col(p, c.block_f) : -1, og = lay.col(p, c.block_g),
+                  oo = c.block_o >= 0 ? lay.col(p, c.block_o) : -1;
     T* gi = oi >= 0 ? g + oi : nullptr;
     T* gf = of >= 0 ? g + of : nullptr;
     T* gg = g + og;
     T* go = oo >= 0 ? g + oo : nullptr;
     const T* cp = cprev;
     T* cn = cnew;
-    if (gi) gate_pass(gi, bias + oi, c.pi >= 0 ? peep + c.pi * H + u0 : nullptr, cp, w);
-    if (gf) gate_pass(gf, bias + of, c.pf >= 0 ? peep + c.pf * H + u0 : nullptr, cp, w);
+    if (gi) gate_pass(gi, bias + oi, c.peep_i >= 0 ? peep + c.peep_i * H + u0 : nullptr, cp, w);
+    if (gf) gate_pass(gf, bias + of, c.peep_f >= 0 ? peep + c.peep_f * H + u0 : nullptr, cp, w);
     activate_pass(c.act, gg, bias + og, gg, w);
     for (int64_t u = 0; u < w; u += L) {
       const int n = (int)std::min<int64_t>(L, w - u);
@@ -153,7 +162,7 @@ struct CellKernel {
       V f = gf ? ld(gf + u, n) : (c.forget == FORGET_COUPLED ? T(1) - i : splat(T(1)));
       st(cn + u, f * ld(cp + u, n) + i * ld(gg + u, n), n);
     }
-    if (go) gate_pass(go, bias + oo, c.po >= 0 ? peep + c.po * H + u0 : nullptr, cn, w);
+    if (go) gate_pass(go, bias + oo, c.peep_o >= 0 ? peep + c.peep_o * H + u0 : nullptr, cn, w);
     activate_pass(c.out_act, cn, nullptr, h, w);
     for (int64_t u = 0; u < w; u += L) {
       const int n = (int)std::min<int64_t>(L, w - u);
@@ -162,7 +171,7 @@ struct CellKernel {
       st(h + u, hv, n);
       if (!lay.Q) st(sh + u, hv, n);  // with a projection, hout is m's row: the caller forms h
     }
-    const int64_t ablk[3] = {c.ai, c.af, c.ao};
+    const int64_t ablk[3] = {c.fed_i, c.fed_f, c.fed_o};
     T* const gates_ifo[3] = {gi, gf, go};
     for (int k = 0; k < 3; ++k)
       if (ablk[k] > 0) std::memcpy(snext + lay.scol(p, ablk[k]), gates_ifo[k], sizeof(T) * w);
@@ -271,19 +280,20 @@ struct CellKernel {
                      const T* dcell, T* dbias, T* dpeep, V& acc_h, V& acc_c, T* dm) const {
     const int64_t u0 = lay.u0(p), w = lay.w(p), H = lay.H;
     const bool full = !c.truncate;
-    const int64_t oi = c.bi >= 0 ? lay.col(p, c.bi) : -1, of = c.bf >= 0 ? lay.col(p, c.bf) : -1,
-                  og = lay.col(p, c.bg), oo = c.bo >= 0 ? lay.col(p, c.bo) : -1;
-    const T* pe_i = c.pi >= 0 ? peep + c.pi * H + u0 : nullptr;
-    const T* pe_f = c.pf >= 0 ? peep + c.pf * H + u0 : nullptr;
-    const T* pe_o = c.po >= 0 ? peep + c.po * H + u0 : nullptr;
-    T* dpe_i = c.pi >= 0 ? dpeep + c.pi * H + u0 : nullptr;
-    T* dpe_f = c.pf >= 0 ? dpeep + c.pf * H + u0 : nullptr;
-    T* dpe_o = c.po >= 0 ? dpeep + c.po * H + u0 : nullptr;
+    const int64_t oi = c.block_i >= 0 ? lay.col(p, c.block_i) : -1,
+                  of = c.block_f >= 0 ? lay.col(p, c.block_f) : -1, og = lay.col(p, c.block_g),
+                  oo = c.block_o >= 0 ? lay.col(p, c.block_o) : -1;
+    const T* pe_i = c.peep_i >= 0 ? peep + c.peep_i * H + u0 : nullptr;
+    const T* pe_f = c.peep_f >= 0 ? peep + c.peep_f * H + u0 : nullptr;
+    const T* pe_o = c.peep_o >= 0 ? peep + c.peep_o * H + u0 : nullptr;
+    T* dpe_i = c.peep_i >= 0 ? dpeep + c.peep_i * H + u0 : nullptr;
+    T* dpe_f = c.peep_f >= 0 ? dpeep + c.peep_f * H + u0 : nullptr;
+    T* dpe_o = c.peep_o >= 0 ? dpeep + c.peep_o * H + u0 : nullptr;
     T* dsh = dm ? dm : ds + lay.scol(p, 0);
     if (dm) dout = nullptr;  // in dm already
-    T* da_i = c.ai > 0 ? ds + lay.scol(p, c.ai) : nullptr;
-    T* da_f = c.af > 0 ? ds + lay.scol(p, c.af) : nullptr;
-    T* da_o = c.ao > 0 ? ds + lay.scol(p, c.ao) : nullptr;
+    T* da_i = c.fed_i > 0 ? ds + lay.scol(p, c.fed_i) : nullptr;
+    T* da_f = c.fed_f > 0 ? ds + lay.scol(p, c.fed_f) : nullptr;
+    T* da_o = c.fed_o > 0 ? ds + lay.scol(p, c.fed_o) : nullptr;
     const V one = splat(T(1));
     for (int64_t u = 0; u < w; u += L) {
       const int n = (int)std::min<int64_t>(L, w - u);
@@ -347,7 +357,7 @@ struct CellKernel {
   // A padded step: the gradient passes through the held state; no pre-activation gradient.
   void skip_row(int64_t p, T* dp) const {
     const int64_t w = lay.w(p);
-    for (int64_t blk = 0; blk < lay.Gs; ++blk) std::memset(dp + lay.col(p, blk), 0, sizeof(T) * w);
+    for (int64_t blk = 0; blk < lay.n_blocks; ++blk) std::memset(dp + lay.col(p, blk), 0, sizeof(T) * w);
   }
 
   static T reduce(V v) {

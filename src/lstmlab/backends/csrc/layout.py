@@ -57,7 +57,7 @@ class Plan:
     bounds: list
     H: int
     Hs: int
-    GS: int
+    gate_cols: int
     x_src: torch.Tensor | None
     r_src: torch.Tensor | None
     x_dst: torch.Tensor | None
@@ -67,10 +67,10 @@ class Plan:
     a_src: torch.Tensor | None
 
     def pack(self, W_ih, b_ih, b_hh, h0, a0):
-        """The kernel's Wx (GS, I), bx (GS,) and s0 (B, K) (no autograd here)."""
+        """The kernel's Wx (gate_cols, I), bx (gate_cols,) and s0 (B, K) (no autograd here)."""
         zero_row = lambda w: torch.cat([w, w.new_zeros(1, w.shape[1])])  # noqa: E731
         Wx = W_ih if self.x_src is None else zero_row(W_ih).index_select(0, self.x_src)
-        bx = W_ih.new_zeros(self.GS)
+        bx = W_ih.new_zeros(self.gate_cols)
         if b_ih is not None:
             for dst, b in ((self.x_dst, b_ih), (self.hb_dst, b_hh)):
                 bx = bx + b if dst is None else bx.index_add(0, dst, b)
@@ -107,10 +107,10 @@ def plan(spec: CellSpec, H: int, bounds: tuple[int, ...], truncate: bool, proj: 
         raise ValueError(f"bounds={bounds!r} with proj={proj}: a projection runs in one slice of hidden units")
     gates, fed_back = spec.gates, spec.recurrent_gates
     if spec.kind == "gru":
-        blocks, Gr = ("r", "z", "hn", "n"), 3  # h-side n (R_n h + b_hn) kept apart from x-side n
+        blocks, n_rec_blocks = ("r", "z", "hn", "n"), 3  # h-side n (R_n h + b_hn) kept apart from x-side n
     else:  # FGR: the gates fed back through weight_gg first (in its order), so they are contiguous
-        blocks, Gr = fed_back + tuple(g for g in gates if g not in fed_back), len(gates)
-    Gs, A = len(blocks), len(fed_back)
+        blocks, n_rec_blocks = fed_back + tuple(g for g in gates if g not in fed_back), len(gates)
+    n_blocks, A = len(blocks), len(fed_back)
     P = len(bounds) - 1
     slice_of = [p for p in range(P) for _ in range(bounds[p], bounds[p + 1])]
 
@@ -128,15 +128,15 @@ def plan(spec: CellSpec, H: int, bounds: tuple[int, ...], truncate: bool, proj: 
 
     x_blk = {"n": 3} if spec.kind == "gru" else {}
     h_blk = {"n": 2} if spec.kind == "gru" else {}
-    GS, R, K = Gs * H, Gr * H, (1 + A) * H
-    x_src, r_src = [len(gates) * H] * GS, [0] * R
+    gate_cols, R, K = n_blocks * H, n_rec_blocks * H, (1 + A) * H
+    x_src, r_src = [len(gates) * H] * gate_cols, [0] * R
     x_dst, hb_dst = ([0] * (len(gates) * H) for _ in range(2))
     for gi, name in enumerate(gates):
         for u in range(H):
             j = gi * H + u
-            x_dst[j] = col(x_blk.get(name, blocks.index(name)), u, Gs)   # weight_ih, bias_ih
-            hb_dst[j] = col(h_blk.get(name, blocks.index(name)), u, Gs)  # bias_hh (gates row)
-            r_src[col(h_blk.get(name, blocks.index(name)), u, Gr)] = j  # weight_hh (recurrent rows)
+            x_dst[j] = col(x_blk.get(name, blocks.index(name)), u, n_blocks)   # weight_ih, bias_ih
+            hb_dst[j] = col(h_blk.get(name, blocks.index(name)), u, n_blocks)  # bias_hh (gates row)
+            r_src[col(h_blk.get(name, blocks.index(name)), u, n_rec_blocks)] = j  # weight_hh (recurrent rows)
             x_src[x_dst[j]] = j
     s_src = [0] * K
     for u in range(H):
@@ -163,10 +163,10 @@ def plan(spec: CellSpec, H: int, bounds: tuple[int, ...], truncate: bool, proj: 
     lstm = spec.kind == "lstm"
     cfg = [_KIND[spec.kind], ACTIVATIONS[spec.activation].code, ACTIVATIONS[spec.output_activation].code,
            *(blk(g) if lstm else -1 for g in "ifgo"), _FORGET[spec.forget_gate],
-           *(peep(g) for g in "ifo"), *(a_blk(g) for g in "ifo"), int(truncate), Gs, Gr, A]
+           *(peep(g) for g in "ifo"), *(a_blk(g) for g in "ifo"), int(truncate), n_blocks, n_rec_blocks, A]
     ident = _or_identity
-    dst = ident if len(gates) * H == GS else torch.tensor  # gru: 3H rows into 4H, never the identity
+    dst = ident if len(gates) * H == gate_cols else torch.tensor  # gru: 3H rows into 4H, never the identity
     # one slice: S is cat(h, a) as torch holds it, h proj wide with a projection
     s_src, s_dst = (None, None) if proj else (ident(s_src), ident(s_dst))
-    return Plan(cfg, list(bounds), H, proj or H, GS, ident(x_src), ident(r_src), dst(x_dst), dst(hb_dst), s_src,
-                s_dst, ident(a_src))
+    return Plan(cfg, list(bounds), H, proj or H, gate_cols, ident(x_src), ident(r_src), dst(x_dst), dst(hb_dst),
+                s_src, s_dst, ident(a_src))

@@ -27,7 +27,7 @@
 //   multiply-adds use the built-in kernel; allow_pack lets float products use MKL's packed
 //   weights; chunk: steps per chunk (0: chosen here); recurrent weights of at most
 //   own_order bytes may be read by the backward through a copy in its own row order (see
-//   backward_impl), and grouped weight parts of at most gather bytes through a contiguous
+//   BackwardPass), and grouped weight parts of at most gather bytes through a contiguous
 //   copy (gemm.h).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -50,8 +50,8 @@ namespace {
 // all of it, but for gru not the h-side n block (R_n h + b_hn), whose rows of Wx are zero:
 // the products skip it, so that an infinite input gives no 0 * inf = NaN there (nor in dx).
 std::vector<std::pair<int64_t, int64_t>> input_runs(const Cell& cell, int64_t w) {
-  if (cell.kind == KIND_GRU) return {{0, GRU_HN * w}, {(GRU_HN + 1) * w, (cell.Gs - GRU_HN - 1) * w}};
-  return {{0, cell.Gs * w}};
+  if (cell.kind == KIND_GRU) return {{0, GRU_HN * w}, {(GRU_HN + 1) * w, (cell.n_blocks - GRU_HN - 1) * w}};
+  return {{0, cell.n_blocks * w}};
 }
 
 void check(const at::Tensor& t, const char* name, at::ScalarType dtype) {
@@ -65,89 +65,149 @@ void check(const at::Tensor& t, const char* name, at::ScalarType dtype) {
 // Steps per chunk: about 256 rows (chunk * B) for efficient weight-gradient products (256
 // per group with G groups, which meet once per chunk), at most 2 MiB of a worker's gates
 // (about the L2 cache of a core). Measured: BENCHMARKS.md.
-int64_t chunk_steps(int64_t requested, int64_t T, int64_t B, int64_t GS, int64_t P, int64_t G, int64_t elt) {
+int64_t chunk_steps(int64_t requested, int64_t T, int64_t B, int64_t gate_cols, int64_t P, int64_t G, int64_t elt) {
   if (requested > 0) return std::min(requested, T);
   const int64_t by_rows = (256 * G + B - 1) / B;
-  const int64_t by_bytes = std::max<int64_t>(1, (2 << 20) / std::max<int64_t>(1, B * GS / std::max(P, G) * elt));
+  const int64_t by_bytes = std::max<int64_t>(1, (2 << 20) / std::max<int64_t>(1, B * gate_cols / std::max(P, G) * elt));
   return std::max<int64_t>(1, std::min({by_rows, by_bytes, T}));
 }
 
+// One call of `forward`: its sizes, buffers and workers (set up on construction), what a
+// worker does at a step (`step`), and the results. forward_impl runs it.
 template <class T>
-std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, int64_t G, const at::Tensor& x,
-                                     const at::Tensor& s0, const at::Tensor& c0, const at::Tensor& Wx,
-                                     const at::Tensor& bx, const Weights& wts, const at::Tensor& peep,
-                                     const at::Tensor& lengths, bool keep, bool return_cells,
-                                     const std::vector<int64_t>& tune, const at::Tensor& W_hr) {
-  const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2), H = lay.H, Hs = lay.Hs(), Q = lay.Q;
-  const int64_t GS = lay.GS(), K = lay.K(), P = lay.P, Gs = lay.Gs, Gr = lay.Gr, A = lay.A, AH = lay.AH();
-  const int64_t CH = chunk_steps(tune[2], T_, B, GS, P, G, sizeof(T));
-  const bool lstm = cell.kind == KIND_LSTM;
-  const bool keep_c = keep || return_cells;
+struct ForwardPass {
+  using Part = typename StepProduct<T>::Part;
+  const Cell& cell;
+  const Layout& lay;
+  const int64_t G;  // groups of batch rows (1: slices of hidden units)
+  const at::Tensor &c0, &lengths;
+  const bool keep, return_cells;
+  const int64_t T_, B, I, H, Hs, Q, gate_cols, K, P, A, AH, n_blocks, n_rec_blocks, CH;
+  const bool lstm;
+  const bool keep_c;  // every c_t kept (for the backward or return_cells)
   // Without a backward to feed, gates and c are rings (a chunk, two steps).
-  const int64_t Tg = keep ? T_ : CH, Tc = lstm ? (keep_c ? T_ : 2) : 0;
-  auto opts = x.options();
-  at::Tensor gates = at::empty({Tg * B * GS}, opts);
-  at::Tensor out = at::empty({T_, B, Hs}, opts);
-  at::Tensor C = at::empty({Tc * B * H}, opts);
-  // with a projection, m_t = o act(c_t) of every step (a backward to feed) or of one
-  at::Tensor M = at::empty({Q > 0 ? (keep ? T_ : 1) * B * H : 0}, opts);
-  at::Tensor S = at::empty({2, B, K}, opts);
-  S[0].copy_(s0);
-  const SliceBuffer<T> Gb{ptr<T>(gates), lay, Tg * B, true}, Cb{ptr<T>(C), lay, Tc * B, false};
-
-  const T *wh = ptr<T>(wts.W_hh), *wa = ptr<T>(wts.W_gg), *wx = ptr<T>(Wx), *xp = ptr<T>(x), *bxp = ptr<T>(bx),
-          *c0p = ptr<T>(c0);
+  const int64_t Tg, Tc;
+  const at::TensorOptions opts;
+  at::Tensor gates, out, C;
+  at::Tensor M;  // with a projection, m_t = o act(c_t) of every step (a backward to feed) or of one
+  at::Tensor S;  // the state the recurrent product reads, by step parity: (2, B, K)
+  const SliceBuffer<T> Gb, Cb;
+  const T *wh, *wa, *wx, *xp, *bxp, *c0p;
   // part p: slice p's recurrent gate rows of Wh, transposed; part P + p (FGR): its gated
   // rows of Wa, transposed (columns: the a part of S); then (projection) W_hr, transposed
-  std::vector<typename StepProduct<T>::Part> parts;
-  for (int64_t p = 0; p < P; ++p) {
-    const int64_t r0 = Gr * lay.u0(p);
-    const int64_t* rows = wts.h_map(r0);
-    parts.push_back({rows ? wh : wh + r0 * Hs, Hs, Hs, Gr * lay.w(p), true, rows});
-  }
-  for (int64_t p = 0; A > 0 && p < P; ++p) {
-    const int64_t a0 = lay.arow(p);
-    const int64_t* rows = wts.a_map(a0);
-    parts.push_back({rows ? wa : wa + a0 * AH, AH, AH, A * lay.w(p), true, rows, wts.a_map(0)});
-  }
-  const size_t proj_part = parts.size();
-  if (Q > 0) parts.push_back({ptr<T>(W_hr), H, H, Q, true});
-  const Workers<T> work(B, G, P, parts, tune);
-  SliceClock clock(work.n);
+  const std::vector<Part> parts;
+  const size_t proj_part;
+  const Workers<T> work;
+  SliceClock clock;
+  const CellKernel<T> kern;
+  T *Sp, *o, *mp;
 
-  const CellKernel<T> kern{cell, lay, B, ptr<int64_t>(lengths), ptr<T>(peep)};
-  T *Sp = ptr<T>(S), *o = ptr<T>(out), *mp = ptr<T>(M);
-  auto m_row = [&](int64_t t, int64_t b) { return mp + ((keep ? t : 0) * B + b) * H; };
-  auto gates_row = [&](int64_t p, int64_t t, int64_t b) { return Gb.row(p, (t % Tg) * B + b); };
-  auto c_row = [&](int64_t p, int64_t t, int64_t b) {  // c_t of row b, slice p (t = -1: c0)
+  ForwardPass(const Cell& cell_, const Layout& lay_, int64_t G_, const at::Tensor& x, const at::Tensor& s0,
+              const at::Tensor& c0_, const at::Tensor& Wx, const at::Tensor& bx, const Weights& wts,
+              const at::Tensor& peep, const at::Tensor& lengths_, bool keep_, bool return_cells_,
+              const std::vector<int64_t>& tune, const at::Tensor& W_hr)
+      : cell(cell_),
+        lay(lay_),
+        G(G_),
+        c0(c0_),
+        lengths(lengths_),
+        keep(keep_),
+        return_cells(return_cells_),
+        T_(x.size(0)),
+        B(x.size(1)),
+        I(x.size(2)),
+        H(lay.H),
+        Hs(lay.Hs()),
+        Q(lay.Q),
+        gate_cols(lay.gate_cols()),
+        K(lay.K()),
+        P(lay.P),
+        A(lay.A),
+        AH(lay.AH()),
+        n_blocks(lay.n_blocks),
+        n_rec_blocks(lay.n_rec_blocks),
+        CH(chunk_steps(tune[2], T_, B, gate_cols, P, G, sizeof(T))),
+        lstm(cell.kind == KIND_LSTM),
+        keep_c(keep || return_cells),
+        Tg(keep ? T_ : CH),
+        Tc(lstm ? (keep_c ? T_ : 2) : 0),
+        opts(x.options()),
+        gates(at::empty({Tg * B * gate_cols}, opts)),
+        out(at::empty({T_, B, Hs}, opts)),
+        C(at::empty({Tc * B * H}, opts)),
+        M(at::empty({Q > 0 ? (keep ? T_ : 1) * B * H : 0}, opts)),
+        S(at::empty({2, B, K}, opts)),
+        Gb{ptr<T>(gates), lay, Tg * B, true},
+        Cb{ptr<T>(C), lay, Tc * B, false},
+        wh(ptr<T>(wts.W_hh)),
+        wa(ptr<T>(wts.W_gg)),
+        wx(ptr<T>(Wx)),
+        xp(ptr<T>(x)),
+        bxp(ptr<T>(bx)),
+        c0p(ptr<T>(c0)),
+        parts(recurrent_parts(wts, W_hr)),
+        proj_part(Q > 0 ? parts.size() - 1 : parts.size()),
+        work(B, G, P, parts, tune),
+        clock(work.n),
+        kern{cell, lay, B, ptr<int64_t>(lengths), ptr<T>(peep)},
+        Sp(ptr<T>(S)),
+        o(ptr<T>(out)),
+        mp(ptr<T>(M)) {
+    S[0].copy_(s0);
+  }
+
+  std::vector<Part> recurrent_parts(const Weights& wts, const at::Tensor& W_hr) const {
+    std::vector<Part> parts;
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t r0 = n_rec_blocks * lay.u0(p);
+      const int64_t* rows = wts.h_map(r0);
+      parts.push_back({rows ? wh : wh + r0 * Hs, Hs, Hs, n_rec_blocks * lay.w(p), true, rows});
+    }
+    for (int64_t p = 0; A > 0 && p < P; ++p) {
+      const int64_t a0 = lay.arow(p);
+      const int64_t* rows = wts.a_map(a0);
+      parts.push_back({rows ? wa : wa + a0 * AH, AH, AH, A * lay.w(p), true, rows, wts.a_map(0)});
+    }
+    if (Q > 0) parts.push_back({ptr<T>(W_hr), H, H, Q, true});
+    return parts;
+  }
+
+  T* m_row(int64_t t, int64_t b) const { return mp + ((keep ? t : 0) * B + b) * H; }
+  T* gates_row(int64_t p, int64_t t, int64_t b) const { return Gb.row(p, (t % Tg) * B + b); }
+  T* c_row(int64_t p, int64_t t, int64_t b) const {  // c_t of row b, slice p (t = -1: c0)
     return t < 0 ? const_cast<T*>(c0p) + b * H + lay.u0(p) : Cb.row(p, (keep_c ? t : (t & 1)) * B + b);
-  };
-  // Share g of G of the rows of slice p's input projection x W^T for the chunk from step t
-  // (the bias is added in the pointwise pass).
-  auto input_projection = [&](int64_t p, int64_t t, int64_t g, int64_t G_) {
-    const int64_t gsp = lay.gs(p), r0 = B * std::min(CH, T_ - t) * g / G_, r1 = B * std::min(CH, T_ - t) * (g + 1) / G_;
-    T* dst = gates_row(p, t, 0) + r0 * gsp;
+  }
+
+  // Share g of n_shares of the rows of slice p's input projection x W^T for the chunk from
+  // step t (the bias is added in the pointwise pass).
+  void input_projection(int64_t p, int64_t t, int64_t g, int64_t n_shares) const {
+    const int64_t slice_cols = lay.slice_gate_cols(p), rows = B * std::min(CH, T_ - t);
+    const int64_t r0 = rows * g / n_shares, r1 = rows * (g + 1) / n_shares;
+    T* dst = gates_row(p, t, 0) + r0 * slice_cols;
     for (const auto& [c0, len] : input_runs(cell, lay.w(p)))
-      gemm_blas<T>(false, true, r1 - r0, len, I, xp + (t * B + r0) * I, I, wx + (Gs * lay.u0(p) + c0) * I, I, dst + c0,
-                   gsp, false);
+      gemm_blas<T>(false, true, r1 - r0, len, I, xp + (t * B + r0) * I, I, wx + (n_blocks * lay.u0(p) + c0) * I, I,
+                   dst + c0, slice_cols, false);
     if (cell.kind == KIND_GRU)  // the h-side n block: the recurrent product adds to 0
-      for (int64_t r = 0; r < r1 - r0; ++r) std::memset(dst + r * gsp + GRU_HN * lay.w(p), 0, sizeof(T) * lay.w(p));
-  };
-  auto step = [&](int64_t t, int64_t k) {  // step t of worker k: slice p, batch rows [b0, b1)
+      for (int64_t r = 0; r < r1 - r0; ++r)
+        std::memset(dst + r * slice_cols + GRU_HN * lay.w(p), 0, sizeof(T) * lay.w(p));
+  }
+
+  // Step t of worker k: slice p, batch rows [b0, b1).
+  void step(int64_t t, int64_t k) {
     const auto [p, b0, b1] = work.at(k);
     const StepProduct<T>& product = work.product(k);
     auto since = clock.now();
-    const int64_t gsp = lay.gs(p);
+    const int64_t slice_cols = lay.slice_gate_cols(p);
     if (G == 1 && t % CH == 0) {
       input_projection(p, t, 0, 1);
       clock.add(k, F_INPUT, since);
     }
     const T* sprev = Sp + (t & 1) * B * K;
     T* snext = Sp + ((t + 1) & 1) * B * K;
-    product(p, sprev + b0 * K, K, gates_row(p, t, b0), gsp, true);
-    if (A > 0) product(P + p, sprev + b0 * K + Hs, K, gates_row(p, t, b0), gsp, true);  // gated blocks first
+    product(p, sprev + b0 * K, K, gates_row(p, t, b0), slice_cols, true);
+    if (A > 0) product(P + p, sprev + b0 * K + Hs, K, gates_row(p, t, b0), slice_cols, true);  // gated blocks first
     clock.add(k, F_PRODUCT, since);
-    const T* bias = bxp + Gs * lay.u0(p);
+    const T* bias = bxp + n_blocks * lay.u0(p);
     for (int64_t b = b0; b < b1; ++b) {
       T* hout = Q > 0 ? m_row(t, b) : o + (t * B + b) * H;
       const T* cp = lstm ? c_row(p, t - 1, b) : nullptr;
@@ -168,213 +228,347 @@ std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, int64_
       }
     }
     clock.add(k, F_POINTWISE, since);
-  };
-  if (G > 1) {  // the groups meet before each chunk and share its input projection
-    auto since = clock.now();
-    input_projection(0, 0, 0, 1);
-    clock.add(0, F_INPUT, since);
-    run_groups(T_, G, step, [&](int64_t t) { return (t + 1) % CH == 0 && t + 1 < T_; },
-               [&](int64_t t, int64_t g) {
-                 auto since = clock.now();
-                 input_projection(0, t + 1, g, G);
-                 clock.add(g, F_INPUT, since);
-               });
-  } else {
-    run_steps(T_, P, step);
   }
-  clock.fold();
-  if (g_clock.on) g_clock.flops[0] += 2.0 * T_ * B * (lay.R() * Hs + AH * AH + Q * H);
-  at::Tensor s_final = S[T_ & 1].clone();
-  // c_n, and every c_t for return_cells, in (B, H) / (T, B, H) from the slices' rows
-  auto gather_c = [&](int64_t t, T* dst) {
+
+  // Every step: slices meet at each step; groups before each chunk, to share its input
+  // projection.
+  void run() {
+    if (G > 1) {
+      auto since = clock.now();
+      input_projection(0, 0, 0, 1);
+      clock.add(0, F_INPUT, since);
+      run_groups(
+          T_, G, [this](int64_t t, int64_t k) { step(t, k); },
+          [this](int64_t t) { return (t + 1) % CH == 0 && t + 1 < T_; },
+          [this](int64_t t, int64_t g) {
+            auto since = clock.now();
+            input_projection(0, t + 1, g, G);
+            clock.add(g, F_INPUT, since);
+          });
+    } else {
+      run_steps(T_, P, [this](int64_t t, int64_t k) { step(t, k); });
+    }
+    clock.fold();
+    if (g_clock.on) g_clock.flops[0] += 2.0 * T_ * B * (lay.R() * Hs + AH * AH + Q * H);
+  }
+
+  // c_t of every row, (B, H), from the slices' rows
+  void gather_c(int64_t t, T* dst) const {
     for (int64_t b = 0; b < B; ++b)
       for (int64_t p = 0; p < P; ++p) std::memcpy(dst + b * H + lay.u0(p), c_row(p, t, b), sizeof(T) * lay.w(p));
-  };
-  at::Tensor c_final = lstm ? at::empty({B, H}, opts) : at::empty({0}, opts);
-  if (lstm) gather_c(T_ - 1, ptr<T>(c_final));
-  at::Tensor cells = at::empty({0}, opts);
-  if (lstm && return_cells) {
-    cells = at::empty({T_, B, H}, opts);
-    T* cp = ptr<T>(cells);
-    for (int64_t t = 0; t < T_; ++t) gather_c(t, cp + t * B * H);
-    if (has(lengths)) {
-      const int64_t* len = ptr<int64_t>(lengths);
-      for (int64_t t = 0; t < T_; ++t)
-        for (int64_t b = 0; b < B; ++b)
-          if (t >= len[b]) std::memset(cp + (t * B + b) * H, 0, sizeof(T) * H);
-    }
   }
-  if (!keep) gates = at::empty({0}, opts), C = at::empty({0}, opts), M = at::empty({0}, opts);
-  return {out, gates, C, s_final, c_final, cells, M};
-}
 
-template <class T>
-std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64_t G, const at::Tensor& x,
-                                      const at::Tensor& s0, const at::Tensor& c0, const at::Tensor& Wx,
-                                      const Weights& wts, const at::Tensor& peep, const at::Tensor& lengths,
-                                      const at::Tensor& out, const at::Tensor& gates, const at::Tensor& C,
-                                      const at::Tensor& dout, const at::Tensor& ds_final, const at::Tensor& dc_final,
-                                      const at::Tensor& dcells, bool want_norms, const std::vector<int64_t>& tune,
-                                      const at::Tensor& W_hr, const at::Tensor& M) {
-  const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2), H = lay.H, Hs = lay.Hs(), Q = lay.Q;
-  const int64_t GS = lay.GS(), R = lay.R(), K = lay.K(), P = lay.P, A = lay.A, AH = lay.AH(), Gs = lay.Gs,
-                Gr = lay.Gr;
-  const int64_t CH = chunk_steps(tune[2], T_, B, GS, P, G, sizeof(T));
-  const int64_t RING = std::min(2 * CH, T_);  // dP: a ring of two chunks
-  const bool lstm = cell.kind == KIND_LSTM;
-  auto opts = x.options();
-  // The next step's products read dP_t's recurrent part as one (B, R) matrix D_t and (FGR)
-  // its gated part as one (B, AH) matrix, and multiply them by weight_hh and weight_gg with
-  // rows in the same order, in one of two ways. Own order: D_t in the kernel's order, every
-  // slice's gated blocks, then every slice's others (with one slice that is dP itself), the
-  // gated part its first AH columns; the products read copies of the weights in that row
-  // order (made by StepProduct, one pass over the weights). Torch's order: D_t and the
-  // gated part staged in torch's row order, and the products read the parameters in place,
-  // so that no copy as large as the weights is made; but the staging interleaves the
-  // slices' blocks in each row, which the two cores pay for in every step. Own order is
-  // taken for weights of at most tune[3] bytes that are also at most a quarter of the
-  // recurrent gradients over the sequence (T B (R + AH) numbers), where one pass over them
-  // costs less than the staging it saves (measured: BENCHMARKS.md). Staged copies
-  // alternate by step parity.
-  const int64_t weight_bytes = (R * Hs + AH * AH) * (int64_t)sizeof(T);
-  const bool own = weight_bytes <= tune[3] && 4 * weight_bytes <= T_ * B * (R + AH) * (int64_t)sizeof(T);
-  const bool stage_h = !cell.truncate && (P > 1 || (!own && has(wts.h_src)));
-  const bool stage_a = A > 0 && stage_h && !own;  // torch's order: i f g o, the gated part apart
-  at::Tensor dP = at::empty({RING * B * GS}, opts);
-  at::Tensor stage = at::empty({stage_h ? 2 : 0, B, R}, opts);
-  at::Tensor stage_g = at::empty({stage_a ? 2 : 0, B, AH}, opts);
-  at::Tensor dS = has(ds_final) ? ds_final.clone() : at::zeros({B, K}, opts);
-  at::Tensor dC = lstm ? (has(dc_final) ? dc_final.clone() : at::zeros({B, H}, opts)) : at::empty({0}, opts);
-  // the bias and peephole gradients sum over the rows: one share per group
-  at::Tensor dbx = at::zeros({G, GS}, opts);
-  at::Tensor dpeep = at::zeros({G, peep.numel()}, opts);
-  at::Tensor dWx = at::zeros({GS, I}, opts);
-  at::Tensor dWh = at::zeros({R, Hs}, opts);
-  // projection: dL/dh_t of every step (0 past a length) for dW_hr = sum_t dh_t^T m_t, one
-  // step's dL/dm_t = dh_t W_hr (B, H)
-  at::Tensor dWr = at::zeros({Q, Q > 0 ? H : 0}, opts);
-  at::Tensor DQ = at::empty({Q > 0 ? T_ * B * Q : 0}, opts);
-  at::Tensor DM = at::empty({Q > 0 ? B * H : 0}, opts);
-  at::Tensor dWa = at::zeros({A > 0 ? AH : 0, AH}, opts);
-  at::Tensor dx = P == 1 ? at::empty({T_, B, I}, opts) : at::empty({P, T_, B, I}, opts);  // per-slice shares
-  at::Tensor norms = at::zeros({want_norms ? 2 : 0, P, T_, B}, opts);
-
-  // Where slice p's blocks go in D_t and in the staged gated part: runs of blocks that
-  // stay consecutive, (first column in the slice's dP row, first column there, length).
-  struct Run { int64_t from, to, len; };
-  std::vector<std::vector<Run>> h_runs(P), a_runs(P);
-  std::vector<int64_t> own_rows(own ? R : 0);  // own: the row of weight_hh for each row of D_t
-  bool own_ident = true;
-  for (int64_t p = 0; p < P; ++p) {
-    const int64_t u0 = lay.u0(p), w = lay.w(p);
-    auto add = [w](std::vector<Run>& runs, int64_t from, int64_t to) {
-      if (!runs.empty() && runs.back().from + runs.back().len == from && runs.back().to + runs.back().len == to)
-        runs.back().len += w;
-      else
-        runs.push_back({from, to, w});
-    };
-    for (int64_t j = 0; j < Gr; ++j) {
-      const int64_t to = !own ? wts.h_row(Gr * u0 + j * w) : j < A ? A * u0 + j * w : AH + (Gr - A) * u0 + (j - A) * w;
-      add(h_runs[p], j * w, to);
-      for (int64_t i = 0; own && i < w; ++i) {
-        own_rows[to + i] = wts.h_row(Gr * u0 + j * w + i);
-        own_ident = own_ident && own_rows[to + i] == to + i;
+  // {out, gates, C, s_final, c_final, cells, M} (see `forward`)
+  std::vector<at::Tensor> results() {
+    at::Tensor s_final = S[T_ & 1].clone();
+    at::Tensor c_final = lstm ? at::empty({B, H}, opts) : at::empty({0}, opts);
+    if (lstm) gather_c(T_ - 1, ptr<T>(c_final));
+    at::Tensor cells = at::empty({0}, opts);
+    if (lstm && return_cells) {
+      cells = at::empty({T_, B, H}, opts);
+      T* cp = ptr<T>(cells);
+      for (int64_t t = 0; t < T_; ++t) gather_c(t, cp + t * B * H);
+      if (has(lengths)) {
+        const int64_t* len = ptr<int64_t>(lengths);
+        for (int64_t t = 0; t < T_; ++t)
+          for (int64_t b = 0; b < B; ++b)
+            if (t >= len[b]) std::memset(cp + (t * B + b) * H, 0, sizeof(T) * H);
       }
     }
-    for (int64_t j = 0; j < A; ++j) add(a_runs[p], j * w, wts.a_idx(lay.arow(p) + j * w));
+    if (!keep) gates = at::empty({0}, opts), C = at::empty({0}, opts), M = at::empty({0}, opts);
+    return {out, gates, C, s_final, c_final, cells, M};
   }
-  const T *wh = ptr<T>(wts.W_hh), *wa = ptr<T>(wts.W_gg);
-  // part p: the columns of weight_hh for slice p's h; part P + p (FGR): those of weight_gg
-  // for its a, one block of its units per gate fed back (H apart; one block with one slice)
-  const int64_t* h_rows = own && !own_ident ? own_rows.data() : nullptr;
-  const int64_t* a_rows = own ? wts.a_map(0) : nullptr;
-  std::vector<typename StepProduct<T>::Part> parts;
-  for (int64_t p = 0; p < P; ++p)
-    parts.push_back({wh + lay.u0(p), Hs, cell.truncate ? 0 : R, lay.hw(p), false, h_rows});
-  for (int64_t p = 0; A > 0 && p < P; ++p)
-    parts.push_back({wa + lay.u0(p), AH, cell.truncate ? 0 : AH, A * lay.w(p), false, a_rows, nullptr,
-                     P > 1 ? A : 1, H});
-  const size_t proj_part = parts.size();
-  if (Q > 0) parts.push_back({ptr<T>(W_hr), H, Q, H, false});  // dL/dm = dL/dh W_hr
-  const Workers<T> work(B, G, P, parts, tune);
-  SliceClock clock(work.n);
+};
 
-  const CellKernel<T> kern{cell, lay, B, ptr<int64_t>(lengths), ptr<T>(peep)};
-  const SliceBuffer<T> Gb{ptr<T>(gates), lay, T_ * B, true}, Cb{ptr<T>(C), lay, T_ * B, false},
-      D{ptr<T>(dP), lay, RING * B, true};
-  T *ds = ptr<T>(dS), *dc = ptr<T>(dC), *db = ptr<T>(dbx), *dpe = ptr<T>(dpeep), *stg = ptr<T>(stage),
-    *stga = ptr<T>(stage_g);
-  T *dwx = ptr<T>(dWx), *dwh = ptr<T>(dWh), *dwa = ptr<T>(dWa), *dxp = ptr<T>(dx), *nrm = ptr<T>(norms);
-  const T *c0p = ptr<T>(c0), *o = ptr<T>(out), *s0p = ptr<T>(s0), *mp = ptr<T>(M);
-  T *dq = ptr<T>(DQ), *dm = ptr<T>(DM), *dwr = ptr<T>(dWr);
-  const T *xp = ptr<T>(x), *wx = ptr<T>(Wx), *dop = ptr<T>(dout), *dcl = ptr<T>(dcells);
-  auto dp_row = [&](int64_t p, int64_t t, int64_t b) { return D.row(p, (((t / CH) & 1) * CH + t % CH) * B + b); };
-  const int64_t rec_ld = stage_h ? R : GS, gated_ld = stage_a ? AH : rec_ld;
-  auto rec_grads = [&](int64_t t) -> const T* { return stage_h ? stg + (t & 1) * B * R : dp_row(0, t, 0); };
-  auto gated_grads = [&](int64_t t) -> const T* { return stage_a ? stga + (t & 1) * B * AH : rec_grads(t); };
+template <class T>
+std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, int64_t G, const at::Tensor& x,
+                                     const at::Tensor& s0, const at::Tensor& c0, const at::Tensor& Wx,
+                                     const at::Tensor& bx, const Weights& wts, const at::Tensor& peep,
+                                     const at::Tensor& lengths, bool keep, bool return_cells,
+                                     const std::vector<int64_t>& tune, const at::Tensor& W_hr) {
+  ForwardPass<T> pass(cell, lay, G, x, s0, c0, Wx, bx, wts, peep, lengths, keep, return_cells, tune, W_hr);
+  pass.run();
+  return pass.results();
+}
 
-  // share g of G of len rows or columns, [len g / G, len (g + 1) / G); for columns, edges on
-  // whole vectors where every share still gets some
-  auto share = [](int64_t len, int64_t g, int64_t G_, bool columns) {
-    const int64_t L = columns && len >= G_ * Vec<T>::n ? Vec<T>::n : 1;
-    auto edge = [&](int64_t i) { return i == G_ ? len : len * i / G_ / L * L; };
-    return std::pair<int64_t, int64_t>{edge(g), edge(g + 1)};
+// One call of `backward`: its sizes, buffers and workers (set up on construction), what a
+// worker does at a step (`step`) and once a chunk of steps is done (`chunk_grads`), and the
+// results. backward_impl runs it.
+//
+// The next step's products read dP_t's recurrent part as one (B, R) matrix D_t and (FGR)
+// its gated part as one (B, AH) matrix, and multiply them by weight_hh and weight_gg with
+// rows in the same order, in one of two ways. Own order: D_t in the kernel's order, every
+// slice's gated blocks, then every slice's others (with one slice that is dP itself), the
+// gated part its first AH columns; the products read copies of the weights in that row
+// order (made by StepProduct, one pass over the weights). Torch's order: D_t and the
+// gated part staged in torch's row order, and the products read the parameters in place,
+// so that no copy as large as the weights is made; but the staging interleaves the
+// slices' blocks in each row, which the two cores pay for in every step. Own order is
+// taken for weights of at most tune[3] bytes that are also at most a quarter of the
+// recurrent gradients over the sequence (T B (R + AH) numbers), where one pass over them
+// costs less than the staging it saves (measured: BENCHMARKS.md). Staged copies
+// alternate by step parity.
+template <class T>
+struct BackwardPass {
+  using Part = typename StepProduct<T>::Part;
+  // A run of slice p's blocks that stays consecutive in D_t or in the staged gated part:
+  // (first column in the slice's dP row, first column there, length).
+  struct Run {
+    int64_t from, to, len;
   };
-  // Share g of G of slice p's rows of dWh += dP[t0:t0+n]^T h_{t-1}, and (FGR) of its rows
-  // of dWa += (its gated columns of dP)^T a_{t-1}; h_{-1}, a_{-1} are s0's, then the outputs
-  // and the saved gate activations (per slice q, its gated blocks: Wa's columns of slice q).
-  auto recurrent_weight_grads = [&](int64_t p, int64_t t0, int64_t n, int64_t g, int64_t G_) {
-    const int64_t gsp = lay.gs(p);
-    const auto [h0, h1] = share(Gr * lay.w(p), g, G_, true);
-    const auto [a0, a1] = share(A * lay.w(p), g, G_, true);
-    T* dst_h = dwh + (Gr * lay.u0(p) + h0) * Hs;
+  // Where each slice's blocks go in D_t and the staged gated part, and (own order) the row
+  // of weight_hh for each row of D_t.
+  struct RowOrder {
+    std::vector<std::vector<Run>> h_runs, a_runs;
+    std::vector<int64_t> own_rows;
+    bool own_ident = true;  // own_rows is the identity
+  };
+  const Cell& cell;
+  const Layout& lay;
+  const Weights& wts;
+  const int64_t G;  // groups of batch rows (1: slices of hidden units)
+  const bool want_norms;
+  const int64_t T_, B, I, H, Hs, Q, gate_cols, R, K, P, A, AH, n_blocks, n_rec_blocks, CH;
+  const int64_t RING;  // dP: a ring of two chunks
+  const bool lstm;
+  const at::TensorOptions opts;
+  const bool own;      // the products read the weights in the kernel's row order (copies)
+  const bool stage_h;  // D_t is staged (not dP itself)
+  const bool stage_a;  // torch's order: i f g o, the gated part apart
+  at::Tensor dP, stage, stage_g, dS, dC;
+  // the bias and peephole gradients sum over the rows: one share per group
+  at::Tensor dbx, dpeep, dWx, dWh;
+  // projection: dL/dh_t of every step (0 past a length) for dW_hr = sum_t dh_t^T m_t, one
+  // step's dL/dm_t = dh_t W_hr (B, H)
+  at::Tensor dWr, DQ, DM;
+  at::Tensor dWa;
+  at::Tensor dx;  // with slices, per-slice shares (P, T, B, I)
+  at::Tensor norms;
+  // Rows past their length at step t + 1 have dP = 0 there, and the product through the
+  // weights adds 0 * W to their held gradient: NaN where a weight is not finite. Those rows
+  // keep the gradient they held (torch does not run them at all); a copy of it sits here.
+  at::Tensor held;
+  const RowOrder order;
+  const T *wh, *wa;
+  // part p: the columns of weight_hh for slice p's h; part P + p (FGR): those of weight_gg
+  // for its a, one block of its units per gate fed back (H apart; one block with one slice);
+  // then (projection) W_hr, for dL/dm = dL/dh W_hr
+  const std::vector<Part> parts;
+  const size_t proj_part;
+  const Workers<T> work;
+  SliceClock clock;
+  const CellKernel<T> kern;
+  const SliceBuffer<T> Gb, Cb, D;
+  const int64_t n_peep;
+  T *ds, *dc, *db, *dpe, *stg, *stga;
+  T *dwx, *dwh, *dwa, *dxp, *nrm;
+  const T *c0p, *o, *s0p, *mp;
+  T *dq, *dm, *dwr;
+  const T *xp, *wx, *dop, *dcl;
+  const int64_t rec_ld, gated_ld;  // row strides of rec_grads and gated_grads
+
+  BackwardPass(const Cell& cell_, const Layout& lay_, int64_t G_, const at::Tensor& x, const at::Tensor& s0,
+               const at::Tensor& c0, const at::Tensor& Wx, const Weights& wts_, const at::Tensor& peep,
+               const at::Tensor& lengths, const at::Tensor& out, const at::Tensor& gates, const at::Tensor& C,
+               const at::Tensor& dout, const at::Tensor& ds_final, const at::Tensor& dc_final,
+               const at::Tensor& dcells, bool want_norms_, const std::vector<int64_t>& tune, const at::Tensor& W_hr,
+               const at::Tensor& M)
+      : cell(cell_),
+        lay(lay_),
+        wts(wts_),
+        G(G_),
+        want_norms(want_norms_),
+        T_(x.size(0)),
+        B(x.size(1)),
+        I(x.size(2)),
+        H(lay.H),
+        Hs(lay.Hs()),
+        Q(lay.Q),
+        gate_cols(lay.gate_cols()),
+        R(lay.R()),
+        K(lay.K()),
+        P(lay.P),
+        A(lay.A),
+        AH(lay.AH()),
+        n_blocks(lay.n_blocks),
+        n_rec_blocks(lay.n_rec_blocks),
+        CH(chunk_steps(tune[2], T_, B, gate_cols, P, G, sizeof(T))),
+        RING(std::min(2 * CH, T_)),
+        lstm(cell.kind == KIND_LSTM),
+        opts(x.options()),
+        own(own_order(tune[3])),
+        stage_h(!cell.truncate && (P > 1 || (!own && has(wts.h_src)))),
+        stage_a(A > 0 && stage_h && !own),
+        dP(at::empty({RING * B * gate_cols}, opts)),
+        stage(at::empty({stage_h ? 2 : 0, B, R}, opts)),
+        stage_g(at::empty({stage_a ? 2 : 0, B, AH}, opts)),
+        dS(has(ds_final) ? ds_final.clone() : at::zeros({B, K}, opts)),
+        dC(lstm ? (has(dc_final) ? dc_final.clone() : at::zeros({B, H}, opts)) : at::empty({0}, opts)),
+        dbx(at::zeros({G, gate_cols}, opts)),
+        dpeep(at::zeros({G, peep.numel()}, opts)),
+        dWx(at::zeros({gate_cols, I}, opts)),
+        dWh(at::zeros({R, Hs}, opts)),
+        dWr(at::zeros({Q, Q > 0 ? H : 0}, opts)),
+        DQ(at::empty({Q > 0 ? T_ * B * Q : 0}, opts)),
+        DM(at::empty({Q > 0 ? B * H : 0}, opts)),
+        dWa(at::zeros({A > 0 ? AH : 0, AH}, opts)),
+        dx(P == 1 ? at::empty({T_, B, I}, opts) : at::empty({P, T_, B, I}, opts)),
+        norms(at::zeros({want_norms ? 2 : 0, P, T_, B}, opts)),
+        held(at::empty({has(lengths) && !cell.truncate ? B * K : 0}, opts)),
+        order(row_order()),
+        wh(ptr<T>(wts.W_hh)),
+        wa(ptr<T>(wts.W_gg)),
+        parts(recurrent_parts(W_hr)),
+        proj_part(Q > 0 ? parts.size() - 1 : parts.size()),
+        work(B, G, P, parts, tune),
+        clock(work.n),
+        kern{cell, lay, B, ptr<int64_t>(lengths), ptr<T>(peep)},
+        Gb{ptr<T>(gates), lay, T_ * B, true},
+        Cb{ptr<T>(C), lay, T_ * B, false},
+        D{ptr<T>(dP), lay, RING * B, true},
+        n_peep(peep.numel()),
+        ds(ptr<T>(dS)),
+        dc(ptr<T>(dC)),
+        db(ptr<T>(dbx)),
+        dpe(ptr<T>(dpeep)),
+        stg(ptr<T>(stage)),
+        stga(ptr<T>(stage_g)),
+        dwx(ptr<T>(dWx)),
+        dwh(ptr<T>(dWh)),
+        dwa(ptr<T>(dWa)),
+        dxp(ptr<T>(dx)),
+        nrm(ptr<T>(norms)),
+        c0p(ptr<T>(c0)),
+        o(ptr<T>(out)),
+        s0p(ptr<T>(s0)),
+        mp(ptr<T>(M)),
+        dq(ptr<T>(DQ)),
+        dm(ptr<T>(DM)),
+        dwr(ptr<T>(dWr)),
+        xp(ptr<T>(x)),
+        wx(ptr<T>(Wx)),
+        dop(ptr<T>(dout)),
+        dcl(ptr<T>(dcells)),
+        rec_ld(stage_h ? R : gate_cols),
+        gated_ld(stage_a ? AH : rec_ld) {}
+
+  bool own_order(int64_t own_max_bytes) const {
+    const int64_t weight_bytes = (R * Hs + AH * AH) * (int64_t)sizeof(T);
+    return weight_bytes <= own_max_bytes && 4 * weight_bytes <= T_ * B * (R + AH) * (int64_t)sizeof(T);
+  }
+
+  RowOrder row_order() const {
+    RowOrder r{std::vector<std::vector<Run>>(P), std::vector<std::vector<Run>>(P),
+               std::vector<int64_t>(own ? R : 0)};
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t u0 = lay.u0(p), w = lay.w(p);
+      auto add = [w](std::vector<Run>& runs, int64_t from, int64_t to) {
+        if (!runs.empty() && runs.back().from + runs.back().len == from && runs.back().to + runs.back().len == to)
+          runs.back().len += w;
+        else
+          runs.push_back({from, to, w});
+      };
+      for (int64_t j = 0; j < n_rec_blocks; ++j) {
+        const int64_t to = !own  ? wts.h_row(n_rec_blocks * u0 + j * w)
+                           : j < A ? A * u0 + j * w
+                                   : AH + (n_rec_blocks - A) * u0 + (j - A) * w;
+        add(r.h_runs[p], j * w, to);
+        for (int64_t i = 0; own && i < w; ++i) {
+          r.own_rows[to + i] = wts.h_row(n_rec_blocks * u0 + j * w + i);
+          r.own_ident = r.own_ident && r.own_rows[to + i] == to + i;
+        }
+      }
+      for (int64_t j = 0; j < A; ++j) add(r.a_runs[p], j * w, wts.a_idx(lay.arow(p) + j * w));
+    }
+    return r;
+  }
+
+  std::vector<Part> recurrent_parts(const at::Tensor& W_hr) const {
+    const int64_t* h_rows = own && !order.own_ident ? order.own_rows.data() : nullptr;
+    const int64_t* a_rows = own ? wts.a_map(0) : nullptr;
+    std::vector<Part> parts;
+    for (int64_t p = 0; p < P; ++p)
+      parts.push_back({wh + lay.u0(p), Hs, cell.truncate ? 0 : R, lay.hw(p), false, h_rows});
+    for (int64_t p = 0; A > 0 && p < P; ++p)
+      parts.push_back({wa + lay.u0(p), AH, cell.truncate ? 0 : AH, A * lay.w(p), false, a_rows, nullptr,
+                       P > 1 ? A : 1, H});
+    if (Q > 0) parts.push_back({ptr<T>(W_hr), H, Q, H, false});
+    return parts;
+  }
+
+  T* dp_row(int64_t p, int64_t t, int64_t b) const { return D.row(p, (((t / CH) & 1) * CH + t % CH) * B + b); }
+  // D_t and the gated part of step t's pre-activation gradients, as the products read them
+  const T* rec_grads(int64_t t) const { return stage_h ? stg + (t & 1) * B * R : dp_row(0, t, 0); }
+  const T* gated_grads(int64_t t) const { return stage_a ? stga + (t & 1) * B * AH : rec_grads(t); }
+
+  // share g of n_shares of len rows or columns, [len g / n_shares, len (g + 1) / n_shares);
+  // for columns, edges on whole vectors where every share still gets some
+  static std::pair<int64_t, int64_t> share(int64_t len, int64_t g, int64_t n_shares, bool columns) {
+    const int64_t L = columns && len >= n_shares * Vec<T>::n ? Vec<T>::n : 1;
+    auto edge = [&](int64_t i) { return i == n_shares ? len : len * i / n_shares / L * L; };
+    return {edge(g), edge(g + 1)};
+  }
+
+  // Share g of n_shares of slice p's rows of dWh += dP[t0:t0+n]^T h_{t-1}, and (FGR) of its
+  // rows of dWa += (its gated columns of dP)^T a_{t-1}; h_{-1}, a_{-1} are s0's, then the
+  // outputs and the saved gate activations (per slice q, its gated blocks: Wa's columns of
+  // slice q).
+  void recurrent_weight_grads(int64_t p, int64_t t0, int64_t n, int64_t g, int64_t n_shares) const {
+    const int64_t slice_cols = lay.slice_gate_cols(p);
+    const auto [h0, h1] = share(n_rec_blocks * lay.w(p), g, n_shares, true);
+    const auto [a0, a1] = share(A * lay.w(p), g, n_shares, true);
+    T* dst_h = dwh + (n_rec_blocks * lay.u0(p) + h0) * Hs;
     T* dst_a = dwa + (lay.arow(p) + a0) * AH;
     const int64_t t = t0 == 0 ? 1 : t0, m = t0 == 0 ? n - 1 : n;  // the steps after s0's
     if (t0 == 0) {
-      gemm_blas<T>(true, false, h1 - h0, Hs, B, dp_row(p, 0, 0) + h0, gsp, s0p, K, dst_h, Hs, true);
-      if (A > 0) gemm_blas<T>(true, false, a1 - a0, AH, B, dp_row(p, 0, 0) + a0, gsp, s0p + Hs, K, dst_a, AH, true);
+      gemm_blas<T>(true, false, h1 - h0, Hs, B, dp_row(p, 0, 0) + h0, slice_cols, s0p, K, dst_h, Hs, true);
+      if (A > 0)
+        gemm_blas<T>(true, false, a1 - a0, AH, B, dp_row(p, 0, 0) + a0, slice_cols, s0p + Hs, K, dst_a, AH, true);
     }
     if (m <= 0) return;
-    gemm_blas<T>(true, false, h1 - h0, Hs, m * B, dp_row(p, t, 0) + h0, gsp, o + (t - 1) * B * Hs, Hs, dst_h, Hs,
+    gemm_blas<T>(true, false, h1 - h0, Hs, m * B, dp_row(p, t, 0) + h0, slice_cols, o + (t - 1) * B * Hs, Hs, dst_h, Hs,
                  true);
     for (int64_t q = 0; A > 0 && q < P; ++q)
-      gemm_blas<T>(true, false, a1 - a0, A * lay.w(q), m * B, dp_row(p, t, 0) + a0, gsp, Gb.row(q, (t - 1) * B),
-                   lay.gs(q), dst_a + lay.arow(q), AH, true);
-  };
-  // Share g of G of slice p's work on a finished chunk of n steps from t0: dx (the slice's
-  // columns' part; share g of the rows), its rows of dW_ih and of dW_hh (share g of each).
-  auto chunk_grads = [&](int64_t p, int64_t t0, int64_t n, int64_t g, int64_t G_) {
+      gemm_blas<T>(true, false, a1 - a0, A * lay.w(q), m * B, dp_row(p, t, 0) + a0, slice_cols, Gb.row(q, (t - 1) * B),
+                   lay.slice_gate_cols(q), dst_a + lay.arow(q), AH, true);
+  }
+
+  // Share g of n_shares of slice p's work on a finished chunk of n steps from t0: dx (the
+  // slice's columns' part; share g of the rows), its rows of dW_ih and of dW_hh (share g of
+  // each), and (projection) of dW_hr.
+  void chunk_grads(int64_t p, int64_t t0, int64_t n, int64_t g, int64_t n_shares) const {
     const T* dpc = dp_row(p, t0, 0);
-    const int64_t gsp = lay.gs(p), r0 = Gs * lay.u0(p);
-    const auto [x0, x1] = share(n * B, g, G_, false);
-    const auto [w0, w1] = share(gsp, g, G_, true);
+    const int64_t slice_cols = lay.slice_gate_cols(p), r0 = n_blocks * lay.u0(p);
+    const auto [x0, x1] = share(n * B, g, n_shares, false);
+    const auto [w0, w1] = share(slice_cols, g, n_shares, true);
     T* dxs = dxp + (P == 1 ? 0 : p * T_ * B * I) + (t0 * B + x0) * I;
     bool first = true;
     for (const auto& [c0, len] : input_runs(cell, lay.w(p))) {
-      gemm_blas<T>(false, false, x1 - x0, I, len, dpc + x0 * gsp + c0, gsp, wx + (r0 + c0) * I, I, dxs, I, !first);
+      gemm_blas<T>(false, false, x1 - x0, I, len, dpc + x0 * slice_cols + c0, slice_cols, wx + (r0 + c0) * I, I, dxs,
+                   I, !first);
       first = false;
     }
-    gemm_blas<T>(true, false, w1 - w0, I, n * B, dpc + w0, gsp, xp + t0 * B * I, I, dwx + (r0 + w0) * I, I, true);
-    recurrent_weight_grads(p, t0, n, g, G_);
+    gemm_blas<T>(true, false, w1 - w0, I, n * B, dpc + w0, slice_cols, xp + t0 * B * I, I, dwx + (r0 + w0) * I, I,
+                 true);
+    recurrent_weight_grads(p, t0, n, g, n_shares);
     if (Q > 0) {  // share g of dW_hr's rows += dL/dh^T m over the chunk (one slice)
-      const auto [q0, q1] = share(Q, g, G_, false);
+      const auto [q0, q1] = share(Q, g, n_shares, false);
       gemm_blas<T>(true, false, q1 - q0, H, n * B, dq + t0 * B * Q + q0, Q, mp + t0 * B * H, H, dwr + q0 * H, H, true);
     }
-  };
+  }
 
-  // the product of the gradients of step t's pre-activations, rows [b0, b1), with the
-  // recurrent weights: their share of the previous state's gradient
-  auto through_weights = [&](int64_t t, int64_t k) {
+  // the product of the gradients of step t's pre-activations, rows [b0, b1) of worker k,
+  // with the recurrent weights: their share of the previous state's gradient
+  void through_weights(int64_t t, int64_t k) const {
     const auto [p, b0, b1] = work.at(k);
     const StepProduct<T>& product = work.product(k);
     product(p, rec_grads(t) + b0 * rec_ld, rec_ld, ds + b0 * K + lay.scol(p, 0), K, true);
     if (A > 0) product(P + p, gated_grads(t) + b0 * gated_ld, gated_ld, ds + b0 * K + lay.scol(p, 1), K, true);
-  };
-  // Rows past their length at step t + 1 have dP = 0 there, and the product through the
-  // weights adds 0 * W to their held gradient: NaN where a weight is not finite. Those rows
-  // keep the gradient they held (torch does not run them at all); a copy of it sits here.
-  at::Tensor held = at::empty({has(lengths) && !cell.truncate ? B * K : 0}, opts);
-  auto keep_held = [&](int64_t t, int64_t w, bool restore) {
+  }
+
+  // The rows of worker w past their length at step t: their gradient of S into `held`, or
+  // (restore) back from it.
+  void keep_held(int64_t t, int64_t w, bool restore) const {
     const auto [p, b0, b1] = work.at(w);
     T* hb = ptr<T>(held);
     for (int64_t b = b0; b < b1; ++b) {
@@ -385,8 +579,10 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
         std::memcpy(restore ? from : to, restore ? to : from, sizeof(T) * n);
       }
     }
-  };
-  auto step = [&](int64_t k, int64_t w) {  // step k (in loop order) of worker w
+  }
+
+  // Step k (in loop order: t = T - 1 - k) of worker w.
+  void step(int64_t k, int64_t w) {
     const int64_t t = T_ - 1 - k;
     const auto [p, b0, b1] = work.at(w);
     auto since = clock.now();
@@ -401,8 +597,8 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
     T scratch_h = 0, scratch_c = 0;
     T* st = stage_h ? stg + (t & 1) * B * R : nullptr;
     T* sta = stage_a ? stga + (t & 1) * B * AH : nullptr;
-    T* dbw = db + w * GS * (G > 1) + Gs * lay.u0(p);
-    T* dpw = dpe + w * peep.numel() * (G > 1);
+    T* dbw = db + w * gate_cols * (G > 1) + n_blocks * lay.u0(p);
+    T* dpw = dpe + w * n_peep * (G > 1);
     if (Q > 0) {  // dL/dh_t (S's h part and the output's), then dL/dm_t = dL/dh_t W_hr
       for (int64_t b = b0; b < b1; ++b) {
         T* d = dq + (t * B + b) * Q;
@@ -436,50 +632,76 @@ std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64
                           Q > 0 ? dm + b * H : nullptr);
       }
       if (st)
-        for (const Run& r : h_runs[p]) copy_row(st + b * R + r.to, dpr + r.from, r.len);
+        for (const Run& r : order.h_runs[p]) copy_row(st + b * R + r.to, dpr + r.from, r.len);
       if (sta)
-        for (const Run& r : a_runs[p]) copy_row(sta + b * AH + r.to, dpr + r.from, r.len);
+        for (const Run& r : order.a_runs[p]) copy_row(sta + b * AH + r.to, dpr + r.from, r.len);
     }
     clock.add(w, B_POINTWISE, since);
     if (G == 1 && t % CH == 0) chunk_grads(p, t, std::min(CH, T_ - t), 0, 1);
     clock.add(w, B_CHUNK, since);
-  };
-  if (G > 1)  // the groups meet at the end of each chunk and share its products
-    run_groups(T_, G, step, [&](int64_t k) { return (T_ - 1 - k) % CH == 0; },
-               [&](int64_t k, int64_t g) {
-                 auto since = clock.now();
-                 const int64_t t = T_ - 1 - k;
-                 chunk_grads(0, t, std::min(CH, T_ - t), g, G);
-                 clock.add(g, B_CHUNK, since);
-               });
-  else
-    run_steps(T_, P, step);
-  clock.fold();
-  if (g_clock.on) g_clock.flops[1] += cell.truncate ? 0.0 : 2.0 * (T_ - 1) * B * (R * Hs + AH * AH);
-  for (int64_t w = 0; w < work.n && !cell.truncate; ++w) through_weights(0, w);  // the initial state's gradient
-  // dWh, dWa into torch's layout, in place: weight_hh's row h_src[r] is dWh's row r;
-  // weight_gg's row (column) a_src[i] is dWa's row (column) i
-  auto inverse = [](const at::Tensor& src) {
+  }
+
+  // Every step, last to first: slices meet at each step; groups at the end of each chunk,
+  // to share its products; then the initial state's gradient.
+  void run() {
+    if (G > 1)
+      run_groups(
+          T_, G, [this](int64_t k, int64_t w) { step(k, w); },
+          [this](int64_t k) { return (T_ - 1 - k) % CH == 0; },
+          [this](int64_t k, int64_t g) {
+            auto since = clock.now();
+            const int64_t t = T_ - 1 - k;
+            chunk_grads(0, t, std::min(CH, T_ - t), g, G);
+            clock.add(g, B_CHUNK, since);
+          });
+    else
+      run_steps(T_, P, [this](int64_t k, int64_t w) { step(k, w); });
+    clock.fold();
+    if (g_clock.on) g_clock.flops[1] += cell.truncate ? 0.0 : 2.0 * (T_ - 1) * B * (R * Hs + AH * AH);
+    for (int64_t w = 0; w < work.n && !cell.truncate; ++w) through_weights(0, w);
+  }
+
+  static std::vector<int64_t> inverse(const at::Tensor& src) {
     const int64_t* s = src.data_ptr<int64_t>();
     std::vector<int64_t> inv(src.numel());
     for (int64_t i = 0; i < src.numel(); ++i) inv[s[i]] = i;
     return inv;
-  };
-  if (has(wts.h_src)) permute_in_place(dwh, R, Hs, inverse(wts.h_src).data(), nullptr);
-  if (A > 0 && has(wts.a_src)) {
-    const std::vector<int64_t> inv = inverse(wts.a_src);
-    permute_in_place(dwa, AH, AH, inv.data(), inv.data());
   }
-  if (P > 1) dx = dx.sum(0);
-  dbx = dbx.sum(0);
-  dpeep = dpeep.sum(0);
-  at::Tensor norm_h = at::empty({0}, opts), norm_c = at::empty({0}, opts);
-  if (want_norms) {
-    at::Tensor sums = norms.sum(1);  // (2, T, B)
-    norm_h = sums[0].sqrt();
-    if (lstm) norm_c = sums[1].sqrt();
+
+  // {dx, dS, dC, dWx, dbx, dWh, dWa, dpeep, norm_h, norm_c, dWr} (see `backward`)
+  std::vector<at::Tensor> results() {
+    // dWh, dWa into torch's layout, in place: weight_hh's row h_src[r] is dWh's row r;
+    // weight_gg's row (column) a_src[i] is dWa's row (column) i
+    if (has(wts.h_src)) permute_in_place(dwh, R, Hs, inverse(wts.h_src).data(), nullptr);
+    if (A > 0 && has(wts.a_src)) {
+      const std::vector<int64_t> inv = inverse(wts.a_src);
+      permute_in_place(dwa, AH, AH, inv.data(), inv.data());
+    }
+    if (P > 1) dx = dx.sum(0);
+    dbx = dbx.sum(0);
+    dpeep = dpeep.sum(0);
+    at::Tensor norm_h = at::empty({0}, opts), norm_c = at::empty({0}, opts);
+    if (want_norms) {
+      at::Tensor sums = norms.sum(1);  // (2, T, B)
+      norm_h = sums[0].sqrt();
+      if (lstm) norm_c = sums[1].sqrt();
+    }
+    return {dx, dS, dC, dWx, dbx, dWh, dWa, dpeep, norm_h, norm_c, dWr};
   }
-  return {dx, dS, dC, dWx, dbx, dWh, dWa, dpeep, norm_h, norm_c, dWr};
+};
+
+template <class T>
+std::vector<at::Tensor> backward_impl(const Cell& cell, const Layout& lay, int64_t G, const at::Tensor& x,
+                                      const at::Tensor& s0, const at::Tensor& c0, const at::Tensor& Wx,
+                                      const Weights& wts, const at::Tensor& peep, const at::Tensor& lengths,
+                                      const at::Tensor& out, const at::Tensor& gates, const at::Tensor& C,
+                                      const at::Tensor& dout, const at::Tensor& ds_final, const at::Tensor& dc_final,
+                                      const at::Tensor& dcells, bool want_norms, const std::vector<int64_t>& tune,
+                                      const at::Tensor& W_hr, const at::Tensor& M) {
+  BackwardPass<T> pass(cell, lay, G, x, s0, c0, Wx, wts, peep, lengths, out, gates, C, dout, ds_final, dc_final,
+                       dcells, want_norms, tune, W_hr, M);
+  pass.run();
+  return pass.results();
 }
 
 // The sizes the kernel divides by: at least one step, batch row and hidden unit
@@ -518,8 +740,8 @@ py::dict activation_codes() {
 // gates block j holding the gate of S block 1 + j (Layout).
 Layout layout_of(const Cell& cell, std::vector<int64_t> bounds, const Weights& wts, const at::Tensor& W_hr) {
   const at::Tensor &Wh = wts.W_hh, &Wa = wts.W_gg;
-  TORCH_CHECK(Wh.dim() == 2 && Wh.size(0) % cell.Gr == 0, "lstmlab cpu backend: bad weight_hh shape");
-  const int64_t H = Wh.size(0) / cell.Gr, Q = has(W_hr) ? W_hr.size(0) : 0;
+  TORCH_CHECK(Wh.dim() == 2 && Wh.size(0) % cell.n_rec_blocks == 0, "lstmlab cpu backend: bad weight_hh shape");
+  const int64_t H = Wh.size(0) / cell.n_rec_blocks, Q = has(W_hr) ? W_hr.size(0) : 0;
   if (Q > 0) {
     TORCH_CHECK(cell.kind == KIND_LSTM, "lstmlab cpu backend: a projection (weight_hr) needs an lstm cell");
     TORCH_CHECK(W_hr.dim() == 2 && W_hr.size(1) == H, "lstmlab cpu backend: bad weight_hr shape");
@@ -533,7 +755,7 @@ Layout layout_of(const Cell& cell, std::vector<int64_t> bounds, const Weights& w
   Layout lay(cell, H, std::move(bounds), Q);
   TORCH_CHECK(cell.A == 0 || (Wa.dim() == 2 && Wa.size(0) == lay.AH() && Wa.size(1) == lay.AH()),
               "lstmlab cpu backend: bad weight_gg shape");
-  const int blk[3] = {cell.bi, cell.bf, cell.bo}, ablk[3] = {cell.ai, cell.af, cell.ao};
+  const int blk[3] = {cell.block_i, cell.block_f, cell.block_o}, ablk[3] = {cell.fed_i, cell.fed_f, cell.fed_o};
   for (int k = 0; k < 3; ++k)
     TORCH_CHECK(ablk[k] <= 0 || blk[k] == ablk[k] - 1, "lstmlab cpu backend: bad gate-recurrence layout");
   for (auto& [map, n] : {std::pair{&wts.h_src, lay.R()}, {&wts.a_src, lay.AH()}}) {
@@ -550,6 +772,40 @@ Layout layout_of(const Cell& cell, std::vector<int64_t> bounds, const Weights& w
   return lay;
 }
 
+// The forward of one layer and direction over a whole sequence (lstmlab.backends.cpu
+// `_forward_impl` calls it; csrc/layout.py Plan packs what is in the kernel's layout).
+// Sizes: T steps, B batch rows, I inputs, H hidden units cut into P slices; Hs the width of
+// h (proj_size Q with a projection, else H); A the gates fed back (FGR, else 0); R =
+// n_rec_blocks H and gate_cols = n_blocks H (cells.h Cell); K = Hs + A H, S's row. Every
+// tensor is contiguous, on the CPU, of x's dtype (float32 or float64) unless said; an
+// absent one is an empty tensor.
+//   cfg           Cell::kFields whole numbers: the cell (Plan.cfg; cells.h Cell).
+//   bounds        P + 1 slice edges of the hidden units, 0 = bounds[0] < ... < bounds[P] = H
+//                 (with a projection, P = 1).
+//   groups        G >= 1 groups of batch rows, one per worker (G > 1 needs P = 1; steps.h).
+//   x             (T, B, I).
+//   s0            (B, K): the initial h, then (FGR) a, in the kernel's column order.
+//   c0            (B, H): the initial c (lstm kinds), else absent.
+//   Wx, bx        (gate_cols, I), (gate_cols,): weight_ih and bias_ih + bias_hh, rows in the
+//                 kernel's order (gru: bias_hh's n part in the h-side n block).
+//   W_hh          (R, Hs): torch's weight_hh as it is; h_src (R,) int64: for each row of the
+//                 kernel's Wh the row of W_hh, or absent for the identity.
+//   W_gg          (A H, A H): torch's weight_gg (FGR), else absent; a_src (A H,) int64: for
+//                 each row and column of the kernel's Wa those of W_gg, or absent.
+//   peep          (n H,): weight_ch, the peephole vectors of the cell's n peephole gates, or
+//                 absent.
+//   lengths       (B,) int64: each row's valid steps (steps past it hold the state and
+//                 output 0), or absent for all T.
+//   keep          save what `backward` needs (gates, C, M below); else they come back empty.
+//   return_cells  also return every c_t (lstm kinds).
+//   tune          5 whole numbers (see the top of this file): small_limit, allow_pack, chunk,
+//                 own_order, gather.
+//   W_hr          (Q, H): torch's weight_hr (proj_size Q; lstm kinds, one slice), or absent.
+// Returns {out (T, B, Hs), gates (T B gate_cols), C (T B H), s_final (B, K), c_final (B, H),
+// cells (T, B, H), M (T B H)}: the outputs (0 past a row's length); the gate activations
+// and every c_t in the kernel's per-slice layout (keep; C for lstm kinds); the final state
+// S and c (lstm kinds); every c_t in torch's layout, 0 past a row's length (return_cells,
+// lstm kinds); every m_t = o act(c_t) (keep, with a projection). Empty where not asked for.
 std::vector<at::Tensor> forward(std::vector<int64_t> cfg, std::vector<int64_t> bounds, int64_t groups, at::Tensor x,
                                 at::Tensor s0, at::Tensor c0, at::Tensor Wx, at::Tensor bx, at::Tensor W_hh,
                                 at::Tensor W_gg, at::Tensor h_src, at::Tensor a_src, at::Tensor peep,
@@ -574,6 +830,22 @@ std::vector<at::Tensor> forward(std::vector<int64_t> cfg, std::vector<int64_t> b
                               W_hr);
 }
 
+// The backward of `forward` (lstmlab.backends.cpu `_backward_impl`): the gradients of every
+// input of one call from those of its outputs. Sizes and the arguments cfg to peep,
+// lengths, tune and W_hr as for `forward`, the same tensors as the call being
+// differentiated; and:
+//   out, gates, C, M  what that call returned (made with keep = true).
+//   dout          (T, B, Hs): the gradient of out, or absent (zero).
+//   ds_final      (B, K): that of s_final (h_n, then a_n, in the kernel's column order), or
+//                 absent.
+//   dc_final      (B, H): that of c_final (lstm kinds), or absent.
+//   dcells        (T, B, H): that of cells (return_cells), or absent.
+//   want_norms    also return ||dL/dh_t|| and ||dL/dc_t|| per step and row.
+// Returns {dx (T, B, I), dS (B, K), dC (B, H), dWx (gate_cols, I), dbx (gate_cols,),
+// dWh (R, Hs), dWa (A H, A H), dpeep (n H,), norm_h (T, B), norm_c (T, B), dWr (Q, H)}:
+// the gradients of x, s0 (the kernel's column order), c0 (lstm kinds), Wx and bx (the
+// kernel's row order), W_hh and W_gg (torch's layout, as given), peep and W_hr; the norms
+// (want_norms; norm_c for lstm kinds). Empty (or with no rows) where the input is absent.
 std::vector<at::Tensor> backward(std::vector<int64_t> cfg, std::vector<int64_t> bounds, int64_t groups, at::Tensor x,
                                  at::Tensor s0, at::Tensor c0, at::Tensor Wx, at::Tensor W_hh, at::Tensor W_gg,
                                  at::Tensor h_src, at::Tensor a_src, at::Tensor peep, at::Tensor lengths,

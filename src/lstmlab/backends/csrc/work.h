@@ -33,8 +33,8 @@ struct SliceBuffer {
   T* base;
   const Layout& lay;
   int64_t rows;  // steps * batch held per slice
-  bool gates;    // gates-wide (Gs blocks) rather than unit-wide rows
-  int64_t width(int64_t p) const { return gates ? lay.gs(p) : lay.w(p); }
+  bool gates;    // gates-wide (n_blocks blocks) rather than unit-wide rows
+  int64_t width(int64_t p) const { return gates ? lay.slice_gate_cols(p) : lay.w(p); }
   T* row(int64_t p, int64_t r) const {
     return base + (gates ? lay.gates_at(p, rows) : lay.units_at(p, rows)) + r * width(p);
   }
