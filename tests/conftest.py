@@ -78,6 +78,20 @@ def gradcheck(fn, inputs) -> bool:
     return torch.autograd.gradcheck(fn, inputs, eps=GRADCHECK_EPS, atol=atol, rtol=rtol)
 
 
+@pytest.fixture(scope="module")
+def cpu_backend():
+    """The cpu backend, built on first use. A module of its tests uses this (pytestmark) and
+    fails, rather than skips, when the backend cannot be had, unless LSTMLAB_CPU_BACKEND=0
+    switched it off on purpose."""
+    from lstmlab.backends import cpu
+
+    ok, why = cpu.available()
+    if not ok:
+        if os.environ.get("LSTMLAB_CPU_BACKEND") == "0":
+            pytest.skip(why)
+        pytest.fail(f"the cpu backend is unavailable: {why}")
+
+
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(1234)

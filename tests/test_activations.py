@@ -4,7 +4,6 @@ knows them: each derivative against autograd's, the kernel's table of codes agai
 code by the kernel itself), and the kernel's forward and derivative of every activation,
 in each place a cell applies one, against the reference backend in float64."""
 import dataclasses
-import os
 import re
 import types
 
@@ -22,12 +21,7 @@ F64 = torch.float64
 
 
 @pytest.fixture(scope="module")
-def ext():
-    ok, why = cpu.available()
-    if not ok:
-        if os.environ.get("LSTMLAB_CPU_BACKEND") == "0":
-            pytest.skip(why)
-        pytest.fail(f"the cpu backend is unavailable: {why}")
+def ext(cpu_backend):
     return cpu._extension()
 
 

@@ -21,13 +21,7 @@ from lstmlab.backends import cpu, reference
 CELLS = lstmlab.cell_names()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cpu_backend():
-    ok, why = cpu.available()
-    if not ok:
-        if os.environ.get("LSTMLAB_CPU_BACKEND") == "0":
-            pytest.skip(why)
-        pytest.fail(f"the cpu backend is unavailable: {why}")
+pytestmark = pytest.mark.usefixtures("cpu_backend")
 
 
 @contextlib.contextmanager

@@ -4,7 +4,6 @@ truncated rule's second derivatives against the reference backend's (the truncat
 is not a true gradient, so finite differences do not apply to it), a gradient penalty
 against torch.nn.LSTM / GRU with the same weights, and a Hessian-vector product against the
 reference backend's."""
-import os
 
 import pytest
 import torch
@@ -18,13 +17,7 @@ F64 = torch.float64
 PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_ch", "weight_gg")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cpu_backend():
-    ok, why = cpu.available()
-    if not ok:
-        if os.environ.get("LSTMLAB_CPU_BACKEND") == "0":
-            pytest.skip(why)
-        pytest.fail(f"the cpu backend is unavailable: {why}")
+pytestmark = pytest.mark.usefixtures("cpu_backend")
 
 
 def layer_function(backend, spec, names, lengths, reverse, truncate):

@@ -3,7 +3,6 @@ run_layer called directly: the layer rejects it as torch does), and one of every
 (B = 1, T = 1, input_size = 1, hidden_size = 1). Every registered cell against the
 reference backend, forward and backward, and against torch.nn.LSTM / GRU / RNN where
 torch has the cell; the kernel itself refuses sizes it would divide by zero."""
-import os
 
 import pytest
 import torch
@@ -15,13 +14,7 @@ from lstmlab.backends import cpu, reference
 CELLS = lstmlab.cell_names()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cpu_backend():
-    ok, why = cpu.available()
-    if not ok:
-        if os.environ.get("LSTMLAB_CPU_BACKEND") == "0":
-            pytest.skip(why)
-        pytest.fail(f"the cpu backend is unavailable: {why}")
+pytestmark = pytest.mark.usefixtures("cpu_backend")
 
 
 def torch_twin(spec, I, H, dtype):

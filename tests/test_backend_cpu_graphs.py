@@ -5,7 +5,6 @@ torch.export, torch.func.grad / vmap and torch.compile(fullgraph=True) give eage
 outputs and gradients; torch.library.opcheck on sample inputs; GradNorms refuses a
 compiled run."""
 import functools
-import os
 
 import pytest
 import torch
@@ -17,13 +16,7 @@ from lstmlab.backends import cpu
 CELLS = ["lstm", "gru", "rnn-tanh", "lstm1997", "fgr"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cpu_backend():
-    ok, why = cpu.available()
-    if not ok:
-        if os.environ.get("LSTMLAB_CPU_BACKEND") == "0":
-            pytest.skip(why)
-        pytest.fail(f"the cpu backend is unavailable: {why}")
+pytestmark = pytest.mark.usefixtures("cpu_backend")
 
 
 class Net(torch.nn.Module):

@@ -2,7 +2,6 @@
 in the initial state or in one entry of any weight tensor give, for every registered cell,
 NaN exactly where the reference backend has NaN, +-inf where it has +-inf, and equal finite
 values elsewhere: in the outputs, the final states, the cell states and every gradient."""
-import os
 
 import pytest
 import torch
@@ -16,13 +15,7 @@ VALUES = {"nan": float("nan"), "+inf": float("inf"), "-inf": float("-inf")}
 T, B, I, H = 4, 3, 3, 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cpu_backend():
-    ok, why = cpu.available()
-    if not ok:
-        if os.environ.get("LSTMLAB_CPU_BACKEND") == "0":
-            pytest.skip(why)
-        pytest.fail(f"the cpu backend is unavailable: {why}")
+pytestmark = pytest.mark.usefixtures("cpu_backend")
 
 
 def same_nonfinite(actual, expected, dtype, what):

@@ -4,7 +4,6 @@ and backward, over the truncated rule, variable lengths, reversal, batch groups 
 sizes; cell "lstm" against torch.nn.LSTM(proj_size=P) with torch's own parameters; a
 float64 gradcheck; the per-step gradient norms (of the P-wide h)."""
 import contextlib
-import os
 
 import pytest
 import torch
@@ -18,13 +17,7 @@ LSTM_CELLS = [c for c in lstmlab.cell_names() if lstmlab.get_cell(c).kind == "ls
 DT = torch.float64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cpu_backend():
-    ok, why = cpu.available()
-    if not ok:
-        if os.environ.get("LSTMLAB_CPU_BACKEND") == "0":
-            pytest.skip(why)
-        pytest.fail(f"the cpu backend is unavailable: {why}")
+pytestmark = pytest.mark.usefixtures("cpu_backend")
 
 
 @contextlib.contextmanager

@@ -72,17 +72,38 @@ int64_t chunk_steps(int64_t requested, int64_t T, int64_t B, int64_t gate_cols, 
   return std::max<int64_t>(1, std::min({by_rows, by_bytes, T}));
 }
 
+// The sizes both passes read: the sequence (T_ steps, B rows, I inputs), the layout's
+// widths (csrc/layout.py, cells.h Layout) and the steps per chunk.
+struct Sizes {
+  const int64_t T_, B, I, H, Hs, Q, gate_cols, R, K, P, A, AH, n_blocks, n_rec_blocks, CH;
+  Sizes(const Layout& lay, const at::Tensor& x, int64_t G, const std::vector<int64_t>& tune, int64_t elt)
+      : T_(x.size(0)),
+        B(x.size(1)),
+        I(x.size(2)),
+        H(lay.H),
+        Hs(lay.Hs()),
+        Q(lay.Q),
+        gate_cols(lay.gate_cols()),
+        R(lay.R()),
+        K(lay.K()),
+        P(lay.P),
+        A(lay.A),
+        AH(lay.AH()),
+        n_blocks(lay.n_blocks),
+        n_rec_blocks(lay.n_rec_blocks),
+        CH(chunk_steps(tune[2], T_, B, gate_cols, P, G, elt)) {}
+};
+
 // One call of `forward`: its sizes, buffers and workers (set up on construction), what a
 // worker does at a step (`step`), and the results. forward_impl runs it.
 template <class T>
-struct ForwardPass {
+struct ForwardPass : Sizes {
   using Part = typename StepProduct<T>::Part;
   const Cell& cell;
   const Layout& lay;
   const int64_t G;  // groups of batch rows (1: slices of hidden units)
   const at::Tensor &c0, &lengths;
   const bool keep, return_cells;
-  const int64_t T_, B, I, H, Hs, Q, gate_cols, K, P, A, AH, n_blocks, n_rec_blocks, CH;
   const bool lstm;
   const bool keep_c;  // every c_t kept (for the backward or return_cells)
   // Without a backward to feed, gates and c are rings (a chunk, two steps).
@@ -106,27 +127,14 @@ struct ForwardPass {
               const at::Tensor& c0_, const at::Tensor& Wx, const at::Tensor& bx, const Weights& wts,
               const at::Tensor& peep, const at::Tensor& lengths_, bool keep_, bool return_cells_,
               const std::vector<int64_t>& tune, const at::Tensor& W_hr)
-      : cell(cell_),
+      : Sizes(lay_, x, G_, tune, sizeof(T)),
+        cell(cell_),
         lay(lay_),
         G(G_),
         c0(c0_),
         lengths(lengths_),
         keep(keep_),
         return_cells(return_cells_),
-        T_(x.size(0)),
-        B(x.size(1)),
-        I(x.size(2)),
-        H(lay.H),
-        Hs(lay.Hs()),
-        Q(lay.Q),
-        gate_cols(lay.gate_cols()),
-        K(lay.K()),
-        P(lay.P),
-        A(lay.A),
-        AH(lay.AH()),
-        n_blocks(lay.n_blocks),
-        n_rec_blocks(lay.n_rec_blocks),
-        CH(chunk_steps(tune[2], T_, B, gate_cols, P, G, sizeof(T))),
         lstm(cell.kind == KIND_LSTM),
         keep_c(keep || return_cells),
         Tg(keep ? T_ : CH),
@@ -309,7 +317,7 @@ std::vector<at::Tensor> forward_impl(const Cell& cell, const Layout& lay, int64_
 // costs less than the staging it saves (measured: BENCHMARKS.md). Staged copies
 // alternate by step parity.
 template <class T>
-struct BackwardPass {
+struct BackwardPass : Sizes {
   using Part = typename StepProduct<T>::Part;
   // A run of slice p's blocks that stays consecutive in D_t or in the staged gated part:
   // (first column in the slice's dP row, first column there, length).
@@ -328,7 +336,6 @@ struct BackwardPass {
   const Weights& wts;
   const int64_t G;  // groups of batch rows (1: slices of hidden units)
   const bool want_norms;
-  const int64_t T_, B, I, H, Hs, Q, gate_cols, R, K, P, A, AH, n_blocks, n_rec_blocks, CH;
   const int64_t RING;  // dP: a ring of two chunks
   const bool lstm;
   const at::TensorOptions opts;
@@ -373,26 +380,12 @@ struct BackwardPass {
                const at::Tensor& dout, const at::Tensor& ds_final, const at::Tensor& dc_final,
                const at::Tensor& dcells, bool want_norms_, const std::vector<int64_t>& tune, const at::Tensor& W_hr,
                const at::Tensor& M)
-      : cell(cell_),
+      : Sizes(lay_, x, G_, tune, sizeof(T)),
+        cell(cell_),
         lay(lay_),
         wts(wts_),
         G(G_),
         want_norms(want_norms_),
-        T_(x.size(0)),
-        B(x.size(1)),
-        I(x.size(2)),
-        H(lay.H),
-        Hs(lay.Hs()),
-        Q(lay.Q),
-        gate_cols(lay.gate_cols()),
-        R(lay.R()),
-        K(lay.K()),
-        P(lay.P),
-        A(lay.A),
-        AH(lay.AH()),
-        n_blocks(lay.n_blocks),
-        n_rec_blocks(lay.n_rec_blocks),
-        CH(chunk_steps(tune[2], T_, B, gate_cols, P, G, sizeof(T))),
         RING(std::min(2 * CH, T_)),
         lstm(cell.kind == KIND_LSTM),
         opts(x.options()),
