@@ -29,6 +29,11 @@ TOL = {
     # autocast: bfloat16 operands (8 bits of mantissa: 2^-8 = 3.9e-3 relative per rounding)
     # over a few steps of a recurrence
     torch.bfloat16: (2e-2, 2e-2),
+    # float32 gradients of a whole sequence from two implementations that sum over steps, rows
+    # and gates in different orders (torch's kernels against ours, whose order follows the
+    # threads' split): an entry that is a sum with cancellation carries the rounding of its
+    # terms, ~1e-7 times the sum of their magnitudes (1e-5 absolute was exceeded at 1.9e-5)
+    "float32_gradient": (1e-5, 5e-5),
     # the same operations in the same order (a value carried unchanged, or computed twice): bit for bit
     "exact": (0.0, 0.0),
     # a float64 closed form against the same quantity computed another way a few roundings away

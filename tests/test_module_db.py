@@ -82,4 +82,4 @@ def test_module_db_input_matches_torch(module_cls, module_input, dtype, training
     grads_ours = torch.autograd.grad(out_ours, [*leaves, *ours.parameters()], cot)
     labels = [f"input {i}" for i in range(len(leaves))] + [f"parameter {n}" for n in names]
     for label, a, b in zip(labels, grads_ours, grads_ref, strict=True):
-        assert_close(a, b, msg=f"gradient of {label}")
+        assert_close(a, b, msg=f"gradient of {label}", tol="float32_gradient" if dtype == torch.float32 else None)
