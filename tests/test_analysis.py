@@ -38,7 +38,7 @@ def autograd_step_jacobians(m, x, layer=0, direction=0):
             prev = [s[t, b] for s in run.prev]
             sizes = [v.numel() for v in prev]
 
-            def f(flat):
+            def f(flat, t=t, b=b, sizes=sizes):
                 st = tuple(v.unsqueeze(0) for v in flat.split(sizes))
                 new = reference.step(m.spec, p, layer_in[t, b:b + 1], st, truncate=m.truncate)
                 return torch.cat([n[0] for n in new])

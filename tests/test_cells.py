@@ -113,7 +113,7 @@ def test_lstm1997_squashing_ranges():
     # and inside the cell: large inputs saturate g at +-2 and h within [-1, 1]
     m = make("lstm1997")
     x = 50 * torch.randn(30, 8, I, dtype=DT)
-    for tr, (hh, c) in trace_run(m, x, reference.zero_state(m.spec, 8, H, x)):
+    for tr, (hh, _) in trace_run(m, x, reference.zero_state(m.spec, 8, H, x)):
         assert tr["g"].abs().max() <= 2 and hh.abs().max() <= 1
     assert tr["g"].abs().max() > 1.99
 

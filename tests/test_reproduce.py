@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from lstmlab.tasks import make
-from lstmlab.train import build_model
-from lstmlab.train import reproduce
+from lstmlab.train import build_model, reproduce
 from lstmlab.train.reproduce import ROWS_1997, Budget, configs, markdown, reproduce_1997
 
 OPTIMISER = ("optimizer", "lr", "momentum", "batch_size", "loss_steps", "clip_norm", "clip_value",

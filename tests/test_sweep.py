@@ -37,7 +37,7 @@ def test_sqlite_sweep_runs_and_continues(tmp_path):
     assert {cell: n["COMPLETE"] for cell, n in result.items()} == {"vanilla": 2, "nfg": 2}
     first = {cell: trials_by_state(c, cell) for cell in c.cells}
     for cell in c.cells:  # every trial trained a real model and recorded its test result
-        for number, (state, value, _) in first[cell].items():
+        for state, value, _ in first[cell].values():
             assert state == "COMPLETE" and 0 <= value < 10
     # the same command with more trials continues the study: old trials untouched, one more each
     c3 = cfg(url, trials=3)

@@ -8,8 +8,8 @@ through time.
     >>> lstm = lstmlab.LSTM(8, 32, 2)           # torch.nn.LSTM's drop-in: num_layers=2
     >>> step = lstmlab.LSTMCell(8, 32, cell="vanilla")   # torch.nn.LSTMCell's, any LSTM cell (peepholes)
 """
-from .cells import CellSpec, cell_names, get_cell
 from .cell import GRUCell, LSTMCell, RNNCell
+from .cells import CellSpec, cell_names, get_cell
 from .errors import ArgumentError, InputError, InputTypeError
 from .layer import Recurrent
 from .modules import GRU, LSTM, RNN

@@ -39,7 +39,7 @@ def autograd_jacobians(model, x, vectorize: bool) -> torch.Tensor:
     out = torch.empty(T, B, sum(sizes), sum(sizes), dtype=x.dtype)
     for t in range(T):
         for b in range(B):
-            def f(flat):
+            def f(flat, t=t, b=b):
                 st = tuple(v.unsqueeze(0) for v in flat.split(sizes))
                 return torch.cat([n[0] for n in reference.step(spec, p, x[t, b:b + 1], st, model.truncate)])
             prev = torch.cat([s[t, b] for s in run.prev])
@@ -57,11 +57,11 @@ def bench_jacobians(cell, T, H, B=1, repeat=3, naive_steps=None, k=16):
     n = T if naive_steps is None else naive_steps  # the naive route is linear in T
     rows = {"cell": cell, "T": T, "H": H, "B": B, "k": k, "closed_form_s": t_closed}
     for vec in (True, False):
-        t_naive, Jn = _best(lambda: autograd_jacobians(model, x[:n], vec), 1)
+        t_naive, Jn = _best(lambda vec=vec: autograd_jacobians(model, x[:n], vec), 1)
         assert torch.allclose(Jn, J[:n], atol=1e-10), "closed form and autograd disagree"
         rows[f"autograd{'_vectorized' if vec else ''}_s"] = t_naive * T / n
     for name, kk in (("top", k), ("full", None)):
-        t_qr, _ = _best(lambda: lyapunov_from_jacobians(J, kk), 1)
+        t_qr, _ = _best(lambda kk=kk: lyapunov_from_jacobians(J, kk), 1)
         rows[f"qr_{name}_s"] = t_qr
         rows[f"lyapunov_{name}_closed_s"] = t_closed + t_qr
         rows[f"lyapunov_{name}_naive_s"] = rows["autograd_s"] + t_qr
@@ -162,7 +162,7 @@ def _run(args) -> int:
               f"{r['autograd_vectorized_s']:.2f} | {r['speedup_jacobians_vectorized']:.1f}x | "
               f"{r['lyapunov_top_closed_s']:.2f} / {r['lyapunov_top_naive_s']:.2f} | {r['speedup_lyapunov_top']:.0f}x | "
               f"{r['lyapunov_full_closed_s']:.2f} / {r['lyapunov_full_naive_s']:.2f} | {r['speedup_lyapunov_full']:.1f}x |")
-    print(f"\ngradient_flow vs plain forward+backward (reference backend, float32, T=200, H=64, B=8):")
+    print("\ngradient_flow vs plain forward+backward (reference backend, float32, T=200, H=64, B=8):")
     print("| cell | plain (s) | gradient_flow (s) | ratio |")
     print("|---|---|---|---|")
     for cell in cells:

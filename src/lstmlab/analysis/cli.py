@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import fields
-from pathlib import Path
 
 import torch
 

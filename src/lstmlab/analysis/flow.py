@@ -79,6 +79,6 @@ def _hooked(model, x, loss_fn, hx, layer, direction) -> GradientFlow:
     if not norms["h"]:
         raise ValueError("gradient_flow: no state required grad (are all parameters frozen "
                          "and x without requires_grad?)")
-    order = (lambda v: v.flip(0)) if direction == 1 else (lambda v: v)  # noqa: E731  input order
+    order = (lambda v: v.flip(0)) if direction == 1 else (lambda v: v)
     return GradientFlow(order(torch.stack(norms["h"])), order(torch.stack(norms["c"])) if norms["c"] else None,
                         float(loss.detach()))

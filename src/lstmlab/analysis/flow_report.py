@@ -15,12 +15,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from ..io import check_writable, write_text  # noqa: E402
-from .plots import DASHES, MARKERS, _save, colours  # noqa: E402
-from .watch import FLOW_FILE  # noqa: E402
+from ..io import check_writable, write_text
+from .plots import DASHES, MARKERS, _save, colours
+from .watch import FLOW_FILE
 
 LAG_PARAMS = ("p", "T")  # the task parameter that is its lag: the 1997 lag tasks' p, else T
 

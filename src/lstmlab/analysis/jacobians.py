@@ -97,16 +97,16 @@ class Lin:
     def __init__(self, terms: dict):
         self.terms = terms  # name -> coef
 
-    def scale(self, v: torch.Tensor) -> "Lin":
+    def scale(self, v: torch.Tensor) -> Lin:
         return Lin({k: c * v for k, c in self.terms.items()})
 
-    def __add__(self, other: "Lin") -> "Lin":
+    def __add__(self, other: Lin) -> Lin:
         terms = dict(self.terms)
         for k, c in other.terms.items():
             terms[k] = terms[k] + c if k in terms else c
         return Lin(terms)
 
-    def __neg__(self) -> "Lin":
+    def __neg__(self) -> Lin:
         return Lin({k: -c for k, c in self.terms.items()})
 
 

@@ -7,12 +7,12 @@ import math
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from .. import theory  # noqa: E402
-from ..io import atomic_write  # noqa: E402
+from .. import theory
+from ..io import atomic_write
 
 FLOOR = -300  # log10 of what we draw as "vanished"
 

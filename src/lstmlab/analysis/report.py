@@ -109,7 +109,7 @@ def conclusion(results: dict) -> str:
         out.append(text + ".")
     if variants:
         parts = []
-        for c, r in variants:
+        for _, r in variants:
             b = r["forget_bias"]
             parts.append(f"With a forget bias of {b:g} (&sigma;({b:g}) = {theory.lstm_factor(b):.3f}) the same "
                          f"LSTM's gradient falls below {thr:g} {horizon_words(r, cfg)}.")
@@ -144,7 +144,7 @@ def conclusion(results: dict) -> str:
 
 def cell_path_words(results: dict) -> str:
     """What the cell-path figure shows, from the numbers."""
-    cfg, out = results["config"], []
+    out = []
     for c, r in results["cells"].items():
         cp = r.get("cell_path")
         if not cp or not cp["lags"]:
@@ -178,7 +178,7 @@ def write_report(results, figures, path_write) -> str:
     rows = []
     for cell, r in results["cells"].items():
         g = r["grad_by_lag"]
-        at = lambda k: _num(g[k], "{:.1e}") if k < len(g) else "&mdash;"  # noqa: E731
+        at = lambda k, g=g: _num(g[k], "{:.1e}") if k < len(g) else "&mdash;"  # noqa: E731
         rows.append(
             f"<tr><td><b>{html.escape(cell)}</b></td><td>{html.escape(r['summary'])}</td>"
             f"<td>{_num(r['decay_rate'] + 0.0, '{:+.4f}')}</td><td>{_num(r['decay_rate_fit'], '{:+.4f}')}</td>"

@@ -59,7 +59,7 @@ import os
 import warnings
 import weakref
 from dataclasses import dataclass, field, fields, replace
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
@@ -278,7 +278,7 @@ class Config(NamedTuple):
         return [self.truncate, self.groups, self.keep, self.return_cells, self.norms, *self.tune, *self.bounds]
 
     @classmethod
-    def of(cls, config: list[int]) -> "Config":
+    def of(cls, config: list[int]) -> Config:
         return cls(*config[:5], tuple(config[5:10]), tuple(config[10:]))
 
 
@@ -330,7 +330,7 @@ def _kernel_args(cell, c, lengths, tensors):
     return plan, Wx, bx, s0, (pick(c0), W_hh.contiguous(), pick(W_gg), *maps, pick(W_ch), lens), pick(W_hr)
 
 
-def _forward_impl(cell: str, config: list[int], lengths: Optional[Tensor], tensors: list[Tensor]) -> list[Tensor]:
+def _forward_impl(cell: str, config: list[int], lengths: Tensor | None, tensors: list[Tensor]) -> list[Tensor]:
     """-> [out (T, B, P), h_n (B, P), c_n (B, H), a_n (B, A*H), cells (T, B, H), and for
     layer_backward the gate activations, every c_t and (with a projection) every
     o_t act(c_t) in the kernel's layout (if keep)]; (0,) where absent. P = proj_size or H."""
@@ -361,8 +361,8 @@ def _(cell, config, lengths, tensors):
             new(T * B * H) if c.keep and lstm else new(0), new(T * B * H) if c.keep and W_hr is not None else new(0)]
 
 
-def _backward_impl(cell: str, config: list[int], lengths: Optional[Tensor], tensors: list[Tensor],
-                   saved: list[Tensor], grads: list[Optional[Tensor]]) -> list[Tensor]:
+def _backward_impl(cell: str, config: list[int], lengths: Tensor | None, tensors: list[Tensor],
+                   saved: list[Tensor], grads: list[Tensor | None]) -> list[Tensor]:
     """The kernel's backward. saved: layer_forward's out, gates, C, M; grads: those of out,
     h_n, c_n, a_n, cells (None: zero). -> [one per entry of `tensors` (the gradient; (0,)
     where the entry is absent), norm_h (T, B), norm_c (T, B)]; the norms (0,) unless wanted
@@ -672,7 +672,7 @@ class GradNorms:
     def c(self) -> list[torch.Tensor | None]:
         return [r.c for r in self.runs]
 
-    def __enter__(self) -> "GradNorms":
+    def __enter__(self) -> GradNorms:
         _RECORDERS.append(self)
         return self
 

@@ -4,8 +4,8 @@ Adding a cell means adding one file here with `SPEC = CellSpec(...)`; nothing el
 """
 from __future__ import annotations
 
-from ..registry import discover
 from ..errors import ArgumentError
+from ..registry import discover
 from .spec import ACTIVATIONS, Activation, CellSpec
 
 _REGISTRY: dict[str, CellSpec] = {}  # filled by discover() at the end of this file

@@ -8,8 +8,8 @@ definition. The equations are in docs/cells.md and in `lstmlab.backends.referenc
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from typing import Callable
 
 import torch
 
@@ -171,7 +171,7 @@ class CellSpec:
         n += (len(self.recurrent_gates) * H) ** 2
         return n
 
-    def with_options(self, **options) -> "CellSpec":
+    def with_options(self, **options) -> CellSpec:
         """A variant of this cell with some fields changed (e.g. peepholes=True).
 
         Raises ValueError naming the option if this kind of cell does not have it.

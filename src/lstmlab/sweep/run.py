@@ -151,7 +151,7 @@ def work(cfg: SweepConfig, worker: int = 0, threads: int | None = None, poll: fl
             study.sampler = _sampler(cfg, cell, worker, sum(n.values()))
             mine = []  # this worker's trial (the study's last may be another worker's)
             study.optimize(lambda t, cell=cell: objective(t, cfg, cell), n_trials=1, catch=(TrainingDiverged,),
-                           callbacks=[lambda _, trial: mine.append(trial)])
+                           callbacks=[lambda _, trial, mine=mine: mine.append(trial)])
             last = mine[0]
             ran += 1
             log(f"[worker {worker} pid {os.getpid()}] {cell} trial {last.number}: {last.state.name} "

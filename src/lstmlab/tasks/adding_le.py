@@ -17,8 +17,7 @@ from typing import ClassVar
 import torch
 
 from .adding import last_output_error
-from .base import (ARJOVSKY16, LE15, Batch, Judgement, Published, Task, check_int, last_step_mask,
-                   uniform_int)
+from .base import ARJOVSKY16, LE15, Batch, Judgement, Published, Task, check_int, last_step_mask, uniform_int
 from .rules import StoppingRule
 
 

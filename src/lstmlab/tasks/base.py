@@ -14,8 +14,9 @@ Conventions (all tasks):
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
-from typing import ClassVar, Iterator, Mapping
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -49,11 +50,11 @@ class Batch:
     def __len__(self) -> int:
         return self.inputs.shape[0]
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> Batch:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Batch(*(move(getattr(self, f.name)) for f in fields(self)))
 
-    def select(self, index: torch.Tensor) -> "Batch":
+    def select(self, index: torch.Tensor) -> Batch:
         """The sequences at `index` (n',), trimmed to their own longest length."""
         T = int(self.lengths[index].max())
         pick = lambda t: None if t is None else t[index, :T]  # noqa: E731

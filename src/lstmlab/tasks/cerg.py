@@ -15,8 +15,9 @@ no stopping rule: the paper trained for a fixed budget and then tested.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import torch
 

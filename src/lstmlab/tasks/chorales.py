@@ -16,9 +16,10 @@ repository. Every fifth chorale (index 4, 9, ...) is a test chorale, the rest tr
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F

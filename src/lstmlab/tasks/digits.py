@@ -9,9 +9,10 @@ class is right; its error is the cross-entropy. No stopping rule: runs go to the
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import torch
 

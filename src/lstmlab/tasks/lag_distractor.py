@@ -35,8 +35,7 @@ from typing import ClassVar
 
 import torch
 
-from .base import (H97, Batch, Judgement, Published, Task, check_int, last_step_mask,
-                   max_abs_error, one_hot)
+from .base import H97, Batch, Judgement, Published, Task, check_int, last_step_mask, max_abs_error, one_hot
 from .rules import WindowRule
 
 # The (q, p) pairs of the paper's Table 3, in its order.

@@ -20,14 +20,14 @@ The two sets are fixed by `data_seed` (drawn with their own torch.Generator).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
-from typing import ClassVar, Iterator
+from functools import cache, cached_property
+from typing import ClassVar
 
 import torch
 
-from .base import (H97, Batch, Judgement, Published, Task, check_int, mean_squared_error, one_hot,
-                   within)
+from .base import H97, Batch, Judgement, Published, Task, check_int, mean_squared_error, one_hot, within
 from .rules import EvalRule
 
 SYMBOLS = ("B", "T", "P", "S", "X", "V", "E")
@@ -36,7 +36,7 @@ INNER = {1: (("T", 2), ("P", 3)), 2: (("S", 2), ("X", 4)), 3: (("T", 3), ("V", 5
 INDEX = {s: i for i, s in enumerate(SYMBOLS)}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _code(symbols: str) -> int:
     return sum(1 << INDEX[c] for c in symbols)
 

@@ -7,7 +7,8 @@ the task counts as learned. state_dict() makes runs resumable.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 

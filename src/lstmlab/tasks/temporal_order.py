@@ -23,8 +23,18 @@ from typing import ClassVar
 
 import torch
 
-from .base import (H97, Batch, Judgement, Published, Task, last_step_mask, max_abs_error,
-                   mean_squared_error, one_hot, uniform_int)
+from .base import (
+    H97,
+    Batch,
+    Judgement,
+    Published,
+    Task,
+    last_step_mask,
+    max_abs_error,
+    mean_squared_error,
+    one_hot,
+    uniform_int,
+)
 from .rules import WindowRule
 
 SYMBOLS = ("a", "b", "c", "d", "E", "B", "X", "Y")

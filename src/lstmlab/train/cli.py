@@ -9,9 +9,9 @@ from pathlib import Path
 
 from ..cells import CellSpec, get_cell
 from ..cells.spec import OVERRIDABLE
+from ..io import check_writable, write_json
 from ..tasks import task_names, task_params
 from .config import TrainConfig
-from ..io import check_writable, write_json
 from .loop import TrainingDiverged, TrainingInterrupted, train
 from .reproduce import ROWS_1997, Budget, markdown, reproduce_1997, write_report
 

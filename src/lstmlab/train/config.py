@@ -159,11 +159,11 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         """The same run with every task parameter spelled out (what config.json holds)."""
         return replace(self, task_params=make(self.task, **self.task_params).params())
 
-    def differences(self, other: "TrainConfig") -> list[str]:
+    def differences(self, other: TrainConfig) -> list[str]:
         """Fields, other than the budget ones, in which two configs differ."""
         mine, theirs = self.resolved(), other.resolved()
         return [f.name for f in fields(self) if f.name not in BUDGET_FIELDS

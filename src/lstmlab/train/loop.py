@@ -16,15 +16,15 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from tqdm import tqdm
 
-from ..io import atomic_write, write_json
 from ..analysis.watch import FLOW_FILE, FlowProbe
+from ..io import atomic_write, write_json
 from ..tasks import Batch, Judgement, make
 from .config import BUDGET_FIELDS, TrainConfig
 from .model import build_model
