@@ -1,6 +1,7 @@
 """Shared test settings: the tolerance table (one table, per dtype, plus named entries for
 the comparisons that are not two implementations of the same maths) and the Hypothesis
 profiles."""
+
 import os
 
 import pytest
@@ -14,10 +15,22 @@ from hypothesis import HealthCheck, settings
 # Tests that set max_examples themselves keep their own count under either profile. (Both
 # profiles say derandomize: under CI, Hypothesis's own default, which a profile inherits, is
 # derandomised.)
-settings.register_profile("ci", derandomize=True, max_examples=25, deadline=None, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("dev", derandomize=False, max_examples=25, deadline=None, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    max_examples=25,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "dev",
+    derandomize=False,
+    max_examples=25,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 # (rtol, atol). Keyed by dtype: comparing two implementations of the same maths (a backend

@@ -1,6 +1,7 @@
 """A throwaway PostgreSQL server on loopback for the tests: its own cluster in a temporary
 folder, a free port, stopped and removed afterwards. Set LSTMLAB_TEST_POSTGRES to a URL to
 use an existing server instead."""
+
 from __future__ import annotations
 
 import glob
@@ -37,8 +38,17 @@ def postgres():
     run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True)  # noqa: E731
     try:
         run(f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "lstmlab", "--no-sync")
-        run(f"{bindir}/pg_ctl", "-D", data, "-l", f"{data}/log", "-w", "-o",
-            f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off", "start")
+        run(
+            f"{bindir}/pg_ctl",
+            "-D",
+            data,
+            "-l",
+            f"{data}/log",
+            "-w",
+            "-o",
+            f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off",
+            "start",
+        )
         try:
             run(f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "lstmlab", "lstmlab")
             yield f"postgresql+psycopg2://lstmlab@127.0.0.1:{port}/lstmlab"

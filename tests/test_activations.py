@@ -3,6 +3,7 @@ knows them: each derivative against autograd's, the kernel's table of codes agai
 (same names, same codes; a table that differs is refused when the kernel loads, an unknown
 code by the kernel itself), and the kernel's forward and derivative of every activation,
 in each place a cell applies one, against the reference backend in float64."""
+
 import dataclasses
 import re
 import types
@@ -57,8 +58,9 @@ def run_and_differentiate(backend, m, x, state):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("cell,field", [("rnn-tanh", "activation"), ("lstm", "activation"),
-                                        ("lstm", "output_activation")])
+@pytest.mark.parametrize(
+    "cell,field", [("rnn-tanh", "activation"), ("lstm", "activation"), ("lstm", "output_activation")]
+)
 def test_the_kernel_applies_and_differentiates_each_activation_as_the_reference(ext, name, cell, field):
     torch.manual_seed(3)
     m = lstmlab.Recurrent(3, 6, cell=cell, dtype=F64, backend="reference", **{field: name})
@@ -79,7 +81,7 @@ def test_the_kernel_rejects_an_unknown_activation_code(ext, monkeypatch, cell, i
 
     def bad_plan(*args):
         p = real(*args)
-        return dataclasses.replace(p, cfg=[*p.cfg[:index], 99, *p.cfg[index + 1:]])
+        return dataclasses.replace(p, cfg=[*p.cfg[:index], 99, *p.cfg[index + 1 :]])
 
     monkeypatch.setattr(cpu, "layout_plan", bad_plan)
     m = lstmlab.Recurrent(2, 3, cell=cell, dtype=F64, backend="reference")

@@ -1,4 +1,5 @@
 """Gradient-flow instruments against autograd and against exact answers."""
+
 import math
 
 import pytest
@@ -40,8 +41,9 @@ def autograd_step_jacobians(m, x, layer=0, direction=0):
 
             def f(flat, t=t, b=b, sizes=sizes):
                 st = tuple(v.unsqueeze(0) for v in flat.split(sizes))
-                new = reference.step(m.spec, p, layer_in[t, b:b + 1], st, truncate=m.truncate)
+                new = reference.step(m.spec, p, layer_in[t, b : b + 1], st, truncate=m.truncate)
                 return torch.cat([n[0] for n in new])
+
             row.append(torch.autograd.functional.jacobian(f, torch.cat(prev)))
         out.append(torch.stack(row))
     return torch.stack(out)
@@ -62,8 +64,9 @@ def test_step_jacobians_equal_autograd(cell, truncate):
 
 
 @pytest.mark.parametrize("name", list(ACTIVATIONS))
-@pytest.mark.parametrize("cell,field", [("rnn-tanh", "activation"), ("lstm", "activation"),
-                                        ("lstm", "output_activation")])
+@pytest.mark.parametrize(
+    "cell,field", [("rnn-tanh", "activation"), ("lstm", "activation"), ("lstm", "output_activation")]
+)
 def test_step_jacobians_equal_autograd_for_every_activation(name, cell, field):
     """The closed forms read each activation's `grad` from the one table; the registered
     cells use only some of them in each place."""
@@ -108,8 +111,11 @@ def test_lyapunov_of_lstm_with_constant_forget_input_is_log_sigma_v(v):
     assert (L.exponents[:, 5:] < top - 5).all()  # the h block is nilpotent: no error survives there
     assert L.horizon_e == pytest.approx(-1 / top) and L.horizon_1e6 == pytest.approx(math.log(1e6) / -top)
     # top-k agrees with the full spectrum
-    assert_close(lyapunov(m, torch.randn(30, 2, 2, dtype=DT), k=2, warmup=1).exponents,
-                 torch.full((2, 2), top, dtype=DT), tol="float64_closed_form")
+    assert_close(
+        lyapunov(m, torch.randn(30, 2, 2, dtype=DT), k=2, warmup=1).exponents,
+        torch.full((2, 2), top, dtype=DT),
+        tol="float64_closed_form",
+    )
 
 
 def test_lyapunov_top_exponent_matches_the_measured_decay_of_the_gradient():
@@ -146,7 +152,7 @@ def test_lag_jacobian_norms_are_norms_of_explicit_products(stride):
             assert_close(lag.spectral[:, i, j], torch.linalg.svdvals(P)[:, 0], tol="float64_closed_form")
             fprod = run.trace["f"][t:t2].prod(0)
             torch.testing.assert_close(lag.cell_spectral[:, i, j], fprod.abs().amax(-1))
-            rest = torch.linalg.matrix_norm(P[:, H:2 * H, H:2 * H] - torch.diag_embed(fprod))
+            rest = torch.linalg.matrix_norm(P[:, H : 2 * H, H : 2 * H] - torch.diag_embed(fprod))
             torch.testing.assert_close(lag.cell_share[:, i, j], fprod.norm(dim=-1) / (fprod.norm(dim=-1) + rest))
 
 

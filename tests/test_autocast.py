@@ -3,6 +3,7 @@ torch.nn.LSTM / GRU / RNN under autocast with the same weights: the same output 
 dtypes (torch's: LSTM and RNN in bfloat16, GRU in float32), values and float32 parameter
 gradients within bfloat16's tolerance; every registered cell runs, its dtypes by kind and
 the backends agreeing; float64 is left alone, as autocast leaves it."""
+
 import pytest
 import torch
 
@@ -12,8 +13,12 @@ from lstmlab.backends import backend_names
 
 BACKENDS = backend_names()
 BF16 = torch.bfloat16
-TWINS = {"lstm": (torch.nn.LSTM, {}), "gru": (torch.nn.GRU, {}),
-         "rnn-tanh": (torch.nn.RNN, {"nonlinearity": "tanh"}), "rnn-relu": (torch.nn.RNN, {"nonlinearity": "relu"})}
+TWINS = {
+    "lstm": (torch.nn.LSTM, {}),
+    "gru": (torch.nn.GRU, {}),
+    "rnn-tanh": (torch.nn.RNN, {"nonlinearity": "tanh"}),
+    "rnn-relu": (torch.nn.RNN, {"nonlinearity": "relu"}),
+}
 
 
 def as_tuple(state):
@@ -76,8 +81,9 @@ def test_every_cell_runs_under_autocast_alike_on_every_backend(cell):
     results = {}
     for backend in BACKENDS:
         torch.manual_seed(0)
-        m = lstmlab.Recurrent(4, 5, cell=cell, bidirectional=True, backend=backend,
-                              return_cell_states=spec.kind == "lstm")
+        m = lstmlab.Recurrent(
+            4, 5, cell=cell, bidirectional=True, backend=backend, return_cell_states=spec.kind == "lstm"
+        )
         packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
         with torch.autocast("cpu", dtype=BF16):
             res = m(packed)

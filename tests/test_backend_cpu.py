@@ -5,6 +5,7 @@ lengths, directions, the truncated rule and the kernel's code paths (hidden unit
 slices run in parallel, batch rows cut into groups, the built-in and the BLAS products, chunk
 sizes). Also the layer
 (multi-layer, bidirectional, packed), the per-step gradient norms and the error paths."""
+
 import contextlib
 import os
 
@@ -31,9 +32,16 @@ def knobs(parallel=False, small_products=True, packed=True, chunk=0, copies=True
     place in torch's order (large ones), and groups > 1: that many groups of batch rows
     (at most one per row; instead of slices), however many threads there are."""
     small, big = (1 << 62) if small_products else 0, (1 << 62) if copies else 0
-    with cpu.tuning(PARALLEL_MIN_WORK=0 if parallel else 1 << 62, SMALL_GEMM_LIMIT=small,
-                    GROUP_SMALL_GEMM_LIMIT=small, USE_PACKED_GEMM=int(packed), CHUNK_STEPS=chunk,
-                    OWN_ORDER_MAX_BYTES=big, GATHER_MAX_BYTES=big, GROUP_MIN_ROWS=1 << 62):
+    with cpu.tuning(
+        PARALLEL_MIN_WORK=0 if parallel else 1 << 62,
+        SMALL_GEMM_LIMIT=small,
+        GROUP_SMALL_GEMM_LIMIT=small,
+        USE_PACKED_GEMM=int(packed),
+        CHUNK_STEPS=chunk,
+        OWN_ORDER_MAX_BYTES=big,
+        GATHER_MAX_BYTES=big,
+        GROUP_MIN_ROWS=1 << 62,
+    ):
         with cpu.force_split(groups=groups):
             yield
 
@@ -44,9 +52,12 @@ def random_case(cell, dtype, T, B, I, H, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(T, B, I, generator=g, dtype=dtype).requires_grad_()
     # FGR's state includes gate activations, which live in (0, 1)
-    state = tuple((torch.rand if n == "a" else torch.randn)(B, m.spec.state_width(n) * H, generator=g,
-                                                           dtype=dtype).requires_grad_()
-                  for n in m.spec.state_names)
+    state = tuple(
+        (torch.rand if n == "a" else torch.randn)(
+            B, m.spec.state_width(n) * H, generator=g, dtype=dtype
+        ).requires_grad_()
+        for n in m.spec.state_names
+    )
     return m, x, state
 
 
@@ -54,8 +65,9 @@ def run_and_differentiate(backend, m, x, state, lengths, reverse, truncate):
     """Outputs, final state (and cells) of one run_layer, then the gradients of a fixed
     random projection of all of them with respect to x, the state and every weight."""
     spec = m.spec
-    out, final, cells = backend.run_layer(spec, m.cell_params(0), x, state, lengths, reverse=reverse,
-                                          truncate=truncate, return_cells=spec.kind == "lstm")
+    out, final, cells = backend.run_layer(
+        spec, m.cell_params(0), x, state, lengths, reverse=reverse, truncate=truncate, return_cells=spec.kind == "lstm"
+    )
     outs = [out, *final] + ([cells] if cells is not None else [])
     g = torch.Generator().manual_seed(99)
     cot = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outs]
@@ -67,13 +79,24 @@ def run_and_differentiate(backend, m, x, state, lengths, reverse, truncate):
     return dict(zip(names, [o.detach() for o in outs] + grads))
 
 
-case = st.fixed_dictionaries({
-    "T": st.integers(1, 9), "B": st.integers(1, 4), "I": st.integers(1, 5), "H": st.integers(1, 37),
-    "lengths": st.booleans(), "reverse": st.booleans(), "truncate": st.sampled_from([None, True, False]),
-    "parallel": st.booleans(), "small_products": st.booleans(), "packed": st.booleans(),
-    "chunk": st.sampled_from([0, 1, 2, 3]), "copies": st.booleans(), "groups": st.sampled_from([1, 2, 3]),
-    "seed": st.integers(0, 2 ** 16),
-})
+case = st.fixed_dictionaries(
+    {
+        "T": st.integers(1, 9),
+        "B": st.integers(1, 4),
+        "I": st.integers(1, 5),
+        "H": st.integers(1, 37),
+        "lengths": st.booleans(),
+        "reverse": st.booleans(),
+        "truncate": st.sampled_from([None, True, False]),
+        "parallel": st.booleans(),
+        "small_products": st.booleans(),
+        "packed": st.booleans(),
+        "chunk": st.sampled_from([0, 1, 2, 3]),
+        "copies": st.booleans(),
+        "groups": st.sampled_from([1, 2, 3]),
+        "seed": st.integers(0, 2**16),
+    }
+)
 
 
 def same_run(got, expected):
@@ -95,8 +118,7 @@ def check_against_reference(cell, dtype, c):
         g = torch.Generator().manual_seed(c["seed"])
         lengths = torch.randint(1, c["T"] + 1, (c["B"],), generator=g)
     want = run_and_differentiate(reference, m, x, state, lengths, c["reverse"], truncate)
-    with knobs(c["parallel"], c["small_products"], c["packed"], c["chunk"], c.get("copies", True),
-               c.get("groups", 1)):
+    with knobs(c["parallel"], c["small_products"], c["packed"], c["chunk"], c.get("copies", True), c.get("groups", 1)):
         got = run_and_differentiate(cpu, m, x, state, lengths, c["reverse"], truncate)
     assert got.keys() == want.keys()
     for name in want:
@@ -120,8 +142,20 @@ def test_matches_reference_float32(cell, c):
 @pytest.mark.parametrize("cell", CELLS)
 def test_long_sequence_many_chunks_in_parallel(cell):
     """Many chunks and slices at once, float32 (the benchmark's dtype), the full gradient."""
-    c = dict(T=40, B=3, I=4, H=48, lengths=True, reverse=False, truncate=None, parallel=True,
-             small_products=False, packed=True, chunk=3, seed=7)
+    c = dict(
+        T=40,
+        B=3,
+        I=4,
+        H=48,
+        lengths=True,
+        reverse=False,
+        truncate=None,
+        parallel=True,
+        small_products=False,
+        packed=True,
+        chunk=3,
+        seed=7,
+    )
     check_against_reference(cell, torch.float32, c)
 
 
@@ -130,8 +164,21 @@ def test_long_sequence_many_chunks_in_parallel(cell):
 def test_long_sequence_many_chunks_in_batch_groups(cell, dtype):
     """Groups of unequal size (2 and 3 rows: two products) meeting at many chunk ends,
     MKL's products, the full gradient."""
-    c = dict(T=40, B=5, I=4, H=24, lengths=True, reverse=False, truncate=None, parallel=False,
-             small_products=False, packed=True, chunk=3, groups=2, seed=7)
+    c = dict(
+        T=40,
+        B=5,
+        I=4,
+        H=24,
+        lengths=True,
+        reverse=False,
+        truncate=None,
+        parallel=False,
+        small_products=False,
+        packed=True,
+        chunk=3,
+        groups=2,
+        seed=7,
+    )
     check_against_reference(cell, dtype, c)
 
 
@@ -141,8 +188,21 @@ def test_long_sequence_many_chunks_in_batch_groups(cell, dtype):
 def test_products_of_eight_rows_and_more(cell, dtype, groups):
     """The built-in product's 8-row blocks (AVX-512 builds): one slice over 17 rows (two
     blocks and a row), or groups of 8 and 9 rows; H = 21 leaves a partial vector."""
-    c = dict(T=6, B=17, I=3, H=21, lengths=True, reverse=False, truncate=None, parallel=False,
-             small_products=True, packed=True, chunk=2, groups=groups, seed=5)
+    c = dict(
+        T=6,
+        B=17,
+        I=3,
+        H=21,
+        lengths=True,
+        reverse=False,
+        truncate=None,
+        parallel=False,
+        small_products=True,
+        packed=True,
+        chunk=2,
+        groups=groups,
+        seed=5,
+    )
     check_against_reference(cell, dtype, c)
 
 
@@ -163,15 +223,18 @@ def test_layer_matches_reference(cell, groups):
     backend as it chooses, or in three groups of batch rows (1, 1 and 2 rows)."""
     I, H, B, T = 3, 6, 4, 7
     torch.manual_seed(0)
-    ref = lstmlab.Recurrent(I, H, cell=cell, num_layers=2, bidirectional=True, batch_first=True,
-                            dtype=torch.float64, backend="reference")
-    ours = lstmlab.Recurrent(I, H, cell=cell, num_layers=2, bidirectional=True, batch_first=True,
-                             dtype=torch.float64, backend="cpu")
+    ref = lstmlab.Recurrent(
+        I, H, cell=cell, num_layers=2, bidirectional=True, batch_first=True, dtype=torch.float64, backend="reference"
+    )
+    ours = lstmlab.Recurrent(
+        I, H, cell=cell, num_layers=2, bidirectional=True, batch_first=True, dtype=torch.float64, backend="cpu"
+    )
     ours.load_state_dict(ref.state_dict())
     g = torch.Generator().manual_seed(1)
     x = torch.randn(B, T, I, generator=g, dtype=torch.float64, requires_grad=True)
-    hx = tuple(torch.randn(4, B, ref.spec.state_width(n) * H, generator=g, dtype=torch.float64)
-               for n in ref.spec.state_names)
+    hx = tuple(
+        torch.randn(4, B, ref.spec.state_width(n) * H, generator=g, dtype=torch.float64) for n in ref.spec.state_names
+    )
     hx = hx[0] if len(hx) == 1 else hx
     lengths = torch.tensor([5, 7, 1, 5])
     for model in (ref, ours):
@@ -179,12 +242,16 @@ def test_layer_matches_reference(cell, groups):
         with knobs(groups=groups) if groups > 1 else contextlib.nullcontext():
             out, state = model(packed, hx)
         state = state if isinstance(state, tuple) else (state,)
-        loss = (out.data ** 2).sum() + sum((s * s.cos()).sum() for s in state)
+        loss = (out.data**2).sum() + sum((s * s.cos()).sum() for s in state)
         model.zero_grad()
         x.grad = None
         loss.backward()
-        model.result = (out.data.detach(), [s.detach() for s in state], x.grad.clone(),
-                        {n: p.grad.clone() for n, p in model.named_parameters()})
+        model.result = (
+            out.data.detach(),
+            [s.detach() for s in state],
+            x.grad.clone(),
+            {n: p.grad.clone() for n, p in model.named_parameters()},
+        )
     same_run(ours.result, ref.result)
 
 
@@ -192,11 +259,13 @@ def test_layer_matches_reference(cell, groups):
 # gates fed back first in each slice, the a part of the state slice by slice. These force
 # more slices than the machine has cores, uneven ones, odd hidden sizes, and the variants
 # that feed back fewer gates (A = 2: cifg, nfg; A = 1: nig without an output gate).
-FGR_CELLS = {"fgr": "fgr",
-             "cifg+fgr": lstmlab.get_cell("cifg").with_options(gate_recurrence=True),
-             "nfg+fgr": lstmlab.get_cell("nfg").with_options(gate_recurrence=True),
-             "nig+nog+fgr": lstmlab.get_cell("nig").with_options(gate_recurrence=True, output_gate=False),
-             "fgr+peepholes": lstmlab.get_cell("fgr").with_options(peepholes=True)}
+FGR_CELLS = {
+    "fgr": "fgr",
+    "cifg+fgr": lstmlab.get_cell("cifg").with_options(gate_recurrence=True),
+    "nfg+fgr": lstmlab.get_cell("nfg").with_options(gate_recurrence=True),
+    "nig+nog+fgr": lstmlab.get_cell("nig").with_options(gate_recurrence=True, output_gate=False),
+    "fgr+peepholes": lstmlab.get_cell("fgr").with_options(peepholes=True),
+}
 
 
 @contextlib.contextmanager
@@ -206,13 +275,24 @@ def forced_slices(cuts):
         yield
 
 
-fgr_case = st.fixed_dictionaries({
-    "T": st.integers(1, 9), "B": st.integers(1, 4), "I": st.integers(1, 5), "H": st.integers(1, 41),
-    "lengths": st.booleans(), "reverse": st.booleans(), "truncate": st.sampled_from([None, True, False]),
-    "parallel": st.just(False), "small_products": st.booleans(), "packed": st.booleans(),
-    "chunk": st.sampled_from([0, 1, 2, 3]), "copies": st.booleans(), "seed": st.integers(0, 2 ** 16),
-    "cuts": st.lists(st.floats(0.05, 0.95), min_size=0, max_size=3),
-})
+fgr_case = st.fixed_dictionaries(
+    {
+        "T": st.integers(1, 9),
+        "B": st.integers(1, 4),
+        "I": st.integers(1, 5),
+        "H": st.integers(1, 41),
+        "lengths": st.booleans(),
+        "reverse": st.booleans(),
+        "truncate": st.sampled_from([None, True, False]),
+        "parallel": st.just(False),
+        "small_products": st.booleans(),
+        "packed": st.booleans(),
+        "chunk": st.sampled_from([0, 1, 2, 3]),
+        "copies": st.booleans(),
+        "seed": st.integers(0, 2**16),
+        "cuts": st.lists(st.floats(0.05, 0.95), min_size=0, max_size=3),
+    }
+)
 
 
 @pytest.mark.slow
@@ -234,8 +314,21 @@ def test_fgr_long_sequence_in_three_slices(cell, H, dtype, T, copies):
     """Odd slice widths, many chunks, the BLAS products (float32: MKL's packed ones), with and
     without the backward's weight copies. (float32 over 30 steps: gradients of ~100 whose
     rounding alone exceeds the tolerance.)"""
-    c = dict(T=T, B=5, I=3, H=H, lengths=True, reverse=True, truncate=None, parallel=False,
-             small_products=False, packed=True, chunk=4, copies=copies, seed=3)
+    c = dict(
+        T=T,
+        B=5,
+        I=3,
+        H=H,
+        lengths=True,
+        reverse=True,
+        truncate=None,
+        parallel=False,
+        small_products=False,
+        packed=True,
+        chunk=4,
+        copies=copies,
+        seed=3,
+    )
     with forced_slices([0.31, 0.62]):
         check_against_reference(FGR_CELLS[cell], dtype, c)
 
@@ -251,19 +344,26 @@ def test_fgr_bidirectional_layer_in_slices_matches_reference(cuts, copies):
     ours.load_state_dict(ref.state_dict())
     g = torch.Generator().manual_seed(4)
     x = torch.randn(T, B, I, generator=g, dtype=torch.float64, requires_grad=True)
-    hx = tuple(torch.rand(4, B, ref.spec.state_width(n) * H, generator=g, dtype=torch.float64)
-               for n in ref.spec.state_names)
+    hx = tuple(
+        torch.rand(4, B, ref.spec.state_width(n) * H, generator=g, dtype=torch.float64) for n in ref.spec.state_names
+    )
     lengths = torch.tensor([8, 3, 6, 1])
     results = []
     with forced_slices(cuts), knobs(copies=copies):
         for model in (ref, ours):
             out, state = model(pack_padded_sequence(x, lengths, enforce_sorted=False), hx)
-            loss = (out.data ** 2).sum() + sum((s * s.sin()).sum() for s in state)
+            loss = (out.data**2).sum() + sum((s * s.sin()).sum() for s in state)
             model.zero_grad()
             x.grad = None
             loss.backward()
-            results.append((out.data.detach(), [s.detach() for s in state], x.grad.clone(),
-                            {n: p.grad.clone() for n, p in model.named_parameters()}))
+            results.append(
+                (
+                    out.data.detach(),
+                    [s.detach() for s in state],
+                    x.grad.clone(),
+                    {n: p.grad.clone() for n, p in model.named_parameters()},
+                )
+            )
     same_run(results[1], results[0])
 
 
@@ -287,8 +387,11 @@ def reference_state_grads(m, x, state, lengths, reverse, truncate):
     xs = reference.reverse_padded(x, lengths) if reverse else x
     xw = reference.input_projection(p, xs)
     T = x.shape[0]
-    valid = torch.ones(T, x.shape[1], 1, dtype=torch.bool) if lengths is None else \
-        (torch.arange(T).unsqueeze(1) < lengths).unsqueeze(-1)
+    valid = (
+        torch.ones(T, x.shape[1], 1, dtype=torch.bool)
+        if lengths is None
+        else (torch.arange(T).unsqueeze(1) < lengths).unsqueeze(-1)
+    )
     states, outs = [], []
     for t in range(T):
         new = reference.pointwise(spec, p, xw[t], state, truncate)
@@ -302,8 +405,10 @@ def reference_state_grads(m, x, state, lengths, reverse, truncate):
     return out, state, states, valid
 
 
-@pytest.mark.parametrize("cell,truncate", [("lstm", False), ("vanilla", False), ("fgr", False),
-                                           ("lstm1997", True), ("gru", None), ("rnn-tanh", None)])
+@pytest.mark.parametrize(
+    "cell,truncate",
+    [("lstm", False), ("vanilla", False), ("fgr", False), ("lstm1997", True), ("gru", None), ("rnn-tanh", None)],
+)
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("groups", [1, 2])
 def test_grad_norms_match_reference(cell, truncate, reverse, groups):

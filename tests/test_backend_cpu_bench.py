@@ -1,6 +1,7 @@
 """`lstmlab bench` end to end on a tiny shape: every number it reports is there, and the
 ratios, summary and report are made from the measured times. Nothing here asserts how long
 anything took: that depends on the machine and its load, and is the benchmark's to report."""
+
 import dataclasses
 import math
 import re
@@ -45,8 +46,10 @@ def test_run_reports_times_ratios_memory_and_product_rate():
         assert r["product_flops"] is None or 0 < r["product_flops"] < math.inf  # None: no product time measured
         assert r["peak_bytes"] is None or r["peak_bytes"] >= 0
         # the report prints these same numbers
-        assert (f"| {name} | {1e3 * r['fwd_s']:.2f} | {r['fwd_ratio']:.2f} | {1e3 * r['train_s']:.2f} | "
-                f"{r['train_ratio']:.2f} | {r['vs_reference']:.0f}x |") in text
+        assert (
+            f"| {name} | {1e3 * r['fwd_s']:.2f} | {r['fwd_ratio']:.2f} | {1e3 * r['train_s']:.2f} | "
+            f"{r['train_ratio']:.2f} | {r['vs_reference']:.0f}x |"
+        ) in text
     summary = result["summary"]
     assert set(summary["per_cell"]) == {"lstm", "gru"}
     for name, s in summary["per_cell"].items():  # one shape: each cell's summary is its row
@@ -64,10 +67,12 @@ def test_variants_run_every_cell_again_under_their_tuning(monkeypatch):
     def spy(*args):  # the tuning each call is given
         seen.append((args[-1].GROUP_MIN_ROWS, args[-1].CHUNK_STEPS))
         return split(*args)
+
     monkeypatch.setattr(cpu, "_split", spy)
     variant = (("GROUP_MIN_ROWS", 1000), ("CHUNK_STEPS", 3))
-    cfg = bench.BenchConfig(cells=("lstm",), shapes=((16, 6, 3, 8),), rounds=1, reference_rounds=1, memory=False,
-                            variants=(variant,))
+    cfg = bench.BenchConfig(
+        cells=("lstm",), shapes=((16, 6, 3, 8),), rounds=1, reference_rounds=1, memory=False, variants=(variant,)
+    )
     result = bench.run(cfg, log=lambda *_: None)
     rows = {r["model"]: r for r in result["shapes"][0]["rows"]}
     assert list(rows) == ["torch.nn.LSTM", "lstm", "lstm [GROUP_MIN_ROWS=1000,CHUNK_STEPS=3]"]
@@ -109,13 +114,16 @@ def test_force_split_forces_groups_or_slices_and_restores():
     assert cpu.current_tuning() is tune
 
 
-@pytest.mark.parametrize("args,pattern", [
-    (["--shape", "1,2,3"], r"--shape '1,2,3' is invalid"),
-    (["--cells", "lsmt"], r"--cells lsmt: not registered"),
-    (["--rounds", "0"], r"--rounds 0 / --reference-rounds 2 is invalid"),
-    (["--variant", "CHUNK_STEPS"], r"--variant 'CHUNK_STEPS' is invalid; allowed: NAME=VALUE"),
-    (["--variant", "CHUNK=2"], r"--variant 'CHUNK=2': tuning CHUNK=2: unknown; allowed: SMALL_GEMM_LIMIT"),
-])
+@pytest.mark.parametrize(
+    "args,pattern",
+    [
+        (["--shape", "1,2,3"], r"--shape '1,2,3' is invalid"),
+        (["--cells", "lsmt"], r"--cells lsmt: not registered"),
+        (["--rounds", "0"], r"--rounds 0 / --reference-rounds 2 is invalid"),
+        (["--variant", "CHUNK_STEPS"], r"--variant 'CHUNK_STEPS' is invalid; allowed: NAME=VALUE"),
+        (["--variant", "CHUNK=2"], r"--variant 'CHUNK=2': tuning CHUNK=2: unknown; allowed: SMALL_GEMM_LIMIT"),
+    ],
+)
 def test_bad_arguments_are_one_line_errors(args, pattern, capsys):
     assert main(["bench", *args]) == 2
     assert re.search(pattern, capsys.readouterr().err)

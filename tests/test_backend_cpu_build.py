@@ -2,6 +2,7 @@
 lstmlab never needs a compiler, and when the backend cannot be had, auto falls back to the
 reference with a one-line warning that says why while backend='cpu' raises with the
 reason; `lstmlab doctor` reports it."""
+
 import os
 import subprocess
 import sys
@@ -47,21 +48,27 @@ def test_unavailable_backend_falls_back_with_the_reason(monkeypatch):
 
 @pytest.mark.slow
 def test_without_compiler_or_cache_import_works_and_auto_warns_once(tmp_path):
-    code = ("import warnings, torch, lstmlab\n"
-            "m = lstmlab.Recurrent(2, 3)\n"
-            "with warnings.catch_warnings(record=True) as w:\n"
-            "    warnings.simplefilter('always')\n"
-            "    out, _ = m(torch.randn(5, 2, 2))\n"
-            "print(out.shape, [str(x.message) for x in w])\n"
-            "print(lstmlab.backends.availability()['cpu'])\n")
+    code = (
+        "import warnings, torch, lstmlab\n"
+        "m = lstmlab.Recurrent(2, 3)\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    out, _ = m(torch.randn(5, 2, 2))\n"
+        "print(out.shape, [str(x.message) for x in w])\n"
+        "print(lstmlab.backends.availability()['cpu'])\n"
+    )
     r = run_python(code, CXX=str(tmp_path / "no-such-compiler"), LSTMLAB_BUILD_DIR=str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert "torch.Size([5, 2, 3])" in r.stdout
     assert "backend 'cpu' unavailable (no C++ compiler" in r.stdout and "using 'reference'" in r.stdout
-    assert "(False, \"no C++ compiler" in r.stdout
-    doctor = subprocess.run([sys.executable, "-m", "lstmlab", "doctor"], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "CXX": str(tmp_path / "no-such-compiler"),
-                                 "LSTMLAB_BUILD_DIR": str(tmp_path)})
+    assert '(False, "no C++ compiler' in r.stdout
+    doctor = subprocess.run(
+        [sys.executable, "-m", "lstmlab", "doctor"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "LSTMLAB_BUILD_DIR": str(tmp_path)},
+    )
     assert doctor.returncode == 0
     assert "cpu        UNAVAILABLE: no C++ compiler" in doctor.stdout
     assert "reference  available" in doctor.stdout
@@ -80,8 +87,11 @@ def test_a_build_is_cached_and_loads_without_a_compiler():
         pytest.skip(why)
     target = csrc.build_dir() / f"{csrc.module_name()}.so"
     assert target.exists()
-    r = run_python("import lstmlab.backends as b; print(b.availability()['cpu'])", CXX="/no/such/compiler",
-                   LSTMLAB_BUILD_DIR=str(csrc.build_dir()))
+    r = run_python(
+        "import lstmlab.backends as b; print(b.availability()['cpu'])",
+        CXX="/no/such/compiler",
+        LSTMLAB_BUILD_DIR=str(csrc.build_dir()),
+    )
     assert r.returncode == 0 and "(True, 'compiled for this CPU" in r.stdout, r.stdout + r.stderr
 
 

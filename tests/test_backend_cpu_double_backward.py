@@ -28,9 +28,11 @@ def layer_function(backend, spec, names, lengths, reverse, truncate):
     def f(x, *rest):
         state, params = rest[:S], dict(zip(names, rest[S:]))
         p = reference.CellParams(*[params.get(f"{n}_l0") for n in PARAMS])
-        out, final, cells = backend.run_layer(spec, p, x, state, lengths, reverse=reverse, truncate=truncate,
-                                              return_cells=lstm)
+        out, final, cells = backend.run_layer(
+            spec, p, x, state, lengths, reverse=reverse, truncate=truncate, return_cells=lstm
+        )
         return (out, *final) + ((cells,) if lstm else ())
+
     return f
 
 
@@ -39,8 +41,10 @@ def case(cell, seed=0, T=3, B=2, I=2, H=3):
     m = lstmlab.Recurrent(I, H, cell=cell, dtype=F64, backend="cpu")
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(T, B, I, generator=g, dtype=F64, requires_grad=True)
-    state = [(torch.rand if n == "a" else torch.randn)(B, m.spec.state_width(n) * H, generator=g, dtype=F64)
-             .requires_grad_() for n in m.spec.state_names]
+    state = [
+        (torch.rand if n == "a" else torch.randn)(B, m.spec.state_width(n) * H, generator=g, dtype=F64).requires_grad_()
+        for n in m.spec.state_names
+    ]
     names = [n for n, _ in m.named_parameters()]
     return m, (x, *state, *[p.detach().clone().requires_grad_() for p in m.parameters()]), names
 
@@ -63,8 +67,9 @@ def second_derivatives(backend, spec, names, inputs, lengths, reverse, truncate)
     first = torch.autograd.grad(outs, inputs, w, create_graph=True)
     v = [torch.randn(t.shape, generator=g, dtype=F64) for t in first]
     live = [(a, b) for a, b in zip(first, v) if a.requires_grad]  # some are constants under truncation
-    return first, torch.autograd.grad([a for a, _ in live], inputs, [b for _, b in live], allow_unused=True,
-                                      materialize_grads=True)
+    return first, torch.autograd.grad(
+        [a for a, _ in live], inputs, [b for _, b in live], allow_unused=True, materialize_grads=True
+    )
 
 
 @pytest.mark.parametrize("cell", [c for c in CELLS if lstmlab.get_cell(c).kind == "lstm"])
@@ -85,8 +90,9 @@ def test_second_derivatives_match_reference(cell, truncate):
 def torch_twin(cell, mine):
     """The torch.nn module of a cell with the same weights as `mine`."""
     cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
-    twin = cls(mine.input_size, mine.hidden_size, num_layers=mine.num_layers, bidirectional=mine.bidirectional,
-               dtype=F64)
+    twin = cls(
+        mine.input_size, mine.hidden_size, num_layers=mine.num_layers, bidirectional=mine.bidirectional, dtype=F64
+    )
     twin.load_state_dict(mine.state_dict())
     return twin
 
@@ -134,6 +140,7 @@ def test_hessian_vector_product_matches_reference(cell):
             params = {n: t.view(s) for (n, t), s in zip(params.items(), shapes)}
             out, _ = torch.func.functional_call(m, params, (x,))
             return out.sin().sum()
+
         return loss
 
     got = torch.autograd.functional.hvp(loss_of(ms["cpu"]), flat, v)[1]

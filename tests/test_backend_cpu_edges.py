@@ -52,14 +52,19 @@ def inputs(spec, T, B, I, H, dtype=torch.float64):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(T, B, I, generator=g, dtype=dtype, requires_grad=True)
     # FGR's state includes gate activations, which live in (0, 1)
-    hx = tuple((torch.rand if n == "a" else torch.randn)(1, B, spec.state_width(n) * H, generator=g, dtype=dtype)
-               .requires_grad_() for n in spec.state_names)
+    hx = tuple(
+        (torch.rand if n == "a" else torch.randn)(
+            1, B, spec.state_width(n) * H, generator=g, dtype=dtype
+        ).requires_grad_()
+        for n in spec.state_names
+    )
     return x, hx[0] if len(hx) == 1 else hx
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("T,B,I,H", [(5, 0, 4, 8), (1, 1, 1, 1), (4, 1, 1, 1), (1, 3, 2, 1), (3, 1, 1, 6),
-                                     (1, 1, 3, 5)])
+@pytest.mark.parametrize(
+    "T,B,I,H", [(5, 0, 4, 8), (1, 1, 1, 1), (4, 1, 1, 1), (1, 3, 2, 1), (3, 1, 1, 6), (1, 1, 3, 5)]
+)
 def test_edge_sizes_match_reference_and_torch(cell, T, B, I, H):
     ref, ours, twin = models(cell, I, H)
     x, hx = inputs(ref.spec, T, B, I, H)
@@ -82,8 +87,7 @@ def test_empty_batch_gives_empty_results_and_zero_gradients(cell):
     I, H = 3, 4
     torch.manual_seed(0)
     lstm = lstmlab.get_cell(cell).kind == "lstm"
-    m = lstmlab.Recurrent(I, H, cell=cell, num_layers=2, bidirectional=True, backend="cpu",
-                          return_cell_states=lstm)
+    m = lstmlab.Recurrent(I, H, cell=cell, num_layers=2, bidirectional=True, backend="cpu", return_cell_states=lstm)
     x = torch.randn(6, 0, I, requires_grad=True)
     out, state, *cells = m(x)
     assert out.shape == (6, 0, 2 * H)
@@ -107,10 +111,12 @@ def test_empty_batch_with_lengths_and_norms(cell, reverse):
     state = tuple(s.requires_grad_() for s in reference.zero_state(m.spec, 0, H, x))
     lengths = torch.zeros(0, dtype=torch.long)
     with cpu.GradNorms() as norms:
-        out, final, cells = cpu.run_layer(m.spec, m.cell_params(0), x, state, lengths, reverse=reverse,
-                                          return_cells=True)
-    want = reference.run_layer(m.spec, m.cell_params(0), x, state, lengths, reverse=reverse,
-                               return_cells=m.spec.kind == "lstm")
+        out, final, cells = cpu.run_layer(
+            m.spec, m.cell_params(0), x, state, lengths, reverse=reverse, return_cells=True
+        )
+    want = reference.run_layer(
+        m.spec, m.cell_params(0), x, state, lengths, reverse=reverse, return_cells=m.spec.kind == "lstm"
+    )
     assert out.shape == want[0].shape == (T, 0, H)
     assert [f.shape for f in final] == [f.shape for f in want[1]]
     assert (cells is None) == (want[2] is None)
@@ -124,8 +130,9 @@ def test_no_steps_pass_the_state_through(cell):
     output and the initial state as the final one, its gradient passed straight back."""
     m = lstmlab.Recurrent(2, 3, cell=cell, backend="reference", dtype=torch.float64)
     x = torch.randn(0, 2, 2, dtype=torch.float64)
-    state = tuple(torch.randn(2, m.spec.state_width(n) * 3, dtype=torch.float64, requires_grad=True)
-                  for n in m.spec.state_names)
+    state = tuple(
+        torch.randn(2, m.spec.state_width(n) * 3, dtype=torch.float64, requires_grad=True) for n in m.spec.state_names
+    )
     out, final, _ = cpu.run_layer(m.spec, m.cell_params(0), x, state)
     assert out.shape == (0, 2, 3)
     for f, s in zip(final, state, strict=True):
@@ -145,9 +152,27 @@ def test_kernel_refuses_zero_sizes():
 
     def call(x, bounds=pl.bounds):
         B = x.shape[1]
-        return ext.forward(pl.cfg, bounds, 1, x, torch.zeros(B, 8), torch.zeros(B, 8), torch.zeros(32, 4),
-                           torch.zeros(32), torch.zeros(32, 8), none, idx, idx, none, idx, False, False,
-                           [0, 0, 0, 0, 0], none)
+        return ext.forward(
+            pl.cfg,
+            bounds,
+            1,
+            x,
+            torch.zeros(B, 8),
+            torch.zeros(B, 8),
+            torch.zeros(32, 4),
+            torch.zeros(32),
+            torch.zeros(32, 8),
+            none,
+            idx,
+            idx,
+            none,
+            idx,
+            False,
+            False,
+            [0, 0, 0, 0, 0],
+            none,
+        )
+
     with pytest.raises(RuntimeError, match=r"at least one step and one batch row"):
         call(torch.zeros(5, 0, 4))
     with pytest.raises(RuntimeError, match=r"at least one step and one batch row"):

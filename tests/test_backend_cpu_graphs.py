@@ -4,6 +4,7 @@ gru, rnn-tanh and the 1997 cell (peepholes off, truncated gradient): torch.jit.t
 torch.export, torch.func.grad / vmap and torch.compile(fullgraph=True) give eager's
 outputs and gradients; torch.library.opcheck on sample inputs; GradNorms refuses a
 compiled run."""
+
 import functools
 
 import pytest
@@ -160,6 +161,7 @@ def op_samples():
         def op(*args):
             calls[which].append(args)
             return real[which](*args)
+
         return op
 
     cpu._forward_impl, cpu._backward_impl = spy("forward"), spy("backward")
@@ -168,8 +170,10 @@ def op_samples():
             torch.manual_seed(0)
             m = lstmlab.Recurrent(2, 3, cell=cell, dtype=torch.float64, backend="cpu")
             x = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
-            state = tuple(torch.rand(3, m.spec.state_width(n) * 3, dtype=torch.float64, requires_grad=True)
-                          for n in m.spec.state_names)
+            state = tuple(
+                torch.rand(3, m.spec.state_width(n) * 3, dtype=torch.float64, requires_grad=True)
+                for n in m.spec.state_names
+            )
             out, final, _ = cpu.run_layer(m.spec, m.cell_params(0), x, state, **kw)
             (out.sum() + sum(s.square().sum() for s in final)).backward()
     finally:
@@ -177,8 +181,13 @@ def op_samples():
     return list(zip(calls["forward"], calls["backward"], strict=True))
 
 
-SAMPLES = [("lstm", {}), ("gru", {}), ("fgr", {"reverse": True}), ("lstm1997", {"return_cells": True}),
-           ("rnn-tanh", {"lengths": torch.tensor([4, 2, 3])})]
+SAMPLES = [
+    ("lstm", {}),
+    ("gru", {}),
+    ("fgr", {"reverse": True}),
+    ("lstm1997", {"return_cells": True}),
+    ("rnn-tanh", {"lengths": torch.tensor([4, 2, 3])}),
+]
 
 
 @pytest.mark.parametrize("k", range(len(SAMPLES)))
@@ -199,13 +208,15 @@ def test_vmap_rule_of_the_backward_operator():
     the outputs, [g, 2 g] gives the gradients of g and twice them."""
     _, backward = op_samples()[0]
     cell, config, lengths, tensors, saved, grads = [
-        [t.detach() if isinstance(t, torch.Tensor) else t for t in a] if isinstance(a, list) else a for a in backward]
+        [t.detach() if isinstance(t, torch.Tensor) else t for t in a] if isinstance(a, list) else a for a in backward
+    ]
     op = torch.ops.lstmlab.layer_backward.default
     once = op(cell, config, lengths, tensors, saved, grads)
     batched = [None if g is None else torch.stack([g, 2 * g]) for g in grads]
     dims = [None if g is None else 0 for g in grads]
-    got = torch.func.vmap(op, in_dims=(None, None, None, None, None, dims))(cell, config, lengths, tensors, saved,
-                                                                             batched)
+    got = torch.func.vmap(op, in_dims=(None, None, None, None, None, dims))(
+        cell, config, lengths, tensors, saved, batched
+    )
     assert len(got) == len(once)
     for a, b in zip(got[:-2], once[:-2]):  # the gradients (the norms are off: config's norms < 0)
         assert_close(a[0], b)

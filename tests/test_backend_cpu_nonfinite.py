@@ -22,8 +22,9 @@ def same_nonfinite(actual, expected, dtype, what):
     """NaN where expected has NaN, the same infinities, finite values within tolerance."""
     for name, mask in (("NaN", torch.isnan), ("+inf", torch.isposinf), ("-inf", torch.isneginf)):
         got, want = mask(actual), mask(expected)
-        assert torch.equal(got, want), \
+        assert torch.equal(got, want), (
             f"{what}: {name} at {got.nonzero().tolist()}, expected at {want.nonzero().tolist()}"
+        )
     finite = torch.isfinite(expected)
     rtol, atol = TOL[dtype]
     torch.testing.assert_close(actual[finite], expected[finite], rtol=rtol, atol=atol, msg=lambda m: f"{what}\n{m}")
@@ -36,7 +37,7 @@ def sites(spec):
     for n in spec.state_names:
         yield f"state {n}", (1, 2)
     for name, p in m.named_parameters():
-        yield name, (p.shape[0] // 2 + 1, 1)[:p.dim()]
+        yield name, (p.shape[0] // 2 + 1, 1)[: p.dim()]
 
 
 def case(spec, dtype, where, index, value):
@@ -45,8 +46,10 @@ def case(spec, dtype, where, index, value):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(T, B, I, generator=g, dtype=dtype)
     # FGR's state includes gate activations, which live in (0, 1)
-    state = [(torch.rand if n == "a" else torch.randn)(B, spec.state_width(n) * H, generator=g, dtype=dtype)
-             for n in spec.state_names]
+    state = [
+        (torch.rand if n == "a" else torch.randn)(B, spec.state_width(n) * H, generator=g, dtype=dtype)
+        for n in spec.state_names
+    ]
     with torch.no_grad():
         if where == "x":
             x[index] = value
@@ -61,8 +64,9 @@ def case(spec, dtype, where, index, value):
 
 def run(backend, m, x, state, truncate, lengths=None, reverse=False):
     lstm = m.spec.kind == "lstm"
-    out, final, cells = backend.run_layer(m.spec, m.cell_params(0), x, state, lengths, reverse, truncate=truncate,
-                                          return_cells=lstm)
+    out, final, cells = backend.run_layer(
+        m.spec, m.cell_params(0), x, state, lengths, reverse, truncate=truncate, return_cells=lstm
+    )
     outs = [out, *final] + ([cells] if lstm else [])
     g = torch.Generator().manual_seed(2)
     cot = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outs]
@@ -70,8 +74,11 @@ def run(backend, m, x, state, truncate, lengths=None, reverse=False):
     grads = torch.autograd.grad(outs, leaves, cot, allow_unused=True)
     names = ["output", *(f"final {n}" for n in m.spec.state_names)] + (["cells"] if lstm else [])
     names += ["d x", *(f"d {n}0" for n in m.spec.state_names), *(f"d {n}" for n, _ in m.named_parameters())]
-    return dict(zip(names, [o.detach() for o in outs] + [torch.zeros_like(v) if d is None else d
-                                                          for v, d in zip(leaves, grads)]))
+    return dict(
+        zip(
+            names, [o.detach() for o in outs] + [torch.zeros_like(v) if d is None else d for v, d in zip(leaves, grads)]
+        )
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -79,14 +86,15 @@ def run(backend, m, x, state, truncate, lengths=None, reverse=False):
 @pytest.mark.parametrize("cell", CELLS)
 def test_nonfinite_values_propagate_as_in_reference(cell, value, dtype):
     spec = lstmlab.get_cell(cell)
-    for truncate in ([False, True] if spec.kind == "lstm" else [None]):
+    for truncate in [False, True] if spec.kind == "lstm" else [None]:
         for where, index in sites(spec):
             m, x, state = case(spec, dtype, where, index, VALUES[value])
             want = run(reference, m, x, state, truncate)
             got = run(cpu, m, x, state, truncate)
             for name in want:
-                same_nonfinite(got[name], want[name], dtype, f"{cell}, {value} in {where}{index}, "
-                                                             f"truncate={truncate}: {name}")
+                same_nonfinite(
+                    got[name], want[name], dtype, f"{cell}, {value} in {where}{index}, truncate={truncate}: {name}"
+                )
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn-relu", "fgr"])
@@ -118,5 +126,9 @@ def test_nonfinite_values_with_variable_lengths(cell, reverse):
             got = run(cpu, m, x, state, None, lengths, reverse)
             assert torch.equal(want["output"][2:, 1], torch.zeros(2, H, dtype=torch.float64))
             for name in want:
-                same_nonfinite(got[name], want[name], torch.float64, f"{cell}, {value} in {where}{index}, "
-                                                                     f"reverse={reverse}: {name}")
+                same_nonfinite(
+                    got[name],
+                    want[name],
+                    torch.float64,
+                    f"{cell}, {value} in {where}{index}, reverse={reverse}: {name}",
+                )

@@ -3,6 +3,7 @@ cpu backend: every LSTM-kind cell of the registry against the reference backend,
 and backward, over the truncated rule, variable lengths, reversal, batch groups and chunk
 sizes; cell "lstm" against torch.nn.LSTM(proj_size=P) with torch's own parameters; a
 float64 gradcheck; the per-step gradient norms (of the P-wide h)."""
+
 import contextlib
 
 import pytest
@@ -37,14 +38,21 @@ def projected_case(cell, T, B, I, H, P, seed, dtype=DT):
     g = torch.Generator().manual_seed(seed)
     base = m.cell_params(0)
     leaf = lambda t: None if t is None else t.detach().clone().requires_grad_()  # noqa: E731
-    p = CellParams(leaf(base.weight_ih),
-                   (torch.randn(len(spec.gates) * H, P, generator=g, dtype=dtype) * 0.5).requires_grad_(),
-                   leaf(base.bias_ih), leaf(base.bias_hh), leaf(base.weight_ch), leaf(base.weight_gg),
-                   (torch.randn(P, H, generator=g, dtype=dtype) * 0.5).requires_grad_())
+    p = CellParams(
+        leaf(base.weight_ih),
+        (torch.randn(len(spec.gates) * H, P, generator=g, dtype=dtype) * 0.5).requires_grad_(),
+        leaf(base.bias_ih),
+        leaf(base.bias_hh),
+        leaf(base.weight_ch),
+        leaf(base.weight_gg),
+        (torch.randn(P, H, generator=g, dtype=dtype) * 0.5).requires_grad_(),
+    )
     x = torch.randn(T, B, I, generator=g, dtype=dtype).requires_grad_()
     width = {"h": P, "c": H, "a": len(spec.recurrent_gates) * H}
-    state = tuple((torch.rand if n == "a" else torch.randn)(B, width[n], generator=g, dtype=dtype).requires_grad_()
-                  for n in spec.state_names)
+    state = tuple(
+        (torch.rand if n == "a" else torch.randn)(B, width[n], generator=g, dtype=dtype).requires_grad_()
+        for n in spec.state_names
+    )
     return spec, p, x, state
 
 
@@ -53,18 +61,26 @@ def params_of(p):
 
 
 def run(backend, spec, p, x, state, lengths=None, reverse=False, truncate=None):
-    out, final, cells = backend.run_layer(spec, p, x, state, lengths, reverse=reverse, truncate=truncate,
-                                          return_cells=True)
+    out, final, cells = backend.run_layer(
+        spec, p, x, state, lengths, reverse=reverse, truncate=truncate, return_cells=True
+    )
     outs = [out, *final, cells]
     g = torch.Generator().manual_seed(5)
     cot = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outs]
     names = list(params_of(p))
     leaves = [x, *state, *params_of(p).values()]
     grads = torch.autograd.grad(outs, leaves, cot, allow_unused=True)
-    keys = ["output", *(f"final {n}" for n in spec.state_names), "cells", "d x",
-            *(f"d {n}0" for n in spec.state_names), *(f"d {n}" for n in names)]
-    return dict(zip(keys, [o.detach() for o in outs] + [torch.zeros_like(v) if d is None else d
-                                                        for v, d in zip(leaves, grads)]))
+    keys = [
+        "output",
+        *(f"final {n}" for n in spec.state_names),
+        "cells",
+        "d x",
+        *(f"d {n}0" for n in spec.state_names),
+        *(f"d {n}" for n in names),
+    ]
+    return dict(
+        zip(keys, [o.detach() for o in outs] + [torch.zeros_like(v) if d is None else d for v, d in zip(leaves, grads)])
+    )
 
 
 @pytest.mark.parametrize("cell", LSTM_CELLS)
@@ -72,9 +88,14 @@ def run(backend, spec, p, x, state, lengths=None, reverse=False, truncate=None):
 @pytest.mark.parametrize("how", [dict(), dict(groups=2, chunk=2), dict(chunk=1, slices=True), dict(groups=3)])
 def test_projection_matches_reference(cell, P, how):
     T, B, I, H = 7, 4, 3, 5
-    for k, (lengths, reverse, truncate) in enumerate([(None, False, None), (torch.tensor([7, 3, 1, 5]), True, None),
-                                                       (torch.tensor([2, 7, 7, 4]), False, True),
-                                                       (None, True, False)]):
+    for k, (lengths, reverse, truncate) in enumerate(
+        [
+            (None, False, None),
+            (torch.tensor([7, 3, 1, 5]), True, None),
+            (torch.tensor([2, 7, 7, 4]), False, True),
+            (None, True, False),
+        ]
+    ):
         spec, p, x, state = projected_case(cell, T, B, I, H, P, seed=k)
         want = run(reference, spec, p, x, state, lengths, reverse, truncate)
         with split(**how):
@@ -120,8 +141,7 @@ def test_projection_matches_torch_lstm(P, groups):
 
     out, (h, c) = lstm(x, (h0, c0))
     want = grads(out, h[0], c[0])
-    p = CellParams(lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0,
-                   weight_hr=lstm.weight_hr_l0)
+    p = CellParams(lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0, weight_hr=lstm.weight_hr_l0)
     spec = lstmlab.get_cell("lstm")
     for backend in (reference, cpu):
         with split(groups=groups):
@@ -130,8 +150,9 @@ def test_projection_matches_torch_lstm(P, groups):
             assert_close(a, b, msg=f"{backend.__name__}: item {k}")
 
 
-@pytest.mark.parametrize("cell,truncate", [("lstm", False), ("fgr", False), ("vanilla", False), ("lstm1997", False),
-                                           ("cifg", True)])
+@pytest.mark.parametrize(
+    "cell,truncate", [("lstm", False), ("fgr", False), ("vanilla", False), ("lstm1997", False), ("cifg", True)]
+)
 def test_projection_gradcheck(cell, truncate):
     """The hand-written backward against finite differences (truncate=True: the kernel's
     truncated gradient is not the derivative, only the reference's; compared there)."""
@@ -140,7 +161,7 @@ def test_projection_gradcheck(cell, truncate):
     names = list(params_of(p))
 
     def f(x, *rest):
-        st, ws = rest[:len(state)], rest[len(state):]
+        st, ws = rest[: len(state)], rest[len(state) :]
         q = CellParams(**dict(zip(names, ws)))
         out, final, cells = cpu.run_layer(spec, q, x, st, lengths, truncate=truncate, return_cells=True)
         return out, *final, cells
@@ -188,17 +209,35 @@ def test_projection_errors():
     spec, p, x, state = projected_case("lstm", 2, 2, 2, 3, 2, seed=0)
     gru = lstmlab.get_cell("gru")
     with pytest.raises(ValueError, match=r"weight_hr given for cell 'gru'.*lstm cells only"):
-        cpu.run_layer(gru, CellParams(torch.zeros(9, 2), torch.zeros(9, 2), weight_hr=torch.zeros(2, 3)), x,
-                      (torch.zeros(2, 2),))
+        cpu.run_layer(
+            gru, CellParams(torch.zeros(9, 2), torch.zeros(9, 2), weight_hr=torch.zeros(2, 3)), x, (torch.zeros(2, 2),)
+        )
     ext = cpu._extension()
     from lstmlab.backends.csrc.layout import plan
 
     pl = plan(spec, 3, (0, 3), False, 2)
     none, idx = torch.zeros(0, dtype=DT), torch.zeros(0, dtype=torch.long)
     with pytest.raises(RuntimeError, match="bad weight_hr shape"):
-        ext.forward(pl.cfg, pl.bounds, 1, x.detach(), torch.zeros(2, 2, dtype=DT), torch.zeros(2, 3, dtype=DT),
-                    torch.zeros(12, 2, dtype=DT), torch.zeros(12, dtype=DT), torch.zeros(12, 2, dtype=DT), none, idx,
-                    idx, none, idx, False, False, [0, 0, 0, 0, 0], torch.zeros(2, 4, dtype=DT))
+        ext.forward(
+            pl.cfg,
+            pl.bounds,
+            1,
+            x.detach(),
+            torch.zeros(2, 2, dtype=DT),
+            torch.zeros(2, 3, dtype=DT),
+            torch.zeros(12, 2, dtype=DT),
+            torch.zeros(12, dtype=DT),
+            torch.zeros(12, 2, dtype=DT),
+            none,
+            idx,
+            idx,
+            none,
+            idx,
+            False,
+            False,
+            [0, 0, 0, 0, 0],
+            torch.zeros(2, 4, dtype=DT),
+        )
     with pytest.raises(ValueError, match="one slice"):
         plan(spec, 4, (0, 2, 4), False, 2)
 
@@ -251,8 +290,13 @@ def test_padding_is_zero_as_torch_pads_also_with_nonfinite_weights(P):
     x = torch.randn(T, B, I, dtype=DT)
     lengths = torch.tensor([5, 2, 3])
     want, _ = pad_packed_sequence(lstm(pack_padded_sequence(x, lengths, enforce_sorted=False))[0], total_length=T)
-    p = CellParams(lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0,
-                   weight_hr=lstm.weight_hr_l0 if P else None)
+    p = CellParams(
+        lstm.weight_ih_l0,
+        lstm.weight_hh_l0,
+        lstm.bias_ih_l0,
+        lstm.bias_hh_l0,
+        weight_hr=lstm.weight_hr_l0 if P else None,
+    )
     state = (torch.zeros(B, P or H, dtype=DT), torch.zeros(B, H, dtype=DT))
     for backend in (cpu, reference):
         with torch.no_grad():

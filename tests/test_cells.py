@@ -1,5 +1,6 @@
 """Every cell's reference step: gradcheck, the 1997 Constant Error Carousel, each Greff
 variant's defining property, and parameter counts written out from the equations."""
+
 import pytest
 import torch
 
@@ -19,8 +20,12 @@ def make(cell, seed=0, **kw):
 
 def rand_state(spec, B, g):
     # gate activations (FGR) live in (0, 1)
-    return tuple(torch.rand(B, spec.state_width(n) * H, generator=g, dtype=DT) if n == "a"
-                 else torch.randn(B, H, generator=g, dtype=DT) for n in spec.state_names)
+    return tuple(
+        torch.rand(B, spec.state_width(n) * H, generator=g, dtype=DT)
+        if n == "a"
+        else torch.randn(B, H, generator=g, dtype=DT)
+        for n in spec.state_names
+    )
 
 
 def run(m, x, state):
@@ -32,8 +37,23 @@ def run(m, x, state):
 
 
 def test_registry_names():
-    assert lstmlab.cell_names() == ["rnn-tanh", "rnn-sigmoid", "rnn-relu", "lstm1997", "lstm", "vanilla",
-                                    "nig", "nfg", "nog", "niaf", "noaf", "np", "cifg", "fgr", "gru"]
+    assert lstmlab.cell_names() == [
+        "rnn-tanh",
+        "rnn-sigmoid",
+        "rnn-relu",
+        "lstm1997",
+        "lstm",
+        "vanilla",
+        "nig",
+        "nfg",
+        "nog",
+        "niaf",
+        "noaf",
+        "np",
+        "cifg",
+        "fgr",
+        "gru",
+    ]
 
 
 @pytest.mark.parametrize("cell", lstmlab.cell_names())
@@ -68,6 +88,7 @@ def dcT_dc0(m, T, g):
 
     def f(c0):
         return run(m, x, (h0, c0, *rest))[-1][1]
+
     return torch.autograd.functional.jacobian(f, c0).reshape(H, H)
 
 
@@ -118,14 +139,17 @@ def test_lstm1997_squashing_ranges():
     assert tr["g"].abs().max() > 1.99
 
 
-@pytest.mark.parametrize("cell,check", [
-    ("nig", lambda tr: torch.equal(tr["i"], torch.ones_like(tr["i"]))),
-    ("nfg", lambda tr: torch.equal(tr["f"], torch.ones_like(tr["f"]))),
-    ("nog", lambda tr: torch.equal(tr["o"], torch.ones_like(tr["o"]))),
-    ("cifg", lambda tr: torch.allclose(tr["f"], 1 - tr["i"], *TOL["float64_closed_form"])),
-    ("niaf", lambda tr: torch.equal(tr["g"], tr["pre"]["g"])),
-    ("lstm", lambda tr: torch.allclose(tr["g"], torch.tanh(tr["pre"]["g"]))),
-])
+@pytest.mark.parametrize(
+    "cell,check",
+    [
+        ("nig", lambda tr: torch.equal(tr["i"], torch.ones_like(tr["i"]))),
+        ("nfg", lambda tr: torch.equal(tr["f"], torch.ones_like(tr["f"]))),
+        ("nog", lambda tr: torch.equal(tr["o"], torch.ones_like(tr["o"]))),
+        ("cifg", lambda tr: torch.allclose(tr["f"], 1 - tr["i"], *TOL["float64_closed_form"])),
+        ("niaf", lambda tr: torch.equal(tr["g"], tr["pre"]["g"])),
+        ("lstm", lambda tr: torch.allclose(tr["g"], torch.tanh(tr["pre"]["g"]))),
+    ],
+)
 def test_variant_gates(cell, check):
     m = make(cell)
     x = torch.randn(6, 3, I, dtype=DT)
@@ -133,9 +157,14 @@ def test_variant_gates(cell, check):
         assert check(tr)
 
 
-@pytest.mark.parametrize("cell,out", [("noaf", lambda tr: tr["o"] * tr["c"]),
-                                      ("nog", lambda tr: torch.tanh(tr["c"])),
-                                      ("vanilla", lambda tr: tr["o"] * torch.tanh(tr["c"]))])
+@pytest.mark.parametrize(
+    "cell,out",
+    [
+        ("noaf", lambda tr: tr["o"] * tr["c"]),
+        ("nog", lambda tr: torch.tanh(tr["c"])),
+        ("vanilla", lambda tr: tr["o"] * torch.tanh(tr["c"])),
+    ],
+)
 def test_variant_outputs(cell, out):
     m = make(cell)
     x = torch.randn(6, 3, I, dtype=DT)
@@ -209,13 +238,26 @@ def count(gates, peep=0, fgr=0):
     return gates * (H * I + H * H + 2 * H) + peep * H + fgr * H * H
 
 
-@pytest.mark.parametrize("cell,n", [
-    ("rnn-tanh", count(1)), ("rnn-sigmoid", count(1)), ("rnn-relu", count(1)),
-    ("lstm1997", count(3)), ("lstm", count(4)), ("vanilla", count(4, 3)),
-    ("nig", count(3, 2)), ("nfg", count(3, 2)), ("nog", count(3, 2)), ("niaf", count(4, 3)),
-    ("noaf", count(4, 3)), ("np", count(4)), ("cifg", count(3, 2)), ("fgr", count(4, 3, 9)),
-    ("gru", count(3)),
-])
+@pytest.mark.parametrize(
+    "cell,n",
+    [
+        ("rnn-tanh", count(1)),
+        ("rnn-sigmoid", count(1)),
+        ("rnn-relu", count(1)),
+        ("lstm1997", count(3)),
+        ("lstm", count(4)),
+        ("vanilla", count(4, 3)),
+        ("nig", count(3, 2)),
+        ("nfg", count(3, 2)),
+        ("nog", count(3, 2)),
+        ("niaf", count(4, 3)),
+        ("noaf", count(4, 3)),
+        ("np", count(4)),
+        ("cifg", count(3, 2)),
+        ("fgr", count(4, 3, 9)),
+        ("gru", count(3)),
+    ],
+)
 def test_parameter_counts(cell, n):
     m = make(cell)
     assert sum(p.numel() for p in m.parameters()) == n == m.spec.num_parameters(I, H)
@@ -225,14 +267,14 @@ def test_forget_bias_and_1997_init():
     m = make("lstm", forget_bias=2.5, input_bias=-3.0, num_layers=2, bidirectional=True)
     for sfx in ("_l0", "_l1_reverse"):  # torch's gate order: i f g o
         b_ih, b_hh = getattr(m, "bias_ih" + sfx), getattr(m, "bias_hh" + sfx)
-        assert torch.equal(b_ih[H:2 * H], torch.full((H,), 2.5, dtype=DT))
+        assert torch.equal(b_ih[H : 2 * H], torch.full((H,), 2.5, dtype=DT))
         assert torch.equal(b_ih[:H], torch.full((H,), -3.0, dtype=DT))
-        assert torch.equal(b_hh[:2 * H], torch.zeros(2 * H, dtype=DT))
+        assert torch.equal(b_hh[: 2 * H], torch.zeros(2 * H, dtype=DT))
     m = make("cifg", input_bias=-2.0)  # cifg: gates i g o, its f = 1 - i
     assert torch.equal(m.bias_ih_l0[:H] + m.bias_hh_l0[:H], torch.full((H,), -2.0, dtype=DT))
     m = lstmlab.Recurrent(I, 8, cell="lstm1997", init="1997", dtype=DT)
     o = m.spec.gates.index("o")
-    ob = (m.bias_ih_l0 + m.bias_hh_l0)[o * 8:(o + 1) * 8]
+    ob = (m.bias_ih_l0 + m.bias_hh_l0)[o * 8 : (o + 1) * 8]
     assert torch.equal(ob, -torch.tensor([1, 2, 3, 4, 1, 2, 3, 4], dtype=DT))
     assert m.weight_hh_l0.abs().max() <= 0.1 and m.weight_ih_l0.abs().max() <= 0.1
 
@@ -244,8 +286,9 @@ def test_learned_initial_state_and_cell_states():
         m.initial_c.normal_()
     x = torch.randn(5, 2, I, dtype=DT)
     out, (h, c), cells = m(x)
-    out2, (h2, c2) = make("vanilla", num_layers=2)(x, (m.initial_h.unsqueeze(1).expand(-1, 2, -1).detach(),
-                                                     m.initial_c.unsqueeze(1).expand(-1, 2, -1).detach()))
+    out2, (h2, c2) = make("vanilla", num_layers=2)(
+        x, (m.initial_h.unsqueeze(1).expand(-1, 2, -1).detach(), m.initial_c.unsqueeze(1).expand(-1, 2, -1).detach())
+    )
     assert torch.allclose(out, out2) and torch.allclose(c, c2)
     assert torch.equal(cells[-1], c[-1])  # last step's cell state of the last layer
     out.sum().backward()

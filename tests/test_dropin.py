@@ -1,6 +1,7 @@
 """lstmlab.LSTM / GRU / RNN and Recurrent as drop-ins for torch.nn.LSTM / GRU / RNN: the
 positional order, signatures, attributes, warnings, proj_size, state_dicts both ways and
 the edge cases (batch 0, no time steps), each against torch itself."""
+
 import inspect
 import itertools
 import typing
@@ -17,8 +18,9 @@ LSTM_CELLS = [n for n in lstmlab.cell_names() if lstmlab.get_cell(n).kind == "ls
 
 
 def _positional(sig):
-    return [(p.name, p.default) for p in sig.parameters.values()
-            if p.name != "self" and p.kind == p.POSITIONAL_OR_KEYWORD]
+    return [
+        (p.name, p.default) for p in sig.parameters.values() if p.name != "self" and p.kind == p.POSITIONAL_OR_KEYWORD
+    ]
 
 
 @pytest.mark.parametrize("theirs,ours", PAIRS)
@@ -36,21 +38,36 @@ def test_signature_is_torchs(theirs, ours):
     assert "cell" in kw_only
 
 
-@pytest.mark.parametrize("theirs,ours,args", [
-    (torch.nn.LSTM, lstmlab.LSTM, (3, 8, 2, False, True, 0.25, True, 5, "cpu", torch.float64)),
-    (torch.nn.GRU, lstmlab.GRU, (3, 8, 2, False, True, 0.25, True, 0, "cpu", torch.float64)),
-    (torch.nn.RNN, lstmlab.RNN, (3, 8, 2, "relu", False, True, 0.25, True, 0, "cpu", torch.float64)),
-    (torch.nn.LSTM, lstmlab.Recurrent, (3, 8, 2, True, False, 0.0, True, 2)),
-])
+@pytest.mark.parametrize(
+    "theirs,ours,args",
+    [
+        (torch.nn.LSTM, lstmlab.LSTM, (3, 8, 2, False, True, 0.25, True, 5, "cpu", torch.float64)),
+        (torch.nn.GRU, lstmlab.GRU, (3, 8, 2, False, True, 0.25, True, 0, "cpu", torch.float64)),
+        (torch.nn.RNN, lstmlab.RNN, (3, 8, 2, "relu", False, True, 0.25, True, 0, "cpu", torch.float64)),
+        (torch.nn.LSTM, lstmlab.Recurrent, (3, 8, 2, True, False, 0.0, True, 2)),
+    ],
+)
 def test_positional_arguments_and_attributes_as_torch(theirs, ours, args):
     ref, mine = theirs(*args), ours(*args, backend="reference")
-    for name in ["mode", "input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
-                 "bidirectional", "proj_size", "_flat_weights_names", "_all_weights"]:
+    for name in [
+        "mode",
+        "input_size",
+        "hidden_size",
+        "num_layers",
+        "bias",
+        "batch_first",
+        "dropout",
+        "bidirectional",
+        "proj_size",
+        "_flat_weights_names",
+        "_all_weights",
+    ]:
         assert getattr(mine, name) == getattr(ref, name), name
     if theirs is torch.nn.RNN:
         assert mine.nonlinearity == ref.nonlinearity == "relu"
-    assert {k: (v.shape, v.dtype) for k, v in mine.state_dict().items()} == \
-        {k: (v.shape, v.dtype) for k, v in ref.state_dict().items()}
+    assert {k: (v.shape, v.dtype) for k, v in mine.state_dict().items()} == {
+        k: (v.shape, v.dtype) for k, v in ref.state_dict().items()
+    }
     assert [[w.shape for w in ws] for ws in mine.all_weights] == [[w.shape for w in ws] for ws in ref.all_weights]
     params = dict(mine.named_parameters())
     assert all(w is params[n] for w, n in zip(mine._flat_weights, mine._flat_weights_names, strict=True))
@@ -93,8 +110,11 @@ def test_dropout_on_one_layer_warns_as_torch(theirs, ours):
         ours(3, 4, 2, dropout=0.5)
 
 
-@pytest.mark.parametrize("cls,cell,kind", [(lstmlab.LSTM, c, "lstm") for c in LSTM_CELLS]
-                         + [(lstmlab.GRU, "gru", "gru"), (lstmlab.RNN, "rnn-sigmoid", "rnn")])
+@pytest.mark.parametrize(
+    "cls,cell,kind",
+    [(lstmlab.LSTM, c, "lstm") for c in LSTM_CELLS]
+    + [(lstmlab.GRU, "gru", "gru"), (lstmlab.RNN, "rnn-sigmoid", "rnn")],
+)
 def test_cell_keyword_takes_cells_of_the_same_kind(cls, cell, kind):
     m = cls(3, 4, cell=cell, backend="reference")
     assert m.spec.name == cell and m.spec.kind == kind
@@ -102,11 +122,14 @@ def test_cell_keyword_takes_cells_of_the_same_kind(cls, cell, kind):
     assert out.shape == (5, 2, 4)
 
 
-@pytest.mark.parametrize("cls,cell,pattern", [
-    (lstmlab.LSTM, "gru", r"cell='gru' is a gru cell; lstmlab.LSTM takes a lstm cell: lstm1997, lstm"),
-    (lstmlab.GRU, "lstm", r"cell='lstm' is a lstm cell; lstmlab.GRU takes a gru cell: gru"),
-    (lstmlab.RNN, "fgr", r"cell='fgr' is a lstm cell; lstmlab.RNN takes a rnn cell: rnn-tanh"),
-])
+@pytest.mark.parametrize(
+    "cls,cell,pattern",
+    [
+        (lstmlab.LSTM, "gru", r"cell='gru' is a gru cell; lstmlab.LSTM takes a lstm cell: lstm1997, lstm"),
+        (lstmlab.GRU, "lstm", r"cell='lstm' is a lstm cell; lstmlab.GRU takes a gru cell: gru"),
+        (lstmlab.RNN, "fgr", r"cell='fgr' is a lstm cell; lstmlab.RNN takes a rnn cell: rnn-tanh"),
+    ],
+)
 def test_cell_of_another_kind_is_refused(cls, cell, pattern):
     with pytest.raises(lstmlab.ArgumentError, match=pattern):
         cls(3, 4, cell=cell)
@@ -123,9 +146,11 @@ def test_rnn_nonlinearity_and_cell():
 I, H, P, B, T = 5, 7, 3, 4, 6
 
 
-@pytest.mark.parametrize("num_layers,bidirectional,batch_first,given_hx,bias",
-                         list(itertools.product([1, 2], [False, True], [False, True], [False, True], [True]))
-                         + [(2, True, False, True, False)])
+@pytest.mark.parametrize(
+    "num_layers,bidirectional,batch_first,given_hx,bias",
+    list(itertools.product([1, 2], [False, True], [False, True], [False, True], [True]))
+    + [(2, True, False, True, False)],
+)
 def test_proj_size_matches_torch(num_layers, bidirectional, batch_first, given_hx, bias):
     torch.manual_seed(0)
     kw = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first, bias=bias, proj_size=P)
@@ -139,8 +164,10 @@ def test_proj_size_matches_torch(num_layers, bidirectional, batch_first, given_h
     LD = num_layers * (2 if bidirectional else 1)
     hx = None
     if given_hx:
-        hx = (torch.randn(LD, B, P, generator=g, requires_grad=True),
-              torch.randn(LD, B, H, generator=g, requires_grad=True))
+        hx = (
+            torch.randn(LD, B, P, generator=g, requires_grad=True),
+            torch.randn(LD, B, H, generator=g, requires_grad=True),
+        )
     out_r, (h_r, c_r) = ref(x, hx)
     out_o, (h_o, c_o) = ours(x, hx)
     D = 2 if bidirectional else 1
@@ -158,7 +185,7 @@ def test_proj_size_matches_torch(num_layers, bidirectional, batch_first, given_h
 
 def test_proj_size_init_is_torchs():
     m = lstmlab.LSTM(3, 64, proj_size=16)
-    bound = 64 ** -0.5
+    bound = 64**-0.5
     w = m.weight_hr_l0.detach()
     assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
     assert lstmlab.LSTM(3, 8, proj_size=0).state_dict().keys() == torch.nn.LSTM(3, 8).state_dict().keys()
@@ -169,8 +196,7 @@ def test_proj_size_for_every_lstm_cell(cell):
     """h is P wide and is the projection of o * act(c): with weight_hr's rows the first P
     unit vectors, h equals the first P units of the unprojected cell's h (fed the same h)."""
     torch.manual_seed(2)
-    m = lstmlab.Recurrent(I, H, 2, bidirectional=True, proj_size=P, cell=cell, backend="reference",
-                          dtype=torch.float64)
+    m = lstmlab.Recurrent(I, H, 2, bidirectional=True, proj_size=P, cell=cell, backend="reference", dtype=torch.float64)
     assert m.weight_ih_l1.shape[1] == 2 * P and m.weight_hr_l1_reverse.shape == (P, H)
     x = torch.randn(T, B, I, dtype=torch.float64)
     out, state = m(x)
@@ -199,9 +225,15 @@ def test_proj_size_validation_as_torch(kwargs):
     assert isinstance(ours.value, type(theirs.value))
 
 
-@pytest.mark.parametrize("make", [lambda: lstmlab.GRU(3, 7, proj_size=2), lambda: lstmlab.RNN(3, 7, proj_size=2),
-                                  lambda: lstmlab.Recurrent(3, 7, proj_size=2, cell="gru"),
-                                  lambda: lstmlab.Recurrent(3, 7, proj_size=2, cell="rnn-tanh")])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: lstmlab.GRU(3, 7, proj_size=2),
+        lambda: lstmlab.RNN(3, 7, proj_size=2),
+        lambda: lstmlab.Recurrent(3, 7, proj_size=2, cell="gru"),
+        lambda: lstmlab.Recurrent(3, 7, proj_size=2, cell="rnn-tanh"),
+    ],
+)
 def test_proj_size_is_for_lstm_cells_only(make):
     with pytest.raises(lstmlab.ArgumentError, match=r"proj_size") as ours:
         make()
@@ -236,11 +268,17 @@ def test_no_time_steps_raises_as_torch(theirs, ours, shape):
 
 
 # ---- boolean cell options --------------------------------------------------------------------
-@pytest.mark.parametrize("option,value,allowed", [
-    ("peepholes", "false", "False or True"), ("peepholes", 1, "False or True"),
-    ("input_gate", "no", "False or True"), ("gate_recurrence", None, "False or True"),
-    ("forget_gate", True, "'free' or 'coupled' or 'none'"), ("activation", 0, "'tanh' or"),
-])
+@pytest.mark.parametrize(
+    "option,value,allowed",
+    [
+        ("peepholes", "false", "False or True"),
+        ("peepholes", 1, "False or True"),
+        ("input_gate", "no", "False or True"),
+        ("gate_recurrence", None, "False or True"),
+        ("forget_gate", True, "'free' or 'coupled' or 'none'"),
+        ("activation", 0, "'tanh' or"),
+    ],
+)
 def test_cell_options_are_typed(option, value, allowed):
     with pytest.raises(lstmlab.ArgumentError, match=rf"{option}={value!r} is not allowed; allowed: {allowed}"):
         lstmlab.Recurrent(4, 8, **{option: value})

@@ -2,6 +2,7 @@
 errors and the numbers it shows, also after a slider moves, are lstmlab.theory's.
 
 In CI a missing chromium is a failure, not a skip: .ci/run installs it."""
+
 import math
 import os
 import re
@@ -36,9 +37,21 @@ def page(tmp_path_factory):
 def render(browser, page, query: str, tmp_path) -> tuple[dict, str, str]:
     """The page's displayed numbers, its error box and the browser's log, for a URL query."""
     result = subprocess.run(
-        [browser, "--headless", "--disable-gpu", "--no-sandbox", "--enable-logging=stderr", "--v=0",
-         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", f"{page.as_uri()}?{query}"],
-        capture_output=True, text=True, timeout=60)
+        [
+            browser,
+            "--headless",
+            "--disable-gpu",
+            "--no-sandbox",
+            "--enable-logging=stderr",
+            "--v=0",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            f"{page.as_uri()}?{query}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     dom = result.stdout
     assert 'data-ready="1"' in dom, f"the page's script did not finish:\n{result.stderr[-2000:]}"
     shown = dict(re.findall(r'<td id="([a-z]+-[a-z]+)">([^<]*)</td>', dom))
@@ -47,16 +60,22 @@ def render(browser, page, query: str, tmp_path) -> tuple[dict, str, str]:
 
 
 def expected(w, act, h, v, lag, thr) -> dict:
-    tol = 10 ** thr
+    tol = 10**thr
     rf, lf = theory.rnn_factor(w, h, act), theory.lstm_factor(v)
 
     def hz(f):
         n = theory.horizon(f, tol)
         return str(n) if math.isfinite(n) else ("growing" if abs(f) > 1 else "inf")
 
-    return {"rnn-factor": rf, "lstm-factor": lf, "rnn-product": theory.lag_product(rf, lag),
-            "lstm-product": theory.lag_product(lf, lag),
-            "rnn-horizon": hz(rf), "lstm-horizon": hz(lf), "rnn-best": theory.max_rnn_factor(h, act)[1]}
+    return {
+        "rnn-factor": rf,
+        "lstm-factor": lf,
+        "rnn-product": theory.lag_product(rf, lag),
+        "lstm-product": theory.lag_product(lf, lag),
+        "rnn-horizon": hz(rf),
+        "lstm-horizon": hz(lf),
+        "rnn-best": theory.max_rnn_factor(h, act)[1],
+    }
 
 
 def check(shown, want):
@@ -69,8 +88,12 @@ def check(shown, want):
             assert float(shown[key]) == pytest.approx(value, rel=1e-12, abs=1e-300), key
 
 
-SETTINGS = [(2.0, "tanh", 0.3, 4.0, 50, -6.0), (1.5, "sigmoid", 0.8, 0.0, 100, -6.0),
-            (-3.0, "tanh", 0.1, 10.0, 1000, -12.0), (1.2, "relu", 0.5, -2.0, 20, -3.0)]
+SETTINGS = [
+    (2.0, "tanh", 0.3, 4.0, 50, -6.0),
+    (1.5, "sigmoid", 0.8, 0.0, 100, -6.0),
+    (-3.0, "tanh", 0.1, 10.0, 1000, -12.0),
+    (1.2, "relu", 0.5, -2.0, 20, -3.0),
+]
 
 
 @pytest.mark.parametrize("w,act,h,v,lag,thr", SETTINGS)
@@ -95,9 +118,21 @@ def test_a_script_error_would_be_seen(browser, page, tmp_path):
     """The error checks above can fail: a query that moves a slider which does not exist
     makes the script throw, and both the page's error box and the browser's log say so."""
     result = subprocess.run(
-        [browser, "--headless", "--disable-gpu", "--no-sandbox", "--enable-logging=stderr", "--v=0",
-         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", f"{page.as_uri()}?move=nope:1"],
-        capture_output=True, text=True, timeout=60)
+        [
+            browser,
+            "--headless",
+            "--disable-gpu",
+            "--no-sandbox",
+            "--enable-logging=stderr",
+            "--v=0",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            f"{page.as_uri()}?move=nope:1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert re.search(r'<div id="errors">[^<]*TypeError', result.stdout)
     assert "Uncaught" in result.stderr
 

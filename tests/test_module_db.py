@@ -3,6 +3,7 @@
 lstmlab's drop-in built with the same arguments and torch's state_dict: outputs, final
 states and the gradients of the input, of hx and of every parameter must agree. float32
 and float64, training on and off, every backend; proj_size cases included."""
+
 import pytest
 import torch
 from torch.testing._internal.common_modules import module_db
@@ -21,13 +22,14 @@ def _cases():
             continue
         for dtype in (torch.float32, torch.float64):
             for training in (True, False):
-                inputs = info.module_inputs_func(info, device="cpu", dtype=dtype, requires_grad=True,
-                                                 training=training)
+                inputs = info.module_inputs_func(info, device="cpu", dtype=dtype, requires_grad=True, training=training)
                 for i, mi in enumerate(inputs):
                     kw = mi.constructor_input.kwargs
                     tag = "-".join(f"{k}={v}" for k, v in kw.items() if k not in ("input_size", "hidden_size"))
-                    name = (f"{info.module_cls.__name__}-{str(dtype)[6:]}-{'train' if training else 'eval'}-"
-                            f"{i}-{tag}-hx={len(mi.forward_input.args) > 1}")
+                    name = (
+                        f"{info.module_cls.__name__}-{str(dtype)[6:]}-{'train' if training else 'eval'}-"
+                        f"{i}-{tag}-hx={len(mi.forward_input.args) > 1}"
+                    )
                     out.append(pytest.param(info.module_cls, mi, dtype, training, id=name))
     return out
 

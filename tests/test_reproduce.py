@@ -1,5 +1,6 @@
 """`lstmlab reproduce 1997`: the rows' configs, the matched tanh RNN, the budget, one thread
 per run, and the table (the CLI end to end is in test_train.py)."""
+
 import dataclasses
 
 import pytest
@@ -9,13 +10,30 @@ from lstmlab.tasks import make
 from lstmlab.train import build_model, reproduce
 from lstmlab.train.reproduce import ROWS_1997, Budget, configs, markdown, reproduce_1997
 
-OPTIMISER = ("optimizer", "lr", "momentum", "batch_size", "loss_steps", "clip_norm", "clip_value",
-             "max_sequences", "max_seconds", "eval_every", "seed", "skip_input", "connect_after")
+OPTIMISER = (
+    "optimizer",
+    "lr",
+    "momentum",
+    "batch_size",
+    "loss_steps",
+    "clip_norm",
+    "clip_value",
+    "max_sequences",
+    "max_seconds",
+    "eval_every",
+    "seed",
+    "skip_input",
+    "connect_after",
+)
 
 
 def test_the_rows_are_the_issue_s_and_each_has_its_reasons():
     assert [(r.task, r.params) for r in ROWS_1997] == [
-        ("adding", {"T": 100}), ("lag", {"p": 100}), ("temporal-order", {}), ("reber", {})]
+        ("adding", {"T": 100}),
+        ("lag", {"p": 100}),
+        ("temporal-order", {}),
+        ("reber", {}),
+    ]
     for row in ROWS_1997:
         assert row.why and row.budget > 0
 
@@ -35,8 +53,11 @@ def test_rnn_matches_the_lstm_in_weights_and_shares_optimiser_and_budget(row):
 def test_budget_overrides_every_row_and_names_the_run_directories(tmp_path):
     budget = Budget(max_sequences=20, max_seconds=5.0, seed=3, out_dir=str(tmp_path))
     lstm, rnn = configs(ROWS_1997[0], budget)
-    assert (lstm.max_sequences, lstm.max_seconds, lstm.seed) == (20, 5.0, 3) == (
-        rnn.max_sequences, rnn.max_seconds, rnn.seed)
+    assert (
+        (lstm.max_sequences, lstm.max_seconds, lstm.seed)
+        == (20, 5.0, 3)
+        == (rnn.max_sequences, rnn.max_seconds, rnn.seed)
+    )
     assert lstm.out_dir.endswith("adding-T100-lstm") and rnn.out_dir.endswith("adding-T100-rnn-tanh")
 
 
@@ -61,16 +82,30 @@ def test_runs_go_one_after_another_on_one_thread(monkeypatch):
 def test_a_solved_row_reports_sequences_tests_and_the_config():
     row = ROWS_1997[2]  # temporal order
     lstm, rnn = configs(row, Budget())
-    run = {"solved": True, "sequences_to_success": 3603, "sequences_seen": 3603, "test_errors": 0,
-           "test_size": 2560, "wall_total": 5.0}
-    failed = {"solved": False, "sequences_to_success": None, "sequences_seen": 31390, "test_errors": 2560,
-              "test_size": 2560, "wall_total": 40.0}
+    run = {
+        "solved": True,
+        "sequences_to_success": 3603,
+        "sequences_seen": 3603,
+        "test_errors": 0,
+        "test_size": 2560,
+        "wall_total": 5.0,
+    }
+    failed = {
+        "solved": False,
+        "sequences_to_success": None,
+        "sequences_seen": 31390,
+        "test_errors": 2560,
+        "test_size": 2560,
+        "wall_total": 40.0,
+    }
     r = reproduce.table_row(row, lstm, rnn, run, failed)
     assert r["fewer_than_paper"] is True and r["lstm_test_errors"] == "0/2560"
     assert r["lstm_config"]["input_bias"] == -3.0 and r["rnn_config"]["cell"] == "rnn-tanh"
     line = [x for x in markdown([r], Budget()).splitlines() if x.startswith("| temporal-order")][0]
-    assert line == ("| temporal-order | - | 31,390 | 1/2560 | 3,603 | 0/2560 | no (31,390 seen; test 2560/2560 "
-                    "wrong), H=35 | 5 / 40 | lstm H=16, forget bias 5, input bias -3, adam lr 0.003, batch 1 |")
+    assert line == (
+        "| temporal-order | - | 31,390 | 1/2560 | 3,603 | 0/2560 | no (31,390 seen; test 2560/2560 "
+        "wrong), H=35 | 5 / 40 | lstm H=16, forget bias 5, input bias -3, adam lr 0.003, batch 1 |"
+    )
 
 
 def test_rows_are_frozen():

@@ -2,6 +2,7 @@
 the torch cells (outputs, every gradient, state_dicts both ways), and for every registered
 cell against lstmlab.Recurrent run over the same sequence (the cell stepped by hand must
 give the layer's outputs, final state and gradients)."""
+
 import itertools
 
 import pytest
@@ -13,7 +14,8 @@ from conftest import assert_close
 I, H, B, T = 4, 6, 3, 5
 CLASS = {"lstm": lstmlab.LSTMCell, "gru": lstmlab.GRUCell, "rnn": lstmlab.RNNCell}
 TORCH_CELLS = [
-    (torch.nn.LSTMCell, lstmlab.LSTMCell, {}), (torch.nn.GRUCell, lstmlab.GRUCell, {}),
+    (torch.nn.LSTMCell, lstmlab.LSTMCell, {}),
+    (torch.nn.GRUCell, lstmlab.GRUCell, {}),
     (torch.nn.RNNCell, lstmlab.RNNCell, {"nonlinearity": "tanh"}),
     (torch.nn.RNNCell, lstmlab.RNNCell, {"nonlinearity": "relu"}),
 ]
@@ -76,8 +78,7 @@ def test_cell_stepped_by_hand_is_the_layer(cell):
     assert step.truncate == layer.truncate
     g = torch.Generator().manual_seed(4)
     x = torch.randn(T, B, I, generator=g, dtype=dt, requires_grad=True)
-    h0 = [torch.randn(B, spec.state_width(s) * H, generator=g, dtype=dt, requires_grad=True)
-          for s in spec.state_names]
+    h0 = [torch.randn(B, spec.state_width(s) * H, generator=g, dtype=dt, requires_grad=True) for s in spec.state_names]
     if "a" in spec.state_names:  # previous gate activations live in (0, 1)
         h0[-1] = torch.rand(B, spec.state_width("a") * H, generator=g, dtype=dt).requires_grad_()
     out_l, fin_l = layer(x, tuple(t.unsqueeze(0) for t in h0) if len(h0) > 1 else h0[0].unsqueeze(0))
@@ -99,7 +100,7 @@ def test_cell_stepped_by_hand_is_the_layer(cell):
         assert (a is None) == (b is None), name
         if b is not None:
             assert_close(a, b, msg=f"gradient of {name}")
-    assert gl[0] is not None and all(g is not None for g in gl[1 + len(h0):])
+    assert gl[0] is not None and all(g is not None for g in gl[1 + len(h0) :])
 
 
 def test_unbatched_and_default_state():
@@ -113,7 +114,9 @@ def test_unbatched_and_default_state():
     assert lstmlab.RNNCell(I, H, cell="rnn-sigmoid").nonlinearity == "sigmoid"
 
 
-@pytest.mark.parametrize("cls,cell", [(lstmlab.LSTMCell, "gru"), (lstmlab.GRUCell, "lstm"), (lstmlab.RNNCell, "vanilla")])
+@pytest.mark.parametrize(
+    "cls,cell", [(lstmlab.LSTMCell, "gru"), (lstmlab.GRUCell, "lstm"), (lstmlab.RNNCell, "vanilla")]
+)
 def test_cell_of_another_kind_is_refused(cls, cell):
     with pytest.raises(lstmlab.ArgumentError, match=rf"cell='{cell}' is a \w+ cell; lstmlab.{cls.__name__} takes"):
         cls(I, H, cell=cell)

@@ -1,5 +1,6 @@
 """The gradient-flow study end to end: `lstmlab flow` writes flow.json, figures and a report
 whose numbers say what the theory says."""
+
 import json
 import math
 
@@ -14,8 +15,25 @@ CELLS = "rnn-tanh,rnn-sigmoid,lstm1997,lstm,gru"
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("flow")
-    rc = main(["flow", "--cells", CELLS, "--steps", "40", "--hidden", "8", "--batch", "3",
-               "--heatmap-stride", "4", "--forget-bias-sweep", "0,3,8", "--out", str(out)])
+    rc = main(
+        [
+            "flow",
+            "--cells",
+            CELLS,
+            "--steps",
+            "40",
+            "--hidden",
+            "8",
+            "--batch",
+            "3",
+            "--heatmap-stride",
+            "4",
+            "--forget-bias-sweep",
+            "0,3,8",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     return out, json.loads((out / "flow.json").read_text())
 
@@ -23,8 +41,15 @@ def study(tmp_path_factory):
 @pytest.mark.slow
 def test_files_written(study):
     out, res = study
-    for name in ["flow.json", "report.html", "gradient_by_lag.png", "lag_heatmaps.png", "lyapunov.png",
-                 "cell_path.png", "theory.png"]:
+    for name in [
+        "flow.json",
+        "report.html",
+        "gradient_by_lag.png",
+        "lag_heatmaps.png",
+        "lyapunov.png",
+        "cell_path.png",
+        "theory.png",
+    ]:
         data = (out / name).read_bytes()
         assert len(data) > 500, name
         if name.endswith(".png"):
@@ -91,8 +116,26 @@ def test_a_short_study_derives_its_warmup(tmp_path, capsys):
     assert FlowConfig(steps=5, warmup=4).warmup == 4
     with pytest.raises(ValueError, match=r"warmup=5 is invalid; allowed: 0 <= warmup < steps=5"):
         FlowConfig(steps=5, warmup=5)
-    assert main(["flow", "--cells", "lstm,rnn-tanh", "--steps", "5", "--hidden", "4", "--batch", "2",
-                 "--forget-bias-sweep", "", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "flow",
+                "--cells",
+                "lstm,rnn-tanh",
+                "--steps",
+                "5",
+                "--hidden",
+                "4",
+                "--batch",
+                "2",
+                "--forget-bias-sweep",
+                "",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     res = json.loads((tmp_path / "flow.json").read_text())
     assert res["config"]["warmup"] == 2 and len(res["cells"]["lstm"]["grad_by_lag"]) == 5
     assert "warmup" not in capsys.readouterr().err
@@ -104,8 +147,10 @@ def test_forget_bias_variants_and_growing_are_told_apart(study):
     assert b2["forget_bias"] == 2.0 and b2["cell"] == "lstm" and default["forget_bias"] is None
     assert b2["lyapunov_top"] > default["lyapunov_top"]  # the forget bias lengthens the memory
     assert b2["forget_gate_mean"] > default["forget_gate_mean"]
-    assert "Its forget gates average " + f"{default['forget_gate_mean']:.2f}" in study[0].joinpath(
-        "report.html").read_text()
+    assert (
+        "Its forget gates average " + f"{default['forget_gate_mean']:.2f}"
+        in study[0].joinpath("report.html").read_text()
+    )
     for r in rows:  # the status follows the sign of the top exponent; only a decay has a horizon
         assert r["lyapunov_status"] == ("growing" if r["lyapunov_top"] > 1e-9 else "decays")
         assert (r["horizon_1e-6"] is None) == (r["lyapunov_status"] == "growing")
@@ -123,8 +168,13 @@ def test_growing_is_reported_as_growing(study):
 
     res = json.loads(json.dumps(study[1]))
     b2 = res["cells"]["lstm, forget bias 2"]
-    b2.update(lyapunov_top=0.02, lyapunov_status="growing", measured_status="growing",
-              horizon_empirical=None, **{"horizon_1e-6": None, "horizon_e": None})
+    b2.update(
+        lyapunov_top=0.02,
+        lyapunov_status="growing",
+        measured_status="growing",
+        horizon_empirical=None,
+        **{"horizon_1e-6": None, "horizon_e": None},
+    )
     row = res["forget_bias_sweep"]["rows"][1]
     row.update(lyapunov_top=0.02, lyapunov_status="growing", **{"horizon_1e-6": None})
     assert horizon_words(b2, res["config"]).startswith("never: it grows with the lag")

@@ -1,5 +1,6 @@
 """Variant sweeps on real storage: SQLite by default, a real PostgreSQL server for many
 workers, a worker killed mid-trial, a restarted command, and the report."""
+
 import json
 import os
 import re
@@ -18,8 +19,17 @@ TASK = dict(task="adding", task_params={"T": 30})
 
 
 def cfg(storage="sqlite:///unused.db", **kw):
-    base = dict(cells=("vanilla", "nfg"), trials=3, storage=storage, study="t", max_sequences=30,
-                space=SearchSpace(hidden=(4, 8), lr=(1e-3, 1e-1)), heartbeat=1, grace=3, **TASK)
+    base = dict(
+        cells=("vanilla", "nfg"),
+        trials=3,
+        storage=storage,
+        study="t",
+        max_sequences=30,
+        space=SearchSpace(hidden=(4, 8), lr=(1e-3, 1e-1)),
+        heartbeat=1,
+        grace=3,
+        **TASK,
+    )
     base.update(kw)
     return SweepConfig(**base)
 
@@ -57,11 +67,16 @@ def test_changed_settings_are_refused(tmp_path):
         open_study(make_storage(cfg(url)), cfg(url, max_sequences=31), "vanilla")
 
 
-@pytest.mark.parametrize("kw,pattern", [
-    (dict(trials=0), r"trials=0 is invalid"), (dict(cells=("vanilla", "lsmt")), r"cell='lsmt'"),
-    (dict(storage="sweeps.db"), r"storage='sweeps.db' is invalid; allowed: a database URL"),
-    (dict(metric="accuracy"), r"metric='accuracy'"), (dict(grace=1), r"grace=1 is invalid"),
-])
+@pytest.mark.parametrize(
+    "kw,pattern",
+    [
+        (dict(trials=0), r"trials=0 is invalid"),
+        (dict(cells=("vanilla", "lsmt")), r"cell='lsmt'"),
+        (dict(storage="sweeps.db"), r"storage='sweeps.db' is invalid; allowed: a database URL"),
+        (dict(metric="accuracy"), r"metric='accuracy'"),
+        (dict(grace=1), r"grace=1 is invalid"),
+    ],
+)
 def test_bad_config(kw, pattern):
     with pytest.raises(ValueError, match=pattern):
         cfg(**kw)
@@ -73,8 +88,13 @@ def test_search_space_ranges():
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     space = SearchSpace()
     draws = [space.sample(study.ask()) for _ in range(300)]
-    assert all(20 <= d["hidden"] <= 200 and 1e-6 <= d["lr"] <= 1e-2 and 0 <= d["momentum"] <= 0.99
-               and 0 <= d["input_noise"] <= 1 for d in draws)
+    assert all(
+        20 <= d["hidden"] <= 200
+        and 1e-6 <= d["lr"] <= 1e-2
+        and 0 <= d["momentum"] <= 0.99
+        and 0 <= d["input_noise"] <= 1
+        for d in draws
+    )
     # log-uniform: about half the learning rates below the geometric midpoint 1e-4
     assert 0.4 < sum(d["lr"] < 1e-4 for d in draws) / 300 < 0.6
 
@@ -145,20 +165,52 @@ def test_worker_killed_mid_trial_loses_only_that_trial(tmp_path):
     c = cfg(url, cells=("vanilla",), trials=3, study="k", max_sequences=30)
     driver = tmp_path / "sweep_driver.py"
     driver.write_text(KILL_DRIVER)
-    cmd = [sys.executable, str(driver), "sweep", "--task", "adding", "--task-params", '{"T": 30}',
-           "--cells", "vanilla", "--trials", "3", "--storage", url, "--study", "k", "--workers", "2",
-           "--hidden", "4,8", "--lr", "0.001,0.1", "--max-sequences", "30", "--heartbeat", "1", "--grace", "3"]
+    cmd = [
+        sys.executable,
+        str(driver),
+        "sweep",
+        "--task",
+        "adding",
+        "--task-params",
+        '{"T": 30}',
+        "--cells",
+        "vanilla",
+        "--trials",
+        "3",
+        "--storage",
+        url,
+        "--study",
+        "k",
+        "--workers",
+        "2",
+        "--hidden",
+        "4,8",
+        "--lr",
+        "0.001,0.1",
+        "--max-sequences",
+        "30",
+        "--heartbeat",
+        "1",
+        "--grace",
+        "3",
+    ]
     env = {**os.environ, "LSTMLAB_TEST_SWEEP_DIR": str(tmp_path)}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
     try:
-        victim_pid = int(wait_for("a worker inside a trial after another trial finished",
-                                  lambda: (tmp_path / "victim.pid").exists() and (tmp_path / "victim.pid").read_text()))
+        victim_pid = int(
+            wait_for(
+                "a worker inside a trial after another trial finished",
+                lambda: (tmp_path / "victim.pid").exists() and (tmp_path / "victim.pid").read_text(),
+            )
+        )
 
         def finished_and_running():
             now = trials_by_state(c, "vanilla")
             states = [s for s, _, _ in now.values()]
             return now if "COMPLETE" in states and "RUNNING" in states else None
+
         now = wait_for("the finished trial and the victim's in the study", finished_and_running)
         (victim,) = [n for n, (s, _, pid) in now.items() if s == "RUNNING" and pid == victim_pid]
         before = {n: v for n, v in now.items() if v[0] == "COMPLETE"}
@@ -188,6 +240,7 @@ def test_report(tmp_path, capsys):
     v, n = data["variants"]["vanilla"], data["variants"]["nfg"]
     assert v["complete"] == n["complete"] == 4
     from scipy import stats
+
     ref = stats.ttest_ind(n["values"], v["values"], equal_var=False)
     assert n["p_value"] == pytest.approx(ref.pvalue) and n["welch_t"] == pytest.approx(ref.statistic)
     assert n["p_bonferroni"] == pytest.approx(min(1.0, ref.pvalue))  # one variant tested
@@ -210,31 +263,54 @@ def test_report(tmp_path, capsys):
     assert "error: --baseline 'lstm' is not a variant of study 't'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     assert main(report + ["--baseline", "nfg", "--out", str(tmp_path / "y")]) == 0
-    assert json.loads((tmp_path / "y" / "sweep.json").read_text())["variants"]["vanilla"]["p_value"] \
-        == pytest.approx(n["p_value"])  # Welch's test is symmetric in its two samples
+    assert json.loads((tmp_path / "y" / "sweep.json").read_text())["variants"]["vanilla"]["p_value"] == pytest.approx(
+        n["p_value"]
+    )  # Welch's test is symmetric in its two samples
 
 
 # ---- the --storage URL -------------------------------------------------------------------
-@pytest.mark.parametrize("url,workers,why", [
-    ("sweeps.db", 1, r"is invalid; allowed: a database URL, e.g. sqlite:///FILE or postgresql://"),
-    ("mysql://u:p@host/db", 1, r"is invalid: unknown database 'mysql'; allowed: sqlite, postgresql"),
-    ("postgresql+asyncpg://u@host/db", 1, r"is invalid: unknown PostgreSQL driver 'asyncpg'; allowed: psycopg2"),
-    ("postgresql://u@host:port/db", 1, r"is invalid: malformed URL \(.*port.*\)"),
-    ("postgresql://", 1, r"is invalid: no server and no database"),
-    ("sqlite:///{tmp}/no/such/folder/s.db", 1, r"is invalid: the folder '{tmp}/no/such/folder' of the database "
-                                               r"file does not exist"),
-    ("sqlite://", 2, r"is invalid: an in-memory SQLite database is private to one process, so 2 workers"),
-    ("sqlite:///:memory:", 3, r"is invalid: an in-memory SQLite database is private to one process, so 3 workers"),
-])
+@pytest.mark.parametrize(
+    "url,workers,why",
+    [
+        ("sweeps.db", 1, r"is invalid; allowed: a database URL, e.g. sqlite:///FILE or postgresql://"),
+        ("mysql://u:p@host/db", 1, r"is invalid: unknown database 'mysql'; allowed: sqlite, postgresql"),
+        ("postgresql+asyncpg://u@host/db", 1, r"is invalid: unknown PostgreSQL driver 'asyncpg'; allowed: psycopg2"),
+        ("postgresql://u@host:port/db", 1, r"is invalid: malformed URL \(.*port.*\)"),
+        ("postgresql://", 1, r"is invalid: no server and no database"),
+        (
+            "sqlite:///{tmp}/no/such/folder/s.db",
+            1,
+            r"is invalid: the folder '{tmp}/no/such/folder' of the database "
+            r"file does not exist",
+        ),
+        ("sqlite://", 2, r"is invalid: an in-memory SQLite database is private to one process, so 2 workers"),
+        ("sqlite:///:memory:", 3, r"is invalid: an in-memory SQLite database is private to one process, so 3 workers"),
+    ],
+)
 def test_bad_storage_urls_are_refused_naming_the_option(tmp_path, capsys, url, workers, why):
     from lstmlab.cli import main
 
     url = url.format(tmp=tmp_path)
-    argv = ["sweep", "--task", "adding", "--cells", "vanilla", "--trials", "1", "--max-sequences", "1",
-            "--storage", url, "--workers", str(workers)]
+    argv = [
+        "sweep",
+        "--task",
+        "adding",
+        "--cells",
+        "vanilla",
+        "--trials",
+        "1",
+        "--max-sequences",
+        "1",
+        "--storage",
+        url,
+        "--workers",
+        str(workers),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert re.search(r"lstmlab sweep: error: --storage=" + re.escape(repr(url)) + " " + why.format(tmp=tmp_path), err), err
+    assert re.search(
+        r"lstmlab sweep: error: --storage=" + re.escape(repr(url)) + " " + why.format(tmp=tmp_path), err
+    ), err
     assert not list(tmp_path.iterdir())  # nothing created
     with pytest.raises(ValueError, match=r"storage=" + re.escape(repr(url))):
         run_sweep(cfg(url), workers=workers, log=lambda *_: None)
@@ -245,8 +321,10 @@ def test_sweep_report_wants_an_existing_database(tmp_path, capsys):
 
     url = f"sqlite:///{tmp_path}/missing.db"
     assert main(["sweep-report", "--storage", url, "--out", str(tmp_path / "rep")]) == 2
-    assert f"--storage={url!r} is invalid: the database file '{tmp_path}/missing.db' does not exist" \
+    assert (
+        f"--storage={url!r} is invalid: the database file '{tmp_path}/missing.db' does not exist"
         in capsys.readouterr().err
+    )
     assert not list(tmp_path.iterdir())  # no empty database created
 
 
@@ -261,8 +339,11 @@ def test_bare_postgresql_url_opens_with_the_installed_driver(monkeypatch):
     installed["psycopg"] = True  # psycopg 3, SQLAlchemy's default: the URL as it is
     assert storage.engine_url(url) == url
     installed.update(psycopg=False, psycopg2=False)
-    with pytest.raises(MissingExtra, match=r"--storage postgresql:// needs the PostgreSQL driver psycopg2, .*"
-                                           r"pip install 'lstmlab\[sweep\]'"):
+    with pytest.raises(
+        MissingExtra,
+        match=r"--storage postgresql:// needs the PostgreSQL driver psycopg2, .*"
+        r"pip install 'lstmlab\[sweep\]'",
+    ):
         storage.engine_url(url)
     assert storage.engine_url("sqlite:///x.db") == "sqlite:///x.db"
     assert storage.shown(url) == "postgresql://u:***@db-host/lstmlab"
@@ -274,8 +355,25 @@ def test_the_readme_postgresql_url_runs_a_sweep(postgres_url, capsys):
 
     bare = postgres_url.replace("postgresql+psycopg2://", "postgresql://")
     assert bare.startswith("postgresql://")
-    argv = ["sweep", "--task", "adding", "--task-params", '{"T": 30}', "--cells", "vanilla", "--trials", "1",
-            "--storage", bare, "--study", "bare", "--hidden", "4,8", "--max-sequences", "10"]
+    argv = [
+        "sweep",
+        "--task",
+        "adding",
+        "--task-params",
+        '{"T": 30}',
+        "--cells",
+        "vanilla",
+        "--trials",
+        "1",
+        "--storage",
+        bare,
+        "--study",
+        "bare",
+        "--hidden",
+        "4,8",
+        "--max-sequences",
+        "10",
+    ]
     assert main(argv) == 0, capsys.readouterr()
     assert "vanilla    complete    1" in capsys.readouterr().out
     assert counts(optuna.load_study(study_name="bare:vanilla", storage=postgres_url))["COMPLETE"] == 1
@@ -288,8 +386,9 @@ def test_the_log_credits_each_worker_with_its_own_trial(tmp_path, monkeypatch):
     from lstmlab.sweep import run
 
     c = cfg(f"sqlite:///{tmp_path}/w.db", cells=("vanilla",), trials=1, study="w")
-    other = optuna.trial.create_trial(params={"lr": 0.01}, value=0.25,
-                                      distributions={"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1)})
+    other = optuna.trial.create_trial(
+        params={"lr": 0.01}, value=0.25, distributions={"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1)}
+    )
 
     def objective_while_another_finishes(trial, cfg_, cell):
         optuna.load_study(study_name=c.study_name(cell), storage=make_storage(c)).add_trial(other)
@@ -298,8 +397,11 @@ def test_the_log_credits_each_worker_with_its_own_trial(tmp_path, monkeypatch):
     monkeypatch.setattr(run, "objective", objective_while_another_finishes)
     lines = []
     run.work(c, worker=3, log=lines.append)
-    assert len(lines) == 1 and re.fullmatch(rf"\[worker 3 pid {os.getpid()}\] vanilla trial 0: COMPLETE "
-                                            r"test_mean_error=0\.5", lines[0].strip()), lines
+    assert len(lines) == 1 and re.fullmatch(
+        rf"\[worker 3 pid {os.getpid()}\] vanilla trial 0: COMPLETE "
+        r"test_mean_error=0\.5",
+        lines[0].strip(),
+    ), lines
     assert trials_by_state(c, "vanilla")[1][:2] == ("COMPLETE", 0.25)  # the other worker's, trial 1
 
 
@@ -317,9 +419,13 @@ def test_ctrl_c_keeps_the_finished_trials(tmp_path, monkeypatch, capsys):
         return 0.5
 
     monkeypatch.setattr(run, "objective", objective_then_ctrl_c)
-    assert main(["sweep", "--task", "adding", "--cells", "vanilla", "--trials", "3", "--storage", url,
-                 "--study", "c"]) == 130
-    assert "lstmlab sweep: interrupted: the trials that were running are lost, the finished ones are kept" \
+    assert (
+        main(["sweep", "--task", "adding", "--cells", "vanilla", "--trials", "3", "--storage", url, "--study", "c"])
+        == 130
+    )
+    assert (
+        "lstmlab sweep: interrupted: the trials that were running are lost, the finished ones are kept"
         in capsys.readouterr().err
+    )
     c = cfg(url, cells=("vanilla",), study="c")
     assert [s for s, _, _ in trials_by_state(c, "vanilla").values()] == ["COMPLETE", "FAIL"]

@@ -2,6 +2,7 @@
 from the inputs), seed reproducibility, the registry's errors, and the layout every
 task shares. The Reber grammars are in test_tasks_reber.py; judges and stopping rules in
 test_tasks_judges.py."""
+
 import math
 
 import pytest
@@ -12,11 +13,30 @@ from lstmlab import tasks
 from lstmlab.tasks.base import LOSSES, TARGETS
 from lstmlab.tasks.temporal_order import SYMBOLS as TO
 
-ALL = ["adding", "adding-le", "cerg", "chorales", "copy", "digits", "lag", "lag-distractor",
-       "lag-noisy", "multiplication", "reber", "temporal-order", "temporal-order-3", "two-sequence"]
+ALL = [
+    "adding",
+    "adding-le",
+    "cerg",
+    "chorales",
+    "copy",
+    "digits",
+    "lag",
+    "lag-distractor",
+    "lag-noisy",
+    "multiplication",
+    "reber",
+    "temporal-order",
+    "temporal-order-3",
+    "two-sequence",
+]
 # Small parameters so that every task samples quickly.
-SMALL = {"cerg": {"length": 60}, "chorales": {"max_chorales": 5}, "lag": {"p": 20},
-         "lag-noisy": {"p": 20}, "lag-distractor": {"q": 10, "p": 5}}
+SMALL = {
+    "cerg": {"length": 60},
+    "chorales": {"max_chorales": 5},
+    "lag": {"p": 20},
+    "lag-noisy": {"p": 20},
+    "lag-distractor": {"q": 10, "p": 5},
+}
 
 
 def small(name, **kw):
@@ -37,16 +57,22 @@ def test_unknown_task_names_the_argument_and_lists_the_valid_names():
         tasks.make("adder")
 
 
-@pytest.mark.parametrize("name, params, pattern", [
-    ("adding", {"T": 10}, r"T=10 is invalid; allowed: an int >= 22"),
-    ("adding", {"length": 5}, r"length=5 is not a parameter of task 'adding'; allowed: T"),
-    ("two-sequence", {"variant": "3d"}, r"variant='3d' is invalid; allowed: '3a', '3b', '3c'"),
-    ("two-sequence", {"variant": "3c", "criterion": "st1"},
-     r"criterion='st1' is invalid for variant '3c'; allowed: 'st2'"),
-    ("multiplication", {"n_seq": 0}, r"n_seq=0 is invalid"),
-    ("lag-distractor", {"q": -1}, r"q=-1 is invalid"),
-    ("chorales", {"step": 0}, r"step=0 is invalid"),
-])
+@pytest.mark.parametrize(
+    "name, params, pattern",
+    [
+        ("adding", {"T": 10}, r"T=10 is invalid; allowed: an int >= 22"),
+        ("adding", {"length": 5}, r"length=5 is not a parameter of task 'adding'; allowed: T"),
+        ("two-sequence", {"variant": "3d"}, r"variant='3d' is invalid; allowed: '3a', '3b', '3c'"),
+        (
+            "two-sequence",
+            {"variant": "3c", "criterion": "st1"},
+            r"criterion='st1' is invalid for variant '3c'; allowed: 'st2'",
+        ),
+        ("multiplication", {"n_seq": 0}, r"n_seq=0 is invalid"),
+        ("lag-distractor", {"q": -1}, r"q=-1 is invalid"),
+        ("chorales", {"step": 0}, r"step=0 is invalid"),
+    ],
+)
 def test_bad_parameters_raise_naming_the_argument(name, params, pattern):
     with pytest.raises(ValueError, match=pattern):
         tasks.make(name, **params)
@@ -232,10 +258,13 @@ def test_two_sequence_information_then_noise(variant):
 
 
 # ---- temporal order ------------------------------------------------------------------------
-@pytest.mark.parametrize("name, windows", [
-    ("temporal-order", [(10, 20), (50, 60)]),
-    ("temporal-order-3", [(10, 20), (33, 43), (66, 76)]),
-])
+@pytest.mark.parametrize(
+    "name, windows",
+    [
+        ("temporal-order", [(10, 20), (50, 60)]),
+        ("temporal-order-3", [(10, 20), (33, 43), (66, 76)]),
+    ],
+)
 def test_temporal_order_follows_the_definition(name, windows):
     n = 4000
     b = tasks.make(name).sample(n, G(0))
@@ -252,7 +281,9 @@ def test_temporal_order_follows_the_definition(name, windows):
         at = torch.stack([p[w] for p in positions]) + 1  # 1-based, as in the paper
         assert int(at.min()) == low and int(at.max()) == high
         label = 2 * label + (sym[rows, at - 1] == TO.index("Y")).long()
-    distractor = (torch.arange(sym.shape[1]) > 0) & (torch.arange(sym.shape[1]) < (b.lengths - 1).unsqueeze(1)) & ~relevant
+    distractor = (
+        (torch.arange(sym.shape[1]) > 0) & (torch.arange(sym.shape[1]) < (b.lengths - 1).unsqueeze(1)) & ~relevant
+    )
     assert int(sym[distractor].max()) <= TO.index("d")
     assert torch.equal(b.targets[rows, b.lengths - 1].argmax(-1), label)
     freq = torch.bincount(label, minlength=2 ** len(windows)).float() / n
@@ -266,8 +297,8 @@ def test_copy_layout_and_baseline():
     sym = b.inputs.argmax(-1)
     assert b.inputs.shape[1] == T + 20
     assert int(sym[:, :10].min()) == 1 and int(sym[:, :10].max()) == 8
-    assert not sym[:, 10:T + 9].any() and bool((sym[:, T + 9] == 9).all()) and not sym[:, T + 10:].any()
-    assert not b.targets[:, :T + 10].any() and torch.equal(b.targets[:, T + 10:], sym[:, :10])
+    assert not sym[:, 10 : T + 9].any() and bool((sym[:, T + 9] == 9).all()) and not sym[:, T + 10 :].any()
+    assert not b.targets[:, : T + 10].any() and torch.equal(b.targets[:, T + 10 :], sym[:, :10])
     for T, value in [(100, 0.1733), (200, 0.0945), (300, 0.0650), (500, 0.0400)]:
         assert round(tasks.make("copy", T=T).baseline, 4) == value
 
@@ -276,7 +307,7 @@ def test_adding_le_one_mark_in_each_half_and_the_sum():
     T, n = 50, 3000
     b = tasks.make("adding-le", T=T).sample(n, G(0))
     v, m = b.inputs[..., 0], b.inputs[..., 1]
-    assert torch.equal(m[:, :T // 2].sum(1), torch.ones(n)) and torch.equal(m[:, T // 2:].sum(1), torch.ones(n))
+    assert torch.equal(m[:, : T // 2].sum(1), torch.ones(n)) and torch.equal(m[:, T // 2 :].sum(1), torch.ones(n))
     torch.testing.assert_close(b.targets[:, -1, 0], (v * m).sum(1))
     assert abs(float(((b.targets[:, -1, 0] - 1) ** 2).mean()) - 1 / 6) < 0.01  # the baseline
 
@@ -303,7 +334,7 @@ def test_chorales_are_binary_piano_rolls_shifted_by_one_step():
     assert set(b.inputs.unique().tolist()) <= {0.0, 1.0}
     for i in range(3):
         L = int(b.lengths[i])
-        assert torch.equal(b.targets[i, :L - 1], b.inputs[i, 1:L])
+        assert torch.equal(b.targets[i, : L - 1], b.inputs[i, 1:L])
         voices = b.inputs[i, :L].sum(-1)
         assert float(voices.mean()) > 2.5 and int(voices.max()) <= 8  # four-part chorales
     assert task.test_size == 1 and math.isclose(task.step, 1.0)

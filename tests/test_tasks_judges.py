@@ -1,5 +1,6 @@
 """Judges on hand-built outputs exactly right, just inside and just outside each paper's
 threshold; stopping rules fed hand-built streams; the losses written out."""
+
 import math
 
 import pytest
@@ -29,15 +30,18 @@ def raw(task, y):
 
 
 # ---- squared-error tasks with one target at the end -------------------------------------
-@pytest.mark.parametrize("name, params, threshold", [
-    ("adding", {"T": 30}, 0.04),
-    ("multiplication", {"T": 30}, 0.04),
-    ("adding-le", {"T": 30}, 0.04),
-    ("two-sequence", {"T": 20}, 0.2),
-    ("lag-distractor", {"q": 5, "p": 4}, 0.2),
-    ("temporal-order", {}, 0.3),
-    ("temporal-order-3", {}, 0.3),
-])
+@pytest.mark.parametrize(
+    "name, params, threshold",
+    [
+        ("adding", {"T": 30}, 0.04),
+        ("multiplication", {"T": 30}, 0.04),
+        ("adding-le", {"T": 30}, 0.04),
+        ("two-sequence", {"T": 20}, 0.2),
+        ("lag-distractor", {"q": 5, "p": 4}, 0.2),
+        ("temporal-order", {}, 0.3),
+        ("temporal-order-3", {}, 0.3),
+    ],
+)
 def test_last_step_judges_at_their_thresholds(name, params, threshold):
     task = tasks.make(name, **params)
     b = task.sample(5, G(0))
@@ -176,10 +180,16 @@ def test_adding_rule_needs_2000_correct_and_low_mean_error():
     assert not any(high.update(stream(True, 0.011)) for _ in range(3000))
 
 
-@pytest.mark.parametrize("name, params, confirmation", [
-    ("adding", {}, 0), ("multiplication", {}, 0), ("temporal-order", {}, 0),  # stop rules
-    ("lag", {"p": 10}, 10_000), ("lag-distractor", {}, 10_000),  # checks after training
-])
+@pytest.mark.parametrize(
+    "name, params, confirmation",
+    [
+        ("adding", {}, 0),
+        ("multiplication", {}, 0),
+        ("temporal-order", {}, 0),  # stop rules
+        ("lag", {"p": 10}, 10_000),
+        ("lag-distractor", {}, 10_000),  # checks after training
+    ],
+)
 def test_window_rules_count_what_the_paper_counted(name, params, confirmation):
     """1997: adding / multiplication / temporal order stop training once the last 2,000
     sequences were correct and report every sequence until then (74,000 for adding); 2a-2c
@@ -222,8 +232,10 @@ def test_two_sequence_3b_rules_allow_five_wrong_of_256():
     """1997, task 3b: "ST1: less than 6 out of 256 sequences from a randomly chosen test
     set are misclassified. ST2: ST1 is satisfied, and mean absolute test set error is below
     0.04"."""
+
     def test_set(wrong, error):
         return {"test": Judgement(torch.arange(256) >= wrong, torch.full((256,), error))}
+
     st1 = tasks.make("two-sequence", variant="3b", criterion="st1").stopping_rule()
     st2 = tasks.make("two-sequence", variant="3b", criterion="st2").stopping_rule()
     assert st1.update_eval(test_set(5, 0.5)) and not st1.update_eval(test_set(6, 0.0))
@@ -260,13 +272,23 @@ def test_published_rows_are_the_papers_numbers():
     assert [p.sequences for p in tasks.make("lag").published] == [5_040]
     assert [(p.sequences, p.test_errors) for p in tasks.make("temporal-order").published] == [(31_390, 1)]
     distractor = [((p.setting["q"], p.setting["p"]), p.sequences) for p in tasks.make("lag-distractor").published]
-    assert distractor == [((50, 50), 30_000), ((100, 100), 31_000), ((200, 200), 33_000), ((500, 500), 38_000),
-                          ((1000, 1000), 49_000), ((1000, 500), 49_000), ((1000, 200), 75_000),
-                          ((1000, 100), 135_000), ((1000, 50), 203_000)]  # every row of Table 3
+    assert distractor == [
+        ((50, 50), 30_000),
+        ((100, 100), 31_000),
+        ((200, 200), 33_000),
+        ((500, 500), 38_000),
+        ((1000, 1000), 49_000),
+        ((1000, 500), 49_000),
+        ((1000, 200), 75_000),
+        ((1000, 100), 135_000),
+        ((1000, 50), 203_000),
+    ]  # every row of Table 3
     for (q, p), _ in distractor:  # each row is a task of its own
         assert tasks.make("lag-distractor", q=q, p=p).input_size == p + 4
-    two = {(p.setting["variant"], p.setting["T"], p.setting["N"], p.setting["criterion"]): p.sequences
-           for p in tasks.make("two-sequence").published}
+    two = {
+        (p.setting["variant"], p.setting["T"], p.setting["N"], p.setting["criterion"]): p.sequences
+        for p in tasks.make("two-sequence").published
+    }
     assert len(two) == 14 and two[("3a", 100, 3, "st1")] == 27_380 and two[("3b", 1000, 1, "st2")] == 485_080
     assert two[("3c", 100, 3, "st2")] == 269_650 and two[("3c", 100, 1, "st2")] == 565_640  # Tables 4-6
     mult = {(p.setting["n_seq"], p.sequences, p.test_errors) for p in tasks.make("multiplication").published}
@@ -289,8 +311,7 @@ def test_window_rule_slides_over_the_stream_as_its_definition_says():
         stream_err += err.tolist()
         fired = rule.update(Judgement(ok, err))
         last_ok, last_err = stream_ok[-window:], stream_err[-window:]
-        want = (len(last_ok) == window and last_ok.count(False) <= max_wrong
-                and sum(last_err) / window < bound)
+        want = len(last_ok) == window and last_ok.count(False) <= max_wrong and sum(last_err) / window < bound
         assert fired == want, step
         outcomes.add(fired)
         if step == 70:

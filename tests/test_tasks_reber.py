@@ -1,6 +1,7 @@
 """The embedded and continual embedded Reber grammars against a grammar written out
 independently as a regular expression, and their legal-next-symbol sets against the
 continuations seen in many strings."""
+
 import re
 
 import torch
@@ -52,7 +53,7 @@ def test_reber_legal_sets_match_the_continuations_seen_in_many_strings():
         s, legal = embedded_string(coin)
         assert EMBEDDED.fullmatch(s)
         for t in range(len(s) - 1):
-            prefix = s[:t + 1]
+            prefix = s[: t + 1]
             continuations.setdefault(prefix, set()).add(s[t + 1])
             legal_of[prefix] = set(legal[t])
             visits[prefix] = visits.get(prefix, 0) + 1

@@ -1,4 +1,5 @@
 """The closed-form 1-D theory against autograd and a dense numerical search."""
+
 import math
 
 import pytest
@@ -62,7 +63,7 @@ def test_horizon():
     assert theory.horizon(0.0, 1e-6) == 1
     f = theory.lstm_factor(3.0)
     n = theory.horizon(f, 1e-6)
-    assert f ** n < 1e-6 <= f ** (n - 1)
+    assert f**n < 1e-6 <= f ** (n - 1)
     # a sequence of factors: the first n where the running product is below tol
     seq = [0.9, 0.5, 1.0, 0.1, 0.9]  # running products 0.9, 0.45, 0.45, 0.045, 0.0405
     assert theory.horizon(seq, 0.5) == 2 and theory.horizon(seq, 0.3) == 4

@@ -1,5 +1,6 @@
 """lstm / gru / rnn-tanh / rnn-relu against torch.nn.LSTM / GRU / RNN: outputs, final
 states and every parameter gradient, with state_dicts moved both ways (strict)."""
+
 import itertools
 
 import pytest
@@ -50,8 +51,10 @@ def compare(ref, ours, x, hx=None):
 
 
 @pytest.mark.parametrize("cell", list(TORCH))
-@pytest.mark.parametrize("num_layers,bidirectional,batch_first,given_hx",
-                         list(itertools.product([1, 2], [False, True], [False, True], [False, True])))
+@pytest.mark.parametrize(
+    "num_layers,bidirectional,batch_first,given_hx",
+    list(itertools.product([1, 2], [False, True], [False, True], [False, True])),
+)
 def test_dense_matches_torch(cell, num_layers, bidirectional, batch_first, given_hx):
     ref, ours = pair(cell, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first)
     g = torch.Generator().manual_seed(1)
@@ -108,13 +111,13 @@ def test_default_init_matches_torch_distribution(cell):
     """Default initialisation is torch's: U(-1/sqrt(H), 1/sqrt(H)) on every parameter."""
     Hbig = 64
     m = lstmlab.Recurrent(3, Hbig, cell=cell)
-    bound = Hbig ** -0.5
+    bound = Hbig**-0.5
     allw = torch.cat([p.detach().flatten() for p in m.parameters()])
     assert allw.abs().max() <= bound
     # uniform on [-b, b]: mean 0, variance b^2 / 3 (n ~ 17k, 5 sigma bands)
     n = allw.numel()
     assert abs(allw.mean().item()) < 5 * bound / (3 * n) ** 0.5
-    assert abs(allw.var().item() - bound ** 2 / 3) < 5 * bound ** 2 * (4 / (45 * n)) ** 0.5
+    assert abs(allw.var().item() - bound**2 / 3) < 5 * bound**2 * (4 / (45 * n)) ** 0.5
 
 
 def test_float32_and_float64_both_supported():

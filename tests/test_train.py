@@ -1,5 +1,6 @@
 """The trainer: real learning on easy settings in both regimes, bit-identical resumption,
 divergence handling, clipping, what a run writes, bad arguments, and the CLI."""
+
 import argparse
 import json
 from dataclasses import replace
@@ -22,8 +23,18 @@ def events(path, kind):
 
 # ---- learning ----------------------------------------------------------------------------
 def test_paper_regime_online_sgd_learns(tmp_path):
-    config = TrainConfig("two-sequence", EASY, cell="lstm1997", init="1997", hidden_size=4, lr=1.0,
-                         max_sequences=4000, eval_every=100, out_dir=str(tmp_path), progress=False)
+    config = TrainConfig(
+        "two-sequence",
+        EASY,
+        cell="lstm1997",
+        init="1997",
+        hidden_size=4,
+        lr=1.0,
+        max_sequences=4000,
+        eval_every=100,
+        out_dir=str(tmp_path),
+        progress=False,
+    )
     result = train(config)
     assert result.solved and result.stop_reason == "solved"
     assert result.updates == result.sequences_seen <= 4000  # one sequence per update
@@ -35,10 +46,19 @@ def test_paper_regime_online_sgd_learns(tmp_path):
 
 
 def test_modern_regime_adam_minibatches_learns(tmp_path):
-    config = TrainConfig("two-sequence", {**EASY, "criterion": "st2"}, cell="lstm", hidden_size=8,
-                         optimizer="adam", lr=0.02,
-                         batch_size=8, max_sequences=4000, eval_every=200, out_dir=str(tmp_path),
-                         progress=False)
+    config = TrainConfig(
+        "two-sequence",
+        {**EASY, "criterion": "st2"},
+        cell="lstm",
+        hidden_size=8,
+        optimizer="adam",
+        lr=0.02,
+        batch_size=8,
+        max_sequences=4000,
+        eval_every=200,
+        out_dir=str(tmp_path),
+        progress=False,
+    )
     result = train(config)
     assert result.solved and result.updates * 8 == result.sequences_seen
     assert result.test_errors == 0 and result.test_mean_error < 0.01  # ST2 held on a fresh test set
@@ -47,8 +67,17 @@ def test_modern_regime_adam_minibatches_learns(tmp_path):
 
 
 def test_a_tanh_rnn_fails_where_the_budget_is_small():
-    config = TrainConfig("two-sequence", {"T": 12}, cell="rnn-tanh", hidden_size=4, lr=1.0,
-                         max_sequences=300, eval_every=100, progress=False, test=False)
+    config = TrainConfig(
+        "two-sequence",
+        {"T": 12},
+        cell="rnn-tanh",
+        hidden_size=4,
+        lr=1.0,
+        max_sequences=300,
+        eval_every=100,
+        progress=False,
+        test=False,
+    )
     result = train(config)
     assert not result.solved and result.stop_reason == "max_sequences" and result.sequences_to_success is None
 
@@ -56,8 +85,9 @@ def test_a_tanh_rnn_fails_where_the_budget_is_small():
 def test_momentum_and_input_noise_are_greffs():
     """SGD momentum is torch's heavy-ball rule; input noise perturbs the training inputs
     only, from the seeded training stream (two runs with one seed agree exactly)."""
-    base = TrainConfig("adding", {"T": 30}, hidden_size=4, lr=0.05, max_sequences=20, eval_every=20,
-                       progress=False, test=False)
+    base = TrainConfig(
+        "adding", {"T": 30}, hidden_size=4, lr=0.05, max_sequences=20, eval_every=20, progress=False, test=False
+    )
     t = Trainer(replace(base, momentum=0.9))
     assert t.optimizer.param_groups[0]["momentum"] == 0.9
     runs = [Trainer(replace(base, input_noise=0.5)) for _ in range(2)] + [Trainer(base)]
@@ -77,9 +107,20 @@ def test_momentum_and_input_noise_are_greffs():
 
 # ---- resumption -------------------------------------------------------------------------
 def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
-    base = TrainConfig("adding", {"T": 30}, cell="lstm", hidden_size=4, optimizer="adam", lr=0.01,
-                       batch_size=4, max_sequences=160, eval_every=40, checkpoint_every=40,
-                       progress=False, test=False)
+    base = TrainConfig(
+        "adding",
+        {"T": 30},
+        cell="lstm",
+        hidden_size=4,
+        optimizer="adam",
+        lr=0.01,
+        batch_size=4,
+        max_sequences=160,
+        eval_every=40,
+        checkpoint_every=40,
+        progress=False,
+        test=False,
+    )
     whole = train(replace(base, out_dir=str(tmp_path / "whole")))
     first = train(replace(base, out_dir=str(tmp_path / "parts"), max_sequences=80))
     assert first.sequences_seen == 80
@@ -97,8 +138,9 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
 
 
 def test_resume_refuses_a_different_run(tmp_path):
-    config = TrainConfig("adding", {"T": 30}, hidden_size=4, max_sequences=4, out_dir=str(tmp_path),
-                         progress=False, test=False)
+    config = TrainConfig(
+        "adding", {"T": 30}, hidden_size=4, max_sequences=4, out_dir=str(tmp_path), progress=False, test=False
+    )
     train(config)
     with pytest.raises(ValueError, match=r"differs from this run's in hidden_size"):
         train(replace(config, hidden_size=5), resume=True)
@@ -112,19 +154,37 @@ def records(path, drop=("resumed", "interrupted")):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows if r["event"] not in drop]
 
 
-RESUMABLE = TrainConfig("adding", {"T": 30}, cell="lstm", hidden_size=4, optimizer="adam", lr=0.01,
-                        batch_size=4, max_sequences=160, eval_every=20, checkpoint_every=40,
-                        progress=False, test=False)
+RESUMABLE = TrainConfig(
+    "adding",
+    {"T": 30},
+    cell="lstm",
+    hidden_size=4,
+    optimizer="adam",
+    lr=0.01,
+    batch_size=4,
+    max_sequences=160,
+    eval_every=20,
+    checkpoint_every=40,
+    progress=False,
+    test=False,
+)
 
 
-@pytest.mark.parametrize("damage,why", [
-    (lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
-    (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), r"cannot be read \(.*\): it is truncated"),
-    (lambda p: p.write_text("hello"), r"cannot be read \(.*\): it is truncated or not a checkpoint"),
-    (lambda p: torch.save({"weight": torch.ones(2)}, p), r"is not an lstmlab training checkpoint \(it holds a dict "
-                                                         r"without config, elapsed, generator, "),
-    (lambda p: torch.save([torch.ones(2)], p), r"is not an lstmlab training checkpoint \(it holds a list\)"),
-], ids=["empty", "truncated", "text", "foreign-dict", "foreign-list"])
+@pytest.mark.parametrize(
+    "damage,why",
+    [
+        (lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
+        (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), r"cannot be read \(.*\): it is truncated"),
+        (lambda p: p.write_text("hello"), r"cannot be read \(.*\): it is truncated or not a checkpoint"),
+        (
+            lambda p: torch.save({"weight": torch.ones(2)}, p),
+            r"is not an lstmlab training checkpoint \(it holds a dict "
+            r"without config, elapsed, generator, ",
+        ),
+        (lambda p: torch.save([torch.ones(2)], p), r"is not an lstmlab training checkpoint \(it holds a list\)"),
+    ],
+    ids=["empty", "truncated", "text", "foreign-dict", "foreign-list"],
+)
 def test_resume_from_a_damaged_checkpoint_names_the_file(tmp_path, capsys, damage, why):
     config = replace(RESUMABLE, max_sequences=8, out_dir=str(tmp_path))
     train(config)
@@ -143,8 +203,11 @@ def test_a_second_run_into_the_same_folder_is_refused_unless_asked(tmp_path):
     config = replace(RESUMABLE, max_sequences=40, out_dir=str(tmp_path))
     train(config)
     before = (tmp_path / "metrics.jsonl").read_text()
-    with pytest.raises(ValueError, match=r"already holds a run \(checkpoint.pt, metrics.jsonl, result.json\); "
-                                         r"allowed: resume=True \(--resume\) .* overwrite=True \(--overwrite\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"already holds a run \(checkpoint.pt, metrics.jsonl, result.json\); "
+        r"allowed: resume=True \(--resume\) .* overwrite=True \(--overwrite\)",
+    ):
         train(replace(config, seed=1))
     assert (tmp_path / "metrics.jsonl").read_text() == before  # untouched
     train(replace(config, seed=1), overwrite=True)
@@ -175,8 +238,11 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes_bit_for_bit(tmp_path, mon
     monkeypatch.setattr(Trainer, "step", step_then_ctrl_c)
     handler = signal.getsignal(signal.SIGINT)
     parts = replace(base, out_dir=str(tmp_path / "parts"))
-    with pytest.raises(TrainingInterrupted, match=r"stopped at sequence 28 \(update 7\); checkpoint saved to "
-                                                  r".*checkpoint\.pt\. To continue, .* --resume"):
+    with pytest.raises(
+        TrainingInterrupted,
+        match=r"stopped at sequence 28 \(update 7\); checkpoint saved to "
+        r".*checkpoint\.pt\. To continue, .* --resume",
+    ):
         train(parts)
     assert signal.getsignal(signal.SIGINT) is handler  # restored
     saved = torch.load(tmp_path / "parts" / "checkpoint.pt", weights_only=True)
@@ -191,12 +257,25 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes_bit_for_bit(tmp_path, mon
     assert records(tmp_path / "parts", drop) == records(tmp_path / "whole", drop)
     # the command line: exit status 130 and how to continue
     monkeypatch.setattr(Trainer, "step", step_then_ctrl_c)
-    argv = ["train", "adding", "-p", "T=30", "--hidden", "4", "--max-sequences", "80", "--no-progress",
-            "--out", str(tmp_path / "cli")]
+    argv = [
+        "train",
+        "adding",
+        "-p",
+        "T=30",
+        "--hidden",
+        "4",
+        "--max-sequences",
+        "80",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "cli"),
+    ]
     assert main(argv) == 130
     err = capsys.readouterr().err
-    assert f"lstmlab train: interrupted: stopped at sequence 7 (update 7); checkpoint saved to " \
-           f"{tmp_path / 'cli' / 'checkpoint.pt'}. To continue, run the same command with --resume" in err
+    assert (
+        f"lstmlab train: interrupted: stopped at sequence 7 (update 7); checkpoint saved to "
+        f"{tmp_path / 'cli' / 'checkpoint.pt'}. To continue, run the same command with --resume" in err
+    )
     monkeypatch.setattr(Trainer, "step", step)
     assert main(argv + ["--resume"]) == 0
     assert json.loads((tmp_path / "cli" / "result.json").read_text())["sequences_seen"] == 80
@@ -225,8 +304,23 @@ def test_resume_drops_the_metrics_logged_after_the_checkpoint(tmp_path, monkeypa
 
 
 def test_checkpoint_every_is_an_option(tmp_path):
-    argv = ["train", "adding", "-p", "T=30", "--hidden", "4", "--max-sequences", "30", "--eval-every", "10",
-            "--checkpoint-every", "10", "--no-progress", "--out", str(tmp_path / "a")]
+    argv = [
+        "train",
+        "adding",
+        "-p",
+        "T=30",
+        "--hidden",
+        "4",
+        "--max-sequences",
+        "30",
+        "--eval-every",
+        "10",
+        "--checkpoint-every",
+        "10",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "a"),
+    ]
     assert cli(argv) == 0
     assert [r["sequences"] for r in events(tmp_path / "a", "checkpoint")] == [10, 20, 30, 30]
     argv[argv.index("10", argv.index("--checkpoint-every"))] = "0"
@@ -240,24 +334,39 @@ def test_checkpoint_every_is_an_option(tmp_path):
 
 # ---- divergence --------------------------------------------------------------------------
 def test_nan_loss_stops_with_a_clear_error():
-    config = TrainConfig("adding-le", {"T": 10}, cell="rnn-relu", hidden_size=4, lr=1e12,
-                         max_sequences=100, progress=False, test=False)
-    with pytest.raises(TrainingDiverged, match=r"diverged at sequence \d+ \(update \d+\): the loss is "
-                                               r"(nan|inf).*no checkpoint was written \(out_dir is None\)"):
+    config = TrainConfig(
+        "adding-le", {"T": 10}, cell="rnn-relu", hidden_size=4, lr=1e12, max_sequences=100, progress=False, test=False
+    )
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"diverged at sequence \d+ \(update \d+\): the loss is "
+        r"(nan|inf).*no checkpoint was written \(out_dir is None\)",
+    ):
         train(config)
 
 
 def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
-    config = TrainConfig("adding", {"T": 30}, hidden_size=4, max_sequences=20, checkpoint_every=10,
-                         out_dir=str(tmp_path), progress=False, test=False)
+    config = TrainConfig(
+        "adding",
+        {"T": 30},
+        hidden_size=4,
+        max_sequences=20,
+        checkpoint_every=10,
+        out_dir=str(tmp_path),
+        progress=False,
+        test=False,
+    )
     trainer = Trainer(config)
     trainer.run()
     good = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     with torch.no_grad():
         trainer.model.readout.bias.fill_(float("nan"))  # what a blown-up update leaves behind
     trainer.config = replace(config, max_sequences=40)
-    with pytest.raises(TrainingDiverged, match=r"at sequence 21 \(update 21\): the loss is nan\. Stopped; "
-                                               r"the last good checkpoint, .*checkpoint\.pt, holds sequence 20"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"at sequence 21 \(update 21\): the loss is nan\. Stopped; "
+        r"the last good checkpoint, .*checkpoint\.pt, holds sequence 20",
+    ):
         trainer.run()
     kept = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert kept["sequences"] == 20
@@ -286,8 +395,9 @@ def test_gradient_clipping_by_norm_and_by_element():
 def test_run_writes_resolved_config_result_and_metrics(tmp_path):
     torch.manual_seed(0)
     before = torch.get_rng_state()
-    config = TrainConfig("adding", {}, hidden_size=3, max_sequences=30, eval_every=10, out_dir=str(tmp_path),
-                         progress=False, test=False)
+    config = TrainConfig(
+        "adding", {}, hidden_size=3, max_sequences=30, eval_every=10, out_dir=str(tmp_path), progress=False, test=False
+    )
     train(config)
     assert torch.equal(torch.get_rng_state(), before), "training must not draw from the global RNG"
     saved = json.loads((tmp_path / "config.json").read_text())
@@ -298,33 +408,36 @@ def test_run_writes_resolved_config_result_and_metrics(tmp_path):
 
 
 # ---- bad arguments -----------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs, pattern", [
-    ({"task": "adder"}, r"task='adder' is not a registered task; valid tasks: adding, "),
-    ({"task_params": {"T": 3}}, r"T=3 is invalid; allowed: an int >= 22"),
-    ({"cell": "lsmt"}, r"cell='lsmt' is not a registered cell; valid cells: rnn-tanh"),
-    ({"optimizer": "rmsprop"}, r"optimizer='rmsprop' is invalid; allowed: sgd, adam"),
-    ({"lr": 0.0}, r"lr=0.0 is invalid; allowed: a finite number > 0"),
-    ({"lr": float("inf")}, r"lr=inf is invalid; allowed: a finite number > 0"),
-    ({"lr": float("nan")}, r"lr=nan is invalid; allowed: a finite number > 0"),
-    ({"lr": -0.1}, r"lr=-0.1 is invalid; allowed: a finite number > 0"),
-    ({"forget_bias": float("inf")}, r"forget_bias=inf is invalid; allowed: a finite number"),
-    ({"max_seconds": float("inf")}, r"max_seconds=inf is invalid; allowed: a finite number > 0 or None"),
-    ({"batch_size": 0}, r"batch_size=0 is invalid; allowed: an int >= 1"),
-    ({"hidden_size": 2.5}, r"hidden_size=2.5 is invalid"),
-    ({"clip_norm": -1.0}, r"clip_norm=-1.0 is invalid; allowed: a finite number > 0 or None"),
-    ({"init": "xavier"}, r"init='xavier' is invalid; allowed: torch, 1997"),
-    ({"max_seconds": 0}, r"max_seconds=0 is invalid"),
-    ({"loss_steps": "total"}, r"loss_steps='total' is invalid; allowed: mean, sum"),
-    ({"momentum": 1.0}, r"momentum=1.0 is invalid; allowed: a number in \[0, 1\)"),
-    ({"momentum": 0.9, "optimizer": "adam"}, r"momentum=0.9 applies to optimizer='sgd' only"),
-    ({"input_noise": -0.1}, r"input_noise=-0.1 is invalid; allowed: a finite number >= 0"),
-    ({"connect_after": 100}, r"connect_after=100 needs skip_input=True"),
-    ({"connect_after": -1, "skip_input": True}, r"connect_after=-1 is invalid; allowed: an int >= 0"),
-    ({"skip_input": 1}, r"skip_input=1 is invalid; allowed: True or False"),
-    ({"cell_options": {"peephole": True}}, r"cell 'lstm' has no option 'peephole'"),
-    ({"cell_options": {"activation": "softsign"}}, r"activation='softsign' is not allowed"),
-    ({"cell_options": ["peepholes"]}, r"cell_options=\['peepholes'\] is invalid; allowed: a dict"),
-])
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        ({"task": "adder"}, r"task='adder' is not a registered task; valid tasks: adding, "),
+        ({"task_params": {"T": 3}}, r"T=3 is invalid; allowed: an int >= 22"),
+        ({"cell": "lsmt"}, r"cell='lsmt' is not a registered cell; valid cells: rnn-tanh"),
+        ({"optimizer": "rmsprop"}, r"optimizer='rmsprop' is invalid; allowed: sgd, adam"),
+        ({"lr": 0.0}, r"lr=0.0 is invalid; allowed: a finite number > 0"),
+        ({"lr": float("inf")}, r"lr=inf is invalid; allowed: a finite number > 0"),
+        ({"lr": float("nan")}, r"lr=nan is invalid; allowed: a finite number > 0"),
+        ({"lr": -0.1}, r"lr=-0.1 is invalid; allowed: a finite number > 0"),
+        ({"forget_bias": float("inf")}, r"forget_bias=inf is invalid; allowed: a finite number"),
+        ({"max_seconds": float("inf")}, r"max_seconds=inf is invalid; allowed: a finite number > 0 or None"),
+        ({"batch_size": 0}, r"batch_size=0 is invalid; allowed: an int >= 1"),
+        ({"hidden_size": 2.5}, r"hidden_size=2.5 is invalid"),
+        ({"clip_norm": -1.0}, r"clip_norm=-1.0 is invalid; allowed: a finite number > 0 or None"),
+        ({"init": "xavier"}, r"init='xavier' is invalid; allowed: torch, 1997"),
+        ({"max_seconds": 0}, r"max_seconds=0 is invalid"),
+        ({"loss_steps": "total"}, r"loss_steps='total' is invalid; allowed: mean, sum"),
+        ({"momentum": 1.0}, r"momentum=1.0 is invalid; allowed: a number in \[0, 1\)"),
+        ({"momentum": 0.9, "optimizer": "adam"}, r"momentum=0.9 applies to optimizer='sgd' only"),
+        ({"input_noise": -0.1}, r"input_noise=-0.1 is invalid; allowed: a finite number >= 0"),
+        ({"connect_after": 100}, r"connect_after=100 needs skip_input=True"),
+        ({"connect_after": -1, "skip_input": True}, r"connect_after=-1 is invalid; allowed: an int >= 0"),
+        ({"skip_input": 1}, r"skip_input=1 is invalid; allowed: True or False"),
+        ({"cell_options": {"peephole": True}}, r"cell 'lstm' has no option 'peephole'"),
+        ({"cell_options": {"activation": "softsign"}}, r"activation='softsign' is not allowed"),
+        ({"cell_options": ["peepholes"]}, r"cell_options=\['peepholes'\] is invalid; allowed: a dict"),
+    ],
+)
 def test_bad_arguments_raise_naming_the_argument(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         TrainConfig(**{"task": "adding", **kwargs})
@@ -340,7 +453,10 @@ def cli(argv):
 
 def test_parse_cell_options_converts_by_field_type_and_rejects():
     assert parse_cell_options("lstm1997", ["output_gate=false", "activation=sigmoid", "peepholes=True"]) == {
-        "output_gate": False, "activation": "sigmoid", "peepholes": True}
+        "output_gate": False,
+        "activation": "sigmoid",
+        "peepholes": True,
+    }
     with pytest.raises(ValueError, match=r"--cell-option output_gate='no' is invalid; allowed: true or false"):
         parse_cell_options("lstm", ["output_gate=no"])
     with pytest.raises(ValueError, match=r"cell 'gru' has no option 'peepholes'; allowed: none"):
@@ -360,9 +476,34 @@ def test_parse_params_converts_and_rejects():
 
 def test_cli_train_writes_the_json_report(tmp_path, capsys):
     out = tmp_path / "r.json"
-    assert cli(["train", "two-sequence", "-p", "T=12", "-p", "criterion=st1", "--cell", "lstm1997", "--init", "1997", "--hidden", "4",
-                "--lr", "1.0", "--max-sequences", "3000", "--eval-every", "100", "--no-progress",
-                "--json", str(out)]) == 0
+    assert (
+        cli(
+            [
+                "train",
+                "two-sequence",
+                "-p",
+                "T=12",
+                "-p",
+                "criterion=st1",
+                "--cell",
+                "lstm1997",
+                "--init",
+                "1997",
+                "--hidden",
+                "4",
+                "--lr",
+                "1.0",
+                "--max-sequences",
+                "3000",
+                "--eval-every",
+                "100",
+                "--no-progress",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["solved"] is True and report["test_size"] == 2560
     assert {"sequences_seen", "test_errors", "wall_seconds"} <= set(report)
@@ -371,13 +512,17 @@ def test_cli_train_writes_the_json_report(tmp_path, capsys):
 
 
 def test_cli_reproduce_writes_a_table(tmp_path, capsys):
-    assert cli(["reproduce", "1997", "--tasks", "reber", "--max-sequences", "20", "--no-progress",
-                "--out", str(tmp_path)]) == 0
+    assert (
+        cli(["reproduce", "1997", "--tasks", "reber", "--max-sequences", "20", "--no-progress", "--out", str(tmp_path)])
+        == 0
+    )
     rows = json.loads((tmp_path / "reproduce-1997.json").read_text())["rows"]
     assert [r["task"] for r in rows] == ["reber"]
     row = rows[0]
     assert row["paper_sequences"] == 8_440 and row["lstm_sequences_seen"] == 20 and row["lstm_solved"] is False
-    assert row["rnn_run"]["cell"] == "rnn-tanh" and abs(row["rnn_run"]["parameters"] - row["lstm_run"]["parameters"]) < 40
+    assert (
+        row["rnn_run"]["cell"] == "rnn-tanh" and abs(row["rnn_run"]["parameters"] - row["lstm_run"]["parameters"]) < 40
+    )
     table = (tmp_path / "reproduce-1997.md").read_text()
     assert "| reber | - | 8,440 | - | not solved in 20 | " in table
 
@@ -396,31 +541,45 @@ def test_ctrl_c_during_reproduce_says_what_happened(tmp_path, monkeypatch, capsy
         return out
 
     monkeypatch.setattr(Trainer, "step", step_then_ctrl_c)
-    assert main(["reproduce", "1997", "--tasks", "reber", "--max-sequences", "20", "--no-progress",
-                 "--out", str(tmp_path)]) == 130
-    assert "lstmlab reproduce: interrupted: a run stopped at sequence 3; no table was written. Run the " \
-           "command again" in capsys.readouterr().err
+    assert (
+        main(
+            ["reproduce", "1997", "--tasks", "reber", "--max-sequences", "20", "--no-progress", "--out", str(tmp_path)]
+        )
+        == 130
+    )
+    assert (
+        "lstmlab reproduce: interrupted: a run stopped at sequence 3; no table was written. Run the "
+        "command again" in capsys.readouterr().err
+    )
     assert not (tmp_path / "reproduce-1997.md").exists()
 
 
 # ---- the input-gate bias (the 1997 remedy for state drift) and what a run counts ---------
 @pytest.mark.parametrize("cell, layers", [("lstm", 1), ("lstm1997", 2), ("vanilla", 1)])
 def test_input_bias_sets_every_input_gate_bias(cell, layers):
-    config = TrainConfig("adding", cell=cell, hidden_size=3, num_layers=layers, input_bias=-3.0,
-                         forget_bias=2.0 if cell != "lstm1997" else None, init="1997", progress=False)
+    config = TrainConfig(
+        "adding",
+        cell=cell,
+        hidden_size=3,
+        num_layers=layers,
+        input_bias=-3.0,
+        forget_bias=2.0 if cell != "lstm1997" else None,
+        init="1997",
+        progress=False,
+    )
     rnn = Trainer(config).model.rnn
     i, H = rnn.spec.gates.index("i"), 3
     for k in range(layers):
         b_ih, b_hh = getattr(rnn, f"bias_ih_l{k}"), getattr(rnn, f"bias_hh_l{k}")
-        assert torch.equal(b_ih[i * H:(i + 1) * H], torch.full((H,), -3.0))
-        assert torch.equal(b_hh[i * H:(i + 1) * H], torch.zeros(H))
+        assert torch.equal(b_ih[i * H : (i + 1) * H], torch.full((H,), -3.0))
+        assert torch.equal(b_hh[i * H : (i + 1) * H], torch.zeros(H))
         if "f" in rnn.spec.gates:  # the forget bias is untouched
             f = rnn.spec.gates.index("f")
-            assert torch.equal(b_ih[f * H:(f + 1) * H], torch.full((H,), 2.0))
+            assert torch.equal(b_ih[f * H : (f + 1) * H], torch.full((H,), 2.0))
         o = rnn.spec.gates.index("o")  # so is the 1997 init's output-gate bias
-        assert torch.equal(b_ih[o * H:(o + 1) * H], -(1.0 + torch.arange(H) % 4.0))
+        assert torch.equal(b_ih[o * H : (o + 1) * H], -(1.0 + torch.arange(H) % 4.0))
     plain = Trainer(replace(config, input_bias=None)).model.rnn
-    assert not torch.equal(plain.bias_ih_l0[i * H:(i + 1) * H], torch.full((H,), -3.0))
+    assert not torch.equal(plain.bias_ih_l0[i * H : (i + 1) * H], torch.full((H,), -3.0))
 
 
 @pytest.mark.parametrize("cell", ["rnn-tanh", "gru", "nig"])
@@ -432,8 +591,8 @@ def test_input_bias_needs_an_input_gate(cell):
 @pytest.mark.parametrize("counts_window, success", [(True, 10), (False, 0)])
 def test_sequences_to_success_count_the_window_only_where_the_paper_did(counts_window, success):
     from lstmlab.tasks import WindowRule
-    trainer = Trainer(TrainConfig("adding", {"T": 30}, hidden_size=2, max_sequences=50, progress=False,
-                                  test=False))
+
+    trainer = Trainer(TrainConfig("adding", {"T": 30}, hidden_size=2, max_sequences=50, progress=False, test=False))
     trainer.rule = WindowRule(10, max_wrong=10, counts_window=counts_window)  # fires when full
     result = trainer.run()
     assert result.solved and result.sequences_seen == 10 and result.sequences_to_success == success
@@ -461,9 +620,21 @@ def test_skip_weights_and_the_disconnected_model():
 
 
 def test_the_cell_is_connected_after_connect_after_sequences():
-    config = TrainConfig("lag", {"p": 6}, cell="lstm1997", cell_options=LAG_CELL, hidden_size=1, init="1997",
-                         skip_input=True, connect_after=30, optimizer="adam", lr=0.03, max_sequences=60,
-                         progress=False, test=False)
+    config = TrainConfig(
+        "lag",
+        {"p": 6},
+        cell="lstm1997",
+        cell_options=LAG_CELL,
+        hidden_size=1,
+        init="1997",
+        skip_input=True,
+        connect_after=30,
+        optimizer="adam",
+        lr=0.03,
+        max_sequences=60,
+        progress=False,
+        test=False,
+    )
     t = Trainer(config)
     assert t.model.rnn.spec.output_gate is False and t.model.rnn.spec.activation == "sigmoid"
     start = {k: v.clone() for k, v in t.model.rnn.state_dict().items()}
@@ -481,9 +652,23 @@ def test_the_1997_lag_net_learns_the_first_symbol():
     """Lag p = 20 with the reproduce row's recipe: after 1,500 sequences (500 before the
     cell is connected) the final symbol, which only the first one predicts, is right for
     x and y sequences, and every other output is within the paper's 0.25."""
-    config = TrainConfig("lag", {"p": 20}, cell="lstm1997", cell_options=LAG_CELL, hidden_size=1, init="1997",
-                         skip_input=True, connect_after=500, optimizer="adam", lr=0.03, clip_norm=1.0,
-                         loss_steps="sum", max_sequences=1_500, progress=False, test=False)
+    config = TrainConfig(
+        "lag",
+        {"p": 20},
+        cell="lstm1997",
+        cell_options=LAG_CELL,
+        hidden_size=1,
+        init="1997",
+        skip_input=True,
+        connect_after=500,
+        optimizer="adam",
+        lr=0.03,
+        clip_norm=1.0,
+        loss_steps="sum",
+        max_sequences=1_500,
+        progress=False,
+        test=False,
+    )
     t = Trainer(config)
     while t.budget_left() is None:
         t.step()

@@ -1,6 +1,7 @@
 """Error flow while a network learns (`train --flow-every`, lstmlab.analysis.watch): the
 measurements against independent references (torch.nn and autograd), and the records
 stored with the run, resumed with its checkpoint and leaving the training untouched."""
+
 import json
 import math
 
@@ -36,12 +37,12 @@ def test_probe_matches_autograd_through_torch_nn(cell, kind):
     for t in range(30):
         h = h.detach().requires_grad_(True) if t == 0 else h
         if kind is torch.nn.RNN:
-            _, h = twin(xs[t:t + 1], h.unsqueeze(0))
+            _, h = twin(xs[t : t + 1], h.unsqueeze(0))
             h = h[0]
         else:
             gates = xs[t] @ twin.weight_ih_l0.T + twin.bias_ih_l0 + h @ twin.weight_hh_l0.T + twin.bias_hh_l0
             fs.append(torch.sigmoid(gates.chunk(4, -1)[1]).detach())
-            _, (h, c) = twin(xs[t:t + 1], (h.unsqueeze(0), c.unsqueeze(0)))
+            _, (h, c) = twin(xs[t : t + 1], (h.unsqueeze(0), c.unsqueeze(0)))
             h, c = h[0], c[0]
         h.retain_grad()
         hs.append(h)
@@ -62,12 +63,27 @@ def test_probe_matches_autograd_through_torch_nn(cell, kind):
     below = torch.nonzero(g < 1e-6)
     assert m["horizon_measured"] == (int(below[0]) if len(below) else None)
     top = m["lyapunov_top"]
-    assert m["horizon_lyapunov"] == pytest.approx(math.log(1e6) / -top, rel=1e-3) if top < 0 else \
-        m["horizon_lyapunov"] is None
+    assert (
+        m["horizon_lyapunov"] == pytest.approx(math.log(1e6) / -top, rel=1e-3)
+        if top < 0
+        else m["horizon_lyapunov"] is None
+    )
 
 
-CFG = dict(task="adding", task_params={"T": 22}, cell="lstm", hidden_size=4, optimizer="adam", lr=0.01,
-           batch_size=4, eval_every=40, eval_size=16, test=False, max_sequences=120, checkpoint_every=40)
+CFG = dict(
+    task="adding",
+    task_params={"T": 22},
+    cell="lstm",
+    hidden_size=4,
+    optimizer="adam",
+    lr=0.01,
+    batch_size=4,
+    eval_every=40,
+    eval_size=16,
+    test=False,
+    max_sequences=120,
+    checkpoint_every=40,
+)
 
 
 def _records(path):
@@ -83,7 +99,11 @@ def test_flow_every_leaves_training_unchanged_and_records_each_checkpoint(tmp_pa
         assert torch.equal(a, b)  # bit for bit: the probe draws from no training stream
     recs = _records(tmp_path / "watched")
     assert [r["sequences"] for r in recs] == [0, 40, 80, 120]
-    assert len(recs[0]["grad_log10"]) == watched.probe.x.shape[0] >= 22 and recs[0]["lyapunov_status"] in ("decays", "growing", "constant")
+    assert len(recs[0]["grad_log10"]) == watched.probe.x.shape[0] >= 22 and recs[0]["lyapunov_status"] in (
+        "decays",
+        "growing",
+        "constant",
+    )
     assert not list((tmp_path / "watched").glob(".*.tmp"))
     assert not (tmp_path / "plain" / "flow.json").exists()
 
@@ -131,8 +151,10 @@ def test_flow_report_of_two_runs_side_by_side(tmp_path, capsys):
     assert cells[2] == "80" and cells[3:5] == [horizon(first), horizon(last)]
     assert cells[5:7] == [f"{first['lyapunov_top']:+.4f}", f"{last['lyapunov_top']:+.4f}"]
     assert main(["flow-report", str(tmp_path), "--out", str(report)]) == 2
-    assert "has no flow.json; allowed: the --out folder of a `lstmlab train ... --flow-every N` run" in \
-        capsys.readouterr().err
+    assert (
+        "has no flow.json; allowed: the --out folder of a `lstmlab train ... --flow-every N` run"
+        in capsys.readouterr().err
+    )
 
 
 def test_train_and_reproduce_take_flow_every(tmp_path, capsys, monkeypatch):
@@ -141,8 +163,28 @@ def test_train_and_reproduce_take_flow_every(tmp_path, capsys, monkeypatch):
     from lstmlab.train.reproduce import ROWS_1997, Budget, configs
 
     out = tmp_path / "run"
-    assert main(["train", "adding", "-p", "T=22", "--hidden", "3", "--max-sequences", "6", "--eval-every", "6",
-                 "--flow-every", "4", "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "adding",
+                "-p",
+                "T=22",
+                "--hidden",
+                "3",
+                "--max-sequences",
+                "6",
+                "--eval-every",
+                "6",
+                "--flow-every",
+                "4",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert [r["sequences"] for r in _records(out)] == [0, 4, 6]
     assert f"lstmlab flow-report {out}" in capsys.readouterr().out
     assert all(c.flow_every == 500 for c in configs(ROWS_1997[0], Budget(flow_every=500)))
@@ -151,6 +193,7 @@ def test_train_and_reproduce_take_flow_every(tmp_path, capsys, monkeypatch):
     def fake(budget, tasks=None, jobs=1):
         seen["budget"] = budget
         raise ValueError("stopped by the test")
+
     monkeypatch.setattr(train_cli, "reproduce_1997", fake)
     assert main(["reproduce", "1997", "--flow-every", "250", "--out", str(tmp_path / "rep")]) == 2
     assert seen["budget"].flow_every == 250

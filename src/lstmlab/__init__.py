@@ -8,6 +8,7 @@ through time.
     >>> lstm = lstmlab.LSTM(8, 32, 2)           # torch.nn.LSTM's drop-in: num_layers=2
     >>> step = lstmlab.LSTMCell(8, 32, cell="vanilla")   # torch.nn.LSTMCell's, any LSTM cell (peepholes)
 """
+
 from .cell import GRUCell, LSTMCell, RNNCell
 from .cells import CellSpec, cell_names, get_cell
 from .errors import ArgumentError, InputError, InputTypeError
@@ -15,5 +16,18 @@ from .layer import Recurrent
 from .modules import GRU, LSTM, RNN
 
 __version__ = "0.1.0"
-__all__ = ["GRU", "LSTM", "RNN", "ArgumentError", "CellSpec", "GRUCell", "InputError", "InputTypeError",
-           "LSTMCell", "RNNCell", "Recurrent", "cell_names", "get_cell"]
+__all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
+    "ArgumentError",
+    "CellSpec",
+    "GRUCell",
+    "InputError",
+    "InputTypeError",
+    "LSTMCell",
+    "RNNCell",
+    "Recurrent",
+    "cell_names",
+    "get_cell",
+]

@@ -13,6 +13,7 @@ process's resident-set high-water mark (/proc/self/status VmHWM, reset through
 timings with glibc set to return freed memory at once; parameters and their gradients
 exist beforehand.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -57,6 +58,7 @@ def _forward(model, x):
     def run():
         with torch.no_grad():
             model(x)
+
     return run
 
 
@@ -64,6 +66,7 @@ def _train_step(model, x):
     def run():
         out = model(x)[0]
         out.sum().backward()
+
     return run
 
 
@@ -86,7 +89,7 @@ def matmul_peak(seconds: float = 1.0) -> float:
     best, start = math.inf, time.perf_counter()
     while time.perf_counter() - start < seconds:
         best = min(best, _best(lambda: torch.mm(a, b, out=c), 1))
-    return 2 * n ** 3 / best
+    return 2 * n**3 / best
 
 
 class PeakMemory:
@@ -154,6 +157,7 @@ def _tuned(fn, knobs):
     def run():
         with cpu.tuning(**knobs):
             fn()
+
     return run
 
 
@@ -189,8 +193,13 @@ def bench_shape(shape, cfg: BenchConfig, log=print) -> dict:
             train[k] = min(train[k], _best(step[k], 1))
     rows = []
     for k, m in models.items():
-        row = {"model": k, "fwd_s": fwd[k], "train_s": train[k],
-               "fwd_ratio": fwd[k] / fwd["torch.nn.LSTM"], "train_ratio": train[k] / train["torch.nn.LSTM"]}
+        row = {
+            "model": k,
+            "fwd_s": fwd[k],
+            "train_s": train[k],
+            "fwd_ratio": fwd[k] / fwd["torch.nn.LSTM"],
+            "train_ratio": train[k] / train["torch.nn.LSTM"],
+        }
         if k != "torch.nn.LSTM":
             with cpu.tuning(**knobs[k]):
                 row["product_flops"] = _product_rate(m, x)
@@ -202,9 +211,11 @@ def bench_shape(shape, cfg: BenchConfig, log=print) -> dict:
                 row["ref_train_s"] = _best(_train_step(ref, x), cfg.reference_rounds)
                 row["vs_reference"] = row["ref_train_s"] / row["train_s"]
         rows.append(row)
-        log(f"  {k:14s} fwd {1e3 * fwd[k]:8.2f} ms ({row['fwd_ratio']:.2f}x)  fwd+bwd {1e3 * train[k]:8.2f} ms "
-            f"({row['train_ratio']:.2f}x)" + (f"  reference {row['vs_reference']:.0f}x slower" if "vs_reference" in row
-                                             else ""))
+        log(
+            f"  {k:14s} fwd {1e3 * fwd[k]:8.2f} ms ({row['fwd_ratio']:.2f}x)  fwd+bwd {1e3 * train[k]:8.2f} ms "
+            f"({row['train_ratio']:.2f}x)"
+            + (f"  reference {row['vs_reference']:.0f}x slower" if "vs_reference" in row else "")
+        )
     return {"shape": list(shape), "rows": rows}
 
 
@@ -230,9 +241,14 @@ def machine() -> dict:
             model = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "cpu_backend": cpu.available()[1]}
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_backend": cpu.available()[1],
+    }
 
 
 def run(cfg: BenchConfig, log=print) -> dict:
@@ -252,8 +268,12 @@ def run(cfg: BenchConfig, log=print) -> dict:
             peaks = bench_memory(tuple(res["shape"]), cfg, meter)
             for row in res["rows"]:
                 row["peak_bytes"] = peaks[row["model"]]
-    return {"config": {**asdict(BenchConfig()), **asdict(cfg)}, "machine": info, "shapes": shapes,
-            "summary": summarise(shapes)}
+    return {
+        "config": {**asdict(BenchConfig()), **asdict(cfg)},
+        "machine": info,
+        "shapes": shapes,
+        "summary": summarise(shapes),
+    }
 
 
 def _geomean(xs):
@@ -266,46 +286,69 @@ def summarise(shapes) -> dict:
     per_cell = {}
     for c in cells:
         rows = [next(r for r in s["rows"] if r["model"] == c) for s in shapes]
-        per_cell[c] = {"train_geomean": _geomean([r["train_ratio"] for r in rows]),
-                       "train_worst": max(r["train_ratio"] for r in rows),
-                       "fwd_worst": max(r["fwd_ratio"] for r in rows)}
+        per_cell[c] = {
+            "train_geomean": _geomean([r["train_ratio"] for r in rows]),
+            "train_worst": max(r["train_ratio"] for r in rows),
+            "fwd_worst": max(r["fwd_ratio"] for r in rows),
+        }
     allrows = [r for s in shapes for r in s["rows"] if r["model"] != "torch.nn.LSTM"]
-    return {"per_cell": per_cell,
-            "train_geomean": _geomean([r["train_ratio"] for r in allrows]),
-            "fwd_geomean": _geomean([r["fwd_ratio"] for r in allrows])}
+    return {
+        "per_cell": per_cell,
+        "train_geomean": _geomean([r["train_ratio"] for r in allrows]),
+        "fwd_geomean": _geomean([r["fwd_ratio"] for r in allrows]),
+    }
 
 
 # ---- reporting -------------------------------------------------------------------------
 def markdown(result: dict, command: str) -> str:
     m = result["machine"]
     peak = m["matmul_peak_flops"]
-    lines = [f"Command: `{command}`", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} with {m['torch_threads']} threads, "
-             f"Python {m['python']}; cpu backend: {m['cpu_backend']}. Matrix-multiply peak "
-             f"(2048^3 float32, torch.mm): {peak / 1e9:.0f} GFLOP/s.", "",
-             "Ratios are time / torch.nn.LSTM's time at the same shape, measured in this one run "
-             "(best of the rounds). fwd: forward under no_grad; fwd+bwd: forward and backward of "
-             "out.sum(). vs ref: how many times faster than the reference backend's loop (fwd+bwd). "
-             "Peak: rise of resident memory over one training step. Products: rate of the per-step "
-             "recurrent products (forward and backward) as a share of the matmul peak.", ""]
+    lines = [
+        f"Command: `{command}`",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} with {m['torch_threads']} threads, "
+        f"Python {m['python']}; cpu backend: {m['cpu_backend']}. Matrix-multiply peak "
+        f"(2048^3 float32, torch.mm): {peak / 1e9:.0f} GFLOP/s.",
+        "",
+        "Ratios are time / torch.nn.LSTM's time at the same shape, measured in this one run "
+        "(best of the rounds). fwd: forward under no_grad; fwd+bwd: forward and backward of "
+        "out.sum(). vs ref: how many times faster than the reference backend's loop (fwd+bwd). "
+        "Peak: rise of resident memory over one training step. Products: rate of the per-step "
+        "recurrent products (forward and backward) as a share of the matmul peak.",
+        "",
+    ]
     for res in result["shapes"]:
         B, T, I, H = res["shape"]
-        lines += [f"### B={B}, T={T}, I={I}, H={H}", "",
-                  "| model | fwd ms | fwd ratio | fwd+bwd ms | fwd+bwd ratio | vs ref | peak MiB | products |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"### B={B}, T={T}, I={I}, H={H}",
+            "",
+            "| model | fwd ms | fwd ratio | fwd+bwd ms | fwd+bwd ratio | vs ref | peak MiB | products |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in res["rows"]:
             peak_b = r.get("peak_bytes")
-            lines.append("| {} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {} | {} | {} |".format(
-                r["model"], 1e3 * r["fwd_s"], r["fwd_ratio"], 1e3 * r["train_s"], r["train_ratio"],
-                f"{r['vs_reference']:.0f}x" if "vs_reference" in r else "",
-                f"{peak_b / 2 ** 20:.2f}" if peak_b is not None else "n/a",
-                f"{100 * r['product_flops'] / peak:.0f}%" if r.get("product_flops") else ""))
+            lines.append(
+                "| {} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {} | {} | {} |".format(
+                    r["model"],
+                    1e3 * r["fwd_s"],
+                    r["fwd_ratio"],
+                    1e3 * r["train_s"],
+                    r["train_ratio"],
+                    f"{r['vs_reference']:.0f}x" if "vs_reference" in r else "",
+                    f"{peak_b / 2**20:.2f}" if peak_b is not None else "n/a",
+                    f"{100 * r['product_flops'] / peak:.0f}%" if r.get("product_flops") else "",
+                )
+            )
         lines.append("")
     s = result["summary"]
-    lines += ["### Summary (fwd+bwd ratio against torch.nn.LSTM)", "",
-              f"Geometric mean over all cells and shapes: {s['train_geomean']:.2f} "
-              f"(forward: {s['fwd_geomean']:.2f}).", "",
-              "| cell | geomean | worst shape | worst fwd |", "|---|---:|---:|---:|"]
+    lines += [
+        "### Summary (fwd+bwd ratio against torch.nn.LSTM)",
+        "",
+        f"Geometric mean over all cells and shapes: {s['train_geomean']:.2f} (forward: {s['fwd_geomean']:.2f}).",
+        "",
+        "| cell | geomean | worst shape | worst fwd |",
+        "|---|---:|---:|---:|",
+    ]
     for c, v in s["per_cell"].items():
         lines.append(f"| {c} | {v['train_geomean']:.2f} | {v['train_worst']:.2f} | {v['fwd_worst']:.2f} |")
     return "\n".join(lines) + "\n"
@@ -324,8 +367,10 @@ def _variant(text: str) -> tuple[tuple[str, int], ...]:
     for item in text.split(","):
         name, eq, value = item.partition("=")
         if not eq or not value.strip().isdigit():
-            raise ValueError(f"--variant {text!r} is invalid; allowed: NAME=VALUE[,NAME=VALUE...] with VALUE a whole "
-                             f"number and NAME one of {', '.join(cpu.TUNING)}")
+            raise ValueError(
+                f"--variant {text!r} is invalid; allowed: NAME=VALUE[,NAME=VALUE...] with VALUE a whole "
+                f"number and NAME one of {', '.join(cpu.TUNING)}"
+            )
         pairs.append((name.strip(), int(value)))
     try:
         with cpu.tuning(**dict(pairs)):  # checks the names and values
@@ -341,15 +386,21 @@ def _main(args) -> int:
     if args.json:
         check_writable(args.json, "--json", folder=False)
     if args.rounds < 1 or args.reference_rounds < 0:
-        raise ValueError(f"--rounds {args.rounds} / --reference-rounds {args.reference_rounds} is invalid; "
-                         f"allowed: rounds >= 1, reference rounds >= 0")
+        raise ValueError(
+            f"--rounds {args.rounds} / --reference-rounds {args.reference_rounds} is invalid; "
+            f"allowed: rounds >= 1, reference rounds >= 0"
+        )
     unknown = [c for c in args.cells or () if c not in cell_names()]
     if unknown:
         raise ValueError(f"--cells {', '.join(unknown)}: not registered; valid: {', '.join(cell_names())}")
-    cfg = BenchConfig(cells=tuple(args.cells or cell_names()),
-                      shapes=tuple(_shape(s) for s in args.shape) if args.shape else GRID,
-                      rounds=args.rounds, reference_rounds=args.reference_rounds, memory=not args.no_memory,
-                      variants=tuple(_variant(v) for v in args.variant or ()))
+    cfg = BenchConfig(
+        cells=tuple(args.cells or cell_names()),
+        shapes=tuple(_shape(s) for s in args.shape) if args.shape else GRID,
+        rounds=args.rounds,
+        reference_rounds=args.reference_rounds,
+        memory=not args.no_memory,
+        variants=tuple(_variant(v) for v in args.variant or ()),
+    )
     result = run(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
     command = "lstmlab bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "lstmlab bench"
     text = markdown(result, command.strip())
@@ -366,12 +417,20 @@ def register(sub) -> None:
     p.add_argument("--cells", nargs="+", help="cells to run (default: all registered)")
     p.add_argument("--shape", action="append", help="B,T,I,H (repeatable; default: the issue's grid of five)")
     p.add_argument("--rounds", type=int, default=BenchConfig.rounds, help="timing rounds, best of")
-    p.add_argument("--reference-rounds", type=int, default=BenchConfig.reference_rounds,
-                   help="rounds for the reference loop (0: skip it)")
+    p.add_argument(
+        "--reference-rounds",
+        type=int,
+        default=BenchConfig.reference_rounds,
+        help="rounds for the reference loop (0: skip it)",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
-    p.add_argument("--variant", action="append", metavar="NAME=VALUE[,...]",
-                   help="also run every cell with these cpu backend tuning constants (lstmlab.backends.cpu.TUNING), "
-                        "in the same rounds (repeatable)")
+    p.add_argument(
+        "--variant",
+        action="append",
+        metavar="NAME=VALUE[,...]",
+        help="also run every cell with these cpu backend tuning constants (lstmlab.backends.cpu.TUNING), "
+        "in the same rounds (repeatable)",
+    )
     p.add_argument("--out", help="also write the markdown report here")
     p.add_argument("--json", help="write all numbers as JSON here")
     p.set_defaults(func=_main)

@@ -8,6 +8,7 @@ Parameters: weight_ih (G*H, I), weight_hh (G*H, H), bias_ih, bias_hh (G*H,) (Non
 bias=False, as torch), plus weight_ch (K*H,) for cells with peepholes and weight_gg
 (A*H, A*H) for fgr: the names of Recurrent's layer 0 without the "_l0".
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,17 @@ class _Cell(nn.Module):
 
     _kind = ""
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool, device, dtype,
-                 cell: str | CellSpec, truncate: bool | None, cell_options: dict):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool,
+        device,
+        dtype,
+        cell: str | CellSpec,
+        truncate: bool | None,
+        cell_options: dict,
+    ):
         super().__init__()
         check_int("input_size", input_size, 1)
         check_int("hidden_size", hidden_size, 1)
@@ -36,13 +46,16 @@ class _Cell(nn.Module):
         spec = get_cell(cell).with_options(**cell_options)
         if spec.kind != self._kind:
             same = [n for n in cell_names() if get_cell(n).kind == self._kind]
-            raise ArgumentError(f"cell={spec.name!r} is a {spec.kind} cell; lstmlab.{type(self).__name__} "
-                                f"takes a {self._kind} cell: {', '.join(same)}")
+            raise ArgumentError(
+                f"cell={spec.name!r} is a {spec.kind} cell; lstmlab.{type(self).__name__} "
+                f"takes a {self._kind} cell: {', '.join(same)}"
+            )
         if truncate is not None:
             check_bool("truncate", truncate)
         if truncate and spec.kind != "lstm":
-            raise ArgumentError(f"cell {spec.name!r} has no option 'truncate' (given True); "
-                                f"it needs a cell state (an LSTM cell)")
+            raise ArgumentError(
+                f"cell {spec.name!r} has no option 'truncate' (given True); it needs a cell state (an LSTM cell)"
+            )
         self.spec = spec
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
         self.truncate = spec.truncate if truncate is None else truncate
@@ -72,8 +85,9 @@ class _Cell(nn.Module):
 
     def cell_params(self) -> CellParams:
         get = lambda n: getattr(self, n, None)  # noqa: E731
-        return CellParams(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
-                          get("weight_ch"), get("weight_gg"))
+        return CellParams(
+            self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, get("weight_ch"), get("weight_gg")
+        )
 
     def _step(self, input, hx) -> tuple[torch.Tensor, ...]:
         """Check the input and state as torch does, then one reference step."""
@@ -81,14 +95,19 @@ class _Cell(nn.Module):
         if not isinstance(input, torch.Tensor):
             raise InputTypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
         if input.dim() not in (1, 2):
-            raise InputError(f"{name}: input has {input.dim()} dimensions (shape {tuple(input.shape)}); "
-                             f"expected 2 (batch, input_size) or 1 (input_size)")
+            raise InputError(
+                f"{name}: input has {input.dim()} dimensions (shape {tuple(input.shape)}); "
+                f"expected 2 (batch, input_size) or 1 (input_size)"
+            )
         if input.dtype != self.weight_ih.dtype:
-            raise InputError(f"{name}: input dtype {input.dtype} does not match the parameters' "
-                             f"dtype {self.weight_ih.dtype}")
+            raise InputError(
+                f"{name}: input dtype {input.dtype} does not match the parameters' dtype {self.weight_ih.dtype}"
+            )
         if input.shape[-1] != self.input_size:
-            raise InputError(f"{name}: input has {input.shape[-1]} features (shape {tuple(input.shape)}); "
-                             f"expected input_size={self.input_size}")
+            raise InputError(
+                f"{name}: input has {input.shape[-1]} features (shape {tuple(input.shape)}); "
+                f"expected input_size={self.input_size}"
+            )
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
         B = x.shape[0]
@@ -109,7 +128,9 @@ class _Cell(nn.Module):
                 if tuple(t.shape) != want:
                     raise InputError(f"{name}: hx {n} has shape {tuple(t.shape)}; expected {want}")
                 if t.dtype != x.dtype or t.device != x.device:
-                    raise InputError(f"{name}: hx {n} is {t.dtype} on {t.device}; expected {x.dtype} on {x.device} like the input")
+                    raise InputError(
+                        f"{name}: hx {n} is {t.dtype} on {t.device}; expected {x.dtype} on {x.device} like the input"
+                    )
                 state.append(t if batched else t.unsqueeze(0))
         new = reference.step(spec, self.cell_params(), x, tuple(state), self.truncate)
         return new if batched else tuple(t.squeeze(0) for t in new)
@@ -138,8 +159,18 @@ class LSTMCell(_Cell):
 
     _kind, _default_cell = "lstm", "lstm"
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
-                 cell: str | CellSpec = "lstm", truncate: bool | None = None, **cell_options):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        cell: str | CellSpec = "lstm",
+        truncate: bool | None = None,
+        **cell_options,
+    ):
         super().__init__(input_size, hidden_size, bias, device, dtype, cell, truncate, cell_options)
 
     def forward(self, input: torch.Tensor, hx: tuple[torch.Tensor, ...] | None = None) -> tuple[torch.Tensor, ...]:
@@ -155,8 +186,17 @@ class GRUCell(_Cell):
 
     _kind, _default_cell = "gru", "gru"
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
-                 cell: str | CellSpec = "gru", **cell_options):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        cell: str | CellSpec = "gru",
+        **cell_options,
+    ):
         super().__init__(input_size, hidden_size, bias, device, dtype, cell, None, cell_options)
 
     def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None) -> torch.Tensor:
@@ -174,17 +214,31 @@ class RNNCell(_Cell):
 
     _kind, _default_cell = "rnn", "rnn-tanh"
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
-                 device=None, dtype=None, *, cell: str | CellSpec | None = None, **cell_options):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        nonlinearity: str = "tanh",
+        device=None,
+        dtype=None,
+        *,
+        cell: str | CellSpec | None = None,
+        **cell_options,
+    ):
         if cell is None:
             if nonlinearity not in ("tanh", "relu"):
-                raise ArgumentError(f"nonlinearity={nonlinearity!r} is invalid: Unknown nonlinearity: "
-                                    f"{nonlinearity}; allowed: 'tanh' or 'relu'")
+                raise ArgumentError(
+                    f"nonlinearity={nonlinearity!r} is invalid: Unknown nonlinearity: "
+                    f"{nonlinearity}; allowed: 'tanh' or 'relu'"
+                )
             cell = f"rnn-{nonlinearity}"
         super().__init__(input_size, hidden_size, bias, device, dtype, cell, None, cell_options)
         if nonlinearity not in ("tanh", self.spec.activation):
-            raise ArgumentError(f"nonlinearity={nonlinearity!r} contradicts cell={self.spec.name!r}, whose "
-                                f"nonlinearity is {self.spec.activation!r}; give one of them")
+            raise ArgumentError(
+                f"nonlinearity={nonlinearity!r} contradicts cell={self.spec.name!r}, whose "
+                f"nonlinearity is {self.spec.activation!r}; give one of them"
+            )
         self.nonlinearity = self.spec.activation
 
     def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None) -> torch.Tensor:

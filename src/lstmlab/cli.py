@@ -1,5 +1,6 @@
 """The `lstmlab` command. Each subcommand lives beside the code it drives and registers
 itself through a `register(subparsers)` function listed here."""
+
 from __future__ import annotations
 
 import argparse

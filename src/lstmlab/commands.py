@@ -1,4 +1,5 @@
 """Small subcommands: `cells` (the family at a glance) and `doctor` (backends)."""
+
 from __future__ import annotations
 
 import torch
@@ -11,9 +12,16 @@ def cell_table(input_size: int, hidden_size: int) -> list[dict]:
     rows = []
     for name in cell_names():
         s = get_cell(name)
-        rows.append({"cell": name, "parameters": s.num_parameters(input_size, hidden_size),
-                     "gates": "".join(s.gates), "state": ",".join(s.state_names),
-                     "truncated": s.truncate, "change": s.summary})
+        rows.append(
+            {
+                "cell": name,
+                "parameters": s.num_parameters(input_size, hidden_size),
+                "gates": "".join(s.gates),
+                "state": ",".join(s.state_names),
+                "truncated": s.truncate,
+                "change": s.summary,
+            }
+        )
     return rows
 
 

@@ -10,6 +10,7 @@ and what is allowed.
     InputTypeError: forward was given something that is not a tensor where one is needed;
         torch fails with AttributeError ('list' object has no attribute 'dim') or TypeError.
 """
+
 from __future__ import annotations
 
 

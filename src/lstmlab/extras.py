@@ -1,5 +1,6 @@
 """Optional dependencies: imported where first needed, and when missing, an error that
 says which extra of the package installs them (pyproject.toml's optional-dependencies)."""
+
 from __future__ import annotations
 
 import importlib
@@ -17,5 +18,6 @@ def require(module: str, extra: str, needed_by: str):
         top = module.partition(".")[0]
         if e.name is None or e.name.partition(".")[0] != top:
             raise  # the package is there but something it imports is broken: show that
-        raise MissingExtra(f"{needed_by} needs {top}, which is not installed; install it with "
-                           f"pip install 'lstmlab[{extra}]'", name=top) from None
+        raise MissingExtra(
+            f"{needed_by} needs {top}, which is not installed; install it with pip install 'lstmlab[{extra}]'", name=top
+        ) from None

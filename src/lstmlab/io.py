@@ -1,5 +1,6 @@
 """Files written whole or not at all: a temporary file in the same folder, then os.replace.
 And the check, before any work, that an output path can be written."""
+
 from __future__ import annotations
 
 import json

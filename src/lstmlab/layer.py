@@ -1,4 +1,5 @@
 """`Recurrent`: any cell of the family behind torch.nn.LSTM / GRU / RNN's interface."""
+
 from __future__ import annotations
 
 import functools
@@ -19,8 +20,10 @@ from .options import check_bool, check_int, check_number, resolve_spec
 INITS = ("torch", "1997")
 # torch.nn.RNNBase.mode for each kind of cell (plain RNNs: "RNN_" + the activation).
 _MODES = {"lstm": "LSTM", "gru": "GRU"}
-_DROPOUT_WARNING = ("dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
-                    "expects num_layers greater than 1, but got dropout={} and num_layers={}")
+_DROPOUT_WARNING = (
+    "dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
+    "expects num_layers greater than 1, but got dropout={} and num_layers={}"
+)
 
 
 class Recurrent(nn.Module):
@@ -83,12 +86,29 @@ class Recurrent(nn.Module):
 
     _default_cell = "lstm"  # what extra_repr leaves out
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, device=None, dtype=None, *, cell: str | CellSpec = "lstm",
-                 backend: str = "auto", truncate: bool | None = None,
-                 forget_bias: float | None = None, input_bias: float | None = None, init: str = "torch",
-                 return_cell_states: bool = False, learn_init: bool = False, **cell_options):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+        *,
+        cell: str | CellSpec = "lstm",
+        backend: str = "auto",
+        truncate: bool | None = None,
+        forget_bias: float | None = None,
+        input_bias: float | None = None,
+        init: str = "torch",
+        return_cell_states: bool = False,
+        learn_init: bool = False,
+        **cell_options,
+    ):
         super().__init__()
         check_number("dropout", dropout, "a number in [0, 1]", lambda p: 0 <= p <= 1)
         if dropout > 0 and num_layers == 1:
@@ -96,20 +116,28 @@ class Recurrent(nn.Module):
         check_int("input_size", input_size, 1)
         check_int("hidden_size", hidden_size, 1)
         if isinstance(num_layers, (str, CellSpec)):
-            raise ArgumentError(f"num_layers={num_layers!r} is invalid; allowed: an int >= 1 "
-                                f"(the cell is keyword-only, as in torch's order: cell={num_layers!r})")
+            raise ArgumentError(
+                f"num_layers={num_layers!r} is invalid; allowed: an int >= 1 "
+                f"(the cell is keyword-only, as in torch's order: cell={num_layers!r})"
+            )
         check_int("num_layers", num_layers, 1)
-        for name, value in [("bias", bias), ("batch_first", batch_first),
-                            ("bidirectional", bidirectional),
-                            ("return_cell_states", return_cell_states), ("learn_init", learn_init)]:
+        for name, value in [
+            ("bias", bias),
+            ("batch_first", batch_first),
+            ("bidirectional", bidirectional),
+            ("return_cell_states", return_cell_states),
+            ("learn_init", learn_init),
+        ]:
             check_bool(name, value)
         if backend != "auto" and backend not in backend_names():
-            raise ArgumentError(f"backend={backend!r} is not a backend; valid: 'auto', "
-                                f"{', '.join(map(repr, backend_names()))}")
+            raise ArgumentError(
+                f"backend={backend!r} is not a backend; valid: 'auto', {', '.join(map(repr, backend_names()))}"
+            )
         if init not in INITS:
             raise ArgumentError(f"init={init!r} is not an initialisation; valid: {INITS}")
-        spec = resolve_spec(cell, hidden_size, proj_size, bias, truncate, forget_bias, input_bias,
-                             return_cell_states, cell_options)
+        spec = resolve_spec(
+            cell, hidden_size, proj_size, bias, truncate, forget_bias, input_bias, return_cell_states, cell_options
+        )
 
         self.spec = spec
         self.mode = _MODES.get(spec.kind) or f"RNN_{spec.activation.upper()}"
@@ -211,13 +239,13 @@ class Recurrent(nn.Module):
                     # that cells switch on one after another; with one cell a block we cycle
                     # units through -1..-4 (bias_hh's slice is zeroed so the sum is exact).
                     o = gates.index("o")
-                    b_ih[o * H:(o + 1) * H] = -(1.0 + torch.arange(H, dtype=b_ih.dtype) % 4)
-                    b_hh[o * H:(o + 1) * H] = 0.0
+                    b_ih[o * H : (o + 1) * H] = -(1.0 + torch.arange(H, dtype=b_ih.dtype) % 4)
+                    b_hh[o * H : (o + 1) * H] = 0.0
                 for gate, value in (("f", self.forget_bias), ("i", self.input_bias)):
                     if value is not None:
                         j = gates.index(gate)
-                        b_ih[j * H:(j + 1) * H] = value
-                        b_hh[j * H:(j + 1) * H] = 0.0
+                        b_ih[j * H : (j + 1) * H] = value
+                        b_hh[j * H : (j + 1) * H] = 0.0
 
     def flatten_parameters(self) -> None:
         """No-op, for code written against torch.nn.LSTM."""
@@ -226,8 +254,15 @@ class Recurrent(nn.Module):
         """The parameters of one layer and direction (views, not copies)."""
         sfx = self._suffixes()[direction]
         get = lambda n: getattr(self, f"{n}_l{layer}{sfx}", None)  # noqa: E731
-        return CellParams(get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"),
-                          get("weight_ch"), get("weight_gg"), get("weight_hr"))
+        return CellParams(
+            get("weight_ih"),
+            get("weight_hh"),
+            get("bias_ih"),
+            get("bias_hh"),
+            get("weight_ch"),
+            get("weight_gg"),
+            get("weight_hr"),
+        )
 
     # ---- forward -----------------------------------------------------------------------
     def forward(self, input, hx=None):
@@ -249,9 +284,17 @@ class Recurrent(nn.Module):
             for d in range(D):
                 kw = {} if probe is None else {"probe": functools.partial(probe, k, d)}
                 out, final, c_seq = run_layer(
-                    backend, self.spec, self.cell_params(k, d), layer_in, states[k * D + d], lengths,
-                    reverse=d == 1, truncate=self.truncate,
-                    return_cells=self.return_cell_states and k == self.num_layers - 1, **kw)
+                    backend,
+                    self.spec,
+                    self.cell_params(k, d),
+                    layer_in,
+                    states[k * D + d],
+                    lengths,
+                    reverse=d == 1,
+                    truncate=self.truncate,
+                    return_cells=self.return_cell_states and k == self.num_layers - 1,
+                    **kw,
+                )
                 outs.append(out)
                 layer_cells.append(c_seq)
                 finals.append(final)
@@ -278,8 +321,10 @@ class Recurrent(nn.Module):
             if not isinstance(input, torch.Tensor):
                 raise InputTypeError(f"input must be a Tensor or PackedSequence, got {type(input).__name__}")
             if input.dim() not in (2, 3):
-                raise InputError(f"input has {input.dim()} dimensions (shape {tuple(input.shape)}); "
-                                 f"expected 3 (batched) or 2 (unbatched)")
+                raise InputError(
+                    f"input has {input.dim()} dimensions (shape {tuple(input.shape)}); "
+                    f"expected 3 (batched) or 2 (unbatched)"
+                )
             batched = input.dim() == 3
             x = input if batched else input.unsqueeze(1)
             if batched and self.batch_first:
@@ -290,11 +335,12 @@ class Recurrent(nn.Module):
             raise InputError(f"input dtype {x.dtype} does not match the parameters' dtype {w.dtype}")
         if x.shape[-1] != self.input_size:
             shape = tuple((input.data if isinstance(input, PackedSequence) else input).shape)
-            raise InputError(f"input has {x.shape[-1]} features (shape {shape}); "
-                             f"expected input_size={self.input_size}")
+            raise InputError(f"input has {x.shape[-1]} features (shape {shape}); expected input_size={self.input_size}")
         if x.shape[0] == 0:
-            raise InputError(f"input has 0 time steps (shape {tuple(input.shape)}); expected at least 1, "
-                             f"as torch.nn.{self.mode.split('_')[0]} does")
+            raise InputError(
+                f"input has 0 time steps (shape {tuple(input.shape)}); expected at least 1, "
+                f"as torch.nn.{self.mode.split('_')[0]} does"
+            )
         if x.device != w.device:
             raise InputError(f"input is on {x.device} but the parameters are on {w.device}")
         return x, lengths, batched
@@ -316,8 +362,10 @@ class Recurrent(nn.Module):
                     raise InputTypeError(f"hx must be a Tensor (h_0) for cell {spec.name!r}, got {type(hx).__name__}")
                 hx = (hx,)
             elif not isinstance(hx, (tuple, list)) or len(hx) != len(names):
-                raise InputTypeError(f"hx must be a tuple ({', '.join(names)}) for cell {spec.name!r}, "
-                                     f"got {type(hx).__name__}{'' if not isinstance(hx, (tuple, list)) else f' of length {len(hx)}'}")
+                raise InputTypeError(
+                    f"hx must be a tuple ({', '.join(names)}) for cell {spec.name!r}, "
+                    f"got {type(hx).__name__}{'' if not isinstance(hx, (tuple, list)) else f' of length {len(hx)}'}"
+                )
             full = []
             for name, s, t in zip(names, spec.state_names, hx):
                 W = self._state_width(s)
@@ -325,10 +373,14 @@ class Recurrent(nn.Module):
                 if not isinstance(t, torch.Tensor):
                     raise InputTypeError(f"hx {name} must be a Tensor of shape {want}, got {type(t).__name__}")
                 if tuple(t.shape) != want:
-                    raise InputError(f"hx {name} has shape {tuple(t.shape)}; expected {want} "
-                                     f"(num_layers*num_directions{', batch' if batched else ''}, {W})")
+                    raise InputError(
+                        f"hx {name} has shape {tuple(t.shape)}; expected {want} "
+                        f"(num_layers*num_directions{', batch' if batched else ''}, {W})"
+                    )
                 if t.dtype != x.dtype or t.device != x.device:
-                    raise InputError(f"hx {name} is {t.dtype} on {t.device}; expected {x.dtype} on {x.device} like the input")
+                    raise InputError(
+                        f"hx {name} is {t.dtype} on {t.device}; expected {x.dtype} on {x.device} like the input"
+                    )
                 full.append(t if batched else t.unsqueeze(1))
         return [tuple(f[i] for f in full) for i in range(LD)]
 
@@ -346,9 +398,15 @@ class Recurrent(nn.Module):
         s = f"{self.input_size}, {self.hidden_size}"
         if self.spec.name != self._default_cell:
             s += f", cell={self.spec.name!r}"
-        for name, default in [("proj_size", 0), ("num_layers", 1), ("bias", True),
-                              ("batch_first", False), ("dropout", 0.0), ("bidirectional", False),
-                              ("backend", "auto")]:
+        for name, default in [
+            ("proj_size", 0),
+            ("num_layers", 1),
+            ("bias", True),
+            ("batch_first", False),
+            ("dropout", 0.0),
+            ("bidirectional", False),
+            ("backend", "auto"),
+        ]:
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)!r}"
         if self.truncate != self.spec.truncate:

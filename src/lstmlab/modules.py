@@ -8,6 +8,7 @@ layer and exception types that torch's `except` clauses catch. On top, keyword-o
 `cell=` picks any cell of the same kind (LSTM: "lstm1997", "vanilla" with peepholes, ...), and
 every option of `lstmlab.Recurrent` (backend, truncate, forget_bias, ...).
 """
+
 from __future__ import annotations
 
 from .cells import CellSpec, cell_names, get_cell
@@ -20,9 +21,11 @@ def _of_kind(cls_name: str, kind: str, cell: str | CellSpec) -> str | CellSpec:
     spec = get_cell(cell)
     if spec.kind != kind:
         same = [n for n in cell_names() if get_cell(n).kind == kind]
-        raise ArgumentError(f"cell={cell if isinstance(cell, str) else spec.name!r} is a {spec.kind} cell; "
-                            f"lstmlab.{cls_name} takes a {kind} cell: {', '.join(same)} "
-                            f"(lstmlab.Recurrent takes any)")
+        raise ArgumentError(
+            f"cell={cell if isinstance(cell, str) else spec.name!r} is a {spec.kind} cell; "
+            f"lstmlab.{cls_name} takes a {kind} cell: {', '.join(same)} "
+            f"(lstmlab.Recurrent takes any)"
+        )
     return cell
 
 
@@ -37,11 +40,36 @@ class LSTM(Recurrent):
     c_n (D*num_layers, N, H)), P = proj_size or H.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, device=None, dtype=None, *, cell: str | CellSpec = "lstm", **options):
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size, device, dtype, cell=_of_kind("LSTM", "lstm", cell), **options)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+        *,
+        cell: str | CellSpec = "lstm",
+        **options,
+    ):
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            proj_size,
+            device,
+            dtype,
+            cell=_of_kind("LSTM", "lstm", cell),
+            **options,
+        )
 
 
 class GRU(Recurrent):
@@ -55,14 +83,41 @@ class GRU(Recurrent):
 
     _default_cell = "gru"
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, device=None, dtype=None, *, cell: str | CellSpec = "gru", **options):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+        *,
+        cell: str | CellSpec = "gru",
+        **options,
+    ):
         if proj_size != 0:
-            raise ArgumentError(f"proj_size={proj_size!r} is invalid: proj_size argument is only "
-                                f"supported for LSTM, not RNN or GRU; allowed: 0")
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size, device, dtype, cell=_of_kind("GRU", "gru", cell), **options)
+            raise ArgumentError(
+                f"proj_size={proj_size!r} is invalid: proj_size argument is only "
+                f"supported for LSTM, not RNN or GRU; allowed: 0"
+            )
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            proj_size,
+            device,
+            dtype,
+            cell=_of_kind("GRU", "gru", cell),
+            **options,
+        )
 
 
 class RNN(Recurrent):
@@ -78,20 +133,51 @@ class RNN(Recurrent):
 
     _default_cell = "rnn-tanh"
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
-                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
-                 dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0, device=None,
-                 dtype=None, *, cell: str | CellSpec | None = None, **options):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+        *,
+        cell: str | CellSpec | None = None,
+        **options,
+    ):
         if proj_size != 0:
-            raise ArgumentError(f"proj_size={proj_size!r} is invalid: proj_size argument is only "
-                                f"supported for LSTM, not RNN or GRU; allowed: 0")
+            raise ArgumentError(
+                f"proj_size={proj_size!r} is invalid: proj_size argument is only "
+                f"supported for LSTM, not RNN or GRU; allowed: 0"
+            )
         if cell is None:
             if nonlinearity not in ("tanh", "relu"):
-                raise ArgumentError(f"nonlinearity={nonlinearity!r} is invalid: Unknown nonlinearity "
-                                    f"'{nonlinearity}'. Select from 'tanh' or 'relu'.")
+                raise ArgumentError(
+                    f"nonlinearity={nonlinearity!r} is invalid: Unknown nonlinearity "
+                    f"'{nonlinearity}'. Select from 'tanh' or 'relu'."
+                )
             cell = f"rnn-{nonlinearity}"
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size, device, dtype, cell=_of_kind("RNN", "rnn", cell), **options)
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            proj_size,
+            device,
+            dtype,
+            cell=_of_kind("RNN", "rnn", cell),
+            **options,
+        )
         if nonlinearity not in ("tanh", self.nonlinearity):  # a cell given beside a nonlinearity
-            raise ArgumentError(f"nonlinearity={nonlinearity!r} contradicts cell={cell!r}, whose "
-                                f"nonlinearity is {self.nonlinearity!r}; give one of them")
+            raise ArgumentError(
+                f"nonlinearity={nonlinearity!r} contradicts cell={cell!r}, whose "
+                f"nonlinearity is {self.nonlinearity!r}; give one of them"
+            )

@@ -1,6 +1,7 @@
 """Checks of the layer's constructor arguments: each raises lstmlab.errors.ArgumentError
 (a ValueError and a TypeError, what torch raises for bad arguments) naming the argument,
 what was given and what is allowed."""
+
 from __future__ import annotations
 
 import math
@@ -24,26 +25,34 @@ def check_number(name, value, allowed, ok):
         raise ArgumentError(f"{name}={value!r} is invalid; allowed: {allowed}")
 
 
-def resolve_spec(cell, hidden_size, proj_size, bias, truncate, forget_bias, input_bias,
-                  return_cell_states, cell_options) -> CellSpec:
+def resolve_spec(
+    cell, hidden_size, proj_size, bias, truncate, forget_bias, input_bias, return_cell_states, cell_options
+) -> CellSpec:
     """Check the options that depend on the cell; return the cell with its options applied."""
     spec = get_cell(cell).with_options(**cell_options)
     check_int("proj_size", proj_size, 0)
     if proj_size >= hidden_size:
-        raise ArgumentError(f"proj_size={proj_size} is invalid; allowed: 0 (no projection) up to "
-                            f"hidden_size - 1 = {hidden_size - 1}")
+        raise ArgumentError(
+            f"proj_size={proj_size} is invalid; allowed: 0 (no projection) up to hidden_size - 1 = {hidden_size - 1}"
+        )
     if spec.kind != "lstm":
-        for name, value in [("truncate", truncate or None), ("forget_bias", forget_bias),
-                            ("input_bias", input_bias), ("return_cell_states", return_cell_states or None),
-                            ("proj_size", proj_size or None)]:
+        for name, value in [
+            ("truncate", truncate or None),
+            ("forget_bias", forget_bias),
+            ("input_bias", input_bias),
+            ("return_cell_states", return_cell_states or None),
+            ("proj_size", proj_size or None),
+        ]:
             if value is not None:
-                raise ArgumentError(f"cell {spec.name!r} has no option {name!r} (given {value!r}); "
-                                    f"it needs a cell state (an LSTM cell)")
+                raise ArgumentError(
+                    f"cell {spec.name!r} has no option {name!r} (given {value!r}); it needs a cell state (an LSTM cell)"
+                )
     if truncate is not None:
         check_bool("truncate", truncate)
     for name, value, gate, why in [
-            ("forget_bias", forget_bias, spec.forget_gate == "free", f"its forget gate is {spec.forget_gate!r}"),
-            ("input_bias", input_bias, spec.input_gate, "it has no input gate")]:
+        ("forget_bias", forget_bias, spec.forget_gate == "free", f"its forget gate is {spec.forget_gate!r}"),
+        ("input_bias", input_bias, spec.input_gate, "it has no input gate"),
+    ]:
         if value is None:
             continue
         check_number(name, value, "a finite number or None", math.isfinite)

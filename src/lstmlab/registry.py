@@ -1,5 +1,6 @@
 """Discovery for the one-file-per-entry registries (cells, tasks): every module of a
 package that defines a given attribute is one entry; adding an entry is adding a file."""
+
 from __future__ import annotations
 
 import importlib

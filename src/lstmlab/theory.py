@@ -9,6 +9,7 @@ shrinks or grows exponentially. The LSTM cell state carries error back with the 
 sigma(v) of its forget-gate input v, which a large v holds as near 1 as one likes; the
 1997 cell (no forget gate) has the factor 1 exactly.
 """
+
 from __future__ import annotations
 
 import math
@@ -131,7 +132,7 @@ def horizon(factor: float | Sequence[float] | torch.Tensor, tol: float) -> float
         n = max(1, math.floor(math.log(tol) / math.log(f)) + 1)
         while n > 1 and f ** (n - 1) < tol:  # guard the floor against rounding
             n -= 1
-        while f ** n >= tol:
+        while f**n >= tol:
             n += 1
         return n
     logs = torch.cumsum(torch.log(f), 0)

@@ -8,6 +8,7 @@
   forward + backward of the same loss on the same (reference) backend;
 - `train --flow-every` (`--watch`): a short training run with and without the probes.
 """
+
 from __future__ import annotations
 
 import time
@@ -39,9 +40,11 @@ def autograd_jacobians(model, x, vectorize: bool) -> torch.Tensor:
     out = torch.empty(T, B, sum(sizes), sum(sizes), dtype=x.dtype)
     for t in range(T):
         for b in range(B):
+
             def f(flat, t=t, b=b):
                 st = tuple(v.unsqueeze(0) for v in flat.split(sizes))
-                return torch.cat([n[0] for n in reference.step(spec, p, x[t, b:b + 1], st, model.truncate)])
+                return torch.cat([n[0] for n in reference.step(spec, p, x[t, b : b + 1], st, model.truncate)])
+
             prev = torch.cat([s[t, b] for s in run.prev])
             out[t, b] = torch.autograd.functional.jacobian(f, prev, vectorize=vectorize)
     return out
@@ -89,8 +92,15 @@ def bench_gradient_flow(cell, T, H, B, repeat=5):
     plain(), flow()  # warm up
     t_plain, _ = _best(plain, repeat)
     t_flow, _ = _best(flow, repeat)
-    return {"cell": cell, "T": T, "H": H, "B": B, "plain_backward_s": t_plain,
-            "gradient_flow_s": t_flow, "ratio": t_flow / t_plain}
+    return {
+        "cell": cell,
+        "T": T,
+        "H": H,
+        "B": B,
+        "plain_backward_s": t_plain,
+        "gradient_flow_s": t_flow,
+        "ratio": t_flow / t_plain,
+    }
 
 
 def bench_watch(hidden: int, sequences: int, every: int, repeat: int = 3) -> dict:
@@ -104,10 +114,22 @@ def bench_watch(hidden: int, sequences: int, every: int, repeat: int = 3) -> dic
 
     def once(flow_every):
         with tempfile.TemporaryDirectory() as d:
-            config = TrainConfig("adding", {"T": 100}, cell="lstm", hidden_size=hidden, optimizer="adam",
-                                 lr=0.01, batch_size=4, max_sequences=sequences, eval_every=sequences,
-                                 checkpoint_every=None, test=False, progress=False, flow_every=flow_every,
-                                 out_dir=d)
+            config = TrainConfig(
+                "adding",
+                {"T": 100},
+                cell="lstm",
+                hidden_size=hidden,
+                optimizer="adam",
+                lr=0.01,
+                batch_size=4,
+                max_sequences=sequences,
+                eval_every=sequences,
+                checkpoint_every=None,
+                test=False,
+                progress=False,
+                flow_every=flow_every,
+                out_dir=d,
+            )
             trainer = Trainer(config)
             spent, measure = [0.0], trainer.measure_flow
 
@@ -115,6 +137,7 @@ def bench_watch(hidden: int, sequences: int, every: int, repeat: int = 3) -> dic
                 t = time.perf_counter()
                 measure()
                 spent[0] += time.perf_counter() - t
+
             trainer.measure_flow = timed
             t0 = time.perf_counter()
             trainer.run()
@@ -126,22 +149,34 @@ def bench_watch(hidden: int, sequences: int, every: int, repeat: int = 3) -> dic
         flow.append(once(every))
     t_plain = min(r[0] for r in plain)
     t_flow, in_probes, probes = min(flow, key=lambda r: r[1] / (r[0] - r[1]))
-    return {"hidden": hidden, "sequences": sequences, "flow_every": every, "probes": probes,
-            "probe_s": in_probes / probes, "rest_s": t_flow - in_probes, "overhead": in_probes / (t_flow - in_probes),
-            "plain_s": t_plain, "flow_s": min(r[0] for r in flow)}
+    return {
+        "hidden": hidden,
+        "sequences": sequences,
+        "flow_every": every,
+        "probes": probes,
+        "probe_s": in_probes / probes,
+        "rest_s": t_flow - in_probes,
+        "overhead": in_probes / (t_flow - in_probes),
+        "plain_s": t_plain,
+        "flow_s": min(r[0] for r in flow),
+    }
 
 
 def _watch(args) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print(f"train --flow-every on adding T=100 (lstm, Adam, batch 4, {args.watch_sequences:,} sequences): time in "
-          f"the probes against the rest of the same run; beside it, whole runs without and with (best of 3).")
+    print(
+        f"train --flow-every on adding T=100 (lstm, Adam, batch 4, {args.watch_sequences:,} sequences): time in "
+        f"the probes against the rest of the same run; beside it, whole runs without and with (best of 3)."
+    )
     print("| H | flow_every | probes | s per probe | rest of the run (s) | overhead | runs without / with (s) |")
     print("|---|---|---|---|---|---|---|")
     for hidden in (8, 64):
         for every in (2000, 500):
             r = bench_watch(hidden, args.watch_sequences, every)
-            print(f"| {hidden} | {every:,} | {r['probes']} | {r['probe_s']:.3f} | {r['rest_s']:.2f} | "
-                  f"{100 * r['overhead']:.1f}% | {r['plain_s']:.2f} / {r['flow_s']:.2f} |")
+            print(
+                f"| {hidden} | {every:,} | {r['probes']} | {r['probe_s']:.3f} | {r['rest_s']:.2f} | "
+                f"{100 * r['overhead']:.1f}% | {r['plain_s']:.2f} / {r['flow_s']:.2f} |"
+            )
     return 0
 
 
@@ -150,18 +185,24 @@ def _run(args) -> int:
         return _watch(args)
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print(f"Step Jacobians and Lyapunov exponents, T={args.steps}, H={args.hidden}, B=1, float64. Naive route: "
-          f"torch.autograd.functional.jacobian of the reference step, per step (plain and vectorize=True), "
-          f"timed on {args.naive_steps} steps and scaled to T; the Lyapunov routes add the same QR iteration.")
-    print("| cell | closed form (s) | autograd/step (s) | speedup | autograd/step, vectorized (s) | speedup | "
-          f"Lyapunov top-{args.k}: closed / naive (s) | speedup | full spectrum: closed / naive (s) | speedup |")
+    print(
+        f"Step Jacobians and Lyapunov exponents, T={args.steps}, H={args.hidden}, B=1, float64. Naive route: "
+        f"torch.autograd.functional.jacobian of the reference step, per step (plain and vectorize=True), "
+        f"timed on {args.naive_steps} steps and scaled to T; the Lyapunov routes add the same QR iteration."
+    )
+    print(
+        "| cell | closed form (s) | autograd/step (s) | speedup | autograd/step, vectorized (s) | speedup | "
+        f"Lyapunov top-{args.k}: closed / naive (s) | speedup | full spectrum: closed / naive (s) | speedup |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for cell in cells:
         r = bench_jacobians(cell, args.steps, args.hidden, naive_steps=args.naive_steps, k=args.k)
-        print(f"| {cell} | {r['closed_form_s']:.3f} | {r['autograd_s']:.2f} | {r['speedup_jacobians']:.0f}x | "
-              f"{r['autograd_vectorized_s']:.2f} | {r['speedup_jacobians_vectorized']:.1f}x | "
-              f"{r['lyapunov_top_closed_s']:.2f} / {r['lyapunov_top_naive_s']:.2f} | {r['speedup_lyapunov_top']:.0f}x | "
-              f"{r['lyapunov_full_closed_s']:.2f} / {r['lyapunov_full_naive_s']:.2f} | {r['speedup_lyapunov_full']:.1f}x |")
+        print(
+            f"| {cell} | {r['closed_form_s']:.3f} | {r['autograd_s']:.2f} | {r['speedup_jacobians']:.0f}x | "
+            f"{r['autograd_vectorized_s']:.2f} | {r['speedup_jacobians_vectorized']:.1f}x | "
+            f"{r['lyapunov_top_closed_s']:.2f} / {r['lyapunov_top_naive_s']:.2f} | {r['speedup_lyapunov_top']:.0f}x | "
+            f"{r['lyapunov_full_closed_s']:.2f} / {r['lyapunov_full_naive_s']:.2f} | {r['speedup_lyapunov_full']:.1f}x |"
+        )
     print("\ngradient_flow vs plain forward+backward (reference backend, float32, T=200, H=64, B=8):")
     print("| cell | plain (s) | gradient_flow (s) | ratio |")
     print("|---|---|---|---|")
@@ -177,9 +218,13 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--k", type=int, default=16, help="top-k Lyapunov exponents")
-    p.add_argument("--naive-steps", type=int, default=100,
-                   help="steps the naive routes are timed on (their cost is linear in T)")
-    p.add_argument("--watch", action="store_true",
-                   help="instead: the cost of train --flow-every (a short run with and without the probes)")
+    p.add_argument(
+        "--naive-steps", type=int, default=100, help="steps the naive routes are timed on (their cost is linear in T)"
+    )
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="instead: the cost of train --flow-every (a short run with and without the probes)",
+    )
     p.add_argument("--watch-sequences", type=int, default=8000, help="sequences of each --watch run")
     p.set_defaults(func=_run)

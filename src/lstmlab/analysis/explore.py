@@ -7,6 +7,7 @@ horizon exactly as lstmlab.theory does (the same formulas and the same Newton it
 It reads initial slider values from the URL query (?w=2&act=tanh&h=0.5&v=3&lag=100&thr=-6;
 thr is log10 of the threshold), so a link can share a setting.
 """
+
 from __future__ import annotations
 
 import base64
@@ -25,8 +26,10 @@ def figures_html(study: Path | None) -> str:
     found = [f for f in STUDY_FIGURES if study is not None and (study / f).is_file()]
     if not found:
         where = "" if study is None else f" (none found in {html.escape(str(study))})"
-        return (f"<p class='note'>No measured figures{where}: run <code>lstmlab flow --out out/flow</code> "
-                "(<code>make demo</code>) and then <code>lstmlab explore --study out/flow</code>.</p>")
+        return (
+            f"<p class='note'>No measured figures{where}: run <code>lstmlab flow --out out/flow</code> "
+            "(<code>make demo</code>) and then <code>lstmlab explore --study out/flow</code>.</p>"
+        )
     parts = []
     for f in found:
         data = base64.b64encode((study / f).read_bytes()).decode()
@@ -50,9 +53,11 @@ def _run(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("explore", help="a self-contained HTML page: sliders for the 1-D theory beside "
-                                       "the flow study's figures")
-    p.add_argument("--study", default=None,
-                   help="the flow study's output folder whose figures to embed (e.g. out/flow)")
+    p = sub.add_parser(
+        "explore", help="a self-contained HTML page: sliders for the 1-D theory beside the flow study's figures"
+    )
+    p.add_argument(
+        "--study", default=None, help="the flow study's output folder whose figures to embed (e.g. out/flow)"
+    )
     p.add_argument("--out", default="out/explore", help="output folder (explore.html)")
     p.set_defaults(func=_run)

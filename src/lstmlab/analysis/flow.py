@@ -1,4 +1,5 @@
 """Gradient flow of a real loss: ||dL/dh_t|| and ||dL/dc_t|| at every step."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,8 +43,10 @@ def gradient_flow(model, x, loss_fn, hx=None, layer: int = 0, direction: int = 0
         gradients are accumulated as by loss.backward().
     """
     if not (0 <= layer < model.num_layers and 0 <= direction < model.num_directions):
-        raise ValueError(f"layer={layer}, direction={direction} is invalid; the model has "
-                         f"{model.num_layers} layers and {model.num_directions} directions")
+        raise ValueError(
+            f"layer={layer}, direction={direction} is invalid; the model has "
+            f"{model.num_layers} layers and {model.num_directions} directions"
+        )
     backend = get_backend(model.backend, x.device.type)
     if hasattr(backend, "GradNorms"):
         with backend.GradNorms() as rec, torch.enable_grad():
@@ -61,6 +64,7 @@ def _hooked(model, x, loss_fn, hx, layer, direction) -> GradientFlow:
     def keep(slot):
         def hook(grad):
             slot.copy_(grad.detach().norm(dim=-1))  # returns None: the gradient is unchanged
+
         return hook
 
     def probe(k, d, t, old, new, trace):
@@ -77,8 +81,10 @@ def _hooked(model, x, loss_fn, hx, layer, direction) -> GradientFlow:
         loss = loss_fn(out)
         loss.backward()
     if not norms["h"]:
-        raise ValueError("gradient_flow: no state required grad (are all parameters frozen "
-                         "and x without requires_grad?)")
+        raise ValueError(
+            "gradient_flow: no state required grad (are all parameters frozen and x without requires_grad?)"
+        )
     order = (lambda v: v.flip(0)) if direction == 1 else (lambda v: v)
-    return GradientFlow(order(torch.stack(norms["h"])), order(torch.stack(norms["c"])) if norms["c"] else None,
-                        float(loss.detach()))
+    return GradientFlow(
+        order(torch.stack(norms["h"])), order(torch.stack(norms["c"])) if norms["c"] else None, float(loss.detach())
+    )

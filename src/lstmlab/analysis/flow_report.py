@@ -5,6 +5,7 @@ Figures: the gradient against the lag at every probe (a heatmap per run, the tas
 marked), the memory horizon against sequences seen for all runs on one axis beside the
 learning curve, and the forget- and input-gate activation histograms over training.
 """
+
 from __future__ import annotations
 
 import html
@@ -38,8 +39,10 @@ def load_run(run_dir) -> dict:
     run_dir = Path(run_dir)
     path = run_dir / FLOW_FILE
     if not path.exists():
-        raise ValueError(f"RUN_DIR {str(run_dir)!r} has no {FLOW_FILE}; allowed: the --out folder of a "
-                         "`lstmlab train ... --flow-every N` run")
+        raise ValueError(
+            f"RUN_DIR {str(run_dir)!r} has no {FLOW_FILE}; allowed: the --out folder of a "
+            "`lstmlab train ... --flow-every N` run"
+        )
     try:
         run = json.loads(path.read_text())
         records = run["records"]
@@ -91,17 +94,40 @@ def heatmaps(runs, path):
         T = max(len(x["grad_log10"]) for x in recs)
         z = np.full((len(recs), T), np.nan)
         for k, x in enumerate(recs):
-            z[k, :len(x["grad_log10"])] = x["grad_log10"]
+            z[k, : len(x["grad_log10"])] = x["grad_log10"]
         seqs = [x["sequences"] for x in recs]
         y = np.arange(len(recs))
-        im = ax.imshow(np.clip(z, -12, 2), origin="lower", aspect="auto", cmap="magma", vmin=-12, vmax=2,
-                       extent=(-0.5, T - 0.5, -0.5, len(recs) - 0.5), interpolation="nearest")
+        im = ax.imshow(
+            np.clip(z, -12, 2),
+            origin="lower",
+            aspect="auto",
+            cmap="magma",
+            vmin=-12,
+            vmax=2,
+            extent=(-0.5, T - 0.5, -0.5, len(recs) - 0.5),
+            interpolation="nearest",
+        )
         hz = [x["horizon_measured"] for x in recs]
-        ax.plot([np.nan if h is None else h for h in hz], y, color="cyan", marker="o", markersize=3,
-                linewidth=1, label=f"measured: falls below {r['threshold']:g}")
+        ax.plot(
+            [np.nan if h is None else h for h in hz],
+            y,
+            color="cyan",
+            marker="o",
+            markersize=3,
+            linewidth=1,
+            label=f"measured: falls below {r['threshold']:g}",
+        )
         ly = [x["horizon_lyapunov"] for x in recs]
-        ax.plot([np.nan if h is None or h > T else h for h in ly], y, color="lime", marker="s", markersize=3,
-                linewidth=1, linestyle="--", label="memory horizon (Lyapunov)")
+        ax.plot(
+            [np.nan if h is None or h > T else h for h in ly],
+            y,
+            color="lime",
+            marker="s",
+            markersize=3,
+            linewidth=1,
+            linestyle="--",
+            label="memory horizon (Lyapunov)",
+        )
         if r["lag"] is not None:
             ax.axvline(r["lag"], color="white", linestyle="--", linewidth=1.2, label=f"task lag {r['lag']}")
         ticks = np.unique(np.linspace(0, len(recs) - 1, min(6, len(recs))).astype(int))
@@ -117,8 +143,12 @@ def heatmaps(runs, path):
 
 def horizons(runs, path):
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.6))
-    top = 10 ** math.ceil(math.log10(max([x["horizon_lyapunov"] or 1 for r in runs for x in r["records"]]
-                                         + [r["lag"] or 1 for r in runs] + [10])) + 0.3)
+    top = 10 ** math.ceil(
+        math.log10(
+            max([x["horizon_lyapunov"] or 1 for r in runs for x in r["records"]] + [r["lag"] or 1 for r in runs] + [10])
+        )
+        + 0.3
+    )
     for i, (r, col) in enumerate(zip(runs, _run_colours(runs))):
         recs = r["records"]
         s = np.array([x["sequences"] for x in recs])
@@ -128,11 +158,23 @@ def horizons(runs, path):
         a1.plot(s, ly, label=f"{r['label']}: from the top Lyapunov exponent", **kw)
         grows = np.array([x["lyapunov_status"] != "decays" for x in recs])
         if grows.any():  # no horizon: the gradient does not decay. Drawn at the top, marked
-            a1.plot(s[grows], np.full(grows.sum(), top), marker=r"$\uparrow$", linestyle="none", color=col,
-                    markersize=12,
-                    label=f"{r['label']}: does not decay (growing or constant)")
-        a1.plot(s, meas, color=col, linestyle=":", linewidth=1.2,
-                label=f"{r['label']}: measured, first lag below {r['threshold']:g}")
+            a1.plot(
+                s[grows],
+                np.full(grows.sum(), top),
+                marker=r"$\uparrow$",
+                linestyle="none",
+                color=col,
+                markersize=12,
+                label=f"{r['label']}: does not decay (growing or constant)",
+            )
+        a1.plot(
+            s,
+            meas,
+            color=col,
+            linestyle=":",
+            linewidth=1.2,
+            label=f"{r['label']}: measured, first lag below {r['threshold']:g}",
+        )
         if r["evals"]:
             e = np.array(r["evals"], float)
             a2.plot(e[:, 0], e[:, 1], **{**kw, "marker": None}, label=r["label"])
@@ -167,10 +209,17 @@ def gates(runs, path):
         for i, (gate, name) in enumerate([("f", "forget"), ("i", "input")]):
             ax = axes[i, j]
             z = np.array([x[f"{gate}_hist"] for x in recs])
-            im = ax.imshow(np.log10(np.maximum(z, 1e-4)), origin="lower", aspect="auto", cmap="viridis",
-                           vmin=-4, vmax=0, extent=(0, 1, -0.5, len(recs) - 0.5), interpolation="nearest")
-            ax.plot([x[f"{gate}_mean"] for x in recs], np.arange(len(recs)), color="white", linewidth=1,
-                    label="mean")
+            im = ax.imshow(
+                np.log10(np.maximum(z, 1e-4)),
+                origin="lower",
+                aspect="auto",
+                cmap="viridis",
+                vmin=-4,
+                vmax=0,
+                extent=(0, 1, -0.5, len(recs) - 0.5),
+                interpolation="nearest",
+            )
+            ax.plot([x[f"{gate}_mean"] for x in recs], np.arange(len(recs)), color="white", linewidth=1, label="mean")
             ticks = np.unique(np.linspace(0, len(recs) - 1, min(6, len(recs))).astype(int))
             ax.set_yticks(ticks, [f"{seqs[t]:,}" for t in ticks])
             ax.set_xlabel(f"{name}-gate activation")
@@ -195,18 +244,21 @@ TEXT = {
         "at the loss (a closed or saturated output gate), however far that error is then carried. "
         "The dashed grey line is the lag the task asks the network to bridge: a network whose horizon "
         "stays below it cannot be taught by gradient descent what happened that long ago. Right: the "
-        "learning curve from metrics.jsonl."),
+        "learning curve from metrics.jsonl.",
+    ),
     "flow_heatmaps.png": (
         "The gradient against the lag at every probe",
         "Each row is one probe during training (sequences seen on the left axis); colour is log10 of "
         "the gradient reaching lag T &minus; t, relative to the last step. The cyan line marks where it "
         "falls below the threshold, the dashed green line the memory horizon from the top Lyapunov "
-        "exponent (where it lies within the lags shown); the dashed white line the task's lag."),
+        "exponent (where it lies within the lags shown); the dashed white line the task's lag.",
+    ),
     "flow_gates.png": (
         "Forget- and input-gate activations over training",
         "Histograms over all steps, units and probe sequences, one row per probe (log colour scale), "
         "with the mean in white. Forget gates that move towards 1 carry error further back: "
-        "the cell state multiplies it by f at every step."),
+        "the cell state multiplies it by f at every step.",
+    ),
 }
 
 
@@ -214,16 +266,20 @@ def summary_rows(runs) -> str:
     rows = []
     for r in runs:
         first, last = r["records"][0], r["records"][-1]
-        h = lambda x: ({"growing": "growing", "constant": "&infin; (no decay)"}.get(x["lyapunov_status"])  # noqa: E731
-                       or f"{x['horizon_lyapunov']:.0f}")
+        h = lambda x: (
+            {"growing": "growing", "constant": "&infin; (no decay)"}.get(x["lyapunov_status"])  # noqa: E731
+            or f"{x['horizon_lyapunov']:.0f}"
+        )
         fm = lambda x: f"{x['f_mean']:.3f}" if "f_mean" in x else "&mdash;"  # noqa: E731
         acc = f"{r['evals'][-1][1]:.3f}" if r["evals"] else "&mdash;"
-        rows.append(f"<tr><td><b>{html.escape(r['label'])}</b></td><td>{html.escape(r['task'])} "
-                    f"{html.escape(json.dumps(r['task_params']))}</td><td>{'&mdash;' if r['lag'] is None else r['lag']}</td>"
-                    f"<td>{last['sequences']:,}</td><td>{h(first)}</td><td>{h(last)}</td>"
-                    f"<td>{first['lyapunov_top']:+.4f}</td><td>{last['lyapunov_top']:+.4f}</td>"
-                    f"<td>{fm(first)}</td><td>{fm(last)}</td><td>{acc}</td>"
-                    f"<td>{np.mean([x['seconds'] for x in r['records']]):.2f}</td></tr>")
+        rows.append(
+            f"<tr><td><b>{html.escape(r['label'])}</b></td><td>{html.escape(r['task'])} "
+            f"{html.escape(json.dumps(r['task_params']))}</td><td>{'&mdash;' if r['lag'] is None else r['lag']}</td>"
+            f"<td>{last['sequences']:,}</td><td>{h(first)}</td><td>{h(last)}</td>"
+            f"<td>{first['lyapunov_top']:+.4f}</td><td>{last['lyapunov_top']:+.4f}</td>"
+            f"<td>{fm(first)}</td><td>{fm(last)}</td><td>{acc}</td>"
+            f"<td>{np.mean([x['seconds'] for x in r['records']]):.2f}</td></tr>"
+        )
     return "".join(rows)
 
 
@@ -238,7 +294,7 @@ def write_flow_report(run_dirs, out) -> list[str]:
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
 td:first-child,td:nth-child(2){{text-align:left}}img{{max-width:100%}}</style></head><body>
 <h1>Error flow during training</h1>
-<p>Runs: {', '.join(html.escape(r['dir']) for r in runs)}. Measured by <code>lstmlab train ... --flow-every N</code>
+<p>Runs: {", ".join(html.escape(r["dir"]) for r in runs)}. Measured by <code>lstmlab train ... --flow-every N</code>
 on a fixed probe batch (see lstmlab.analysis.watch).</p>
 <table><tr><th>run</th><th>task</th><th>task lag</th><th>sequences</th><th>horizon at start</th>
 <th>horizon at end</th><th>top exponent at start</th><th>at end</th><th>mean forget gate at start</th>
@@ -257,8 +313,10 @@ def _run(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("flow-report", help="figures of the error flow measured by train --flow-every, "
-                                           "for one run or several side by side")
+    p = sub.add_parser(
+        "flow-report",
+        help="figures of the error flow measured by train --flow-every, for one run or several side by side",
+    )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="--out folders of train --flow-every runs")
     p.add_argument("--out", default="out/flow-report", help="output folder")
     p.set_defaults(func=_run)

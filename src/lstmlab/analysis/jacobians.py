@@ -11,6 +11,7 @@ an intermediate is a sum of fixed matrices (recurrent, peephole, FGR, identity) 
 per-step row scalings, so the chain rule runs on (T, B, H) coefficients and the
 (T, B, S, S) Jacobian is built once at the end (see `Lin`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,8 +47,10 @@ def record(model, x, hx=None, layer: int = 0, direction: int = 0) -> Run:
     """Run `model` (a lstmlab.Recurrent) on x without gradients and keep what one layer
     and direction computed at every step. x: as model.forward takes it (not packed)."""
     if not (0 <= layer < model.num_layers and 0 <= direction < model.num_directions):
-        raise ValueError(f"layer={layer}, direction={direction} is invalid; the model has "
-                         f"{model.num_layers} layers and {model.num_directions} directions")
+        raise ValueError(
+            f"layer={layer}, direction={direction} is invalid; the model has "
+            f"{model.num_layers} layers and {model.num_directions} directions"
+        )
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"x must be a padded Tensor for the analysis, got {type(x).__name__}")
     prev, traces = [], []
@@ -59,8 +62,13 @@ def record(model, x, hx=None, layer: int = 0, direction: int = 0) -> Run:
 
     with torch.no_grad():
         model.run(x, hx, probe=probe)
-    return Run(model.spec, model.cell_params(layer, direction), model.truncate,
-               tuple(torch.stack(s) for s in zip(*prev)), _stack(traces))
+    return Run(
+        model.spec,
+        model.cell_params(layer, direction),
+        model.truncate,
+        tuple(torch.stack(s) for s in zip(*prev)),
+        _stack(traces),
+    )
 
 
 def step_jacobians(model, x, hx=None, layer: int = 0, direction: int = 0) -> torch.Tensor:
@@ -124,8 +132,9 @@ def materialize(rows: list[Lin], mats: dict[str, torch.Tensor], like: torch.Tens
     names = sorted({k for lin in rows for k in lin.terms if not isinstance(k, tuple)})
     if names:
         zero = like.new_zeros(())
-        coef = torch.stack([torch.cat([lin.terms.get(k, zero).expand(T, B, H) for lin in rows], -1)
-                            for k in names], -1)  # (T, B, R*H, K)
+        coef = torch.stack(
+            [torch.cat([lin.terms.get(k, zero).expand(T, B, H) for lin in rows], -1) for k in names], -1
+        )  # (T, B, R*H, K)
         M = torch.stack([mats[k].repeat(R, 1) for k in names])  # (K, R*H, S)
         out = torch.einsum("tbqk,kqs->tbqs", coef, M)
     else:  # the truncated rule: nothing but the carousel's diagonal
@@ -149,7 +158,7 @@ def _gru(spec, p, prev, tr):
     r, z, n = tr["r"], tr["z"], tr["n"]
     dr = Lin({"r": r * (1 - r)})
     dz = Lin({"z": z * (1 - z)})
-    dn = (dr.scale(tr["hw_n"]) + Lin({"n": r})).scale(1 - n ** 2)
+    dn = (dr.scale(tr["hw_n"]) + Lin({"n": r})).scale(1 - n**2)
     dh = dz.scale(h - n) + dn.scale(1 - z) + Lin({("eye", 0): z})
     return materialize([dh], R, h)
 
@@ -169,17 +178,18 @@ def _lstm(spec, p, prev, tr, truncate):
         M = c_prev.new_zeros(H, S)
         M[:, :H] = R[g]
         if g in peep and g != "o":
-            M[:, H:2 * H] = torch.diag(peep[g])
+            M[:, H : 2 * H] = torch.diag(peep[g])
         if g in fgr:
-            M[:, 2 * H:] = fgr[g]
+            M[:, 2 * H :] = fgr[g]
         mats[g] = M
     ones = torch.ones_like(c_prev)
     dpre = (lambda g: Lin({})) if truncate else (lambda g: Lin({g: ones}))
 
     i, f, g, o, c = tr["i"], tr["f"], tr["g"], tr["o"], tr["c"]
     dI = dpre("i").scale(i * (1 - i)) if spec.input_gate else Lin({})
-    dF = {"free": lambda: dpre("f").scale(f * (1 - f)), "coupled": lambda: -dI,
-          "none": lambda: Lin({})}[spec.forget_gate]()
+    dF = {"free": lambda: dpre("f").scale(f * (1 - f)), "coupled": lambda: -dI, "none": lambda: Lin({})}[
+        spec.forget_gate
+    ]()
     dG = dpre("g").scale(ACTIVATIONS[spec.activation].grad(tr["pre"]["g"]))
     # the Constant Error Carousel: d c_t / d c_{t-1} = f on the diagonal
     dC = dG.scale(i) + dI.scale(g) + dF.scale(c_prev) + Lin({("eye", H): f})

@@ -1,5 +1,6 @@
 """Lag Jacobians: the products d s_t' / d s_t = J_t' ... J_{t+1} over every lag, their
 norms, and for the LSTM cells the part carried by the cell-state path alone."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,8 +29,9 @@ class LagNorms:
     cell_share: torch.Tensor | None = None
 
 
-def lag_jacobians(J: torch.Tensor, forget: torch.Tensor | None = None, stride: int = 1,
-                  spectral: bool = True) -> LagNorms:
+def lag_jacobians(
+    J: torch.Tensor, forget: torch.Tensor | None = None, stride: int = 1, spectral: bool = True
+) -> LagNorms:
     """Norms of all lag products of the step Jacobians.
 
     Args:
@@ -72,7 +74,7 @@ def lag_jacobians(J: torch.Tensor, forget: torch.Tensor | None = None, stride: i
                 cpath = ca.norm(dim=-1)
                 cfro[:, :active, j] = cpath
                 cspec[:, :active, j] = ca.abs().amax(dim=-1)
-                rest = torch.linalg.matrix_norm(Pa[..., H:2 * H, H:2 * H] - torch.diag_embed(ca))
+                rest = torch.linalg.matrix_norm(Pa[..., H : 2 * H, H : 2 * H] - torch.diag_embed(ca))
                 share[:, :active, j] = cpath / (cpath + rest)
     out = LagNorms(starts, ends, spec, fro)
     if cell is not None:

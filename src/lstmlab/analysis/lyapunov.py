@@ -6,6 +6,7 @@ growth of each direction converges to the Lyapunov exponents of the product. The
 exponent lambda_1 is the rate at which error decays per step (if negative); the memory
 horizon is the lag over which the gradient falls by a factor e (1 / |lambda_1|) or 1e-6.
 """
+
 from __future__ import annotations
 
 import math
@@ -69,8 +70,7 @@ def lyapunov_from_jacobians(J: torch.Tensor, k: int | None = None, warmup: int =
     return Lyapunov(torch.sort(total / (T - warmup), dim=-1, descending=True).values)
 
 
-def lyapunov(model, x, k: int | None = None, hx=None, layer: int = 0, direction: int = 0,
-             warmup: int = 0) -> Lyapunov:
+def lyapunov(model, x, k: int | None = None, hx=None, layer: int = 0, direction: int = 0, warmup: int = 0) -> Lyapunov:
     """Lyapunov exponents of the backward dynamics of `model` driven by input x.
 
     Args:

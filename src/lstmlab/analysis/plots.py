@@ -1,4 +1,5 @@
 """Figures of the gradient-flow study, drawn from its results dict (flow.json)."""
+
 from __future__ import annotations
 
 import io
@@ -26,9 +27,17 @@ def _save(fig, path):
 
 # One colour per cell (or study entry) in every figure; entries not listed take the next
 # free colour of a fixed list, in the order of the results, so a figure never guesses.
-COLOURS = {"rnn-tanh": "#1f77b4", "rnn-sigmoid": "#ff7f0e", "rnn-relu": "#2ca02c",
-           "lstm1997": "#d62728", "lstm": "#9467bd", "vanilla": "#8c564b", "gru": "#e377c2",
-           "lstm, forget bias 1": "#17becf", "lstm, forget bias 2": "#000000"}
+COLOURS = {
+    "rnn-tanh": "#1f77b4",
+    "rnn-sigmoid": "#ff7f0e",
+    "rnn-relu": "#2ca02c",
+    "lstm1997": "#d62728",
+    "lstm": "#9467bd",
+    "vanilla": "#8c564b",
+    "gru": "#e377c2",
+    "lstm, forget bias 1": "#17becf",
+    "lstm, forget bias 2": "#000000",
+}
 SPARE = ("#bcbd22", "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94")
 MARKERS = "os^vDP*Xhp<>"
 # lines that may lie on top of each other stay visible: different dashes, sparse markers,
@@ -47,10 +56,19 @@ def styles(names, n_points: int) -> dict:
     names = list(names)
     col = colours(names)
     every = max(1, n_points // 8)
-    return {n: {"color": col[n], "linestyle": DASHES[i % len(DASHES)], "marker": MARKERS[i % len(MARKERS)],
-                "markevery": (i * every // max(1, len(names)), every), "markersize": 5,
-                "linewidth": 2.2 - 0.12 * i, "alpha": 0.9, "markerfacecolor": "none" if i % 2 else col[n]}
-            for i, n in enumerate(names)}
+    return {
+        n: {
+            "color": col[n],
+            "linestyle": DASHES[i % len(DASHES)],
+            "marker": MARKERS[i % len(MARKERS)],
+            "markevery": (i * every // max(1, len(names)), every),
+            "markersize": 5,
+            "linewidth": 2.2 - 0.12 * i,
+            "alpha": 0.9,
+            "markerfacecolor": "none" if i % 2 else col[n],
+        }
+        for i, n in enumerate(names)
+    }
 
 
 def gradient_by_lag(results, path):
@@ -77,14 +95,21 @@ def heatmaps(results, path):
     ncol = min(4, len(cells))
     nrow = math.ceil(len(cells) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 3.1 * nrow), squeeze=False, layout="constrained")
-    for ax in axes.flat[len(cells):]:
+    for ax in axes.flat[len(cells) :]:
         ax.axis("off")
     for ax, cell in zip(axes.flat, cells):
         h = results["cells"][cell]["heatmap"]
         z = np.array([[np.nan if v is None else v for v in row] for row in h["log10_spectral"]])
         s, e = h["starts"], h["ends"]
-        im = ax.imshow(np.clip(z, -20, 2), origin="lower", aspect="auto", cmap="magma", vmin=-20, vmax=2,
-                       extent=(e[0], e[-1], s[0], s[-1]))
+        im = ax.imshow(
+            np.clip(z, -20, 2),
+            origin="lower",
+            aspect="auto",
+            cmap="magma",
+            vmin=-20,
+            vmax=2,
+            extent=(e[0], e[-1], s[0], s[-1]),
+        )
         ax.set_title(cell, fontsize=10, color=colours(cells)[cell])
         ax.set_xlabel("t'")
         ax.set_ylabel("t")
@@ -99,8 +124,13 @@ def lyapunov_spectra(results, path):
     for cell, r in results["cells"].items():
         lam = np.array([FLOOR if v is None else v for v in r["lyapunov"]], dtype=float)
         lam = np.where(np.isfinite(lam), lam, FLOOR)
-        kw = dict(st[cell], markevery=(st[cell]["markevery"][0] * len(lam) // max(1, 2 * results["config"]["hidden"]),
-                                       max(1, len(lam) // 8)))
+        kw = dict(
+            st[cell],
+            markevery=(
+                st[cell]["markevery"][0] * len(lam) // max(1, 2 * results["config"]["hidden"]),
+                max(1, len(lam) // 8),
+            ),
+        )
         ax.plot(np.arange(1, len(lam) + 1) / len(lam), lam, label=cell, **kw)
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_ylim(-3, 0.5)
@@ -123,9 +153,19 @@ def cell_path(results, path):
         a1.plot(cp["lags"], cp["share"], label=cell, **kw)
         a2.plot(cp["lags"], cp["log10_cell_spectral"], label=f"{cell}: forget gates alone", **kw)
         off, every = kw["markevery"]
-        a2.plot(r["lag_norm"]["lags"], r["lag_norm"]["log10_spectral"], color=kw["color"], linestyle=":",
-                linewidth=1.4, alpha=0.9, marker=kw["marker"], markersize=4, markerfacecolor="none",
-                markevery=(off + every // 2, every), label=f"{cell}: full lag Jacobian")
+        a2.plot(
+            r["lag_norm"]["lags"],
+            r["lag_norm"]["log10_spectral"],
+            color=kw["color"],
+            linestyle=":",
+            linewidth=1.4,
+            alpha=0.9,
+            marker=kw["marker"],
+            markersize=4,
+            markerfacecolor="none",
+            markevery=(off + every // 2, every),
+            label=f"{cell}: full lag Jacobian",
+        )
     a1.set_ylim(-0.02, 1.02)
     a1.set_xlabel("lag")
     a1.set_ylabel("share of the c -> c product on the CEC")
@@ -146,8 +186,13 @@ def theory_figure(results, path):
     col = colours(["rnn-sigmoid", "rnn-tanh", *results["cells"]])
     w = np.linspace(-12, 12, 801)
     for (act, h), ls in zip([("sigmoid", 0.5), ("tanh", 0.5), ("tanh", 0.2)], ["-", "--", ":"]):
-        a1.plot(w, theory.rnn_factor(torch.from_numpy(w), h, act).numpy(), color=col[f"rnn-{act}"],
-                linestyle=ls, label=f"{act}, h={h}")
+        a1.plot(
+            w,
+            theory.rnn_factor(torch.from_numpy(w), h, act).numpy(),
+            color=col[f"rnn-{act}"],
+            linestyle=ls,
+            label=f"{act}, h={h}",
+        )
     a1.axhline(1, color="grey", linewidth=0.8)
     a1.set_xlabel("recurrent weight w")
     a1.set_ylabel("w a'(w h)")
@@ -164,25 +209,45 @@ def theory_figure(results, path):
     a2.legend(fontsize=8)
     v = np.linspace(-2, 8, 200)
     lstm_colour = col.get("lstm", COLOURS["lstm"])
-    a3.semilogy(v, [theory.horizon(theory.lstm_factor(float(b)), 1e-6) for b in v], color="black",
-                label="theory: horizon of sigma(b)^n")
+    a3.semilogy(
+        v,
+        [theory.horizon(theory.lstm_factor(float(b)), 1e-6) for b in v],
+        color="black",
+        label="theory: horizon of sigma(b)^n",
+    )
     sweep = results.get("forget_bias_sweep")
     if sweep:
         rows = sweep["rows"]
         b = np.array([r["forget_bias"] for r in rows])
         cec = np.array([math.log(1e-6) / r["cell_path_top"] if r["cell_path_top"] < 0 else np.nan for r in rows])
-        a3.semilogy(b, cec, "s", color=lstm_colour, markerfacecolor="none", markersize=8,
-                    label="measured: cell path alone")
+        a3.semilogy(
+            b, cec, "s", color=lstm_colour, markerfacecolor="none", markersize=8, label="measured: cell path alone"
+        )
         grow = np.array([r.get("lyapunov_status") == "growing" for r in rows])
         hz = np.array([np.nan if r["horizon_1e-6"] is None else r["horizon_1e-6"] for r in rows])
         a3.semilogy(b[~grow], hz[~grow], "o", color=lstm_colour, label="measured: full state (Lyapunov)")
         if grow.any():  # no horizon: the gradient grows. Drawn at the top, marked as such
-            top = 10 ** math.ceil(math.log10(max(np.nanmax(cec), np.nanmax(hz[~grow]) if (~grow).any() else 1, 1e4)) + 0.5)
-            a3.semilogy(b[grow], np.full(grow.sum(), top), "^", color=lstm_colour, markersize=9,
-                        label="measured: full state grows (no horizon)")
+            top = 10 ** math.ceil(
+                math.log10(max(np.nanmax(cec), np.nanmax(hz[~grow]) if (~grow).any() else 1, 1e4)) + 0.5
+            )
+            a3.semilogy(
+                b[grow],
+                np.full(grow.sum(), top),
+                "^",
+                color=lstm_colour,
+                markersize=9,
+                label="measured: full state grows (no horizon)",
+            )
             for bb in b[grow]:
-                a3.annotate("growing", (bb, top), textcoords="offset points", xytext=(0, -16), ha="center",
-                            fontsize=8, color=lstm_colour)
+                a3.annotate(
+                    "growing",
+                    (bb, top),
+                    textcoords="offset points",
+                    xytext=(0, -16),
+                    ha="center",
+                    fontsize=8,
+                    color=lstm_colour,
+                )
     a3.set_xlabel("forget-gate bias b")
     a3.set_ylabel("steps until error falls by 1e-6")
     a3.set_title("LSTM: the forget gate sets the horizon")

@@ -9,6 +9,7 @@ norms of their products over every lag, the share of the c -> c product carried 
 cell-state path, and the Lyapunov spectrum of the backward dynamics with the memory
 horizon it implies.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,17 +31,17 @@ DEFAULT_CELLS = ("rnn-tanh", "rnn-sigmoid", "rnn-relu", "lstm1997", "lstm", "van
 @dataclass(frozen=True)
 class FlowConfig:
     cells: tuple[str, ...] = DEFAULT_CELLS
-    steps: int = 200          # T: the longest lag measured
-    hidden: int = 64          # H
+    steps: int = 200  # T: the longest lag measured
+    hidden: int = 64  # H
     input_size: int = 1
-    batch: int = 8            # sequences averaged over
+    batch: int = 8  # sequences averaged over
     seed: int = 0
     forget_bias: float | None = None  # for cells with a free forget gate; None: as init
-    init: str = "torch"       # "torch" or "1997" (see lstmlab.Recurrent)
-    heatmap_stride: int = 5   # lag products kept every this many steps (cost ~ T^2/stride)
-    heatmap_batch: int = 2    # sequences the heatmaps and cell-path share average over
+    init: str = "torch"  # "torch" or "1997" (see lstmlab.Recurrent)
+    heatmap_stride: int = 5  # lag products kept every this many steps (cost ~ T^2/stride)
+    heatmap_batch: int = 2  # sequences the heatmaps and cell-path share average over
     warmup: int | None = None  # backward steps not counted in the Lyapunov exponents; None: min(10, steps // 2)
-    threshold: float = 1e-6   # the gradient falls below this: the empirical horizon
+    threshold: float = 1e-6  # the gradient falls below this: the empirical horizon
     forget_biases: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 5.0)  # the lstm sweep; () for none
     # the lstm again with these forget biases, beside the cells in every figure ("lstm, forget bias 1")
     lstm_forget_biases: tuple[float, ...] = (1.0, 2.0)
@@ -75,12 +76,12 @@ def variant_name(forget_bias: float) -> str:
 
 
 def lyapunov_status(top: float) -> str:
-    """"decays", "growing" or "constant" by the sign of the top Lyapunov exponent."""
+    """ "decays", "growing" or "constant" by the sign of the top Lyapunov exponent."""
     return "decays" if top < -GROWTH_TOL else "growing" if top > GROWTH_TOL else "constant"
 
 
 def measured_status(grad_by_lag, threshold: float) -> str:
-    """"below_threshold": the measured gradient fell below threshold within the lags measured;
+    """ "below_threshold": the measured gradient fell below threshold within the lags measured;
     "growing": it never did and is larger at the longest lag than at lag 0;
     "never_below_threshold": it never did and did not grow (flat, or decaying too slowly)."""
     if any(v < threshold for v in grad_by_lag):
@@ -111,8 +112,7 @@ def study_cell(cell: str, cfg: FlowConfig, forget_bias: float | None = None) -> 
     torch.manual_seed(cfg.seed)
     spec = get_cell(cell)
     fb = (cfg.forget_bias if forget_bias is None else forget_bias) if spec.forget_gate == "free" else None
-    model = Recurrent(cfg.input_size, cfg.hidden, cell=cell, dtype=torch.float64,
-                      init=cfg.init, forget_bias=fb)
+    model = Recurrent(cfg.input_size, cfg.hidden, cell=cell, dtype=torch.float64, init=cfg.init, forget_bias=fb)
     g = torch.Generator().manual_seed(cfg.seed + 1)
     x = torch.randn(cfg.steps, cfg.batch, cfg.input_size, generator=g, dtype=torch.float64)
     u = torch.randn(cfg.batch, cfg.hidden, generator=g, dtype=torch.float64)
@@ -122,17 +122,22 @@ def study_cell(cell: str, cfg: FlowConfig, forget_bias: float | None = None) -> 
     # 1. the gradient of a loss at the last step, at every earlier step: the norm over the
     #    whole state s_t = [h_t, c_t] (with the truncated rule error lives in c alone)
     gf = gradient_flow(model, x, lambda out: (out[-1] * u).sum())
-    state = gf.h if gf.c is None else torch.sqrt(gf.h ** 2 + gf.c ** 2)
+    state = gf.h if gf.c is None else torch.sqrt(gf.h**2 + gf.c**2)
     by_lag_of = lambda v: torch.log((v / state[-1]).clamp_min(1e-300)).mean(1).flip(0)  # noqa: E731
     log_rel = by_lag_of(state)  # lag 0..T-1, geometric mean over the batch
     grad_by_lag = torch.exp(log_rel)
-    out = {"cell": cell, "summary": spec.summary, "state": list(spec.state_names),
-           "truncate": model.truncate, "forget_bias": fb,
-           "parameters": sum(p.numel() for p in model.parameters()),
-           "grad_by_lag": grad_by_lag.tolist(),
-           "decay_rate_fit": _fit_rate(log_rel),
-           "horizon_empirical": _first_below(grad_by_lag, cfg.threshold),
-           "measured_status": measured_status(grad_by_lag.tolist(), cfg.threshold)}
+    out = {
+        "cell": cell,
+        "summary": spec.summary,
+        "state": list(spec.state_names),
+        "truncate": model.truncate,
+        "forget_bias": fb,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "grad_by_lag": grad_by_lag.tolist(),
+        "decay_rate_fit": _fit_rate(log_rel),
+        "horizon_empirical": _first_below(grad_by_lag, cfg.threshold),
+        "measured_status": measured_status(grad_by_lag.tolist(), cfg.threshold),
+    }
     if gf.c is not None:
         out["grad_h_by_lag"] = torch.exp(by_lag_of(gf.h)).tolist()
         out["grad_c_by_lag"] = torch.exp(by_lag_of(gf.c)).tolist()
@@ -157,8 +162,11 @@ def study_cell(cell: str, cfg: FlowConfig, forget_bias: float | None = None) -> 
     forget = run.trace["f"][:, :nb] if spec.kind == "lstm" else None
     lag = lag_jacobians(J[:, :nb], forget, stride=cfg.heatmap_stride)
     heat = torch.log10(lag.spectral.clamp_min(1e-300)).nanmean(0)
-    out["heatmap"] = {"starts": lag.starts.tolist(), "ends": lag.ends.tolist(),
-                      "log10_spectral": [[v if math.isfinite(v) else None for v in row] for row in heat.tolist()]}
+    out["heatmap"] = {
+        "starts": lag.starts.tolist(),
+        "ends": lag.ends.tolist(),
+        "log10_spectral": [[v if math.isfinite(v) else None for v in row] for row in heat.tolist()],
+    }
     lags, mean_log = by_lag(lag.spectral, lag.starts, lag.ends)
     out["lag_norm"] = {"lags": lags.tolist(), "log10_spectral": mean_log.tolist()}
     if lag.cell_share is not None:
@@ -167,7 +175,8 @@ def study_cell(cell: str, cfg: FlowConfig, forget_bias: float | None = None) -> 
         out["cell_path"] = {
             "lags": share_lags.tolist(),
             "share": [float(lag.cell_share[:, L == k].nanmean()) for k in share_lags],
-            "log10_cell_spectral": by_lag(lag.cell_spectral, lag.starts, lag.ends)[1].tolist()}
+            "log10_cell_spectral": by_lag(lag.cell_spectral, lag.starts, lag.ends)[1].tolist(),
+        }
     out["seconds"] = time.perf_counter() - t0
     return out
 
@@ -180,8 +189,7 @@ def forget_bias_sweep(cfg: FlowConfig, cell: str = "lstm") -> dict:
     rows = []
     for b in cfg.forget_biases:
         torch.manual_seed(cfg.seed)
-        model = Recurrent(cfg.input_size, cfg.hidden, cell=cell, dtype=torch.float64,
-                          init=cfg.init, forget_bias=b)
+        model = Recurrent(cfg.input_size, cfg.hidden, cell=cell, dtype=torch.float64, init=cfg.init, forget_bias=b)
         g = torch.Generator().manual_seed(cfg.seed + 1)
         x = torch.randn(cfg.steps, cfg.batch, cfg.input_size, generator=g, dtype=torch.float64)
         run = record(model, x)
@@ -189,9 +197,16 @@ def forget_bias_sweep(cfg: FlowConfig, cell: str = "lstm") -> dict:
         lyap = lyapunov_from_jacobians(jacobians_from_run(run), warmup=cfg.warmup)
         # the cell-state path alone is diagonal: its top exponent is max_j mean_t log f_tj
         cec = float(torch.log(run.trace["f"]).mean(0).amax(-1).mean())
-        rows.append({"forget_bias": b, "lyapunov_top": float(lyap.mean[0]), "cell_path_top": cec,
-                     "theory_log_sigma": math.log(lstm_factor(b)), "horizon_1e-6": lyap.horizon_1e6,
-                     "lyapunov_status": lyapunov_status(float(lyap.mean[0]))})
+        rows.append(
+            {
+                "forget_bias": b,
+                "lyapunov_top": float(lyap.mean[0]),
+                "cell_path_top": cec,
+                "theory_log_sigma": math.log(lstm_factor(b)),
+                "horizon_1e-6": lyap.horizon_1e6,
+                "lyapunov_status": lyapunov_status(float(lyap.mean[0])),
+            }
+        )
     return {"cell": cell, "rows": rows}
 
 
@@ -207,13 +222,17 @@ def run_study(cfg: FlowConfig, progress=print) -> dict:
         measured = r["horizon_empirical"]
         hz = {"growing": "growing", "constant": "inf"}.get(r["lyapunov_status"], f"{r['horizon_1e-6']:.1f}")
         seen = {"growing": "growing", "never_below_threshold": f">{cfg.steps - 1}"}.get(r["measured_status"], measured)
-        progress(f"  {name:20s} decay/step {r['decay_rate'] + 0.0:+.4f}  horizon(1e-6) {hz:>7}  measured {seen:>7}"
-                 f"  ({r['seconds']:.1f}s)")
+        progress(
+            f"  {name:20s} decay/step {r['decay_rate'] + 0.0:+.4f}  horizon(1e-6) {hz:>7}  measured {seen:>7}"
+            f"  ({r['seconds']:.1f}s)"
+        )
     if cfg.forget_biases:
         results["forget_bias_sweep"] = forget_bias_sweep(cfg)
         for row in results["forget_bias_sweep"]["rows"]:
-            progress(f"  lstm forget bias {row['forget_bias']:4.1f}: top exponent "
-                     f"{row['lyapunov_top']:+.4f}, cell path alone {row['cell_path_top']:+.4f}, "
-                     f"1-D theory log sigma(b) {row['theory_log_sigma']:+.4f}"
-                     + (" (growing)" if row["lyapunov_status"] == "growing" else ""))
+            progress(
+                f"  lstm forget bias {row['forget_bias']:4.1f}: top exponent "
+                f"{row['lyapunov_top']:+.4f}, cell path alone {row['cell_path_top']:+.4f}, "
+                f"1-D theory log sigma(b) {row['theory_log_sigma']:+.4f}"
+                + (" (growing)" if row["lyapunov_status"] == "growing" else "")
+            )
     return results

@@ -20,6 +20,7 @@ the recurrence, whatever the readout has learned. Recorded (plain numbers, for J
 
 The copy leaves the training model, its gradients and every random stream untouched.
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,12 +41,12 @@ FLOW_FILE = "flow.json"
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    batch: int = 8            # probe sequences
-    threshold: float = 1e-6   # the gradient falls below this: the horizon
-    bins: int = 20            # gate histograms over [0, 1]
-    top_k: int = 8            # Lyapunov exponents computed (the top one is kept)
-    jacobian_batch: int = 4   # probe sequences the Jacobian measures (Lyapunov, gates, share) use
-    share_batch: int = 2      # sequences the cell-path share averages over
+    batch: int = 8  # probe sequences
+    threshold: float = 1e-6  # the gradient falls below this: the horizon
+    bins: int = 20  # gate histograms over [0, 1]
+    top_k: int = 8  # Lyapunov exponents computed (the top one is kept)
+    jacobian_batch: int = 4  # probe sequences the Jacobian measures (Lyapunov, gates, share) use
+    share_batch: int = 2  # sequences the cell-path share averages over
     share_stride: int | None = None  # lag products every this many steps; None: about T / 5
 
     def __post_init__(self):
@@ -110,19 +111,21 @@ class FlowProbe:
         x, T = self.x, self.x.shape[0]
         u = self._unit(model.hidden_size)
         gf = gradient_flow(model, x, lambda out: (out[-1] * u).sum())
-        state = gf.h if gf.c is None else torch.sqrt(gf.h ** 2 + gf.c ** 2)  # (T, B)
+        state = gf.h if gf.c is None else torch.sqrt(gf.h**2 + gf.c**2)  # (T, B)
         ref = state[-1].clamp_min(1e-300)
         by_lag_of = lambda v: torch.exp(torch.log((v / ref).clamp_min(1e-300)).mean(1).flip(0))  # noqa: E731
         grad = by_lag_of(state)
         below = torch.nonzero(grad < cfg.threshold)
-        out = {"grad_log10": _log10_list(grad),
-               "horizon_measured": int(below[0]) if len(below) else None,
-               "measured_status": measured_status(grad.tolist(), cfg.threshold)}
+        out = {
+            "grad_log10": _log10_list(grad),
+            "horizon_measured": int(below[0]) if len(below) else None,
+            "measured_status": measured_status(grad.tolist(), cfg.threshold),
+        }
         if gf.c is not None:
             out["grad_h_log10"] = _log10_list(by_lag_of(gf.h))
             out["grad_c_log10"] = _log10_list(by_lag_of(gf.c))
 
-        run = record(model, x[:, :cfg.jacobian_batch])
+        run = record(model, x[:, : cfg.jacobian_batch])
         J = jacobians_from_run(run)
         lyap = lyapunov_from_jacobians(J, k=min(cfg.top_k, J.shape[-1]), warmup=min(10, T // 2))
         top = float(lyap.mean[0])
@@ -146,6 +149,8 @@ class FlowProbe:
             lag = lag_jacobians(J[:, :nb], run.trace["f"][:, :nb], stride=stride, spectral=False)
             lags, _ = by_lag(lag.cell_share, lag.starts, lag.ends)
             L = lag.ends.unsqueeze(0) - lag.starts.unsqueeze(1)
-            out["cell_share"] = {"lags": lags.tolist(),
-                                 "share": [round(float(lag.cell_share[:, L == k].nanmean()), 6) for k in lags]}
+            out["cell_share"] = {
+                "lags": lags.tolist(),
+                "share": [round(float(lag.cell_share[:, L == k].nanmean()), 6) for k in lags],
+            }
         return out

@@ -5,6 +5,7 @@ A backend module exposes `available() -> (bool, reason)` and `run_layer(...)`. L
 them through `run_layer(backend, ...)` here, which applies torch's CPU autocast rule for
 recurrent layers (the same on every backend).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -50,7 +51,7 @@ def _resolve(name: str, device_type: str) -> str:
     """The name of the backend get_backend returns, its module imported into _LOADED."""
     if name == "auto":
         chosen = "reference"
-        for cand in (_PREFERENCE_CPU if device_type == "cpu" else ()):
+        for cand in _PREFERENCE_CPU if device_type == "cpu" else ():
             ok, why = availability()[cand]
             if ok:
                 chosen = cand
@@ -96,20 +97,40 @@ def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
     return torch.get_autocast_dtype(device)
 
 
-def run_layer(backend: ModuleType, spec, p, x: torch.Tensor, state, lengths=None, reverse: bool = False,
-              truncate: bool | None = None, return_cells: bool = False, **kw):
+def run_layer(
+    backend: ModuleType,
+    spec,
+    p,
+    x: torch.Tensor,
+    state,
+    lengths=None,
+    reverse: bool = False,
+    truncate: bool | None = None,
+    return_cells: bool = False,
+    **kw,
+):
     """`backend.run_layer(spec, p, x, state, ...)` (see reference.run_layer), under CPU
     autocast by torch's rule for recurrent layers (above); otherwise exactly that call."""
     low = _autocast_dtype(x)
     if low is None:
-        return backend.run_layer(spec, p, x, state, lengths, reverse=reverse, truncate=truncate,
-                                 return_cells=return_cells, **kw)
+        return backend.run_layer(
+            spec, p, x, state, lengths, reverse=reverse, truncate=truncate, return_cells=return_cells, **kw
+        )
     f32 = torch.float32
     rounded = lambda t: None if t is None else t.to(low).to(f32)  # noqa: E731
     p32 = type(p)(*(rounded(getattr(p, f.name)) for f in fields(p)))
     with torch.autocast("cpu", enabled=False):
-        out, final, cells = backend.run_layer(spec, p32, rounded(x), tuple(rounded(s) for s in state), lengths,
-                                              reverse=reverse, truncate=truncate, return_cells=return_cells, **kw)
+        out, final, cells = backend.run_layer(
+            spec,
+            p32,
+            rounded(x),
+            tuple(rounded(s) for s in state),
+            lengths,
+            reverse=reverse,
+            truncate=truncate,
+            return_cells=return_cells,
+            **kw,
+        )
     if spec.kind == "gru":
         return out, final, cells
     c_dtype = f32 if getattr(p, "weight_hr", None) is not None else low  # torch's LSTM with projections

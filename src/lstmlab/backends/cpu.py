@@ -49,6 +49,7 @@ torch.nn.LSTM. torch.func.vmap runs the kernel once per member of the vmapped ba
 loop; the kernel has no batched form beyond its own batch dimension). GradNorms records
 eager runs only: a traced or compiled run inside its block raises.
 """
+
 from __future__ import annotations
 
 import ast
@@ -158,19 +159,37 @@ class Tuning:
     def __post_init__(self):
         for name in TUNING + ("force_groups",):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (
-                    name == "USE_PACKED_GEMM" and value > 1):
-                raise ValueError(f"tuning {name}={value!r} is invalid; allowed: a whole number >= 0"
-                                 + (" (0 or 1)" if name == "USE_PACKED_GEMM" else ""))
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value < 0
+                or (name == "USE_PACKED_GEMM" and value > 1)
+            ):
+                raise ValueError(
+                    f"tuning {name}={value!r} is invalid; allowed: a whole number >= 0"
+                    + (" (0 or 1)" if name == "USE_PACKED_GEMM" else "")
+                )
         if not isinstance(self.force_cuts, tuple) or not all(
-                isinstance(f, float) and 0 < f < 1 for f in self.force_cuts):
-            raise ValueError(f"tuning force_cuts={self.force_cuts!r} is invalid; allowed: a tuple of fractions "
-                             "of H, floats in (0, 1)")
+            isinstance(f, float) and 0 < f < 1 for f in self.force_cuts
+        ):
+            raise ValueError(
+                f"tuning force_cuts={self.force_cuts!r} is invalid; allowed: a tuple of fractions "
+                "of H, floats in (0, 1)"
+            )
 
 
 # The tuning names `tuning` (and `lstmlab bench --variant`) accept.
-TUNING = ("SMALL_GEMM_LIMIT", "GROUP_SMALL_GEMM_LIMIT", "GROUP_MIN_ROWS", "GROUP_MAX_WORK", "PARALLEL_MIN_WORK",
-          "USE_PACKED_GEMM", "CHUNK_STEPS", "OWN_ORDER_MAX_BYTES", "GATHER_MAX_BYTES")
+TUNING = (
+    "SMALL_GEMM_LIMIT",
+    "GROUP_SMALL_GEMM_LIMIT",
+    "GROUP_MIN_ROWS",
+    "GROUP_MAX_WORK",
+    "PARALLEL_MIN_WORK",
+    "USE_PACKED_GEMM",
+    "CHUNK_STEPS",
+    "OWN_ORDER_MAX_BYTES",
+    "GATHER_MAX_BYTES",
+)
 
 # The Tuning that run_layer uses now: `tuning` and `force_split` swap it for a block.
 _current = Tuning()
@@ -338,8 +357,25 @@ def _forward_impl(cell: str, config: list[int], lengths: Tensor | None, tensors:
     plan, Wx, bx, s0, (c0, W_hh, W_gg, r_src, a_src, peep, lens), W_hr = _kernel_args(cell, c, lengths, tensors)
     x, a0 = tensors[0].contiguous(), tensors[3]
     out, gates, C, s_fin, c_fin, cells, M = _extension().forward(
-        plan.cfg, plan.bounds, c.groups, x, s0, c0, Wx, bx, W_hh, W_gg, r_src, a_src, peep, lens, bool(c.keep),
-        bool(c.return_cells), list(c.tune), W_hr)
+        plan.cfg,
+        plan.bounds,
+        c.groups,
+        x,
+        s0,
+        c0,
+        Wx,
+        bx,
+        W_hh,
+        W_gg,
+        r_src,
+        a_src,
+        peep,
+        lens,
+        bool(c.keep),
+        bool(c.return_cells),
+        list(c.tune),
+        W_hr,
+    )
     h_n, a_n = _state_out(s_fin, plan, a0 is not None)
     return [out, h_n, c_fin, a_n, cells, gates, C, M]
 
@@ -356,13 +392,26 @@ def _(cell, config, lengths, tensors):
     lstm = spec.kind == "lstm"
     gate_cols = (4 if spec.kind == "gru" else len(spec.gates)) * H  # the kernel's gates columns (csrc/layout.py)
     new = x.new_empty
-    return [new(T, B, P), new(B, P), new(B, H) if lstm else new(0), new(B, a0.shape[1]) if a0 is not None else new(0),
-            new(T, B, H) if lstm and c.return_cells else new(0), new(T * B * gate_cols) if c.keep else new(0),
-            new(T * B * H) if c.keep and lstm else new(0), new(T * B * H) if c.keep and W_hr is not None else new(0)]
+    return [
+        new(T, B, P),
+        new(B, P),
+        new(B, H) if lstm else new(0),
+        new(B, a0.shape[1]) if a0 is not None else new(0),
+        new(T, B, H) if lstm and c.return_cells else new(0),
+        new(T * B * gate_cols) if c.keep else new(0),
+        new(T * B * H) if c.keep and lstm else new(0),
+        new(T * B * H) if c.keep and W_hr is not None else new(0),
+    ]
 
 
-def _backward_impl(cell: str, config: list[int], lengths: Tensor | None, tensors: list[Tensor],
-                   saved: list[Tensor], grads: list[Tensor | None]) -> list[Tensor]:
+def _backward_impl(
+    cell: str,
+    config: list[int],
+    lengths: Tensor | None,
+    tensors: list[Tensor],
+    saved: list[Tensor],
+    grads: list[Tensor | None],
+) -> list[Tensor]:
     """The kernel's backward. saved: layer_forward's out, gates, C, M; grads: those of out,
     h_n, c_n, a_n, cells (None: zero). -> [one per entry of `tensors` (the gradient; (0,)
     where the entry is absent), norm_h (T, B), norm_c (T, B)]; the norms (0,) unless wanted
@@ -382,8 +431,31 @@ def _backward_impl(cell: str, config: list[int], lengths: Tensor | None, tensors
         ds_fin = (ds_fin if plan.s_src is None else ds_fin.index_select(1, plan.s_src)).contiguous()
     out, gates, C, M = saved
     dx, ds0, dc0, dWx, dbx, dW_hh, dW_gg, dpeep, norm_h, norm_c, dW_hr = _extension().backward(
-        plan.cfg, plan.bounds, c.groups, x, s0, c0, Wx, W_hh, W_gg, r_src, a_src, peep, lens, out, gates, C,
-        pick(dout), ds_fin, pick(dc_n), pick(dcells), want, list(c.tune), W_hr, M)
+        plan.cfg,
+        plan.bounds,
+        c.groups,
+        x,
+        s0,
+        c0,
+        Wx,
+        W_hh,
+        W_gg,
+        r_src,
+        a_src,
+        peep,
+        lens,
+        out,
+        gates,
+        C,
+        pick(dout),
+        ds_fin,
+        pick(dc_n),
+        pick(dcells),
+        want,
+        list(c.tune),
+        W_hr,
+        M,
+    )
     dh0, da0 = _state_out(ds0, plan, fgr)
     dW_ih, db_ih, db_hh = plan.unpack_grads(dWx, dbx, b_ih is not None)
     if db_hh is db_ih and db_ih is not None:  # both the kernel's one bias gradient
@@ -393,8 +465,9 @@ def _backward_impl(cell: str, config: list[int], lengths: Tensor | None, tensors
     return out + [norm_h if want else x.new_empty(0), norm_c if want and tensors[2] is not None else x.new_empty(0)]
 
 
-_layer_backward = torch.library.custom_op("lstmlab::layer_backward", _backward_impl, mutates_args=(),
-                                          device_types="cpu")
+_layer_backward = torch.library.custom_op(
+    "lstmlab::layer_backward", _backward_impl, mutates_args=(), device_types="cpu"
+)
 
 
 @_layer_backward.register_fake
@@ -451,8 +524,13 @@ def _eager(x: torch.Tensor) -> bool:
     """Whether x is a plain tensor computed on: then the operators' implementations are called
     directly (torch's dispatch of a custom operator costs tens of microseconds a call);
     otherwise (torch.func's transforms, tracing, fake tensors) the operators themselves."""
-    return (type(x) is torch.Tensor and not torch._C._are_functorch_transforms_active()
-            and _current_dispatch_mode() is None and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
+    return (
+        type(x) is torch.Tensor
+        and not torch._C._are_functorch_transforms_active()
+        and _current_dispatch_mode() is None
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+    )
 
 
 class _Layer(torch.autograd.Function):
@@ -494,6 +572,7 @@ class _EagerLayer(torch.autograd.Function):
 def _loop_rule(op):
     """A vmap rule: the operator once per member of the vmapped batch, outputs stacked in
     dimension 0 (the kernel has no batched form beyond its own batch dimension)."""
+
     def take(a, d, i):
         if isinstance(a, list):
             return [take(t, e, i) for t, e in zip(a, d if isinstance(d, list) else [d] * len(a))]
@@ -502,6 +581,7 @@ def _loop_rule(op):
     def rule(info, in_dims, *args):
         runs = [op(*[take(a, d, i) for a, d in zip(args, in_dims)]) for i in range(info.batch_size)]
         return [torch.stack(o) for o in zip(*runs)], [0] * len(runs[0])
+
     return rule
 
 
@@ -517,15 +597,17 @@ def _reference_grads(spec, truncate, return_cells, lengths, inputs, grads):
     x, h0, c0, a0, *weights = inputs
     state = tuple(t for t in (h0, c0, a0) if t is not None)
     with torch.enable_grad():
-        out, final, cells = reference.run_layer(spec, CellParams(*weights), x, state, lengths, truncate=truncate,
-                                                return_cells=return_cells)
+        out, final, cells = reference.run_layer(
+            spec, CellParams(*weights), x, state, lengths, truncate=truncate, return_cells=return_cells
+        )
     outs = [out, *final] + ([cells] if return_cells else [])
     dout, dh_n, dc_n, da_n, dcells = grads
-    douts = [dout, dh_n, dc_n, da_n][:1 + len(final)] + ([dcells] if return_cells else [])
+    douts = [dout, dh_n, dc_n, da_n][: 1 + len(final)] + ([dcells] if return_cells else [])
     pairs = [(o, g) for o, g in zip(outs, douts, strict=True) if g is not None]
     wrt = [(k, t) for k, t in enumerate(inputs) if t is not None and t.requires_grad]
-    got = torch.autograd.grad([o for o, _ in pairs], [t for _, t in wrt], [g for _, g in pairs],
-                              create_graph=True, allow_unused=True)
+    got = torch.autograd.grad(
+        [o for o, _ in pairs], [t for _, t in wrt], [g for _, g in pairs], create_graph=True, allow_unused=True
+    )
     result = [None] * len(inputs)
     for (k, t), g in zip(wrt, got):
         result[k] = torch.zeros_like(t) if g is None else g
@@ -542,9 +624,16 @@ def _fallback(why: str, *args, **kw):
     return reference.run_layer(*args, **kw)
 
 
-def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
-              lengths: torch.Tensor | None = None, reverse: bool = False,
-              truncate: bool | None = None, return_cells: bool = False):
+def run_layer(
+    spec: CellSpec,
+    p: CellParams,
+    x: torch.Tensor,
+    state: State,
+    lengths: torch.Tensor | None = None,
+    reverse: bool = False,
+    truncate: bool | None = None,
+    return_cells: bool = False,
+):
     """Run one layer and direction over a sequence: `reference.run_layer`'s contract.
 
     Args:
@@ -561,8 +650,17 @@ def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
     if p.weight_hr is not None and spec.kind != "lstm":
         raise ValueError(f"weight_hr given for cell {spec.name!r} ({spec.kind}); allowed: lstm cells only (proj_size)")
     if x.device.type != "cpu" or x.dtype not in DTYPES:
-        return _fallback(f"{x.dtype} on {x.device} is not supported (float32/float64 on cpu)",
-                         spec, p, x, state, lengths, reverse, truncate, return_cells)
+        return _fallback(
+            f"{x.dtype} on {x.device} is not supported (float32/float64 on cpu)",
+            spec,
+            p,
+            x,
+            state,
+            lengths,
+            reverse,
+            truncate,
+            return_cells,
+        )
     # ints also under torch.jit.trace; H from weight_hh's rows (its columns are P with projections)
     T, B, H = int(x.shape[0]), int(x.shape[1]), int(p.weight_hh.shape[0]) // len(spec.gates)
     if T == 0 or B == 0 or H == 0:  # before `tensors`, where an empty c0 would read as absent
@@ -581,11 +679,29 @@ def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
         bounds = (0, H)
     record = GradNorms._register(reverse, lengths)
     lstm, fgr = spec.kind == "lstm", spec.gate_recurrence
-    tensors = [x, state[0], state[1] if lstm else None, state[2] if fgr else None,
-               p.weight_ih, p.weight_hh, p.bias_ih, p.bias_hh, p.weight_ch, p.weight_gg, p.weight_hr]
+    tensors = [
+        x,
+        state[0],
+        state[1] if lstm else None,
+        state[2] if fgr else None,
+        p.weight_ih,
+        p.weight_hh,
+        p.bias_ih,
+        p.bias_hh,
+        p.weight_ch,
+        p.weight_gg,
+        p.weight_hr,
+    ]
     keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)  # backward to come
-    config = Config(int(truncate), groups, int(keep), int(return_cells and lstm), -1 if record is None else record.id,
-                    tuple(_tune(groups, tune)), tuple(bounds))
+    config = Config(
+        int(truncate),
+        groups,
+        int(keep),
+        int(return_cells and lstm),
+        -1 if record is None else record.id,
+        tuple(_tune(groups, tune)),
+        tuple(bounds),
+    )
     none = x.new_empty(0)
     args = (_spec_key(spec), config.to_list(), lengths, [none if t is None else t for t in tensors])
     if torch.jit.is_tracing() or torch.compiler.is_compiling():  # the operator itself in the graph
@@ -684,8 +800,10 @@ class GradNorms:
         if not _RECORDERS:
             return None
         if torch.compiler.is_compiling() or torch.jit.is_tracing():
-            raise RuntimeError("lstmlab.backends.cpu.GradNorms records eager runs only; a run traced or compiled "
-                               "(torch.jit.trace, torch.export, torch.compile) inside its block cannot fill it")
+            raise RuntimeError(
+                "lstmlab.backends.cpu.GradNorms records eager runs only; a run traced or compiled "
+                "(torch.jit.trace, torch.export, torch.compile) inside its block cannot fill it"
+            )
         run = RunNorms(reverse, lengths)
         _RECORDERS[-1].runs.append(run)
         _RUNS[run.id] = run

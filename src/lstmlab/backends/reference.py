@@ -9,6 +9,7 @@ gradient.
 Shapes: B batch, T time, I input features, H hidden units, G = len(spec.gates), and
 P the width of h: H, or proj_size for an LSTM cell with a projection (weight_hr).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -51,8 +52,9 @@ def _split(t: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
     return dict(zip(names, t.chunk(len(names), dim=-1)))
 
 
-def pointwise(spec: CellSpec, p: CellParams, xw: torch.Tensor, state: State,
-              truncate: bool = False, trace: dict | None = None) -> State:
+def pointwise(
+    spec: CellSpec, p: CellParams, xw: torch.Tensor, state: State, truncate: bool = False, trace: dict | None = None
+) -> State:
     """One step given the input projection xw = W x_t + b_ih, (B, G*H).
 
     The recurrent product R h_{t-1} is taken here too, so that the truncated rule can
@@ -95,8 +97,7 @@ def _lstm_pointwise(spec, p, pre_all, state, truncate, trace):
             pre[g] = pre[g] + peep[g] * c_seen
     one = torch.ones_like(c)
     i = torch.sigmoid(pre["i"]) if spec.input_gate else one
-    f = {"free": lambda: torch.sigmoid(pre["f"]), "coupled": lambda: 1 - i,
-         "none": lambda: one}[spec.forget_gate]()
+    f = {"free": lambda: torch.sigmoid(pre["f"]), "coupled": lambda: 1 - i, "none": lambda: one}[spec.forget_gate]()
     g = ACTIVATIONS[spec.activation].fn(pre["g"])
     c_new = f * c + i * g  # the Constant Error Carousel when f = 1
     if "o" in peep:
@@ -113,8 +114,7 @@ def _lstm_pointwise(spec, p, pre_all, state, truncate, trace):
     return h_new, c_new
 
 
-def step(spec: CellSpec, p: CellParams, x_t: torch.Tensor, state: State,
-         truncate: bool | None = None) -> State:
+def step(spec: CellSpec, p: CellParams, x_t: torch.Tensor, state: State, truncate: bool | None = None) -> State:
     """The state map s_t = F(x_t, s_{t-1}) for one step.
 
     Args:
@@ -130,11 +130,12 @@ def step(spec: CellSpec, p: CellParams, x_t: torch.Tensor, state: State,
     return pointwise(spec, p, input_projection(p, x_t), state, truncate)
 
 
-def zero_state(spec: CellSpec, batch: int, hidden: int, like: torch.Tensor,
-               proj_size: int = 0) -> State:
+def zero_state(spec: CellSpec, batch: int, hidden: int, like: torch.Tensor, proj_size: int = 0) -> State:
     """The all-zero state: h (batch, proj_size or hidden), the others (batch, width*hidden)."""
-    return tuple(like.new_zeros(batch, proj_size if n == "h" and proj_size else spec.state_width(n) * hidden)
-                 for n in spec.state_names)
+    return tuple(
+        like.new_zeros(batch, proj_size if n == "h" and proj_size else spec.state_width(n) * hidden)
+        for n in spec.state_names
+    )
 
 
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
@@ -148,9 +149,17 @@ def reverse_padded(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tenso
     return x.gather(0, idx.view(T, -1, *([1] * (x.dim() - 2))).expand_as(x))
 
 
-def run_layer(spec: CellSpec, p: CellParams, x: torch.Tensor, state: State,
-              lengths: torch.Tensor | None = None, reverse: bool = False,
-              truncate: bool | None = None, return_cells: bool = False, probe=None):
+def run_layer(
+    spec: CellSpec,
+    p: CellParams,
+    x: torch.Tensor,
+    state: State,
+    lengths: torch.Tensor | None = None,
+    reverse: bool = False,
+    truncate: bool | None = None,
+    return_cells: bool = False,
+    probe=None,
+):
     """Run one layer and direction over a sequence.
 
     Args:

@@ -2,6 +2,7 @@
 
 Adding a cell means adding one file here with `SPEC = CellSpec(...)`; nothing else.
 """
+
 from __future__ import annotations
 
 from ..errors import ArgumentError
@@ -12,8 +13,23 @@ _REGISTRY: dict[str, CellSpec] = {}  # filled by discover() at the end of this f
 
 # The order of cell_names(): plain RNNs, the LSTM line in historical order, Greff's
 # variants, GRU. Cells not listed here (new files) follow in alphabetical order.
-_ORDER = ("rnn-tanh", "rnn-sigmoid", "rnn-relu", "lstm1997", "lstm", "vanilla", "nig", "nfg",
-          "nog", "niaf", "noaf", "np", "cifg", "fgr", "gru")
+_ORDER = (
+    "rnn-tanh",
+    "rnn-sigmoid",
+    "rnn-relu",
+    "lstm1997",
+    "lstm",
+    "vanilla",
+    "nig",
+    "nfg",
+    "nog",
+    "niaf",
+    "noaf",
+    "np",
+    "cifg",
+    "fgr",
+    "gru",
+)
 
 
 def cell_names() -> list[str]:

@@ -1,4 +1,5 @@
 """Greff et al. variant NFG: vanilla without forget gate (f = 1)."""
+
 from dataclasses import replace
 
 from .vanilla import SPEC as VANILLA

@@ -1,4 +1,5 @@
 """Greff et al. variant NIAF: vanilla without input activation (g(x) = x)."""
+
 from dataclasses import replace
 
 from .vanilla import SPEC as VANILLA

@@ -1,4 +1,5 @@
 """Greff et al. variant NIG: vanilla without input gate (i = 1)."""
+
 from dataclasses import replace
 
 from .vanilla import SPEC as VANILLA

@@ -1,4 +1,5 @@
 """Greff et al. variant NOG: vanilla without output gate (o = 1)."""
+
 from dataclasses import replace
 
 from .vanilla import SPEC as VANILLA

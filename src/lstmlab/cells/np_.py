@@ -1,4 +1,5 @@
 """Greff et al. variant NP: vanilla without peepholes."""
+
 from dataclasses import replace
 
 from .vanilla import SPEC as VANILLA

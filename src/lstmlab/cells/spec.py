@@ -6,6 +6,7 @@ is the default. Everything else (parameter layout, the reference step, the Jacob
 the state map, the fast kernels) is derived from these fields, so a new cell is one new
 definition. The equations are in docs/cells.md and in `lstmlab.backends.reference`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -58,15 +59,27 @@ FORGET_MODES = ("free", "coupled", "none")
 OVERRIDABLE = {
     "rnn": ("activation",),
     "gru": (),
-    "lstm": ("input_gate", "forget_gate", "output_gate", "peepholes", "gate_recurrence",
-             "activation", "output_activation"),
+    "lstm": (
+        "input_gate",
+        "forget_gate",
+        "output_gate",
+        "peepholes",
+        "gate_recurrence",
+        "activation",
+        "output_activation",
+    ),
 }
 
 # The values each overridable field takes; booleans must be True or False, not truthy.
-_OPTION_VALUES = {"input_gate": (False, True), "output_gate": (False, True),
-                  "peepholes": (False, True), "gate_recurrence": (False, True),
-                  "forget_gate": FORGET_MODES, "activation": tuple(ACTIVATIONS),
-                  "output_activation": tuple(ACTIVATIONS)}
+_OPTION_VALUES = {
+    "input_gate": (False, True),
+    "output_gate": (False, True),
+    "peepholes": (False, True),
+    "gate_recurrence": (False, True),
+    "forget_gate": FORGET_MODES,
+    "activation": tuple(ACTIVATIONS),
+    "output_activation": tuple(ACTIVATIONS),
+}
 
 
 @dataclass(frozen=True)
@@ -132,8 +145,7 @@ class CellSpec:
             return ("h",)
         if self.kind == "gru":
             return ("r", "z", "n")
-        order = [("i", self.input_gate), ("f", self.forget_gate == "free"), ("g", True),
-                 ("o", self.output_gate)]
+        order = [("i", self.input_gate), ("f", self.forget_gate == "free"), ("g", True), ("o", self.output_gate)]
         return tuple(g for g, present in order if present)
 
     @property
@@ -179,15 +191,17 @@ class CellSpec:
         allowed = OVERRIDABLE[self.kind]
         for key, value in options.items():
             if key not in allowed:
-                raise ArgumentError(f"cell {self.name!r} has no option {key!r}; "
-                                    f"options for a {self.kind} cell: {list(allowed) or 'none'}")
+                raise ArgumentError(
+                    f"cell {self.name!r} has no option {key!r}; "
+                    f"options for a {self.kind} cell: {list(allowed) or 'none'}"
+                )
             choices = _OPTION_VALUES[key]
             if isinstance(value, bool) != (choices == (False, True)) or value not in choices:
-                raise ArgumentError(f"cell {self.name!r}: {key}={value!r} is not allowed; "
-                                    f"allowed: {' or '.join(map(repr, choices))}")
+                raise ArgumentError(
+                    f"cell {self.name!r}: {key}={value!r} is not allowed; allowed: {' or '.join(map(repr, choices))}"
+                )
         changed = {k: v for k, v in options.items() if getattr(self, k) != v}
         if not changed:
             return self
         tag = ",".join(f"{k}={v}" for k, v in sorted(changed.items()))
-        return replace(self, name=f"{self.name}[{tag}]", summary=f"{self.summary}; {tag}",
-                       torch_module=None, **changed)
+        return replace(self, name=f"{self.name}[{tag}]", summary=f"{self.summary}; {tag}", torch_module=None, **changed)

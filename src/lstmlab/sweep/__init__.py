@@ -3,6 +3,7 @@ a SQLite file on one machine or a shared PostgreSQL for many, and their report.
 
 Optuna is imported on first use of run_sweep / work / summarize / write_sweep_report.
 """
+
 import importlib
 
 from .config import GREFF_CELLS, SweepConfig

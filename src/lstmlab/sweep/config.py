@@ -1,4 +1,5 @@
 """The sweep's configuration (no Optuna import: the CLI builds it cheaply)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -62,5 +63,17 @@ class SweepConfig:
     def identity(self) -> dict:
         """What must not change between a study's runs (the budget and workers may)."""
         d = asdict(self)
-        return {k: d[k] for k in ("task", "task_params", "metric", "space", "max_sequences", "max_seconds",
-                                  "batch_size", "seed", "sampler")}
+        return {
+            k: d[k]
+            for k in (
+                "task",
+                "task_params",
+                "metric",
+                "space",
+                "max_sequences",
+                "max_seconds",
+                "batch_size",
+                "seed",
+                "sampler",
+            )
+        }

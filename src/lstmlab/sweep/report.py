@@ -6,6 +6,7 @@ variants tested), fANOVA hyperparameter importance (Optuna's evaluator; per vari
 pooled over all variants with the variant itself as a factor), and learning rate against
 the metric.
 """
+
 from __future__ import annotations
 
 import io
@@ -24,11 +25,10 @@ def load(storage_url: str, study: str) -> dict[str, optuna.Study]:
     """Every study of the sweep `study` in the storage, by cell (names "{study}:{cell}")."""
     storage = optuna.storages.RDBStorage(engine_url(storage_url))
     prefix = f"{study}:"
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)
-             if s.study_name.startswith(prefix)]
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage) if s.study_name.startswith(prefix)]
     if not names:
         raise ValueError(f"study={study!r} has no variants in {storage_url}; nothing to report")
-    return {n[len(prefix):]: optuna.load_study(study_name=n, storage=storage) for n in sorted(names)}
+    return {n[len(prefix) :]: optuna.load_study(study_name=n, storage=storage) for n in sorted(names)}
 
 
 def _complete(study):
@@ -78,7 +78,9 @@ def summarize(studies: dict[str, optuna.Study], baseline: str = "vanilla") -> di
         vals = sorted(t.value for t in done)
         n = len(vals)
         variants[cell] = {
-            "complete": n, "failed": states.count("FAIL"), "running": states.count("RUNNING"),
+            "complete": n,
+            "failed": states.count("FAIL"),
+            "running": states.count("RUNNING"),
             "values": vals,
             "median": statistics.median(vals) if n else None,
             "mean": sum(vals) / n if n else None,
@@ -86,8 +88,9 @@ def summarize(studies: dict[str, optuna.Study], baseline: str = "vanilla") -> di
             "best_params": min(done, key=lambda t: t.value).params if n else None,
             "solved": sum(bool(t.user_attrs.get("solved")) for t in done),
             "importance": importances(done),
-            "trials": [{"number": t.number, "value": t.value, "params": t.params,
-                        "pid": t.user_attrs.get("pid")} for t in done],
+            "trials": [
+                {"number": t.number, "value": t.value, "params": t.params, "pid": t.user_attrs.get("pid")} for t in done
+            ],
         }
     tested = [c for c in variants if c != baseline and variants[c]["complete"] >= 2]
     if baseline in variants and variants[baseline]["complete"] >= 2:
@@ -99,8 +102,12 @@ def summarize(studies: dict[str, optuna.Study], baseline: str = "vanilla") -> di
     cells = tuple(studies)
     pooled = [_with_cell(t, c, cells) for c, s in studies.items() for t in _complete(s)]
     metric = next(iter(studies.values())).user_attrs.get("sweep", {}).get("metric")
-    return {"metric": metric, "baseline": baseline, "variants": variants,
-            "importance_pooled": importances(pooled) if len(cells) > 1 else None}
+    return {
+        "metric": metric,
+        "baseline": baseline,
+        "variants": variants,
+        "importance_pooled": importances(pooled) if len(cells) > 1 else None,
+    }
 
 
 def _png(fig, path):
@@ -155,21 +162,33 @@ def figures(summary: dict, studies: dict[str, optuna.Study], out: Path) -> list[
 def markdown(summary: dict, figs: list[str]) -> str:
     v, base = summary["variants"], summary["baseline"]
     fmt = lambda x: "—" if x is None else f"{x:.4g}"  # noqa: E731
-    lines = [f"# Variant study: {summary['metric']} (lower is better)", "",
-             f"| variant | complete | failed | solved | median | mean | best | Welch t vs {base} | p | p (Bonferroni) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Variant study: {summary['metric']} (lower is better)",
+        "",
+        f"| variant | complete | failed | solved | median | mean | best | Welch t vs {base} | p | p (Bonferroni) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for c, r in v.items():
-        lines.append(f"| {c} | {r['complete']} | {r['failed']} | {r['solved']} | {fmt(r['median'])} | "
-                     f"{fmt(r['mean'])} | {fmt(r['best'])} | {fmt(r.get('welch_t'))} | {fmt(r.get('p_value'))} | "
-                     f"{fmt(r.get('p_bonferroni'))} |")
+        lines.append(
+            f"| {c} | {r['complete']} | {r['failed']} | {r['solved']} | {fmt(r['median'])} | "
+            f"{fmt(r['mean'])} | {fmt(r['best'])} | {fmt(r.get('welch_t'))} | {fmt(r.get('p_value'))} | "
+            f"{fmt(r.get('p_bonferroni'))} |"
+        )
     imp = summary["importance_pooled"]
     if imp:
-        lines += ["", "fANOVA importance, all variants pooled (the variant is a factor): "
-                  + ", ".join(f"{k} {x:.2f}" for k, x in imp.items())]
-    lines += ["", f"Welch's t-test compares each variant's metric with {base}'s without assuming equal "
-              "variances; Bonferroni multiplies p by the number of variants tested. fANOVA splits the "
-              "variance of the metric over the hyperparameters (Hutter et al. 2014) on a random forest "
-              "fitted to the trials.", ""]
+        lines += [
+            "",
+            "fANOVA importance, all variants pooled (the variant is a factor): "
+            + ", ".join(f"{k} {x:.2f}" for k, x in imp.items()),
+        ]
+    lines += [
+        "",
+        f"Welch's t-test compares each variant's metric with {base}'s without assuming equal "
+        "variances; Bonferroni multiplies p by the number of variants tested. fANOVA splits the "
+        "variance of the metric over the hyperparameters (Hutter et al. 2014) on a random forest "
+        "fitted to the trials.",
+        "",
+    ]
     lines += [f"![{f}]({f})" for f in figs]
     return "\n".join(lines) + "\n"
 

@@ -7,6 +7,7 @@ the same machine whose process is gone is noticed at once (fail_dead_trials). On
 trials count towards `trials` per cell, so a restarted command continues the same study
 and a finished result is never lost or counted twice.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,14 +32,16 @@ def make_storage(cfg: SweepConfig) -> optuna.storages.RDBStorage:
     kwargs = {"connect_args": {"timeout": 60}} if cfg.storage.startswith("sqlite") else {"pool_pre_ping": True}
     with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(engine_url(cfg.storage), engine_kwargs=kwargs,
-                                          heartbeat_interval=cfg.heartbeat, grace_period=cfg.grace)
+        return optuna.storages.RDBStorage(
+            engine_url(cfg.storage), engine_kwargs=kwargs, heartbeat_interval=cfg.heartbeat, grace_period=cfg.grace
+        )
 
 
 def open_study(storage, cfg: SweepConfig, cell: str) -> optuna.Study:
     """Create the cell's study, or load it if it exists with the same settings."""
-    study = optuna.create_study(storage=storage, study_name=cfg.study_name(cell), direction="minimize",
-                                load_if_exists=True)
+    study = optuna.create_study(
+        storage=storage, study_name=cfg.study_name(cell), direction="minimize", load_if_exists=True
+    )
     ident = _jsonable(cfg.identity())
     stored = study.user_attrs.get("sweep")
     if stored is None:
@@ -46,8 +49,10 @@ def open_study(storage, cfg: SweepConfig, cell: str) -> optuna.Study:
         study.set_user_attr("cell", cell)
     elif stored != ident:
         changed = sorted(k for k in ident if stored.get(k) != ident[k])
-        raise ValueError(f"study={cfg.study!r} exists in {cfg.storage} with other settings ({', '.join(changed)}); "
-                         "allowed: the same settings to continue it, or a new --study name")
+        raise ValueError(
+            f"study={cfg.study!r} exists in {cfg.storage} with other settings ({', '.join(changed)}); "
+            "allowed: the same settings to continue it, or a new --study name"
+        )
     return study
 
 
@@ -63,8 +68,9 @@ def _jsonable(obj):
 
 def _sampler(cfg: SweepConfig, cell: str, worker: int, n_trials: int):
     seed = zlib.crc32(f"{cfg.seed}/{cell}/{worker}/{n_trials}".encode())
-    return optuna.samplers.RandomSampler(seed=seed) if cfg.sampler == "random" else \
-        optuna.samplers.TPESampler(seed=seed)
+    return (
+        optuna.samplers.RandomSampler(seed=seed) if cfg.sampler == "random" else optuna.samplers.TPESampler(seed=seed)
+    )
 
 
 def objective(trial: optuna.Trial, cfg: SweepConfig, cell: str) -> float:
@@ -73,14 +79,34 @@ def objective(trial: optuna.Trial, cfg: SweepConfig, cell: str) -> float:
     trial.set_user_attr("pid", os.getpid())
     trial.set_user_attr("host", socket.gethostname())
     hp = cfg.space.sample(trial)
-    tc = TrainConfig(task=cfg.task, task_params=dict(cfg.task_params), cell=cell, hidden_size=hp["hidden"],
-                     optimizer="sgd", lr=hp["lr"], momentum=hp["momentum"], input_noise=hp["input_noise"],
-                     batch_size=cfg.batch_size, max_sequences=cfg.max_sequences, max_seconds=cfg.max_seconds,
-                     checkpoint_every=None, seed=cfg.seed + trial.number, progress=False)
+    tc = TrainConfig(
+        task=cfg.task,
+        task_params=dict(cfg.task_params),
+        cell=cell,
+        hidden_size=hp["hidden"],
+        optimizer="sgd",
+        lr=hp["lr"],
+        momentum=hp["momentum"],
+        input_noise=hp["input_noise"],
+        batch_size=cfg.batch_size,
+        max_sequences=cfg.max_sequences,
+        max_seconds=cfg.max_seconds,
+        checkpoint_every=None,
+        seed=cfg.seed + trial.number,
+        progress=False,
+    )
     result = train(tc)
     for k, v in result.to_dict().items():
-        if k in ("solved", "sequences_seen", "sequences_to_success", "test_errors", "test_size",
-                 "test_mean_error", "wall_seconds", "parameters"):
+        if k in (
+            "solved",
+            "sequences_seen",
+            "sequences_to_success",
+            "test_errors",
+            "test_size",
+            "test_mean_error",
+            "wall_seconds",
+            "parameters",
+        ):
             trial.set_user_attr(k, v)
     if cfg.metric == "test_error_rate":
         return result.test_errors / result.test_size
@@ -150,12 +176,18 @@ def work(cfg: SweepConfig, worker: int = 0, threads: int | None = None, poll: fl
                 continue  # the rest are running elsewhere
             study.sampler = _sampler(cfg, cell, worker, sum(n.values()))
             mine = []  # this worker's trial (the study's last may be another worker's)
-            study.optimize(lambda t, cell=cell: objective(t, cfg, cell), n_trials=1, catch=(TrainingDiverged,),
-                           callbacks=[lambda _, trial, mine=mine: mine.append(trial)])
+            study.optimize(
+                lambda t, cell=cell: objective(t, cfg, cell),
+                n_trials=1,
+                catch=(TrainingDiverged,),
+                callbacks=[lambda _, trial, mine=mine: mine.append(trial)],
+            )
             last = mine[0]
             ran += 1
-            log(f"[worker {worker} pid {os.getpid()}] {cell} trial {last.number}: {last.state.name} "
-                f"{'' if last.value is None else f'{cfg.metric}={last.value:.4g}'}")
+            log(
+                f"[worker {worker} pid {os.getpid()}] {cell} trial {last.number}: {last.state.name} "
+                f"{'' if last.value is None else f'{cfg.metric}={last.value:.4g}'}"
+            )
             break
         else:
             if not pending:
@@ -197,6 +229,7 @@ def run_sweep(cfg: SweepConfig, workers: int = 1, log=print) -> dict[str, dict[s
     result = {cell: counts(study) for cell, study in zip(cfg.cells, studies)}
     missing = {c: cfg.trials - n["COMPLETE"] for c, n in result.items() if n["COMPLETE"] < cfg.trials}
     if missing:
-        raise RuntimeError(f"the study is incomplete (trials still missing: {missing}); "
-                           "run the same command again to continue it")
+        raise RuntimeError(
+            f"the study is incomplete (trials still missing: {missing}); run the same command again to continue it"
+        )
     return result

@@ -5,6 +5,7 @@ Greff, Srivastava, Koutnik, Steunebrink & Schmidhuber, "LSTM: A Search Space Ody
 [1e-6, 1e-2], momentum 1 - log-uniform(0.01, 1) (so most mass near 0.99 ... 0), input noise
 standard deviation uniform in [0, 1]. SGD with Nesterov-free momentum, online or minibatch.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,14 +15,15 @@ from dataclasses import dataclass
 def _range(name, lo, hi, positive):
     ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (lo, hi))
     if not ok or lo > hi or (positive and lo <= 0):
-        raise ValueError(f"{name}=({lo!r}, {hi!r}) is invalid; allowed: low <= high"
-                         + (", both > 0 (log scale)" if positive else ""))
+        raise ValueError(
+            f"{name}=({lo!r}, {hi!r}) is invalid; allowed: low <= high" + (", both > 0 (log scale)" if positive else "")
+        )
 
 
 @dataclass(frozen=True)
 class SearchSpace:
-    hidden: tuple[int, int] = (20, 200)            # log-uniform, integer
-    lr: tuple[float, float] = (1e-6, 1e-2)         # log-uniform
+    hidden: tuple[int, int] = (20, 200)  # log-uniform, integer
+    lr: tuple[float, float] = (1e-6, 1e-2)  # log-uniform
     one_minus_momentum: tuple[float, float] = (0.01, 1.0)  # log-uniform; momentum = 1 - this
     input_noise: tuple[float, float] = (0.0, 1.0)  # uniform: std of Gaussian input noise
 
@@ -31,8 +33,10 @@ class SearchSpace:
         _range("one_minus_momentum", *self.one_minus_momentum, positive=True)
         _range("input_noise", *self.input_noise, positive=False)
         if self.one_minus_momentum[1] > 1:
-            raise ValueError(f"one_minus_momentum={self.one_minus_momentum!r} is invalid; allowed: "
-                             "values in (0, 1] (momentum in [0, 1))")
+            raise ValueError(
+                f"one_minus_momentum={self.one_minus_momentum!r} is invalid; allowed: "
+                "values in (0, 1] (momentum in [0, 1))"
+            )
 
     def sample(self, trial) -> dict:
         """Draw one configuration through an Optuna trial (names as they appear in reports)."""

@@ -8,6 +8,7 @@ process only); postgresql://USER:PASS@HOST[:PORT]/DB, or with an explicit driver
 is psycopg (version 3) since SQLAlchemy 2.1; lstmlab[sweep] installs psycopg2, so when
 psycopg is absent and psycopg2 present the URL is opened as postgresql+psycopg2://.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -48,9 +49,11 @@ def check_storage(url, option: str = "storage", workers: int = 1, must_exist: bo
         path = sqlite_path(url)
         if path is None:
             if workers > 1:
-                raise ValueError(f"{bad}: an in-memory SQLite database is private to one process, so "
-                                 f"{workers} workers cannot share it; allowed: sqlite:///FILE or "
-                                 "postgresql://USER:PASS@HOST/DB")
+                raise ValueError(
+                    f"{bad}: an in-memory SQLite database is private to one process, so "
+                    f"{workers} workers cannot share it; allowed: sqlite:///FILE or "
+                    "postgresql://USER:PASS@HOST/DB"
+                )
             return
         folder = Path(path).parent
         if not folder.is_dir():
@@ -84,9 +87,11 @@ def engine_url(url: str) -> str:
         driver = "psycopg2"
         url = f"postgresql+psycopg2://{rest}"
     if not _installed(PG_DRIVERS[driver]):
-        raise MissingExtra(f"--storage {scheme}:// needs the PostgreSQL driver {PG_DRIVERS[driver]}, which is "
-                           "not installed; install it with pip install 'lstmlab[sweep]' (psycopg2)",
-                           name=PG_DRIVERS[driver])
+        raise MissingExtra(
+            f"--storage {scheme}:// needs the PostgreSQL driver {PG_DRIVERS[driver]}, which is "
+            "not installed; install it with pip install 'lstmlab[sweep]' (psycopg2)",
+            name=PG_DRIVERS[driver],
+        )
     return url
 
 

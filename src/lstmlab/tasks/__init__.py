@@ -10,6 +10,7 @@
 Adding a task means adding one file here with `TASK = SomeTask` (a frozen dataclass
 subclassing `Task`, its fields the task's parameters); nothing else.
 """
+
 from __future__ import annotations
 
 from dataclasses import MISSING, fields
@@ -35,8 +36,7 @@ def get_task_class(name: str) -> type[Task]:
 def task_params(name: str) -> dict[str, tuple[type, object]]:
     """A task's parameters: name -> (type, default)."""
     cls = get_task_class(name)
-    return {f.name: (type(f.default) if f.default is not MISSING else object, f.default)
-            for f in fields(cls)}
+    return {f.name: (type(f.default) if f.default is not MISSING else object, f.default) for f in fields(cls)}
 
 
 def make(name: str, **params) -> Task:
@@ -45,12 +45,24 @@ def make(name: str, **params) -> Task:
     allowed = [f.name for f in fields(cls)]
     for key in params:
         if key not in allowed:
-            raise ValueError(f"{key}={params[key]!r} is not a parameter of task {name!r}; "
-                             f"allowed: {', '.join(allowed) or 'none'}")
+            raise ValueError(
+                f"{key}={params[key]!r} is not a parameter of task {name!r}; allowed: {', '.join(allowed) or 'none'}"
+            )
     return cls(**params)
 
 
 _REGISTRY.update(discover(__name__, __path__, "TASK", lambda cls: cls.name))
 
-__all__ = ["Batch", "EvalRule", "Judgement", "Published", "StoppingRule", "Task", "WindowRule",
-           "get_task_class", "make", "task_names", "task_params"]
+__all__ = [
+    "Batch",
+    "EvalRule",
+    "Judgement",
+    "Published",
+    "StoppingRule",
+    "Task",
+    "WindowRule",
+    "get_task_class",
+    "make",
+    "task_names",
+    "task_params",
+]

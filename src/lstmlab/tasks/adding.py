@@ -18,6 +18,7 @@ Readings of the text (positions count from 0):
   * The stopping rule's "mean training error" is the mean squared error of the last
     2,000 training sequences (the paper's E without its factor 1/2).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -30,8 +31,9 @@ from .base import H97, Batch, Judgement, Published, Task, check_int, last_step_m
 from .rules import WindowRule
 
 
-def marked_pairs(n: int, T: int, low: float, combine: Callable, generator: torch.Generator,
-                 first_marked: float) -> Batch:
+def marked_pairs(
+    n: int, T: int, low: float, combine: Callable, generator: torch.Generator, first_marked: float
+) -> Batch:
     """The 1997 adding/multiplication sequences: values uniform in [low, 1], two marks.
 
     first_marked: the value the first pair takes when it is marked (the paper sets X1 to
@@ -77,7 +79,8 @@ class Adding(Task):
     target: ClassVar[str] = "last"
     published: ClassVar[tuple[Published, ...]] = tuple(
         Published(H97, {"T": T}, "LSTM, 2 blocks x 2 cells (93 weights)", seq, wrong, 2560)
-        for T, seq, wrong in [(100, 74_000, 1), (500, 209_000, 0), (1000, 853_000, 1)])
+        for T, seq, wrong in [(100, 74_000, 1), (500, 209_000, 0), (1000, 853_000, 1)]
+    )
 
     def __post_init__(self):
         check_int("T", self.T, 22)
@@ -87,8 +90,7 @@ class Adding(Task):
     test_size: ClassVar[int] = 2560
 
     def sample(self, n: int, generator: torch.Generator) -> Batch:
-        return marked_pairs(n, self.T, -1.0, lambda x1, x2: 0.5 + (x1 + x2) / 4, generator,
-                            first_marked=0.0)
+        return marked_pairs(n, self.T, -1.0, lambda x1, x2: 0.5 + (x1 + x2) / 4, generator, first_marked=0.0)
 
     def judge(self, outputs: torch.Tensor, batch: Batch) -> Judgement:
         """Correct: |y - t| < 0.04 at the end. Error: (y - t)^2."""

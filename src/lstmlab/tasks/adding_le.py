@@ -9,6 +9,7 @@ always scores the baseline MSE 1/6 = 0.167.
 The papers report MSE curves; there is no stopping rule. A sequence counts as correct
 when |y - t| < 0.04 (the 1997 adding problem's criterion, borrowed); its error is (y - t)^2.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,8 +37,8 @@ class AddingLe(Task):
     baseline: ClassVar[float] = 1 / 6
     published: ClassVar[tuple[Published, ...]] = (
         Published(LE15, {}, "baseline (predict 1)", note="MSE 0.167"),
-        Published(ARJOVSKY16, {"T": 400}, "LSTM, 128 units",
-                  note="beats the baseline up to T = 400"))
+        Published(ARJOVSKY16, {"T": 400}, "LSTM, 128 units", note="beats the baseline up to T = 400"),
+    )
 
     def __post_init__(self):
         check_int("T", self.T, 2)

@@ -12,6 +12,7 @@ Conventions (all tasks):
             (`Task.predict`): sigmoid for the 1997 squared-error tasks, softmax for
             cross-entropy, identity for plain regression.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
@@ -58,8 +59,7 @@ class Batch:
         """The sequences at `index` (n',), trimmed to their own longest length."""
         T = int(self.lengths[index].max())
         pick = lambda t: None if t is None else t[index, :T]  # noqa: E731
-        return Batch(pick(self.inputs), pick(self.targets), self.lengths[index],
-                     pick(self.mask), pick(self.legal))
+        return Batch(pick(self.inputs), pick(self.targets), self.lengths[index], pick(self.mask), pick(self.legal))
 
 
 @dataclass(frozen=True)
@@ -233,4 +233,3 @@ def mean_squared_error(task: Task, outputs: torch.Tensor, batch: Batch) -> torch
 
 def one_hot(symbols: torch.Tensor, k: int) -> torch.Tensor:
     return F.one_hot(symbols, k).to(torch.float32)
-

@@ -13,6 +13,7 @@ a stream of `length` symbols starting at a string boundary, trained by backpropa
 through the whole stream; the trainer does not cut a stream at its first error. There is
 no stopping rule: the paper trained for a fixed budget and then tested.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -33,7 +34,7 @@ def stream(coin: Coins, length: int) -> tuple[str, list[str]]:
         s, ok = embedded_string(coin)
         symbols += s
         legal += ok[:-1] + ["B"]
-    return symbols[:length + 1], legal[:length + 1]
+    return symbols[: length + 1], legal[: length + 1]
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ class ContinualReber(Task):
     published: ClassVar[tuple[Published, ...]] = (
         Published(GERS00, {}, "LSTM without forget gates", note="0% of runs perfect"),
         Published(GERS00, {}, "LSTM with forget gates", note="18% of runs perfect"),
-        Published(GERS00, {}, "LSTM with forget gates, learning-rate decay", note="62% of runs perfect"))
+        Published(GERS00, {}, "LSTM with forget gates, learning-rate decay", note="62% of runs perfect"),
+    )
 
     def __post_init__(self):
         check_int("length", self.length, 1)

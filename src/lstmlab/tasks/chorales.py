@@ -13,6 +13,7 @@ Parsing is done lazily, on first use, for the first `max_chorales` chorales in
 music21's Riemenschneider order (about 0.06 s each); nothing is written into the
 repository. Every fifth chorale (index 4, 9, ...) is a test chorale, the rest train.
 """
+
 from __future__ import annotations
 
 import math
@@ -69,11 +70,10 @@ class Chorales(Task):
         corpus = require("music21.corpus", "tasks", "task 'chorales' (its corpus)")
         chorales = require("music21.corpus.chorales", "tasks", "task 'chorales' (its corpus)")
 
-        names = list(chorales.Iterator(returnType="filename"))[:self.max_chorales]
+        names = list(chorales.Iterator(returnType="filename"))[: self.max_chorales]
         rolls = [piano_roll(corpus.parse(name), self.step) for name in names]
         rolls = [r for r in rolls if r.shape[0] >= 2]
-        return ([r for i, r in enumerate(rolls) if i % 5 != 4],
-                [r for i, r in enumerate(rolls) if i % 5 == 4])
+        return ([r for i, r in enumerate(rolls) if i % 5 != 4], [r for i, r in enumerate(rolls) if i % 5 == 4])
 
     @property
     def test_size(self) -> int:
@@ -85,8 +85,8 @@ class Chorales(Task):
         T = int(lengths.max())
         inputs, targets = torch.zeros(len(rolls), T, KEYS), torch.zeros(len(rolls), T, KEYS)
         for i, r in enumerate(rolls):
-            inputs[i, :r.shape[0] - 1] = r[:-1]
-            targets[i, :r.shape[0] - 1] = r[1:]
+            inputs[i, : r.shape[0] - 1] = r[:-1]
+            targets[i, : r.shape[0] - 1] = r[1:]
         return Batch(inputs, targets, lengths, within(lengths, T))
 
     def sample(self, n: int, generator: torch.Generator) -> Batch:
@@ -97,7 +97,7 @@ class Chorales(Task):
     def test_batches(self, generator: torch.Generator, max_batch: int = 256) -> Iterator[Batch]:
         test = self._rolls[1]
         for start in range(0, len(test), max_batch):
-            yield self._batch(test[start:start + max_batch])
+            yield self._batch(test[start : start + max_batch])
 
     def judge(self, outputs: torch.Tensor, batch: Batch) -> Judgement:
         """Correct: every predicted frame exact. Error: NLL per time step (nats)."""

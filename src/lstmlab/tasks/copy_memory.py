@@ -11,6 +11,7 @@ A sequence counts as correct when every step's most probable class is its target
 error is the mean cross-entropy per step. The paper reports learning curves, not a
 stopping point, so there is no stopping rule; compare the test error with `baseline`.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,10 +46,14 @@ class Copy(Task):
     output_size: ClassVar[int] = 9
     test_size: ClassVar[int] = 1000
     published: ClassVar[tuple[Published, ...]] = tuple(
-        Published(ARJOVSKY16, {"T": T}, "memoryless baseline",
-                  note=f"cross-entropy {b} per step; LSTM (40 units) beats it only at T = 100; "
-                       "tanh RNN never")
-        for T, b in [(100, 0.1733), (200, 0.0945), (300, 0.0650), (500, 0.0400)])
+        Published(
+            ARJOVSKY16,
+            {"T": T},
+            "memoryless baseline",
+            note=f"cross-entropy {b} per step; LSTM (40 units) beats it only at T = 100; tanh RNN never",
+        )
+        for T, b in [(100, 0.1733), (200, 0.0945), (300, 0.0650), (500, 0.0400)]
+    )
 
     def __post_init__(self):
         check_int("T", self.T, 1)

@@ -7,6 +7,7 @@ with cross-entropy over 10 outputs. The split is fixed: the first 1,500 images t
 remaining 297 test (scikit-learn's order). A sequence is correct when its most probable
 class is right; its error is the cross-entropy. No stopping rule: runs go to their budget.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -9,6 +9,7 @@ a target); predicting it needs the first symbol, p - 1 steps back.
 Success: the largest absolute output error (every output unit, every step) is below 0.25
 for 10,000 consecutive training sequences (the paper capped runs at 5 million).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,8 +46,8 @@ class Lag(Task):
     target: ClassVar[str] = "every"
     test_size: ClassVar[int] = 10_000
     published: ClassVar[tuple[Published, ...]] = (
-        Published(H97, {"p": 100}, "LSTM", 5_040,
-                  note="100% of trials; RTRL and BPTT 0% after 5M"),)
+        Published(H97, {"p": 100}, "LSTM", 5_040, note="100% of trials; RTRL and BPTT 0% after 5M"),
+    )
 
     def __post_init__(self):
         check_int("p", self.p, 2)

@@ -28,6 +28,7 @@ Readings of the text (section 5.2, task 2c):
     paper's expected length, q + 14, needs 9/10);
     "(3) conclude the sequence with x or y". The shortest sequence has q + 4 symbols.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,8 +40,17 @@ from .base import H97, Batch, Judgement, Published, Task, check_int, last_step_m
 from .rules import WindowRule
 
 # The (q, p) pairs of the paper's Table 3, in its order.
-ROWS: tuple[tuple[int, int], ...] = ((50, 50), (100, 100), (200, 200), (500, 500), (1000, 1000),
-                                     (1000, 500), (1000, 200), (1000, 100), (1000, 50))
+ROWS: tuple[tuple[int, int], ...] = (
+    (50, 50),
+    (100, 100),
+    (200, 200),
+    (500, 500),
+    (1000, 1000),
+    (1000, 500),
+    (1000, 200),
+    (1000, 100),
+    (1000, 50),
+)
 
 
 @dataclass(frozen=True)
@@ -58,8 +68,12 @@ class LagDistractor(Task):
     test_size: ClassVar[int] = 10_000
     published: ClassVar[tuple[Published, ...]] = tuple(
         Published(H97, {"q": q, "p": p}, "LSTM, 2 blocks x 1 cell", seq, note=f"{w:,} weights; mean of 20 trials")
-        for (q, p), seq, w in zip(ROWS, [30_000, 31_000, 33_000, 38_000, 49_000, 49_000, 75_000, 135_000, 203_000],
-                                  [364, 664, 1264, 3064, 6064, 3064, 1264, 664, 364]))
+        for (q, p), seq, w in zip(
+            ROWS,
+            [30_000, 31_000, 33_000, 38_000, 49_000, 49_000, 75_000, 135_000, 203_000],
+            [364, 664, 1264, 3064, 6064, 3064, 1264, 664, 364],
+        )
+    )
 
     def __post_init__(self):
         check_int("q", self.q, 0)

@@ -7,6 +7,7 @@ predictable, and the paper's criterion says so: "during 10,000 successive, rando
 chosen input sequences, the maximal absolute error of all output units is below 0.25 at
 sequence end" (section 5.2, task 2b).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,8 +24,7 @@ class LagNoisy(Lag):
     """p: the number of symbols minus one (p >= 2)."""
 
     name: ClassVar[str] = "lag-noisy"
-    published: ClassVar[tuple[Published, ...]] = (
-        Published(H97, {"p": 100}, "LSTM", 5_680, note="100% of trials"),)
+    published: ClassVar[tuple[Published, ...]] = (Published(H97, {"p": 100}, "LSTM", 5_680, note="100% of trials"),)
 
     def sample(self, n: int, generator: torch.Generator) -> Batch:
         first = first_symbols(n, self.p, generator).unsqueeze(1)

@@ -15,6 +15,7 @@ Readings of the text (shared with the adding problem, whose docstring gives the 
     (Table 8: "error > 0.04"), so it is correct when |y - t| <= 0.04.
   * The test set has 2,560 sequences; the paper reports the wrong ones and the test MSE.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,9 +43,17 @@ class Multiplication(Task):
     output_size: ClassVar[int] = 1
     test_size: ClassVar[int] = 2560
     published: ClassVar[tuple[Published, ...]] = tuple(
-        Published(H97, {"T": 100, "n_seq": n_seq}, "LSTM, 2 blocks x 2 cells (93 weights)", seq, wrong, 2560,
-                  f"test MSE {mse}")
-        for n_seq, seq, wrong, mse in [(140, 482_000, 139, 0.0223), (13, 1_273_000, 14, 0.0139)])
+        Published(
+            H97,
+            {"T": 100, "n_seq": n_seq},
+            "LSTM, 2 blocks x 2 cells (93 weights)",
+            seq,
+            wrong,
+            2560,
+            f"test MSE {mse}",
+        )
+        for n_seq, seq, wrong, mse in [(140, 482_000, 139, 0.0223), (13, 1_273_000, 14, 0.0139)]
+    )
 
     def __post_init__(self):
         check_int("T", self.T, 22)

@@ -18,6 +18,7 @@ step the output units of the legal next symbols are the most active ones (each l
 output above every illegal one). Training stops when every string of both sets is.
 The two sets are fixed by `data_seed` (drawn with their own torch.Generator).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -31,8 +32,14 @@ from .base import H97, Batch, Judgement, Published, Task, check_int, mean_square
 from .rules import EvalRule
 
 SYMBOLS = ("B", "T", "P", "S", "X", "V", "E")
-INNER = {1: (("T", 2), ("P", 3)), 2: (("S", 2), ("X", 4)), 3: (("T", 3), ("V", 5)),
-         4: (("X", 3), ("S", 6)), 5: (("P", 4), ("V", 6)), 6: (("E", 0),)}
+INNER = {
+    1: (("T", 2), ("P", 3)),
+    2: (("S", 2), ("X", 4)),
+    3: (("T", 3), ("V", 5)),
+    4: (("X", 3), ("S", 6)),
+    5: (("P", 4), ("V", 6)),
+    6: (("E", 0),),
+}
 INDEX = {s: i for i, s in enumerate(SYMBOLS)}
 
 
@@ -78,8 +85,8 @@ def string_batch(strings: list[str], legal: list[list[str]], targets: str = "nex
     symbols = torch.zeros(n, T + 1, dtype=torch.long)
     codes = torch.zeros(n, T, dtype=torch.long)  # the legal set as bits over SYMBOLS
     for i, (s, ok) in enumerate(zip(strings, legal)):
-        symbols[i, :len(s)] = torch.tensor([INDEX[c] for c in s])
-        codes[i, :len(s) - 1] = torch.tensor([_code(x) for x in ok[:len(s) - 1]])
+        symbols[i, : len(s)] = torch.tensor([INDEX[c] for c in s])
+        codes[i, : len(s) - 1] = torch.tensor([_code(x) for x in ok[: len(s) - 1]])
     allowed = (codes.unsqueeze(-1) >> torch.arange(K)) & 1 == 1
     mask = within(lengths, T)
     inputs = one_hot(symbols[:, :-1], K) * mask.unsqueeze(-1)
@@ -116,7 +123,8 @@ class Reber(Task):
     published: ClassVar[tuple[Published, ...]] = (
         Published(H97, {}, "LSTM, 3 blocks x 2 cells, lr 0.5", 8_440, note="100% of trials"),
         Published(H97, {}, "LSTM, 4 blocks x 1 cell, lr 0.1", 39_740, note="100% of trials"),
-        Published(H97, {}, "Elman, 15 hidden", None, note="0% of trials after 200,000"))
+        Published(H97, {}, "Elman, 15 hidden", None, note="0% of trials after 200,000"),
+    )
 
     def __post_init__(self):
         check_int("data_seed", self.data_seed, 0)
@@ -136,8 +144,7 @@ class Reber(Task):
             s, legal = embedded_string(coin)
             if s not in seen:
                 test.append((s, legal))
-        return tuple(string_batch([s for s, _ in part], [ok for _, ok in part])
-                     for part in (train, test))
+        return tuple(string_batch([s for s, _ in part], [ok for _, ok in part]) for part in (train, test))
 
     def sample(self, n: int, generator: torch.Generator) -> Batch:
         """n strings picked at random (with replacement) from the training set."""
@@ -154,8 +161,7 @@ class Reber(Task):
     def judge(self, outputs: torch.Tensor, batch: Batch) -> Judgement:
         """Correct: the legal next symbols' outputs are the most active at every step.
         Error: mean (y - t)^2 against the one-hot next symbol."""
-        return Judgement(most_active_correct(self, outputs, batch),
-                         mean_squared_error(self, outputs, batch))
+        return Judgement(most_active_correct(self, outputs, batch), mean_squared_error(self, outputs, batch))
 
     def stopping_rule(self) -> EvalRule:
         return EvalRule(("train", "test"))

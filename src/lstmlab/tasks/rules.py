@@ -4,6 +4,7 @@ A rule sees every training sequence's verdict, in order, through update(); rules
 need a check on fixed sets see evaluations through update_eval(). Both return True once
 the task counts as learned. state_dict() makes runs resumable.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -56,8 +57,9 @@ class WindowRule(StoppingRule):
     training (then confirmation = window).
     """
 
-    def __init__(self, window: int, max_wrong: int = 0, max_mean_error: float | None = None,
-                 counts_window: bool = False):
+    def __init__(
+        self, window: int, max_wrong: int = 0, max_mean_error: float | None = None, counts_window: bool = False
+    ):
         self.window, self.max_wrong, self.max_mean_error = window, max_wrong, max_mean_error
         self.confirmation = 0 if counts_window else window
         self.correct: deque[bool] = deque(maxlen=window)
@@ -76,8 +78,10 @@ class WindowRule(StoppingRule):
         return self.max_mean_error is None or sum(self.error) / self.window < self.max_mean_error
 
     def state_dict(self) -> dict:
-        return {"correct": torch.tensor(list(self.correct), dtype=torch.bool),
-                "error": torch.tensor(list(self.error), dtype=torch.float64)}
+        return {
+            "correct": torch.tensor(list(self.correct), dtype=torch.bool),
+            "error": torch.tensor(list(self.error), dtype=torch.float64),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.correct = deque(state["correct"].tolist(), maxlen=self.window)
@@ -94,19 +98,26 @@ class EvalRule(StoppingRule):
     wrong sequences (0: every one correct) and (if `max_mean_error` is set) the mean error
     over set `mean_error_set` is below it."""
 
-    def __init__(self, sets: tuple[str, ...], max_mean_error: float | None = None,
-                 mean_error_set: str = "test", max_wrong: int = 0):
+    def __init__(
+        self,
+        sets: tuple[str, ...],
+        max_mean_error: float | None = None,
+        mean_error_set: str = "test",
+        max_wrong: int = 0,
+    ):
         self.sets, self.max_mean_error, self.mean_error_set = sets, max_mean_error, mean_error_set
         self.max_wrong = max_wrong
 
     def update_eval(self, judgements: Mapping[str, Judgement]) -> bool:
         if any(int((~judgements[s].correct).sum()) > self.max_wrong for s in self.sets):
             return False
-        return (self.max_mean_error is None
-                or float(judgements[self.mean_error_set].error.mean()) < self.max_mean_error)
+        return self.max_mean_error is None or float(judgements[self.mean_error_set].error.mean()) < self.max_mean_error
 
     def describe(self) -> str:
         sets = f"the {' and '.join(self.sets)} set(s)"
-        s = (f"every sequence of {sets} correct at an evaluation" if self.max_wrong == 0
-             else f"at most {self.max_wrong} wrong sequences in {sets} at an evaluation")
+        s = (
+            f"every sequence of {sets} correct at an evaluation"
+            if self.max_wrong == 0
+            else f"at most {self.max_wrong} wrong sequences in {sets} at an evaluation"
+        )
         return s + (f", mean {self.mean_error_set} error < {self.max_mean_error}" if self.max_mean_error else "")

@@ -16,6 +16,7 @@ Readings: positions are the paper's, counted from 1 (E is position 1), so t1 in 
 is input index 9 .. 19. "Mean training error" is the mean, over the last 2,000
 sequences, of each sequence's mean squared error over its output units.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,8 +42,7 @@ SYMBOLS = ("a", "b", "c", "d", "E", "B", "X", "Y")
 E, B, X = SYMBOLS.index("E"), SYMBOLS.index("B"), SYMBOLS.index("X")
 
 
-def temporal_order_batch(n: int, windows: tuple[tuple[int, int], ...],
-                         generator: torch.Generator) -> Batch:
+def temporal_order_batch(n: int, windows: tuple[tuple[int, int], ...], generator: torch.Generator) -> Batch:
     """Sequences with X/Y at one position drawn from each window (1-based, inclusive)."""
     lengths = uniform_int(100, 110, n, generator)
     T = int(lengths.max())
@@ -75,16 +75,14 @@ class TemporalOrder(Task):
     input_size: ClassVar[int] = len(SYMBOLS)
     output_size: ClassVar[int] = 4
     test_size: ClassVar[int] = 2560
-    published: ClassVar[tuple[Published, ...]] = (
-        Published(H97, {}, "LSTM", 31_390, 1, 2560),)
+    published: ClassVar[tuple[Published, ...]] = (Published(H97, {}, "LSTM", 31_390, 1, 2560),)
 
     def sample(self, n: int, generator: torch.Generator) -> Batch:
         return temporal_order_batch(n, self.windows, generator)
 
     def judge(self, outputs: torch.Tensor, batch: Batch) -> Judgement:
         """Correct: every output's |y - t| < 0.3 at the end. Error: the mean (y - t)^2."""
-        return Judgement(max_abs_error(self, outputs, batch) < 0.3,
-                         mean_squared_error(self, outputs, batch))
+        return Judgement(max_abs_error(self, outputs, batch) < 0.3, mean_squared_error(self, outputs, batch))
 
     def stopping_rule(self) -> WindowRule:
         return WindowRule(2000, max_wrong=0, max_mean_error=0.1, counts_window=True)

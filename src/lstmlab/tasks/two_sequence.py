@@ -35,6 +35,7 @@ Readings of the text:
   * "Below" is strict: 3a/3b correct when |y - t| < 0.2, 3c correct when
     |y - t| <= 0.1 (wrong when the difference "is > 0.1").
 """
+
 from __future__ import annotations
 
 import math
@@ -51,14 +52,22 @@ TARGET_NOISE_STD = math.sqrt(0.1)  # 3c's target noise, variance 0.1
 TARGETS_3C = (0.2, 0.8)  # class 1, class 2
 
 # (variant, T, N, criterion, sequences, fraction misclassified of 2,560 after stopping, note)
-_TABLES = [("3a", 100, 3, "st1", 27_380, None, ""), ("3a", 100, 3, "st2", 39_850, 0.000195, ""),
-           ("3a", 100, 1, "st1", 58_370, None, ""), ("3a", 100, 1, "st2", 64_330, 0.000117, ""),
-           ("3a", 1000, 3, "st1", 446_850, None, ""), ("3a", 1000, 3, "st2", 452_460, 0.000078, ""),
-           ("3b", 100, 3, "st1", 41_740, None, ""), ("3b", 100, 3, "st2", 43_250, 0.00828, ""),
-           ("3b", 100, 1, "st1", 74_950, None, ""), ("3b", 100, 1, "st2", 78_430, 0.01500, ""),
-           ("3b", 1000, 1, "st1", 481_060, None, ""), ("3b", 1000, 1, "st2", 485_080, 0.01207, ""),
-           ("3c", 100, 3, "st2", 269_650, 0.00558, "; mean |y - expected target| 0.014"),
-           ("3c", 100, 1, "st2", 565_640, 0.00441, "; mean |y - expected target| 0.012")]
+_TABLES = [
+    ("3a", 100, 3, "st1", 27_380, None, ""),
+    ("3a", 100, 3, "st2", 39_850, 0.000195, ""),
+    ("3a", 100, 1, "st1", 58_370, None, ""),
+    ("3a", 100, 1, "st2", 64_330, 0.000117, ""),
+    ("3a", 1000, 3, "st1", 446_850, None, ""),
+    ("3a", 1000, 3, "st2", 452_460, 0.000078, ""),
+    ("3b", 100, 3, "st1", 41_740, None, ""),
+    ("3b", 100, 3, "st2", 43_250, 0.00828, ""),
+    ("3b", 100, 1, "st1", 74_950, None, ""),
+    ("3b", 100, 1, "st2", 78_430, 0.01500, ""),
+    ("3b", 1000, 1, "st1", 481_060, None, ""),
+    ("3b", 1000, 1, "st2", 485_080, 0.01207, ""),
+    ("3c", 100, 3, "st2", 269_650, 0.00558, "; mean |y - expected target| 0.014"),
+    ("3c", 100, 1, "st2", 565_640, 0.00441, "; mean |y - expected target| 0.012"),
+]
 
 
 @dataclass(frozen=True)
@@ -79,10 +88,19 @@ class TwoSequence(Task):
     output_size: ClassVar[int] = 1
     test_size: ClassVar[int] = 2560
     published: ClassVar[tuple[Published, ...]] = tuple(
-        Published(H97, {"T": T, "N": N, "variant": v, "criterion": c}, "LSTM, 3 blocks x 1 cell (102 weights)",
-                  seq, note=("mean of 10 trials" if frac is None
-                             else f"mean of 10 trials; fraction misclassified after stopping {frac}{extra}"))
-        for v, T, N, c, seq, frac, extra in _TABLES)
+        Published(
+            H97,
+            {"T": T, "N": N, "variant": v, "criterion": c},
+            "LSTM, 3 blocks x 1 cell (102 weights)",
+            seq,
+            note=(
+                "mean of 10 trials"
+                if frac is None
+                else f"mean of 10 trials; fraction misclassified after stopping {frac}{extra}"
+            ),
+        )
+        for v, T, N, c, seq, frac, extra in _TABLES
+    )
 
     def __post_init__(self):
         check_int("N", self.N, 1)
@@ -90,8 +108,9 @@ class TwoSequence(Task):
         check_choice("variant", self.variant, ("3a", "3b", "3c"))
         check_choice("criterion", self.criterion, ("st1", "st2"))
         if self.variant == "3c" and self.criterion != "st2":
-            raise ValueError(f"criterion={self.criterion!r} is invalid for variant '3c'; allowed: 'st2' "
-                             "(3c has one stopping rule)")
+            raise ValueError(
+                f"criterion={self.criterion!r} is invalid for variant '3c'; allowed: 'st2' (3c has one stopping rule)"
+            )
 
     def sample(self, n: int, generator: torch.Generator) -> Batch:
         label = torch.randint(0, 2, (n,), generator=generator).float()  # 1: class 1
@@ -100,9 +119,9 @@ class TwoSequence(Task):
         x = NOISE_STD * torch.randn(n, Tmax, generator=generator)
         sign = (2 * label - 1).unsqueeze(1)
         if self.variant == "3b":
-            x[:, :self.N] += sign
+            x[:, : self.N] += sign
         else:
-            x[:, :self.N] = sign
+            x[:, : self.N] = sign
         x = x * within(lengths, Tmax)
         mask = last_step_mask(lengths, Tmax)
         if self.variant == "3c":

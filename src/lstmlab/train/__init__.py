@@ -7,9 +7,19 @@ atomic resumable checkpoints and a JSON-lines metrics log.
     ...                      max_sequences=20_000, out_dir="runs/reber")
     >>> result = train(config)  # doctest: +SKIP
 """
+
 from .config import BUDGET_FIELDS, TrainConfig
 from .loop import RunResult, Trainer, TrainingDiverged, TrainingInterrupted, train
 from .model import SequenceModel, build_model
 
-__all__ = ["BUDGET_FIELDS", "RunResult", "SequenceModel", "TrainConfig", "Trainer", "TrainingDiverged",
-           "TrainingInterrupted", "build_model", "train"]
+__all__ = [
+    "BUDGET_FIELDS",
+    "RunResult",
+    "SequenceModel",
+    "TrainConfig",
+    "Trainer",
+    "TrainingDiverged",
+    "TrainingInterrupted",
+    "build_model",
+    "train",
+]

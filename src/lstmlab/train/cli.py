@@ -1,4 +1,5 @@
 """`lstmlab train TASK ...` and `lstmlab reproduce 1997`; `register(subparsers)` adds both."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,10 @@ from .loop import TrainingDiverged, TrainingInterrupted, train
 from .reproduce import ROWS_1997, Budget, markdown, reproduce_1997, write_report
 
 # --regime fills the optimiser options the user did not give.
-REGIMES = {"paper": {"optimizer": "sgd", "batch_size": 1, "lr": 0.1},
-           "modern": {"optimizer": "adam", "batch_size": 32, "lr": 1e-3}}
+REGIMES = {
+    "paper": {"optimizer": "sgd", "batch_size": 1, "lr": 0.1},
+    "modern": {"optimizer": "adam", "batch_size": 32, "lr": 1e-3},
+}
 
 
 def key_values(flag: str, items: list[str]) -> list[tuple[str, str]]:
@@ -37,14 +40,16 @@ def parse_params(task: str, items: list[str]) -> dict:
     params = {}
     for key, value in key_values("--param", items):
         if key not in types:
-            raise ValueError(f"--param {key}={value!r} is not a parameter of task {task!r}; "
-                             f"allowed: {', '.join(types) or 'none'}")
+            raise ValueError(
+                f"--param {key}={value!r} is not a parameter of task {task!r}; allowed: {', '.join(types) or 'none'}"
+            )
         kind = types[key][0]
         try:
             params[key] = kind(value) if kind in (int, float) else value
         except ValueError:
-            raise ValueError(f"--param {key}={value!r} is invalid; allowed: "
-                             f"{'an int' if kind is int else 'a number'}") from None
+            raise ValueError(
+                f"--param {key}={value!r} is invalid; allowed: {'an int' if kind is int else 'a number'}"
+            ) from None
     return params
 
 
@@ -56,8 +61,10 @@ def parse_cell_options(cell: str, items: list[str]) -> dict:
     options = {}
     for key, value in key_values("--cell-option", items):
         if key not in allowed:
-            raise ValueError(f"--cell-option {key}={value!r}: cell {cell!r} has no option {key!r}; "
-                             f"allowed: {', '.join(allowed) or 'none'}")
+            raise ValueError(
+                f"--cell-option {key}={value!r}: cell {cell!r} has no option {key!r}; "
+                f"allowed: {', '.join(allowed) or 'none'}"
+            )
         if kinds[key] in (bool, "bool"):
             if value.lower() not in ("true", "false"):
                 raise ValueError(f"--cell-option {key}={value!r} is invalid; allowed: true or false")
@@ -68,13 +75,21 @@ def parse_cell_options(cell: str, items: list[str]) -> dict:
 
 
 def add_optimiser_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--regime", choices=tuple(REGIMES), default="paper",
-                   help="paper: online plain SGD, lr 0.1; modern: Adam, batch 32, lr 1e-3")
+    p.add_argument(
+        "--regime",
+        choices=tuple(REGIMES),
+        default="paper",
+        help="paper: online plain SGD, lr 0.1; modern: Adam, batch 32, lr 1e-3",
+    )
     p.add_argument("--optimizer", choices=("sgd", "adam"))
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int, help="sequences per update")
-    p.add_argument("--loss-steps", choices=("mean", "sum"), default="mean",
-                   help="average or add the per-step errors over a sequence (see TrainConfig)")
+    p.add_argument(
+        "--loss-steps",
+        choices=("mean", "sum"),
+        default="mean",
+        help="average or add the per-step errors over a sequence (see TrainConfig)",
+    )
     p.add_argument("--clip-norm", type=float, help="rescale the gradient to this norm when larger")
     p.add_argument("--clip-value", type=float, help="clip every gradient element to [-v, v]")
     p.add_argument("--max-sequences", type=int, default=100_000)
@@ -85,17 +100,29 @@ def add_optimiser_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_flow_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--flow-every", type=int, metavar="N",
-                   help="measure the error flow (gradient against lag, horizon, gate histograms) on a fixed "
-                        "probe batch every N sequences, into the run's flow.json; see `lstmlab flow-report`")
+    p.add_argument(
+        "--flow-every",
+        type=int,
+        metavar="N",
+        help="measure the error flow (gradient against lag, horizon, gate histograms) on a fixed "
+        "probe batch every N sequences, into the run's flow.json; see `lstmlab flow-report`",
+    )
 
 
 def optimiser_options(args) -> dict:
     chosen = {k: getattr(args, k) for k in ("optimizer", "lr", "batch_size") if getattr(args, k) is not None}
-    return {**REGIMES[args.regime], **chosen, "loss_steps": args.loss_steps, "clip_norm": args.clip_norm, "clip_value": args.clip_value,
-            "max_sequences": args.max_sequences, "max_seconds": args.max_seconds,
-            "eval_every": args.eval_every, "seed": args.seed,
-            "progress": False if args.no_progress else None}
+    return {
+        **REGIMES[args.regime],
+        **chosen,
+        "loss_steps": args.loss_steps,
+        "clip_norm": args.clip_norm,
+        "clip_value": args.clip_value,
+        "max_sequences": args.max_sequences,
+        "max_seconds": args.max_seconds,
+        "eval_every": args.eval_every,
+        "seed": args.seed,
+        "progress": False if args.no_progress else None,
+    }
 
 
 def _train(args) -> int:
@@ -104,19 +131,30 @@ def _train(args) -> int:
     if args.resume and not args.out:
         raise ValueError("--resume needs --out (the run directory holding the checkpoint)")
     if args.checkpoint_every < 0:
-        raise ValueError(f"--checkpoint-every={args.checkpoint_every} is invalid; allowed: an int >= 0 "
-                         "(0: only at the end)")
+        raise ValueError(
+            f"--checkpoint-every={args.checkpoint_every} is invalid; allowed: an int >= 0 (0: only at the end)"
+        )
     if args.out:
         check_writable(args.out, "--out")
     if args.json:
         check_writable(args.json, "--json", folder=False)
-    config = TrainConfig(args.task, parse_params(args.task, args.param), cell=args.cell,
-                         cell_options=parse_cell_options(args.cell, args.cell_option),
-                         hidden_size=args.hidden, num_layers=args.layers, init=args.init,
-                         forget_bias=args.forget_bias, input_bias=args.input_bias,
-                         skip_input=args.skip_input, connect_after=args.connect_after, out_dir=args.out,
-                         checkpoint_every=args.checkpoint_every or None, flow_every=args.flow_every,
-                         **optimiser_options(args))
+    config = TrainConfig(
+        args.task,
+        parse_params(args.task, args.param),
+        cell=args.cell,
+        cell_options=parse_cell_options(args.cell, args.cell_option),
+        hidden_size=args.hidden,
+        num_layers=args.layers,
+        init=args.init,
+        forget_bias=args.forget_bias,
+        input_bias=args.input_bias,
+        skip_input=args.skip_input,
+        connect_after=args.connect_after,
+        out_dir=args.out,
+        checkpoint_every=args.checkpoint_every or None,
+        flow_every=args.flow_every,
+        **optimiser_options(args),
+    )
     try:
         result = train(config, resume=args.resume, overwrite=args.overwrite)
     except TrainingDiverged as e:
@@ -125,11 +163,16 @@ def _train(args) -> int:
     report = {**result.to_dict(), "config": config.resolved().to_dict()}
     if args.json:
         write_json(Path(args.json), report)
-    solved = f"solved after {result.sequences_to_success:,} sequences" if result.solved else \
-        f"not solved ({result.stop_reason})"
+    solved = (
+        f"solved after {result.sequences_to_success:,} sequences"
+        if result.solved
+        else f"not solved ({result.stop_reason})"
+    )
     tested = f"; test errors {result.test_errors}/{result.test_size}" if result.test_size else ""
-    print(f"{result.task} {result.cell} H={result.hidden_size}: {solved}, {result.sequences_seen:,} "
-          f"seen in {result.wall_seconds:.1f} s{tested}")
+    print(
+        f"{result.task} {result.cell} H={result.hidden_size}: {solved}, {result.sequences_seen:,} "
+        f"seen in {result.wall_seconds:.1f} s{tested}"
+    )
     if args.flow_every and args.out:
         print(f"error flow: {Path(args.out) / 'flow.json'}; figures: lstmlab flow-report {args.out}")
     return 0
@@ -137,15 +180,22 @@ def _train(args) -> int:
 
 def _reproduce(args) -> int:
     check_writable(args.out, "--out")
-    budget = Budget(max_sequences=args.max_sequences, max_seconds=args.max_seconds, seed=args.seed,
-                    out_dir=str(Path(args.out) / "runs"),
-                    progress=False if args.no_progress or args.jobs > 1 else None, flow_every=args.flow_every)
+    budget = Budget(
+        max_sequences=args.max_sequences,
+        max_seconds=args.max_seconds,
+        seed=args.seed,
+        out_dir=str(Path(args.out) / "runs"),
+        progress=False if args.no_progress or args.jobs > 1 else None,
+        flow_every=args.flow_every,
+    )
     start = time.perf_counter()
     try:
         table = reproduce_1997(budget, tasks=tuple(args.tasks) if args.tasks else None, jobs=args.jobs)
     except TrainingInterrupted as e:  # its advice (--resume) is train's, not ours
-        raise KeyboardInterrupt(f"a run stopped at sequence {e.sequences:,}; no table was written. "
-                                "Run the command again to start the reproduction over") from None
+        raise KeyboardInterrupt(
+            f"a run stopped at sequence {e.sequences:,}; no table was written. "
+            "Run the command again to start the reproduction over"
+        ) from None
     md, js = write_report(table, budget, Path(args.out))
     print(markdown(table, budget))
     print(f"written: {md}, {js} ({time.perf_counter() - start:.0f} s in all)")
@@ -155,31 +205,60 @@ def _reproduce(args) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a model on a task until solved or out of budget")
     p.add_argument("task", help="one of: " + ", ".join(task_names()))
-    p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="a task parameter, e.g. -p T=1000 (repeatable)")
+    p.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a task parameter, e.g. -p T=1000 (repeatable)",
+    )
     p.add_argument("--cell", default="lstm")
     p.add_argument("--hidden", type=int, default=8)
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--init", choices=("torch", "1997"), default="torch")
     p.add_argument("--forget-bias", type=float)
-    p.add_argument("--input-bias", type=float,
-                   help="initial input-gate bias (the 1997 remedy for state drift, e.g. -3)")
-    p.add_argument("--cell-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="change a field of the cell, e.g. --cell-option output_gate=false (repeatable)")
-    p.add_argument("--skip-input", action="store_true",
-                   help="direct input-to-output weights beside the readout (the 1997 lag nets')")
-    p.add_argument("--connect-after", type=int, default=0, metavar="N",
-                   help="train N sequences before connecting the recurrent layer (needs --skip-input)")
+    p.add_argument(
+        "--input-bias", type=float, help="initial input-gate bias (the 1997 remedy for state drift, e.g. -3)"
+    )
+    p.add_argument(
+        "--cell-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a field of the cell, e.g. --cell-option output_gate=false (repeatable)",
+    )
+    p.add_argument(
+        "--skip-input",
+        action="store_true",
+        help="direct input-to-output weights beside the readout (the 1997 lag nets')",
+    )
+    p.add_argument(
+        "--connect-after",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train N sequences before connecting the recurrent layer (needs --skip-input)",
+    )
     add_optimiser_options(p)
     p.add_argument("--out", help="run directory: checkpoint, metrics.jsonl, config.json, result.json")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from --out's checkpoint (metrics logged after it are dropped)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a run already in --out (without --resume or this, one there is refused)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from --out's checkpoint (metrics logged after it are dropped)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run already in --out (without --resume or this, one there is refused)",
+    )
     every = TrainConfig.__dataclass_fields__["checkpoint_every"].default
-    p.add_argument("--checkpoint-every", type=int, default=every, metavar="N",
-                   help="sequences between checkpoints in --out (default %(default)s; 0: only at the end); "
-                        "Ctrl-C also saves one, then exits with status 130")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=every,
+        metavar="N",
+        help="sequences between checkpoints in --out (default %(default)s; 0: only at the end); "
+        "Ctrl-C also saves one, then exits with status 130",
+    )
     p.add_argument("--json", help="write the result (solved, sequences_seen, test_errors, ...) here")
     add_flow_option(p)
     p.set_defaults(func=_train)
@@ -187,12 +266,14 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("reproduce", help="reproduce a paper's table within a CPU budget")
     p.add_argument("paper", choices=("1997",))
     p.add_argument("--tasks", nargs="+", choices=[r.task for r in ROWS_1997], help="a subset of the rows")
-    p.add_argument("--max-sequences", type=int,
-                   help="the budget of every run (default: each row's own, the paper's count)")
+    p.add_argument(
+        "--max-sequences", type=int, help="the budget of every run (default: each row's own, the paper's count)"
+    )
     p.add_argument("--max-seconds", type=float, default=600.0, help="wall-clock limit of each run")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--jobs", type=int, default=1,
-                   help="runs at once, one CPU thread each (default 1: one after another)")
+    p.add_argument(
+        "--jobs", type=int, default=1, help="runs at once, one CPU thread each (default 1: one after another)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", default="out/reproduce-1997", help="where the table and the runs go")
     add_flow_option(p)

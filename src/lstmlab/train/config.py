@@ -1,4 +1,5 @@
 """The training configuration: one frozen dataclass, validated where values enter."""
+
 from __future__ import annotations
 
 import math
@@ -23,16 +24,18 @@ def _number(name, value, minimum=0.0, strict=True, optional=False):
     ok = ok and (value > minimum if strict else value >= minimum)
     if not ok:
         bound = "" if minimum == float("-inf") else f" > {minimum:g}" if strict else f" >= {minimum:g}"
-        raise ValueError(f"{name}={value!r} is invalid; allowed: a finite number{bound}"
-                         + (" or None" if optional else ""))
+        raise ValueError(
+            f"{name}={value!r} is invalid; allowed: a finite number{bound}" + (" or None" if optional else "")
+        )
 
 
 def _integer(name, value, minimum, optional=False):
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} is invalid; allowed: an int >= {minimum}"
-                         + (" or None" if optional else ""))
+        raise ValueError(
+            f"{name}={value!r} is invalid; allowed: an int >= {minimum}" + (" or None" if optional else "")
+        )
 
 
 @dataclass(frozen=True)
@@ -122,19 +125,27 @@ class TrainConfig:
             raise ValueError(f"loss_steps={self.loss_steps!r} is invalid; allowed: {', '.join(LOSS_STEPS)}")
         if self.init not in INITS:
             raise ValueError(f"init={self.init!r} is invalid; allowed: {', '.join(INITS)}")
-        for name, minimum in [("hidden_size", 1), ("num_layers", 1), ("batch_size", 1),
-                              ("max_sequences", 1), ("eval_every", 1), ("eval_size", 1),
-                              ("eval_batch_size", 1), ("seed", 0), ("connect_after", 0)]:
+        for name, minimum in [
+            ("hidden_size", 1),
+            ("num_layers", 1),
+            ("batch_size", 1),
+            ("max_sequences", 1),
+            ("eval_every", 1),
+            ("eval_size", 1),
+            ("eval_batch_size", 1),
+            ("seed", 0),
+            ("connect_after", 0),
+        ]:
             _integer(name, getattr(self, name), minimum)
         _integer("checkpoint_every", self.checkpoint_every, 1, optional=True)
         _integer("flow_every", self.flow_every, 1, optional=True)
         _number("lr", self.lr)
-        if not (isinstance(self.momentum, (int, float)) and not isinstance(self.momentum, bool)
-                and 0 <= self.momentum < 1):
+        if not (
+            isinstance(self.momentum, (int, float)) and not isinstance(self.momentum, bool) and 0 <= self.momentum < 1
+        ):
             raise ValueError(f"momentum={self.momentum!r} is invalid; allowed: a number in [0, 1)")
         if self.momentum and self.optimizer != "sgd":
-            raise ValueError(f"momentum={self.momentum!r} applies to optimizer='sgd' only, "
-                             f"not {self.optimizer!r}")
+            raise ValueError(f"momentum={self.momentum!r} applies to optimizer='sgd' only, not {self.optimizer!r}")
         _number("input_noise", self.input_noise, strict=False)
         _number("clip_norm", self.clip_norm, optional=True)
         _number("clip_value", self.clip_value, optional=True)
@@ -144,13 +155,16 @@ class TrainConfig:
         if self.input_bias is not None:
             _number("input_bias", self.input_bias, minimum=float("-inf"))
             if spec.kind != "lstm" or not spec.input_gate:
-                raise ValueError(f"input_bias={self.input_bias!r} needs a cell with an input gate; "
-                                 f"cell {self.cell!r} has none")
+                raise ValueError(
+                    f"input_bias={self.input_bias!r} needs a cell with an input gate; cell {self.cell!r} has none"
+                )
         if not isinstance(self.skip_input, bool):
             raise ValueError(f"skip_input={self.skip_input!r} is invalid; allowed: True or False")
         if self.connect_after and not self.skip_input:
-            raise ValueError(f"connect_after={self.connect_after!r} needs skip_input=True (until the recurrent "
-                             f"layer is connected the outputs come from the skip path)")
+            raise ValueError(
+                f"connect_after={self.connect_after!r} needs skip_input=True (until the recurrent "
+                f"layer is connected the outputs come from the skip path)"
+            )
         if not isinstance(self.test, bool):
             raise ValueError(f"test={self.test!r} is invalid; allowed: True or False")
         if self.progress is not None and not isinstance(self.progress, bool):
@@ -166,5 +180,8 @@ class TrainConfig:
     def differences(self, other: TrainConfig) -> list[str]:
         """Fields, other than the budget ones, in which two configs differ."""
         mine, theirs = self.resolved(), other.resolved()
-        return [f.name for f in fields(self) if f.name not in BUDGET_FIELDS
-                and getattr(mine, f.name) != getattr(theirs, f.name)]
+        return [
+            f.name
+            for f in fields(self)
+            if f.name not in BUDGET_FIELDS and getattr(mine, f.name) != getattr(theirs, f.name)
+        ]

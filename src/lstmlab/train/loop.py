@@ -9,6 +9,7 @@ its update), as the papers did, and fed to the task's stopping rule; tasks whose
 checks fixed sets are evaluated every `eval_every` sequences. Runs are deterministic in
 the seed and resumable bit for bit from their checkpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -94,8 +95,11 @@ class Trainer:
         self.task = make(config.task, **config.task_params)
         self.model = build_model(config, self.task, config.seed * 1000 + MODEL_INIT)
         params = self.model.parameters()
-        self.optimizer = (torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
-                          if config.optimizer == "sgd" else torch.optim.Adam(params, lr=config.lr))
+        self.optimizer = (
+            torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
+            if config.optimizer == "sgd"
+            else torch.optim.Adam(params, lr=config.lr)
+        )
         self.generator = seeded(config.seed, TRAIN_DATA)
         self.rule = self.task.stopping_rule()
         self.fixed_sets = self.task.eval_sets(seeded(config.seed, EVAL_DATA))
@@ -114,17 +118,26 @@ class Trainer:
 
     # ---- state ----------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"config": self.config.resolved().to_dict(), "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
-                "rule": self.rule.state_dict(), "sequences": self.sequences, "updates": self.updates,
-                "elapsed": self.elapsed, "solved": self.solved,
-                "since": [(loss, j.correct, j.error) for loss, j in self.since]}
+        return {
+            "config": self.config.resolved().to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "rule": self.rule.state_dict(),
+            "sequences": self.sequences,
+            "updates": self.updates,
+            "elapsed": self.elapsed,
+            "solved": self.solved,
+            "since": [(loss, j.correct, j.error) for loss, j in self.since],
+        }
 
     def load_state_dict(self, state: dict) -> None:
         differ = self.config.differences(TrainConfig(**state["config"]))
         if differ:
-            raise ValueError(f"checkpoint config differs from this run's in {', '.join(differ)}; "
-                             f"only {', '.join(BUDGET_FIELDS)} may change")
+            raise ValueError(
+                f"checkpoint config differs from this run's in {', '.join(differ)}; "
+                f"only {', '.join(BUDGET_FIELDS)} may change"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
@@ -146,8 +159,10 @@ class Trainer:
             state = torch.load(path, weights_only=True)
         except Exception as e:  # torch raises any of several types for a damaged file
             why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {why}): it is truncated "
-                             f"or not a checkpoint written by lstmlab; {fix}") from None
+            raise ValueError(
+                f"checkpoint {path} cannot be read ({type(e).__name__}: {why}): it is truncated "
+                f"or not a checkpoint written by lstmlab; {fix}"
+            ) from None
         missing = sorted(set(self.state_dict()) - {"since"} - set(state)) if isinstance(state, dict) else None
         if missing is None or missing:
             what = f"a {type(state).__name__}" if missing is None else f"a dict without {', '.join(missing)}"
@@ -171,10 +186,16 @@ class Trainer:
                 records.append((line, json.loads(line)))
             except json.JSONDecodeError:
                 continue  # a line cut short when the run was killed
-        marks = [i for i, (_, r) in enumerate(records)
-                 if r.get("event") == "checkpoint" and r.get("sequences") == self.sequences]
-        keep = records[:marks[-1] + 1] if marks else \
-            [(line, r) for line, r in records if r.get("sequences", 0) <= self.sequences]
+        marks = [
+            i
+            for i, (_, r) in enumerate(records)
+            if r.get("event") == "checkpoint" and r.get("sequences") == self.sequences
+        ]
+        keep = (
+            records[: marks[-1] + 1]
+            if marks
+            else [(line, r) for line, r in records if r.get("sequences", 0) <= self.sequences]
+        )
         kept = "".join(line + "\n" for line, _ in keep)
         if kept != text:
             atomic_write(path, lambda f: f.write(kept.encode()))
@@ -188,8 +209,10 @@ class Trainer:
         try:
             records = json.loads(path.read_text())["records"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}); delete it to measure "
-                             "the error flow afresh from here, or start afresh with --overwrite") from None
+            raise ValueError(
+                f"{path} cannot be read ({type(e).__name__}: {e}); delete it to measure "
+                "the error flow afresh from here, or start afresh with --overwrite"
+            ) from None
         self.flow_records = [r for r in records if r["sequences"] <= self.sequences]
         self.write_flow()
 
@@ -197,10 +220,19 @@ class Trainer:
         if self.out is None:
             return
         c = self.config
-        write_json(self.out / FLOW_FILE, {
-            "task": c.task, "task_params": self.task.params(), "cell": c.cell, "hidden_size": c.hidden_size,
-            "flow_every": c.flow_every, "probe_batch": FLOW_PROBE_BATCH,
-            "threshold": self.probe.config.threshold if self.probe else None, "records": self.flow_records})
+        write_json(
+            self.out / FLOW_FILE,
+            {
+                "task": c.task,
+                "task_params": self.task.params(),
+                "cell": c.cell,
+                "hidden_size": c.hidden_size,
+                "flow_every": c.flow_every,
+                "probe_batch": FLOW_PROBE_BATCH,
+                "threshold": self.probe.config.threshold if self.probe else None,
+                "records": self.flow_records,
+            },
+        )
 
     def measure_flow(self) -> None:
         """Measure the error flow now (once per sequence count) and store it with the run."""
@@ -218,8 +250,7 @@ class Trainer:
 
     def log(self, **record) -> None:
         if self.out is not None:
-            record = {"sequences": self.sequences, "updates": self.updates,
-                      "seconds": round(self.elapsed, 3), **record}
+            record = {"sequences": self.sequences, "updates": self.updates, "seconds": round(self.elapsed, 3), **record}
             with open(self.out / METRICS, "a") as f:
                 f.write(json.dumps(record) + "\n")
             self.wrote = True
@@ -303,9 +334,11 @@ class Trainer:
         elif not self.wrote:
             existing = [n for n in (CHECKPOINT, METRICS, RESULT, FLOW_FILE) if (self.out / n).exists()]
             if existing and not (overwrite or resume):  # resume without a checkpoint starts afresh
-                raise ValueError(f"out_dir {str(self.out)!r} already holds a run ({', '.join(existing)}); "
-                                 "allowed: resume=True (--resume) to continue it, overwrite=True (--overwrite) "
-                                 "to start afresh, or another out_dir (--out)")
+                raise ValueError(
+                    f"out_dir {str(self.out)!r} already holds a run ({', '.join(existing)}); "
+                    "allowed: resume=True (--resume) to continue it, overwrite=True (--overwrite) "
+                    "to start afresh, or another out_dir (--out)"
+                )
             for name in existing:
                 (self.out / name).unlink()
         write_json(self.out / CONFIG, self.config.resolved().to_dict())
@@ -320,11 +353,13 @@ class Trainer:
         where = f"sequence {self.sequences:,} (update {self.updates:,})"
         self.log(event="interrupted")
         if self.out is None:
-            return TrainingInterrupted(f"stopped at {where}; nothing was saved (out_dir is None)",
-                                       self.sequences, None)
-        return TrainingInterrupted(f"stopped at {where}; checkpoint saved to {self.out / CHECKPOINT}. "
-                                   "To continue, run the same command with --resume (train(..., resume=True))",
-                                   self.sequences, self.out / CHECKPOINT)
+            return TrainingInterrupted(f"stopped at {where}; nothing was saved (out_dir is None)", self.sequences, None)
+        return TrainingInterrupted(
+            f"stopped at {where}; checkpoint saved to {self.out / CHECKPOINT}. "
+            "To continue, run the same command with --resume (train(..., resume=True))",
+            self.sequences,
+            self.out / CHECKPOINT,
+        )
 
     def run(self, resume: bool = False, overwrite: bool = False) -> RunResult:
         """Train until solved or out of budget, then test. resume: continue from
@@ -337,8 +372,9 @@ class Trainer:
         if self.out is not None:
             self.prepare_out(resume, overwrite)
         show = sys.stderr.isatty() if c.progress is None else c.progress
-        bar = tqdm(total=c.max_sequences, initial=self.sequences, unit="seq", disable=not show,
-                   desc=f"{c.task} {c.cell}")
+        bar = tqdm(
+            total=c.max_sequences, initial=self.sequences, unit="seq", disable=not show, desc=f"{c.task} {c.cell}"
+        )
         start = time.perf_counter() - self.elapsed
         # Ctrl-C sets a flag checked between updates, so a checkpoint never holds half an update
         main = threading.current_thread() is threading.main_thread()
@@ -362,8 +398,9 @@ class Trainer:
                     self.since = []
                     evals = self.evaluate()
                     for name, j in evals.items():
-                        self.log(event="eval", set=name, correct=float(j.correct.float().mean()),
-                                 error=float(j.error.mean()))
+                        self.log(
+                            event="eval", set=name, correct=float(j.correct.float().mean()), error=float(j.error.mean())
+                        )
                     self.solved = self.solved or self.rule.update_eval(evals)
                 if c.flow_every and self.sequences // c.flow_every > before // c.flow_every:
                     self.measure_flow()
@@ -386,23 +423,38 @@ class Trainer:
 
     def log_interval(self, since: list[tuple[float, Judgement]]) -> None:
         j = concat([j for _, j in since])
-        self.log(event="train", loss=sum(l for l, _ in since) / len(since),
-                 correct=float(j.correct.float().mean()), error=float(j.error.mean()))
+        self.log(
+            event="train",
+            loss=sum(l for l, _ in since) / len(since),
+            correct=float(j.correct.float().mean()),
+            error=float(j.error.mean()),
+        )
 
     def finish(self, stop: str) -> RunResult:
         tested = self.test() if self.config.test else None
         success = max(0, self.sequences - self.rule.confirmation) if self.solved else None
         result = RunResult(
-            task=self.config.task, task_params=self.task.params(), cell=self.config.cell,
-            hidden_size=self.config.hidden_size, parameters=self.model.num_parameters(),
-            solved=self.solved, stop_reason=stop, sequences_seen=self.sequences,
-            sequences_to_success=success, updates=self.updates,
+            task=self.config.task,
+            task_params=self.task.params(),
+            cell=self.config.cell,
+            hidden_size=self.config.hidden_size,
+            parameters=self.model.num_parameters(),
+            solved=self.solved,
+            stop_reason=stop,
+            sequences_seen=self.sequences,
+            sequences_to_success=success,
+            updates=self.updates,
             test_errors=None if tested is None else int((~tested.correct).sum()),
             test_size=None if tested is None else len(tested),
             test_mean_error=None if tested is None else float(tested.error.mean()),
-            wall_seconds=round(self.elapsed, 3))
-        self.log(event="done", **{k: v for k, v in result.to_dict().items() if k.startswith("test")},
-                 solved=self.solved, stop_reason=stop)
+            wall_seconds=round(self.elapsed, 3),
+        )
+        self.log(
+            event="done",
+            **{k: v for k, v in result.to_dict().items() if k.startswith("test")},
+            solved=self.solved,
+            stop_reason=stop,
+        )
         if self.out is not None:
             write_json(self.out / RESULT, result.to_dict())
         return result

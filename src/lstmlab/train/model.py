@@ -1,4 +1,5 @@
 """The trained model: a recurrent network of any cell, then a linear readout."""
+
 from __future__ import annotations
 
 import torch
@@ -28,12 +29,29 @@ class SequenceModel(nn.Module):
         task squashes it itself).
     """
 
-    def __init__(self, input_size: int, hidden_size: int, output_size: int, cell: str | CellSpec = "lstm",
-                 num_layers: int = 1, init: str = "torch", forget_bias: float | None = None,
-                 input_bias: float | None = None, skip_input: bool = False):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        output_size: int,
+        cell: str | CellSpec = "lstm",
+        num_layers: int = 1,
+        init: str = "torch",
+        forget_bias: float | None = None,
+        input_bias: float | None = None,
+        skip_input: bool = False,
+    ):
         super().__init__()
-        self.rnn = Recurrent(input_size, hidden_size, cell=cell, num_layers=num_layers,
-                             batch_first=True, init=init, forget_bias=forget_bias, input_bias=input_bias)
+        self.rnn = Recurrent(
+            input_size,
+            hidden_size,
+            cell=cell,
+            num_layers=num_layers,
+            batch_first=True,
+            init=init,
+            forget_bias=forget_bias,
+            input_bias=input_bias,
+        )
         self.readout = nn.Linear(hidden_size, output_size)
         self.skip = nn.Linear(input_size, output_size, bias=False) if skip_input else None
         self.connected = True
@@ -62,7 +80,14 @@ def build_model(config, task, seed: int) -> SequenceModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         cell = get_cell(config.cell).with_options(**config.cell_options)
-        return SequenceModel(task.input_size, config.hidden_size, task.output_size, cell=cell,
-                             num_layers=config.num_layers, init=config.init,
-                             forget_bias=config.forget_bias, input_bias=config.input_bias,
-                             skip_input=config.skip_input)
+        return SequenceModel(
+            task.input_size,
+            config.hidden_size,
+            task.output_size,
+            cell=cell,
+            num_layers=config.num_layers,
+            init=config.init,
+            forget_bias=config.forget_bias,
+            input_bias=config.input_bias,
+            skip_input=config.skip_input,
+        )

@@ -24,6 +24,7 @@ budget (the test error stayed at the target variance). Lag p = 100 needs the pap
 net: direct input-to-output weights beside one memory cell that is connected once those
 weights have learned the local predictions (see its row).
 """
+
 from __future__ import annotations
 
 import time
@@ -58,49 +59,70 @@ class Row:
     eval_every: int = 1_000
     why: str = ""
 
+
 # The 1997 net for the lag task: a memory cell with an input gate only, g the logistic
 # sigmoid, h the identity (Hochreiter & Schmidhuber 1997, section 5.2).
 LAG_CELL = {"activation": "sigmoid", "output_activation": "identity", "output_gate": False}
 
 ROWS_1997 = (
-    Row("adding", {"T": 100},
-        dict(cell="lstm", hidden_size=16, forget_bias=8.0, input_bias=-5.0,
-             optimizer="adam", lr=0.01, batch_size=8),
+    Row(
+        "adding",
+        {"T": 100},
+        dict(cell="lstm", hidden_size=16, forget_bias=8.0, input_bias=-5.0, optimizer="adam", lr=0.01, batch_size=8),
         budget=74_000,
         why="Stronger biases than the recipe's: with 5 / -3 (H=8, batch 4) the sum is learned "
-            "by ~15,000 sequences, but 2,000 in a row within 0.04 took 42,616 / 65,456 / 59,744 "
-            "sequences or more than 74,000 (seeds 0-3); with 8 / -5, H=16, batch 8: 40,200 / "
-            "36,080 / 30,488 / 41,288. Without the biases: not learned in 74,000 (the test error "
-            "stays at the target's variance)."),
-    Row("lag", {"p": 100},
-        dict(cell="lstm1997", cell_options=LAG_CELL, hidden_size=1, init="1997", skip_input=True,
-             connect_after=2_000, optimizer="adam", lr=0.03, clip_norm=1.0, loss_steps="sum"),
+        "by ~15,000 sequences, but 2,000 in a row within 0.04 took 42,616 / 65,456 / 59,744 "
+        "sequences or more than 74,000 (seeds 0-3); with 8 / -5, H=16, batch 8: 40,200 / "
+        "36,080 / 30,488 / 41,288. Without the biases: not learned in 74,000 (the test error "
+        "stays at the target's variance).",
+    ),
+    Row(
+        "lag",
+        {"p": 100},
+        dict(
+            cell="lstm1997",
+            cell_options=LAG_CELL,
+            hidden_size=1,
+            init="1997",
+            skip_input=True,
+            connect_after=2_000,
+            optimizer="adam",
+            lr=0.03,
+            clip_norm=1.0,
+            loss_steps="sum",
+        ),
         budget=5_040 + 10_000,
         why="The paper's net for 2a (its section 5.2): the output units see the input units directly "
-            "and one memory cell with an input gate and no output gate, cell input g the logistic "
-            "sigmoid, cell output h the identity (10,611 weights; the paper's table gives 10,504), the "
-            "cell added once the error of the direct weights has stopped falling (here after 2,000 "
-            "sequences, which count). Adam lr 0.03, gradient norm clipped at 1: seeds 0-7 succeed after "
-            "2,628 / 2,727 / 2,737 / 2,863 / 3,324 / 2,638 / - / 2,587 sequences (seed 6 learns the bit "
-            "but not 10,000 in a row within the budget). Plain SGD as in the paper (lr 0.6, errors "
-            "summed) succeeds for some seeds only: the input gate often shuts for good when the cell "
-            "is connected. Without the skip weights no configuration we tried (cells lstm, "
-            "lstm1997, vanilla, nfg, cifg, noaf; H 4-256; forget bias 0-10, input bias 0 to -6) "
-            "learned the first symbol: the one hidden layer then makes the 99 local predictions too, "
-            "counts time in its cell states to |c| ~ 100, and tanh(c) hides the bit. With the skip "
-            "weights but tanh output squashing, the cells still drift and saturate."),
-    Row("temporal-order", {},
-        dict(cell="lstm", hidden_size=16, forget_bias=5.0, input_bias=-3.0,
-             optimizer="adam", lr=0.003, batch_size=1),
+        "and one memory cell with an input gate and no output gate, cell input g the logistic "
+        "sigmoid, cell output h the identity (10,611 weights; the paper's table gives 10,504), the "
+        "cell added once the error of the direct weights has stopped falling (here after 2,000 "
+        "sequences, which count). Adam lr 0.03, gradient norm clipped at 1: seeds 0-7 succeed after "
+        "2,628 / 2,727 / 2,737 / 2,863 / 3,324 / 2,638 / - / 2,587 sequences (seed 6 learns the bit "
+        "but not 10,000 in a row within the budget). Plain SGD as in the paper (lr 0.6, errors "
+        "summed) succeeds for some seeds only: the input gate often shuts for good when the cell "
+        "is connected. Without the skip weights no configuration we tried (cells lstm, "
+        "lstm1997, vanilla, nfg, cifg, noaf; H 4-256; forget bias 0-10, input bias 0 to -6) "
+        "learned the first symbol: the one hidden layer then makes the 99 local predictions too, "
+        "counts time in its cell states to |c| ~ 100, and tanh(c) hides the bit. With the skip "
+        "weights but tanh output squashing, the cells still drift and saturate.",
+    ),
+    Row(
+        "temporal-order",
+        {},
+        dict(cell="lstm", hidden_size=16, forget_bias=5.0, input_bias=-3.0, optimizer="adam", lr=0.003, batch_size=1),
         budget=31_390,
         why="The recipe, online: 3,603 / 4,989 / 5,327 sequences (seeds 0-2); batch 4, lr 0.01: "
-            "7,168; no biases: not learned in 40,000; forget bias 3 alone: 21,060."),
-    Row("reber", {},
-        dict(cell="lstm", hidden_size=16, forget_bias=5.0, input_bias=-3.0,
-             optimizer="adam", lr=0.01, batch_size=1),
-        budget=8_440, eval_every=100,
+        "7,168; no biases: not learned in 40,000; forget bias 3 alone: 21,060.",
+    ),
+    Row(
+        "reber",
+        {},
+        dict(cell="lstm", hidden_size=16, forget_bias=5.0, input_bias=-3.0, optimizer="adam", lr=0.01, batch_size=1),
+        budget=8_440,
+        eval_every=100,
         why="The recipe, online, checked every 100 sequences: 2,300 / 1,900 / 3,200 sequences "
-            "(seeds 0-2); without the biases 2,700. Success counts are multiples of eval_every."),
+        "(seeds 0-2); without the biases 2,700. Success counts are multiples of eval_every.",
+    ),
 )
 
 
@@ -144,11 +166,26 @@ def row_name(row: Row) -> str:
 
 def configs(row: Row, budget: Budget) -> tuple[TrainConfig, TrainConfig]:
     """The LSTM and the tanh-RNN config of one row: same optimiser, budget and seed."""
-    lstm = TrainConfig(row.task, row.params, eval_every=row.eval_every,
-                       max_sequences=budget.max_sequences or row.budget, max_seconds=budget.max_seconds,
-                       seed=budget.seed, progress=budget.progress, flow_every=budget.flow_every, **row.lstm)
-    rnn = replace(lstm, cell="rnn-tanh", cell_options={}, init="torch", forget_bias=None, input_bias=None,
-                  hidden_size=rnn_hidden_size(lstm))
+    lstm = TrainConfig(
+        row.task,
+        row.params,
+        eval_every=row.eval_every,
+        max_sequences=budget.max_sequences or row.budget,
+        max_seconds=budget.max_seconds,
+        seed=budget.seed,
+        progress=budget.progress,
+        flow_every=budget.flow_every,
+        **row.lstm,
+    )
+    rnn = replace(
+        lstm,
+        cell="rnn-tanh",
+        cell_options={},
+        init="torch",
+        forget_bias=None,
+        input_bias=None,
+        hidden_size=rnn_hidden_size(lstm),
+    )
     if budget.out_dir is None:
         return lstm, rnn
     out = Path(budget.out_dir)
@@ -176,8 +213,7 @@ def paper_row(row: Row) -> Published | None:
     return None
 
 
-def reproduce_1997(budget: Budget = Budget(), tasks: tuple[str, ...] | None = None,
-                   jobs: int = 1) -> list[dict]:
+def reproduce_1997(budget: Budget = Budget(), tasks: tuple[str, ...] | None = None, jobs: int = 1) -> list[dict]:
     """Train every row (or those of `tasks`) with an LSTM and a tanh RNN; one dict a row.
 
     jobs: runs at once, each in its own process on one thread; jobs=1 runs them one after
@@ -195,8 +231,9 @@ def reproduce_1997(budget: Budget = Budget(), tasks: tuple[str, ...] | None = No
             results = [run_one(c) for c in runs]
         finally:
             torch.set_num_threads(threads)
-    return [table_row(row, runs[2 * i], runs[2 * i + 1], results[2 * i], results[2 * i + 1])
-            for i, row in enumerate(rows)]
+    return [
+        table_row(row, runs[2 * i], runs[2 * i + 1], results[2 * i], results[2 * i + 1]) for i, row in enumerate(rows)
+    ]
 
 
 def table_row(row: Row, lstm_config: TrainConfig, rnn_config: TrainConfig, lstm: dict, rnn: dict) -> dict:
@@ -204,49 +241,68 @@ def table_row(row: Row, lstm_config: TrainConfig, rnn_config: TrainConfig, lstm:
     tested = lambda r: None if r.get("test_size") is None else f"{r['test_errors']}/{r['test_size']}"  # noqa: E731
     ours = lstm.get("sequences_to_success") if lstm["solved"] else None
     return {
-        "task": row.task, "setting": row.params,
+        "task": row.task,
+        "setting": row.params,
         "paper_sequences": paper.sequences if paper else None,
-        "paper_test_errors": None if paper is None or paper.test_errors is None
+        "paper_test_errors": None
+        if paper is None or paper.test_errors is None
         else f"{paper.test_errors}/{paper.test_size}",
-        "lstm_solved": lstm["solved"], "lstm_sequences": ours,
+        "lstm_solved": lstm["solved"],
+        "lstm_sequences": ours,
         "lstm_sequences_seen": lstm.get("sequences_seen"),
-        "fewer_than_paper": None if ours is None or not paper or paper.sequences is None
-        else ours < paper.sequences,
-        "lstm_test_errors": tested(lstm), "rnn_learned": rnn["solved"],
-        "rnn_sequences_seen": rnn.get("sequences_seen"), "rnn_test_errors": tested(rnn),
-        "lstm_hidden": lstm_config.hidden_size, "rnn_hidden": rnn_config.hidden_size,
-        "lstm_wall_seconds": lstm["wall_total"], "rnn_wall_seconds": rnn["wall_total"],
+        "fewer_than_paper": None if ours is None or not paper or paper.sequences is None else ours < paper.sequences,
+        "lstm_test_errors": tested(lstm),
+        "rnn_learned": rnn["solved"],
+        "rnn_sequences_seen": rnn.get("sequences_seen"),
+        "rnn_test_errors": tested(rnn),
+        "lstm_hidden": lstm_config.hidden_size,
+        "rnn_hidden": rnn_config.hidden_size,
+        "lstm_wall_seconds": lstm["wall_total"],
+        "rnn_wall_seconds": rnn["wall_total"],
         "why": row.why,
-        "lstm_config": lstm_config.resolved().to_dict(), "rnn_config": rnn_config.resolved().to_dict(),
-        "lstm_run": lstm, "rnn_run": rnn}
+        "lstm_config": lstm_config.resolved().to_dict(),
+        "rnn_config": rnn_config.resolved().to_dict(),
+        "lstm_run": lstm,
+        "rnn_run": rnn,
+    }
 
 
 def describe(c: dict) -> str:
     """A TrainConfig dict in a few words: cell, size, biases, optimiser."""
     options = ",".join(f"{k}={v}" for k, v in c.get("cell_options", {}).items())
     parts = [f"{c['cell']}" + (f"[{options}]" if options else "") + f" H={c['hidden_size']}"]
-    parts += [f"{name} {c[key]:g}" for key, name in [("forget_bias", "forget bias"), ("input_bias", "input bias")]
-              if c.get(key) is not None]
+    parts += [
+        f"{name} {c[key]:g}"
+        for key, name in [("forget_bias", "forget bias"), ("input_bias", "input bias")]
+        if c.get(key) is not None
+    ]
     if c.get("skip_input"):
-        parts.append("input-to-output weights" + (f", cell connected after {c['connect_after']:,} sequences"
-                                                   if c.get("connect_after") else ""))
+        parts.append(
+            "input-to-output weights"
+            + (f", cell connected after {c['connect_after']:,} sequences" if c.get("connect_after") else "")
+        )
     parts.append(f"{c['optimizer']} lr {c['lr']:g}, batch {c['batch_size']}")
-    parts += [f"{key.replace('_', ' ')} {c[key]:g}" for key in ("momentum", "clip_norm", "clip_value")
-              if c.get(key)]
+    parts += [f"{key.replace('_', ' ')} {c[key]:g}" for key in ("momentum", "clip_norm", "clip_value") if c.get(key)]
     if c["optimizer"] == "sgd" or c["loss_steps"] != "mean":
         parts.append(f"loss {c['loss_steps']}")
     return ", ".join(parts)
 
 
 def markdown(table: list[dict], budget: Budget) -> str:
-    limit = "each row's own budget (the paper's count)" if budget.max_sequences is None \
+    limit = (
+        "each row's own budget (the paper's count)"
+        if budget.max_sequences is None
         else f"{budget.max_sequences:,} sequences"
+    )
     if budget.max_seconds:
         limit += f", at most {budget.max_seconds:g} s a run"
-    lines = [f"# Hochreiter & Schmidhuber 1997, reproduced (seed {budget.seed}; {limit})", "",
-             "| task | setting | paper: sequences | paper: test errors | LSTM: sequences | LSTM: test errors "
-             "| tanh RNN learned it (same budget) | wall s (LSTM / RNN) | LSTM config |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Hochreiter & Schmidhuber 1997, reproduced (seed {budget.seed}; {limit})",
+        "",
+        "| task | setting | paper: sequences | paper: test errors | LSTM: sequences | LSTM: test errors "
+        "| tanh RNN learned it (same budget) | wall s (LSTM / RNN) | LSTM config |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in table:
         if r["lstm_solved"]:
             ours = f"{r['lstm_sequences']:,}"
@@ -262,17 +318,23 @@ def markdown(table: list[dict], budget: Budget) -> str:
             rnn = "yes"
         else:
             rnn = f"no ({r['rnn_sequences_seen']:,} seen" + (
-                f"; test {r['rnn_test_errors']} wrong)" if r["rnn_test_errors"] else ")")
-        lines.append(f"| {r['task']} | {setting} | {paper} | {r['paper_test_errors'] or '-'} | {ours} "
-                     f"| {r['lstm_test_errors'] or '-'} | {rnn}, H={r['rnn_hidden']} "
-                     f"| {r['lstm_wall_seconds']:g} / {r['rnn_wall_seconds']:g} | {describe(r['lstm_config'])} |")
-    lines += ["", "Sequences are training sequences until the paper's criterion held, counted as the paper "
-              "did: adding and temporal order include the 2,000-sequence stopping window; lag excludes its "
-              "10,000-sequence check (the paper ran it after training); Reber counts to the evaluation that "
-              "found every training and test string right. The tanh RNN (rnn-tanh, torch init) has about the "
-              "LSTM's number of weights and the same optimiser, input-to-output weights, seed and budget. "
-              "Test errors: wrong test "
-              "sequences by the paper's criterion after training, solved or not."]
+                f"; test {r['rnn_test_errors']} wrong)" if r["rnn_test_errors"] else ")"
+            )
+        lines.append(
+            f"| {r['task']} | {setting} | {paper} | {r['paper_test_errors'] or '-'} | {ours} "
+            f"| {r['lstm_test_errors'] or '-'} | {rnn}, H={r['rnn_hidden']} "
+            f"| {r['lstm_wall_seconds']:g} / {r['rnn_wall_seconds']:g} | {describe(r['lstm_config'])} |"
+        )
+    lines += [
+        "",
+        "Sequences are training sequences until the paper's criterion held, counted as the paper "
+        "did: adding and temporal order include the 2,000-sequence stopping window; lag excludes its "
+        "10,000-sequence check (the paper ran it after training); Reber counts to the evaluation that "
+        "found every training and test string right. The tanh RNN (rnn-tanh, torch init) has about the "
+        "LSTM's number of weights and the same optimiser, input-to-output weights, seed and budget. "
+        "Test errors: wrong test "
+        "sequences by the paper's criterion after training, solved or not.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -13,6 +13,7 @@ file exists, loading it needs no compiler.
 Environment: LSTMLAB_CPU_BACKEND=0 disables the backend; LSTMLAB_CPU_MARCH sets the
 -march value (default "native"; empty for the compiler's default target).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -94,11 +95,13 @@ def prune(root: Path, keep: int = KEEP_BUILDS) -> None:
     """Remove all but the `keep` most recently built modules in `root` (other lstmlab
     versions, toolchains or environments may share the directory: a few are kept; a module
     in use stays mapped after its file is removed)."""
+
     def built(path: Path) -> float:
         try:
             return path.stat().st_mtime
         except OSError:  # removed meanwhile
             return 0.0
+
     for old in sorted(root.glob("lstmlab_cpu_*.so"), key=built, reverse=True)[keep:]:
         try:
             old.unlink()
@@ -137,8 +140,15 @@ def load():
     print(f"lstmlab: compiling the cpu backend into {root} (once; about 30 s)", file=sys.stderr, flush=True)
     start = time.perf_counter()
     try:
-        module = cpp_extension.load(name=name, sources=[str(HERE / SOURCES[0])], extra_include_paths=[str(HERE)],
-                                    extra_cflags=_cflags(), extra_ldflags=["-fopenmp"], build_directory=str(tmp), verbose=False)
+        module = cpp_extension.load(
+            name=name,
+            sources=[str(HERE / SOURCES[0])],
+            extra_include_paths=[str(HERE)],
+            extra_cflags=_cflags(),
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(tmp),
+            verbose=False,
+        )
         os.replace(tmp / f"{name}.so", target)
     except Exception as e:  # a compiler error, a missing header: the reason is the message
         raise BuildError(f"build failed: {_first_error(str(e))}") from None

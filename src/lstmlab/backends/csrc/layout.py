@@ -5,6 +5,7 @@ their gradients unpacked after. The recurrent weights are not copied here: the k
 reads weight_hh and weight_gg through the maps r_src and a_src and writes their gradients
 in torch's layout.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,15 +25,22 @@ def check_activations(kernel: dict[str, int]) -> None:
     against lstmlab.cells.ACTIVATIONS: the same names with the same codes. Raises
     BuildError naming every activation on which they differ."""
     ours = {name: a.code for name, a in ACTIVATIONS.items()}
-    diffs = [f"{n!r} is {ours[n]} in lstmlab.cells.ACTIVATIONS but unknown to the kernel"
-             for n in ours if n not in kernel]
-    diffs += [f"{n!r} is {kernel[n]} in the kernel but not in lstmlab.cells.ACTIVATIONS"
-              for n in kernel if n not in ours]
-    diffs += [f"{n!r} is {ours[n]} in lstmlab.cells.ACTIVATIONS but {kernel[n]} in the kernel"
-              for n in ours if n in kernel and kernel[n] != ours[n]]
+    diffs = [
+        f"{n!r} is {ours[n]} in lstmlab.cells.ACTIVATIONS but unknown to the kernel" for n in ours if n not in kernel
+    ]
+    diffs += [
+        f"{n!r} is {kernel[n]} in the kernel but not in lstmlab.cells.ACTIVATIONS" for n in kernel if n not in ours
+    ]
+    diffs += [
+        f"{n!r} is {ours[n]} in lstmlab.cells.ACTIVATIONS but {kernel[n]} in the kernel"
+        for n in ours
+        if n in kernel and kernel[n] != ours[n]
+    ]
     if diffs:
-        raise BuildError("the kernel's activation codes (csrc/vecmath.h) disagree with lstmlab.cells.ACTIVATIONS: "
-                         + "; ".join(diffs))
+        raise BuildError(
+            "the kernel's activation codes (csrc/vecmath.h) disagree with lstmlab.cells.ACTIVATIONS: "
+            + "; ".join(diffs)
+        )
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,7 @@ class Plan:
     def unpack_state(self, s, with_a):
         """(h, a) in torch's order from the kernel's state S (a: None without FGR)."""
         s = _select(s, 1, self.s_dst)
-        return (s[:, :self.Hs], s[:, self.Hs:]) if with_a else (s, None)
+        return (s[:, : self.Hs], s[:, self.Hs :]) if with_a else (s, None)
 
     def unpack_grads(self, dWx, dbx, with_bias):
         """Gradients of weight_ih, bias_ih, bias_hh from the kernel's (those of weight_hh
@@ -134,7 +142,7 @@ def plan(spec: CellSpec, H: int, bounds: tuple[int, ...], truncate: bool, proj: 
     for gi, name in enumerate(gates):
         for u in range(H):
             j = gi * H + u
-            x_dst[j] = col(x_blk.get(name, blocks.index(name)), u, n_blocks)   # weight_ih, bias_ih
+            x_dst[j] = col(x_blk.get(name, blocks.index(name)), u, n_blocks)  # weight_ih, bias_ih
             hb_dst[j] = col(h_blk.get(name, blocks.index(name)), u, n_blocks)  # bias_hh (gates row)
             r_src[col(h_blk.get(name, blocks.index(name)), u, n_rec_blocks)] = j  # weight_hh (recurrent rows)
             x_src[x_dst[j]] = j
@@ -161,12 +169,34 @@ def plan(spec: CellSpec, H: int, bounds: tuple[int, ...], truncate: bool, proj: 
         return 1 + fed_back.index(name) if name in fed_back else -1
 
     lstm = spec.kind == "lstm"
-    cfg = [_KIND[spec.kind], ACTIVATIONS[spec.activation].code, ACTIVATIONS[spec.output_activation].code,
-           *(blk(g) if lstm else -1 for g in "ifgo"), _FORGET[spec.forget_gate],
-           *(peep(g) for g in "ifo"), *(a_blk(g) for g in "ifo"), int(truncate), n_blocks, n_rec_blocks, A]
+    cfg = [
+        _KIND[spec.kind],
+        ACTIVATIONS[spec.activation].code,
+        ACTIVATIONS[spec.output_activation].code,
+        *(blk(g) if lstm else -1 for g in "ifgo"),
+        _FORGET[spec.forget_gate],
+        *(peep(g) for g in "ifo"),
+        *(a_blk(g) for g in "ifo"),
+        int(truncate),
+        n_blocks,
+        n_rec_blocks,
+        A,
+    ]
     ident = _or_identity
     dst = ident if len(gates) * H == gate_cols else torch.tensor  # gru: 3H rows into 4H, never the identity
     # one slice: S is cat(h, a) as torch holds it, h proj wide with a projection
     s_src, s_dst = (None, None) if proj else (ident(s_src), ident(s_dst))
-    return Plan(cfg, list(bounds), H, proj or H, gate_cols, ident(x_src), ident(r_src), dst(x_dst), dst(hb_dst),
-                s_src, s_dst, ident(a_src))
+    return Plan(
+        cfg,
+        list(bounds),
+        H,
+        proj or H,
+        gate_cols,
+        ident(x_src),
+        ident(r_src),
+        dst(x_dst),
+        dst(hb_dst),
+        s_src,
+        s_dst,
+        ident(a_src),
+    )
