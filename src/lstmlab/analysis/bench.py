@@ -200,8 +200,10 @@ def _run(args) -> int:
         print(
             f"| {cell} | {r['closed_form_s']:.3f} | {r['autograd_s']:.2f} | {r['speedup_jacobians']:.0f}x | "
             f"{r['autograd_vectorized_s']:.2f} | {r['speedup_jacobians_vectorized']:.1f}x | "
-            f"{r['lyapunov_top_closed_s']:.2f} / {r['lyapunov_top_naive_s']:.2f} | {r['speedup_lyapunov_top']:.0f}x | "
-            f"{r['lyapunov_full_closed_s']:.2f} / {r['lyapunov_full_naive_s']:.2f} | {r['speedup_lyapunov_full']:.1f}x |"
+            f"{r['lyapunov_top_closed_s']:.2f} / {r['lyapunov_top_naive_s']:.2f} | "
+            f"{r['speedup_lyapunov_top']:.0f}x | "
+            f"{r['lyapunov_full_closed_s']:.2f} / {r['lyapunov_full_naive_s']:.2f} | "
+            f"{r['speedup_lyapunov_full']:.1f}x |"
         )
     print("\ngradient_flow vs plain forward+backward (reference backend, float32, T=200, H=64, B=8):")
     print("| cell | plain (s) | gradient_flow (s) | ratio |")

@@ -266,10 +266,11 @@ def summary_rows(runs) -> str:
     rows = []
     for r in runs:
         first, last = r["records"][0], r["records"][-1]
-        h = lambda x: (
-            {"growing": "growing", "constant": "&infin; (no decay)"}.get(x["lyapunov_status"])  # noqa: E731
-            or f"{x['horizon_lyapunov']:.0f}"
-        )
+
+        def h(x):
+            status = {"growing": "growing", "constant": "&infin; (no decay)"}.get(x["lyapunov_status"])
+            return status or f"{x['horizon_lyapunov']:.0f}"
+
         fm = lambda x: f"{x['f_mean']:.3f}" if "f_mean" in x else "&mdash;"  # noqa: E731
         acc = f"{r['evals'][-1][1]:.3f}" if r["evals"] else "&mdash;"
         rows.append(

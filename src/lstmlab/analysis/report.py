@@ -232,10 +232,10 @@ def write_report(results, figures, path_write) -> str:
             "no horizon) rather than decay.</p>"
         )
     words = {"thr": thr, "cellpath": cell_path_words(results)}
-    fig = lambda f: (
-        f"<h2>{TEXT[f][0]}</h2><img src='{f}' alt='{TEXT[f][0]}'>"  # noqa: E731
-        f"<p>{TEXT[f][1].format(**words)}</p>"
-    )
+
+    def fig(f):
+        return f"<h2>{TEXT[f][0]}</h2><img src='{f}' alt='{TEXT[f][0]}'><p>{TEXT[f][1].format(**words)}</p>"
+
     main = "gradient_by_lag.png"
     first = fig(main) if main in figures else ""
     figs = "".join(fig(f) for f in figures if f != main)
