@@ -8,7 +8,7 @@ STAMP := $(VENV)/.lstmlab-installed
 OUT ?= out/flow
 KEEP_TORCH ?=
 
-.PHONY: env test test-isa demo bench clean
+.PHONY: env lint test test-isa demo bench clean
 
 env: $(STAMP)
 
@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml constraints.txt
 	grep -v $(if $(KEEP_TORCH),'^torch==','^$$') constraints.txt > $(VENV)/constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -c $(VENV)/constraints.txt -e '.[test,tasks,sweep,build,dev]'
 	touch $(STAMP)
+
+# ruff's lint and format check (configured in pyproject.toml): CI runs it first
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: $(STAMP)
 	$(PY) -m pytest -q
