@@ -34,7 +34,7 @@ class Recurrent(nn.Module):
     _flat_weights, ...) and exception types. lstmlab.LSTM / GRU / RNN are the same layer
     with torch's class names and defaults.
 
-    For the LSTM family (see CELLS.md; gates present depend on the cell):
+    For the LSTM family (see docs/cells.md; gates present depend on the cell):
         i_t = sigma(W_i x_t + b_ii + R_i h_{t-1} + b_hi [+ p_i * c_{t-1}])
         f_t = sigma(W_f x_t + b_if + R_f h_{t-1} + b_hf [+ p_f * c_{t-1}])
         g_t = G(W_g x_t + b_ig + R_g h_{t-1} + b_hg)
