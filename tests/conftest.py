@@ -47,6 +47,17 @@ TOL = {
     # threads' split): an entry that is a sum with cancellation carries the rounding of its
     # terms, ~1e-7 times the sum of their magnitudes (1e-5 absolute was exceeded at 1.9e-5)
     "float32_gradient": (1e-5, 5e-5),
+    # the explorer page's JavaScript doubles against lstmlab.theory's: the same formulas a few
+    # roundings apart, for values down to 1e-300 (products over long lags), so no absolute floor
+    "js_vs_python": (1e-12, 1e-300),
+    # values stored in a run's flow.json rounded to 4 or 6 decimals (analysis/watch.py) against
+    # the same quantity recomputed: within half a unit of the last decimal and float64 noise
+    "rounded_4": (0.0, 1e-4),
+    "rounded_6": (0.0, 1e-6),
+    # the sum of a 20-bin histogram stored at 6 decimals: 20 half-units
+    "rounded_6_sum20": (0.0, 1e-5),
+    # a horizon log(1e6) / -lambda from an exponent stored at 6 decimals, stored at 2 decimals
+    "horizon_rounded": (1e-3, 0.0),
     # the same operations in the same order (a value carried unchanged, or computed twice): bit for bit
     "exact": (0.0, 0.0),
     # a float64 closed form against the same quantity computed another way a few roundings away

@@ -11,6 +11,7 @@ import subprocess
 
 import pytest
 
+from conftest import approx
 from lstmlab import theory
 from lstmlab.cli import main
 
@@ -85,7 +86,7 @@ def check(shown, want):
         elif math.isinf(value):
             assert shown[key] == "inf", key
         else:
-            assert float(shown[key]) == pytest.approx(value, rel=1e-12, abs=1e-300), key
+            assert float(shown[key]) == approx(value, "js_vs_python"), key
 
 
 SETTINGS = [
