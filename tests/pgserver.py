@@ -35,7 +35,7 @@ def postgres():
         shutil.chown(data, "postgres", "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
     port = _free_port()
-    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True)  # noqa: E731
+    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True)
     try:
         run(f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "lstmlab", "--no-sync")
         run(

@@ -189,7 +189,7 @@ def test_gradient_flow_equals_autograd_state_gradients(cell):
     m = model(cell)
     x = torch.randn(T, B, I, dtype=DT)
     u = torch.randn(T, B, H, dtype=DT)
-    loss = lambda out: (out * u).sum()  # noqa: E731  a loss on every step
+    loss = lambda out: (out * u).sum()  # a loss on every step
     gf = gradient_flow(m, x, loss)
     want = state_gradients(m, x, loss)
     assert_close(gf.h, want[0].norm(dim=-1), tol="float64_closed_form")

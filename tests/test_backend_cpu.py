@@ -208,7 +208,7 @@ def test_products_of_eight_rows_and_more(cell, dtype, groups):
 
 def test_batch_groups_are_chosen_for_small_steps_with_enough_rows():
     threads = min(torch.get_num_threads(), os.cpu_count() or 1)
-    groups = lambda B, H: cpu._split(B, H, B * 4 * H * H, 16, cpu.Tuning())[1]  # noqa: E731
+    groups = lambda B, H: cpu._split(B, H, B * 4 * H * H, 16, cpu.Tuning())[1]
     assert groups(16, 64) == min(threads, 2)
     assert groups(32, 128) == min(threads, 4)
     assert groups(15, 64) == 1  # 7 rows a group: too few

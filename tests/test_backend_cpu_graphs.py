@@ -88,7 +88,7 @@ def test_export(cell):
 @pytest.mark.parametrize("cell", CELLS)
 def test_func_grad(cell):
     m, x = net(cell), inputs()
-    loss = lambda x: m(x).square().sum()  # noqa: E731
+    loss = lambda x: m(x).square().sum()
     got = torch.func.grad(loss)(x)
     xr = x.clone().requires_grad_()
     loss(xr).backward()
@@ -109,7 +109,7 @@ def test_func_vmap_of_grad():
     """Per-sample input gradients: vmap over grad (the backward operator vmapped too)."""
     m = net("lstm")
     xs = torch.stack([inputs(s) for s in range(3)])
-    loss = lambda x: m(x).square().sum()  # noqa: E731
+    loss = lambda x: m(x).square().sum()
     got = torch.func.vmap(torch.func.grad(loss))(xs)
     want = torch.stack([torch.func.grad(loss)(x) for x in xs])
     assert_close(got, want)
@@ -198,7 +198,7 @@ def test_opcheck(k):
     torch.library.opcheck(torch.ops.lstmlab.layer_forward.default, forward)
     # layer_backward runs in first-order backward passes only (no graph is built there; a
     # differentiable backward is the reference backend's): its arguments as they arrive
-    detach = lambda t: t.detach() if isinstance(t, torch.Tensor) else t  # noqa: E731
+    detach = lambda t: t.detach() if isinstance(t, torch.Tensor) else t
     args = [[detach(t) for t in a] if isinstance(a, list) else detach(a) for a in backward]
     torch.library.opcheck(torch.ops.lstmlab.layer_backward.default, args)
 

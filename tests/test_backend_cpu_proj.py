@@ -37,7 +37,7 @@ def projected_case(cell, T, B, I, H, P, seed, dtype=DT):
     spec = m.spec
     g = torch.Generator().manual_seed(seed)
     base = m.cell_params(0)
-    leaf = lambda t: None if t is None else t.detach().clone().requires_grad_()  # noqa: E731
+    leaf = lambda t: None if t is None else t.detach().clone().requires_grad_()
     p = CellParams(
         leaf(base.weight_ih),
         (torch.randn(len(spec.gates) * H, P, generator=g, dtype=dtype) * 0.5).requires_grad_(),

@@ -251,7 +251,7 @@ def test_empty_batch_as_torch(theirs, ours):
     out_r, st_r = ref(x)
     out_o, st_o = mine(x)
     assert out_o.shape == out_r.shape == (5, 0, 8)
-    flat = lambda s: list(s) if isinstance(s, tuple) else [s]  # noqa: E731
+    flat = lambda s: list(s) if isinstance(s, tuple) else [s]
     assert [s.shape for s in flat(st_o)] == [s.shape for s in flat(st_r)]
     (gx,) = torch.autograd.grad(out_o.sum(), x)
     assert gx.shape == x.shape

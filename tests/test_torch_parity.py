@@ -35,7 +35,7 @@ def compare(ref, ours, x, hx=None):
     """Forward both, backprop the same random cotangents, compare everything."""
     out_r, st_r = ref(x, hx)
     out_o, st_o = ours(x, hx)
-    data = lambda o: o.data if hasattr(o, "batch_sizes") else o  # noqa: E731
+    data = lambda o: o.data if hasattr(o, "batch_sizes") else o
     assert_close(data(out_o), data(out_r), msg="output")
     for a, b in zip(flat_state(st_o), flat_state(st_r), strict=True):
         assert_close(a, b, msg="final state")

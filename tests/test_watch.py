@@ -149,7 +149,7 @@ def test_flow_report_of_two_runs_side_by_side(tmp_path, capsys):
     first, last = _records(runs[1])[0], _records(runs[1])[-1]  # the table quotes the run's own numbers
     row = html.split("<b>rnn-tanh H=4</b>")[1].split("</tr>")[0]
     cells = [c.split("</td>")[0] for c in row.split("<td>")[1:]]
-    horizon = lambda r: f"{r['horizon_lyapunov']:.0f}" if r["lyapunov_status"] == "decays" else r["lyapunov_status"]  # noqa: E731
+    horizon = lambda r: f"{r['horizon_lyapunov']:.0f}" if r["lyapunov_status"] == "decays" else r["lyapunov_status"]
     assert cells[2] == "80" and cells[3:5] == [horizon(first), horizon(last)]
     assert cells[5:7] == [f"{first['lyapunov_top']:+.4f}", f"{last['lyapunov_top']:+.4f}"]
     assert main(["flow-report", str(tmp_path), "--out", str(report)]) == 2

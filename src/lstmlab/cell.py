@@ -84,7 +84,7 @@ class _Cell(nn.Module):
             w.uniform_(-bound, bound)
 
     def cell_params(self) -> CellParams:
-        get = lambda n: getattr(self, n, None)  # noqa: E731
+        get = lambda n: getattr(self, n, None)
         return CellParams(
             self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, get("weight_ch"), get("weight_gg")
         )

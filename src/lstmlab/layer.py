@@ -253,7 +253,7 @@ class Recurrent(nn.Module):
     def cell_params(self, layer: int, direction: int = 0) -> CellParams:
         """The parameters of one layer and direction (views, not copies)."""
         sfx = self._suffixes()[direction]
-        get = lambda n: getattr(self, f"{n}_l{layer}{sfx}", None)  # noqa: E731
+        get = lambda n: getattr(self, f"{n}_l{layer}{sfx}", None)
         return CellParams(
             get("weight_ih"),
             get("weight_hh"),

@@ -57,12 +57,12 @@ def _u_star(activation: str) -> tuple[float, float]:
     """The u > 0 maximising u a'(u), and that maximum, by Newton's method on the
     stationarity condition (sigmoid: u tanh(u/2) = 1; tanh: 2 u tanh(u) = 1)."""
     if activation == "sigmoid":
-        F = lambda u: u * math.tanh(u / 2) - 1  # noqa: E731
-        dF = lambda u: math.tanh(u / 2) + u / (2 * math.cosh(u / 2) ** 2)  # noqa: E731
+        F = lambda u: u * math.tanh(u / 2) - 1
+        dF = lambda u: math.tanh(u / 2) + u / (2 * math.cosh(u / 2) ** 2)
         u = 1.5
     else:
-        F = lambda u: 2 * u * math.tanh(u) - 1  # noqa: E731
-        dF = lambda u: 2 * math.tanh(u) + 2 * u / math.cosh(u) ** 2  # noqa: E731
+        F = lambda u: 2 * u * math.tanh(u) - 1
+        dF = lambda u: 2 * math.tanh(u) + 2 * u / math.cosh(u) ** 2
         u = 0.77
     for _ in range(50):
         step = F(u) / dF(u)

@@ -271,7 +271,7 @@ def summary_rows(runs) -> str:
             status = {"growing": "growing", "constant": "&infin; (no decay)"}.get(x["lyapunov_status"])
             return status or f"{x['horizon_lyapunov']:.0f}"
 
-        fm = lambda x: f"{x['f_mean']:.3f}" if "f_mean" in x else "&mdash;"  # noqa: E731
+        fm = lambda x: f"{x['f_mean']:.3f}" if "f_mean" in x else "&mdash;"
         acc = f"{r['evals'][-1][1]:.3f}" if r["evals"] else "&mdash;"
         rows.append(
             f"<tr><td><b>{html.escape(r['label'])}</b></td><td>{html.escape(r['task'])} "

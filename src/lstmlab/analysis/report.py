@@ -205,7 +205,7 @@ def write_report(results, figures, path_write) -> str:
     rows = []
     for cell, r in results["cells"].items():
         g = r["grad_by_lag"]
-        at = lambda k, g=g: _num(g[k], "{:.1e}") if k < len(g) else "&mdash;"  # noqa: E731
+        at = lambda k, g=g: _num(g[k], "{:.1e}") if k < len(g) else "&mdash;"
         rows.append(
             f"<tr><td><b>{html.escape(cell)}</b></td><td>{html.escape(r['summary'])}</td>"
             f"<td>{_num(r['decay_rate'] + 0.0, '{:+.4f}')}</td><td>{_num(r['decay_rate_fit'], '{:+.4f}')}</td>"

@@ -113,7 +113,7 @@ class FlowProbe:
         gf = gradient_flow(model, x, lambda out: (out[-1] * u).sum())
         state = gf.h if gf.c is None else torch.sqrt(gf.h**2 + gf.c**2)  # (T, B)
         ref = state[-1].clamp_min(1e-300)
-        by_lag_of = lambda v: torch.exp(torch.log((v / ref).clamp_min(1e-300)).mean(1).flip(0))  # noqa: E731
+        by_lag_of = lambda v: torch.exp(torch.log((v / ref).clamp_min(1e-300)).mean(1).flip(0))
         grad = by_lag_of(state)
         below = torch.nonzero(grad < cfg.threshold)
         out = {

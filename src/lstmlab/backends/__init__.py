@@ -117,7 +117,7 @@ def run_layer(
             spec, p, x, state, lengths, reverse=reverse, truncate=truncate, return_cells=return_cells, **kw
         )
     f32 = torch.float32
-    rounded = lambda t: None if t is None else t.to(low).to(f32)  # noqa: E731
+    rounded = lambda t: None if t is None else t.to(low).to(f32)
     p32 = type(p)(*(rounded(getattr(p, f.name)) for f in fields(p)))
     with torch.autocast("cpu", enabled=False):
         out, final, cells = backend.run_layer(

@@ -341,7 +341,7 @@ def _kernel_args(cell, c, lengths, tensors):
     proj = 0 if W_hr is None else W_hr.shape[0]
     plan = layout_plan(spec, W_hh.shape[0] // len(spec.gates), c.bounds, bool(c.truncate), proj)
     none = x.new_empty(0)
-    pick = lambda t: none if t is None else t.contiguous()  # noqa: E731
+    pick = lambda t: none if t is None else t.contiguous()
     Wx, bx, s0 = plan.pack(W_ih, b_ih, b_hh, h0, a0)
     maps = [none.long() if m is None else m for m in (plan.r_src, plan.a_src)]
     lens = none.long() if lengths is None else lengths.contiguous()
@@ -420,7 +420,7 @@ def _backward_impl(
     plan, Wx, _, s0, (c0, W_hh, W_gg, r_src, a_src, peep, lens), W_hr = _kernel_args(cell, c, lengths, tensors)
     x, a0, b_ih = tensors[0].contiguous(), tensors[3], tensors[6]
     none = x.new_empty(0)
-    pick = lambda t: none if t is None else t.contiguous()  # noqa: E731
+    pick = lambda t: none if t is None else t.contiguous()
     dout, dh_n, dc_n, da_n, dcells = grads
     fgr, want = a0 is not None, c.norms >= 0
     ds_fin = none
@@ -474,7 +474,7 @@ _layer_backward = torch.library.custom_op(
 def _(cell, config, lengths, tensors, saved, grads):
     x, c0 = tensors[0], tensors[2]
     want = Config.of(config).norms >= 0
-    norm = lambda on: x.new_empty(x.shape[:2]) if on else x.new_empty(0)  # noqa: E731
+    norm = lambda on: x.new_empty(x.shape[:2]) if on else x.new_empty(0)
     return [x.new_empty(t.shape) for t in tensors] + [norm(want), norm(want and c0.numel() > 0)]
 
 

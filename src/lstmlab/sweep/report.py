@@ -161,7 +161,7 @@ def figures(summary: dict, studies: dict[str, optuna.Study], out: Path) -> list[
 
 def markdown(summary: dict, figs: list[str]) -> str:
     v, base = summary["variants"], summary["baseline"]
-    fmt = lambda x: "—" if x is None else f"{x:.4g}"  # noqa: E731
+    fmt = lambda x: "—" if x is None else f"{x:.4g}"
     lines = [
         f"# Variant study: {summary['metric']} (lower is better)",
         "",

@@ -52,13 +52,13 @@ class Batch:
         return self.inputs.shape[0]
 
     def to(self, device) -> Batch:
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        move = lambda t: None if t is None else t.to(device)
         return Batch(*(move(getattr(self, f.name)) for f in fields(self)))
 
     def select(self, index: torch.Tensor) -> Batch:
         """The sequences at `index` (n',), trimmed to their own longest length."""
         T = int(self.lengths[index].max())
-        pick = lambda t: None if t is None else t[index, :T]  # noqa: E731
+        pick = lambda t: None if t is None else t[index, :T]
         return Batch(pick(self.inputs), pick(self.targets), self.lengths[index], pick(self.mask), pick(self.legal))
 
 

@@ -238,7 +238,7 @@ def reproduce_1997(budget: Budget = Budget(), tasks: tuple[str, ...] | None = No
 
 def table_row(row: Row, lstm_config: TrainConfig, rnn_config: TrainConfig, lstm: dict, rnn: dict) -> dict:
     paper = paper_row(row)
-    tested = lambda r: None if r.get("test_size") is None else f"{r['test_errors']}/{r['test_size']}"  # noqa: E731
+    tested = lambda r: None if r.get("test_size") is None else f"{r['test_errors']}/{r['test_size']}"
     ours = lstm.get("sequences_to_success") if lstm["solved"] else None
     return {
         "task": row.task,

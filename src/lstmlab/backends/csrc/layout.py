@@ -76,7 +76,7 @@ class Plan:
 
     def pack(self, W_ih, b_ih, b_hh, h0, a0):
         """The kernel's Wx (gate_cols, I), bx (gate_cols,) and s0 (B, K) (no autograd here)."""
-        zero_row = lambda w: torch.cat([w, w.new_zeros(1, w.shape[1])])  # noqa: E731
+        zero_row = lambda w: torch.cat([w, w.new_zeros(1, w.shape[1])])
         Wx = W_ih if self.x_src is None else zero_row(W_ih).index_select(0, self.x_src)
         bx = W_ih.new_zeros(self.gate_cols)
         if b_ih is not None:
