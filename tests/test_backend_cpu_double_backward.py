@@ -159,3 +159,20 @@ def test_grad_norms_of_a_differentiable_backward_are_none():
     assert norms.h[0].shape == (4, 2)
     torch.autograd.grad(out.sum(), [m.weight_hh_l0], create_graph=True)
     assert norms.h[0] is None and norms.c[0] is None
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_grad_norms_of_a_differentiable_backward_in_both_directions(packed):
+    """The same for the reverse direction of a bidirectional layer, packed or not."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    m = lstmlab.Recurrent(2, 3, bidirectional=True, dtype=F64, backend="cpu")
+    x = torch.randn(4, 2, 2, dtype=F64, requires_grad=True)
+    inp = pack_padded_sequence(x, torch.tensor([4, 3])) if packed else x
+    with cpu.GradNorms() as norms:
+        out, _ = m(inp)
+    y = (out.data if packed else out).sum()
+    torch.autograd.grad(y, [x], retain_graph=True)
+    assert [h.shape for h in norms.h] == [(4, 2), (4, 2)]
+    torch.autograd.grad(y, [x], create_graph=True)
+    assert norms.h == [None, None] and norms.c == [None, None]

@@ -62,10 +62,15 @@ def same(got, want, what):
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_jit_trace(cell):
-    m, x = net(cell), inputs()
-    traced = torch.jit.trace(m, (x,), check_trace=False)
+    """Traced with torch's own check (the graph rerun and compared), then run at the traced
+    batch size and at others: one row, none, and more rows than the trace's batch groups."""
+    m, x = net(cell), inputs(B=32)
+    with cpu.force_split(groups=2):  # a trace that splits its batch, as 2 threads would
+        traced = torch.jit.trace(m, (x,))
     assert "lstmlab::layer_forward" in str(traced.inlined_graph)
-    same(grads_of(traced, inputs(2)), grads_of(m, inputs(2)), f"{cell} traced")
+    for B in (32, 1, 3, 0):
+        x = inputs(2, B=B)
+        same(grads_of(traced, x), grads_of(m, x), f"{cell} traced at batch 32, run at {B}")
 
 
 def test_jit_trace_under_no_grad_still_differentiates():

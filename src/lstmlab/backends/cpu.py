@@ -353,7 +353,9 @@ def _forward_impl(cell: str, config: list[int], lengths: Tensor | None, tensors:
     """-> [out (T, B, P), h_n (B, P), c_n (B, H), a_n (B, A*H), cells (T, B, H), and for
     layer_backward the gate activations, every c_t and (with a projection) every
     o_t act(c_t) in the kernel's layout (if keep)]; (0,) where absent. P = proj_size or H."""
-    c, tensors = Config.of(config), _present(tensors)
+    if tensors[0].shape[1] == 0:  # no rows (eager calls never get here: run_layer answers them)
+        return _forward_outputs(cell, config, tensors, tensors[0].new_zeros)
+    c, tensors = _fitted(config, tensors[0]), _present(tensors)
     plan, Wx, bx, s0, (c0, W_hh, W_gg, r_src, a_src, peep, lens), W_hr = _kernel_args(cell, c, lengths, tensors)
     x, a0 = tensors[0].contiguous(), tensors[3]
     out, gates, C, s_fin, c_fin, cells, M = _extension().forward(
@@ -383,25 +385,37 @@ def _forward_impl(cell: str, config: list[int], lengths: Tensor | None, tensors:
 _layer_forward = torch.library.custom_op("lstmlab::layer_forward", _forward_impl, mutates_args=(), device_types="cpu")
 
 
-@_layer_forward.register_fake
-def _(cell, config, lengths, tensors):
+def _fitted(config: list[int], x: Tensor) -> Config:
+    """The config, with no more batch groups than x has rows: a traced graph keeps the split
+    of the batch it was traced with, and runs at any batch size, as torch.nn.LSTM's does."""
+    c = Config.of(config)
+    return c._replace(groups=min(c.groups, x.shape[1]))
+
+
+def _forward_outputs(cell, config, tensors, new):
+    """layer_forward's outputs, each new(*shape): the fake kernel's (new_empty), or those of
+    a batch of no rows (new_zeros), which a traced or compiled graph can be called with."""
     spec, c = _spec_of(cell), Config.of(config)
-    x, a0, W_hh, W_hr = tensors[0], _present(tensors)[3], tensors[5], _present(tensors)[10]
+    x, W_hh, W_gg, W_hr = tensors[0], tensors[5], tensors[9], _present(tensors)[10]
     (T, B, _), H = x.shape, W_hh.shape[0] // len(spec.gates)
     P = H if W_hr is None else W_hr.shape[0]
     lstm = spec.kind == "lstm"
     gate_cols = (4 if spec.kind == "gru" else len(spec.gates)) * H  # the kernel's gates columns (csrc/layout.py)
-    new = x.new_empty
     return [
         new(T, B, P),
         new(B, P),
         new(B, H) if lstm else new(0),
-        new(B, a0.shape[1]) if a0 is not None else new(0),
+        new(B, W_gg.shape[0]) if spec.gate_recurrence else new(0),
         new(T, B, H) if lstm and c.return_cells else new(0),
         new(T * B * gate_cols) if c.keep else new(0),
         new(T * B * H) if c.keep and lstm else new(0),
         new(T * B * H) if c.keep and W_hr is not None else new(0),
     ]
+
+
+@_layer_forward.register_fake
+def _(cell, config, lengths, tensors):
+    return _forward_outputs(cell, config, tensors, tensors[0].new_empty)
 
 
 def _backward_impl(
@@ -416,7 +430,9 @@ def _backward_impl(
     h_n, c_n, a_n, cells (None: zero). -> [one per entry of `tensors` (the gradient; (0,)
     where the entry is absent), norm_h (T, B), norm_c (T, B)]; the norms (0,) unless wanted
     (config's norms >= 0)."""
-    c, tensors = Config.of(config), _present(tensors)
+    if tensors[0].shape[1] == 0:  # no rows: zero weight gradients, as torch.nn gives
+        return _backward_outputs(cell, config, tensors, tensors[0].new_zeros)
+    c, tensors = _fitted(config, tensors[0]), _present(tensors)
     plan, Wx, _, s0, (c0, W_hh, W_gg, r_src, a_src, peep, lens), W_hr = _kernel_args(cell, c, lengths, tensors)
     x, a0, b_ih = tensors[0].contiguous(), tensors[3], tensors[6]
     none = x.new_empty(0)
@@ -470,12 +486,16 @@ _layer_backward = torch.library.custom_op(
 )
 
 
+def _backward_outputs(cell, config, tensors, new):
+    """layer_backward's outputs, each new(*shape) (as _forward_outputs)."""
+    x, want = tensors[0], Config.of(config).norms >= 0
+    norm = lambda on: new(*x.shape[:2]) if on else new(0)
+    return [new(*t.shape) for t in tensors] + [norm(want), norm(want and _spec_of(cell).kind == "lstm")]
+
+
 @_layer_backward.register_fake
 def _(cell, config, lengths, tensors, saved, grads):
-    x, c0 = tensors[0], tensors[2]
-    want = Config.of(config).norms >= 0
-    norm = lambda on: x.new_empty(x.shape[:2]) if on else x.new_empty(0)
-    return [x.new_empty(t.shape) for t in tensors] + [norm(want), norm(want and c0.numel() > 0)]
+    return _backward_outputs(cell, config, tensors, tensors[0].new_empty)
 
 
 def _setup_context(ctx, inputs, output):
@@ -692,7 +712,11 @@ def run_layer(
         p.weight_gg,
         p.weight_hr,
     ]
-    keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)  # backward to come
+    # a backward to come; a trace keeps what a backward needs (torch.jit.trace's check reruns
+    # the graph without grad, and the graph must not differ)
+    keep = torch.jit.is_tracing() or (
+        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    )
     config = Config(
         int(truncate),
         groups,
@@ -748,8 +772,8 @@ class RunNorms:
     id: int = field(default_factory=lambda: next(_IDS))  # how layer_forward's backward finds it
 
     def fill(self, h, c):
-        if self.reverse:
-            h = reference.reverse_padded(h, self.lengths)
+        if self.reverse:  # None: not recorded (a backward with create_graph=True)
+            h = reference.reverse_padded(h, self.lengths) if h is not None else None
             c = reference.reverse_padded(c, self.lengths) if c is not None else None
         self.h, self.c = h, c
 
