@@ -108,3 +108,25 @@ def test_float64_is_not_cast(backend):
     want = m(x)
     assert got[0].dtype == torch.float64
     assert torch.equal(got[0], want[0])
+
+
+@pytest.mark.parametrize("hx", [False, True])
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("pair", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_single_step_cells_follow_torch_under_autocast(pair, x_dtype, hx):
+    """torch's cells under autocast: RNNCell's state in bfloat16; LSTMCell's and GRUCell's in
+    bfloat16 promoted with the previous state's dtype (the input's without hx)."""
+    torch.manual_seed(0)
+    theirs, ours = getattr(torch.nn, pair)(3, 4), getattr(lstmlab, pair)(3, 4)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 3).to(x_dtype)
+    state = None
+    if hx:
+        state = (torch.randn(2, 4), torch.randn(2, 4)) if pair == "LSTMCell" else torch.randn(2, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, got = theirs(x, state), ours(x, state)
+    want = want if isinstance(want, tuple) else (want,)
+    got = got if isinstance(got, tuple) else (got,)
+    assert [t.dtype for t in got] == [t.dtype for t in want]
+    for a, b in zip(got, want, strict=True):
+        assert_close(a.float(), b.float(), tol=torch.bfloat16)

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from .backends import reference
+from .backends import _autocast_dtype, reference
 from .backends.reference import CellParams
 from .cells import CellSpec, cell_names, get_cell
 from .errors import ArgumentError, InputError, InputTypeError
@@ -99,7 +99,7 @@ class _Cell(nn.Module):
                 f"{name}: input has {input.dim()} dimensions (shape {tuple(input.shape)}); "
                 f"expected 2 (batch, input_size) or 1 (input_size)"
             )
-        if input.dtype != self.weight_ih.dtype:
+        if input.dtype != self.weight_ih.dtype and not torch.is_autocast_enabled(input.device.type):
             raise InputError(
                 f"{name}: input dtype {input.dtype} does not match the parameters' dtype {self.weight_ih.dtype}"
             )
@@ -110,6 +110,7 @@ class _Cell(nn.Module):
             )
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
+        low = _autocast_dtype(x)  # under CPU autocast: its lower-precision dtype
         B = x.shape[0]
         if hx is None:
             state = reference.zero_state(spec, B, H, x)
@@ -127,13 +128,30 @@ class _Cell(nn.Module):
                     raise InputTypeError(f"{name}: hx {n} must be a Tensor of shape {want}, got {type(t).__name__}")
                 if tuple(t.shape) != want:
                     raise InputError(f"{name}: hx {n} has shape {tuple(t.shape)}; expected {want}")
-                if t.dtype != x.dtype or t.device != x.device:
+                if (t.dtype != x.dtype and low is None) or t.device != x.device:
                     raise InputError(
                         f"{name}: hx {n} is {t.dtype} on {t.device}; expected {x.dtype} on {x.device} like the input"
                     )
                 state.append(t if batched else t.unsqueeze(0))
-        new = reference.step(spec, self.cell_params(), x, tuple(state), self.truncate)
+        if low is None:
+            new = reference.step(spec, self.cell_params(), x, tuple(state), self.truncate)
+        else:
+            new = self._autocast_step(x, tuple(state), low)
         return new if batched else tuple(t.squeeze(0) for t in new)
+
+    def _autocast_step(self, x, state, low):
+        """One step under CPU autocast as torch's cells take it: the products' operands
+        rounded to `low`, computed in float32; the new state in `low` for the plain RNN
+        (torch's RNNCell ends on its products), else in `low` promoted with the state's
+        dtype (torch's LSTMCell and GRUCell combine the products with the previous state,
+        zeros of the input's dtype when hx is not given)."""
+        f32 = torch.float32
+        rounded = lambda t: None if t is None else t.to(low).to(f32)
+        p = CellParams(*(rounded(getattr(self.cell_params(), f)) for f in CellParams.__dataclass_fields__))
+        with torch.autocast(x.device.type, enabled=False):
+            new = reference.step(self.spec, p, rounded(x), tuple(rounded(s) for s in state), self.truncate)
+        dtype = low if self.spec.kind == "rnn" else torch.promote_types(low, state[0].dtype)
+        return tuple(t.to(dtype) for t in new)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
