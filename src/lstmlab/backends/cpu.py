@@ -333,16 +333,17 @@ def _present(tensors):
     return [t if k in _REQUIRED or t.numel() else None for k, t in enumerate(tensors)]
 
 
-def _kernel_args(cell, c, lengths, tensors):
-    """The plan, the packed input weights and state, and the arguments every kernel call
-    takes in torch's layout or as given (csrc/lstmlab_cpu.cpp forward/backward)."""
+def _kernel_args(cell, c, lengths, tensors, with_bias=True):
+    """The plan, the packed input weights (and with_bias, biases: the backward needs none)
+    and state, and the arguments every kernel call takes in torch's layout or as given
+    (csrc/lstmlab_cpu.cpp forward/backward)."""
     x, h0, c0, a0, W_ih, W_hh, b_ih, b_hh, W_ch, W_gg, W_hr = tensors
     spec = _spec_of(cell)
     proj = 0 if W_hr is None else W_hr.shape[0]
     plan = layout_plan(spec, W_hh.shape[0] // len(spec.gates), c.bounds, bool(c.truncate), proj)
     none = x.new_empty(0)
     pick = lambda t: none if t is None else t.contiguous()
-    Wx, bx, s0 = plan.pack(W_ih, b_ih, b_hh, h0, a0)
+    Wx, bx, s0 = plan.pack(W_ih, b_ih if with_bias else None, b_hh, h0, a0)
     maps = [none.long() if m is None else m for m in (plan.r_src, plan.a_src)]
     lens = none.long() if lengths is None else lengths.contiguous()
     # the recurrent weights as they are (the kernel reads them in its order)
@@ -433,7 +434,9 @@ def _backward_impl(
     if tensors[0].shape[1] == 0:  # no rows: zero weight gradients, as torch.nn gives
         return _backward_outputs(cell, config, tensors, tensors[0].new_zeros)
     c, tensors = _fitted(config, tensors[0]), _present(tensors)
-    plan, Wx, _, s0, (c0, W_hh, W_gg, r_src, a_src, peep, lens), W_hr = _kernel_args(cell, c, lengths, tensors)
+    plan, Wx, _, s0, (c0, W_hh, W_gg, r_src, a_src, peep, lens), W_hr = _kernel_args(
+        cell, c, lengths, tensors, with_bias=False
+    )
     x, a0, b_ih = tensors[0].contiguous(), tensors[3], tensors[6]
     none = x.new_empty(0)
     pick = lambda t: none if t is None else t.contiguous()
