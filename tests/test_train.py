@@ -106,21 +106,24 @@ def test_momentum_and_input_noise_are_greffs():
 
 
 # ---- resumption -------------------------------------------------------------------------
+RESUMABLE = TrainConfig(
+    "adding",
+    {"T": 30},
+    cell="lstm",
+    hidden_size=4,
+    optimizer="adam",
+    lr=0.01,
+    batch_size=4,
+    max_sequences=160,
+    eval_every=20,
+    checkpoint_every=40,
+    progress=False,
+    test=False,
+)
+
+
 def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
-    base = TrainConfig(
-        "adding",
-        {"T": 30},
-        cell="lstm",
-        hidden_size=4,
-        optimizer="adam",
-        lr=0.01,
-        batch_size=4,
-        max_sequences=160,
-        eval_every=40,
-        checkpoint_every=40,
-        progress=False,
-        test=False,
-    )
+    base = replace(RESUMABLE, eval_every=40)
     whole = train(replace(base, out_dir=str(tmp_path / "whole")))
     first = train(replace(base, out_dir=str(tmp_path / "parts"), max_sequences=80))
     assert first.sequences_seen == 80
@@ -152,22 +155,6 @@ def records(path, drop=("resumed", "interrupted")):
     """metrics.jsonl without wall-clock seconds and without the given events."""
     rows = map(json.loads, (path / "metrics.jsonl").read_text().splitlines())
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows if r["event"] not in drop]
-
-
-RESUMABLE = TrainConfig(
-    "adding",
-    {"T": 30},
-    cell="lstm",
-    hidden_size=4,
-    optimizer="adam",
-    lr=0.01,
-    batch_size=4,
-    max_sequences=160,
-    eval_every=20,
-    checkpoint_every=40,
-    progress=False,
-    test=False,
-)
 
 
 @pytest.mark.parametrize(
