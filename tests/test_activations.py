@@ -1,20 +1,17 @@
 """The one table of activations, lstmlab.cells.ACTIVATIONS, against everything else that
 knows them: each derivative against autograd's, the kernel's table of codes against it
-(same names, same codes; a table that differs is refused when the kernel loads, an unknown
-code by the kernel itself), and the kernel's forward and derivative of every activation,
-in each place a cell applies one, against the reference backend in float64."""
-
-import dataclasses
-import re
-import types
+(the kernel's activations have ACTIVATIONS' codes; the checks of the kernel's tables at load
+and of a Cell's codes are in test_backend_cpu_boundary.py), and the kernel's forward and
+derivative of every activation it computes, in each place a cell applies one, against the
+reference backend in float64."""
 
 import pytest
 import torch
 
 import lstmlab
 from conftest import assert_close
-from lstmlab.backends import cpu, csrc, reference
-from lstmlab.backends.csrc.layout import check_activations
+from lstmlab.backends import cpu, reference
+from lstmlab.backends.csrc.boundary import KERNEL_ACTIVATIONS, activation_codes
 from lstmlab.cells import ACTIVATIONS
 
 NAMES = list(ACTIVATIONS)
@@ -26,8 +23,10 @@ def ext(cpu_backend):
     return cpu._extension()
 
 
-def test_every_activation_is_known_to_the_kernel_with_its_code(ext):
-    assert dict(ext.activations) == {name: a.code for name, a in ACTIVATIONS.items()}
+def test_the_kernels_activations_have_the_codes_of_activations(ext):
+    assert set(KERNEL_ACTIVATIONS) <= set(ACTIVATIONS)
+    assert dict(ext.activations) == {name: ACTIVATIONS[name].code for name in KERNEL_ACTIVATIONS}
+    assert activation_codes() == dict(ext.activations)
 
 
 def test_the_codes_are_distinct():
@@ -57,7 +56,7 @@ def run_and_differentiate(backend, m, x, state):
     return [o.detach() for o in outs] + list(torch.autograd.grad(outs, leaves, cot))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", KERNEL_ACTIVATIONS)
 @pytest.mark.parametrize(
     "cell,field", [("rnn-tanh", "activation"), ("lstm", "activation"), ("lstm", "output_activation")]
 )
@@ -73,46 +72,3 @@ def test_the_kernel_applies_and_differentiates_each_activation_as_the_reference(
     assert len(got) == len(want)
     for k, (a, b) in enumerate(zip(got, want)):
         assert_close(a, b, F64, msg=f"{cell} with {field}={name}: entry {k}")
-
-
-@pytest.mark.parametrize("cell,index,field", [("rnn-tanh", 1, "activation"), ("lstm", 2, "output_activation")])
-def test_the_kernel_rejects_an_unknown_activation_code(ext, monkeypatch, cell, index, field):
-    real = cpu.layout_plan
-
-    def bad_plan(*args):
-        p = real(*args)
-        return dataclasses.replace(p, cfg=[*p.cfg[:index], 99, *p.cfg[index + 1 :]])
-
-    monkeypatch.setattr(cpu, "layout_plan", bad_plan)
-    m = lstmlab.Recurrent(2, 3, cell=cell, dtype=F64, backend="reference")
-    x = torch.randn(2, 1, 2, dtype=F64)
-    state = tuple(torch.zeros(1, 3, dtype=F64) for _ in m.spec.state_names)
-    known = ", ".join(f"{n}={a.code}" for n, a in ACTIVATIONS.items())
-    with pytest.raises(RuntimeError, match=re.escape(f"{field} code 99 is unknown; known codes: {known}")):
-        cpu.run_layer(m.spec, m.cell_params(0), x, state)
-
-
-def test_a_kernel_table_that_disagrees_is_refused_naming_each_difference():
-    kernel = {name: a.code for name, a in ACTIVATIONS.items()}
-    check_activations(kernel)  # agrees: nothing raised
-    kernel["relu"] = 7
-    del kernel["h1997"]
-    kernel["gelu"] = 6
-    with pytest.raises(csrc.BuildError) as e:
-        check_activations(kernel)
-    msg = str(e.value)
-    assert "'h1997' is 5 in lstmlab.cells.ACTIVATIONS but unknown to the kernel" in msg
-    assert "'gelu' is 6 in the kernel but not in lstmlab.cells.ACTIVATIONS" in msg
-    assert "'relu' is 2 in lstmlab.cells.ACTIVATIONS but 7 in the kernel" in msg
-
-
-def test_a_kernel_that_disagrees_is_not_used(monkeypatch):
-    fake = types.SimpleNamespace(activations={"tanh": 1}, vector_bytes=64)
-    monkeypatch.setattr(cpu, "_ext", None)
-    monkeypatch.setattr(cpu, "_ext_error", None)
-    monkeypatch.setattr(csrc, "load", lambda: fake)
-    ok, why = cpu.available()
-    assert not ok
-    assert "'tanh' is 0 in lstmlab.cells.ACTIVATIONS but 1 in the kernel" in why
-    with pytest.raises(RuntimeError, match="disagree with lstmlab.cells.ACTIVATIONS"):
-        cpu._extension()

@@ -153,7 +153,7 @@ def test_kernel_refuses_zero_sizes():
     def call(x, bounds=pl.bounds):
         B = x.shape[1]
         return ext.forward(
-            pl.cfg,
+            ext.Cell(**pl.cfg),
             bounds,
             1,
             x,

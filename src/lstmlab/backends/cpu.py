@@ -66,8 +66,10 @@ import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 
 from ..cells import CellSpec
+from ..errors import ArgumentError
 from . import reference
-from .csrc.layout import check_activations
+from .csrc.boundary import check_kernel
+from .csrc.boundary import supports as _kernel_supports
 from .csrc.layout import plan as layout_plan
 from .reference import CellParams, State
 
@@ -86,13 +88,20 @@ def _extension():
 
         try:
             ext = csrc.load()
-            check_activations(dict(ext.activations))
+            check_kernel(ext)
             _ext = ext
         except csrc.BuildError as e:
             _ext_error = str(e)
     if _ext is None:
         raise RuntimeError(_ext_error)
     return _ext
+
+
+def supports(spec: CellSpec) -> tuple[bool, str]:
+    """(True, "") if the kernel computes this cell, else (False, why) (csrc/boundary.py:
+    its kind, forget mode and activations, and no CellSpec field it does not know). Needs
+    no extension; never raises."""
+    return _kernel_supports(spec)
 
 
 def available() -> tuple[bool, str]:
@@ -333,21 +342,29 @@ def _present(tensors):
     return [t if k in _REQUIRED or t.numel() else None for k, t in enumerate(tensors)]
 
 
+@functools.lru_cache(maxsize=256)
+def _kernel_plan(cell: str, H: int, bounds: tuple[int, ...], truncate: bool, proj: int):
+    """The layout Plan of a call and the extension's Cell made from its fields by name
+    (checked there, once per plan)."""
+    plan = layout_plan(_spec_of(cell), H, bounds, truncate, proj)
+    return plan, _extension().Cell(**plan.cfg)
+
+
 def _kernel_args(cell, c, lengths, tensors, with_bias=True):
-    """The plan, the packed input weights (and with_bias, biases: the backward needs none)
-    and state, and the arguments every kernel call takes in torch's layout or as given
-    (csrc/lstmlab_cpu.cpp forward/backward)."""
+    """The plan and the kernel's Cell, the packed input weights (and with_bias, biases: the
+    backward needs none) and state, and the arguments every kernel call takes in torch's
+    layout or as given (csrc/lstmlab_cpu.cpp forward/backward)."""
     x, h0, c0, a0, W_ih, W_hh, b_ih, b_hh, W_ch, W_gg, W_hr = tensors
-    spec = _spec_of(cell)
     proj = 0 if W_hr is None else W_hr.shape[0]
-    plan = layout_plan(spec, W_hh.shape[0] // len(spec.gates), c.bounds, bool(c.truncate), proj)
+    H = W_hh.shape[0] // len(_spec_of(cell).gates)
+    plan, kcell = _kernel_plan(cell, H, c.bounds, bool(c.truncate), proj)
     none = x.new_empty(0)
     pick = lambda t: none if t is None else t.contiguous()
     Wx, bx, s0 = plan.pack(W_ih, b_ih if with_bias else None, b_hh, h0, a0)
     maps = [none.long() if m is None else m for m in (plan.r_src, plan.a_src)]
     lens = none.long() if lengths is None else lengths.contiguous()
     # the recurrent weights as they are (the kernel reads them in its order)
-    return plan, Wx, bx, s0, (pick(c0), W_hh.contiguous(), pick(W_gg), *maps, pick(W_ch), lens), pick(W_hr)
+    return plan, kcell, Wx, bx, s0, (pick(c0), W_hh.contiguous(), pick(W_gg), *maps, pick(W_ch), lens), pick(W_hr)
 
 
 def _forward_impl(cell: str, config: list[int], lengths: Tensor | None, tensors: list[Tensor]) -> list[Tensor]:
@@ -357,10 +374,10 @@ def _forward_impl(cell: str, config: list[int], lengths: Tensor | None, tensors:
     if tensors[0].shape[1] == 0:  # no rows (eager calls never get here: run_layer answers them)
         return _forward_outputs(cell, config, tensors, tensors[0].new_zeros)
     c, tensors = _fitted(config, tensors[0]), _present(tensors)
-    plan, Wx, bx, s0, (c0, W_hh, W_gg, r_src, a_src, peep, lens), W_hr = _kernel_args(cell, c, lengths, tensors)
+    plan, kcell, Wx, bx, s0, (c0, W_hh, W_gg, r_src, a_src, peep, lens), W_hr = _kernel_args(cell, c, lengths, tensors)
     x, a0 = tensors[0].contiguous(), tensors[3]
     out, gates, C, s_fin, c_fin, cells, M = _extension().forward(
-        plan.cfg,
+        kcell,
         plan.bounds,
         c.groups,
         x,
@@ -434,7 +451,7 @@ def _backward_impl(
     if tensors[0].shape[1] == 0:  # no rows: zero weight gradients, as torch.nn gives
         return _backward_outputs(cell, config, tensors, tensors[0].new_zeros)
     c, tensors = _fitted(config, tensors[0]), _present(tensors)
-    plan, Wx, _, s0, (c0, W_hh, W_gg, r_src, a_src, peep, lens), W_hr = _kernel_args(
+    plan, kcell, Wx, _, s0, (c0, W_hh, W_gg, r_src, a_src, peep, lens), W_hr = _kernel_args(
         cell, c, lengths, tensors, with_bias=False
     )
     x, a0, b_ih = tensors[0].contiguous(), tensors[3], tensors[6]
@@ -450,7 +467,7 @@ def _backward_impl(
         ds_fin = (ds_fin if plan.s_src is None else ds_fin.index_select(1, plan.s_src)).contiguous()
     out, gates, C, M = saved
     dx, ds0, dc0, dWx, dbx, dW_hh, dW_gg, dpeep, norm_h, norm_c, dW_hr = _extension().backward(
-        plan.cfg,
+        kcell,
         plan.bounds,
         c.groups,
         x,
@@ -638,6 +655,7 @@ def _reference_grads(spec, truncate, return_cells, lengths, inputs, grads):
 
 
 _warned: set[str] = set()
+_SUPPORTED: set[str] = set()  # the _spec_key of every cell supports() admitted
 
 
 def _fallback(why: str, *args, **kw):
@@ -669,6 +687,12 @@ def run_layer(
     Returns:
         output (T, B, H or P), final state tuple, cells (T, B, H) or None.
     """
+    cell = _spec_key(spec)
+    if cell not in _SUPPORTED:  # once per cell: supports() and its reason
+        ok, why = supports(spec)
+        if not ok:
+            raise ArgumentError(f"cell {spec.name!r} cannot run on backend 'cpu': {why}")
+        _SUPPORTED.add(cell)
     truncate = spec.truncate if truncate is None else truncate
     if p.weight_hr is not None and spec.kind != "lstm":
         raise ValueError(f"weight_hr given for cell {spec.name!r} ({spec.kind}); allowed: lstm cells only (proj_size)")
@@ -730,7 +754,7 @@ def run_layer(
         tuple(bounds),
     )
     none = x.new_empty(0)
-    args = (_spec_key(spec), config.to_list(), lengths, [none if t is None else t for t in tensors])
+    args = (cell, config.to_list(), lengths, [none if t is None else t for t in tensors])
     if torch.jit.is_tracing() or torch.compiler.is_compiling():  # the operator itself in the graph
         out, h_n, c_n, a_n, cells, *_ = _layer_forward(*args)
     else:  # eager: through a Function (one torch.func can transform under its transforms)
