@@ -47,7 +47,7 @@ def gradient_flow(model, x, loss_fn, hx=None, layer: int = 0, direction: int = 0
             f"layer={layer}, direction={direction} is invalid; the model has "
             f"{model.num_layers} layers and {model.num_directions} directions"
         )
-    backend = get_backend(model.backend, x.device.type)
+    backend = get_backend(model.backend, x.device.type, model.spec)
     if hasattr(backend, "GradNorms"):
         with backend.GradNorms() as rec, torch.enable_grad():
             loss = loss_fn(model(x, hx)[0])
