@@ -56,18 +56,20 @@ def get_backend(name: str, device_type: str = "cpu", spec=None) -> ModuleType:
 # they trace as a constant (choosing imports modules and may build the extension: not for
 # tracing) and find the module here.
 _LOADED: dict[str, ModuleType] = {}
-# (backend, spec) -> supports(spec), and the pairs "auto" has warned about.
-_SUPPORTS: dict[tuple, tuple[bool, str]] = {}
+# (backend, id(spec)) -> (spec, supports(spec)): keyed by identity, which costs no hash of the
+# spec's fields per call (the spec is kept, so its id is not reused); and the (backend, spec)
+# pairs "auto" has warned about.
+_SUPPORTS: dict[tuple[str, int], tuple] = {}
 _WARNED: set[tuple] = set()
 
 
 def _supports(name: str, spec) -> tuple[bool, str]:
     if spec is None or name == "reference":
         return True, ""
-    got = _SUPPORTS.get((name, spec))
-    if got is None:
-        got = _SUPPORTS[(name, spec)] = importlib.import_module(_MODULES[name]).supports(spec)
-    return got
+    got = _SUPPORTS.get((name, id(spec)))
+    if got is None or got[0] is not spec:
+        got = _SUPPORTS[(name, id(spec))] = (spec, importlib.import_module(_MODULES[name]).supports(spec))
+    return got[1]
 
 
 def check_supports(name: str, spec) -> None:

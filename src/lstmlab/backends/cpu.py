@@ -52,23 +52,23 @@ eager runs only: a traced or compiled run inside its block raises.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import functools
 import itertools
 import os
 import warnings
 import weakref
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 
 from ..cells import CellSpec
-from ..errors import ArgumentError
 from . import reference
-from .csrc.boundary import check_kernel
+from .csrc.boundary import ADMITTED, admit, check_kernel
+from .csrc.boundary import spec_key as _spec_key
+from .csrc.boundary import spec_of as _spec_of
 from .csrc.boundary import supports as _kernel_supports
 from .csrc.layout import plan as layout_plan
 from .reference import CellParams, State
@@ -308,22 +308,6 @@ class Config(NamedTuple):
     @classmethod
     def of(cls, config: list[int]) -> Config:
         return cls(*config[:5], tuple(config[5:10]), tuple(config[10:]))
-
-
-# The CellSpec fields that define the maths (not its name, summary or torch twin).
-_SPEC_FIELDS = tuple(f.name for f in fields(CellSpec) if f.name not in ("name", "summary", "torch_module"))
-
-
-def _spec_key(spec: CellSpec) -> str:
-    """The cell as the operators' string: "kind='lstm',activation='tanh',...,truncate=False"
-    (plain string building, which torch.compile traces)."""
-    return ",".join(f"{k}={getattr(spec, k)!r}" for k in _SPEC_FIELDS)
-
-
-@functools.lru_cache(maxsize=256)
-def _spec_of(key: str) -> CellSpec:
-    values = dict(item.split("=", 1) for item in key.split(","))
-    return CellSpec(name=key, summary="", **{k: ast.literal_eval(v) for k, v in values.items()})
 
 
 def _state_out(s, plan, with_a):
@@ -655,7 +639,6 @@ def _reference_grads(spec, truncate, return_cells, lengths, inputs, grads):
 
 
 _warned: set[str] = set()
-_SUPPORTED: set[str] = set()  # the _spec_key of every cell supports() admitted
 
 
 def _fallback(why: str, *args, **kw):
@@ -688,11 +671,8 @@ def run_layer(
         output (T, B, H or P), final state tuple, cells (T, B, H) or None.
     """
     cell = _spec_key(spec)
-    if cell not in _SUPPORTED:  # once per cell: supports() and its reason
-        ok, why = supports(spec)
-        if not ok:
-            raise ArgumentError(f"cell {spec.name!r} cannot run on backend 'cpu': {why}")
-        _SUPPORTED.add(cell)
+    if cell not in ADMITTED:  # once per cell: the kernel computes it, else ArgumentError
+        admit(spec, cell)
     truncate = spec.truncate if truncate is None else truncate
     if p.weight_hr is not None and spec.kind != "lstm":
         raise ValueError(f"weight_hr given for cell {spec.name!r} ({spec.kind}); allowed: lstm cells only (proj_size)")

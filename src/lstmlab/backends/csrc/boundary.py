@@ -10,14 +10,20 @@ compares the two when the extension loads, and a kernel that disagrees is not us
 
 `supports(spec)` says whether the kernel computes a cell at all (its kind, forget mode and
 activations are among the kernel's, and it sets no field the kernel does not know); a cell
-it cannot run is refused by name before anything is packed.
+it cannot run is refused by name before anything is packed (`admit`).
+
+The cell reaches the kernel's custom operators as a string, `spec_key(spec)`, from which
+`spec_of` rebuilds it (cached).
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 from dataclasses import MISSING, fields
 
 from ...cells import ACTIVATIONS, CellSpec
+from ...errors import ArgumentError
 from . import BuildError
 
 # csrc/cells.h `Cell`, field by field (the extension's `cell_fields`).
@@ -131,3 +137,33 @@ def supports(spec: CellSpec) -> tuple[bool, str]:
         if default is MISSING or value != default:
             return False, f"the kernel does not know the cell field {f.name} (here {value!r})"
     return True, ""
+
+
+ADMITTED: set[str] = set()  # the spec_key of every cell `admit` let through
+
+
+def admit(spec: CellSpec, key: str | None = None) -> None:
+    """Raise ArgumentError naming the cell and the reason unless the kernel computes it;
+    remember `key` (spec_key(spec)), if given, when it does."""
+    ok, why = supports(spec)
+    if not ok:
+        raise ArgumentError(f"cell {spec.name!r} cannot run on backend 'cpu': {why}")
+    if key is not None:
+        ADMITTED.add(key)
+
+
+# The CellSpec fields that define the maths (not its name, summary or torch twin).
+_SPEC_FIELDS = tuple(f.name for f in fields(CellSpec) if f.name not in ("name", "summary", "torch_module"))
+
+
+def spec_key(spec: CellSpec) -> str:
+    """The cell as the operators' string: "kind='lstm',activation='tanh',...,truncate=False"
+    (plain string building, which torch.compile traces)."""
+    return ",".join(f"{k}={getattr(spec, k)!r}" for k in _SPEC_FIELDS)
+
+
+@functools.lru_cache(maxsize=256)
+def spec_of(key: str) -> CellSpec:
+    """The CellSpec of a spec_key (named by the key)."""
+    values = dict(item.split("=", 1) for item in key.split(","))
+    return CellSpec(name=key, summary="", **{k: ast.literal_eval(v) for k, v in values.items()})

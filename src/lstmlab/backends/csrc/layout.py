@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ...cells import ACTIVATIONS, CellSpec
-from ...errors import ArgumentError
-from .boundary import FORGET_MODES, GRU_BLOCKS, KINDS, supports
+from .boundary import FORGET_MODES, GRU_BLOCKS, KINDS, admit
 
 
 @dataclass(frozen=True)
@@ -87,9 +86,7 @@ def _or_identity(idx: list[int]) -> torch.Tensor | None:
 def plan(spec: CellSpec, H: int, bounds: tuple[int, ...], truncate: bool, proj: int = 0) -> Plan:
     """The Plan for a cell, hidden size H, slices `bounds`, the truncated rule and the width
     of the projection (proj_size; 0: none, else one slice only) (cached)."""
-    ok, why = supports(spec)
-    if not ok:
-        raise ArgumentError(f"cell {spec.name!r} cannot run on backend 'cpu': {why}")
+    admit(spec)  # refuses a cell the kernel does not compute
     if proj and len(bounds) != 2:
         raise ValueError(f"bounds={bounds!r} with proj={proj}: a projection runs in one slice of hidden units")
     gates, fed_back = spec.gates, spec.recurrent_gates
