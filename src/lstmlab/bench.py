@@ -28,23 +28,28 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .backends import cpu
-from .cells import cell_names
+from .cells import cell_names, get_cell
 from .io import check_writable, write_json, write_text
 from .layer import Recurrent
 
 GRID = ((1, 1000, 1, 32), (16, 500, 8, 64), (32, 200, 32, 128), (64, 100, 64, 256), (8, 100, 128, 512))
 
 
+def kernel_cells() -> tuple[str, ...]:
+    """The registered cells the cpu backend computes (`cpu.supports`), in cell_names() order."""
+    return tuple(n for n in cell_names() if cpu.supports(get_cell(n))[0])
+
+
 @dataclass(frozen=True)
 class BenchConfig:
-    """cells: registry names (default: all). shapes: (B, T, I, H) each. rounds: timing
-    rounds (best of); reference_rounds: the same for the slow reference loop (0 skips it).
-    memory: measure peak memory. seed: for inputs and weights. variants: each a tuple of
-    (name, value) overrides of the cpu backend's tuning constants (`cpu.tuning`): every
-    cell runs once more under each, with the same weights, in the same rounds, as
-    "cell [name=value,...]"."""
+    """cells: registry names (default: all the cpu backend computes, `kernel_cells`).
+    shapes: (B, T, I, H) each. rounds: timing rounds (best of); reference_rounds: the same
+    for the slow reference loop (0 skips it). memory: measure peak memory. seed: for inputs
+    and weights. variants: each a tuple of (name, value) overrides of the cpu backend's
+    tuning constants (`cpu.tuning`): every cell runs once more under each, with the same
+    weights, in the same rounds, as "cell [name=value,...]"."""
 
-    cells: tuple[str, ...] = field(default_factory=lambda: tuple(cell_names()))
+    cells: tuple[str, ...] = field(default_factory=kernel_cells)
     shapes: tuple[tuple[int, int, int, int], ...] = GRID
     rounds: int = 9
     reference_rounds: int = 2
@@ -390,11 +395,14 @@ def _main(args) -> int:
             f"--rounds {args.rounds} / --reference-rounds {args.reference_rounds} is invalid; "
             f"allowed: rounds >= 1, reference rounds >= 0"
         )
-    unknown = [c for c in args.cells or () if c not in cell_names()]
+    unknown = [c for c in args.cells or () if c not in kernel_cells()]
     if unknown:
-        raise ValueError(f"--cells {', '.join(unknown)}: not registered; valid: {', '.join(cell_names())}")
+        raise ValueError(
+            f"--cells {', '.join(unknown)}: not a registered cell the cpu backend computes; "
+            f"valid: {', '.join(kernel_cells())}"
+        )
     cfg = BenchConfig(
-        cells=tuple(args.cells or cell_names()),
+        cells=tuple(args.cells or kernel_cells()),
         shapes=tuple(_shape(s) for s in args.shape) if args.shape else GRID,
         rounds=args.rounds,
         reference_rounds=args.reference_rounds,
