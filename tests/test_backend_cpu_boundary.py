@@ -227,3 +227,20 @@ def test_backend_auto_runs_it_on_the_reference_warning_once(softsign_rnn, cpu_ba
         want.append(h)
     for out in outs:
         assert_close(out, torch.stack(want))
+
+
+def test_auto_chooses_by_cell_under_torch_export(softsign_rnn, cpu_backend):
+    """The choice is a constant of the trace (backends._resolve takes the spec as one): a
+    cell the kernel computes exports with the kernel's operator, one it does not with the
+    reference's operations, each computing what eager does."""
+    x = torch.randn(4, 2, 2, dtype=F64)
+    for cell, kernel in ((lstmlab.get_cell("rnn-tanh"), True), (softsign_rnn, False)):
+        torch.manual_seed(0)
+        m = lstmlab.Recurrent(2, 3, cell=cell, dtype=F64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            want = m(x)[0]
+            exported = torch.export.export(m, (x,))
+        ops = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+        assert ("lstmlab.layer_forward.default" in ops) == kernel, ops
+        assert_close(exported.module()(x)[0], want)
