@@ -23,6 +23,23 @@ REBER = {"cell_bias": False, "output_bias": False}  # sec. 5.1: gates biased, ou
         (BlockNet(7, 7, 3, 2, **REBER), 276),  # embedded Reber, 3 blocks of 2
         (BlockNet(8, 4, 2, 2), 156),  # temporal order 6a
         (BlockNet(8, 8, 3, 2), 308),  # temporal order 6b
+        # lag 2a, p = 100: one cell and its input gate seeing the 101 inputs only (no bias, no
+        # recurrence), outputs seeing the cell and the inputs, no output gate, no biases
+        (
+            BlockNet(
+                101,
+                101,
+                1,
+                1,
+                output_gate=False,
+                recurrent_from=(),
+                cell_bias=False,
+                gate_bias=False,
+                output_bias=False,
+                output_from_inputs=True,
+            ),
+            10_504,
+        ),
     ],
 )
 def test_weight_counts_are_the_papers(net, count):
@@ -346,3 +363,23 @@ def test_same_seed_same_machine_other_seed_other_weights():
     assert np.array_equal(
         Machine1997(net, INIT, 21, fast=False).get_weights(), Machine1997(net, INIT, 21).get_weights()
     )
+
+
+def test_disconnected_outputs_see_only_the_inputs_and_the_hidden_layer_learns_nothing():
+    net = NETS["forget-hidden-direct"]
+    fast, ref = _pair(net, seed=16)
+    fast.connected = ref.connected = False
+    xs, lengths, targets = _data(net, 3, 10, seed=17)
+    g = ref.gradient(xs[0], targets[0])
+    _close(fast.gradient(xs[0], targets[0]), g)
+    g_hid, g_out = _matrices(net, g)
+    assert (g_hid == 0).all() and (g_out[:, : net.cells + net.hidden_units] == 0).all() and (g_out != 0).any()
+    w_out = torch.from_numpy(fast.weight_matrices()[1])
+    direct = torch.sigmoid(torch.from_numpy(xs[0]) @ w_out[:, net.cells + net.hidden_units : -1].T + w_out[:, -1])
+    _close(fast.predict(xs[:1], [10])[0], direct)
+    a, b = (m.train_sequences(xs, lengths, targets, lr=0.5) for m in (fast, ref))
+    _close(a["sq_error"], b["sq_error"])
+    _close(fast.get_weights(), ref.get_weights())
+    fast.connected = ref.connected = True
+    _close(fast.gradient(xs[1], targets[1]), ref.gradient(xs[1], targets[1]))
+    assert (_matrices(net, fast.gradient(xs[1], targets[1]))[0] != 0).any()

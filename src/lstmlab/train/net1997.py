@@ -214,11 +214,12 @@ class _StepOut:
     extras: dict = field(default_factory=dict)
 
 
-def reference_step(net: BlockNet, w_hid: torch.Tensor, w_out: torch.Tensor, x, s, r) -> _StepOut:
+def reference_step(net: BlockNet, w_hid: torch.Tensor, w_out: torch.Tensor, x, s, r, connected=True) -> _StepOut:
     """One step of the net in PyTorch: x (I,), s (C,), r (R,) -> y (K,), s (C,), r (R,).
 
     r is detached here (the truncated gradient); s is not (the carousel carries the error).
     w_hid / w_out are the full matrices (masked entries must be zero or masked by the caller).
+    connected=False: the output units see zeros in place of the cells and hidden units.
     """
     C, B, n = net.cells, net.blocks, net.cells_per_block
     z = torch.cat([x, x.new_ones(1), r.detach()])  # (S,)
@@ -232,7 +233,8 @@ def reference_step(net: BlockNet, w_hid: torch.Tensor, w_out: torch.Tensor, x, s
     hid = torch.sigmoid(a[net.row("hidden") :])
     groups = {"cells": y_c, "gates": torch.cat([gate[k] for k in net.gate_kinds] or [a.new_zeros(0)]), "hidden": hid}
     r_new = torch.cat([groups[k] for k in net.recurrent_from] or [a.new_zeros(0)])
-    zo = torch.cat([y_c, hid, x, x.new_ones(1)])
+    seen = 1.0 if connected else 0.0
+    zo = torch.cat([y_c * seen, hid * seen, x, x.new_ones(1)])
     y = ACTIVATIONS[net.output_activation].fn(w_out @ zo)
     return _StepOut(y, s_new, r_new)
 
@@ -259,6 +261,7 @@ class ReferenceEngine:
         self.net = net
         self.mask = tuple(torch.from_numpy(m) for m in net.masks())
         self.set(w_hid, w_out)
+        self.connected = True
         self.reset()
 
     def reset(self):
@@ -300,7 +303,7 @@ class ReferenceEngine:
         w_hid, w_out = self._leaf()
         s, r, loss, worst, ys = self.s, self.r, x.new_zeros(()), 0.0, []
         for t in range(x.shape[0]):
-            out = reference_step(self.net, w_hid, w_out, x[t], s, r)
+            out = reference_step(self.net, w_hid, w_out, x[t], s, r, self.connected)
             s, r = out.s, out.r
             e = self._error(out.y, targets[t])
             loss = loss + 0.5 * (e**2).sum()
@@ -335,7 +338,7 @@ class ReferenceEngine:
         for t in range(x.shape[0]):
             if update == "step" and t > 0:
                 w_hid, w_out = self._leaf()
-            out = reference_step(self.net, w_hid, w_out, torch.from_numpy(x[t]), self.s, self.r)
+            out = reference_step(self.net, w_hid, w_out, torch.from_numpy(x[t]), self.s, self.r, self.connected)
             self.s, self.r = out.s, out.r.detach()
             e = self._error(out.y, torch.from_numpy(targets[t]))
             if e.numel():
@@ -462,6 +465,18 @@ class Machine1997:
     def reset(self):
         """Zero the cell states, the t-1 activations and the traces (a new stream)."""
         self._engine.reset()
+
+    @property
+    def connected(self) -> bool:
+        """True (the default): the output units see the cells and hidden units. False: they
+        see only the inputs (output_from_inputs) and their bias, and no error reaches the
+        hidden layer (its weights stay as they are; its state still runs). The 1997 paper
+        added its memory cells once the error of the direct weights stopped falling."""
+        return self._engine.connected
+
+    @connected.setter
+    def connected(self, on: bool):
+        self._engine.connected = bool(on)
 
     # -- weights --------------------------------------------------------------------------
     def weight_matrices(self) -> tuple[np.ndarray, np.ndarray]:

@@ -48,6 +48,14 @@ class CppEngine:
         m_hid, m_out = net.masks()
         self._e = engine_module().Engine(config, w_hid, w_out, m_hid, m_out)
 
+    @property
+    def connected(self) -> bool:
+        return self._e.connected
+
+    @connected.setter
+    def connected(self, on: bool):
+        self._e.connected = on
+
     def reset(self):
         self._e.reset()
 

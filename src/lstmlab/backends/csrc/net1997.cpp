@@ -129,6 +129,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<Engine>(m, "Engine")
       .def(py::init(&make))
       .def("reset", &Engine::reset)
+      .def_readwrite("connected", &Engine::connected)
       .def("get_weights", &get_weights)
       .def("set_weights", &set_weights)
       .def("sequences", &sequences)

@@ -102,6 +102,7 @@ class Engine {
   std::vector<double> gWh, gWo;        // the gradient accumulated since the last update
   std::vector<double> s, r;            // cell states (C), the t-1 sources (R)
   std::vector<double> tc, ti, tf;      // traces (C, S) each (ti, tf empty without the gate)
+  bool connected = true;               // false: the output units see neither cells nor hidden units
 
   Engine(const std::vector<int64_t>& config, std::vector<double> w_hid, std::vector<double> w_out,
          std::vector<double> m_hid, std::vector<double> m_out)
@@ -183,8 +184,12 @@ class Engine {
     }
     for (int u = 0; u < T.H; ++u) hu_[u] = sigmoid(a_[T.row_h + u]);
     double* zo = zo_.data();
-    std::copy(yc_.begin(), yc_.end(), zo);
-    std::copy(hu_.begin(), hu_.end(), zo + T.C);
+    if (connected) {
+      std::copy(yc_.begin(), yc_.end(), zo);
+      std::copy(hu_.begin(), hu_.end(), zo + T.C);
+    } else {
+      std::fill(zo, zo + T.C + T.H, 0.0);
+    }
     std::copy(x, x + T.I, zo + T.C + T.H);
     zo[T.O - 1] = 1.0;
     StepErrors err;
@@ -234,6 +239,7 @@ class Engine {
       axpy(d, zo, &gWo[(size_t)k * T.O], T.O);
       axpy(d, &Wo[(size_t)k * T.O], ec_.data(), T.C + T.H);
     }
+    if (!connected) return;  // no error reaches the hidden layer
     for (int j = 0; j < T.B; ++j) {
       const double o = o_[j];
       double e_out = 0.0;
