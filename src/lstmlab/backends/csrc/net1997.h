@@ -220,10 +220,14 @@ class Engine {
  private:
   std::vector<double> z_, a_, in_, f_, o_, g_, hs_, yc_, hu_, zo_, delta_, ec_;
 
+  // Four running sums: without -ffast-math one sum is a chain the compiler may not reorder.
   static double dot(const double* a, const double* b, int n) {
-    double acc = 0.0;
-    for (int k = 0; k < n; ++k) acc += a[k] * b[k];
-    return acc;
+    double acc[4] = {0.0, 0.0, 0.0, 0.0};
+    int k = 0;
+    for (; k + 4 <= n; k += 4)
+      for (int l = 0; l < 4; ++l) acc[l] += a[k + l] * b[k + l];
+    for (; k < n; ++k) acc[0] += a[k] * b[k];
+    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
   }
   static void axpy(double alpha, const double* x, double* y, int n) {
     for (int k = 0; k < n; ++k) y[k] += alpha * x[k];
