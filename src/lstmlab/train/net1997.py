@@ -297,8 +297,8 @@ class ReferenceEngine:
         known = ~torch.isnan(target)
         return y[known] - target[known]
 
-    def sequence(self, x: torch.Tensor, targets: torch.Tensor):
-        """One sequence from the zero state: (loss, max |error|, outputs (T, K), gradient)."""
+    def sequence(self, x: torch.Tensor, targets: torch.Tensor, want_grad: bool = True):
+        """One sequence from the zero state: (loss, max |error|, outputs (T, K), gradient or None)."""
         self.reset()
         w_hid, w_out = self._leaf()
         s, r, loss, worst, ys = self.s, self.r, x.new_zeros(()), 0.0, []
@@ -309,7 +309,7 @@ class ReferenceEngine:
             loss = loss + 0.5 * (e**2).sum()
             worst = max(worst, float(e.detach().abs().max())) if e.numel() else worst
             ys.append(out.y.detach())
-        grad = self._gradient(loss)
+        grad = self._gradient(loss) if want_grad else None
         self.reset()
         return float(loss.detach()), worst, torch.stack(ys), grad
 
@@ -319,7 +319,8 @@ class ReferenceEngine:
         outputs = np.full((N, T, K), np.nan) if want_outputs else None
         for k in range(N):
             n = int(lengths[k])
-            loss, worst[k], ys, grad = self.sequence(torch.from_numpy(xs[k, :n]), torch.from_numpy(targets[k, :n]))
+            x, t = torch.from_numpy(xs[k, :n]), torch.from_numpy(targets[k, :n])
+            loss, worst[k], ys, grad = self.sequence(x, t, want_grad=learn)
             sq[k] = loss
             if outputs is not None:
                 outputs[k, :n] = ys.numpy()
