@@ -383,3 +383,17 @@ def test_disconnected_outputs_see_only_the_inputs_and_the_hidden_layer_learns_no
     fast.connected = ref.connected = True
     _close(fast.gradient(xs[1], targets[1]), ref.gradient(xs[1], targets[1]))
     assert (_matrices(net, fast.gradient(xs[1], targets[1]))[0] != 0).any()
+
+
+def test_fast_without_the_engine_raises_the_reason(monkeypatch):
+    from lstmlab.backends import csrc
+    from lstmlab.train import net1997_cpp
+
+    def no_compiler():
+        raise csrc.BuildError("no C++ compiler ('c++' not on PATH) to build it")
+
+    monkeypatch.setattr(net1997_cpp, "_module", None)
+    monkeypatch.setattr(csrc, "load_net1997", no_compiler)
+    with pytest.raises(csrc.BuildError, match="no C\\+\\+ compiler"):
+        Machine1997(NETS["adding-2x2"], INIT, 0)
+    assert Machine1997(NETS["adding-2x2"], INIT, 0, fast=False).backend == "reference"
