@@ -193,6 +193,23 @@ NETS = {
         2, 3, 2, 2, forget_gate=True, cell_input="sigmoid", cell_output="tanh", recurrent_from=("gates",)
     ),
     "relu-cells-tanh-out": BlockNet(2, 1, 1, 3, cell_input="relu", cell_output="relu", output_activation="tanh"),
+    # wide one-hot inputs (see _data): the lag nets of 2a (outputs see the inputs) and 2c
+    "one-hot-lag-2a": BlockNet(
+        40,
+        40,
+        1,
+        1,
+        output_gate=False,
+        recurrent_from=(),
+        cell_bias=False,
+        gate_bias=False,
+        output_bias=False,
+        output_from_inputs=True,
+        cell_input="sigmoid",
+        cell_output="identity",
+    ),
+    "one-hot-lag-2c": BlockNet(44, 2, 2, 1, cell_bias=False, gate_bias=False, output_bias=False),
+    "one-hot-forget-direct": BlockNet(50, 3, 2, 1, forget_gate=True, output_from_inputs=True),
 }
 INIT = Init1997(0.7, input_gate_bias=(), output_gate_bias=())
 
@@ -202,8 +219,13 @@ def _pair(net, seed=0):
 
 
 def _data(net, n, T, seed, every=3):
+    """Random sequences: normal inputs, or one-hot ones for wide input layers (the engine's
+    sparse path: a z with few nonzeros)."""
     rng = np.random.default_rng(seed)
-    xs = rng.normal(size=(n, T, net.inputs))
+    if net.inputs >= 20:
+        xs = np.eye(net.inputs)[rng.integers(0, net.inputs, size=(n, T))]
+    else:
+        xs = rng.normal(size=(n, T, net.inputs))
     targets = rng.uniform(size=(n, T, net.outputs))
     targets[:, ::every] = np.nan  # steps without targets
     lengths = rng.integers(T // 2, T + 1, size=n)
@@ -260,7 +282,9 @@ def test_errors_are_measured_before_the_update():
 
 
 @pytest.mark.parametrize("update", ["step", "end"])
-@pytest.mark.parametrize("name", ["adding-2x2", "forget-hidden-direct", "forget-sigmoid-gates-only"])
+@pytest.mark.parametrize(
+    "name", ["adding-2x2", "forget-hidden-direct", "forget-sigmoid-gates-only", "one-hot-forget-direct"]
+)
 def test_fast_stream_equals_the_reference(name, update):
     # a continual stream over three calls: outputs, cell states and weights after each
     net = NETS[name]
