@@ -421,3 +421,14 @@ def test_fast_without_the_engine_raises_the_reason(monkeypatch):
     with pytest.raises(csrc.BuildError, match="no C\\+\\+ compiler"):
         Machine1997(NETS["adding-2x2"], INIT, 0)
     assert Machine1997(NETS["adding-2x2"], INIT, 0, fast=False).backend == "reference"
+
+
+def test_numpy_and_torch_arguments_are_accepted():
+    net = NETS["adding-2x2"]
+    a, b = Machine1997(net, Init1997(np.float32(0.5)), 0), Machine1997(net, Init1997(0.5), 0)
+    xs, lengths, targets = _data(net, 2, 8, seed=18)
+    ra = a.train_sequences(torch.from_numpy(xs), torch.from_numpy(lengths), torch.from_numpy(targets), np.float64(0.5))
+    rb = b.train_sequences(xs, lengths, targets, 0.5)
+    assert np.array_equal(ra["sq_error"], rb["sq_error"])
+    with pytest.raises(ArgumentError, match="lr"):
+        a.train_sequences(xs, lengths, targets, -1.0)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
+from numbers import Real
 
 import numpy as np
 import torch
@@ -181,7 +182,7 @@ class Init1997:
     forget_gate_bias: tuple[float, ...] = ()
 
     def __post_init__(self):
-        if not (isinstance(self.weight_range, int | float) and self.weight_range >= 0):
+        if not (isinstance(self.weight_range, Real) and self.weight_range >= 0):
             raise ArgumentError(f"Init1997: weight_range={self.weight_range!r} is not allowed; a number >= 0")
         for name in ("input_gate_bias", "output_gate_bias", "forget_gate_bias"):
             object.__setattr__(self, name, tuple(float(b) for b in getattr(self, name)))
@@ -412,7 +413,7 @@ class Machine1997:
 
     @staticmethod
     def _lr(lr) -> float:
-        if not isinstance(lr, int | float) or lr < 0:
+        if not isinstance(lr, Real) or lr < 0:
             raise ArgumentError(f"lr={lr!r} is not allowed; a number >= 0")
         return float(lr)
 
@@ -458,7 +459,7 @@ class Machine1997:
         """
         if update not in UPDATES:
             raise ArgumentError(f"update={update!r} is not allowed; one of {UPDATES}")
-        if stop_error is not None and not isinstance(stop_error, int | float):
+        if stop_error is not None and not isinstance(stop_error, Real):
             raise ArgumentError(f"stop_error={stop_error!r} is not allowed; a number or None")
         xs, _, ts = self._batch(np.asarray(x)[None], [len(x)], np.asarray(targets)[None])
         return self._engine.stream(xs[0], ts[0], self._lr(lr), stop_error, update, bool(learn))
