@@ -432,3 +432,24 @@ def test_numpy_and_torch_arguments_are_accepted():
     assert np.array_equal(ra["sq_error"], rb["sq_error"])
     with pytest.raises(ArgumentError, match="lr"):
         a.train_sequences(xs, lengths, targets, -1.0)
+
+
+@pytest.mark.parametrize("name", ["adding-2x2", "forget-hidden-direct", "one-hot-lag-2c"])
+def test_updates_after_every_step_of_each_sequence(name):
+    net = NETS[name]
+    fast, ref, twin = *_pair(net, seed=19), Machine1997(net, INIT, 19)
+    xs, lengths, targets = _data(net, 4, 9, seed=20)
+    a = fast.train_sequences(xs, lengths, targets, lr=0.3, return_outputs=True, update="step")
+    b = ref.train_sequences(xs, lengths, targets, lr=0.3, return_outputs=True, update="step")
+    for key in ("max_abs_error", "sq_error", "outputs"):
+        _close(a[key], b[key], key)
+    _close(fast.get_weights(), ref.get_weights(), "weights")
+    # the same as a stream of its own per sequence
+    for x, n, t in zip(xs, lengths, targets):
+        twin.reset()
+        twin.stream(x[:n], t[:n], lr=0.3)
+    assert np.array_equal(twin.get_weights(), fast.get_weights())
+    # and not the same as one update per sequence
+    once = Machine1997(net, INIT, 19)
+    once.train_sequences(xs, lengths, targets, lr=0.3)
+    assert np.abs(once.get_weights() - fast.get_weights()).max() > 1e-6

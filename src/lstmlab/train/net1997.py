@@ -314,19 +314,26 @@ class ReferenceEngine:
         self.reset()
         return float(loss.detach()), worst, torch.stack(ys), grad
 
-    def sequences(self, xs, lengths, targets, lr, learn, want_outputs):
+    def sequences(self, xs, lengths, targets, lr, learn, want_outputs, each_step=False):
         N, T, K = targets.shape
         worst, sq = np.zeros(N), np.zeros(N)
         outputs = np.full((N, T, K), np.nan) if want_outputs else None
         for k in range(N):
             n = int(lengths[k])
-            x, t = torch.from_numpy(xs[k, :n]), torch.from_numpy(targets[k, :n])
-            loss, worst[k], ys, grad = self.sequence(x, t, want_grad=learn)
-            sq[k] = loss
+            if learn and each_step:  # a stream of its own, updated after every step
+                self.reset()
+                ys = self.stream(xs[k, :n], targets[k, :n], lr, None, "step", True)[0]
+                self.reset()
+                e = np.nan_to_num(ys - targets[k, :n])  # 0 where there is no target
+                worst[k], sq[k] = np.abs(e).max(initial=0.0), 0.5 * (e**2).sum()
+            else:
+                x, t = torch.from_numpy(xs[k, :n]), torch.from_numpy(targets[k, :n])
+                sq[k], worst[k], ys, grad = self.sequence(x, t, want_grad=learn)
+                ys = ys.numpy()
+                if learn:
+                    self._apply(grad, lr)
             if outputs is not None:
-                outputs[k, :n] = ys.numpy()
-            if learn:
-                self._apply(grad, lr)
+                outputs[k, :n] = ys
         return worst, sq, outputs
 
     def gradient(self, x: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -418,18 +425,28 @@ class Machine1997:
         return float(lr)
 
     # -- learning -------------------------------------------------------------------------
-    def train_sequences(self, xs, lengths, targets, lr: float, return_outputs: bool = False) -> dict:
+    def train_sequences(
+        self, xs, lengths, targets, lr: float, return_outputs: bool = False, update: str = "sequence"
+    ) -> dict:
         """Online training: for each sequence in order, state reset, forward, one update.
 
         Args: xs (N, T, I), lengths (N,), targets (N, T, K) with NaN where no target, lr.
-        Returns a dict of numpy arrays, each sequence measured BEFORE its own update:
+            update: "sequence" (one update after each sequence) or "step" (one after every
+                step with a target, the traces running on through the sequence: the same as
+                reset() and stream(x, targets, lr) per sequence).
+        Returns a dict of numpy arrays, each sequence measured BEFORE its own update (with
+        update="step": each step before that step's update):
             max_abs_error (N,): max |target - y| over its target steps and outputs (0 if none);
             sq_error (N,): its loss E = 1/2 sum (target - y)^2;
             outputs (N, T, K) if return_outputs (NaN after a sequence's length).
         Resets the stream state.
         """
+        if update not in ("sequence", "step"):
+            raise ArgumentError(f"update={update!r} is not allowed; one of ('sequence', 'step')")
         xs, lengths, targets = self._batch(xs, lengths, targets)
-        worst, sq, outputs = self._engine.sequences(xs, lengths, targets, self._lr(lr), True, return_outputs)
+        worst, sq, outputs = self._engine.sequences(
+            xs, lengths, targets, self._lr(lr), True, return_outputs, each_step=update == "step"
+        )
         result = {"max_abs_error": worst, "sq_error": sq}
         if return_outputs:
             result["outputs"] = outputs

@@ -65,8 +65,8 @@ class CppEngine:
     def set(self, w_hid: np.ndarray, w_out: np.ndarray):
         self._e.set_weights(w_hid, w_out)
 
-    def sequences(self, xs, lengths, targets, lr, learn, want_outputs):
-        return self._e.sequences(xs, lengths, targets, lr, learn, want_outputs)
+    def sequences(self, xs, lengths, targets, lr, learn, want_outputs, each_step=False):
+        return self._e.sequences(xs, lengths, targets, lr, learn, want_outputs, each_step)
 
     def gradient(self, x, targets):
         return self._e.gradient(x, targets)
