@@ -10,7 +10,8 @@ import torch
 import lstmlab
 from conftest import assert_close
 from lstmlab.errors import ArgumentError
-from lstmlab.train.net1997 import BlockNet, Init1997, Machine1997, reference_step
+from lstmlab.train.net1997 import BlockNet, Init1997, Machine1997
+from lstmlab.train.net1997_reference import reference_step
 
 REBER = {"cell_bias": False, "output_bias": False}  # sec. 5.1: gates biased, outputs from cells only
 
