@@ -44,7 +44,7 @@ import torch
 
 from ..cells import ACTIVATIONS
 from ..errors import ArgumentError
-from .net1997_reference import ReferenceEngine
+from .net1997_reference import ReferenceEngine, reference_step
 
 RECURRENT_GROUPS = ("cells", "gates", "hidden")
 OUTPUT_ACTIVATIONS = ("sigmoid", "identity", "tanh")
@@ -385,3 +385,6 @@ class Machine1997:
         m = cls(BlockNet(**net), Init1997(**state["init"]), state["seed"], fast=fast)
         m.set_weights(state["weights"].numpy())
         return m
+
+
+__all__ = ["BlockNet", "Init1997", "Machine1997", "ReferenceEngine", "reference_step"]
