@@ -454,3 +454,19 @@ def test_updates_after_every_step_of_each_sequence(name):
     once = Machine1997(net, INIT, 19)
     once.train_sequences(xs, lengths, targets, lr=0.3)
     assert np.abs(once.get_weights() - fast.get_weights()).max() > 1e-6
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_stream_with_a_rate_per_step_is_a_call_per_step(fast):
+    net = NETS["forget-sigmoid-gates-only"]
+    a, b = Machine1997(net, INIT, 23, fast=fast), Machine1997(net, INIT, 23, fast=fast)
+    xs, _, targets = _data(net, 1, 12, seed=24)
+    rates = 0.5 * 0.9 ** np.arange(12)
+    out_a = a.stream(xs[0], targets[0], rates)[0]
+    out_b = np.concatenate([b.stream(xs[0, k : k + 1], targets[0, k : k + 1], rates[k])[0] for k in range(12)])
+    _close(out_a, out_b)
+    _close(a.get_weights(), b.get_weights())
+    with pytest.raises(ArgumentError, match="lr of shape"):
+        a.stream(xs[0], targets[0], rates[:5])
+    with pytest.raises(ArgumentError, match="lr of shape"):
+        a.stream(xs[0], targets[0], rates, update="end")

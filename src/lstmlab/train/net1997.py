@@ -314,11 +314,13 @@ class Machine1997:
         g_hid, g_out = self._engine.gradient(xs[0], ts[0])
         return np.concatenate([g_hid[self._masks[0]], g_out[self._masks[1]]])
 
-    def stream(self, x, targets, lr: float, stop_error: float | None = None, update: str = "step", learn: bool = True):
+    def stream(self, x, targets, lr, stop_error: float | None = None, update: str = "step", learn: bool = True):
         """A continual stream: the state carries over from the previous call (until reset()).
 
         Args:
-            x (T, I), targets (T, K) (NaN: no target), lr.
+            x (T, I), targets (T, K) (NaN: no target).
+            lr: the learning rate, or (T,) rates, one per step (update="step"; a decaying
+                rate without a call per step).
             stop_error: stop after the first step where some output's squared error
                 (target - y)^2 >= stop_error (that step's update is still made).
             update: "step" (Gers 2000: an update after every step) or "end" (one after the call).
@@ -330,7 +332,16 @@ class Machine1997:
         if stop_error is not None and not isinstance(stop_error, Real):
             raise ArgumentError(f"stop_error={stop_error!r} is not allowed; a number or None")
         xs, _, ts = self._batch(np.asarray(x)[None], [len(x)], np.asarray(targets)[None])
-        return self._engine.stream(xs[0], ts[0], self._lr(lr), stop_error, update, bool(learn))
+        if isinstance(lr, Real):
+            lr = self._lr(lr)
+        else:
+            lr = np.ascontiguousarray(lr.detach().cpu() if torch.is_tensor(lr) else lr, dtype=np.float64)
+            if update != "step" or lr.shape != (len(xs[0]),) or not (lr >= 0).all():
+                raise ArgumentError(
+                    f"lr of shape {lr.shape} is not allowed; a number >= 0, or ({len(xs[0])},) rates >= 0 "
+                    f"with update='step' (given update={update!r})"
+                )
+        return self._engine.stream(xs[0], ts[0], lr, stop_error, update, bool(learn))
 
     def reset(self):
         """Zero the cell states, the t-1 activations and the traces (a new stream)."""

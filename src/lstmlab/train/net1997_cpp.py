@@ -73,5 +73,6 @@ class CppEngine:
 
     def stream(self, x, targets, lr, stop_error, update, learn):
         stop = math.nan if stop_error is None else float(stop_error)
-        outputs, states, steps = self._e.stream(x, targets, lr, stop, update == "step", learn)
+        rates = np.atleast_1d(np.asarray(lr, dtype=np.float64))
+        outputs, states, steps = self._e.stream(x, targets, rates, stop, update == "step", learn)
         return np.array(outputs), np.array(states), int(steps)

@@ -143,6 +143,8 @@ class ReferenceEngine:
         return grad[0].numpy(), grad[1].numpy()
 
     def stream(self, x, targets, lr, stop_error, update, learn):
+        """lr: a float, or (T,) per-step rates with update="step"."""
+        rates = np.broadcast_to(np.asarray(lr, dtype=np.float64), (x.shape[0],))
         ys, states = [], []
         w_hid, w_out = self._leaf()
         loss = None
@@ -158,7 +160,7 @@ class ReferenceEngine:
             states.append(self.s.detach().numpy().copy())
             stop = stop_error is not None and e.numel() > 0 and bool((e**2 >= stop_error).any())
             if learn and update == "step":
-                self._apply(self._gradient(loss), lr)
+                self._apply(self._gradient(loss), float(rates[t]))
                 loss = None
             if stop:
                 break

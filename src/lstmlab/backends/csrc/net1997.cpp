@@ -96,13 +96,16 @@ py::tuple gradient(Engine& e, const Array& x, const Array& targets) {
 
 // A continual stream from the current state: update every step (each_step) or once at the
 // end; stop after the first step whose max squared error >= stop_error (NaN: never).
-// Returns (outputs (steps, K), cell states (steps, C), steps).
-py::tuple stream(Engine& e, const Array& x, const Array& targets, double lr, double stop_error, bool each_step,
+// lr: one rate (1,) or one per step (T,). Returns (outputs (steps, K), cell states (steps, C), steps).
+py::tuple stream(Engine& e, const Array& x, const Array& targets, const Array& lr, double stop_error, bool each_step,
                  bool learn) {
   const auto& T = e.t;
   need(x.ndim() == 2 && x.shape(1) == T.I, "x");
   need(targets.ndim() == 2 && targets.shape(0) == x.shape(0) && targets.shape(1) == T.K, "targets");
   const py::ssize_t L = x.shape(0);
+  need(lr.ndim() == 1 && (lr.shape(0) == 1 || (lr.shape(0) == L && each_step)), "lr");
+  const double* rate = lr.data();
+  const py::ssize_t rate_step = lr.shape(0) == 1 ? 0 : 1;
   Array outputs({L, (py::ssize_t)T.K}), states({L, (py::ssize_t)T.C});
   double *out = outputs.mutable_data(), *st = states.mutable_data();
   py::ssize_t steps = 0;
@@ -112,11 +115,11 @@ py::tuple stream(Engine& e, const Array& x, const Array& targets, double lr, dou
     while (steps < L) {
       const StepErrors err = e.step(x.data() + steps * T.I, targets.data() + steps * T.K, out + steps * T.K, learn, true);
       std::copy(e.s.begin(), e.s.end(), st + steps * T.C);
+      if (learn && each_step && err.any) e.update(rate[steps * rate_step]);
       ++steps;
-      if (learn && each_step && err.any) e.update(lr);
       if (err.any && err.max_sq >= stop_error) break;  // false for NaN
     }
-    if (learn && !each_step) e.update(lr);
+    if (learn && !each_step) e.update(rate[0]);
     e.zero_grad();
   }
   py::object out_rows = outputs[py::slice(0, steps, 1)];
