@@ -28,14 +28,14 @@ weights have learned the local predictions (see its row).
 from __future__ import annotations
 
 import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
+from ..backends import get_backend
 from ..cells import get_cell
-from ..io import write_json, write_text
+from ..errors import ArgumentError
+from ..io import check_writable
+from ..sweep.storage import check_storage, shown
 from ..tasks import make
 from ..tasks.base import Published
 from .config import TrainConfig
@@ -202,10 +202,6 @@ def run_one(config: TrainConfig) -> dict:
     return {**result, "wall_total": round(time.perf_counter() - start, 1)}
 
 
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def paper_row(row: Row) -> Published | None:
     for p in make(row.task, **row.params).published:
         if all(row.params.get(k) == v for k, v in p.setting.items()):
@@ -213,137 +209,225 @@ def paper_row(row: Row) -> Published | None:
     return None
 
 
-def reproduce_1997(budget: Budget = Budget(), tasks: tuple[str, ...] | None = None, jobs: int = 1) -> list[dict]:
-    """Train every row (or those of `tasks`) with an LSTM and a tanh RNN; one dict a row.
-
-    jobs: runs at once, each in its own process on one thread; jobs=1 runs them one after
-    another in this process, also on one thread (the setting is restored afterwards).
-    """
-    rows = [r for r in ROWS_1997 if tasks is None or r.task in tasks]
-    runs = [c for r in rows for c in configs(r, budget)]
-    if jobs > 1:
-        with ProcessPoolExecutor(jobs, initializer=_one_thread) as pool:
-            results = list(pool.map(run_one, runs))
-    else:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            results = [run_one(c) for c in runs]
-        finally:
-            torch.set_num_threads(threads)
-    return [
-        table_row(row, runs[2 * i], runs[2 * i + 1], results[2 * i], results[2 * i + 1]) for i, row in enumerate(rows)
-    ]
+# ---- the modern recipe and the tanh RNN as trials (the "modern" and "rnn" arms) -------------
+MODERN_ARMS = ("modern", "rnn")
 
 
-def table_row(row: Row, lstm_config: TrainConfig, rnn_config: TrainConfig, lstm: dict, rnn: dict) -> dict:
-    paper = paper_row(row)
-    tested = lambda r: None if r.get("test_size") is None else f"{r['test_errors']}/{r['test_size']}"
-    ours = lstm.get("sequences_to_success") if lstm["solved"] else None
+def _modern_row(name: str) -> Row:
+    for row in ROWS_1997:
+        if row_name(row) == name:
+            return row
+    raise ArgumentError(f"row={name!r} is not a row of the modern recipe; allowed: {[row_name(r) for r in ROWS_1997]}")
+
+
+def modern_trial(row: str, arm: str, seed: int, max_sequences: int | None, max_seconds: float | None) -> dict:
+    """One trial of ROWS_1997's recipe ("modern": the LSTM; "rnn": the tanh RNN with about
+    its weights, same optimiser and budget), in the result format of `lstmlab reproduce`:
+    solved, sequences (to success if solved, else seen), seen, test_errors, test_size,
+    wall_seconds, backend, config."""
+    if arm not in MODERN_ARMS:
+        raise ArgumentError(f"arm={arm!r} is not an arm of the modern recipe; allowed: {MODERN_ARMS}")
+    recipe = _modern_row(row)
+    budget = Budget(max_sequences=max_sequences, max_seconds=max_seconds, seed=seed, progress=False)
+    config = configs(recipe, budget)[MODERN_ARMS.index(arm)]
+    run = run_one(config)
+    seen = run.get("sequences_seen", 0)
     return {
-        "task": row.task,
-        "setting": row.params,
-        "paper_sequences": paper.sequences if paper else None,
-        "paper_test_errors": None
-        if paper is None or paper.test_errors is None
-        else f"{paper.test_errors}/{paper.test_size}",
-        "lstm_solved": lstm["solved"],
-        "lstm_sequences": ours,
-        "lstm_sequences_seen": lstm.get("sequences_seen"),
-        "fewer_than_paper": None if ours is None or not paper or paper.sequences is None else ours < paper.sequences,
-        "lstm_test_errors": tested(lstm),
-        "rnn_learned": rnn["solved"],
-        "rnn_sequences_seen": rnn.get("sequences_seen"),
-        "rnn_test_errors": tested(rnn),
-        "lstm_hidden": lstm_config.hidden_size,
-        "rnn_hidden": rnn_config.hidden_size,
-        "lstm_wall_seconds": lstm["wall_total"],
-        "rnn_wall_seconds": rnn["wall_total"],
-        "why": row.why,
-        "lstm_config": lstm_config.resolved().to_dict(),
-        "rnn_config": rnn_config.resolved().to_dict(),
-        "lstm_run": lstm,
-        "rnn_run": rnn,
+        "row": row,
+        "arm": arm,
+        "seed": seed,
+        "solved": bool(run["solved"]),
+        "sequences": run["sequences_to_success"] if run["solved"] else seen,
+        "seen": seen,
+        "test_errors": run.get("test_errors"),
+        "test_size": run.get("test_size"),
+        "wall_seconds": run["wall_total"],
+        "backend": get_backend("auto", "cpu").__name__.rsplit(".", 1)[-1],
+        "diverged": run.get("diverged"),
+        "config": config.resolved().to_dict(),
     }
 
 
-def describe(c: dict) -> str:
-    """A TrainConfig dict in a few words: cell, size, biases, optimiser."""
-    options = ",".join(f"{k}={v}" for k, v in c.get("cell_options", {}).items())
-    parts = [f"{c['cell']}" + (f"[{options}]" if options else "") + f" H={c['hidden_size']}"]
-    parts += [
-        f"{name} {c[key]:g}"
-        for key, name in [("forget_bias", "forget bias"), ("input_bias", "input bias")]
-        if c.get(key) is not None
-    ]
-    if c.get("skip_input"):
-        parts.append(
-            "input-to-output weights"
-            + (f", cell connected after {c['connect_after']:,} sequences" if c.get("connect_after") else "")
-        )
-    parts.append(f"{c['optimizer']} lr {c['lr']:g}, batch {c['batch_size']}")
-    parts += [f"{key.replace('_', ' ')} {c[key]:g}" for key in ("momentum", "clip_norm", "clip_value") if c.get(key)]
-    if c["optimizer"] == "sgd" or c["loss_steps"] != "mean":
-        parts.append(f"loss {c['loss_steps']}")
-    return ", ".join(parts)
+# ---- what `lstmlab reproduce PAPER` runs ---------------------------------------------------
+@dataclass(frozen=True)
+class Paper:
+    """One published result beside a (row, arm): fraction of trials that met the criterion
+    (0-1, None if not given), sequences (the paper's count), test errors of test_size, and
+    which model of the paper it is."""
+
+    fraction: float | None = None
+    sequences: int | None = None
+    test_errors: int | None = None
+    test_size: int | None = None
+    model: str = ""
 
 
-def markdown(table: list[dict], budget: Budget) -> str:
-    limit = (
-        "each row's own budget (the paper's count)"
-        if budget.max_sequences is None
-        else f"{budget.max_sequences:,} sequences"
+@dataclass(frozen=True)
+class Experiment:
+    """A paper's reproduction: its rows (in the table's order), arms, the trial function
+    ("module:function", called with (row, arm, seed, max_sequences, max_seconds)), each
+    row's budget by name ({row: {"default": n, "paper": n}}), its setting in words, the
+    paper's numbers ({(row, arm): Paper}), and what success means (for the report)."""
+
+    name: str
+    title: str
+    rows: tuple[str, ...]
+    arms: tuple[str, ...]
+    trial: str
+    budgets: dict
+    settings: dict
+    published: dict
+    criterion: str
+    success: str = "sequences"  # what a solved trial's count counts
+
+
+def _modern_1997() -> Experiment:
+    rows = tuple(row_name(r) for r in ROWS_1997)
+    published = {}
+    for r in ROWS_1997:
+        p = paper_row(r)
+        if p is not None:
+            for arm in MODERN_ARMS:
+                published[(row_name(r), arm)] = Paper(None, p.sequences, p.test_errors, p.test_size, p.model)
+    return Experiment(
+        name="1997",
+        title="Hochreiter & Schmidhuber 1997",
+        rows=rows,
+        arms=MODERN_ARMS,
+        trial="lstmlab.train.reproduce:modern_trial",
+        budgets={row_name(r): {"default": r.budget, "paper": r.budget} for r in ROWS_1997},
+        settings={row_name(r): ", ".join(f"{k}={v}" for k, v in r.params.items()) or "-" for r in ROWS_1997},
+        published=published,
+        criterion=(
+            "each task's stopping rule, counted as the paper did: adding and temporal order include the "
+            "2,000-sequence stopping window; lag excludes its 10,000-sequence check; Reber counts to the "
+            "evaluation that found every training and test string right"
+        ),
     )
-    if budget.max_seconds:
-        limit += f", at most {budget.max_seconds:g} s a run"
-    lines = [
-        f"# Hochreiter & Schmidhuber 1997, reproduced (seed {budget.seed}; {limit})",
-        "",
-        "| task | setting | paper: sequences | paper: test errors | LSTM: sequences | LSTM: test errors "
-        "| tanh RNN learned it (same budget) | wall s (LSTM / RNN) | LSTM config |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in table:
-        if r["lstm_solved"]:
-            ours = f"{r['lstm_sequences']:,}"
-        elif "diverged" in r["lstm_run"]:
-            ours = "diverged"
-        else:
-            ours = f"not solved in {r['lstm_sequences_seen']:,}"
-        setting = ", ".join(f"{k}={v}" for k, v in r["setting"].items()) or "-"
-        paper = f"{r['paper_sequences']:,}" if r["paper_sequences"] else "-"
-        if "diverged" in r["rnn_run"]:
-            rnn = "diverged"
-        elif r["rnn_learned"]:
-            rnn = "yes"
-        else:
-            rnn = f"no ({r['rnn_sequences_seen']:,} seen" + (
-                f"; test {r['rnn_test_errors']} wrong)" if r["rnn_test_errors"] else ")"
-            )
-        lines.append(
-            f"| {r['task']} | {setting} | {paper} | {r['paper_test_errors'] or '-'} | {ours} "
-            f"| {r['lstm_test_errors'] or '-'} | {rnn}, H={r['rnn_hidden']} "
-            f"| {r['lstm_wall_seconds']:g} / {r['rnn_wall_seconds']:g} | {describe(r['lstm_config'])} |"
-        )
-    lines += [
-        "",
-        "Sequences are training sequences until the paper's criterion held, counted as the paper "
-        "did: adding and temporal order include the 2,000-sequence stopping window; lag excludes its "
-        "10,000-sequence check (the paper ran it after training); Reber counts to the evaluation that "
-        "found every training and test string right. The tanh RNN (rnn-tanh, torch init) has about the "
-        "LSTM's number of weights and the same optimiser, input-to-output weights, seed and budget. "
-        "Test errors: wrong test "
-        "sequences by the paper's criterion after training, solved or not.",
-    ]
-    return "\n".join(lines) + "\n"
 
 
-def write_report(table: list[dict], budget: Budget, out: Path) -> tuple[Path, Path]:
+EXPERIMENTS = {"1997": _modern_1997}
+
+
+def experiment(paper: str) -> Experiment:
+    if paper not in EXPERIMENTS:
+        raise ArgumentError(f"paper={paper!r} is not a reproduction; allowed: {', '.join(EXPERIMENTS)}")
+    return EXPERIMENTS[paper]()
+
+
+def _names(option: str, given, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+    if given is None:
+        return allowed
+    given = tuple(given)
+    unknown = [g for g in given if g not in allowed]
+    if unknown or not given:
+        raise ArgumentError(f"{option} {' '.join(unknown) or '(none)'}: not {what}; allowed: {', '.join(allowed)}")
+    return tuple(a for a in allowed if a in given)  # the table's order
+
+
+def budget_of(exp: Experiment, row: str, budget) -> int | None:
+    """A row's max_sequences under --budget (default, paper or a number)."""
+    return budget if isinstance(budget, int) else exp.budgets[row][budget]
+
+
+def check_budget(budget):
+    """--budget: "default", "paper" or a positive int (also as a string)."""
+    if isinstance(budget, str) and budget.isdigit():
+        budget = int(budget)
+    if isinstance(budget, bool) or not (budget in ("default", "paper") or (isinstance(budget, int) and budget > 0)):
+        raise ArgumentError(f"--budget {budget!r} is invalid; allowed: default, paper or a number of sequences > 0")
+    return budget
+
+
+def check_count(option: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ArgumentError(f"{option} {value!r} is invalid; allowed: an int >= 1")
+    return value
+
+
+def default_storage(out: Path) -> str:
+    return f"sqlite:///{(out / 'trials.db').resolve()}"
+
+
+def reproduce(
+    paper: str,
+    rows=None,
+    arms=None,
+    seeds: int = 10,
+    budget="default",
+    storage: str | None = None,
+    workers: int = 1,
+    out="out/reproduce",
+    max_seconds: float | None = None,
+    trial: str | None = None,
+    command: str | None = None,
+    heartbeat: int = 10,
+    grace: int = 120,
+    log=print,
+) -> dict:
+    """Run (or continue) a reproduction and write its report into `out`.
+
+    One Optuna trial per (row, arm, seed), seeds 0..seeds-1; trials with a result in
+    `storage` (default: sqlite `out`/trials.db) are not run again. rows, arms: subsets
+    (None: all). budget: "default", "paper" (each row's) or max_sequences for every row.
+    workers: processes, one torch thread each. command: the command line, for the report.
+    trial: "module:function" in place of the paper's trial function (tests). heartbeat,
+    grace: see lstmlab.train.trials.TrialSet.
+    Returns {"table", "files", "missing", "errors", "seconds"}: missing are the keys
+    without a result (a trial raised or a worker died; the same call runs them again).
+    """
+    from .reproduce_report import summarise, write_report
+    from .trials import TrialSet, run_trials, trial_errors
+
+    exp = experiment(paper)
+    rows = _names("--rows", rows, exp.rows, f"a row of {paper}")
+    arms = _names("--arms", arms, exp.arms, f"an arm of {paper}")
+    check_count("--seeds", seeds)
+    check_count("--workers", workers)
+    budget = check_budget(budget)
+    if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
+        raise ArgumentError(f"--max-seconds {max_seconds!r} is invalid; allowed: a number > 0")
+    out = check_writable(out, "--out")
+    if storage is not None:
+        check_storage(storage, option="--storage", workers=workers)
     out.mkdir(parents=True, exist_ok=True)
-    md, js = out / "reproduce-1997.md", out / "reproduce-1997.json"
-    write_text(md, markdown(table, budget))
-    write_json(js, {"budget": asdict(budget), "rows": table})
-    return md, js
+    storage = storage or default_storage(out)
+    limits = {row: budget_of(exp, row, budget) for row in rows}
+    ts = TrialSet(
+        storage=storage,
+        study=f"reproduce-{paper}-budget-{budget}",
+        keys=tuple((row, arm, seed) for row in rows for arm in arms for seed in range(seeds)),
+        trial=trial or exp.trial,
+        max_sequences=limits,
+        max_seconds=max_seconds,
+        identity={"paper": paper, "budget": budget, "max_seconds": max_seconds},
+        heartbeat=heartbeat,
+        grace=grace,
+    )
+    start = time.perf_counter()
+    done = run_trials(ts, workers=workers, log=log)
+    table = summarise(exp, ts.keys, done, limits)
+    meta = {
+        "paper": paper,
+        "title": exp.title,
+        "budget": budget,
+        "max_sequences": limits,
+        "max_seconds": max_seconds,
+        "seeds": seeds,
+        "storage": shown(storage),
+        "study": ts.study,
+        "criterion": exp.criterion,
+        "command": command,
+    }
+    meta["wall_seconds"] = round(time.perf_counter() - start, 1)
+    files = write_report(exp, table, done, meta, out)
+    return {
+        "table": table,
+        "files": files,
+        "missing": [k for k in ts.keys if k not in done],
+        "errors": trial_errors(ts),
+        "seconds": meta["wall_seconds"],
+    }
 
 
-__all__ = ["Budget", "ROWS_1997", "Row", "configs", "markdown", "reproduce_1997", "write_report"]
+__all__ = ["EXPERIMENTS", "ROWS_1997", "Budget", "Experiment", "Paper", "Row", "configs", "modern_trial", "reproduce"]
