@@ -29,6 +29,7 @@ evaluations run every `eval_every` sequences.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -113,7 +114,9 @@ class PaperNet:
             cell_output=self.cell_output,
             recurrent_from=("cells", "gates") if self.connectivity == "F" else (),
             output_from_inputs=self.connectivity == "B",
-            bias=self.biased,
+            cell_bias=self.biased in ("hidden", "all"),
+            gate_bias=self.biased != "none",
+            output_bias=self.biased == "all",
         )
 
 
@@ -485,7 +488,7 @@ class _Squashed:
 
 def judge_outputs(task: Task, outputs: np.ndarray | torch.Tensor, batch: Batch) -> Judgement:
     """The task's judgement of squashed outputs (n, T, K) of the paper's net."""
-    y = torch.as_tensor(np.asarray(outputs), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(outputs), dtype=torch.float64).nan_to_num(0.0)  # NaN after each length
     b = Batch(batch.inputs.double(), batch.targets.double(), batch.lengths, batch.mask, batch.legal)
     return type(task).judge(_Squashed(task), y, b)
 
@@ -494,8 +497,15 @@ def _select(j: Judgement, start: int, stop: int) -> Judgement:
     return Judgement(j.correct[start:stop], j.error[start:stop])
 
 
-def paper_machine(row: Row, seed: int, fast: bool = True):
-    """The row's Machine1997, initialised from `seed` (weights U(-r, r), the gate biases)."""
+def fast_available() -> bool:
+    """Whether Machine1997's C++ engine (lstmlab.train.net1997_cpp) is part of this tree."""
+    return importlib.util.find_spec("lstmlab.train.net1997_cpp") is not None
+
+
+def paper_machine(row: Row, seed: int, fast: bool | None = None):
+    """The row's Machine1997, initialised from `seed` (weights U(-r, r), the gate biases).
+    fast: the C++ engine (None: when the tree has it), False: the autograd reference."""
+    fast = fast_available() if fast is None else fast
     from .net1997 import BlockNet, Init1997, Machine1997
 
     names = {f.name for f in fields(BlockNet)}
@@ -518,7 +528,7 @@ class PaperRun:
     a chunk roll back to the chunk's start and replay up to the stopping sequence, so the
     weights tested are those at the stop."""
 
-    def __init__(self, row: Row, seed: int, chunk: int = 500, fast: bool = True):
+    def __init__(self, row: Row, seed: int, chunk: int = 500, fast: bool | None = None):
         self.row, self.seed, self.chunk = row, seed, chunk
         self.task = row.make_task()
         self.machine = paper_machine(row, seed, fast=fast)
@@ -534,7 +544,9 @@ class PaperRun:
 
     def _train(self, batch: Batch) -> Judgement:
         xs = batch.inputs.to(torch.float64).numpy()
-        out = self.machine.train_sequences(xs, batch.lengths.numpy(), _targets_with_nan(batch), self.row.paper.lr)
+        out = self.machine.train_sequences(
+            xs, batch.lengths.numpy(), _targets_with_nan(batch), self.row.paper.lr, return_outputs=True
+        )
         return judge_outputs(self.task, out["outputs"], batch)
 
     def _evaluate(self) -> bool:
@@ -594,12 +606,12 @@ class PaperRun:
         }
 
 
-def _paper_trial(row: Row, seed: int, max_sequences: int, max_seconds: float | None) -> dict:
+def _paper_trial(row: Row, seed: int, max_sequences: int, max_seconds: float | None, test: bool) -> dict:
     start = time.perf_counter()
     run = PaperRun(row, seed)
     run.run(max_sequences, None if max_seconds is None else start + max_seconds)
     trained = time.perf_counter() - start
-    tested = run.test()
+    tested = run.test() if test else {}
     sequences = run.seen - run.rule.confirmation if run.solved else run.seen
     return {
         "solved": run.solved,
@@ -608,13 +620,15 @@ def _paper_trial(row: Row, seed: int, max_sequences: int, max_seconds: float | N
         "st1_sequences": run.st1_seen,
         **tested,
         "weights": row.paper.net.num_weights(),
-        "backend": "Machine1997" + (" (fast)" if getattr(run.machine, "fast", True) else " (reference)"),
+        "backend": f"Machine1997 {run.machine.backend}",
         "train_seconds": round(trained, 3),
     }
 
 
-def modern_config(row: Row, arm: str, seed: int, max_sequences: int, max_seconds: float | None) -> TrainConfig:
-    """The TrainConfig of the modern or the rnn arm."""
+def modern_config(
+    row: Row, arm: str, seed: int, max_sequences: int, max_seconds: float | None, test: bool = True
+) -> TrainConfig:
+    """The TrainConfig of the modern or the rnn arm (2a-2c: no test, their check is the window)."""
     lag = row.task in ("lag", "lag-noisy", "lag-distractor")
     every = row.paper.eval_every or 1_000
     config = TrainConfig(
@@ -626,7 +640,7 @@ def modern_config(row: Row, arm: str, seed: int, max_sequences: int, max_seconds
         seed=seed,
         progress=False,
         checkpoint_every=None,
-        test=not lag,
+        test=test and not lag,
         **row.modern,
     )
     if arm == "modern":
@@ -649,8 +663,8 @@ def rnn_hidden_size(config: TrainConfig, target: int) -> int:
     return min(range(1, 1025), key=lambda h: abs(weights(replace(config, hidden_size=h), task) - target))
 
 
-def _modern_trial(row: Row, arm: str, seed: int, max_sequences: int, max_seconds: float | None) -> dict:
-    config = modern_config(row, arm, seed, max_sequences, max_seconds)
+def _modern_trial(row: Row, arm: str, seed: int, max_sequences: int, max_seconds: float | None, test: bool) -> dict:
+    config = modern_config(row, arm, seed, max_sequences, max_seconds, test)
     try:
         r = train(config, overwrite=True).to_dict()
     except TrainingDiverged as e:
@@ -672,7 +686,12 @@ def _modern_trial(row: Row, arm: str, seed: int, max_sequences: int, max_seconds
 
 
 def run_trial(
-    row: str | Row, arm: str, seed: int, max_sequences: int | str | None = None, max_seconds: float | None = None
+    row: str | Row,
+    arm: str,
+    seed: int,
+    max_sequences: int | str | None = None,
+    max_seconds: float | None = None,
+    test: bool = True,
 ) -> dict:
     """One (row, arm, seed): train until the paper's criterion holds or the budget ends,
     then the paper's test. Returns a JSON-serialisable dict:
@@ -683,6 +702,8 @@ def run_trial(
     weights; budget (sequences allowed); wall_seconds; backend; machine; paper_sequences,
     paper_test.
     max_sequences: None / "default" (the row's default budget), "paper", or an int.
+    max_seconds: the training's wall-clock limit (the test after it is not limited).
+    test: run the paper's test after training (False: test fields None).
     """
     row = get_row(row) if isinstance(row, str) else row
     if arm not in ARMS:
@@ -697,9 +718,9 @@ def run_trial(
     torch.set_num_threads(1)
     try:
         if arm == "paper":
-            result = _paper_trial(row, seed, budget, max_seconds)
+            result = _paper_trial(row, seed, budget, max_seconds, test)
         else:
-            result = _modern_trial(row, arm, seed, budget, max_seconds)
+            result = _modern_trial(row, arm, seed, budget, max_seconds, test)
     finally:
         torch.set_num_threads(threads)
     out = {
