@@ -308,7 +308,7 @@ class ReferenceEngine:
             ys.append(out.y.detach())
         grad = self._gradient(loss)
         self.reset()
-        return float(loss), worst, torch.stack(ys), grad
+        return float(loss.detach()), worst, torch.stack(ys), grad
 
     def sequences(self, xs, lengths, targets, lr, learn, want_outputs):
         N, T, K = targets.shape
