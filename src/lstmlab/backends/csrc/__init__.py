@@ -12,6 +12,9 @@ file exists, loading it needs no compiler.
 
 Environment: LSTMLAB_CPU_BACKEND=0 disables the backend; LSTMLAB_CPU_MARCH sets the
 -march value (default "native"; empty for the compiler's default target).
+
+`load_net1997()` builds and loads the 1997 machine's engine (net1997.cpp, net1997.h; used
+by lstmlab.train.net1997) the same way, as its own small module (no OpenMP, no ATen).
 """
 
 from __future__ import annotations
@@ -29,17 +32,18 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SOURCES = ("lstmlab_cpu.cpp", "cells.h", "clock.h", "gemm.h", "steps.h", "vecmath.h", "work.h")
+NET1997_SOURCES = ("net1997.cpp", "net1997.h")
 
 
 class BuildError(RuntimeError):
     """The extension cannot be built or loaded; str() is a one-line reason."""
 
 
-def _cflags() -> list[str]:
+def _cflags(openmp: bool = True) -> list[str]:
     march = os.environ.get("LSTMLAB_CPU_MARCH", "native")
     # -fopenmp: at::parallel_for (ATen/ParallelOpenMP.h) is inline, so it only runs in
     # parallel when this file is compiled with OpenMP; it links the libgomp torch loaded.
-    flags = ["-O3", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno"]
+    flags = ["-O3"] + (["-fopenmp"] if openmp else []) + ["-ffp-contract=fast", "-fno-math-errno"]
     return flags + ([f"-march={march}"] if march else [])
 
 
@@ -61,15 +65,15 @@ def build_dir() -> Path:
     return Path(cache) / "lstmlab"
 
 
-def module_name() -> str:
+def module_name(prefix: str = "lstmlab_cpu", sources: tuple[str, ...] = SOURCES, openmp: bool = True) -> str:
     import torch
 
     h = hashlib.sha256()
-    for src in SOURCES:
+    for src in sources:
         h.update((HERE / src).read_bytes())
-    for part in (torch.__version__, sys.version, " ".join(_cflags()), _cpu_flags()):
+    for part in (torch.__version__, sys.version, " ".join(_cflags(openmp)), _cpu_flags()):
         h.update(part.encode())
-    return f"lstmlab_cpu_{h.hexdigest()[:16]}"
+    return f"{prefix}_{h.hexdigest()[:16]}"
 
 
 def _import(name: str, path: Path):
@@ -91,7 +95,7 @@ def _first_error(text: str) -> str:
 KEEP_BUILDS = 8
 
 
-def prune(root: Path, keep: int = KEEP_BUILDS) -> None:
+def prune(root: Path, keep: int = KEEP_BUILDS, prefix: str = "lstmlab_cpu") -> None:
     """Remove all but the `keep` most recently built modules in `root` (other lstmlab
     versions, toolchains or environments may share the directory: a few are kept; a module
     in use stays mapped after its file is removed)."""
@@ -102,7 +106,7 @@ def prune(root: Path, keep: int = KEEP_BUILDS) -> None:
         except OSError:  # removed meanwhile
             return 0.0
 
-    for old in sorted(root.glob("lstmlab_cpu_*.so"), key=built, reverse=True)[keep:]:
+    for old in sorted(root.glob(f"{prefix}_*.so"), key=built, reverse=True)[keep:]:
         try:
             old.unlink()
         except OSError:
@@ -113,7 +117,16 @@ def load():
     """The compiled extension module (built here if needed). Raises BuildError."""
     if os.environ.get("LSTMLAB_CPU_BACKEND", "1") == "0":
         raise BuildError("disabled by LSTMLAB_CPU_BACKEND=0")
-    name = module_name()
+    return _load("lstmlab_cpu", SOURCES, "the cpu backend", openmp=True, seconds=30)
+
+
+def load_net1997():
+    """The 1997 machine's engine module (built here if needed). Raises BuildError."""
+    return _load("lstmlab_net1997", NET1997_SOURCES, "the 1997 machine's engine", openmp=False, seconds=15)
+
+
+def _load(prefix: str, sources: tuple[str, ...], what: str, openmp: bool, seconds: int):
+    name = module_name(prefix, sources, openmp)
     root = build_dir()
     target = root / f"{name}.so"
     if target.exists():
@@ -137,15 +150,15 @@ def load():
         tmp = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
     except OSError as e:
         raise BuildError(f"cannot create the build directory {root}: {e}") from None
-    print(f"lstmlab: compiling the cpu backend into {root} (once; about 30 s)", file=sys.stderr, flush=True)
+    print(f"lstmlab: compiling {what} into {root} (once; about {seconds} s)", file=sys.stderr, flush=True)
     start = time.perf_counter()
     try:
         module = cpp_extension.load(
             name=name,
-            sources=[str(HERE / SOURCES[0])],
+            sources=[str(HERE / sources[0])],
             extra_include_paths=[str(HERE)],
-            extra_cflags=_cflags(),
-            extra_ldflags=["-fopenmp"],
+            extra_cflags=_cflags(openmp),
+            extra_ldflags=["-fopenmp"] if openmp else [],
             build_directory=str(tmp),
             verbose=False,
         )
@@ -155,5 +168,5 @@ def load():
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     module.build_seconds = time.perf_counter() - start
-    prune(root)
+    prune(root, prefix=prefix)
     return module
