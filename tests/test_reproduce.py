@@ -1,7 +1,6 @@
-"""`lstmlab reproduce`: the modern recipe's rows (configs, the matched tanh RNN), the trials
-on Optuna storage (resume, a worker killed mid-trial, two workers, a trial that raises,
-heartbeats from another machine, PostgreSQL), the report's numbers and figure, and the
-arguments refused before any work."""
+"""`lstmlab reproduce`: the modern recipe's rows, the trials on Optuna storage (resume, a
+worker killed mid-trial, two workers, a trial that raises, heartbeats from another machine,
+PostgreSQL), the report's numbers and figure, and the arguments refused before any work."""
 
 import dataclasses
 import json
@@ -16,31 +15,15 @@ import optuna
 import pytest
 
 from lstmlab.cli import main
-from lstmlab.tasks import make
-from lstmlab.train import build_model
-from lstmlab.train.reproduce import ROWS_1997, Budget, configs, experiment, reproduce
-from lstmlab.train.reproduce_report import markdown, summarise, write_report
+from lstmlab.train import reproduce as reproduce_module
+from lstmlab.train.reproduce import ROWS_1997, experiment, reproduce
+from lstmlab.train.reproduce_report import markdown, summarise, table_line, write_report
 from lstmlab.train.trials import TrialSet, claim, make_storage, open_study
 
-OPTIMISER = (
-    "optimizer",
-    "lr",
-    "momentum",
-    "batch_size",
-    "loss_steps",
-    "clip_norm",
-    "clip_value",
-    "max_sequences",
-    "max_seconds",
-    "eval_every",
-    "seed",
-    "skip_input",
-    "connect_after",
-)
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
-# ---- the modern recipe's rows ----------------------------------------------------------------
+# ---- the modern recipe's rows (the modern arm's configuration where it was searched) ------------
 def test_the_rows_are_the_issue_s_and_each_has_its_reasons():
     assert [(r.task, r.params) for r in ROWS_1997] == [
         ("adding", {"T": 100}),
@@ -50,29 +33,6 @@ def test_the_rows_are_the_issue_s_and_each_has_its_reasons():
     ]
     for row in ROWS_1997:
         assert row.why and row.budget > 0
-
-
-@pytest.mark.parametrize("row", ROWS_1997, ids=lambda r: r.task)
-def test_rnn_matches_the_lstm_in_weights_and_shares_optimiser_and_budget(row):
-    lstm, rnn = configs(row, Budget())
-    task = make(row.task, **row.params)
-    n_lstm = build_model(lstm, task, 0).num_parameters()
-    n_rnn = build_model(rnn, task, 0).num_parameters()
-    assert abs(n_rnn - n_lstm) <= 0.03 * n_lstm
-    assert rnn.cell == "rnn-tanh" and rnn.forget_bias is None and rnn.input_bias is None
-    assert all(getattr(lstm, k) == getattr(rnn, k) for k in OPTIMISER)
-    assert lstm.max_sequences == row.budget and lstm.task_params == row.params
-
-
-def test_budget_overrides_every_row_and_names_the_run_directories(tmp_path):
-    budget = Budget(max_sequences=20, max_seconds=5.0, seed=3, out_dir=str(tmp_path))
-    lstm, rnn = configs(ROWS_1997[0], budget)
-    assert (
-        (lstm.max_sequences, lstm.max_seconds, lstm.seed)
-        == (20, 5.0, 3)
-        == (rnn.max_sequences, rnn.max_seconds, rnn.seed)
-    )
-    assert lstm.out_dir.endswith("adding-T100-lstm") and rnn.out_dir.endswith("adding-T100-rnn-tanh")
 
 
 def test_rows_are_frozen():
@@ -117,9 +77,7 @@ def calls(tmp_path, monkeypatch):
 
 
 def run(tmp_path, **kw):
-    args = dict(
-        rows=["reber"], arms=["modern", "rnn"], seeds=3, out=tmp_path / "out", trial="test_reproduce:fake_trial"
-    )
+    args = dict(rows=["6a"], arms=["paper", "rnn"], seeds=3, out=tmp_path / "out", trial="test_reproduce:fake_trial")
     args.update(kw)
     return reproduce("1997", log=lambda *_: None, **args)
 
@@ -129,7 +87,7 @@ def study_trials(url, name="reproduce-1997-budget-default"):
     return {t.number: (t.state.name, t.user_attrs) for t in study.get_trials()}
 
 
-def keys(arms=("modern", "rnn"), seeds=range(3), row="reber"):
+def keys(arms=("paper", "rnn"), seeds=range(3), row="6a"):
     return [(row, a, s) for a in arms for s in seeds]
 
 
@@ -148,10 +106,10 @@ def test_a_reproduction_run_again_runs_no_finished_trial(tmp_path, calls):
 
 
 def test_the_default_storage_is_a_sqlite_file_in_out_and_results_carry_their_machine(tmp_path, calls):
-    done = run(tmp_path, arms=["modern"], seeds=1)
+    done = run(tmp_path, arms=["paper"], seeds=1)
     result = json.loads((tmp_path / "out" / "reproduce-1997.json").read_text())
     (trial,) = result["trials"]
-    assert (trial["row"], trial["arm"], trial["seed"], trial["backend"]) == ("reber", "modern", 0, "fake")
+    assert (trial["row"], trial["arm"], trial["seed"], trial["backend"]) == ("6a", "paper", 0, "fake")
     m = trial["machine"]
     assert m["threads"] == 1 and m["torch"] == __import__("torch").__version__ and m["cpu"]
     assert result["machines"] == {"m1": f"fake backend, {m['cpu']}, torch {m['torch']}, 1 thread"}
@@ -162,19 +120,19 @@ def test_a_trial_that_raises_is_reported_and_retried_by_the_next_command_only(tm
     monkeypatch.setenv("LSTMLAB_TEST_RAISE", "rnn 1")
     first = run(tmp_path)
     assert calls() == keys()  # raised once, not retried in a loop
-    assert first["missing"] == [("reber", "rnn", 1)]
-    assert first["errors"] == {("reber", "rnn", 1): "RuntimeError: seed 1 raised on purpose"}
-    assert "**Incomplete**: reber rnn 2 of 3 trials have a result" in first["files"][0].read_text()
+    assert first["missing"] == [("6a", "rnn", 1)]
+    assert first["errors"] == {("6a", "rnn", 1): "RuntimeError: seed 1 raised on purpose"}
+    assert "**Incomplete**: 6a rnn 2 of 3 trials have a result" in first["files"][0].read_text()
     monkeypatch.delenv("LSTMLAB_TEST_RAISE")
     second = run(tmp_path)
-    assert calls() == [("reber", "rnn", 1)] and second["missing"] == [] and second["errors"] == {}
+    assert calls() == [("6a", "rnn", 1)] and second["missing"] == [] and second["errors"] == {}
 
 
 def test_a_key_two_workers_claim_at_once_runs_once(tmp_path):
-    ts = TrialSet(f"sqlite:///{tmp_path}/c.db", "c", (("reber", "modern", 0),), "test_reproduce:fake_trial")
+    ts = TrialSet(f"sqlite:///{tmp_path}/c.db", "c", (("6a", "paper", 0),), "test_reproduce:fake_trial")
     study = open_study(make_storage(ts), ts)
-    first = claim(study, ("reber", "modern", 0))
-    second = claim(study, ("reber", "modern", 0))  # another worker that chose the same key
+    first = claim(study, ("6a", "paper", 0))
+    second = claim(study, ("6a", "paper", 0))  # another worker that chose the same key
     assert first is not None and second is None
     trials = study.get_trials()
     assert [t.state.name for t in trials] == ["RUNNING", "FAIL"]
@@ -183,25 +141,32 @@ def test_a_key_two_workers_claim_at_once_runs_once(tmp_path):
 
 def test_a_trial_whose_heartbeats_lapsed_on_another_machine_runs_again(tmp_path, calls):
     url = f"sqlite:///{tmp_path}/h.db"
-    ts = TrialSet(url, "reproduce-1997-budget-default", (), "", identity={"paper": "1997", "budget": "default"})
-    ts = dataclasses.replace(ts, heartbeat=1, grace=2, identity={**ts.identity, "max_seconds": None})
-    study = open_study(make_storage(ts), ts)
-    t = claim(study, ("reber", "modern", 0))
+    run(tmp_path, arms=["rnn"], seeds=1, storage=url)  # the study, with one trial done
+    assert calls() == [("6a", "rnn", 0)]
+    storage = make_storage(TrialSet(url, "", (), "", heartbeat=1, grace=2))
+    study = optuna.load_study(study_name="reproduce-1997-budget-default", storage=storage)
+    t = claim(study, ("6a", "paper", 0))  # a worker elsewhere: one heartbeat, then silence
     study._storage.set_trial_user_attr(t._trial_id, "owner", {"host": "elsewhere", "pid": 1, "started": "1"})
     time.sleep(2.5)  # no heartbeat for longer than grace: its worker is taken for dead
-    done = run(tmp_path, arms=["modern"], seeds=1, storage=url, heartbeat=1, grace=2)
-    assert calls() == [("reber", "modern", 0)] and done["missing"] == []
-    assert [s for s, _ in study_trials(url).values()] == ["FAIL", "COMPLETE"]
+    done = run(tmp_path, arms=["paper"], seeds=1, storage=url, heartbeat=1, grace=2)
+    assert calls() == [("6a", "paper", 0)] and done["missing"] == []
+    assert [s for s, _ in study_trials(url).values()] == ["COMPLETE", "FAIL", "COMPLETE"]
 
 
-def test_a_study_is_continued_only_with_its_settings(tmp_path, calls):
+def test_a_study_is_continued_only_with_its_settings(tmp_path, calls, monkeypatch):
     run(tmp_path, seeds=1, max_seconds=60.0)
-    with pytest.raises(
-        ValueError, match=r"exists in sqlite:///.* with other settings \(max_seconds: max_seconds=60.0\)"
-    ):
+    with pytest.raises(ValueError, match=r"with other settings \(max_seconds: 60.0 -> 30.0\); allowed: the same"):
         run(tmp_path, seeds=1, max_seconds=30.0)
     run(tmp_path, seeds=1, budget=50)  # another budget is another study in the same file
     assert len(calls()) == 4
+    run(tmp_path, rows=["6a", "6b"], seeds=1, max_seconds=60.0)  # a row added: its budget joins the study's
+    assert calls() == [("6b", "paper", 0), ("6b", "rnn", 0)]
+    exp = experiment("1997")
+    changed = dataclasses.replace(exp, budgets={**exp.budgets, "6b": {"default": 123, "paper": 1}})
+    monkeypatch.setitem(reproduce_module.EXPERIMENTS, "1997", lambda: changed)  # the code's budget for 6b changed
+    default = exp.budgets["6b"]["default"]
+    with pytest.raises(ValueError, match=rf"\(max_sequences\['6b'\]: {default} -> 123\)"):
+        run(tmp_path, rows=["6a", "6b"], seeds=1, max_seconds=60.0)
 
 
 # The victim: a trial function that, for one key, writes its worker's pid to victim.pid and
@@ -235,7 +200,7 @@ DRIVER = """
 import sys
 from lstmlab.train.reproduce import reproduce
 
-done = reproduce("1997", rows=["reber"], arms=["modern"], seeds=4, out=sys.argv[1], workers=int(sys.argv[2]),
+done = reproduce("1997", rows=["6a"], arms=["paper"], seeds=4, out=sys.argv[1], workers=int(sys.argv[2]),
                  trial="victim:trial")
 print("missing", done["missing"])
 """
@@ -301,14 +266,14 @@ def test_a_worker_killed_mid_trial_loses_only_its_trial(tmp_path, calls):
     log = []
     done = reproduce(
         "1997",
-        rows=["reber"],
-        arms=["modern"],
+        rows=["6a"],
+        arms=["paper"],
         seeds=4,
         out=tmp_path / "out",
         trial="test_reproduce:fake_trial",
         log=log.append,
     )
-    assert calls() == [("reber", "modern", 3)]  # only the killed trial runs again
+    assert calls() == [("6a", "paper", 3)]  # only the killed trial runs again
     assert log[0] == "trials [3] were left RUNNING by workers that are gone: marked FAIL, to be run again"
     after = study_trials(url)
     assert {n: after[n] for n in (0, 1, 2)} == {n: before[n] for n in (0, 1, 2)}  # results kept
@@ -343,7 +308,7 @@ def test_two_workers_one_killed_the_other_takes_its_trial_over(tmp_path):
     assert sorted(victim) == ["COMPLETE", "FAIL"]
     assert sorted(s for s, a in trials.values() if a["seed"] != 1) == ["COMPLETE"] * 3
     runs = calls_of(tmp_path)
-    assert sorted(k[:3] for k in runs) == sorted(keys(arms=("modern",), seeds=(0, 1, 1, 2, 3)))
+    assert sorted(k[:3] for k in runs) == sorted(keys(arms=("paper",), seeds=(0, 1, 1, 2, 3)))
     (retry,) = [p for r, a, s, p in runs if s == 1 and p != pid]
     assert len({p for *_, p in runs}) == 2 and retry != pid  # the other worker ran it again
 
@@ -355,6 +320,22 @@ def test_a_reproduction_on_postgresql_continues(tmp_path, calls, postgres_url):
     second = run(tmp_path, storage=postgres_url, seeds=2, workers=1)
     assert calls() == [] and second["table"] == first["table"]
     assert "postgresql+psycopg2://lstmlab@127.0.0.1:" in first["files"][0].read_text()
+
+
+@pytest.mark.slow
+def test_gers2000_reports_perfect_nets_per_arm_and_plots_the_cell_states(tmp_path, calls):
+    done = reproduce("gers2000", seeds=3, out=tmp_path, trial="test_reproduce:fake_trial", log=lambda *_: None)
+    assert calls() == [("continual-reber", a, s) for a in ("no-forget", "forget", "forget-decay") for s in range(3)]
+    assert [f.name for f in done["files"]] == [
+        "reproduce-gers2000.md",
+        "reproduce-gers2000.json",
+        "reproduce-gers2000-continual-reber.png",
+        "reproduce-gers2000-cell-states.png",
+    ]
+    text = done["files"][0].read_text()
+    assert "| continual-reber | - | forget-decay | 3 | 2/3 (67%) | 150 (100-200) | 1 at 2,000 | 62% |" in text
+    assert "| streams to success: median (min-max) | unsolved: streams run |" in text
+    assert done["files"][3].read_bytes()[:4] == b"\x89PNG"
 
 
 # ---- the report ----------------------------------------------------------------------------------
@@ -372,31 +353,31 @@ def result(solved, sequences, seen=None, errors=0, backend="cpu", cpu="CPU A"):
 
 
 HAND_MADE = {
-    ("temporal-order", "modern", 0): result(True, 3603),
-    ("temporal-order", "modern", 1): result(True, 4989, errors=1),
-    ("temporal-order", "modern", 2): result(True, 5327),
-    ("temporal-order", "modern", 3): result(True, 3976, cpu="CPU B"),
-    ("temporal-order", "modern", 4): result(False, 31390, errors=2560),
-    ("temporal-order", "rnn", 0): result(False, 31390, errors=2560, backend="reference"),
-    ("temporal-order", "rnn", 1): result(False, 20000, errors=2500, backend="reference"),
+    ("6a", "modern", 0): result(True, 3603),
+    ("6a", "modern", 1): result(True, 4989, errors=1),
+    ("6a", "modern", 2): result(True, 5327),
+    ("6a", "modern", 3): result(True, 3976, cpu="CPU B"),
+    ("6a", "modern", 4): result(False, 31390, errors=2560),
+    ("6a", "rnn", 0): result(False, 31390, errors=2560, backend="reference"),
+    ("6a", "rnn", 1): result(False, 20000, errors=2500, backend="reference"),
 }
 
 
 def hand_made_report():
     exp = experiment("1997")
-    keys = tuple(HAND_MADE) + (("temporal-order", "rnn", 2),)  # planned, without a result
-    table = summarise(exp, keys, HAND_MADE, {"temporal-order": 31390})
+    keys = tuple(HAND_MADE) + (("6a", "rnn", 2),)  # planned, without a result
+    table = summarise(exp, keys, HAND_MADE, {"6a": 31390})
     meta = {
         "paper": "1997",
         "title": exp.title,
         "budget": "default",
-        "max_sequences": {"temporal-order": 31390},
+        "max_sequences": {"6a": 31390},
         "max_seconds": None,
         "seeds": 5,
         "storage": "sqlite:///x.db",
         "study": "s",
         "criterion": exp.criterion,
-        "command": "lstmlab reproduce 1997 --rows temporal-order --seeds 5",
+        "command": "lstmlab reproduce 1997 --rows 6a --seeds 5",
         "wall_seconds": 12.0,
     }
     return exp, table, meta
@@ -416,24 +397,35 @@ def test_the_report_s_numbers_are_the_spread_over_seeds():
     assert rnn["unsolved_sequences"] == [20000, 31390]
     text = markdown(exp, table, HAND_MADE, meta)
     assert (
-        "| temporal-order | - | modern | 5 | 4/5 (80%) | 4,482.5 (3,603-5,327) | 1 at 31,390 | - | 31,390 "
+        "| 6a | - | modern | 5 | 4/5 (80%) | 4,482.5 (3,603-5,327) | 1 at 31,390 | - (20 trials) | 31,390 "
         "| 0 (0-2,560) / 2,560 | 1/2560 | m1, m2 |" in text
     )
     assert (
-        "| temporal-order | - | rnn | 2 of 3 | 0/2 (0%) | - | 2 at 20,000-31,390 | - | 31,390 "
+        "| 6a | - | rnn | 2 of 3 | 0/2 (0%) | - | 2 at 20,000-31,390 | - (20 trials) | 31,390 "
         "| 2,530 (2,500-2,560) / 2,560 | 1/2560 | m3 |" in text
     )
     assert "- m1: cpu backend, CPU A, torch 2.9, 1 thread (4 trials)" in text
     assert "- m2: cpu backend, CPU B, torch 2.9, 1 thread (1 trials)" in text
     assert "- m3: reference backend, CPU A, torch 2.9, 1 thread (2 trials)" in text
-    assert "**Incomplete**: temporal-order rnn 2 of 3 trials have a result" in text
-    assert "lstmlab reproduce 1997 --rows temporal-order --seeds 5\n```" in text
+    assert "**Incomplete**: 6a rnn 2 of 3 trials have a result" in text
+    assert "lstmlab reproduce 1997 --rows 6a --seeds 5\n```" in text
+
+
+def test_a_diverged_trial_is_counted_apart_from_those_that_ran_out_of_budget():
+    exp, _, _ = hand_made_report()
+    done = {
+        ("6a", "rnn", 0): result(False, 31390),
+        ("6a", "rnn", 1): {**result(False, None), "seen": None, "diverged": "loss is nan"},
+    }
+    (line,) = summarise(exp, tuple(done), done, {"6a": 31390})
+    assert (line["unsolved_sequences"], line["diverged"], line["fraction"]) == ([31390], 1, 0.0)
+    assert "| 0/2 (0%) | - | 1 at 31,390; 1 diverged |" in table_line(line)
 
 
 def test_the_report_is_written_whole_with_a_figure_per_row(tmp_path):
     exp, table, meta = hand_made_report()
     files = write_report(exp, table, HAND_MADE, meta, tmp_path)
-    assert [f.name for f in files] == ["reproduce-1997.md", "reproduce-1997.json", "reproduce-1997-temporal-order.png"]
+    assert [f.name for f in files] == ["reproduce-1997.md", "reproduce-1997.json", "reproduce-1997-6a.png"]
     assert files[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f.name for f in files)  # no temporary file left
     saved = json.loads(files[1].read_text())
@@ -463,10 +455,10 @@ def test_a_figure_that_fails_leaves_the_previous_one(tmp_path, monkeypatch):
     "argv, message",
     [
         (
-            ["--rows", "reber", "nope"],
-            "--rows nope: not a row of 1997; allowed: adding-T100, lag-p100, temporal-order, reber",
+            ["--rows", "6a", "nope"],
+            "--rows nope: not a row of 1997; allowed: 1-3x2-lr0.5, 1-4x1-lr0.1, 2a, 2b, 2c-q50-p50,",
         ),
-        (["--arms", "lstm"], "--arms lstm: not an arm of 1997; allowed: modern, rnn"),
+        (["--arms", "lstm"], "--arms lstm: not an arm of 1997; allowed: paper, modern, rnn"),
         (["--seeds", "0"], "--seeds 0 is invalid; allowed: an int >= 1"),
         (["--workers", "0"], "--workers 0 is invalid; allowed: an int >= 1"),
         (["--budget", "lots"], "--budget 'lots' is invalid; allowed: default, paper or a number of sequences > 0"),

@@ -499,19 +499,20 @@ def test_cli_train_writes_the_json_report(tmp_path, capsys):
 
 
 def test_cli_reproduce_writes_a_table(tmp_path, capsys):
-    """The modern recipe's Reber row, both arms, one seed, 20 sequences: real training runs."""
-    argv = ["reproduce", "1997", "--rows", "reber", "--seeds", "1", "--budget", "20", "--out", str(tmp_path)]
+    """The Reber row's modern and rnn arms, one seed, 20 sequences: real training runs."""
+    argv = ["reproduce", "1997", "--rows", "1-3x2-lr0.5", "--arms", "modern", "rnn", "--seeds", "1", "--budget", "20"]
+    argv += ["--out", str(tmp_path)]
     assert cli(argv) == 0
     report = json.loads((tmp_path / "reproduce-1997.json").read_text())
-    assert [(t["row"], t["arm"]) for t in report["table"]] == [("reber", "modern"), ("reber", "rnn")]
+    assert [(t["row"], t["arm"]) for t in report["table"]] == [("1-3x2-lr0.5", "modern"), ("1-3x2-lr0.5", "rnn")]
     modern, rnn = report["trials"]
     assert modern["seen"] == rnn["seen"] == 20 and modern["solved"] is False and modern["test_size"] == 256
-    assert modern["config"]["cell"] == "lstm" and rnn["config"]["cell"] == "rnn-tanh"
-    assert modern["machine"]["threads"] == 1 and modern["backend"] in ("cpu", "reference")
+    assert modern["cell"] == "lstm" and rnn["cell"] == "rnn-tanh"
+    assert modern["machine"]["threads"] == 1 and modern["backend"] in ("lstmlab cpu", "lstmlab reference")
     table = (tmp_path / "reproduce-1997.md").read_text()
-    assert "| reber | - | modern | 1 | 0/1 (0%) | - | 1 at 20 | - | 8,440 | " in table
-    assert "lstmlab reproduce 1997 --rows reber --seeds 1 --budget 20 --out " in table
-    assert (tmp_path / "reproduce-1997-reber.png").exists()
+    assert "| 1-3x2-lr0.5 | - | modern | 1 | 0/1 (0%) | - | 1 at 20 | 100% (30 trials) | 8,440 | " in table
+    assert "lstmlab reproduce 1997 --rows 1-3x2-lr0.5 --arms modern rnn --seeds 1 --budget 20 --out " in table
+    assert (tmp_path / "reproduce-1997-1-3x2-lr0.5.png").exists()
     assert cli(argv) == 0  # again: nothing to run, the same table
     assert (tmp_path / "reproduce-1997.md").read_text().split("| row |")[1] == table.split("| row |")[1]
 
@@ -532,7 +533,7 @@ def test_ctrl_c_during_reproduce_says_what_happened(tmp_path, monkeypatch, capsy
         return out
 
     monkeypatch.setattr(Trainer, "step", step_then_ctrl_c)
-    argv = ["reproduce", "1997", "--rows", "reber", "--arms", "modern", "--seeds", "1", "--budget", "20"]
+    argv = ["reproduce", "1997", "--rows", "1-3x2-lr0.5", "--arms", "modern", "--seeds", "1", "--budget", "20"]
     assert main([*argv, "--out", str(tmp_path)]) == 130
     assert (
         "lstmlab reproduce: interrupted: the trials that finished are kept in the --storage database "

@@ -1,45 +1,36 @@
-"""`lstmlab reproduce 1997`: the 1997 rows that fit a CPU budget, each trained with an
-LSTM and with a tanh RNN of about the same number of weights under the same optimiser
-and budget; a table of the paper's numbers beside ours (markdown and JSON).
+"""`lstmlab reproduce PAPER`: a paper's experiments as trials, one per (row, arm, seed), on
+Optuna storage (lstmlab.train.trials: resumable, any number of workers), and their report
+(lstmlab.train.reproduce_report).
 
-The criterion and the counting are the paper's (each task's judge and stopping rule):
-adding and temporal order count every sequence until the stop, the 2,000-sequence window
-included; lag counts the sequences before its 10,000-sequence check (the paper's check
-ran after training); Reber counts sequences until an evaluation (every `eval_every`) finds
-every training and test string predicted. A batch of n is n sequences.
+    1997      every row of Hochreiter & Schmidhuber 1997 (lstmlab.train.paper1997): the
+              paper's machine ("paper"), today's recipe ("modern"), a tanh RNN ("rnn").
+    gers2000  Gers, Schmidhuber & Cummins 2000 on the continual embedded Reber grammar
+              (lstmlab.train.gers2000): no forget gate, forget gate, forget gate with
+              learning-rate decay; plus both nets' cell states over one stream.
 
-Each row's default budget is the paper's own count (plus the lag check's 10,000), so a
-run that is solved within it needed no more sequences than the paper; the tanh RNN gets
-the same budget. The configurations of adding, temporal order and Reber, found by short searches on
-one CPU thread (seeds 0-3, see ROWS_1997 for the spread), share one recipe:
-
-    cell "lstm" (forget gate, torch's parameterisation), Adam, online or small batches,
-    forget_bias high (3-8: the forget gate starts open, so the cell state carries error
-    back over the whole sequence) and input_bias negative (the 1997 paper's remedy for
-    internal state drift: input gates start nearly shut, so a cell does not integrate
-    every distractor to saturation before it has learned what to store).
-
-Without the two biases Adam learned neither adding nor temporal order in the paper's
-budget (the test error stayed at the target variance). Lag p = 100 needs the paper's own
-net: direct input-to-output weights beside one memory cell that is connected once those
-weights have learned the local predictions (see its row).
+ROWS_1997 below is today's recipe for the rows it was searched on (the modern arm's
+configuration there, with the reasons and the seed spread of the search): cell "lstm"
+(forget gate, torch's parameterisation), Adam, online or small batches, forget_bias high
+(3-8: the forget gate starts open, so the cell state carries error back over the whole
+sequence) and input_bias negative (the 1997 paper's remedy for internal state drift:
+input gates start nearly shut, so a cell does not integrate every distractor to
+saturation before it has learned what to store). Without the two biases Adam learned
+neither adding nor temporal order in the paper's budget. Lag p = 100 needs the paper's
+own net: direct input-to-output weights beside one memory cell that is connected once
+those weights have learned the local predictions (see its row).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..backends import get_backend
 from ..cells import get_cell
 from ..errors import ArgumentError
 from ..io import check_writable
 from ..sweep.storage import check_storage, shown
-from ..tasks import make
-from ..tasks.base import Published
 from .config import TrainConfig
-from .loop import TrainingDiverged, train
 
 
 @dataclass(frozen=True)
@@ -126,24 +117,6 @@ ROWS_1997 = (
 )
 
 
-@dataclass(frozen=True)
-class Budget:
-    """What every run of a reproduction shares.
-
-    max_sequences: overrides every row's budget (None: each row's own).
-    max_seconds: the wall-clock limit of each run (None: none).
-    seed, out_dir, progress, flow_every: as TrainConfig (out_dir: runs go to
-        out_dir/<row>-<cell>; flow_every: each run's error flow in its flow.json).
-    """
-
-    max_sequences: int | None = None
-    max_seconds: float | None = 600.0
-    seed: int = 0
-    out_dir: str | None = None
-    progress: bool | None = None
-    flow_every: int | None = None
-
-
 def weights(config: TrainConfig, task) -> int:
     """The trained model's weight count: one recurrent layer, the linear readout and the
     skip weights if any."""
@@ -152,114 +125,18 @@ def weights(config: TrainConfig, task) -> int:
     return spec.num_parameters(I, config.hidden_size) + config.hidden_size * K + K + (I * K if config.skip_input else 0)
 
 
-def rnn_hidden_size(lstm: TrainConfig) -> int:
-    """The tanh-RNN hidden size whose model has the number of weights closest to the LSTM's."""
-    task = make(lstm.task, **lstm.task_params)
-    target = weights(lstm, task)
-    rnn = replace(lstm, cell="rnn-tanh", cell_options={}, forget_bias=None, input_bias=None)
-    return min(range(1, 1025), key=lambda h: abs(weights(replace(rnn, hidden_size=h), task) - target))
-
-
-def row_name(row: Row) -> str:
-    return "-".join([row.task] + [f"{k}{v}" for k, v in row.params.items()])
-
-
-def configs(row: Row, budget: Budget) -> tuple[TrainConfig, TrainConfig]:
-    """The LSTM and the tanh-RNN config of one row: same optimiser, budget and seed."""
-    lstm = TrainConfig(
-        row.task,
-        row.params,
-        eval_every=row.eval_every,
-        max_sequences=budget.max_sequences or row.budget,
-        max_seconds=budget.max_seconds,
-        seed=budget.seed,
-        progress=budget.progress,
-        flow_every=budget.flow_every,
-        **row.lstm,
-    )
-    rnn = replace(
-        lstm,
-        cell="rnn-tanh",
-        cell_options={},
-        init="torch",
-        forget_bias=None,
-        input_bias=None,
-        hidden_size=rnn_hidden_size(lstm),
-    )
-    if budget.out_dir is None:
-        return lstm, rnn
-    out = Path(budget.out_dir)
-    return tuple(replace(c, out_dir=str(out / f"{row_name(row)}-{c.cell}")) for c in (lstm, rnn))
-
-
-def run_one(config: TrainConfig) -> dict:
-    """One run's result.json fields plus wall_total (training and test, seconds)."""
-    start = time.perf_counter()
-    try:
-        result = train(config, overwrite=True).to_dict()  # a reproduction starts every run afresh
-    except TrainingDiverged as e:
-        result = {"diverged": str(e), "solved": False, "cell": config.cell}
-    return {**result, "wall_total": round(time.perf_counter() - start, 1)}
-
-
-def paper_row(row: Row) -> Published | None:
-    for p in make(row.task, **row.params).published:
-        if all(row.params.get(k) == v for k, v in p.setting.items()):
-            return p
-    return None
-
-
-# ---- the modern recipe and the tanh RNN as trials (the "modern" and "rnn" arms) -------------
-MODERN_ARMS = ("modern", "rnn")
-
-
-def _modern_row(name: str) -> Row:
-    for row in ROWS_1997:
-        if row_name(row) == name:
-            return row
-    raise ArgumentError(f"row={name!r} is not a row of the modern recipe; allowed: {[row_name(r) for r in ROWS_1997]}")
-
-
-def modern_trial(row: str, arm: str, seed: int, max_sequences: int | None, max_seconds: float | None) -> dict:
-    """One trial of ROWS_1997's recipe ("modern": the LSTM; "rnn": the tanh RNN with about
-    its weights, same optimiser and budget), in the result format of `lstmlab reproduce`:
-    solved, sequences (to success if solved, else seen), seen, test_errors, test_size,
-    wall_seconds, backend, config."""
-    if arm not in MODERN_ARMS:
-        raise ArgumentError(f"arm={arm!r} is not an arm of the modern recipe; allowed: {MODERN_ARMS}")
-    recipe = _modern_row(row)
-    budget = Budget(max_sequences=max_sequences, max_seconds=max_seconds, seed=seed, progress=False)
-    config = configs(recipe, budget)[MODERN_ARMS.index(arm)]
-    run = run_one(config)
-    seen = run.get("sequences_seen", 0)
-    return {
-        "row": row,
-        "arm": arm,
-        "seed": seed,
-        "solved": bool(run["solved"]),
-        "sequences": run["sequences_to_success"] if run["solved"] else seen,
-        "seen": seen,
-        "test_errors": run.get("test_errors"),
-        "test_size": run.get("test_size"),
-        "wall_seconds": run["wall_total"],
-        "backend": get_backend("auto", "cpu").__name__.rsplit(".", 1)[-1],
-        "diverged": run.get("diverged"),
-        "config": config.resolved().to_dict(),
-    }
-
-
 # ---- what `lstmlab reproduce PAPER` runs ---------------------------------------------------
 @dataclass(frozen=True)
 class Paper:
-    """One published result beside a (row, arm): fraction of trials that met the criterion
-    (0-1, None if not given), sequences (the paper's count), test errors of test_size, and
-    which model of the paper it is."""
+    """The paper's numbers beside a (row, arm): the fraction of its trials that met the
+    criterion (0-1) and how many trials it ran, its count (sequences, mean over its
+    trials), wrong test sequences of test_size; None where the paper gives none."""
 
     fraction: float | None = None
     sequences: int | None = None
     test_errors: int | None = None
     test_size: int | None = None
-    model: str = ""
+    trials: int | None = None
 
 
 @dataclass(frozen=True)
@@ -267,7 +144,8 @@ class Experiment:
     """A paper's reproduction: its rows (in the table's order), arms, the trial function
     ("module:function", called with (row, arm, seed, max_sequences, max_seconds)), each
     row's budget by name ({row: {"default": n, "paper": n}}), its setting in words, the
-    paper's numbers ({(row, arm): Paper}), and what success means (for the report)."""
+    paper's numbers ({(row, arm): Paper}), what success means and what a count counts
+    (for the report), and "module:function" writing extra figures into a folder (or None)."""
 
     name: str
     title: str
@@ -279,34 +157,81 @@ class Experiment:
     published: dict
     criterion: str
     success: str = "sequences"  # what a solved trial's count counts
+    figures: str | None = None
 
 
-def _modern_1997() -> Experiment:
-    rows = tuple(row_name(r) for r in ROWS_1997)
+def _paper_1997() -> Experiment:
+    from . import paper1997 as p
+
     published = {}
-    for r in ROWS_1997:
-        p = paper_row(r)
-        if p is not None:
-            for arm in MODERN_ARMS:
-                published[(row_name(r), arm)] = Paper(None, p.sequences, p.test_errors, p.test_size, p.model)
+    for r in p.ROWS:
+        wrong, size = r.paper_test or (None, None)
+        for arm in p.ARMS:
+            published[(r.name, arm)] = Paper(r.paper_success, r.paper_sequences, wrong, size, r.paper_trials)
     return Experiment(
         name="1997",
         title="Hochreiter & Schmidhuber 1997",
-        rows=rows,
-        arms=MODERN_ARMS,
-        trial="lstmlab.train.reproduce:modern_trial",
-        budgets={row_name(r): {"default": r.budget, "paper": r.budget} for r in ROWS_1997},
-        settings={row_name(r): ", ".join(f"{k}={v}" for k, v in r.params.items()) or "-" for r in ROWS_1997},
+        rows=p.ROW_NAMES,
+        arms=p.ARMS,
+        trial="lstmlab.train.paper1997:run_trial",
+        budgets={
+            r.name: {"default": p.trial_budget(r, "default"), "paper": p.trial_budget(r, "paper")} for r in p.ROWS
+        },
+        settings={r.name: ", ".join(f"{k}={v}" for k, v in r.params.items()) or "-" for r in p.ROWS},
         published=published,
         criterion=(
-            "each task's stopping rule, counted as the paper did: adding and temporal order include the "
-            "2,000-sequence stopping window; lag excludes its 10,000-sequence check; Reber counts to the "
-            "evaluation that found every training and test string right"
+            "each row's stopping rule, counted as the paper did: where the criterion was a window of "
+            "training sequences it also stopped on (adding, multiplication, temporal order) the window "
+            "counts; where it was a check after training (2a-2c) it does not; where it was an evaluation "
+            "on fixed sets (Reber, 3a-3c) the count is the sequences seen at the first evaluation that met it"
         ),
     )
 
 
-EXPERIMENTS = {"1997": _modern_1997}
+GERS_ROW = "continual-reber"
+
+
+def gers_trial(row: str, arm: str, seed: int, max_sequences: int | None, max_seconds: float | None) -> dict:
+    """One net of Gers 2000 (lstmlab.train.gers2000.run_gers_trial) in the result format
+    of `lstmlab reproduce`: solved = a perfect solution, sequences = seen = the training
+    streams run; max_sequences is the most training streams."""
+    from .gers2000 import run_gers_trial
+
+    r = run_gers_trial(arm, seed, max_sequences, max_seconds)
+    return {**r, "row": row, "solved": r["perfect"], "sequences": r["streams"], "seen": r["streams"]}
+
+
+def gers_cell_states(out: Path) -> list[Path]:
+    """The paper's evidence of why: both nets' cell states over one continual stream."""
+    from .gers2000 import cell_state_traces, plot_cell_states
+
+    path = out / "reproduce-gers2000-cell-states.png"
+    plot_cell_states(cell_state_traces(), path)
+    return [path]
+
+
+def _gers_2000() -> Experiment:
+    from . import gers2000 as g
+
+    return Experiment(
+        name="gers2000",
+        title="Gers, Schmidhuber & Cummins 2000 (continual embedded Reber grammar)",
+        rows=(GERS_ROW,),
+        arms=g.ARMS,
+        trial="lstmlab.train.reproduce:gers_trial",
+        budgets={GERS_ROW: {"default": g.DEFAULT_STREAMS, "paper": g.PAPER_STREAMS}},
+        settings={GERS_ROW: "-"},
+        published={(GERS_ROW, arm): Paper(fraction=g.PUBLISHED[arm]) for arm in g.ARMS},
+        criterion=(
+            "a perfect solution: after a training stream (to its first wrong prediction, or 10^6 "
+            "symbols), 10 test streams of 100,000 symbols all predicted without an error"
+        ),
+        success="streams",
+        figures="lstmlab.train.reproduce:gers_cell_states",
+    )
+
+
+EXPERIMENTS = {"1997": _paper_1997, "gers2000": _gers_2000}
 
 
 def experiment(paper: str) -> Experiment:
@@ -357,7 +282,7 @@ def reproduce(
     budget="default",
     storage: str | None = None,
     workers: int = 1,
-    out="out/reproduce",
+    out=None,
     max_seconds: float | None = None,
     trial: str | None = None,
     command: str | None = None,
@@ -368,7 +293,8 @@ def reproduce(
     """Run (or continue) a reproduction and write its report into `out`.
 
     One Optuna trial per (row, arm, seed), seeds 0..seeds-1; trials with a result in
-    `storage` (default: sqlite `out`/trials.db) are not run again. rows, arms: subsets
+    `storage` (default: sqlite `out`/trials.db; out default: out/reproduce-PAPER) are not
+    run again. rows, arms: subsets
     (None: all). budget: "default", "paper" (each row's) or max_sequences for every row.
     workers: processes, one torch thread each. command: the command line, for the report.
     trial: "module:function" in place of the paper's trial function (tests). heartbeat,
@@ -377,7 +303,7 @@ def reproduce(
     without a result (a trial raised or a worker died; the same call runs them again).
     """
     from .reproduce_report import summarise, write_report
-    from .trials import TrialSet, run_trials, trial_errors
+    from .trials import TrialSet, resolve, run_trials, trial_errors
 
     exp = experiment(paper)
     rows = _names("--rows", rows, exp.rows, f"a row of {paper}")
@@ -387,7 +313,7 @@ def reproduce(
     budget = check_budget(budget)
     if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
         raise ArgumentError(f"--max-seconds {max_seconds!r} is invalid; allowed: a number > 0")
-    out = check_writable(out, "--out")
+    out = check_writable(out or f"out/reproduce-{paper}", "--out")
     if storage is not None:
         check_storage(storage, option="--storage", workers=workers)
     out.mkdir(parents=True, exist_ok=True)
@@ -400,7 +326,7 @@ def reproduce(
         trial=trial or exp.trial,
         max_sequences=limits,
         max_seconds=max_seconds,
-        identity={"paper": paper, "budget": budget, "max_seconds": max_seconds},
+        identity={"paper": paper, "budget": budget, "max_seconds": max_seconds, "max_sequences": limits},
         heartbeat=heartbeat,
         grace=grace,
     )
@@ -421,6 +347,8 @@ def reproduce(
     }
     meta["wall_seconds"] = round(time.perf_counter() - start, 1)
     files = write_report(exp, table, done, meta, out)
+    if exp.figures:
+        files += resolve(exp.figures)(out)
     return {
         "table": table,
         "files": files,
@@ -430,4 +358,4 @@ def reproduce(
     }
 
 
-__all__ = ["EXPERIMENTS", "ROWS_1997", "Budget", "Experiment", "Paper", "Row", "configs", "modern_trial", "reproduce"]
+__all__ = ["EXPERIMENTS", "ROWS_1997", "Experiment", "Paper", "Row", "experiment", "gers_trial", "reproduce", "weights"]

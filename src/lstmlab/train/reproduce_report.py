@@ -49,6 +49,7 @@ def summarise(exp, keys, done: dict, limits: dict) -> list[dict]:
             runs = [done[k] for k in planned if k in done]
             solved = [r for r in runs if r["solved"]]
             unsolved = [r for r in runs if not r["solved"]]
+            ran = [_ran(r) for r in unsolved]
             tested = [r["test_errors"] for r in runs if r.get("test_errors") is not None]
             paper = exp.published.get((row, arm))
             lines.append(
@@ -61,7 +62,8 @@ def summarise(exp, keys, done: dict, limits: dict) -> list[dict]:
                     "solved": len(solved),
                     "fraction": len(solved) / len(runs) if runs else None,
                     "sequences": spread([r["sequences"] for r in solved]),
-                    "unsolved_sequences": sorted(r.get("seen", r["sequences"]) for r in unsolved),
+                    "unsolved_sequences": sorted(n for n in ran if n is not None),
+                    "diverged": ran.count(None),
                     "budget": limits.get(row),
                     "test_errors": spread(tested),
                     "test_size": next((r["test_size"] for r in runs if r.get("test_size")), None),
@@ -71,6 +73,11 @@ def summarise(exp, keys, done: dict, limits: dict) -> list[dict]:
                 }
             )
     return lines
+
+
+def _ran(result: dict) -> int | None:
+    """What an unsolved trial ran (None: nothing to count, e.g. its training diverged)."""
+    return result.get("seen") if result.get("seen") is not None else result.get("sequences")
 
 
 def machine_ids(done: dict) -> dict[str, str]:
@@ -96,21 +103,22 @@ def table_line(line: dict) -> str:
     s = line["sequences"]
     ours = "-" if s is None else f"{_n(s['median'])} ({_n(s['min'])}-{_n(s['max'])})"
     left = line["unsolved_sequences"]
-    if not left:
-        unsolved = "-"
-    elif min(left) == max(left):
-        unsolved = f"{len(left)} at {_n(left[0])}"
-    else:
-        unsolved = f"{len(left)} at {_n(min(left))}-{_n(max(left))}"
+    parts = []
+    if left:
+        parts.append(f"{len(left)} at {_n(left[0])}" + ("" if left[0] == left[-1] else f"-{_n(left[-1])}"))
+    if line["diverged"]:
+        parts.append(f"{line['diverged']} diverged")
+    unsolved = "; ".join(parts) or "-"
     t = line["test_errors"]
     tests = "-" if t is None else f"{_n(t['median'])} ({_n(t['min'])}-{_n(t['max'])}) / {_n(line['test_size'])}"
     p = line["paper"] or {}
     paper_tests = "-" if p.get("test_errors") is None else f"{p['test_errors']}/{p['test_size']}"
+    paper_fraction = _fraction(p.get("fraction")) + (f" ({p['trials']} trials)" if p.get("trials") else "")
     trials = f"{line['trials']}" + ("" if line["trials"] == line["planned"] else f" of {line['planned']}")
     met = f"{line['solved']}/{line['trials']} ({_fraction(line['fraction'])})" if line["trials"] else "-"
     return (
         f"| {line['row']} | {line['setting']} | {line['arm']} | {trials} | {met} | {ours} | {unsolved} "
-        f"| {_fraction(p.get('fraction'))} | {_n(p.get('sequences'))} | {tests} | {paper_tests} "
+        f"| {paper_fraction} | {_n(p.get('sequences'))} | {tests} | {paper_tests} "
         f"| {', '.join(line['machines']) or '-'} |"
     )
 
@@ -132,7 +140,7 @@ def markdown(exp, table: list[dict], done: dict, meta: dict) -> str:
         f"{trials_time:,.0f} s. Trials stored in {meta['storage']} (study {meta['study']!r}).",
         "",
         f"| row | setting | arm | trials | met the criterion | {word} to success: median (min-max) "
-        f"| unsolved: {word} run | paper: fraction | paper: {word} | test errors: median (min-max) "
+        f"| unsolved: {word} run | paper: fraction of its trials | paper: {word} | test errors: median (min-max) "
         "| paper: test errors | machine |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -185,7 +193,7 @@ def figure(exp, row: str, table: list[dict], done: dict, path: Path) -> Path:
         runs = [r for k, r in sorted(done.items()) if k[:2] == (row, line["arm"])]
         spread_x = lambda n, i=i: [i + 0.25 * ((j + 0.5) / n - 0.5) for j in range(n)]
         ok = [r["sequences"] for r in runs if r["solved"]]
-        no = [r.get("seen", r["sequences"]) for r in runs if not r["solved"]]
+        no = [_ran(r) for r in runs if not r["solved"] and _ran(r) is not None]
         ax.scatter(spread_x(len(ok)), ok, color="tab:blue", s=22, label="met the criterion" if i == 0 else None)
         ax.scatter(spread_x(len(no)), no, color="tab:red", marker="x", s=30, label="not met: run" if i == 0 else None)
         if ok:

@@ -59,7 +59,8 @@ class TrialSet:
     max_sequences: row -> that row's budget (None: the trial's own).
     max_seconds: each trial's wall-clock limit (None: none).
     identity: settings that must not change while a study is continued (stored in the
-        study; a different one is refused).
+        study; a different one is refused; a dict value may gain keys, e.g. rows' budgets
+        when rows are added, but not change one).
     heartbeat, grace: seconds between a running trial's heartbeats, and without one before
         another worker counts it dead.
     """
@@ -103,18 +104,30 @@ def make_storage(ts: TrialSet):
 
 
 def open_study(storage, ts: TrialSet):
-    """Create the study, or load it if it exists with the same identity."""
+    """Create the study, or load it if it exists with the same identity (whose dict
+    values are merged: new keys are added, a changed one is refused)."""
     study = optuna.create_study(storage=storage, study_name=ts.study, direction="minimize", load_if_exists=True)
     stored = study.user_attrs.get("identity")
     if stored is None:
         study.set_user_attr("identity", ts.identity)
-    elif stored != ts.identity:
-        changed = sorted(k for k in {*stored, *ts.identity} if stored.get(k) != ts.identity.get(k))
+        return study
+    changed = []
+    for k in sorted({*stored, *ts.identity}):
+        old, new = stored.get(k), ts.identity.get(k)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += [
+                f"{k}[{j!r}]: {old[j]!r} -> {new[j]!r}" for j in sorted(old.keys() & new.keys()) if old[j] != new[j]
+            ]
+        elif old != new:
+            changed.append(f"{k}: {old!r} -> {new!r}")
+    if changed:
         raise ValueError(
-            f"study {ts.study!r} exists in {ts.storage} with other settings ({', '.join(changed)}: "
-            f"{', '.join(f'{k}={stored.get(k)!r}' for k in changed)}); allowed: the same settings to "
-            "continue it, or another --storage/--out"
+            f"study {ts.study!r} exists in {shown(ts.storage)} with other settings ({'; '.join(changed)}); "
+            "allowed: the same settings to continue it, or another --storage/--out"
         )
+    merged = {k: {**stored[k], **v} if isinstance(v, dict) else v for k, v in ts.identity.items()}
+    if merged != stored:
+        study.set_user_attr("identity", merged)
     return study
 
 
@@ -243,7 +256,12 @@ def run_claimed(study, ts: TrialSet, t, fn: Callable) -> dict | None:
     finally:
         stop.set()
         beat.join()
-    result = {**result, "machine": {**machine(), **result.get("machine", {})}}
+    where, own = machine(), result.get("machine")  # a trial's own description of its machine is kept
+    if isinstance(own, dict):
+        where.update(own)
+    elif own is not None:
+        where["label"] = own
+    result = {**result, "machine": where}
     value = float(result.get("sequences") or 0)
     try:
         study._storage.set_trial_user_attr(t._trial_id, "result", result)
