@@ -130,7 +130,7 @@ def markdown(exp, table: list[dict], done: dict, meta: dict) -> str:
     limit = f"{budget:,} {word} a trial" if isinstance(budget, int) else f"each row's {budget} budget"
     if meta.get("max_seconds"):
         limit += f", at most {meta['max_seconds']:g} s a trial"
-    lines = [f"# {meta['title']}, reproduced", ""]
+    lines = [f"## {meta['title']}, reproduced", ""]
     if meta.get("command"):
         lines += ["```sh", meta["command"], "```", ""]
     trials_time = sum(r.get("wall_seconds") or 0 for r in done.values())
