@@ -179,12 +179,13 @@ def _safe(name: str) -> str:
 
 def figure(exp, row: str, table: list[dict], done: dict, path: Path) -> Path:
     """Count to success of every trial of one row, one column per arm: solved trials as
-    dots (their median a bar), unsolved ones as crosses at the count they ran, the paper's
-    count a dashed line."""
+    dots (their median a bar), unsolved ones as crosses at the count they ran (the budget,
+    dotted, unless a time limit stopped them sooner), the paper's count a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     lines = [line for line in table if line["row"] == row]
     fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(lines), 4.0))
@@ -194,8 +195,9 @@ def figure(exp, row: str, table: list[dict], done: dict, path: Path) -> Path:
         spread_x = lambda n, i=i: [i + 0.25 * ((j + 0.5) / n - 0.5) for j in range(n)]
         ok = [r["sequences"] for r in runs if r["solved"]]
         no = [_ran(r) for r in runs if not r["solved"] and _ran(r) is not None]
-        ax.scatter(spread_x(len(ok)), ok, color="tab:blue", s=22, label="met the criterion" if i == 0 else None)
-        ax.scatter(spread_x(len(no)), no, color="tab:red", marker="x", s=30, label="not met: run" if i == 0 else None)
+        first = i == 0
+        ax.scatter(spread_x(len(ok)), ok, color="tab:blue", s=22, label="met the criterion" if first else None)
+        ax.scatter(spread_x(len(no)), no, color="tab:red", marker="x", s=30, label="not met: ran" if first else None)
         if ok:
             ax.hlines(statistics.median(ok), i - 0.2, i + 0.2, color="black", lw=2)
         top = max([top, *ok, *no])
@@ -204,12 +206,18 @@ def figure(exp, row: str, table: list[dict], done: dict, path: Path) -> Path:
         ax.axhline(n, color="gray", ls="--", lw=1)
         ax.annotate(f"paper: {n:,}", (len(lines) - 0.5, n), ha="right", va="bottom", fontsize=8, color="gray")
         top = max(top, n)
+    budget = lines[0]["budget"] if lines else None
+    if budget:
+        ax.axhline(budget, color="tab:red", ls=":", lw=1)
+        ax.annotate(f"budget: {budget:,}", (-0.5, budget), ha="left", va="bottom", fontsize=8, color="tab:red")
+        top = max(top, budget)
     ax.set_xticks(range(len(lines)), [f"{line['arm']}\n{line['solved']}/{line['trials']}" for line in lines])
     ax.set_xlim(-0.5, len(lines) - 0.5)
     ax.set_ylim(0, top * 1.08)
     ax.set_ylabel(f"{exp.success} to success")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
     ax.set_title(f"{row} ({lines[0]['setting']})" if lines and lines[0]["setting"] != "-" else row, fontsize=10)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="center left")
     fig.tight_layout()
     try:
         atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
