@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import platform
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -350,7 +351,10 @@ def trial_errors(ts: TrialSet) -> dict[Key, str]:
 
 def _worker_main(ts: TrialSet, worker: int, retry_before: int) -> None:
     torch.set_num_threads(1)
-    work(ts, worker, retry_before)
+    try:
+        work(ts, worker, retry_before)
+    except KeyboardInterrupt:  # Ctrl-C reaches every worker: its trial is FAIL already; the parent reports
+        sys.exit(130)
 
 
 def run_trials(ts: TrialSet, workers: int = 1, log=print) -> dict[Key, dict]:
