@@ -300,15 +300,25 @@ def register(subparsers) -> None:
         "command again continues (finished trials are not run again; a trial whose worker died is). "
         "Writes reproduce-PAPER.md, .json and a figure per row into --out.",
     )
-    p.add_argument("paper", choices=tuple(EXPERIMENTS))
-    p.add_argument("--rows", nargs="+", metavar="ROW", help="a subset of the rows (default: all)")
+    p.add_argument(
+        "paper",
+        choices=tuple(EXPERIMENTS),
+        help="1997: every row of Hochreiter & Schmidhuber 1997 (arms paper, modern, rnn); gers2000: Gers et "
+        "al. 2000's continual embedded Reber grammar (arms no-forget, forget, forget-decay)",
+    )
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        metavar="ROW",
+        help="a subset of the rows, e.g. 4-T100 6a (default: all; a wrong name lists them)",
+    )
     p.add_argument("--arms", nargs="+", metavar="ARM", help="a subset of the arms (default: all)")
     p.add_argument("--seeds", type=int, default=10, help="trials per row and arm: seeds 0..N-1 (default 10)")
     p.add_argument(
         "--budget",
         default="default",
-        help="sequences a trial may run: default (each row's, sized for the whole reproduction), "
-        "paper (each row's paper-sized budget) or a number for every row",
+        help="sequences (gers2000: training streams) a trial may run: default (each row's, sized for the "
+        "whole reproduction), paper (each row's paper-sized budget) or a number for every row",
     )
     p.add_argument("--max-seconds", type=float, help="wall-clock limit of each trial")
     p.add_argument(

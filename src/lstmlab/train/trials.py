@@ -15,7 +15,9 @@ How a key is run exactly once:
   that sees its process gone (pid and start time, so a reused pid is not taken for it), and
   by any worker anywhere once its heartbeats have lapsed for `grace` seconds. Its key is
   then free, and the next worker to look runs it. A trial that raised is FAIL with its
-  error recorded and is retried by the next command, not in a loop by this one.
+  error recorded and is retried by the next command, not in a loop by this one. (A worker
+  on another machine that dies between creating its trial and its first heartbeat, a few
+  milliseconds, leaves a RUNNING trial no one can tell from a live one.)
 
 No WAITING trials are queued: Optuna re-reads every unfinished trial on each look, so a
 queue of hundreds of them would cost each claim a second.
