@@ -90,7 +90,10 @@ def test_budgets():
     assert trial_budget(get_row("2a"), "paper") == 5_040 + 10_000  # the uncounted check window
     assert trial_budget(get_row("4-T100"), "paper") == 74_000
     assert trial_budget(get_row("4-T100"), 7) == 7
-    assert trial_budget(get_row("6a"), None) == get_row("6a").budget >= 1
+    for row in ROWS:  # a default budget for every arm, never above the paper's own count
+        assert set(row.budget) == {"paper", "modern", "rnn"}
+        for arm, n in row.budget.items():
+            assert trial_budget(row, None, arm) == n and 1 <= n <= trial_budget(row, "paper", arm)
     with pytest.raises(ArgumentError, match="budget"):
         trial_budget(get_row("6a"), 0)
 

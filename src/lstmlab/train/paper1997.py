@@ -32,7 +32,7 @@ import copy
 import importlib.util
 import math
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -45,6 +45,7 @@ from .loop import EVAL_DATA, TEST_DATA, TRAIN_DATA, TrainingDiverged, seeded, tr
 from .reproduce import ROWS_1997, weights
 
 ARMS = ("paper", "modern", "rnn")
+CHUNK_VALUES = 4_000_000  # input values generated at once by the paper arm
 BIASED = ("gates", "hidden", "all", "none")  # Table 10, column 12: ga, b1, all, none
 
 
@@ -149,7 +150,7 @@ class Row:
     its trials; wrong test sequences and test size, or None). paper_trials and
     paper_success: its number of trials and fraction that succeeded (None: not given).
     paper_budget: the sequences the paper allowed a run (its cap, or None).
-    budget: the default sequences of a trial (fits the 60-minute total, see BUDGET_NOTE).
+    budget: the default sequences of a trial per arm (fits the 60-minute total, see BUDGET_NOTE).
     reading: how we read the text where it is ambiguous.
     """
 
@@ -164,7 +165,7 @@ class Row:
     paper_trials: int | None = None
     paper_success: float | None = None
     paper_budget: int | None = None
-    budget: int = 10_000
+    budget: dict = field(default_factory=dict)
     modern_tuned: bool = False
     st1_sequences: int | None = None
     reading: str = ""
@@ -424,13 +425,51 @@ def _build_rows() -> tuple[Row, ...]:
             reading=_TO_READING,
         ),
     ]
-    return tuple(replace(r, budget=DEFAULT_BUDGETS.get(r.name, r.budget)) for r in rows)
+    return tuple(replace(r, budget=DEFAULT_BUDGETS[r.name]) for r in rows)
 
 
-# Default sequences per trial (all arms of a row share it), sized so that every row x 3
-# arms x 10 seeds fits 60 minutes on 2 worker processes; see BUDGET_NOTE.
-DEFAULT_BUDGETS: dict[str, int] = {}
-BUDGET_NOTE = ""
+# Default sequences per trial, per row and arm, so that every row x 3 arms x 10 seeds fits
+# 60 minutes on 2 worker processes (BUDGET_NOTE says how they were sized).
+DEFAULT_BUDGETS: dict[str, dict[str, int]] = {
+    "1-3x2-lr0.5": {"paper": 8_440, "modern": 4_700, "rnn": 5_700},
+    "1-4x1-lr0.1": {"paper": 39_740, "modern": 6_300, "rnn": 5_100},
+    "2a": {"paper": 2_100, "modern": 7_400, "rnn": 3_900},
+    "2b": {"paper": 1_500, "modern": 3_900, "rnn": 4_500},
+    "2c-q50-p50": {"paper": 40_000, "modern": 5_600, "rnn": 5_300},
+    "2c-q100-p100": {"paper": 10_000, "modern": 2_900, "rnn": 3_600},
+    "2c-q200-p200": {"paper": 4_000, "modern": 2_900, "rnn": 3_300},
+    "2c-q500-p500": {"paper": 900, "modern": 1_300, "rnn": 2_400},
+    "2c-q1000-p1000": {"paper": 350, "modern": 480, "rnn": 460},
+    "2c-q1000-p500": {"paper": 510, "modern": 340, "rnn": 590},
+    "2c-q1000-p200": {"paper": 1_200, "modern": 1_200, "rnn": 700},
+    "2c-q1000-p100": {"paper": 2_800, "modern": 910, "rnn": 980},
+    "2c-q1000-p50": {"paper": 4_500, "modern": 1_100, "rnn": 850},
+    "3a-T100-N3": {"paper": 39_850, "modern": 1_700, "rnn": 1_000},
+    "3a-T100-N1": {"paper": 64_330, "modern": 1_200, "rnn": 1_900},
+    "3a-T1000-N3": {"paper": 18_000, "modern": 520, "rnn": 640},
+    "3b-T100-N3": {"paper": 43_250, "modern": 930, "rnn": 1_300},
+    "3b-T100-N1": {"paper": 78_430, "modern": 1_200, "rnn": 1_300},
+    "3b-T1000-N1": {"paper": 10_000, "modern": 830, "rnn": 810},
+    "3c-T100-N3": {"paper": 91_000, "modern": 1_400, "rnn": 1_500},
+    "3c-T100-N1": {"paper": 100_000, "modern": 1_300, "rnn": 850},
+    "4-T100": {"paper": 74_000, "modern": 4_300, "rnn": 7_600},
+    "4-T500": {"paper": 25_000, "modern": 7_200, "rnn": 2_300},
+    "4-T1000": {"paper": 12_000, "modern": 1_600, "rnn": 3_800},
+    "5-T100": {"paper": 100_000, "modern": 7_100, "rnn": 8_200},
+    "6a": {"paper": 31_390, "modern": 1_000, "rnn": 1_000},
+    "6b": {"paper": 59_000, "modern": 760, "rnn": 690},
+}
+BUDGET_NOTE = (
+    "Default budgets: the cost of each (row, arm) was measured on a shared 2-core AMD EPYC "
+    "(seconds per training sequence and the fixed cost of a trial: setup, evaluations, the test; "
+    "two short runs of each, single-threaded, the paper arm on Machine1997's C++ engine), then "
+    "every (row, arm) was given the same wall time for its 10 seeds, capped at the paper's own "
+    "count, so that all rows x 3 arms x 10 seeds take at most 75% of 2 workers x 60 minutes "
+    "(about 71 s per 10 seeds, 7 s a trial). The paper arm is 10-100 times cheaper per sequence "
+    "than the modern and rnn arms (torch autograd, Adam), so it gets far more sequences: its "
+    "own count on 15 of the 27 rows. Arms of a row therefore have different default budgets; "
+    "each result reports its budget. `--budget paper` gives every arm the paper's count."
+)
 
 ROWS: tuple[Row, ...] = _build_rows()
 ROW_NAMES = tuple(r.name for r in ROWS)
@@ -447,11 +486,11 @@ def get_row(name: str) -> Row:
 # One trial.
 
 
-def trial_budget(row: Row, budget: str | int | None) -> int:
-    """Sequences of one trial: None / "default" -> row.budget, "paper" -> the paper's own
-    count (plus any uncounted window), an int -> that."""
+def trial_budget(row: Row, budget: str | int | None, arm: str = "paper") -> int:
+    """Sequences of one trial of `arm`: None / "default" -> row.budget[arm], "paper" -> the
+    paper's own count (plus any uncounted window), an int -> that."""
     if budget is None or budget == "default":
-        return row.budget
+        return row.budget[arm]
     if budget == "paper":
         return row.paper_count_budget()
     if isinstance(budget, int) and not isinstance(budget, bool) and budget >= 1:
@@ -528,9 +567,13 @@ class PaperRun:
     a chunk roll back to the chunk's start and replay up to the stopping sequence, so the
     weights tested are those at the stop."""
 
-    def __init__(self, row: Row, seed: int, chunk: int = 500, fast: bool | None = None):
-        self.row, self.seed, self.chunk = row, seed, chunk
+    def __init__(self, row: Row, seed: int, chunk: int | None = None, fast: bool | None = None):
+        self.row, self.seed = row, seed
         self.task = row.make_task()
+        if chunk is None:  # about 4M input values a chunk (32 MB as float64), at most 500 sequences
+            steps = self.task.sample(16, seeded(seed, EVAL_DATA)).lengths.float().mean().item()
+            chunk = int(max(1, min(500, CHUNK_VALUES // (steps * self.task.input_size))))
+        self.chunk = chunk
         self.machine = paper_machine(row, seed, fast=fast)
         self.generator = seeded(seed, TRAIN_DATA)
         self.rule: StoppingRule = self.task.stopping_rule()
@@ -712,7 +755,7 @@ def run_trial(
         raise ArgumentError(f"seed={seed!r} is invalid; allowed: an int >= 0")
     if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
         raise ArgumentError(f"max_seconds={max_seconds!r} is invalid; allowed: a number > 0 or None")
-    budget = trial_budget(row, max_sequences)
+    budget = trial_budget(row, max_sequences, arm)
     start = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
