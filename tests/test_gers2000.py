@@ -53,6 +53,9 @@ class Fixed:
         self.at += n
         return self.x[idx], self.t[idx]
 
+    def restart(self):
+        self.at = 0
+
 
 def _hand_made(n=40):
     x, t = np.zeros((n, 7)), np.zeros((n, 7))

@@ -1,6 +1,7 @@
 """The 1997 rows (Hochreiter & Schmidhuber 1997, section 5 and Tables 1-11) and one trial."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -90,7 +91,10 @@ def test_budgets():
     assert trial_budget(get_row("2a"), "paper") == 5_040 + 10_000  # the uncounted check window
     assert trial_budget(get_row("4-T100"), "paper") == 74_000
     assert trial_budget(get_row("4-T100"), 7) == 7
-    assert trial_budget(get_row("6a"), None) == get_row("6a").budget >= 1
+    for row in ROWS:  # a default budget for every arm, never above the paper's own count
+        assert set(row.budget) == {"paper", "modern", "rnn"}
+        for arm, n in row.budget.items():
+            assert trial_budget(row, None, arm) == n and 1 <= n <= trial_budget(row, "paper", arm)
     with pytest.raises(ArgumentError, match="budget"):
         trial_budget(get_row("6a"), 0)
 
@@ -160,3 +164,14 @@ def test_judging_squashed_outputs_is_the_tasks_judge():
     target = batch.targets[batch.mask].squeeze(-1).double()
     np.testing.assert_array_equal(j.correct.numpy(), ((0.5 - target).abs() < 0.04).numpy())
     np.testing.assert_allclose(j.error.numpy(), ((0.5 - target) ** 2).numpy(), rtol=1e-15)
+
+
+def test_updates_after_every_step_equal_one_per_sequence_when_only_the_end_has_a_target():
+    row = get_row("4-T100")
+    per_sequence, per_step = PaperRun(row, 1, fast=False), PaperRun(row, 1, fast=False)
+    per_step.row = replace(row, paper=replace(row.paper, update="step"))
+    batch = per_sequence.task.sample(4, seeded(1, TRAIN_DATA))
+    a, b = per_sequence._train(batch), per_step._train(batch)
+    np.testing.assert_allclose(a.error.numpy(), b.error.numpy(), rtol=1e-12)
+    weights = per_sequence.machine.get_weights(), per_step.machine.get_weights()
+    np.testing.assert_allclose(*weights, rtol=1e-12, atol=1e-14)

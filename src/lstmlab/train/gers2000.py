@@ -97,28 +97,33 @@ class ReberStream:
     """An endless continual embedded Reber stream drawn from a torch.Generator.
 
     take(n) -> (x (n, 7), targets (n, 7)) float64: x[t] the one-hot symbol t, targets[t]
-    the symbols allowed after it (multi-hot; after a string's final E the next B)."""
+    the symbols allowed after it (multi-hot; after a string's final E the next B).
+    restart(): drop what is buffered, so the next symbol is the B of a fresh string."""
 
     def __init__(self, generator: torch.Generator):
         self.coin = Coins(generator)
         self.x: list[int] = []
-        self.legal: list[str] = []
+        self.legal: list[int] = []  # the allowed next symbols as bits over SYMBOLS
 
     def _fill(self, n: int) -> None:
         while len(self.x) < n:
             s, ok = embedded_string(self.coin)
             self.x += [SYMBOLS.index(c) for c in s]
-            self.legal += ok[:-1] + ["B"]
+            self.legal += [_code(a) for a in ok[:-1]] + [_code("B")]
 
     def take(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         self._fill(n)
-        x = np.zeros((n, K))
-        x[np.arange(n), self.x[:n]] = 1.0
-        t = np.zeros((n, K))
-        for i, ok in enumerate(self.legal[:n]):
-            t[i, [SYMBOLS.index(c) for c in ok]] = 1.0
+        x = np.eye(K)[self.x[:n]]
+        t = ((np.asarray(self.legal[:n])[:, None] >> np.arange(K)) & 1).astype(np.float64)
         del self.x[:n], self.legal[:n]
         return x, t
+
+    def restart(self) -> None:
+        self.x, self.legal = [], []
+
+
+def _code(symbols: str) -> int:
+    return sum(1 << SYMBOLS.index(c) for c in symbols)
 
 
 def wrong(outputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -134,14 +139,17 @@ def run_stream(
     decay: float | None = None,
     learn: bool = True,
 ) -> tuple[int, bool]:
-    """One stream from the zero state until the first wrong prediction or max_symbols.
-    Returns (symbols run, whether it ended with an error); the error's symbol is counted
-    and (learning) its update made, as the paper's online learner would."""
+    """One stream from the zero state and a fresh string until the first wrong prediction
+    or max_symbols. Returns (symbols run, whether it ended with an error); the error's
+    symbol is counted and (learning) its update made, as the paper's online learner would.
+    Symbols are drawn in growing blocks (16, 32, ... CHUNK), so a short stream is cheap."""
     machine.reset()
-    done = 0
+    source.restart()
+    done, block = 0, 16
     while done < max_symbols:
         exact = decay is not None and done < EXACT_DECAY
-        n = 1 if exact else min(CHUNK, max_symbols - done)
+        n = 1 if exact else min(block, max_symbols - done)
+        block = min(2 * block, CHUNK)
         x, t = source.take(n)
         rate = lr * decay**done if decay is not None else lr
         outputs, _, steps = machine.stream(x, t, rate if learn else 0.0, stop_error=STOP_ERROR, learn=learn)

@@ -32,7 +32,7 @@ import copy
 import importlib.util
 import math
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -45,6 +45,7 @@ from .loop import EVAL_DATA, TEST_DATA, TRAIN_DATA, TrainingDiverged, seeded, tr
 from .reproduce import ROWS_1997, weights
 
 ARMS = ("paper", "modern", "rnn")
+CHUNK_VALUES = 4_000_000  # input values generated at once by the paper arm
 BIASED = ("gates", "hidden", "all", "none")  # Table 10, column 12: ga, b1, all, none
 
 
@@ -128,6 +129,9 @@ class PaperArm:
     input_gate_bias / output_gate_bias: per block (() = from the range).
     lr: the learning rate. eval_every: sequences between evaluations of rows whose
     criterion is checked on fixed sets (Reber, 3a-3c); None for window rules.
+    update: "step" (a weight update after every time step, the paper's online learner; rows
+    with a target at every step: Reber, 2a, 2b) or "sequence" (one per sequence: the same
+    thing where the only target is at the sequence end, and faster).
     """
 
     net: PaperNet
@@ -136,6 +140,11 @@ class PaperArm:
     input_gate_bias: tuple[float, ...] = ()
     output_gate_bias: tuple[float, ...] = ()
     eval_every: int | None = None
+    update: str = "sequence"
+
+    def __post_init__(self):
+        if self.update not in ("sequence", "step"):
+            raise ArgumentError(f"update={self.update!r} is invalid; allowed: 'sequence', 'step'")
 
 
 @dataclass(frozen=True)
@@ -149,7 +158,7 @@ class Row:
     its trials; wrong test sequences and test size, or None). paper_trials and
     paper_success: its number of trials and fraction that succeeded (None: not given).
     paper_budget: the sequences the paper allowed a run (its cap, or None).
-    budget: the default sequences of a trial (fits the 60-minute total, see BUDGET_NOTE).
+    budget: the default sequences of a trial per arm (fits the 60-minute total, see BUDGET_NOTE).
     reading: how we read the text where it is ambiguous.
     """
 
@@ -164,7 +173,7 @@ class Row:
     paper_trials: int | None = None
     paper_success: float | None = None
     paper_budget: int | None = None
-    budget: int = 10_000
+    budget: dict = field(default_factory=dict)
     modern_tuned: bool = False
     st1_sequences: int | None = None
     reading: str = ""
@@ -195,7 +204,8 @@ _REBER_READING = (
 
 def _reber(blocks: int, cells: int, lr: float, seqs: int, weights_: int) -> Row:
     net = PaperNet(7, 7, blocks, cells, "F", "gates", weights_)
-    arm = PaperArm(net, 0.2, lr, output_gate_bias=tuple(-float(b) for b in range(1, blocks + 1)), eval_every=100)
+    biases = tuple(-float(b) for b in range(1, blocks + 1))
+    arm = PaperArm(net, 0.2, lr, output_gate_bias=biases, eval_every=100, update="step")
     return Row(
         name=f"1-{blocks}x{cells}-lr{lr:g}",
         experiment="1",
@@ -219,10 +229,9 @@ _LAG_READING = (
     "the paper's count. The paper adds 'memory cell and input gate ... once the error has "
     "stopped decreasing'; the text gives no rule for when, and Machine1997 has no units that "
     "join later, so here the cell is present from the start (a deviation). A target at every "
-    "step; one weight update per sequence, the sum of the per-step gradients (the paper "
-    "updated online). Success: 10,000 successive sequences with every output's absolute error "
-    "below 0.25 (2a: at every step; 2b: at the sequence end); the window is a check after "
-    "training and is not counted; the paper capped runs at 5 million sequences."
+    "step and a weight update after every step (online). Success: 10,000 successive sequences "
+    "with every output's absolute error below 0.25 (2a: at every step; 2b: at the sequence "
+    "end); the window is a check after training and is not counted; the paper capped runs at 5 million sequences."
 )
 
 _2C_READING = (
@@ -291,7 +300,7 @@ def _lag(task: str, seqs: int) -> Row:
         experiment="2a" if task == "lag" else "2b",
         task=task,
         params={"p": 100},
-        paper=PaperArm(net, 0.2, 1.0),
+        paper=PaperArm(net, 0.2, 1.0, update="step"),
         modern=_MODERN["lag"],
         modern_tuned=task == "lag",
         paper_sequences=seqs,
@@ -424,13 +433,53 @@ def _build_rows() -> tuple[Row, ...]:
             reading=_TO_READING,
         ),
     ]
-    return tuple(replace(r, budget=DEFAULT_BUDGETS.get(r.name, r.budget)) for r in rows)
+    return tuple(replace(r, budget=DEFAULT_BUDGETS[r.name]) for r in rows)
 
 
-# Default sequences per trial (all arms of a row share it), sized so that every row x 3
-# arms x 10 seeds fits 60 minutes on 2 worker processes; see BUDGET_NOTE.
-DEFAULT_BUDGETS: dict[str, int] = {}
-BUDGET_NOTE = ""
+# Default sequences per trial, per row and arm, so that every row x 3 arms x 10 seeds fits
+# 60 minutes on 2 worker processes (BUDGET_NOTE says how they were sized).
+DEFAULT_BUDGETS: dict[str, dict[str, int]] = {
+    "1-3x2-lr0.5": {"paper": 8_440, "modern": 3_500, "rnn": 4_200},
+    "1-4x1-lr0.1": {"paper": 28_000, "modern": 4_700, "rnn": 3_800},
+    "2a": {"paper": 15_040, "modern": 5_500, "rnn": 2_900},
+    "2b": {"paper": 15_680, "modern": 2_900, "rnn": 3_300},
+    "2c-q50-p50": {"paper": 40_000, "modern": 4_200, "rnn": 3_900},
+    "2c-q100-p100": {"paper": 15_000, "modern": 2_200, "rnn": 2_700},
+    "2c-q200-p200": {"paper": 15_000, "modern": 2_200, "rnn": 2_400},
+    "2c-q500-p500": {"paper": 670, "modern": 1_000, "rnn": 1_800},
+    "2c-q1000-p1000": {"paper": 260, "modern": 360, "rnn": 340},
+    "2c-q1000-p500": {"paper": 380, "modern": 250, "rnn": 440},
+    "2c-q1000-p200": {"paper": 910, "modern": 960, "rnn": 520},
+    "2c-q1000-p100": {"paper": 15_000, "modern": 680, "rnn": 730},
+    "2c-q1000-p50": {"paper": 15_000, "modern": 850, "rnn": 640},
+    "3a-T100-N3": {"paper": 39_850, "modern": 1_200, "rnn": 800},
+    "3a-T100-N1": {"paper": 64_330, "modern": 870, "rnn": 1_400},
+    "3a-T1000-N3": {"paper": 12_000, "modern": 370, "rnn": 450},
+    "3b-T100-N3": {"paper": 43_250, "modern": 700, "rnn": 1_000},
+    "3b-T100-N1": {"paper": 73_000, "modern": 920, "rnn": 1_000},
+    "3b-T1000-N1": {"paper": 7_200, "modern": 550, "rnn": 570},
+    "3c-T100-N3": {"paper": 68_000, "modern": 1_000, "rnn": 1_100},
+    "3c-T100-N1": {"paper": 77_000, "modern": 980, "rnn": 630},
+    "4-T100": {"paper": 74_000, "modern": 3_200, "rnn": 5_600},
+    "4-T500": {"paper": 18_000, "modern": 5_100, "rnn": 1_700},
+    "4-T1000": {"paper": 8_600, "modern": 1_000, "rnn": 2_600},
+    "5-T100": {"paper": 78_000, "modern": 5_200, "rnn": 6_000},
+    "6a": {"paper": 31_390, "modern": 760, "rnn": 760},
+    "6b": {"paper": 43_000, "modern": 560, "rnn": 500},
+}
+BUDGET_NOTE = (
+    "Default budgets: the cost of each (row, arm) was measured on a shared 2-core AMD EPYC "
+    "(seconds per training sequence and the fixed cost of a trial: setup, evaluations, the test; "
+    "two short runs of each, single-threaded, the paper arm on Machine1997's C++ engine). The "
+    "paper arm of 2a, 2b and the cheaper 2c rows first gets enough for its 10,000-sequence check "
+    "(2a/2b their paper count, those 2c rows 15,000); then every other (row, arm) gets the same "
+    "wall time for its 10 seeds (about 53 s), capped at the paper's own count, so that all rows x "
+    "3 arms x 10 seeds take at most 80% of 2 workers x 60 minutes. The paper arm is 10-100 times "
+    "cheaper per sequence than the modern and rnn arms (torch autograd, Adam), so it gets far "
+    "more sequences; where a budget is below a row's uncounted check window (2a-2c) the trial "
+    "cannot meet the criterion and says so (criterion_reachable: false). `--budget paper` gives "
+    "every arm the paper's count."
+)
 
 ROWS: tuple[Row, ...] = _build_rows()
 ROW_NAMES = tuple(r.name for r in ROWS)
@@ -447,11 +496,11 @@ def get_row(name: str) -> Row:
 # One trial.
 
 
-def trial_budget(row: Row, budget: str | int | None) -> int:
-    """Sequences of one trial: None / "default" -> row.budget, "paper" -> the paper's own
-    count (plus any uncounted window), an int -> that."""
+def trial_budget(row: Row, budget: str | int | None, arm: str = "paper") -> int:
+    """Sequences of one trial of `arm`: None / "default" -> row.budget[arm], "paper" -> the
+    paper's own count (plus any uncounted window), an int -> that."""
     if budget is None or budget == "default":
-        return row.budget
+        return row.budget[arm]
     if budget == "paper":
         return row.paper_count_budget()
     if isinstance(budget, int) and not isinstance(budget, bool) and budget >= 1:
@@ -528,9 +577,13 @@ class PaperRun:
     a chunk roll back to the chunk's start and replay up to the stopping sequence, so the
     weights tested are those at the stop."""
 
-    def __init__(self, row: Row, seed: int, chunk: int = 500, fast: bool | None = None):
-        self.row, self.seed, self.chunk = row, seed, chunk
+    def __init__(self, row: Row, seed: int, chunk: int | None = None, fast: bool | None = None):
+        self.row, self.seed = row, seed
         self.task = row.make_task()
+        if chunk is None:  # about 4M input values a chunk (32 MB as float64), at most 500 sequences
+            steps = self.task.sample(16, seeded(seed, EVAL_DATA)).lengths.float().mean().item()
+            chunk = int(max(1, min(500, CHUNK_VALUES // (steps * self.task.input_size))))
+        self.chunk = chunk
         self.machine = paper_machine(row, seed, fast=fast)
         self.generator = seeded(seed, TRAIN_DATA)
         self.rule: StoppingRule = self.task.stopping_rule()
@@ -543,11 +596,15 @@ class PaperRun:
         self.st1_seen: int | None = None
 
     def _train(self, batch: Batch) -> Judgement:
-        xs = batch.inputs.to(torch.float64).numpy()
-        out = self.machine.train_sequences(
-            xs, batch.lengths.numpy(), _targets_with_nan(batch), self.row.paper.lr, return_outputs=True
-        )
-        return judge_outputs(self.task, out["outputs"], batch)
+        xs, lengths, targets = batch.inputs.to(torch.float64).numpy(), batch.lengths.numpy(), _targets_with_nan(batch)
+        if self.row.paper.update == "sequence":
+            out = self.machine.train_sequences(xs, lengths, targets, self.row.paper.lr, return_outputs=True)["outputs"]
+            return judge_outputs(self.task, out, batch)
+        out = np.full(targets.shape, np.nan)
+        for i, L in enumerate(lengths.tolist()):  # each from the zero state, updated at every step
+            self.machine.reset()
+            out[i, :L] = self.machine.stream(xs[i, :L], targets[i, :L], self.row.paper.lr, update="step")[0]
+        return judge_outputs(self.task, out, batch)
 
     def _evaluate(self) -> bool:
         judged = {
@@ -699,8 +756,9 @@ def run_trial(
     row, arm, seed; solved; sequences (to success, counted as the paper did; if not
     solved, the sequences seen); seen; test_errors / test_size / test_mean_error (None where
     the row's check is its window: 2a-2c report window_wrong); st1_sequences (3a/3b);
-    weights; budget (sequences allowed); wall_seconds; backend; machine; paper_sequences,
-    paper_test.
+    weights; budget (sequences allowed); criterion_reachable (False when the budget is not
+    above the row's uncounted check window, 2a-2c); wall_seconds; backend; machine;
+    paper_sequences, paper_test.
     max_sequences: None / "default" (the row's default budget), "paper", or an int.
     max_seconds: the training's wall-clock limit (the test after it is not limited).
     test: run the paper's test after training (False: test fields None).
@@ -712,7 +770,7 @@ def run_trial(
         raise ArgumentError(f"seed={seed!r} is invalid; allowed: an int >= 0")
     if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
         raise ArgumentError(f"max_seconds={max_seconds!r} is invalid; allowed: a number > 0 or None")
-    budget = trial_budget(row, max_sequences)
+    budget = trial_budget(row, max_sequences, arm)
     start = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -734,6 +792,7 @@ def run_trial(
         "test_mean_error": None,
         "st1_sequences": None,
         **result,
+        "criterion_reachable": budget > row.make_task().stopping_rule().confirmation,
         "wall_seconds": round(time.perf_counter() - start, 3),
         "machine": _machine_label(),
         "paper_sequences": row.paper_sequences,
