@@ -162,10 +162,10 @@ def test_a_study_is_continued_only_with_its_settings(tmp_path, calls, monkeypatc
     run(tmp_path, rows=["6a", "6b"], seeds=1, max_seconds=60.0)  # a row added: its budget joins the study's
     assert calls() == [("6b", "paper", 0), ("6b", "rnn", 0)]
     exp = experiment("1997")
-    changed = dataclasses.replace(exp, budgets={**exp.budgets, "6b": {"default": 123, "paper": 1}})
+    changed = dataclasses.replace(exp, budgets={**exp.budgets, ("6b", "rnn"): {"default": 123, "paper": 1}})
     monkeypatch.setitem(reproduce_module.EXPERIMENTS, "1997", lambda: changed)  # the code's budget for 6b changed
-    default = exp.budgets["6b"]["default"]
-    with pytest.raises(ValueError, match=rf"\(max_sequences\['6b'\]: {default} -> 123\)"):
+    default = exp.budgets[("6b", "rnn")]["default"]
+    with pytest.raises(ValueError, match=rf"\(max_sequences\['6b/rnn'\]: {default} -> 123\)"):
         run(tmp_path, rows=["6a", "6b"], seeds=1, max_seconds=60.0)
 
 
@@ -333,7 +333,7 @@ def test_gers2000_reports_perfect_nets_per_arm_and_plots_the_cell_states(tmp_pat
         "reproduce-gers2000-cell-states.png",
     ]
     text = done["files"][0].read_text()
-    assert "| continual-reber | - | forget-decay | 3 | 2/3 (67%) | 150 (100-200) | 1 at 2,000 | 62% |" in text
+    assert "| continual-reber | - | forget-decay | 2,000 | 3 | 2/3 (67%) | 150 (100-200) | 1 at 2,000 | 62% |" in text
     assert "| streams to success: median (min-max) | unsolved: streams run |" in text
     assert done["files"][3].read_bytes()[:4] == b"\x89PNG"
 
@@ -366,12 +366,12 @@ HAND_MADE = {
 def hand_made_report():
     exp = experiment("1997")
     keys = tuple(HAND_MADE) + (("6a", "rnn", 2),)  # planned, without a result
-    table = summarise(exp, keys, HAND_MADE, {"6a": 31390})
+    table = summarise(exp, keys, HAND_MADE, {"6a/modern": 31390, "6a/rnn": 31390})
     meta = {
         "paper": "1997",
         "title": exp.title,
         "budget": "default",
-        "max_sequences": {"6a": 31390},
+        "max_sequences": {"6a/modern": 31390, "6a/rnn": 31390},
         "max_seconds": None,
         "seeds": 5,
         "storage": "sqlite:///x.db",
@@ -397,11 +397,11 @@ def test_the_report_s_numbers_are_the_spread_over_seeds():
     assert rnn["unsolved_sequences"] == [20000, 31390]
     text = markdown(exp, table, HAND_MADE, meta)
     assert (
-        "| 6a | - | modern | 5 | 4/5 (80%) | 4,482.5 (3,603-5,327) | 1 at 31,390 | - (20 trials) | 31,390 "
+        "| 6a | - | modern | 31,390 | 5 | 4/5 (80%) | 4,482.5 (3,603-5,327) | 1 at 31,390 | - (20 trials) | 31,390 "
         "| 0 (0-2,560) / 2,560 | 1/2560 | m1, m2 |" in text
     )
     assert (
-        "| 6a | - | rnn | 2 of 3 | 0/2 (0%) | - | 2 at 20,000-31,390 | - (20 trials) | 31,390 "
+        "| 6a | - | rnn | 31,390 | 2 of 3 | 0/2 (0%) | - | 2 at 20,000-31,390 | - (20 trials) | 31,390 "
         "| 2,530 (2,500-2,560) / 2,560 | 1/2560 | m3 |" in text
     )
     assert "- m1: cpu backend, CPU A, torch 2.9, 1 thread (4 trials)" in text
@@ -411,15 +411,18 @@ def test_the_report_s_numbers_are_the_spread_over_seeds():
     assert "lstmlab reproduce 1997 --rows 6a --seeds 5\n```" in text
 
 
-def test_a_diverged_trial_is_counted_apart_from_those_that_ran_out_of_budget():
+def test_diverged_trials_and_budgets_below_the_check_are_counted_apart():
     exp, _, _ = hand_made_report()
     done = {
         ("6a", "rnn", 0): result(False, 31390),
         ("6a", "rnn", 1): {**result(False, None), "seen": None, "diverged": "loss is nan"},
+        ("6a", "rnn", 2): {**result(False, 300), "criterion_reachable": False},
     }
-    (line,) = summarise(exp, tuple(done), done, {"6a": 31390})
-    assert (line["unsolved_sequences"], line["diverged"], line["fraction"]) == ([31390], 1, 0.0)
-    assert "| 0/2 (0%) | - | 1 at 31,390; 1 diverged |" in table_line(line)
+    (line,) = summarise(exp, tuple(done), done, {"6a/rnn": 31390})
+    assert (line["unsolved_sequences"], line["diverged"], line["unreachable"]) == ([300, 31390], 1, 1)
+    assert line["fraction"] == 0.0
+    expected = "| 0/3 (0%) | - | 2 at 300-31,390; 1 diverged; 1 with a budget below the criterion's check |"
+    assert expected in table_line(line)
 
 
 def test_the_report_is_written_whole_with_a_figure_per_row(tmp_path):

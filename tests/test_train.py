@@ -510,7 +510,7 @@ def test_cli_reproduce_writes_a_table(tmp_path, capsys):
     assert modern["cell"] == "lstm" and rnn["cell"] == "rnn-tanh"
     assert modern["machine"]["threads"] == 1 and modern["backend"] in ("lstmlab cpu", "lstmlab reference")
     table = (tmp_path / "reproduce-1997.md").read_text()
-    assert "| 1-3x2-lr0.5 | - | modern | 1 | 0/1 (0%) | - | 1 at 20 | 100% (30 trials) | 8,440 | " in table
+    assert "| 1-3x2-lr0.5 | - | modern | 20 | 1 | 0/1 (0%) | - | 1 at 20 | 100% (30 trials) | 8,440 | " in table
     assert "lstmlab reproduce 1997 --rows 1-3x2-lr0.5 --arms modern rnn --seeds 1 --budget 20 --out " in table
     assert (tmp_path / "reproduce-1997-1-3x2-lr0.5.png").exists()
     assert cli(argv) == 0  # again: nothing to run, the same table

@@ -143,7 +143,7 @@ class Paper:
 class Experiment:
     """A paper's reproduction: its rows (in the table's order), arms, the trial function
     ("module:function", called with (row, arm, seed, max_sequences, max_seconds)), each
-    row's budget by name ({row: {"default": n, "paper": n}}), its setting in words, the
+    (row, arm)'s budget by name ({(row, arm): {"default": n, "paper": n}}), each row's setting in words, the
     paper's numbers ({(row, arm): Paper}), what success means and what a count counts
     (for the report), and "module:function" writing extra figures into a folder (or None)."""
 
@@ -158,6 +158,9 @@ class Experiment:
     criterion: str
     success: str = "sequences"  # what a solved trial's count counts
     figures: str | None = None
+
+
+BUDGETS = ("default", "paper")
 
 
 def _paper_1997() -> Experiment:
@@ -175,7 +178,7 @@ def _paper_1997() -> Experiment:
         arms=p.ARMS,
         trial="lstmlab.train.paper1997:run_trial",
         budgets={
-            r.name: {"default": p.trial_budget(r, "default"), "paper": p.trial_budget(r, "paper")} for r in p.ROWS
+            (r.name, a): {b: p.trial_budget(r, b, a) for b in ("default", "paper")} for r in p.ROWS for a in p.ARMS
         },
         settings={r.name: ", ".join(f"{k}={v}" for k, v in r.params.items()) or "-" for r in p.ROWS},
         published=published,
@@ -219,7 +222,7 @@ def _gers_2000() -> Experiment:
         rows=(GERS_ROW,),
         arms=g.ARMS,
         trial="lstmlab.train.reproduce:gers_trial",
-        budgets={GERS_ROW: {"default": g.DEFAULT_STREAMS, "paper": g.PAPER_STREAMS}},
+        budgets={(GERS_ROW, a): {"default": g.DEFAULT_STREAMS, "paper": g.PAPER_STREAMS} for a in g.ARMS},
         settings={GERS_ROW: "-"},
         published={(GERS_ROW, arm): Paper(fraction=g.PUBLISHED[arm]) for arm in g.ARMS},
         criterion=(
@@ -250,9 +253,9 @@ def _names(option: str, given, allowed: tuple[str, ...], what: str) -> tuple[str
     return tuple(a for a in allowed if a in given)  # the table's order
 
 
-def budget_of(exp: Experiment, row: str, budget) -> int | None:
-    """A row's max_sequences under --budget (default, paper or a number)."""
-    return budget if isinstance(budget, int) else exp.budgets[row][budget]
+def budget_of(exp: Experiment, row: str, arm: str, budget) -> int:
+    """A (row, arm)'s max_sequences under --budget (default, paper or a number)."""
+    return budget if isinstance(budget, int) else exp.budgets[(row, arm)][budget]
 
 
 def check_budget(budget):
@@ -295,7 +298,7 @@ def reproduce(
     One Optuna trial per (row, arm, seed), seeds 0..seeds-1; trials with a result in
     `storage` (default: sqlite `out`/trials.db; out default: out/reproduce-PAPER) are not
     run again. rows, arms: subsets
-    (None: all). budget: "default", "paper" (each row's) or max_sequences for every row.
+    (None: all). budget: "default", "paper" (each row's and arm's) or max_sequences for all.
     workers: processes, one torch thread each. command: the command line, for the report.
     trial: "module:function" in place of the paper's trial function (tests). heartbeat,
     grace: see lstmlab.train.trials.TrialSet.
@@ -303,7 +306,7 @@ def reproduce(
     without a result (a trial raised or a worker died; the same call runs them again).
     """
     from .reproduce_report import summarise, write_report
-    from .trials import TrialSet, resolve, run_trials, trial_errors
+    from .trials import TrialSet, budget_key, resolve, run_trials, trial_errors
 
     exp = experiment(paper)
     rows = _names("--rows", rows, exp.rows, f"a row of {paper}")
@@ -318,7 +321,7 @@ def reproduce(
         check_storage(storage, option="--storage", workers=workers)
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or default_storage(out)
-    limits = {row: budget_of(exp, row, budget) for row in rows}
+    limits = {budget_key(row, arm): budget_of(exp, row, arm, budget) for row in rows for arm in arms}
     ts = TrialSet(
         storage=storage,
         study=f"reproduce-{paper}-budget-{budget}",

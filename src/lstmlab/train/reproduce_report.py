@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..io import atomic_write, write_json, write_text
+from .trials import budget_key
 
 
 def machine_label(result: dict) -> str:
@@ -38,7 +39,7 @@ def spread(values: list) -> dict | None:
 
 def summarise(exp, keys, done: dict, limits: dict) -> list[dict]:
     """One line per (row, arm) of `keys`, in the experiment's order, from the results
-    `done` ({(row, arm, seed): result}); limits: each row's max_sequences."""
+    `done` ({(row, arm, seed): result}); limits: max_sequences by budget_key(row, arm)."""
     machines = machine_ids(done)
     lines = []
     for row in exp.rows:
@@ -64,7 +65,8 @@ def summarise(exp, keys, done: dict, limits: dict) -> list[dict]:
                     "sequences": spread([r["sequences"] for r in solved]),
                     "unsolved_sequences": sorted(n for n in ran if n is not None),
                     "diverged": ran.count(None),
-                    "budget": limits.get(row),
+                    "budget": limits.get(budget_key(row, arm)),
+                    "unreachable": sum(1 for r in unsolved if r.get("criterion_reachable") is False),
                     "test_errors": spread(tested),
                     "test_size": next((r["test_size"] for r in runs if r.get("test_size")), None),
                     "paper": None if paper is None else asdict(paper),
@@ -108,6 +110,8 @@ def table_line(line: dict) -> str:
         parts.append(f"{len(left)} at {_n(left[0])}" + ("" if left[0] == left[-1] else f"-{_n(left[-1])}"))
     if line["diverged"]:
         parts.append(f"{line['diverged']} diverged")
+    if line["unreachable"]:
+        parts.append(f"{line['unreachable']} with a budget below the criterion's check")
     unsolved = "; ".join(parts) or "-"
     t = line["test_errors"]
     tests = "-" if t is None else f"{_n(t['median'])} ({_n(t['min'])}-{_n(t['max'])}) / {_n(line['test_size'])}"
@@ -117,7 +121,8 @@ def table_line(line: dict) -> str:
     trials = f"{line['trials']}" + ("" if line["trials"] == line["planned"] else f" of {line['planned']}")
     met = f"{line['solved']}/{line['trials']} ({_fraction(line['fraction'])})" if line["trials"] else "-"
     return (
-        f"| {line['row']} | {line['setting']} | {line['arm']} | {trials} | {met} | {ours} | {unsolved} "
+        f"| {line['row']} | {line['setting']} | {line['arm']} | {_n(line['budget'])} | {trials} | {met} | {ours} "
+        f"| {unsolved} "
         f"| {paper_fraction} | {_n(p.get('sequences'))} | {tests} | {paper_tests} "
         f"| {', '.join(line['machines']) or '-'} |"
     )
@@ -127,7 +132,7 @@ def markdown(exp, table: list[dict], done: dict, meta: dict) -> str:
     """The report as markdown: how it was run, the table, the machines, how to read it."""
     word = exp.success
     budget = meta["budget"]
-    limit = f"{budget:,} {word} a trial" if isinstance(budget, int) else f"each row's {budget} budget"
+    limit = f"{budget:,} {word} a trial" if isinstance(budget, int) else f"each row's and arm's {budget} budget"
     if meta.get("max_seconds"):
         limit += f", at most {meta['max_seconds']:g} s a trial"
     lines = [f"## {meta['title']}, reproduced", ""]
@@ -139,10 +144,10 @@ def markdown(exp, table: list[dict], done: dict, meta: dict) -> str:
         f"command: {meta['wall_seconds']:,.0f} s; the trials' own time, all commands, all workers: "
         f"{trials_time:,.0f} s. Trials stored in {meta['storage']} (study {meta['study']!r}).",
         "",
-        f"| row | setting | arm | trials | met the criterion | {word} to success: median (min-max) "
+        f"| row | setting | arm | budget | trials | met the criterion | {word} to success: median (min-max) "
         f"| unsolved: {word} run | paper: fraction of its trials | paper: {word} | test errors: median (min-max) "
         "| paper: test errors | machine |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [table_line(line) for line in table]
     ids = machine_ids(done)
@@ -151,12 +156,12 @@ def markdown(exp, table: list[dict], done: dict, meta: dict) -> str:
         count[ids[machine_label(r)]] += 1
     lines += ["", "Machines (backend, CPU, torch, threads a trial):", ""]
     lines += [f"- {i}: {label} ({count[i]} trials)" for label, i in ids.items()]
-    budgets = ", ".join(f"{row} {_n(n)}" for row, n in meta["max_sequences"].items())
     lines += [
         "",
         f"Success is the paper's criterion: {meta['criterion']}. The median, min and max are over the "
-        f"trials that met it within the budget ({budgets} {word}); unsolved trials are listed with the "
-        f"{word} they ran. Test errors: wrong test sequences after training, every trial, solved or not.",
+        f"trials that met it within the budget (the table's budget column, {word} a trial); unsolved trials "
+        f"are listed with the {word} they ran. Test errors: wrong test sequences after training, every "
+        "trial, solved or not.",
         "",
         "Counts depend on the machine and the backend: the same seed takes a different number of "
         f"{word} on another CPU or backend (floating-point sums in another order grow apart over "
@@ -206,11 +211,12 @@ def figure(exp, row: str, table: list[dict], done: dict, path: Path) -> Path:
         ax.axhline(n, color="gray", ls="--", lw=1)
         ax.annotate(f"paper: {n:,}", (len(lines) - 0.5, n), ha="right", va="bottom", fontsize=8, color="gray")
         top = max(top, n)
-    budget = lines[0]["budget"] if lines else None
-    if budget:
-        ax.axhline(budget, color="tab:red", ls=":", lw=1)
-        ax.annotate(f"budget: {budget:,}", (-0.5, budget), ha="left", va="bottom", fontsize=8, color="tab:red")
-        top = max(top, budget)
+    for i, line in enumerate(lines):
+        if line["budget"]:
+            ax.hlines(
+                line["budget"], i - 0.4, i + 0.4, color="tab:red", ls=":", lw=1, label="budget" if i == 0 else None
+            )
+            top = max(top, line["budget"])
     ax.set_xticks(range(len(lines)), [f"{line['arm']}\n{line['solved']}/{line['trials']}" for line in lines])
     ax.set_xlim(-0.5, len(lines) - 0.5)
     ax.set_ylim(0, top * 1.08)

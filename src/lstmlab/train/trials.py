@@ -59,11 +59,11 @@ class TrialSet:
     keys: the (row, arm, seed) to run, in this order.
     trial: "module:function", called function(row, arm, seed, max_sequences, max_seconds)
         -> a JSON-serialisable dict (its result).
-    max_sequences: row -> that row's budget (None: the trial's own).
+    max_sequences: budget_key(row, arm) -> that row's and arm's budget (None: the trial's own).
     max_seconds: each trial's wall-clock limit (None: none).
     identity: settings that must not change while a study is continued (stored in the
-        study; a different one is refused; a dict value may gain keys, e.g. rows' budgets
-        when rows are added, but not change one).
+        study; a different one is refused; a dict value may gain keys, e.g. budgets when
+        rows are added, but not change one).
     heartbeat, grace: seconds between a running trial's heartbeats, and without one before
         another worker counts it dead.
     """
@@ -77,6 +77,10 @@ class TrialSet:
     identity: dict = field(default_factory=dict)
     heartbeat: int = 10
     grace: int = 120
+
+
+def budget_key(row: str, arm: str) -> str:
+    return f"{row}/{arm}"
 
 
 def machine() -> dict:
@@ -248,7 +252,7 @@ def run_claimed(study, ts: TrialSet, t, fn: Callable) -> dict | None:
     beat = threading.Thread(target=_heartbeats, args=(study._storage, t._trial_id, ts.heartbeat, stop), daemon=True)
     beat.start()
     try:
-        result = fn(row, arm, seed, ts.max_sequences.get(row), ts.max_seconds)
+        result = fn(row, arm, seed, ts.max_sequences.get(budget_key(row, arm)), ts.max_seconds)
     except Exception as e:
         study._storage.set_trial_user_attr(t._trial_id, "error", "".join(traceback.format_exception_only(e)).strip())
         _set_state(study, t._trial_id, TrialState.FAIL)
@@ -403,4 +407,4 @@ def run_trials(ts: TrialSet, workers: int = 1, log=print) -> dict[Key, dict]:
     return results(study, ts.keys)
 
 
-__all__ = ["Key", "TrialSet", "machine", "results", "run_trials", "states", "trial_errors", "work"]
+__all__ = ["Key", "TrialSet", "budget_key", "machine", "results", "run_trials", "states", "trial_errors", "work"]
