@@ -83,6 +83,7 @@ def run(tmp_path, **kw):
 
 
 def study_trials(url, name="reproduce-1997-budget-default"):
+    """{number: (state, user attrs)} of every trial of the study."""
     study = optuna.load_study(study_name=name, storage=url)
     return {t.number: (t.state.name, t.user_attrs) for t in study.get_trials()}
 
@@ -315,11 +316,21 @@ def test_two_workers_one_killed_the_other_takes_its_trial_over(tmp_path):
 
 @pytest.mark.slow
 def test_a_reproduction_on_postgresql_continues(tmp_path, calls, postgres_url):
-    first = run(tmp_path, storage=postgres_url, seeds=2)
+    first = run(tmp_path, storage=postgres_url, study="resume", seeds=2)
     assert calls() == keys(seeds=range(2)) and first["missing"] == []
-    second = run(tmp_path, storage=postgres_url, seeds=2, workers=1)
+    second = run(tmp_path, storage=postgres_url, study="resume", seeds=2, workers=1)
     assert calls() == [] and second["table"] == first["table"]
     assert "postgresql+psycopg2://lstmlab@127.0.0.1:" in first["files"][0].read_text()
+
+
+@pytest.mark.slow
+def test_two_workers_on_postgresql_run_every_trial_once(tmp_path, calls, postgres_url):
+    done = run(tmp_path, storage=postgres_url, study="two-workers", seeds=4, workers=2)
+    assert sorted(calls()) == sorted(keys(seeds=range(4))) and done["missing"] == []
+    trials = study_trials(postgres_url, "two-workers").values()
+    complete = [(a["row"], a["arm"], a["seed"]) for s, a in trials if s == "COMPLETE"]
+    assert sorted(complete) == sorted(keys(seeds=range(4)))
+    assert len({a["owner"]["pid"] for s, a in trials if s == "COMPLETE"}) == 2  # both workers ran trials
 
 
 @pytest.mark.slow

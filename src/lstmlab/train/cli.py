@@ -190,6 +190,7 @@ def reproduce_command(args) -> str:
         ("--budget", args.budget, "default"),
         ("--max-seconds", args.max_seconds, None),
         ("--storage", args.storage and shown(args.storage), None),
+        ("--study", args.study, None),
         ("--workers", args.workers, 1),
         ("--out", args.out, None),
     ):
@@ -208,6 +209,7 @@ def _reproduce(args) -> int:
             seeds=args.seeds,
             budget=args.budget,
             storage=args.storage,
+            study=args.study,
             workers=args.workers,
             out=out,
             max_seconds=args.max_seconds,
@@ -325,6 +327,10 @@ def register(subparsers) -> None:
         "--storage",
         help="where the trials live: sqlite:///FILE, or postgresql://USER:PASS@HOST/DB for workers on "
         "many machines (default: sqlite OUT/trials.db)",
+    )
+    p.add_argument(
+        "--study",
+        help="the study's name in --storage (default reproduce-PAPER-budget-BUDGET); another name starts afresh",
     )
     p.add_argument("--workers", type=int, default=1, help="processes on this machine, one torch thread each")
     p.add_argument("--out", help="where the report goes (default out/reproduce-PAPER)")

@@ -284,6 +284,7 @@ def reproduce(
     seeds: int = 10,
     budget="default",
     storage: str | None = None,
+    study: str | None = None,
     workers: int = 1,
     out=None,
     max_seconds: float | None = None,
@@ -299,6 +300,7 @@ def reproduce(
     `storage` (default: sqlite `out`/trials.db; out default: out/reproduce-PAPER) are not
     run again. rows, arms: subsets
     (None: all). budget: "default", "paper" (each row's and arm's) or max_sequences for all.
+    study: the study's name in storage (default reproduce-PAPER-budget-BUDGET).
     workers: processes, one torch thread each. command: the command line, for the report.
     trial: "module:function" in place of the paper's trial function (tests). heartbeat,
     grace: see lstmlab.train.trials.TrialSet.
@@ -324,7 +326,7 @@ def reproduce(
     limits = {budget_key(row, arm): budget_of(exp, row, arm, budget) for row in rows for arm in arms}
     ts = TrialSet(
         storage=storage,
-        study=f"reproduce-{paper}-budget-{budget}",
+        study=study or f"reproduce-{paper}-budget-{budget}",
         keys=tuple((row, arm, seed) for row in rows for arm in arms for seed in range(seeds)),
         trial=trial or exp.trial,
         max_sequences=limits,
