@@ -143,9 +143,10 @@ class Paper:
 class Experiment:
     """A paper's reproduction: its rows (in the table's order), arms, the trial function
     ("module:function", called with (row, arm, seed, max_sequences, max_seconds)), each
-    (row, arm)'s budget by name ({(row, arm): {"default": n, "paper": n}}), each row's setting in words, the
-    paper's numbers ({(row, arm): Paper}), what success means and what a count counts
-    (for the report), and "module:function" writing extra figures into a folder (or None)."""
+    (row, arm)'s budget by name ({(row, arm): {"default": n, "paper": n}}), each row's
+    setting in words, the paper's numbers ({(row, arm): Paper}), what success means and
+    what a count counts (for the report), and "module:function" writing extra figures into
+    a folder (or None)."""
 
     name: str
     title: str
@@ -177,9 +178,7 @@ def _paper_1997() -> Experiment:
         rows=p.ROW_NAMES,
         arms=p.ARMS,
         trial="lstmlab.train.paper1997:run_trial",
-        budgets={
-            (r.name, a): {b: p.trial_budget(r, b, a) for b in ("default", "paper")} for r in p.ROWS for a in p.ARMS
-        },
+        budgets={(r.name, a): {b: p.trial_budget(r, b, a) for b in BUDGETS} for r in p.ROWS for a in p.ARMS},
         settings={r.name: ", ".join(f"{k}={v}" for k, v in r.params.items()) or "-" for r in p.ROWS},
         published=published,
         criterion=(
@@ -222,7 +221,7 @@ def _gers_2000() -> Experiment:
         rows=(GERS_ROW,),
         arms=g.ARMS,
         trial="lstmlab.train.reproduce:gers_trial",
-        budgets={(GERS_ROW, a): {"default": g.DEFAULT_STREAMS, "paper": g.PAPER_STREAMS} for a in g.ARMS},
+        budgets={(GERS_ROW, a): dict(zip(BUDGETS, (g.DEFAULT_STREAMS, g.PAPER_STREAMS))) for a in g.ARMS},
         settings={GERS_ROW: "-"},
         published={(GERS_ROW, arm): Paper(fraction=g.PUBLISHED[arm]) for arm in g.ARMS},
         criterion=(
@@ -262,7 +261,7 @@ def check_budget(budget):
     """--budget: "default", "paper" or a positive int (also as a string)."""
     if isinstance(budget, str) and budget.isdigit():
         budget = int(budget)
-    if isinstance(budget, bool) or not (budget in ("default", "paper") or (isinstance(budget, int) and budget > 0)):
+    if isinstance(budget, bool) or not (budget in BUDGETS or (isinstance(budget, int) and budget > 0)):
         raise ArgumentError(f"--budget {budget!r} is invalid; allowed: default, paper or a number of sequences > 0")
     return budget
 
