@@ -175,3 +175,9 @@ def test_updates_after_every_step_equal_one_per_sequence_when_only_the_end_has_a
     np.testing.assert_allclose(a.error.numpy(), b.error.numpy(), rtol=1e-12)
     weights = per_sequence.machine.get_weights(), per_step.machine.get_weights()
     np.testing.assert_allclose(*weights, rtol=1e-12, atol=1e-14)
+
+
+def test_a_window_row_reports_its_window_and_whether_it_was_reachable():
+    short = run_trial("2c-q50-p50", "paper", 0, max_sequences=30)
+    assert (short["test_size"], short["window_wrong"], short["criterion_reachable"]) == (None, None, False)
+    assert run_trial("6a", "paper", 0, max_sequences=30, test=False)["criterion_reachable"]

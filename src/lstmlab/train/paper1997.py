@@ -755,7 +755,8 @@ def run_trial(
 
     row, arm, seed; solved; sequences (to success, counted as the paper did; if not
     solved, the sequences seen); seen; test_errors / test_size / test_mean_error (None where
-    the row's check is its window: 2a-2c report window_wrong); st1_sequences (3a/3b);
+    the row's check is its window: 2a-2c report window_wrong, the wrong sequences of the
+    last 10,000, None before 10,000 were seen); st1_sequences (3a/3b);
     weights; budget (sequences allowed); criterion_reachable (False when the budget is not
     above the row's uncounted check window, 2a-2c); wall_seconds; backend; machine;
     paper_sequences, paper_test.
@@ -791,6 +792,7 @@ def run_trial(
         "test_size": None,
         "test_mean_error": None,
         "st1_sequences": None,
+        "window_wrong": None,
         **result,
         "criterion_reachable": budget > row.make_task().stopping_rule().confirmation,
         "wall_seconds": round(time.perf_counter() - start, 3),
