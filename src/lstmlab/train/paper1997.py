@@ -597,14 +597,10 @@ class PaperRun:
 
     def _train(self, batch: Batch) -> Judgement:
         xs, lengths, targets = batch.inputs.to(torch.float64).numpy(), batch.lengths.numpy(), _targets_with_nan(batch)
-        if self.row.paper.update == "sequence":
-            out = self.machine.train_sequences(xs, lengths, targets, self.row.paper.lr, return_outputs=True)["outputs"]
-            return judge_outputs(self.task, out, batch)
-        out = np.full(targets.shape, np.nan)
-        for i, L in enumerate(lengths.tolist()):  # each from the zero state, updated at every step
-            self.machine.reset()
-            out[i, :L] = self.machine.stream(xs[i, :L], targets[i, :L], self.row.paper.lr, update="step")[0]
-        return judge_outputs(self.task, out, batch)
+        out = self.machine.train_sequences(
+            xs, lengths, targets, self.row.paper.lr, return_outputs=True, update=self.row.paper.update
+        )
+        return judge_outputs(self.task, out["outputs"], batch)
 
     def _evaluate(self) -> bool:
         judged = {
