@@ -181,3 +181,20 @@ def test_a_window_row_reports_its_window_and_whether_it_was_reachable():
     short = run_trial("2c-q50-p50", "paper", 0, max_sequences=30)
     assert (short["test_size"], short["window_wrong"], short["criterion_reachable"]) == (None, None, False)
     assert run_trial("6a", "paper", 0, max_sequences=30, test=False)["criterion_reachable"]
+
+
+def test_2a_trains_the_net_without_its_cell_until_the_error_stops_falling(monkeypatch):
+    import lstmlab.train.paper1997 as paper1997
+
+    run = PaperRun(get_row("2a"), 0)
+    w_hid0, w_out0 = run.machine.weight_matrices()
+    run.run_without_cell(4, None, block=2)
+    w_hid, w_out = run.machine.weight_matrices()
+    assert not run.connected and run.seen == 4
+    np.testing.assert_array_equal(w_hid, w_hid0)  # no error reached the cell or its gate
+    assert (w_out[:, 0] == 0).all() and not np.array_equal(w_out[:, 1:], w_out0[:, 1:])
+    monkeypatch.setattr(paper1997, "STOPPED_DECREASING", 0.0)  # "stopped" at any second block
+    run = PaperRun(get_row("2a"), 0)
+    run.run_without_cell(100, None, block=2)
+    assert run.connected and run.connected_at == run.seen == 4
+    np.testing.assert_array_equal(run.machine.weight_matrices()[1][:, 0], w_out0[:, 0])  # the cell joins as drawn
