@@ -232,12 +232,12 @@ _LAG_READING = (
     "by the input units and the cell), no output gate, no bias weights, g the logistic sigmoid "
     "(g1), h the identity, lr 1.0, weights U(-0.2, 0.2): 2 x 101 + 101 x 102 = 10,504 weights, "
     "the paper's count. The paper adds 'memory cell and input gate ... once the error has "
-    "stopped decreasing' (its remedy for the abuse problem). Reading: until then the cell's "
-    "outgoing weights are held at zero (reset after every step, so the outputs see the input "
-    "units only and no error reaches the cell: exactly the net without it); the error has "
+    "stopped decreasing' (its remedy for the abuse problem). Reading: until then the outputs "
+    "see the input units only and no error reaches the cell (Machine1997.connected = False: "
+    "exactly the net without it); the error has "
     "stopped decreasing when the mean squared error of a block of 500 sequences is not 10% "
     "below the previous block's (with 1% the cell joined only after 13,500 sequences, seed 0, "
-    "and the check then failed); then the cell's outgoing weights take their initial values. "
+    "and the check then failed); then the cell is connected as drawn. "
     "Those sequences count. (With the cell present from the start its state drifts, h being "
     "the identity, and every output saturates: no seed learned 2a in 15,040.) A target at every "
     "step and a weight update after every step (online). Success: 10,000 successive sequences "
@@ -624,53 +624,32 @@ class PaperRun:
             self.st1_seen = self.seen
         return self.rule.update_eval(judged)
 
-    def _cell_out_index(self) -> np.ndarray:
-        """Positions of the memory cells' outgoing weights (W_out's cell columns) in the flat
-        weight vector (get_weights: W_hid's weights, then W_out's, row by row)."""
-        m_hid, m_out = (m.astype(bool) for m in self.machine.net.masks())
-        cols = np.zeros(m_out.shape, dtype=bool)
-        cols[:, : self.machine.net.cells] = True
-        return int(m_hid.sum()) + np.flatnonzero(cols[m_out])
-
     def run_without_cell(self, max_sequences: int, deadline: float | None, block: int = 500) -> None:
-        """2a/2b before the cell joins: every step with the cells' outgoing weights at zero
-        (the update a step makes to them is undone before the next), so the outputs see the
-        input units alone and no error reaches the cell: the net without its cell. Stops
-        when a block's mean squared error is not 10% below the previous block's; then the
-        cells' outgoing weights take their initial values. The sequences are fed to the
-        stopping rule, which cannot fire here (the last symbol needs the first, so no
-        sequence is right without the cell)."""
-        index = self._cell_out_index()
-        w = self.machine.get_weights()
-        initial = w[index].copy()
-        w[index] = 0.0
-        self.machine.set_weights(w)
-        lr, last = self.row.paper.lr, None
+        """2a/2b before the cell joins: Machine1997 with connected=False (the outputs see the
+        input units alone, no error reaches the cell: the net without it), updated after
+        every step. Stops when a block's mean squared error is not 10% below the previous
+        block's; then the cell is connected with the weights it was drawn with. The
+        sequences are fed to the stopping rule, which cannot fire here (the last symbol
+        needs the first, so no sequence is right without the cell)."""
+        self.machine.connected = False
+        last = None
         while self.seen < max_sequences and not self.solved:
             if deadline is not None and time.perf_counter() > deadline:
                 return
             batch = self.task.sample(min(block, max_sequences - self.seen), self.generator)
             xs, targets = batch.inputs.to(torch.float64).numpy(), _targets_with_nan(batch)
-            out, sq = np.full(targets.shape, np.nan), []
-            for i, L in enumerate(batch.lengths.tolist()):
-                self.machine.reset()
-                for t in range(L):
-                    out[i, t] = self.machine.stream(xs[i, t : t + 1], targets[i, t : t + 1], lr)[0][0]
-                    w = self.machine.get_weights()
-                    w[index] = 0.0
-                    self.machine.set_weights(w)
-                sq.append(float(np.nansum((out[i, :L] - targets[i, :L]) ** 2)) / 2)
-            judged = judge_outputs(self.task, out, batch)
+            out = self.machine.train_sequences(
+                xs, batch.lengths.numpy(), targets, self.row.paper.lr, return_outputs=True, update="step"
+            )
+            judged = judge_outputs(self.task, out["outputs"], batch)
             for i in range(len(batch)):
                 self.seen += 1
                 if self.rule.update(_select(judged, i, i + 1)):
                     self.solved = True
                     return
-            mean = float(np.mean(sq))
+            mean = float(np.mean(out["sq_error"]))
             if last is not None and mean >= STOPPED_DECREASING * last:
-                w = self.machine.get_weights()
-                w[index] = initial
-                self.machine.set_weights(w)
+                self.machine.connected = True
                 self.connected, self.connected_at = True, self.seen
                 return
             last = mean
