@@ -10,7 +10,8 @@ import torch
 import lstmlab
 from conftest import assert_close
 from lstmlab.errors import ArgumentError
-from lstmlab.train.net1997 import BlockNet, Init1997, Machine1997, reference_step
+from lstmlab.train.net1997 import BlockNet, Init1997, Machine1997
+from lstmlab.train.net1997_reference import reference_step
 
 REBER = {"cell_bias": False, "output_bias": False}  # sec. 5.1: gates biased, outputs from cells only
 
@@ -23,6 +24,23 @@ REBER = {"cell_bias": False, "output_bias": False}  # sec. 5.1: gates biased, ou
         (BlockNet(7, 7, 3, 2, **REBER), 276),  # embedded Reber, 3 blocks of 2
         (BlockNet(8, 4, 2, 2), 156),  # temporal order 6a
         (BlockNet(8, 8, 3, 2), 308),  # temporal order 6b
+        # lag 2a, p = 100: one cell and its input gate seeing the 101 inputs only (no bias, no
+        # recurrence), outputs seeing the cell and the inputs, no output gate, no biases
+        (
+            BlockNet(
+                101,
+                101,
+                1,
+                1,
+                output_gate=False,
+                recurrent_from=(),
+                cell_bias=False,
+                gate_bias=False,
+                output_bias=False,
+                output_from_inputs=True,
+            ),
+            10_504,
+        ),
     ],
 )
 def test_weight_counts_are_the_papers(net, count):
@@ -176,6 +194,23 @@ NETS = {
         2, 3, 2, 2, forget_gate=True, cell_input="sigmoid", cell_output="tanh", recurrent_from=("gates",)
     ),
     "relu-cells-tanh-out": BlockNet(2, 1, 1, 3, cell_input="relu", cell_output="relu", output_activation="tanh"),
+    # wide one-hot inputs (see _data): the lag nets of 2a (outputs see the inputs) and 2c
+    "one-hot-lag-2a": BlockNet(
+        40,
+        40,
+        1,
+        1,
+        output_gate=False,
+        recurrent_from=(),
+        cell_bias=False,
+        gate_bias=False,
+        output_bias=False,
+        output_from_inputs=True,
+        cell_input="sigmoid",
+        cell_output="identity",
+    ),
+    "one-hot-lag-2c": BlockNet(44, 2, 2, 1, cell_bias=False, gate_bias=False, output_bias=False),
+    "one-hot-forget-direct": BlockNet(50, 3, 2, 1, forget_gate=True, output_from_inputs=True),
 }
 INIT = Init1997(0.7, input_gate_bias=(), output_gate_bias=())
 
@@ -185,8 +220,13 @@ def _pair(net, seed=0):
 
 
 def _data(net, n, T, seed, every=3):
+    """Random sequences: normal inputs, or one-hot ones for wide input layers (the engine's
+    sparse path: a z with few nonzeros)."""
     rng = np.random.default_rng(seed)
-    xs = rng.normal(size=(n, T, net.inputs))
+    if net.inputs >= 20:
+        xs = np.eye(net.inputs)[rng.integers(0, net.inputs, size=(n, T))]
+    else:
+        xs = rng.normal(size=(n, T, net.inputs))
     targets = rng.uniform(size=(n, T, net.outputs))
     targets[:, ::every] = np.nan  # steps without targets
     lengths = rng.integers(T // 2, T + 1, size=n)
@@ -243,7 +283,9 @@ def test_errors_are_measured_before_the_update():
 
 
 @pytest.mark.parametrize("update", ["step", "end"])
-@pytest.mark.parametrize("name", ["adding-2x2", "forget-hidden-direct", "forget-sigmoid-gates-only"])
+@pytest.mark.parametrize(
+    "name", ["adding-2x2", "forget-hidden-direct", "forget-sigmoid-gates-only", "one-hot-forget-direct"]
+)
 def test_fast_stream_equals_the_reference(name, update):
     # a continual stream over three calls: outputs, cell states and weights after each
     net = NETS[name]
@@ -346,3 +388,69 @@ def test_same_seed_same_machine_other_seed_other_weights():
     assert np.array_equal(
         Machine1997(net, INIT, 21, fast=False).get_weights(), Machine1997(net, INIT, 21).get_weights()
     )
+
+
+def test_disconnected_outputs_see_only_the_inputs_and_the_hidden_layer_learns_nothing():
+    net = NETS["forget-hidden-direct"]
+    fast, ref = _pair(net, seed=16)
+    fast.connected = ref.connected = False
+    xs, lengths, targets = _data(net, 3, 10, seed=17)
+    g = ref.gradient(xs[0], targets[0])
+    _close(fast.gradient(xs[0], targets[0]), g)
+    g_hid, g_out = _matrices(net, g)
+    assert (g_hid == 0).all() and (g_out[:, : net.cells + net.hidden_units] == 0).all() and (g_out != 0).any()
+    w_out = torch.from_numpy(fast.weight_matrices()[1])
+    direct = torch.sigmoid(torch.from_numpy(xs[0]) @ w_out[:, net.cells + net.hidden_units : -1].T + w_out[:, -1])
+    _close(fast.predict(xs[:1], [10])[0], direct)
+    a, b = (m.train_sequences(xs, lengths, targets, lr=0.5) for m in (fast, ref))
+    _close(a["sq_error"], b["sq_error"])
+    _close(fast.get_weights(), ref.get_weights())
+    fast.connected = ref.connected = True
+    _close(fast.gradient(xs[1], targets[1]), ref.gradient(xs[1], targets[1]))
+    assert (_matrices(net, fast.gradient(xs[1], targets[1]))[0] != 0).any()
+
+
+def test_fast_without_the_engine_raises_the_reason(monkeypatch):
+    from lstmlab.backends import csrc
+    from lstmlab.train import net1997_cpp
+
+    def no_compiler():
+        raise csrc.BuildError("no C++ compiler ('c++' not on PATH) to build it")
+
+    monkeypatch.setattr(net1997_cpp, "_module", None)
+    monkeypatch.setattr(csrc, "load_net1997", no_compiler)
+    with pytest.raises(csrc.BuildError, match="no C\\+\\+ compiler"):
+        Machine1997(NETS["adding-2x2"], INIT, 0)
+    assert Machine1997(NETS["adding-2x2"], INIT, 0, fast=False).backend == "reference"
+
+
+def test_numpy_and_torch_arguments_are_accepted():
+    net = NETS["adding-2x2"]
+    a, b = Machine1997(net, Init1997(np.float32(0.5)), 0), Machine1997(net, Init1997(0.5), 0)
+    xs, lengths, targets = _data(net, 2, 8, seed=18)
+    ra = a.train_sequences(torch.from_numpy(xs), torch.from_numpy(lengths), torch.from_numpy(targets), np.float64(0.5))
+    rb = b.train_sequences(xs, lengths, targets, 0.5)
+    assert np.array_equal(ra["sq_error"], rb["sq_error"])
+    with pytest.raises(ArgumentError, match="lr"):
+        a.train_sequences(xs, lengths, targets, -1.0)
+
+
+@pytest.mark.parametrize("name", ["adding-2x2", "forget-hidden-direct", "one-hot-lag-2c"])
+def test_updates_after_every_step_of_each_sequence(name):
+    net = NETS[name]
+    fast, ref, twin = *_pair(net, seed=19), Machine1997(net, INIT, 19)
+    xs, lengths, targets = _data(net, 4, 9, seed=20)
+    a = fast.train_sequences(xs, lengths, targets, lr=0.3, return_outputs=True, update="step")
+    b = ref.train_sequences(xs, lengths, targets, lr=0.3, return_outputs=True, update="step")
+    for key in ("max_abs_error", "sq_error", "outputs"):
+        _close(a[key], b[key], key)
+    _close(fast.get_weights(), ref.get_weights(), "weights")
+    # the same as a stream of its own per sequence
+    for x, n, t in zip(xs, lengths, targets):
+        twin.reset()
+        twin.stream(x[:n], t[:n], lr=0.3)
+    assert np.array_equal(twin.get_weights(), fast.get_weights())
+    # and not the same as one update per sequence
+    once = Machine1997(net, INIT, 19)
+    once.train_sequences(xs, lengths, targets, lr=0.3)
+    assert np.abs(once.get_weights() - fast.get_weights()).max() > 1e-6

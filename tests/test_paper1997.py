@@ -175,3 +175,26 @@ def test_updates_after_every_step_equal_one_per_sequence_when_only_the_end_has_a
     np.testing.assert_allclose(a.error.numpy(), b.error.numpy(), rtol=1e-12)
     weights = per_sequence.machine.get_weights(), per_step.machine.get_weights()
     np.testing.assert_allclose(*weights, rtol=1e-12, atol=1e-14)
+
+
+def test_a_window_row_reports_its_window_and_whether_it_was_reachable():
+    short = run_trial("2c-q50-p50", "paper", 0, max_sequences=30)
+    assert (short["test_size"], short["window_wrong"], short["criterion_reachable"]) == (None, None, False)
+    assert run_trial("6a", "paper", 0, max_sequences=30, test=False)["criterion_reachable"]
+
+
+def test_2a_trains_the_net_without_its_cell_until_the_error_stops_falling(monkeypatch):
+    import lstmlab.train.paper1997 as paper1997
+
+    run = PaperRun(get_row("2a"), 0)
+    w_hid0, w_out0 = run.machine.weight_matrices()
+    run.run_without_cell(4, None, block=2)
+    w_hid, w_out = run.machine.weight_matrices()
+    assert not run.connected and not run.machine.connected and run.seen == 4
+    np.testing.assert_array_equal(w_hid, w_hid0)  # no error reached the cell or its gate
+    np.testing.assert_array_equal(w_out[:, 0], w_out0[:, 0])  # nor its outgoing weights
+    assert not np.array_equal(w_out[:, 1:], w_out0[:, 1:])  # the direct weights learned
+    monkeypatch.setattr(paper1997, "STOPPED_DECREASING", 0.0)  # "stopped" at any second block
+    run = PaperRun(get_row("2a"), 0)
+    run.run_without_cell(100, None, block=2)
+    assert run.connected and run.machine.connected and run.connected_at == run.seen == 4

@@ -58,6 +58,13 @@ def _doctor(args) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for name, (ok, why) in availability().items():
         print(f"  {name:10s} {'available' if ok else 'UNAVAILABLE'}: {why}")
+    from .backends.csrc import BuildError
+    from .train.net1997_cpp import engine_module
+
+    try:
+        print(f"  the 1997 machine's engine (lstmlab.train.net1997) available: {engine_module().__name__}")
+    except BuildError as e:
+        print(f"  the 1997 machine's engine (lstmlab.train.net1997) UNAVAILABLE: {e} (fast=False still runs)")
     return 0
 
 

@@ -18,12 +18,13 @@ sees the sources
 with E = 1/2 sum_k (target_k - y_k)^2 over the steps that have targets (NaN: none). The
 gradient is the paper's truncated one: no error flows back through any t-1 source, only
 along the cell states s. That is autograd with r_{t-1} detached, which is what the
-reference engine here computes (`fast=False`); the fast engine (lstmlab.train.net1997_cpp,
+reference engine computes (lstmlab.train.net1997_reference, `fast=False`); the fast engine (lstmlab.train.net1997_cpp,
 C++) computes the same gradient forward in time with the paper's eligibility traces
 d s_c / d w (O(weights) per step, nothing stored over time) and is tested against it.
 
-Training is plain online gradient descent: one update per sequence (`train_sequences`),
-or one per step on a continual stream (`stream`), lr as given, no momentum, no clipping.
+Training is plain online gradient descent: one update per sequence (`train_sequences`) or
+after every step (its update="step"), or one per step on a continual stream (`stream`),
+lr as given, no momentum, no clipping.
 
 Weights live in two matrices: W_hid (U, S), rows [cell inputs (C) | input gates (B) |
 forget gates (B) | output gates (B) | hidden units (H)] (absent gates have no rows),
@@ -34,14 +35,16 @@ masked: they stay zero and are not counted in num_weights() or the flat weight v
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import cached_property
+from numbers import Real
 
 import numpy as np
 import torch
 
 from ..cells import ACTIVATIONS
 from ..errors import ArgumentError
+from .net1997_reference import ReferenceEngine, reference_step
 
 RECURRENT_GROUPS = ("cells", "gates", "hidden")
 OUTPUT_ACTIVATIONS = ("sigmoid", "identity", "tanh")
@@ -181,7 +184,7 @@ class Init1997:
     forget_gate_bias: tuple[float, ...] = ()
 
     def __post_init__(self):
-        if not (isinstance(self.weight_range, int | float) and self.weight_range >= 0):
+        if not (isinstance(self.weight_range, Real) and self.weight_range >= 0):
             raise ArgumentError(f"Init1997: weight_range={self.weight_range!r} is not allowed; a number >= 0")
         for name in ("input_gate_bias", "output_gate_bias", "forget_gate_bias"):
             object.__setattr__(self, name, tuple(float(b) for b in getattr(self, name)))
@@ -206,151 +209,11 @@ class Init1997:
         return w_hid * m_hid, w_out * m_out
 
 
-@dataclass
-class _StepOut:
-    y: torch.Tensor  # (K,)
-    s: torch.Tensor  # (C,) with its graph back along the cell states
-    r: torch.Tensor  # (R,) the next step's recurrent sources (detached when read)
-    extras: dict = field(default_factory=dict)
-
-
-def reference_step(net: BlockNet, w_hid: torch.Tensor, w_out: torch.Tensor, x, s, r) -> _StepOut:
-    """One step of the net in PyTorch: x (I,), s (C,), r (R,) -> y (K,), s (C,), r (R,).
-
-    r is detached here (the truncated gradient); s is not (the carousel carries the error).
-    w_hid / w_out are the full matrices (masked entries must be zero or masked by the caller).
-    """
-    C, B, n = net.cells, net.blocks, net.cells_per_block
-    z = torch.cat([x, x.new_ones(1), r.detach()])  # (S,)
-    a = w_hid @ z  # (U,)
-    one = a.new_ones(B)
-    gate = {k: torch.sigmoid(a[net.row(k) : net.row(k) + B]) for k in net.gate_kinds}
-    i, f, o = gate.get("in", one), gate.get("forget", one), gate.get("out", one)
-    g = ACTIVATIONS[net.cell_input].fn(a[:C])
-    s_new = f.repeat_interleave(n) * s + i.repeat_interleave(n) * g
-    y_c = o.repeat_interleave(n) * ACTIVATIONS[net.cell_output].fn(s_new)
-    hid = torch.sigmoid(a[net.row("hidden") :])
-    groups = {"cells": y_c, "gates": torch.cat([gate[k] for k in net.gate_kinds] or [a.new_zeros(0)]), "hidden": hid}
-    r_new = torch.cat([groups[k] for k in net.recurrent_from] or [a.new_zeros(0)])
-    zo = torch.cat([y_c, hid, x, x.new_ones(1)])
-    y = ACTIVATIONS[net.output_activation].fn(w_out @ zo)
-    return _StepOut(y, s_new, r_new)
-
-
 def _as_array(name, value, shape_hint: str) -> np.ndarray:
     a = np.ascontiguousarray(np.asarray(value.detach().cpu() if torch.is_tensor(value) else value, dtype=np.float64))
     if a.ndim != shape_hint.count(",") + 1:
         raise ArgumentError(f"{name} has shape {a.shape}; expected {shape_hint}")
     return a
-
-
-class ReferenceEngine:
-    """The specification: autograd through `reference_step`, one sequence at a time.
-
-    On a stream each update period (a step, or a call with update="end") gets its own leaf
-    copy of the weights, and the gradient of the period's loss is the sum over all leaves
-    since reset(): exactly what forward traces computed with the weights of their time give.
-    The graph of a stream grows until reset(): O(T^2) over a stream, for tests only.
-    """
-
-    name = "reference"
-
-    def __init__(self, net: BlockNet, w_hid: np.ndarray, w_out: np.ndarray):
-        self.net = net
-        self.mask = tuple(torch.from_numpy(m) for m in net.masks())
-        self.set(w_hid, w_out)
-        self.reset()
-
-    def reset(self):
-        self.s = torch.zeros(self.net.cells, dtype=torch.float64)
-        self.r = torch.zeros(self.net.recurrent, dtype=torch.float64)
-        self._leaves: list[torch.Tensor] = []
-
-    def get(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.w[0].numpy().copy(), self.w[1].numpy().copy()
-
-    def set(self, w_hid: np.ndarray, w_out: np.ndarray):
-        self.w = [torch.tensor(w, dtype=torch.float64) * m for w, m in zip((w_hid, w_out), self.mask)]
-
-    def _leaf(self) -> list[torch.Tensor]:
-        leaf = [w.clone().requires_grad_(True) for w in self.w]
-        self._leaves += leaf
-        return [w * m for w, m in zip(leaf, self.mask)]
-
-    def _gradient(self, loss) -> list[torch.Tensor]:
-        g = [torch.zeros_like(w) for w in self.w]
-        if torch.is_tensor(loss) and loss.requires_grad:
-            grads = torch.autograd.grad(loss, self._leaves, retain_graph=True, allow_unused=True)
-            for k, gr in enumerate(grads):
-                if gr is not None:
-                    g[k % 2] += gr
-        return g
-
-    def _apply(self, g, lr):
-        self.w = [w - lr * gr for w, gr in zip(self.w, g)]
-
-    @staticmethod
-    def _error(y, target):
-        known = ~torch.isnan(target)
-        return y[known] - target[known]
-
-    def sequence(self, x: torch.Tensor, targets: torch.Tensor):
-        """One sequence from the zero state: (loss, max |error|, outputs (T, K), gradient)."""
-        self.reset()
-        w_hid, w_out = self._leaf()
-        s, r, loss, worst, ys = self.s, self.r, x.new_zeros(()), 0.0, []
-        for t in range(x.shape[0]):
-            out = reference_step(self.net, w_hid, w_out, x[t], s, r)
-            s, r = out.s, out.r
-            e = self._error(out.y, targets[t])
-            loss = loss + 0.5 * (e**2).sum()
-            worst = max(worst, float(e.detach().abs().max())) if e.numel() else worst
-            ys.append(out.y.detach())
-        grad = self._gradient(loss)
-        self.reset()
-        return float(loss.detach()), worst, torch.stack(ys), grad
-
-    def sequences(self, xs, lengths, targets, lr, learn, want_outputs):
-        N, T, K = targets.shape
-        worst, sq = np.zeros(N), np.zeros(N)
-        outputs = np.full((N, T, K), np.nan) if want_outputs else None
-        for k in range(N):
-            n = int(lengths[k])
-            loss, worst[k], ys, grad = self.sequence(torch.from_numpy(xs[k, :n]), torch.from_numpy(targets[k, :n]))
-            sq[k] = loss
-            if outputs is not None:
-                outputs[k, :n] = ys.numpy()
-            if learn:
-                self._apply(grad, lr)
-        return worst, sq, outputs
-
-    def gradient(self, x: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        grad = self.sequence(torch.from_numpy(x), torch.from_numpy(targets))[3]
-        return grad[0].numpy(), grad[1].numpy()
-
-    def stream(self, x, targets, lr, stop_error, update, learn):
-        ys, states = [], []
-        w_hid, w_out = self._leaf()
-        loss = None
-        for t in range(x.shape[0]):
-            if update == "step" and t > 0:
-                w_hid, w_out = self._leaf()
-            out = reference_step(self.net, w_hid, w_out, torch.from_numpy(x[t]), self.s, self.r)
-            self.s, self.r = out.s, out.r.detach()
-            e = self._error(out.y, torch.from_numpy(targets[t]))
-            if e.numel():
-                loss = 0.5 * (e**2).sum() + (loss if loss is not None else 0.0)
-            ys.append(out.y.detach().numpy())
-            states.append(self.s.detach().numpy().copy())
-            stop = stop_error is not None and e.numel() > 0 and bool((e**2 >= stop_error).any())
-            if learn and update == "step":
-                self._apply(self._gradient(loss), lr)
-                loss = None
-            if stop:
-                break
-        if learn and update == "end":
-            self._apply(self._gradient(loss), lr)
-        return np.array(ys).reshape(-1, self.net.outputs), np.array(states).reshape(-1, self.net.cells), len(ys)
 
 
 UPDATES = ("step", "end")
@@ -408,23 +271,33 @@ class Machine1997:
 
     @staticmethod
     def _lr(lr) -> float:
-        if not isinstance(lr, int | float) or lr < 0:
+        if not isinstance(lr, Real) or lr < 0:
             raise ArgumentError(f"lr={lr!r} is not allowed; a number >= 0")
         return float(lr)
 
     # -- learning -------------------------------------------------------------------------
-    def train_sequences(self, xs, lengths, targets, lr: float, return_outputs: bool = False) -> dict:
+    def train_sequences(
+        self, xs, lengths, targets, lr: float, return_outputs: bool = False, update: str = "sequence"
+    ) -> dict:
         """Online training: for each sequence in order, state reset, forward, one update.
 
         Args: xs (N, T, I), lengths (N,), targets (N, T, K) with NaN where no target, lr.
-        Returns a dict of numpy arrays, each sequence measured BEFORE its own update:
+            update: "sequence" (one update after each sequence) or "step" (one after every
+                step with a target, the traces running on through the sequence: the same as
+                reset() and stream(x, targets, lr) per sequence).
+        Returns a dict of numpy arrays, each sequence measured BEFORE its own update (with
+        update="step": each step before that step's update):
             max_abs_error (N,): max |target - y| over its target steps and outputs (0 if none);
             sq_error (N,): its loss E = 1/2 sum (target - y)^2;
             outputs (N, T, K) if return_outputs (NaN after a sequence's length).
         Resets the stream state.
         """
+        if update not in ("sequence", "step"):
+            raise ArgumentError(f"update={update!r} is not allowed; one of ('sequence', 'step')")
         xs, lengths, targets = self._batch(xs, lengths, targets)
-        worst, sq, outputs = self._engine.sequences(xs, lengths, targets, self._lr(lr), True, return_outputs)
+        worst, sq, outputs = self._engine.sequences(
+            xs, lengths, targets, self._lr(lr), True, return_outputs, each_step=update == "step"
+        )
         result = {"max_abs_error": worst, "sq_error": sq}
         if return_outputs:
             result["outputs"] = outputs
@@ -454,7 +327,7 @@ class Machine1997:
         """
         if update not in UPDATES:
             raise ArgumentError(f"update={update!r} is not allowed; one of {UPDATES}")
-        if stop_error is not None and not isinstance(stop_error, int | float):
+        if stop_error is not None and not isinstance(stop_error, Real):
             raise ArgumentError(f"stop_error={stop_error!r} is not allowed; a number or None")
         xs, _, ts = self._batch(np.asarray(x)[None], [len(x)], np.asarray(targets)[None])
         return self._engine.stream(xs[0], ts[0], self._lr(lr), stop_error, update, bool(learn))
@@ -462,6 +335,18 @@ class Machine1997:
     def reset(self):
         """Zero the cell states, the t-1 activations and the traces (a new stream)."""
         self._engine.reset()
+
+    @property
+    def connected(self) -> bool:
+        """True (the default): the output units see the cells and hidden units. False: they
+        see only the inputs (output_from_inputs) and their bias, and no error reaches the
+        hidden layer (its weights stay as they are; its state still runs). The 1997 paper
+        added its memory cells once the error of the direct weights stopped falling."""
+        return self._engine.connected
+
+    @connected.setter
+    def connected(self, on: bool):
+        self._engine.connected = bool(on)
 
     # -- weights --------------------------------------------------------------------------
     def weight_matrices(self) -> tuple[np.ndarray, np.ndarray]:
@@ -500,3 +385,6 @@ class Machine1997:
         m = cls(BlockNet(**net), Init1997(**state["init"]), state["seed"], fast=fast)
         m.set_weights(state["weights"].numpy())
         return m
+
+
+__all__ = ["BlockNet", "Init1997", "Machine1997", "ReferenceEngine", "reference_step"]

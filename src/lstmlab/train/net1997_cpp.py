@@ -48,6 +48,14 @@ class CppEngine:
         m_hid, m_out = net.masks()
         self._e = engine_module().Engine(config, w_hid, w_out, m_hid, m_out)
 
+    @property
+    def connected(self) -> bool:
+        return self._e.connected
+
+    @connected.setter
+    def connected(self, on: bool):
+        self._e.connected = on
+
     def reset(self):
         self._e.reset()
 
@@ -57,8 +65,8 @@ class CppEngine:
     def set(self, w_hid: np.ndarray, w_out: np.ndarray):
         self._e.set_weights(w_hid, w_out)
 
-    def sequences(self, xs, lengths, targets, lr, learn, want_outputs):
-        return self._e.sequences(xs, lengths, targets, lr, learn, want_outputs)
+    def sequences(self, xs, lengths, targets, lr, learn, want_outputs, each_step=False):
+        return self._e.sequences(xs, lengths, targets, lr, learn, want_outputs, each_step)
 
     def gradient(self, x, targets):
         return self._e.gradient(x, targets)

@@ -37,10 +37,11 @@ py::tuple get_weights(const Engine& e) {
 
 void set_weights(Engine& e, const Array& w_hid, const Array& w_out) { e.set_weights(to_vector(w_hid), to_vector(w_out)); }
 
-// Each sequence from the zero state; with `learn`, one update after it. Returns
-// (max |error| (N,), loss (N,), outputs (N, T, K) or None), each measured before the update.
+// Each sequence from the zero state; with `learn`, one update after it (each_step: after
+// every step with a target). Returns (max |error| (N,), loss (N,), outputs (N, T, K) or
+// None), each measured before the update.
 py::tuple sequences(Engine& e, const Array& xs, const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& lengths,
-                    const Array& targets, double lr, bool learn, bool want_outputs) {
+                    const Array& targets, double lr, bool learn, bool want_outputs, bool each_step) {
   const auto& T = e.t;
   need(xs.ndim() == 3 && xs.shape(2) == T.I, "xs");
   const py::ssize_t N = xs.shape(0), L = xs.shape(1);
@@ -67,8 +68,9 @@ py::tuple sequences(Engine& e, const Array& xs, const py::array_t<int64_t, py::a
         const StepErrors err = e.step(x + at * T.I, tg + at * T.K, yk, learn, learn);
         w[q] = std::max(w[q], err.max_abs);
         l[q] += err.sq;
+        if (learn && each_step && err.any) e.update(lr);
       }
-      if (learn) e.update(lr);
+      if (learn && !each_step) e.update(lr);
     }
     e.reset();
   }
@@ -129,6 +131,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<Engine>(m, "Engine")
       .def(py::init(&make))
       .def("reset", &Engine::reset)
+      .def_readwrite("connected", &Engine::connected)
       .def("get_weights", &get_weights)
       .def("set_weights", &set_weights)
       .def("sequences", &sequences)

@@ -102,6 +102,7 @@ class Engine {
   std::vector<double> gWh, gWo;        // the gradient accumulated since the last update
   std::vector<double> s, r;            // cell states (C), the t-1 sources (R)
   std::vector<double> tc, ti, tf;      // traces (C, S) each (ti, tf empty without the gate)
+  bool connected = true;               // false: the output units see neither cells nor hidden units
 
   Engine(const std::vector<int64_t>& config, std::vector<double> w_hid, std::vector<double> w_out,
          std::vector<double> m_hid, std::vector<double> m_out)
@@ -109,9 +110,12 @@ class Engine {
     if (Mh.size() != (size_t)t.U * t.S || Mo.size() != (size_t)t.K * t.O)
       throw std::invalid_argument("net1997: masks do not fit the topology");
     set_weights(std::move(w_hid), std::move(w_out));
+    for (int k = 0; k < t.K; ++k)
+      for (int i = 0; i < t.I; ++i) out_inputs_ = out_inputs_ || Mo[(size_t)k * t.O + t.C + t.H + i] != 0.0;
+    nz_.reserve(t.S);
     gWh.assign(Wh.size(), 0.0), gWo.assign(Wo.size(), 0.0);
     z_.resize(t.S), a_.resize(t.U), in_.resize(t.B), f_.resize(t.B), o_.resize(t.B);
-    g_.resize(t.C), hs_.resize(t.C), yc_.resize(t.C), hu_.resize(t.H), zo_.resize(t.O);
+    g_.resize(t.C), hs_.resize(t.C), yc_.resize(t.C), hu_.resize(t.H), zo_.resize(t.C + t.H);
     delta_.resize(t.K), ec_.resize(t.C + t.H);
     reset();
   }
@@ -152,7 +156,8 @@ class Engine {
     std::copy(x, x + T.I, z);
     z[T.I] = 1.0;
     std::copy(r.begin(), r.end(), z + T.I + 1);
-    for (int u = 0; u < T.U; ++u) a_[u] = dot(&Wh[(size_t)u * S], z, S);
+    find_nonzeros(z);
+    for (int u = 0; u < T.U; ++u) a_[u] = dot_z(&Wh[(size_t)u * S], z);
     for (int j = 0; j < T.B; ++j) {
       in_[j] = T.has_in ? sigmoid(a_[T.row_in + j]) : 1.0;
       f_[j] = T.has_f ? sigmoid(a_[T.row_f + j]) : 1.0;
@@ -162,19 +167,9 @@ class Engine {
       const int j = c / T.n;
       const double g = act(T.act_g, a_[c]), in = in_[j], f = f_[j];
       if (traces) {
-        const double kc = in * act_grad(T.act_g, g);
-        double* tcc = &tc[(size_t)c * S];
-        for (int k = 0; k < S; ++k) tcc[k] = f * tcc[k] + kc * z[k];
-        if (T.has_in) {
-          const double ki = g * in * (1.0 - in);
-          double* tic = &ti[(size_t)c * S];
-          for (int k = 0; k < S; ++k) tic[k] = f * tic[k] + ki * z[k];
-        }
-        if (T.has_f) {
-          const double kf = s[c] * f * (1.0 - f);
-          double* tfc = &tf[(size_t)c * S];
-          for (int k = 0; k < S; ++k) tfc[k] = f * tfc[k] + kf * z[k];
-        }
+        trace(&tc[(size_t)c * S], f, in * act_grad(T.act_g, g), z);
+        if (T.has_in) trace(&ti[(size_t)c * S], f, g * in * (1.0 - in), z);
+        if (T.has_f) trace(&tf[(size_t)c * S], f, s[c] * f * (1.0 - f), z);
       }
       s[c] = f * s[c] + in * g;
       g_[c] = g;
@@ -183,13 +178,15 @@ class Engine {
     }
     for (int u = 0; u < T.H; ++u) hu_[u] = sigmoid(a_[T.row_h + u]);
     double* zo = zo_.data();
-    std::copy(yc_.begin(), yc_.end(), zo);
-    std::copy(hu_.begin(), hu_.end(), zo + T.C);
-    std::copy(x, x + T.I, zo + T.C + T.H);
-    zo[T.O - 1] = 1.0;
+    if (connected) {
+      std::copy(yc_.begin(), yc_.end(), zo);
+      std::copy(hu_.begin(), hu_.end(), zo + T.C);
+    } else {
+      std::fill(zo, zo + T.C + T.H, 0.0);
+    }
     StepErrors err;
     for (int k = 0; k < T.K; ++k) {
-      y[k] = act(T.act_out, dot(&Wo[(size_t)k * T.O], zo, T.O));
+      y[k] = act(T.act_out, dot_out(&Wo[(size_t)k * T.O], zo, x));
       delta_[k] = 0.0;
       if (std::isnan(target[k])) continue;
       const double e = y[k] - target[k];
@@ -199,7 +196,7 @@ class Engine {
       err.max_sq = std::max(err.max_sq, e * e);
       delta_[k] = e * act_grad(T.act_out, y[k]);
     }
-    if (grad && err.any) backward(z, zo);
+    if (grad && err.any) backward(z, zo, x);
     // the next step's t-1 sources
     double* rn = r.data();
     if (T.rec_cells) rn = std::copy(yc_.begin(), yc_.end(), rn);
@@ -214,26 +211,86 @@ class Engine {
 
  private:
   std::vector<double> z_, a_, in_, f_, o_, g_, hs_, yc_, hu_, zo_, delta_, ec_;
+  // The nonzero entries of z when they are few (one-hot inputs, a wide input layer): the
+  // products over z, the output layer's over x and the traces where phi = 1 skip the zeros.
+  std::vector<int> nz_;
+  int nnz_x_ = 0;            // how many of nz_ index x (they come first)
+  bool sparse_ = false;      // z has few enough nonzeros to use nz_
+  bool out_inputs_ = false;  // some output unit sees the inputs (output_from_inputs)
 
-  static double dot(const double* a, const double* b, int n) {
+  void find_nonzeros(const double* z) {
+    nz_.clear();
+    for (int k = 0; k < t.S; ++k)
+      if (z[k] != 0.0) nz_.push_back(k);
+    nnz_x_ = (int)(std::lower_bound(nz_.begin(), nz_.end(), t.I) - nz_.begin());
+    sparse_ = 3 * nz_.size() < (size_t)t.S;
+  }
+  double dot_z(const double* w, const double* z) const {
+    if (!sparse_) return dot(w, z, t.S);
     double acc = 0.0;
-    for (int k = 0; k < n; ++k) acc += a[k] * b[k];
+    for (int k : nz_) acc += w[k] * z[k];
     return acc;
+  }
+  void axpy_z(double alpha, const double* z, double* y) const {
+    if (!sparse_) return axpy(alpha, z, y, t.S);
+    for (int k : nz_) y[k] += alpha * z[k];
+  }
+  // trace <- phi trace + alpha z (exactly the zeros' trace entries stay put when phi = 1)
+  void trace(double* tr, double phi, double alpha, const double* z) const {
+    if (sparse_ && phi == 1.0) {
+      for (int k : nz_) tr[k] += alpha * z[k];
+      return;
+    }
+    for (int k = 0; k < t.S; ++k) tr[k] = phi * tr[k] + alpha * z[k];
+  }
+  // w . [y_c, hidden, x, 1] with w one row of W_out (its input columns are zero unless out_inputs_)
+  double dot_out(const double* w, const double* zo, const double* x) const {
+    const int CH = t.C + t.H;
+    double acc = dot(w, zo, CH);
+    if (out_inputs_) {
+      if (sparse_)
+        for (int q = 0; q < nnz_x_; ++q) acc += w[CH + nz_[q]] * x[nz_[q]];
+      else
+        acc += dot(w + CH, x, t.I);
+    }
+    return acc + w[t.O - 1];
+  }
+  void axpy_out(double alpha, const double* zo, const double* x, double* g) const {
+    const int CH = t.C + t.H;
+    axpy(alpha, zo, g, CH);
+    if (out_inputs_) {
+      if (sparse_)
+        for (int q = 0; q < nnz_x_; ++q) g[CH + nz_[q]] += alpha * x[nz_[q]];
+      else
+        axpy(alpha, x, g + CH, t.I);
+    }
+    g[t.O - 1] += alpha;
+  }
+
+  // Four running sums: without -ffast-math one sum is a chain the compiler may not reorder.
+  static double dot(const double* a, const double* b, int n) {
+    double acc[4] = {0.0, 0.0, 0.0, 0.0};
+    int k = 0;
+    for (; k + 4 <= n; k += 4)
+      for (int l = 0; l < 4; ++l) acc[l] += a[k + l] * b[k + l];
+    for (; k < n; ++k) acc[0] += a[k] * b[k];
+    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
   }
   static void axpy(double alpha, const double* x, double* y, int n) {
     for (int k = 0; k < n; ++k) y[k] += alpha * x[k];
   }
 
-  void backward(const double* z, const double* zo) {
+  void backward(const double* z, const double* zo, const double* x) {
     const Topology& T = t;
     const int S = T.S;
     std::fill(ec_.begin(), ec_.end(), 0.0);  // dE/d(cell output), dE/d(hidden unit)
     for (int k = 0; k < T.K; ++k) {
       const double d = delta_[k];
       if (d == 0.0) continue;
-      axpy(d, zo, &gWo[(size_t)k * T.O], T.O);
+      axpy_out(d, zo, x, &gWo[(size_t)k * T.O]);
       axpy(d, &Wo[(size_t)k * T.O], ec_.data(), T.C + T.H);
     }
+    if (!connected) return;  // no error reaches the hidden layer
     for (int j = 0; j < T.B; ++j) {
       const double o = o_[j];
       double e_out = 0.0;
@@ -245,11 +302,11 @@ class Engine {
         if (T.has_in) axpy(ds, &ti[(size_t)c * S], &gWh[(size_t)(T.row_in + j) * S], S);
         if (T.has_f) axpy(ds, &tf[(size_t)c * S], &gWh[(size_t)(T.row_f + j) * S], S);
       }
-      if (T.has_o) axpy(e_out * o * (1.0 - o), z, &gWh[(size_t)(T.row_o + j) * S], S);
+      if (T.has_o) axpy_z(e_out * o * (1.0 - o), z, &gWh[(size_t)(T.row_o + j) * S]);
     }
     for (int u = 0; u < T.H; ++u) {
       const double h = hu_[u];
-      axpy(ec_[T.C + u] * h * (1.0 - h), z, &gWh[(size_t)(T.row_h + u) * S], S);
+      axpy_z(ec_[T.C + u] * h * (1.0 - h), z, &gWh[(size_t)(T.row_h + u) * S]);
     }
   }
 };
