@@ -45,7 +45,7 @@ def a_file(tmp_path):
         (["train", "adding", "--out", "{f}"], "lstmlab.train.cli.train", "--out", "exists and is not a folder"),
         (["train", "adding", "--json", "{f}/r.json"], "lstmlab.train.cli.train", "--json", "is a file, not a folder"),
         (["train", "adding", "--json", "{d}"], "lstmlab.train.cli.train", "--json", "exists and is not a file"),
-        (["reproduce", "1997", "--out", "{f}/x/y"], "lstmlab.train.cli.reproduce_1997", "--out", "is a file"),
+        (["reproduce", "1997", "--out", "{f}/x/y"], "lstmlab.train.trials.run_trials", "--out", "is a file"),
         (["flow", "--out", "{f}/flow"], "lstmlab.analysis.cli.run_study", "--out", "is a file, not a folder"),
         (["bench", "--out", "{f}/b.md"], "lstmlab.bench.run", "--out", "is a file, not a folder"),
         (["bench", "--json", "{d}"], "lstmlab.bench.run", "--json", "exists and is not a file"),

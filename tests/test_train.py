@@ -499,23 +499,28 @@ def test_cli_train_writes_the_json_report(tmp_path, capsys):
 
 
 def test_cli_reproduce_writes_a_table(tmp_path, capsys):
-    assert (
-        cli(["reproduce", "1997", "--tasks", "reber", "--max-sequences", "20", "--no-progress", "--out", str(tmp_path)])
-        == 0
-    )
-    rows = json.loads((tmp_path / "reproduce-1997.json").read_text())["rows"]
-    assert [r["task"] for r in rows] == ["reber"]
-    row = rows[0]
-    assert row["paper_sequences"] == 8_440 and row["lstm_sequences_seen"] == 20 and row["lstm_solved"] is False
-    assert (
-        row["rnn_run"]["cell"] == "rnn-tanh" and abs(row["rnn_run"]["parameters"] - row["lstm_run"]["parameters"]) < 40
-    )
+    """The Reber row's modern and rnn arms, one seed, 20 sequences: real training runs."""
+    argv = ["reproduce", "1997", "--rows", "1-3x2-lr0.5", "--arms", "modern", "rnn", "--seeds", "1", "--budget", "20"]
+    argv += ["--out", str(tmp_path)]
+    assert cli(argv) == 0
+    report = json.loads((tmp_path / "reproduce-1997.json").read_text())
+    assert [(t["row"], t["arm"]) for t in report["table"]] == [("1-3x2-lr0.5", "modern"), ("1-3x2-lr0.5", "rnn")]
+    modern, rnn = report["trials"]
+    assert modern["seen"] == rnn["seen"] == 20 and modern["solved"] is False and modern["test_size"] == 256
+    assert modern["cell"] == "lstm" and rnn["cell"] == "rnn-tanh"
+    assert modern["machine"]["threads"] == 1 and modern["backend"] in ("lstmlab cpu", "lstmlab reference")
     table = (tmp_path / "reproduce-1997.md").read_text()
-    assert "| reber | - | 8,440 | - | not solved in 20 | " in table
+    assert "| 1-3x2-lr0.5 | - | modern | 20 | 1 | 0/1 (0%) | - | 1 at 20 | 100% (30 trials) | 8,440 | " in table
+    assert "lstmlab reproduce 1997 --rows 1-3x2-lr0.5 --arms modern rnn --seeds 1 --budget 20 --out " in table
+    assert (tmp_path / "reproduce-1997-1-3x2-lr0.5.png").exists()
+    assert cli(argv) == 0  # again: nothing to run, the same table
+    assert (tmp_path / "reproduce-1997.md").read_text().split("| row |")[1] == table.split("| row |")[1]
 
 
 def test_ctrl_c_during_reproduce_says_what_happened(tmp_path, monkeypatch, capsys):
     import signal
+
+    import optuna
 
     from lstmlab.cli import main
 
@@ -528,17 +533,15 @@ def test_ctrl_c_during_reproduce_says_what_happened(tmp_path, monkeypatch, capsy
         return out
 
     monkeypatch.setattr(Trainer, "step", step_then_ctrl_c)
+    argv = ["reproduce", "1997", "--rows", "1-3x2-lr0.5", "--arms", "modern", "--seeds", "1", "--budget", "20"]
+    assert main([*argv, "--out", str(tmp_path)]) == 130
     assert (
-        main(
-            ["reproduce", "1997", "--tasks", "reber", "--max-sequences", "20", "--no-progress", "--out", str(tmp_path)]
-        )
-        == 130
-    )
-    assert (
-        "lstmlab reproduce: interrupted: a run stopped at sequence 3; no table was written. Run the "
-        "command again" in capsys.readouterr().err
+        "lstmlab reproduce: interrupted: the trials that finished are kept in the --storage database "
+        "(default: OUT/trials.db); run the same command again to continue" in capsys.readouterr().err
     )
     assert not (tmp_path / "reproduce-1997.md").exists()
+    study = optuna.load_study(study_name="reproduce-1997-budget-20", storage=f"sqlite:///{tmp_path}/trials.db")
+    assert [t.state.name for t in study.get_trials()] == ["FAIL"]  # the interrupted trial, to be run again
 
 
 # ---- the input-gate bias (the 1997 remedy for state drift) and what a run counts ---------

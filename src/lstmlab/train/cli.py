@@ -1,20 +1,21 @@
-"""`lstmlab train TASK ...` and `lstmlab reproduce 1997`; `register(subparsers)` adds both."""
+"""`lstmlab train TASK ...` and `lstmlab reproduce PAPER`; `register(subparsers)` adds both."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import sys
-import time
 from pathlib import Path
 
 from ..cells import CellSpec, get_cell
 from ..cells.spec import OVERRIDABLE
 from ..io import check_writable, write_json
+from ..sweep.storage import shown
 from ..tasks import task_names, task_params
 from .config import TrainConfig
-from .loop import TrainingDiverged, TrainingInterrupted, train
-from .reproduce import ROWS_1997, Budget, markdown, reproduce_1997, write_report
+from .loop import TrainingDiverged, train
+from .reproduce import EXPERIMENTS, reproduce
 
 # --regime fills the optimiser options the user did not give.
 REGIMES = {
@@ -178,27 +179,58 @@ def _train(args) -> int:
     return 0
 
 
+def reproduce_command(args) -> str:
+    """The command line of a `lstmlab reproduce` run, for its report (a password masked)."""
+    parts = ["lstmlab", "reproduce", args.paper]
+    for flag, value in (("--rows", args.rows), ("--arms", args.arms)):
+        if value:
+            parts += [flag, *value]
+    for flag, value, default in (
+        ("--seeds", args.seeds, 10),
+        ("--budget", args.budget, "default"),
+        ("--max-seconds", args.max_seconds, None),
+        ("--storage", args.storage and shown(args.storage), None),
+        ("--study", args.study, None),
+        ("--workers", args.workers, 1),
+        ("--out", args.out, None),
+    ):
+        if value != default:
+            parts += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    return shlex.join(parts)
+
+
 def _reproduce(args) -> int:
-    check_writable(args.out, "--out")
-    budget = Budget(
-        max_sequences=args.max_sequences,
-        max_seconds=args.max_seconds,
-        seed=args.seed,
-        out_dir=str(Path(args.out) / "runs"),
-        progress=False if args.no_progress or args.jobs > 1 else None,
-        flow_every=args.flow_every,
-    )
-    start = time.perf_counter()
+    out = args.out or f"out/reproduce-{args.paper}"
     try:
-        table = reproduce_1997(budget, tasks=tuple(args.tasks) if args.tasks else None, jobs=args.jobs)
-    except TrainingInterrupted as e:  # its advice (--resume) is train's, not ours
+        done = reproduce(
+            args.paper,
+            rows=args.rows,
+            arms=args.arms,
+            seeds=args.seeds,
+            budget=args.budget,
+            storage=args.storage,
+            study=args.study,
+            workers=args.workers,
+            out=out,
+            max_seconds=args.max_seconds,
+            command=reproduce_command(args),
+        )
+    except KeyboardInterrupt:
         raise KeyboardInterrupt(
-            f"a run stopped at sequence {e.sequences:,}; no table was written. "
-            "Run the command again to start the reproduction over"
+            "the trials that finished are kept in the --storage database (default: OUT/trials.db); "
+            "run the same command again to continue"
         ) from None
-    md, js = write_report(table, budget, Path(args.out))
-    print(markdown(table, budget))
-    print(f"written: {md}, {js} ({time.perf_counter() - start:.0f} s in all)")
+    print(done["files"][0].read_text())
+    print(f"written: {', '.join(map(str, done['files']))} ({done['seconds']:.0f} s)")
+    for (row, arm, seed), error in done["errors"].items():
+        print(f"{row} {arm} seed {seed} raised: {error}", file=sys.stderr)
+    if done["missing"]:
+        print(
+            f"lstmlab reproduce: {len(done['missing'])} trials have no result (a trial raised or a worker "
+            "died); run the same command again to run only those",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -263,18 +295,43 @@ def register(subparsers) -> None:
     add_flow_option(p)
     p.set_defaults(func=_train)
 
-    p = subparsers.add_parser("reproduce", help="reproduce a paper's table within a CPU budget")
-    p.add_argument("paper", choices=("1997",))
-    p.add_argument("--tasks", nargs="+", choices=[r.task for r in ROWS_1997], help="a subset of the rows")
-    p.add_argument(
-        "--max-sequences", type=int, help="the budget of every run (default: each row's own, the paper's count)"
+    p = subparsers.add_parser(
+        "reproduce",
+        help="reproduce a paper's experiments over seeds, as resumable trials",
+        description="One trial per (row, arm, seed), stored in an Optuna database: running the same "
+        "command again continues (finished trials are not run again; a trial whose worker died is). "
+        "Writes reproduce-PAPER.md, .json and a figure per row into --out.",
     )
-    p.add_argument("--max-seconds", type=float, default=600.0, help="wall-clock limit of each run")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--jobs", type=int, default=1, help="runs at once, one CPU thread each (default 1: one after another)"
+        "paper",
+        choices=tuple(EXPERIMENTS),
+        help="1997: every row of Hochreiter & Schmidhuber 1997 (arms paper, modern, rnn); gers2000: Gers et "
+        "al. 2000's continual embedded Reber grammar (arms no-forget, forget, forget-decay)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--out", default="out/reproduce-1997", help="where the table and the runs go")
-    add_flow_option(p)
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        metavar="ROW",
+        help="a subset of the rows, e.g. 4-T100 6a (default: all; a wrong name lists them)",
+    )
+    p.add_argument("--arms", nargs="+", metavar="ARM", help="a subset of the arms (default: all)")
+    p.add_argument("--seeds", type=int, default=10, help="trials per row and arm: seeds 0..N-1 (default 10)")
+    p.add_argument(
+        "--budget",
+        default="default",
+        help="sequences (gers2000: training streams) a trial may run: default (each row's, sized for the "
+        "whole reproduction), paper (each row's paper-sized budget) or a number for every row",
+    )
+    p.add_argument("--max-seconds", type=float, help="wall-clock limit of each trial")
+    p.add_argument(
+        "--storage",
+        help="where the trials live: sqlite:///FILE, or postgresql://USER:PASS@HOST/DB for workers on "
+        "many machines (default: sqlite OUT/trials.db)",
+    )
+    p.add_argument(
+        "--study",
+        help="the study's name in --storage (default reproduce-PAPER-budget-BUDGET); another name starts afresh",
+    )
+    p.add_argument("--workers", type=int, default=1, help="processes on this machine, one torch thread each")
+    p.add_argument("--out", help="where the report goes (default out/reproduce-PAPER)")
     p.set_defaults(func=_reproduce)

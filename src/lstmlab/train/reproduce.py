@@ -1,45 +1,36 @@
-"""`lstmlab reproduce 1997`: the 1997 rows that fit a CPU budget, each trained with an
-LSTM and with a tanh RNN of about the same number of weights under the same optimiser
-and budget; a table of the paper's numbers beside ours (markdown and JSON).
+"""`lstmlab reproduce PAPER`: a paper's experiments as trials, one per (row, arm, seed), on
+Optuna storage (lstmlab.train.trials: resumable, any number of workers), and their report
+(lstmlab.train.reproduce_report).
 
-The criterion and the counting are the paper's (each task's judge and stopping rule):
-adding and temporal order count every sequence until the stop, the 2,000-sequence window
-included; lag counts the sequences before its 10,000-sequence check (the paper's check
-ran after training); Reber counts sequences until an evaluation (every `eval_every`) finds
-every training and test string predicted. A batch of n is n sequences.
+    1997      every row of Hochreiter & Schmidhuber 1997 (lstmlab.train.paper1997): the
+              paper's machine ("paper"), today's recipe ("modern"), a tanh RNN ("rnn").
+    gers2000  Gers, Schmidhuber & Cummins 2000 on the continual embedded Reber grammar
+              (lstmlab.train.gers2000): no forget gate, forget gate, forget gate with
+              learning-rate decay; plus both nets' cell states over one stream.
 
-Each row's default budget is the paper's own count (plus the lag check's 10,000), so a
-run that is solved within it needed no more sequences than the paper; the tanh RNN gets
-the same budget. The configurations of adding, temporal order and Reber, found by short searches on
-one CPU thread (seeds 0-3, see ROWS_1997 for the spread), share one recipe:
-
-    cell "lstm" (forget gate, torch's parameterisation), Adam, online or small batches,
-    forget_bias high (3-8: the forget gate starts open, so the cell state carries error
-    back over the whole sequence) and input_bias negative (the 1997 paper's remedy for
-    internal state drift: input gates start nearly shut, so a cell does not integrate
-    every distractor to saturation before it has learned what to store).
-
-Without the two biases Adam learned neither adding nor temporal order in the paper's
-budget (the test error stayed at the target variance). Lag p = 100 needs the paper's own
-net: direct input-to-output weights beside one memory cell that is connected once those
-weights have learned the local predictions (see its row).
+ROWS_1997 below is today's recipe for the rows it was searched on (the modern arm's
+configuration there, with the reasons and the seed spread of the search): cell "lstm"
+(forget gate, torch's parameterisation), Adam, online or small batches, forget_bias high
+(3-8: the forget gate starts open, so the cell state carries error back over the whole
+sequence) and input_bias negative (the 1997 paper's remedy for internal state drift:
+input gates start nearly shut, so a cell does not integrate every distractor to
+saturation before it has learned what to store). Without the two biases Adam learned
+neither adding nor temporal order in the paper's budget. Lag p = 100 needs the paper's
+own net: direct input-to-output weights beside one memory cell that is connected once
+those weights have learned the local predictions (see its row).
 """
 
 from __future__ import annotations
 
 import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from ..cells import get_cell
-from ..io import write_json, write_text
-from ..tasks import make
-from ..tasks.base import Published
+from ..errors import ArgumentError
+from ..io import check_writable
+from ..sweep.storage import check_storage, shown
 from .config import TrainConfig
-from .loop import TrainingDiverged, train
 
 
 @dataclass(frozen=True)
@@ -126,24 +117,6 @@ ROWS_1997 = (
 )
 
 
-@dataclass(frozen=True)
-class Budget:
-    """What every run of a reproduction shares.
-
-    max_sequences: overrides every row's budget (None: each row's own).
-    max_seconds: the wall-clock limit of each run (None: none).
-    seed, out_dir, progress, flow_every: as TrainConfig (out_dir: runs go to
-        out_dir/<row>-<cell>; flow_every: each run's error flow in its flow.json).
-    """
-
-    max_sequences: int | None = None
-    max_seconds: float | None = 600.0
-    seed: int = 0
-    out_dir: str | None = None
-    progress: bool | None = None
-    flow_every: int | None = None
-
-
 def weights(config: TrainConfig, task) -> int:
     """The trained model's weight count: one recurrent layer, the linear readout and the
     skip weights if any."""
@@ -152,198 +125,241 @@ def weights(config: TrainConfig, task) -> int:
     return spec.num_parameters(I, config.hidden_size) + config.hidden_size * K + K + (I * K if config.skip_input else 0)
 
 
-def rnn_hidden_size(lstm: TrainConfig) -> int:
-    """The tanh-RNN hidden size whose model has the number of weights closest to the LSTM's."""
-    task = make(lstm.task, **lstm.task_params)
-    target = weights(lstm, task)
-    rnn = replace(lstm, cell="rnn-tanh", cell_options={}, forget_bias=None, input_bias=None)
-    return min(range(1, 1025), key=lambda h: abs(weights(replace(rnn, hidden_size=h), task) - target))
+# ---- what `lstmlab reproduce PAPER` runs ---------------------------------------------------
+@dataclass(frozen=True)
+class Paper:
+    """The paper's numbers beside a (row, arm): the fraction of its trials that met the
+    criterion (0-1) and how many trials it ran, its count (sequences, mean over its
+    trials), wrong test sequences of test_size; None where the paper gives none."""
+
+    fraction: float | None = None
+    sequences: int | None = None
+    test_errors: int | None = None
+    test_size: int | None = None
+    trials: int | None = None
 
 
-def row_name(row: Row) -> str:
-    return "-".join([row.task] + [f"{k}{v}" for k, v in row.params.items()])
+@dataclass(frozen=True)
+class Experiment:
+    """A paper's reproduction: its rows (in the table's order), arms, the trial function
+    ("module:function", called with (row, arm, seed, max_sequences, max_seconds)), each
+    (row, arm)'s budget by name ({(row, arm): {"default": n, "paper": n}}), each row's
+    setting in words, the paper's numbers ({(row, arm): Paper}), what success means and
+    what a count counts (for the report), and "module:function" writing extra figures into
+    a folder (or None)."""
+
+    name: str
+    title: str
+    rows: tuple[str, ...]
+    arms: tuple[str, ...]
+    trial: str
+    budgets: dict
+    settings: dict
+    published: dict
+    criterion: str
+    success: str = "sequences"  # what a solved trial's count counts
+    figures: str | None = None
 
 
-def configs(row: Row, budget: Budget) -> tuple[TrainConfig, TrainConfig]:
-    """The LSTM and the tanh-RNN config of one row: same optimiser, budget and seed."""
-    lstm = TrainConfig(
-        row.task,
-        row.params,
-        eval_every=row.eval_every,
-        max_sequences=budget.max_sequences or row.budget,
-        max_seconds=budget.max_seconds,
-        seed=budget.seed,
-        progress=budget.progress,
-        flow_every=budget.flow_every,
-        **row.lstm,
+BUDGETS = ("default", "paper")
+
+
+def _paper_1997() -> Experiment:
+    from . import paper1997 as p
+
+    published = {}
+    for r in p.ROWS:
+        wrong, size = r.paper_test or (None, None)
+        for arm in p.ARMS:
+            published[(r.name, arm)] = Paper(r.paper_success, r.paper_sequences, wrong, size, r.paper_trials)
+    return Experiment(
+        name="1997",
+        title="Hochreiter & Schmidhuber 1997",
+        rows=p.ROW_NAMES,
+        arms=p.ARMS,
+        trial="lstmlab.train.paper1997:run_trial",
+        budgets={(r.name, a): {b: p.trial_budget(r, b, a) for b in BUDGETS} for r in p.ROWS for a in p.ARMS},
+        settings={r.name: ", ".join(f"{k}={v}" for k, v in r.params.items()) or "-" for r in p.ROWS},
+        published=published,
+        criterion=(
+            "each row's stopping rule, counted as the paper did: where the criterion was a window of "
+            "training sequences it also stopped on (adding, multiplication, temporal order) the window "
+            "counts; where it was a check after training (2a-2c) it does not; where it was an evaluation "
+            "on fixed sets (Reber, 3a-3c) the count is the sequences seen at the first evaluation that met it"
+        ),
     )
-    rnn = replace(
-        lstm,
-        cell="rnn-tanh",
-        cell_options={},
-        init="torch",
-        forget_bias=None,
-        input_bias=None,
-        hidden_size=rnn_hidden_size(lstm),
+
+
+GERS_ROW = "continual-reber"
+
+
+def gers_trial(row: str, arm: str, seed: int, max_sequences: int | None, max_seconds: float | None) -> dict:
+    """One net of Gers 2000 (lstmlab.train.gers2000.run_gers_trial) in the result format
+    of `lstmlab reproduce`: solved = a perfect solution, sequences = seen = the training
+    streams run; max_sequences is the most training streams."""
+    from .gers2000 import run_gers_trial
+
+    r = run_gers_trial(arm, seed, max_sequences, max_seconds)
+    return {**r, "row": row, "solved": r["perfect"], "sequences": r["streams"], "seen": r["streams"]}
+
+
+def gers_cell_states(out: Path) -> list[Path]:
+    """The paper's evidence of why: both nets' cell states over one continual stream."""
+    from .gers2000 import cell_state_traces, plot_cell_states
+
+    path = out / "reproduce-gers2000-cell-states.png"
+    plot_cell_states(cell_state_traces(), path)
+    return [path]
+
+
+def _gers_2000() -> Experiment:
+    from . import gers2000 as g
+
+    return Experiment(
+        name="gers2000",
+        title="Gers, Schmidhuber & Cummins 2000 (continual embedded Reber grammar)",
+        rows=(GERS_ROW,),
+        arms=g.ARMS,
+        trial="lstmlab.train.reproduce:gers_trial",
+        budgets={(GERS_ROW, a): dict(zip(BUDGETS, (g.DEFAULT_STREAMS, g.PAPER_STREAMS))) for a in g.ARMS},
+        settings={GERS_ROW: "-"},
+        published={(GERS_ROW, arm): Paper(fraction=g.PUBLISHED[arm]) for arm in g.ARMS},
+        criterion=(
+            "a perfect solution: after a training stream (to its first wrong prediction, or 10^6 "
+            "symbols), 10 test streams of 100,000 symbols all predicted without an error"
+        ),
+        success="streams",
+        figures="lstmlab.train.reproduce:gers_cell_states",
     )
-    if budget.out_dir is None:
-        return lstm, rnn
-    out = Path(budget.out_dir)
-    return tuple(replace(c, out_dir=str(out / f"{row_name(row)}-{c.cell}")) for c in (lstm, rnn))
 
 
-def run_one(config: TrainConfig) -> dict:
-    """One run's result.json fields plus wall_total (training and test, seconds)."""
-    start = time.perf_counter()
-    try:
-        result = train(config, overwrite=True).to_dict()  # a reproduction starts every run afresh
-    except TrainingDiverged as e:
-        result = {"diverged": str(e), "solved": False, "cell": config.cell}
-    return {**result, "wall_total": round(time.perf_counter() - start, 1)}
+EXPERIMENTS = {"1997": _paper_1997, "gers2000": _gers_2000}
 
 
-def _one_thread() -> None:
-    torch.set_num_threads(1)
+def experiment(paper: str) -> Experiment:
+    if paper not in EXPERIMENTS:
+        raise ArgumentError(f"paper={paper!r} is not a reproduction; allowed: {', '.join(EXPERIMENTS)}")
+    return EXPERIMENTS[paper]()
 
 
-def paper_row(row: Row) -> Published | None:
-    for p in make(row.task, **row.params).published:
-        if all(row.params.get(k) == v for k, v in p.setting.items()):
-            return p
-    return None
+def _names(option: str, given, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+    if given is None:
+        return allowed
+    given = tuple(given)
+    unknown = [g for g in given if g not in allowed]
+    if unknown or not given:
+        raise ArgumentError(f"{option} {' '.join(unknown) or '(none)'}: not {what}; allowed: {', '.join(allowed)}")
+    return tuple(a for a in allowed if a in given)  # the table's order
 
 
-def reproduce_1997(budget: Budget = Budget(), tasks: tuple[str, ...] | None = None, jobs: int = 1) -> list[dict]:
-    """Train every row (or those of `tasks`) with an LSTM and a tanh RNN; one dict a row.
+def budget_of(exp: Experiment, row: str, arm: str, budget) -> int:
+    """A (row, arm)'s max_sequences under --budget (default, paper or a number)."""
+    return budget if isinstance(budget, int) else exp.budgets[(row, arm)][budget]
 
-    jobs: runs at once, each in its own process on one thread; jobs=1 runs them one after
-    another in this process, also on one thread (the setting is restored afterwards).
+
+def check_budget(budget):
+    """--budget: "default", "paper" or a positive int (also as a string)."""
+    if isinstance(budget, str) and budget.isdigit():
+        budget = int(budget)
+    if isinstance(budget, bool) or not (budget in BUDGETS or (isinstance(budget, int) and budget > 0)):
+        raise ArgumentError(f"--budget {budget!r} is invalid; allowed: default, paper or a number of sequences > 0")
+    return budget
+
+
+def check_count(option: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ArgumentError(f"{option} {value!r} is invalid; allowed: an int >= 1")
+    return value
+
+
+def default_storage(out: Path) -> str:
+    return f"sqlite:///{(out / 'trials.db').resolve()}"
+
+
+def reproduce(
+    paper: str,
+    rows=None,
+    arms=None,
+    seeds: int = 10,
+    budget="default",
+    storage: str | None = None,
+    study: str | None = None,
+    workers: int = 1,
+    out=None,
+    max_seconds: float | None = None,
+    trial: str | None = None,
+    command: str | None = None,
+    heartbeat: int = 10,
+    grace: int = 120,
+    log=print,
+) -> dict:
+    """Run (or continue) a reproduction and write its report into `out`.
+
+    One Optuna trial per (row, arm, seed), seeds 0..seeds-1; trials with a result in
+    `storage` (default: sqlite `out`/trials.db; out default: out/reproduce-PAPER) are not
+    run again. rows, arms: subsets
+    (None: all). budget: "default", "paper" (each row's and arm's) or max_sequences for all.
+    study: the study's name in storage (default reproduce-PAPER-budget-BUDGET).
+    workers: processes, one torch thread each. command: the command line, for the report.
+    trial: "module:function" in place of the paper's trial function (tests). heartbeat,
+    grace: see lstmlab.train.trials.TrialSet.
+    Returns {"table", "files", "missing", "errors", "seconds"}: missing are the keys
+    without a result (a trial raised or a worker died; the same call runs them again).
     """
-    rows = [r for r in ROWS_1997 if tasks is None or r.task in tasks]
-    runs = [c for r in rows for c in configs(r, budget)]
-    if jobs > 1:
-        with ProcessPoolExecutor(jobs, initializer=_one_thread) as pool:
-            results = list(pool.map(run_one, runs))
-    else:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            results = [run_one(c) for c in runs]
-        finally:
-            torch.set_num_threads(threads)
-    return [
-        table_row(row, runs[2 * i], runs[2 * i + 1], results[2 * i], results[2 * i + 1]) for i, row in enumerate(rows)
-    ]
+    from .reproduce_report import summarise, write_report
+    from .trials import TrialSet, budget_key, resolve, run_trials, trial_errors
 
-
-def table_row(row: Row, lstm_config: TrainConfig, rnn_config: TrainConfig, lstm: dict, rnn: dict) -> dict:
-    paper = paper_row(row)
-    tested = lambda r: None if r.get("test_size") is None else f"{r['test_errors']}/{r['test_size']}"
-    ours = lstm.get("sequences_to_success") if lstm["solved"] else None
+    exp = experiment(paper)
+    rows = _names("--rows", rows, exp.rows, f"a row of {paper}")
+    arms = _names("--arms", arms, exp.arms, f"an arm of {paper}")
+    check_count("--seeds", seeds)
+    check_count("--workers", workers)
+    budget = check_budget(budget)
+    if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
+        raise ArgumentError(f"--max-seconds {max_seconds!r} is invalid; allowed: a number > 0")
+    out = check_writable(out or f"out/reproduce-{paper}", "--out")
+    if storage is not None:
+        check_storage(storage, option="--storage", workers=workers)
+    out.mkdir(parents=True, exist_ok=True)
+    storage = storage or default_storage(out)
+    limits = {budget_key(row, arm): budget_of(exp, row, arm, budget) for row in rows for arm in arms}
+    ts = TrialSet(
+        storage=storage,
+        study=study or f"reproduce-{paper}-budget-{budget}",
+        keys=tuple((row, arm, seed) for row in rows for arm in arms for seed in range(seeds)),
+        trial=trial or exp.trial,
+        max_sequences=limits,
+        max_seconds=max_seconds,
+        identity={"paper": paper, "budget": budget, "max_seconds": max_seconds, "max_sequences": limits},
+        heartbeat=heartbeat,
+        grace=grace,
+    )
+    start = time.perf_counter()
+    done = run_trials(ts, workers=workers, log=log)
+    table = summarise(exp, ts.keys, done, limits)
+    meta = {
+        "paper": paper,
+        "title": exp.title,
+        "budget": budget,
+        "max_sequences": limits,
+        "max_seconds": max_seconds,
+        "seeds": seeds,
+        "storage": shown(storage),
+        "study": ts.study,
+        "criterion": exp.criterion,
+        "command": command,
+    }
+    meta["wall_seconds"] = round(time.perf_counter() - start, 1)
+    files = write_report(exp, table, done, meta, out)
+    if exp.figures:
+        files += resolve(exp.figures)(out)
     return {
-        "task": row.task,
-        "setting": row.params,
-        "paper_sequences": paper.sequences if paper else None,
-        "paper_test_errors": None
-        if paper is None or paper.test_errors is None
-        else f"{paper.test_errors}/{paper.test_size}",
-        "lstm_solved": lstm["solved"],
-        "lstm_sequences": ours,
-        "lstm_sequences_seen": lstm.get("sequences_seen"),
-        "fewer_than_paper": None if ours is None or not paper or paper.sequences is None else ours < paper.sequences,
-        "lstm_test_errors": tested(lstm),
-        "rnn_learned": rnn["solved"],
-        "rnn_sequences_seen": rnn.get("sequences_seen"),
-        "rnn_test_errors": tested(rnn),
-        "lstm_hidden": lstm_config.hidden_size,
-        "rnn_hidden": rnn_config.hidden_size,
-        "lstm_wall_seconds": lstm["wall_total"],
-        "rnn_wall_seconds": rnn["wall_total"],
-        "why": row.why,
-        "lstm_config": lstm_config.resolved().to_dict(),
-        "rnn_config": rnn_config.resolved().to_dict(),
-        "lstm_run": lstm,
-        "rnn_run": rnn,
+        "table": table,
+        "files": files,
+        "missing": [k for k in ts.keys if k not in done],
+        "errors": trial_errors(ts),
+        "seconds": meta["wall_seconds"],
     }
 
 
-def describe(c: dict) -> str:
-    """A TrainConfig dict in a few words: cell, size, biases, optimiser."""
-    options = ",".join(f"{k}={v}" for k, v in c.get("cell_options", {}).items())
-    parts = [f"{c['cell']}" + (f"[{options}]" if options else "") + f" H={c['hidden_size']}"]
-    parts += [
-        f"{name} {c[key]:g}"
-        for key, name in [("forget_bias", "forget bias"), ("input_bias", "input bias")]
-        if c.get(key) is not None
-    ]
-    if c.get("skip_input"):
-        parts.append(
-            "input-to-output weights"
-            + (f", cell connected after {c['connect_after']:,} sequences" if c.get("connect_after") else "")
-        )
-    parts.append(f"{c['optimizer']} lr {c['lr']:g}, batch {c['batch_size']}")
-    parts += [f"{key.replace('_', ' ')} {c[key]:g}" for key in ("momentum", "clip_norm", "clip_value") if c.get(key)]
-    if c["optimizer"] == "sgd" or c["loss_steps"] != "mean":
-        parts.append(f"loss {c['loss_steps']}")
-    return ", ".join(parts)
-
-
-def markdown(table: list[dict], budget: Budget) -> str:
-    limit = (
-        "each row's own budget (the paper's count)"
-        if budget.max_sequences is None
-        else f"{budget.max_sequences:,} sequences"
-    )
-    if budget.max_seconds:
-        limit += f", at most {budget.max_seconds:g} s a run"
-    lines = [
-        f"# Hochreiter & Schmidhuber 1997, reproduced (seed {budget.seed}; {limit})",
-        "",
-        "| task | setting | paper: sequences | paper: test errors | LSTM: sequences | LSTM: test errors "
-        "| tanh RNN learned it (same budget) | wall s (LSTM / RNN) | LSTM config |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in table:
-        if r["lstm_solved"]:
-            ours = f"{r['lstm_sequences']:,}"
-        elif "diverged" in r["lstm_run"]:
-            ours = "diverged"
-        else:
-            ours = f"not solved in {r['lstm_sequences_seen']:,}"
-        setting = ", ".join(f"{k}={v}" for k, v in r["setting"].items()) or "-"
-        paper = f"{r['paper_sequences']:,}" if r["paper_sequences"] else "-"
-        if "diverged" in r["rnn_run"]:
-            rnn = "diverged"
-        elif r["rnn_learned"]:
-            rnn = "yes"
-        else:
-            rnn = f"no ({r['rnn_sequences_seen']:,} seen" + (
-                f"; test {r['rnn_test_errors']} wrong)" if r["rnn_test_errors"] else ")"
-            )
-        lines.append(
-            f"| {r['task']} | {setting} | {paper} | {r['paper_test_errors'] or '-'} | {ours} "
-            f"| {r['lstm_test_errors'] or '-'} | {rnn}, H={r['rnn_hidden']} "
-            f"| {r['lstm_wall_seconds']:g} / {r['rnn_wall_seconds']:g} | {describe(r['lstm_config'])} |"
-        )
-    lines += [
-        "",
-        "Sequences are training sequences until the paper's criterion held, counted as the paper "
-        "did: adding and temporal order include the 2,000-sequence stopping window; lag excludes its "
-        "10,000-sequence check (the paper ran it after training); Reber counts to the evaluation that "
-        "found every training and test string right. The tanh RNN (rnn-tanh, torch init) has about the "
-        "LSTM's number of weights and the same optimiser, input-to-output weights, seed and budget. "
-        "Test errors: wrong test "
-        "sequences by the paper's criterion after training, solved or not.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(table: list[dict], budget: Budget, out: Path) -> tuple[Path, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    md, js = out / "reproduce-1997.md", out / "reproduce-1997.json"
-    write_text(md, markdown(table, budget))
-    write_json(js, {"budget": asdict(budget), "rows": table})
-    return md, js
-
-
-__all__ = ["Budget", "ROWS_1997", "Row", "configs", "markdown", "reproduce_1997", "write_report"]
+__all__ = ["EXPERIMENTS", "ROWS_1997", "Experiment", "Paper", "Row", "experiment", "gers_trial", "reproduce", "weights"]
