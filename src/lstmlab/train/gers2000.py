@@ -196,7 +196,7 @@ def run_gers_trial(
         budget = max_streams
     else:
         raise ArgumentError(f"max_streams={max_streams!r} is invalid; allowed: 'default', 'paper' or an int >= 1")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     machine = gers_machine(arm, seed)
     train = ReberStream(torch.Generator().manual_seed(seed * 1000))
     decay = DECAY if arm == "forget-decay" else None
@@ -224,6 +224,7 @@ def run_gers_trial(
         "test_length": test_length,
         "weights": machine.num_weights,
         "wall_seconds": round(time.perf_counter() - start, 3),
+        "cpu_seconds": round(time.process_time() - cpu_start, 3),
         "backend": f"Machine1997 {machine.backend}",
         "machine": _machine_label(),
         "paper_fraction": PUBLISHED[arm],

@@ -814,7 +814,7 @@ def run_trial(
     if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
         raise ArgumentError(f"max_seconds={max_seconds!r} is invalid; allowed: a number > 0 or None")
     budget = trial_budget(row, max_sequences, arm)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -838,6 +838,7 @@ def run_trial(
         **result,
         "criterion_reachable": budget > row.make_task().stopping_rule().confirmation,
         "wall_seconds": round(time.perf_counter() - start, 3),
+        "cpu_seconds": round(time.process_time() - cpu_start, 3),
         "machine": _machine_label(),
         "paper_sequences": row.paper_sequences,
         "paper_test": None if row.paper_test is None else list(row.paper_test),

@@ -139,10 +139,12 @@ def markdown(exp, table: list[dict], done: dict, meta: dict) -> str:
     if meta.get("command"):
         lines += ["```sh", meta["command"], "```", ""]
     trials_time = sum(r.get("wall_seconds") or 0 for r in done.values())
+    trials_cpu = sum(r.get("cpu_seconds") or 0 for r in done.values())
     lines += [
         f"Seeds 0-{meta['seeds'] - 1} for every row and arm; budget: {limit}. Wall time of the last "
         f"command: {meta['wall_seconds']:,.0f} s; the trials' own time, all commands, all workers: "
-        f"{trials_time:,.0f} s. Trials stored in {meta['storage']} (study {meta['study']!r}).",
+        f"{trials_time:,.0f} s ({trials_cpu:,.0f} CPU s: on a machine shared with other work, the CPU time is "
+        f"what the trials would take alone). Trials stored in {meta['storage']} (study {meta['study']!r}).",
         "",
         f"| row | setting | arm | budget | trials | met the criterion | {word} to success: median (min-max) "
         f"| unsolved: {word} run | paper: fraction of its trials | paper: {word} | test errors: median (min-max) "
