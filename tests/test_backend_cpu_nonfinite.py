@@ -10,7 +10,9 @@ import lstmlab
 from conftest import TOL
 from lstmlab.backends import cpu, reference
 
-CELLS = lstmlab.cell_names()
+# the kinds the kernel runs (slstm, minlstm, mingru have no kernel yet, issue #13: the cpu
+# backend hands them to the reference backend)
+CELLS = [c for c in lstmlab.cell_names() if lstmlab.get_cell(c).kind in cpu.KERNEL_KINDS]
 VALUES = {"nan": float("nan"), "+inf": float("inf"), "-inf": float("-inf")}
 T, B, I, H = 4, 3, 3, 5
 
