@@ -20,6 +20,7 @@ from .options import check_bool, check_int, check_number, resolve_spec
 
 INITS = ("torch", "1997")
 # torch.nn.RNNBase.mode for each kind of cell (plain RNNs: "RNN_" + the activation).
+_TORCH_KINDS = ("rnn", "lstm", "gru")  # the kinds of cell torch.nn has layers of
 _MODES = {"lstm": "LSTM", "gru": "GRU", "slstm": "SLSTM", "minlstm": "MINLSTM", "mingru": "MINGRU"}
 _DROPOUT_WARNING = (
     "dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
@@ -326,10 +327,8 @@ class Recurrent(nn.Module):
             shape = tuple((input.data if isinstance(input, PackedSequence) else input).shape)
             raise InputError(f"input has {x.shape[-1]} features (shape {shape}); expected input_size={self.input_size}")
         if x.shape[0] == 0:
-            raise InputError(
-                f"input has 0 time steps (shape {tuple(input.shape)}); expected at least 1, "
-                f"as torch.nn.{self.mode.split('_')[0]} does"
-            )
+            torch_says = f", as torch.nn.{self.mode.split('_')[0]} does" if self.spec.kind in _TORCH_KINDS else ""
+            raise InputError(f"input has 0 time steps (shape {tuple(input.shape)}); expected at least 1{torch_says}")
         if x.device != w.device:
             raise InputError(f"input is on {x.device} but the parameters are on {w.device}")
         return x, lengths, batched
