@@ -14,13 +14,12 @@ weight_hh, bias_hh): the names of Recurrent's layer 0 without the "_l0".
 from __future__ import annotations
 
 import math
-from dataclasses import fields
 
 import torch
 from torch import nn
 
 from .backends import _autocast_dtype, reference
-from .backends.reference import CellParams
+from .backends.reference import PARAM_NAMES, CellParams
 from .cells import CellSpec, cell_names, get_cell
 from .errors import ArgumentError, InputError, InputTypeError
 from .options import check_bool, check_int
@@ -80,7 +79,7 @@ class _Cell(nn.Module):
             w.uniform_(-bound, bound)
 
     def cell_params(self) -> CellParams:
-        return CellParams(**{f.name: getattr(self, f.name, None) for f in fields(CellParams)})
+        return CellParams(**{n: getattr(self, n, None) for n in PARAM_NAMES})
 
     def _step(self, input, hx) -> tuple[torch.Tensor, ...]:
         """Check the input and state as torch does, then one reference step."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from dataclasses import fields
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +12,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from .backends import backend_names, get_backend, run_layer
-from .backends.reference import CellParams, zero_state
+from .backends.reference import PARAM_NAMES, CellParams, zero_state
 from .cells import CellSpec
 from .errors import ArgumentError, InputError, InputTypeError
 from .options import check_bool, check_int, check_number, resolve_spec
@@ -252,7 +251,7 @@ class Recurrent(nn.Module):
     def cell_params(self, layer: int, direction: int = 0) -> CellParams:
         """The parameters of one layer and direction (views, not copies)."""
         sfx = self._suffixes()[direction]
-        return CellParams(**{f.name: getattr(self, f"{f.name}_l{layer}{sfx}", None) for f in fields(CellParams)})
+        return CellParams(**{n: getattr(self, f"{n}_l{layer}{sfx}", None) for n in PARAM_NAMES})
 
     # ---- forward -----------------------------------------------------------------------
     def forward(self, input, hx=None):
@@ -340,12 +339,11 @@ class Recurrent(nn.Module):
         if hx is None:
             # the default state, with the learned initial states (learn_init) in their places
             z = zero_state(spec, B, self.hidden_size, x, self.proj_size)
-            full = [
-                learned.unsqueeze(1).expand(-1, B, -1)
-                if (learned := getattr(self, f"initial_{s}", None)) is not None
-                else t.unsqueeze(0).expand(LD, -1, -1)
-                for s, t in zip(spec.state_names, z)
-            ]
+            full = []
+            for s, t in zip(spec.state_names, z):
+                learned = getattr(self, f"initial_{s}", None)
+                default = t.unsqueeze(0).expand(LD, -1, -1)
+                full.append(default if learned is None else learned.unsqueeze(1).expand(-1, B, -1))
         else:
             names = [f"{s}_0" for s in spec.state_names]
             if len(names) == 1:

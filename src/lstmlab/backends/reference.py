@@ -49,6 +49,11 @@ class CellParams:
     weight_hr: torch.Tensor | None = None
 
 
+# CellParams's field names, the names CellSpec.param_shapes uses (a constant: torch.compile
+# does not trace dataclasses.fields)
+PARAM_NAMES: tuple[str, ...] = tuple(CellParams.__dataclass_fields__)
+
+
 def input_projection(p: CellParams, x: torch.Tensor) -> torch.Tensor:
     """W x + b_ih for all steps at once: (..., I) -> (..., G*H)."""
     out = x @ p.weight_ih.t()
