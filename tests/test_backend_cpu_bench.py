@@ -118,7 +118,7 @@ def test_force_split_forces_groups_or_slices_and_restores():
     "args,pattern",
     [
         (["--shape", "1,2,3"], r"--shape '1,2,3' is invalid"),
-        (["--cells", "lsmt"], r"--cells lsmt: not registered"),
+        (["--cells", "lsmt"], r"--cells lsmt: not a registered cell the cpu backend computes"),
         (["--rounds", "0"], r"--rounds 0 / --reference-rounds 2 is invalid"),
         (["--variant", "CHUNK_STEPS"], r"--variant 'CHUNK_STEPS' is invalid; allowed: NAME=VALUE"),
         (["--variant", "CHUNK=2"], r"--variant 'CHUNK=2': tuning CHUNK=2: unknown; allowed: SMALL_GEMM_LIMIT"),

@@ -219,7 +219,7 @@ def test_projection_errors():
     none, idx = torch.zeros(0, dtype=DT), torch.zeros(0, dtype=torch.long)
     with pytest.raises(RuntimeError, match="bad weight_hr shape"):
         ext.forward(
-            pl.cfg,
+            ext.Cell(**pl.cfg),
             pl.bounds,
             1,
             x.detach(),

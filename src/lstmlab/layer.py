@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from .backends import backend_names, get_backend, run_layer
+from .backends import backend_names, check_supports, get_backend, run_layer
 from .backends.reference import PARAM_NAMES, CellParams, zero_state
 from .cells import CellSpec
 from .errors import ArgumentError, InputError, InputTypeError
@@ -144,6 +144,8 @@ class Recurrent(nn.Module):
             cell, hidden_size, proj_size, bias, truncate, forget_bias, input_bias, return_cell_states, cell_options
         )
 
+        if backend != "auto":
+            check_supports(backend, spec)
         self.spec = spec
         self.mode = _MODES.get(spec.kind) or f"RNN_{spec.activation.upper()}"
         if spec.kind == "rnn":
@@ -265,7 +267,7 @@ class Recurrent(nn.Module):
         x, lengths, batched = self._prepare_input(input)
         T, B, _ = x.shape
         states = self._initial_states(hx, B, batched, x)
-        backend = get_backend(self.backend if probe is None else "reference", x.device.type)
+        backend = get_backend(self.backend if probe is None else "reference", x.device.type, self.spec)
         D = self.num_directions
         finals, layer_in, cells = [], x, None
         for k in range(self.num_layers):

@@ -49,10 +49,8 @@ def gradient_flow(model, x, loss_fn, hx=None, layer: int = 0, direction: int = 0
             f"layer={layer}, direction={direction} is invalid; the model has "
             f"{model.num_layers} layers and {model.num_directions} directions"
         )
-    backend = get_backend(model.backend, x.device.type)
-    # the cpu kernel hands the norms back for the kinds it runs; the others (issue #13's
-    # slstm, minlstm, mingru) run on the reference backend, through the hooks
-    if hasattr(backend, "GradNorms") and model.spec.kind in ("rnn", "gru", "lstm"):
+    backend = get_backend(model.backend, x.device.type, model.spec)
+    if hasattr(backend, "GradNorms"):
         with backend.GradNorms() as rec, torch.enable_grad():
             loss = loss_fn(model(x, hx)[0])
             loss.backward()

@@ -1,9 +1,17 @@
 """Backends by name. Each runs one layer and direction over a whole sequence with the
 signature of `reference.run_layer`, and must match the reference forward and backward.
 
-A backend module exposes `available() -> (bool, reason)` and `run_layer(...)`. Layers call
-them through `run_layer(backend, ...)` here, which applies torch's CPU autocast rule for
-recurrent layers (the same on every backend).
+A backend module exposes
+    available() -> (bool, reason)          whether it can run at all here (never raises);
+    supports(spec) -> (bool, reason)       whether it computes this CellSpec (never raises;
+                                           the reference backend computes every cell);
+    run_layer(spec, p, x, state, ...)      reference.run_layer's contract.
+Layers find theirs with `get_backend(name, device_type, spec)`: an explicit name that is
+unavailable, or that does not support the cell, raises; "auto" takes the first backend of
+its preference that is available and supports the cell, and warns once per backend and cell
+when it passes one over for the cell. Layers call it through `run_layer(backend, ...)`
+here, which applies torch's CPU autocast rule for recurrent layers (the same on every
+backend).
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ from dataclasses import fields
 from types import ModuleType
 
 import torch
+
+from ..errors import ArgumentError
 
 # name -> module, in order of preference for backend="auto" on CPU.
 _MODULES = {"reference": f"{__name__}.reference", "cpu": f"{__name__}.cpu"}
@@ -35,34 +45,71 @@ def availability() -> dict[str, tuple[bool, str]]:
     return out
 
 
-def get_backend(name: str, device_type: str = "cpu") -> ModuleType:
-    """The backend module for `name` ("auto" picks the fastest available one)."""
-    return _LOADED[_resolve(name, device_type)]
+def get_backend(name: str, device_type: str = "cpu", spec=None) -> ModuleType:
+    """The backend module for `name` ("auto" picks the fastest available one that supports
+    `spec`, a CellSpec; None: any cell). An explicit name that cannot run `spec` raises
+    ArgumentError naming the cell, the backend and the reason."""
+    return _LOADED[_resolve(name, device_type, spec)]
 
 
 # Imported backend modules by name. torch.compile and torch.export take the name chosen when
 # they trace as a constant (choosing imports modules and may build the extension: not for
 # tracing) and find the module here.
 _LOADED: dict[str, ModuleType] = {}
+# (backend, id(spec)) -> (spec, supports(spec)): keyed by identity, which costs no hash of the
+# spec's fields per call (the spec is kept, so its id is not reused); and the (backend, spec)
+# pairs "auto" has warned about.
+_SUPPORTS: dict[tuple[str, int], tuple] = {}
+_WARNED: set[tuple] = set()
+
+
+def _supports(name: str, spec) -> tuple[bool, str]:
+    if spec is None or name == "reference":
+        return True, ""
+    got = _SUPPORTS.get((name, id(spec)))
+    if got is None or got[0] is not spec:
+        got = _SUPPORTS[(name, id(spec))] = (spec, importlib.import_module(_MODULES[name]).supports(spec))
+    return got[1]
+
+
+def check_supports(name: str, spec) -> None:
+    """Raise ArgumentError if backend `name` (not "auto") does not compute cell `spec`,
+    naming the cell, the backend and the reason."""
+    ok, why = _supports(name, spec)
+    if not ok:
+        raise ArgumentError(
+            f"backend={name!r} cannot run cell {spec.name!r}: {why}; allowed for this cell: "
+            "backend='reference' (or 'auto', which picks a backend that can)"
+        )
 
 
 @torch.compiler.assume_constant_result
-def _resolve(name: str, device_type: str) -> str:
+def _resolve(name: str, device_type: str, spec=None) -> str:
     """The name of the backend get_backend returns, its module imported into _LOADED."""
     if name == "auto":
         chosen = "reference"
         for cand in _PREFERENCE_CPU if device_type == "cpu" else ():
             ok, why = availability()[cand]
+            if not ok:
+                warnings.warn(f"lstmlab: backend {cand!r} unavailable ({why}); using 'reference'", stacklevel=4)
+                continue
+            ok, why = _supports(cand, spec)
             if ok:
                 chosen = cand
                 break
-            warnings.warn(f"lstmlab: backend {cand!r} unavailable ({why}); using 'reference'", stacklevel=4)
+            if (cand, spec) not in _WARNED:
+                _WARNED.add((cand, spec))
+                warnings.warn(
+                    f"lstmlab: backend {cand!r} cannot run cell {spec.name!r} ({why}); using 'reference' for it",
+                    stacklevel=4,
+                )
     else:
         if name not in _MODULES:
             raise ValueError(f"backend={name!r} is not a backend; valid: 'auto', {', '.join(map(repr, _MODULES))}")
         ok, why = availability()[name]
         if not ok:
             raise RuntimeError(f"backend={name!r} is unavailable: {why}")
+        check_supports(name, spec)
         chosen = name
     _LOADED[chosen] = importlib.import_module(_MODULES[chosen])
     return chosen

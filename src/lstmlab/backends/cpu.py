@@ -52,14 +52,13 @@ eager runs only: a traced or compiled run inside its block raises.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import functools
 import itertools
 import os
 import warnings
 import weakref
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import torch
@@ -67,8 +66,10 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_
 
 from ..cells import CellSpec
 from . import reference
-from .csrc.layout import _KIND as KERNEL_KINDS
-from .csrc.layout import check_activations
+from .csrc.boundary import ADMITTED, admit, check_kernel
+from .csrc.boundary import spec_key as _spec_key
+from .csrc.boundary import spec_of as _spec_of
+from .csrc.boundary import supports as _kernel_supports
 from .csrc.layout import plan as layout_plan
 from .reference import CellParams, State
 
@@ -77,24 +78,30 @@ DTYPES = (torch.float32, torch.float64)
 # ---- building and loading the extension ------------------------------------------------
 _ext = None
 _ext_error: str | None = None
-_ext_lacks: frozenset[str] = frozenset()  # activations of lstmlab.cells.ACTIVATIONS the kernel does not know
 
 
 def _extension():
     """The compiled module; raises RuntimeError with the reason if it cannot be had."""
-    global _ext, _ext_error, _ext_lacks
+    global _ext, _ext_error
     if _ext is None and _ext_error is None:
         from . import csrc
 
         try:
             ext = csrc.load()
-            _ext_lacks = check_activations(dict(ext.activations))
+            check_kernel(ext)
             _ext = ext
         except csrc.BuildError as e:
             _ext_error = str(e)
     if _ext is None:
         raise RuntimeError(_ext_error)
     return _ext
+
+
+def supports(spec: CellSpec) -> tuple[bool, str]:
+    """(True, "") if the kernel computes this cell, else (False, why) (csrc/boundary.py:
+    its kind, forget mode and activations, and no CellSpec field it does not know). Needs
+    no extension; never raises."""
+    return _kernel_supports(spec)
 
 
 def available() -> tuple[bool, str]:
@@ -303,22 +310,6 @@ class Config(NamedTuple):
         return cls(*config[:5], tuple(config[5:10]), tuple(config[10:]))
 
 
-# The CellSpec fields that define the maths (not its name, summary or torch twin).
-_SPEC_FIELDS = tuple(f.name for f in fields(CellSpec) if f.name not in ("name", "summary", "torch_module"))
-
-
-def _spec_key(spec: CellSpec) -> str:
-    """The cell as the operators' string: "kind='lstm',activation='tanh',...,truncate=False"
-    (plain string building, which torch.compile traces)."""
-    return ",".join(f"{k}={getattr(spec, k)!r}" for k in _SPEC_FIELDS)
-
-
-@functools.lru_cache(maxsize=256)
-def _spec_of(key: str) -> CellSpec:
-    values = dict(item.split("=", 1) for item in key.split(","))
-    return CellSpec(name=key, summary="", **{k: ast.literal_eval(v) for k, v in values.items()})
-
-
 def _state_out(s, plan, with_a):
     """(h, a) from the kernel's state S: each its own tensor (a custom operator's outputs may
     not share memory), a (0,) without FGR."""
@@ -335,21 +326,29 @@ def _present(tensors):
     return [t if k in _REQUIRED or t.numel() else None for k, t in enumerate(tensors)]
 
 
+@functools.lru_cache(maxsize=256)
+def _kernel_plan(cell: str, H: int, bounds: tuple[int, ...], truncate: bool, proj: int):
+    """The layout Plan of a call and the extension's Cell made from its fields by name
+    (checked there, once per plan)."""
+    plan = layout_plan(_spec_of(cell), H, bounds, truncate, proj)
+    return plan, _extension().Cell(**plan.cfg)
+
+
 def _kernel_args(cell, c, lengths, tensors, with_bias=True):
-    """The plan, the packed input weights (and with_bias, biases: the backward needs none)
-    and state, and the arguments every kernel call takes in torch's layout or as given
-    (csrc/lstmlab_cpu.cpp forward/backward)."""
+    """The plan and the kernel's Cell, the packed input weights (and with_bias, biases: the
+    backward needs none) and state, and the arguments every kernel call takes in torch's
+    layout or as given (csrc/lstmlab_cpu.cpp forward/backward)."""
     x, h0, c0, a0, W_ih, W_hh, b_ih, b_hh, W_ch, W_gg, W_hr = tensors
-    spec = _spec_of(cell)
     proj = 0 if W_hr is None else W_hr.shape[0]
-    plan = layout_plan(spec, W_hh.shape[0] // len(spec.gates), c.bounds, bool(c.truncate), proj)
+    H = W_hh.shape[0] // len(_spec_of(cell).gates)
+    plan, kcell = _kernel_plan(cell, H, c.bounds, bool(c.truncate), proj)
     none = x.new_empty(0)
     pick = lambda t: none if t is None else t.contiguous()
     Wx, bx, s0 = plan.pack(W_ih, b_ih if with_bias else None, b_hh, h0, a0)
     maps = [none.long() if m is None else m for m in (plan.r_src, plan.a_src)]
     lens = none.long() if lengths is None else lengths.contiguous()
     # the recurrent weights as they are (the kernel reads them in its order)
-    return plan, Wx, bx, s0, (pick(c0), W_hh.contiguous(), pick(W_gg), *maps, pick(W_ch), lens), pick(W_hr)
+    return plan, kcell, Wx, bx, s0, (pick(c0), W_hh.contiguous(), pick(W_gg), *maps, pick(W_ch), lens), pick(W_hr)
 
 
 def _forward_impl(cell: str, config: list[int], lengths: Tensor | None, tensors: list[Tensor]) -> list[Tensor]:
@@ -359,10 +358,10 @@ def _forward_impl(cell: str, config: list[int], lengths: Tensor | None, tensors:
     if tensors[0].shape[1] == 0:  # no rows (eager calls never get here: run_layer answers them)
         return _forward_outputs(cell, config, tensors, tensors[0].new_zeros)
     c, tensors = _fitted(config, tensors[0]), _present(tensors)
-    plan, Wx, bx, s0, (c0, W_hh, W_gg, r_src, a_src, peep, lens), W_hr = _kernel_args(cell, c, lengths, tensors)
+    plan, kcell, Wx, bx, s0, (c0, W_hh, W_gg, r_src, a_src, peep, lens), W_hr = _kernel_args(cell, c, lengths, tensors)
     x, a0 = tensors[0].contiguous(), tensors[3]
     out, gates, C, s_fin, c_fin, cells, M = _extension().forward(
-        plan.cfg,
+        kcell,
         plan.bounds,
         c.groups,
         x,
@@ -436,7 +435,7 @@ def _backward_impl(
     if tensors[0].shape[1] == 0:  # no rows: zero weight gradients, as torch.nn gives
         return _backward_outputs(cell, config, tensors, tensors[0].new_zeros)
     c, tensors = _fitted(config, tensors[0]), _present(tensors)
-    plan, Wx, _, s0, (c0, W_hh, W_gg, r_src, a_src, peep, lens), W_hr = _kernel_args(
+    plan, kcell, Wx, _, s0, (c0, W_hh, W_gg, r_src, a_src, peep, lens), W_hr = _kernel_args(
         cell, c, lengths, tensors, with_bias=False
     )
     x, a0, b_ih = tensors[0].contiguous(), tensors[3], tensors[6]
@@ -452,7 +451,7 @@ def _backward_impl(
         ds_fin = (ds_fin if plan.s_src is None else ds_fin.index_select(1, plan.s_src)).contiguous()
     out, gates, C, M = saved
     dx, ds0, dc0, dWx, dbx, dW_hh, dW_gg, dpeep, norm_h, norm_c, dW_hr = _extension().backward(
-        plan.cfg,
+        kcell,
         plan.bounds,
         c.groups,
         x,
@@ -649,16 +648,6 @@ def _fallback(why: str, *args, **kw):
     return reference.run_layer(*args, **kw)
 
 
-def _kernel_lacks(spec: CellSpec) -> str | None:
-    """Why the kernel cannot run this cell (issue #13: the slstm, minlstm and mingru kinds
-    and the g_min activation have no kernel yet), or None."""
-    if spec.kind not in KERNEL_KINDS:
-        return f"cell {spec.name!r}: the kernel has no {spec.kind} cells"
-    _extension()
-    unknown = [a for a in (spec.activation, spec.output_activation) if a in _ext_lacks]
-    return f"cell {spec.name!r}: the kernel has no activation {unknown[0]!r}" if unknown else None
-
-
 def run_layer(
     spec: CellSpec,
     p: CellParams,
@@ -681,12 +670,12 @@ def run_layer(
     Returns:
         output (T, B, H or P), final state tuple, cells (T, B, H) or None.
     """
+    cell = _spec_key(spec)
+    if cell not in ADMITTED:  # once per cell: the kernel computes it, else ArgumentError
+        admit(spec, cell)
     truncate = spec.truncate if truncate is None else truncate
     if p.weight_hr is not None and spec.kind != "lstm":
         raise ValueError(f"weight_hr given for cell {spec.name!r} ({spec.kind}); allowed: lstm cells only (proj_size)")
-    lacks = _kernel_lacks(spec)
-    if lacks:
-        return _fallback(lacks, spec, p, x, state, lengths, reverse, truncate, return_cells)
     if x.device.type != "cpu" or x.dtype not in DTYPES:
         return _fallback(
             f"{x.dtype} on {x.device} is not supported (float32/float64 on cpu)",
@@ -745,7 +734,7 @@ def run_layer(
         tuple(bounds),
     )
     none = x.new_empty(0)
-    args = (_spec_key(spec), config.to_list(), lengths, [none if t is None else t for t in tensors])
+    args = (cell, config.to_list(), lengths, [none if t is None else t for t in tensors])
     if torch.jit.is_tracing() or torch.compiler.is_compiling():  # the operator itself in the graph
         out, h_n, c_n, a_n, cells, *_ = _layer_forward(*args)
     else:  # eager: through a Function (one torch.func can transform under its transforms)

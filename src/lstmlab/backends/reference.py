@@ -250,7 +250,10 @@ def run_layer(
     truncate = spec.truncate if truncate is None else truncate
     if reverse:
         x = reverse_padded(x, lengths)
-    xw = input_projection(p, x)  # (T, B, G*H): one matrix product for all steps
+    # (T, B, G*H): one matrix product for all steps, split into steps by unbind, whose
+    # backward stacks the steps' gradients once (indexing xw[t] would add a full-size zero
+    # gradient per step, O(T^2) in the backward)
+    xw = input_projection(p, x).unbind(0)
     T = x.shape[0]
     valid = None
     if lengths is not None:
@@ -265,7 +268,7 @@ def run_layer(
             # hold their state, and nothing (not even a NaN times a zero gradient) flows from
             # their padding into the state, the input or the weights.
             rows = valid[t, :, 0].nonzero().squeeze(1)
-            ran = pointwise(spec, p, xw[t, rows], tuple(s[rows] for s in state), truncate, trace)
+            ran = pointwise(spec, p, xw[t][rows], tuple(s[rows] for s in state), truncate, trace)
             new = tuple(s.index_copy(0, rows, n) for s, n in zip(state, ran))
         if probe is not None:
             probe(t, state, new, trace)
@@ -284,3 +287,8 @@ def run_layer(
 
 def available() -> tuple[bool, str]:
     return True, "plain PyTorch, always available"
+
+
+def supports(spec: CellSpec) -> tuple[bool, str]:
+    """Always (True, ""): the reference backend is the specification of every cell."""
+    return True, ""

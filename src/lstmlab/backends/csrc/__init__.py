@@ -39,7 +39,9 @@ def _cflags() -> list[str]:
     march = os.environ.get("LSTMLAB_CPU_MARCH", "native")
     # -fopenmp: at::parallel_for (ATen/ParallelOpenMP.h) is inline, so it only runs in
     # parallel when this file is compiled with OpenMP; it links the libgomp torch loaded.
-    flags = ["-O3", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno"]
+    # -Werror=switch: a switch over an enum (Act, Kind) has a case for every value, as the
+    # kernel relies on (vecmath.h).
+    flags = ["-O3", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno", "-Werror=switch"]
     return flags + ([f"-march={march}"] if march else [])
 
 

@@ -17,27 +17,40 @@
 
 namespace lstmlab {
 
+// The codes of the enums are the kernel's: the module exports each table by name
+// (`kinds`, `forget_modes`, `gru_blocks`, and vecmath.h's `activations`), and
+// lstmlab.backends.csrc.boundary checks its mirror of them when the module loads.
 enum Kind { KIND_RNN = 0, KIND_LSTM = 1, KIND_GRU = 2 };
 enum Forget { FORGET_FREE = 0, FORGET_COUPLED = 1, FORGET_NONE = 2 };
 enum GruBlock { GRU_R = 0, GRU_Z = 1, GRU_HN = 2, GRU_N = 3 };
 
-// The spec's flags, as lstmlab.backends.cpu packs them.
+inline constexpr EnumName kKinds[] = {{"rnn", KIND_RNN}, {"lstm", KIND_LSTM}, {"gru", KIND_GRU}};
+inline constexpr EnumName kForgetModes[] = {{"free", FORGET_FREE}, {"coupled", FORGET_COUPLED}, {"none", FORGET_NONE}};
+inline constexpr EnumName kGruBlocks[] = {{"r", GRU_R}, {"z", GRU_Z}, {"hn", GRU_HN}, {"n", GRU_N}};
+
+// The cell, as the CellSpec's flags and the layout of its gates row (csrc/layout.py Plan
+// builds it). Python constructs it by name (the module's `Cell(**fields)`, the names in
+// kCellFields), and the constructor (lstmlab_cpu.cpp cell_from) checks every field: an
+// enum's code is one of its table, an index is in its range, so the kernel never meets a
+// value it has no case for.
 struct Cell {
-  int kind, act, out_act;
+  Kind kind;
+  Act activation;          // rnn: the nonlinearity; lstm: the cell input's squashing g
+  Act output_activation;   // lstm: the squashing of c in h = o act(c)
   int block_i, block_f, block_g, block_o;  // gates-row block of each lstm gate, -1 if absent
-  int forget;
+  Forget forget;
   int peep_i, peep_f, peep_o;  // peephole vector of i, f, o in weight_ch, -1 if none
-  int fed_i, fed_f, fed_o;     // S block (1..A) holding the previous i, f, o (FGR), -1 if none
-  bool truncate;
-  int n_blocks;      // blocks in a gates row (one per gate; gru: r z hn n)
-  int n_rec_blocks;  // of which the first n_rec_blocks take the recurrent product
-  int A;             // gates fed back through weight_gg (FGR): S's a-blocks
-  static constexpr int kFields = 18;
-  explicit Cell(const std::vector<int64_t>& v)
-      : kind(v[0]), act(v[1]), out_act(v[2]), block_i(v[3]), block_f(v[4]), block_g(v[5]), block_o(v[6]),
-        forget(v[7]), peep_i(v[8]), peep_f(v[9]), peep_o(v[10]), fed_i(v[11]), fed_f(v[12]), fed_o(v[13]),
-        truncate(v[14] != 0), n_blocks(v[15]), n_rec_blocks(v[16]), A(v[17]) {}
+  int fed_i, fed_f, fed_o;     // S block (1..n_fed) holding the previous i, f, o (FGR), -1 if none
+  bool truncate;               // the 1997 truncated gradient
+  int n_blocks;                // blocks in a gates row (one per gate; gru: r z hn n)
+  int n_rec_blocks;            // of which the first n_rec_blocks take the recurrent product
+  int n_fed;                   // gates fed back through weight_gg (FGR): S's a-blocks
 };
+// Cell's fields by name, in declaration order (exported as `cell_fields`).
+inline constexpr const char* kCellFields[] = {
+    "kind",   "activation", "output_activation", "block_i", "block_f", "block_g",  "block_o",      "forget",
+    "peep_i", "peep_f",     "peep_o",            "fed_i",   "fed_f",   "fed_o",    "truncate",     "n_blocks",
+    "n_rec_blocks", "n_fed"};
 
 // Hidden units are cut into P contiguous slices [bound[p], bound[p+1]), one per thread.
 // Each slice keeps its own gates, C and dP buffers (threads never write the same cache
@@ -68,7 +81,7 @@ struct Layout {
         P((int64_t)b.size() - 1),
         n_blocks(c.n_blocks),
         n_rec_blocks(c.n_rec_blocks),
-        A(c.A),
+        A(c.n_fed),
         bound(std::move(b)),
         Q(Q_) {}
   int64_t Hs() const { return Q > 0 ? Q : H; }  // the width of h (in S, the output)
@@ -114,7 +127,7 @@ struct CellKernel {
     T* h = hout + u0;
     if (c.kind == KIND_RNN) {
       const int64_t o = lay.col(p, 0);
-      activate_pass(c.act, g + o, bias + o, g + o, w);
+      activate_pass(c.activation, g + o, bias + o, g + o, w);
       std::memcpy(h, g + o, sizeof(T) * w);
       std::memcpy(sh, g + o, sizeof(T) * w);
       return;
@@ -155,7 +168,7 @@ struct CellKernel {
     T* cn = cnew;
     if (gi) gate_pass(gi, bias + oi, c.peep_i >= 0 ? peep + c.peep_i * H + u0 : nullptr, cp, w);
     if (gf) gate_pass(gf, bias + of, c.peep_f >= 0 ? peep + c.peep_f * H + u0 : nullptr, cp, w);
-    activate_pass(c.act, gg, bias + og, gg, w);
+    activate_pass(c.activation, gg, bias + og, gg, w);
     for (int64_t u = 0; u < w; u += L) {
       const int n = (int)std::min<int64_t>(L, w - u);
       V i = gi ? ld(gi + u, n) : splat(T(1));
@@ -163,7 +176,7 @@ struct CellKernel {
       st(cn + u, f * ld(cp + u, n) + i * ld(gg + u, n), n);
     }
     if (go) gate_pass(go, bias + oo, c.peep_o >= 0 ? peep + c.peep_o * H + u0 : nullptr, cn, w);
-    activate_pass(c.out_act, cn, nullptr, h, w);
+    activate_pass(c.output_activation, cn, nullptr, h, w);
     for (int64_t u = 0; u < w; u += L) {
       const int n = (int)std::min<int64_t>(L, w - u);
       V hv = ld(h + u, n);
@@ -187,8 +200,9 @@ struct CellKernel {
     }
   }
 
-  // out[u] = act(in[u] + b[u]) (b may be null); the switch is outside the loop.
-  static void activate_pass(int act, const T* in, const T* b, T* out, int64_t w) {
+  // out[u] = act(in[u] + b[u]) (b may be null); the switch (exhaustive over Act) is outside
+  // the loop.
+  static void activate_pass(Act act, const T* in, const T* b, T* out, int64_t w) {
     auto run = [&](auto fn) {
       for (int64_t u = 0; u < w; u += L) {
         const int n = (int)std::min<int64_t>(L, w - u);
@@ -204,7 +218,6 @@ struct CellKernel {
       case ACT_IDENTITY: run([](V x) { return x; }); break;
       case ACT_G1997: run([](V x) { return T(2) * vtanh<T>(T(0.5) * x); }); break;
       case ACT_H1997: run([](V x) { return vtanh<T>(T(0.5) * x); }); break;
-      default: run([](V) { return act_unknown<T>(); }); break;
     }
   }
 
@@ -238,7 +251,7 @@ struct CellKernel {
         V dh = ld(dsh + u, n);
         if (dout) dh += ld(dout + u0 + u, n);
         acc_h += dh * dh;
-        V d = activate_back<T>(c.act, dh, ld(g + o + u, n));
+        V d = activate_back<T>(c.activation, dh, ld(g + o + u, n));
         st(dp + o + u, d, n);
         st(dbias + o + u, ld(dbias + o + u, n) + d, n);
         st(dsh + u, V{}, n);
@@ -306,8 +319,8 @@ struct CellKernel {
       if (dout) dh += ld(dout + u0 + u, n);
       V dcv = ld(dc + u0 + u, n);
       if (dcell) dcv += ld(dcell + u0 + u, n);
-      V ho = activate<T>(c.out_act, cn);
-      dcv += activate_back<T>(c.out_act, dh * o, ho);
+      V ho = activate<T>(c.output_activation, cn);
+      dcv += activate_back<T>(c.output_activation, dh * o, ho);
       V dpo = V{};
       if (oo >= 0) {
         V dov = dh * ho;
@@ -319,7 +332,7 @@ struct CellKernel {
       acc_c += dcv * dcv;
       V di = dcv * gv;
       if (da_i) di += ld(da_i + u, n);
-      V dpg = activate_back<T>(c.act, dcv * i, gv);
+      V dpg = activate_back<T>(c.activation, dcv * i, gv);
       V df = dcv * cp;
       if (da_f) df += ld(da_f + u, n);
       if (c.forget == FORGET_COUPLED) di -= df;  // f = 1 - i

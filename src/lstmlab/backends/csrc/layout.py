@@ -1,5 +1,5 @@
 """The Python mirror of the kernel's buffer layout (csrc/cells.h `Cell` and `Layout`):
-the flags the kernel reads, and the index maps between torch's parameter layout and the
+the Cell's fields by name (csrc/boundary.py), and the index maps between torch's parameter layout and the
 kernel's, with which the input weights, biases and state are packed before a run and
 their gradients unpacked after. The recurrent weights are not copied here: the kernel
 reads weight_hh and weight_gg through the maps r_src and a_src and writes their gradients
@@ -14,33 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ...cells import ACTIVATIONS, CellSpec
-from . import BuildError
-
-_KIND = {"rnn": 0, "lstm": 1, "gru": 2}
-_FORGET = {"free": 0, "coupled": 1, "none": 2}
-
-
-def check_activations(kernel: dict[str, int]) -> frozenset[str]:
-    """Check the kernel's table of activations (its module's `activations`, name -> code)
-    against lstmlab.cells.ACTIVATIONS: every name the kernel knows must be ours with the
-    same code. Raises BuildError naming every activation on which they differ. Returns the
-    names of ours the kernel does not know (yet): the cpu backend hands cells that use one
-    to the reference backend."""
-    ours = {name: a.code for name, a in ACTIVATIONS.items()}
-    diffs = [
-        f"{n!r} is {kernel[n]} in the kernel but not in lstmlab.cells.ACTIVATIONS" for n in kernel if n not in ours
-    ]
-    diffs += [
-        f"{n!r} is {ours[n]} in lstmlab.cells.ACTIVATIONS but {kernel[n]} in the kernel"
-        for n in ours
-        if n in kernel and kernel[n] != ours[n]
-    ]
-    if diffs:
-        raise BuildError(
-            "the kernel's activation codes (csrc/vecmath.h) disagree with lstmlab.cells.ACTIVATIONS: "
-            + "; ".join(diffs)
-        )
-    return frozenset(n for n in ours if n not in kernel)
+from .boundary import FORGET_MODES, GRU_BLOCKS, KINDS, admit
 
 
 @dataclass(frozen=True)
@@ -48,7 +22,8 @@ class Plan:
     """The kernel's configuration for one (cell, hidden size, slicing), and the maps between
     torch's parameter layout and the kernel's (csrc/cells.h `Layout`).
 
-    cfg: the flags of csrc/cells.h `Cell`. bounds: the slices of hidden units.
+    cfg: the fields of csrc/cells.h `Cell` by name (boundary.CELL_FIELDS, in that order),
+        whole numbers; the extension's Cell(**cfg) checks them. bounds: the slices of hidden units.
     Hs: the width of h (the state's first part, the output): proj_size with a projection
         (one slice; the maps below are then the identity there), else H.
     x_src: for each row of the kernel's input weights (= gates column), the row of
@@ -61,7 +36,7 @@ class Plan:
         identity (no index op needed).
     """
 
-    cfg: list
+    cfg: dict[str, int]
     bounds: list
     H: int
     Hs: int
@@ -111,11 +86,12 @@ def _or_identity(idx: list[int]) -> torch.Tensor | None:
 def plan(spec: CellSpec, H: int, bounds: tuple[int, ...], truncate: bool, proj: int = 0) -> Plan:
     """The Plan for a cell, hidden size H, slices `bounds`, the truncated rule and the width
     of the projection (proj_size; 0: none, else one slice only) (cached)."""
+    admit(spec)  # refuses a cell the kernel does not compute
     if proj and len(bounds) != 2:
         raise ValueError(f"bounds={bounds!r} with proj={proj}: a projection runs in one slice of hidden units")
     gates, fed_back = spec.gates, spec.recurrent_gates
     if spec.kind == "gru":
-        blocks, n_rec_blocks = ("r", "z", "hn", "n"), 3  # h-side n (R_n h + b_hn) kept apart from x-side n
+        blocks, n_rec_blocks = tuple(GRU_BLOCKS), 3  # h-side n (R_n h + b_hn) kept apart from x-side n
     else:  # FGR: the gates fed back through weight_gg first (in its order), so they are contiguous
         blocks, n_rec_blocks = fed_back + tuple(g for g in gates if g not in fed_back), len(gates)
     n_blocks, A = len(blocks), len(fed_back)
@@ -134,8 +110,8 @@ def plan(spec: CellSpec, H: int, bounds: tuple[int, ...], truncate: bool, proj: 
     def scol(j: int, u: int) -> int:  # mirrors Layout::scol
         return u if j == 0 else H + arow(j - 1, u)
 
-    x_blk = {"n": 3} if spec.kind == "gru" else {}
-    h_blk = {"n": 2} if spec.kind == "gru" else {}
+    x_blk = {"n": GRU_BLOCKS["n"]} if spec.kind == "gru" else {}  # gru's n: x side and h side apart
+    h_blk = {"n": GRU_BLOCKS["hn"]} if spec.kind == "gru" else {}
     gate_cols, R, K = n_blocks * H, n_rec_blocks * H, (1 + A) * H
     x_src, r_src = [len(gates) * H] * gate_cols, [0] * R
     x_dst, hb_dst = ([0] * (len(gates) * H) for _ in range(2))
@@ -169,19 +145,19 @@ def plan(spec: CellSpec, H: int, bounds: tuple[int, ...], truncate: bool, proj: 
         return 1 + fed_back.index(name) if name in fed_back else -1
 
     lstm = spec.kind == "lstm"
-    cfg = [
-        _KIND[spec.kind],
-        ACTIVATIONS[spec.activation].code,
-        ACTIVATIONS[spec.output_activation].code,
-        *(blk(g) if lstm else -1 for g in "ifgo"),
-        _FORGET[spec.forget_gate],
-        *(peep(g) for g in "ifo"),
-        *(a_blk(g) for g in "ifo"),
-        int(truncate),
-        n_blocks,
-        n_rec_blocks,
-        A,
-    ]
+    cfg = {
+        "kind": KINDS[spec.kind],
+        "activation": ACTIVATIONS[spec.activation].code,
+        "output_activation": ACTIVATIONS[spec.output_activation].code,
+        **{f"block_{g}": blk(g) if lstm else -1 for g in "ifgo"},
+        "forget": FORGET_MODES[spec.forget_gate],
+        **{f"peep_{g}": peep(g) for g in "ifo"},
+        **{f"fed_{g}": a_blk(g) for g in "ifo"},
+        "truncate": int(truncate),
+        "n_blocks": n_blocks,
+        "n_rec_blocks": n_rec_blocks,
+        "n_fed": A,
+    }
     ident = _or_identity
     dst = ident if len(gates) * H == gate_cols else torch.tensor  # gru: 3H rows into 4H, never the identity
     # one slice: S is cat(h, a) as torch holds it, h proj wide with a projection

@@ -35,7 +35,9 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
+#include <iterator>
 #include <string>
+#include <vector>
 
 #include "cells.h"
 #include "clock.h"
@@ -707,23 +709,101 @@ void check_sizes(const at::Tensor& x, const at::Tensor& W_hh) {
               W_hh.sizes(), "; the kernel needs at least one hidden unit");
 }
 
-// The activation codes of a call's Cell, checked once per call (the kernel's switches on
-// them have no stand-in for an unknown code).
-void check_cell(const Cell& cell) {
-  for (auto& [code, field] : {std::pair{cell.act, "activation"}, {cell.out_act, "output_activation"}}) {
-    if (known_activation(code)) continue;
-    std::string known;
-    for (const ActName& k : kActivations)
-      known += (known.empty() ? "" : ", ") + std::string(k.name) + "=" + std::to_string(k.code);
-    TORCH_CHECK(false, "lstmlab cpu backend: ", field, " code ", code, " is unknown; known codes: ", known);
-  }
+// ---- the cell across the boundary --------------------------------------------------
+// Python builds a Cell by name, Cell(kind=..., activation=..., ...) with every name of
+// kCellFields, whole numbers (csrc/layout.py Plan.cfg). Every field is checked here, once
+// when the Cell is made (a Python Cell cannot be changed after), never per call: an enum
+// field must hold a code of its table, an index must lie in its range. An error names the
+// field, the value and what is allowed.
+
+std::string known_codes(const EnumName* table, size_t n) {
+  std::string known;
+  for (size_t k = 0; k < n; ++k)
+    known += (k ? ", " : "") + std::string(table[k].name) + "=" + std::to_string(table[k].code);
+  return known;
 }
 
-// name -> code of every activation the kernel knows (`activations`, checked against
-// lstmlab.cells.ACTIVATIONS when the module loads).
-py::dict activation_codes() {
+template <class E, size_t N>
+E enum_field(const char* field, int64_t value, const EnumName (&table)[N]) {
+  for (const EnumName& k : table)
+    if (k.code == value) return static_cast<E>(value);
+  TORCH_CHECK(false, "lstmlab cpu backend: Cell field ", field, "=", value, " is not a code of its enum; known codes: ",
+              known_codes(table, N));
+  return E{};
+}
+
+int int_field(const char* field, int64_t value, int64_t lo, int64_t hi) {
+  TORCH_CHECK(value >= lo && value <= hi, "lstmlab cpu backend: Cell field ", field, "=", value,
+              " is out of range; allowed: ", lo, " to ", hi);
+  return (int)value;
+}
+
+Cell cell_from(const py::kwargs& kw) {
+  std::string fields;
+  for (const char* f : kCellFields) fields += (fields.empty() ? "" : ", ") + std::string(f);
+  for (auto item : kw) {
+    const std::string name = py::str(item.first);
+    bool known = false;
+    for (const char* f : kCellFields) known = known || name == f;
+    TORCH_CHECK(known, "lstmlab cpu backend: Cell has no field ", name, "; its fields: ", fields);
+  }
+  auto get = [&](const char* field) -> int64_t {
+    TORCH_CHECK(kw.contains(field), "lstmlab cpu backend: Cell field ", field, " is missing");
+    py::handle v = kw[field];
+    TORCH_CHECK(py::isinstance<py::int_>(v), "lstmlab cpu backend: Cell field ", field, "=",
+                py::repr(v).cast<std::string>(), " is not a whole number");
+    return v.cast<int64_t>();
+  };
+  Cell c;
+  c.kind = enum_field<Kind>("kind", get("kind"), kKinds);
+  c.activation = enum_field<Act>("activation", get("activation"), kActivations);
+  c.output_activation = enum_field<Act>("output_activation", get("output_activation"), kActivations);
+  c.forget = enum_field<Forget>("forget", get("forget"), kForgetModes);
+  c.truncate = int_field("truncate", get("truncate"), 0, 1) != 0;
+  c.n_blocks = int_field("n_blocks", get("n_blocks"), 1, 4);
+  c.n_rec_blocks = int_field("n_rec_blocks", get("n_rec_blocks"), 1, c.n_blocks);
+  c.n_fed = int_field("n_fed", get("n_fed"), 0, 3);
+  c.block_i = int_field("block_i", get("block_i"), -1, c.n_blocks - 1);
+  c.block_f = int_field("block_f", get("block_f"), -1, c.n_blocks - 1);
+  c.block_g = int_field("block_g", get("block_g"), -1, c.n_blocks - 1);
+  c.block_o = int_field("block_o", get("block_o"), -1, c.n_blocks - 1);
+  c.peep_i = int_field("peep_i", get("peep_i"), -1, 2);
+  c.peep_f = int_field("peep_f", get("peep_f"), -1, 2);
+  c.peep_o = int_field("peep_o", get("peep_o"), -1, 2);
+  for (auto [field, fed] : {std::pair{"fed_i", &c.fed_i}, {"fed_f", &c.fed_f}, {"fed_o", &c.fed_o}}) {
+    *fed = int_field(field, get(field), -1, c.n_fed);
+    TORCH_CHECK(*fed != 0, "lstmlab cpu backend: Cell field ", field,
+                "=0 is not an a-block of S; allowed: -1 (none) or 1 to ", c.n_fed);
+  }
+  // the shape of the gates row each kind's code assumes
+  if (c.kind == KIND_RNN)
+    TORCH_CHECK(c.n_blocks == 1 && c.n_rec_blocks == 1, "lstmlab cpu backend: an rnn Cell has one block (n_blocks=",
+                c.n_blocks, ", n_rec_blocks=", c.n_rec_blocks, ")");
+  if (c.kind == KIND_GRU)
+    TORCH_CHECK(c.n_blocks == 4 && c.n_rec_blocks == 3,
+                "lstmlab cpu backend: a gru Cell has the blocks r z hn n, the first 3 recurrent (n_blocks=",
+                c.n_blocks, ", n_rec_blocks=", c.n_rec_blocks, ")");
+  if (c.kind == KIND_LSTM)
+    TORCH_CHECK(c.block_g >= 0, "lstmlab cpu backend: an lstm Cell needs block_g (the cell input), got -1");
+  TORCH_CHECK(c.kind == KIND_LSTM || c.n_fed == 0, "lstmlab cpu backend: gate recurrence (n_fed=", c.n_fed,
+              ") needs an lstm Cell");
+  return c;
+}
+
+py::dict cell_dict(const Cell& c) {
   py::dict d;
-  for (const ActName& k : kActivations) d[k.name] = k.code;
+  const int64_t values[] = {c.kind,   c.activation, c.output_activation, c.block_i, c.block_f, c.block_g,
+                            c.block_o, c.forget,     c.peep_i,            c.peep_f,  c.peep_o,  c.fed_i,
+                            c.fed_f,   c.fed_o,      c.truncate,          c.n_blocks, c.n_rec_blocks, c.n_fed};
+  static_assert(std::size(values) == std::size(kCellFields), "a Cell field without a name, or a name without a field");
+  for (size_t k = 0; k < std::size(values); ++k) d[kCellFields[k]] = values[k];
+  return d;
+}
+
+template <size_t N>
+py::dict table(const EnumName (&entries)[N]) {
+  py::dict d;
+  for (const EnumName& k : entries) d[k.name] = k.code;
   return d;
 }
 
@@ -746,7 +826,7 @@ Layout layout_of(const Cell& cell, std::vector<int64_t> bounds, const Weights& w
   for (size_t p = 1; p < bounds.size(); ++p)
     TORCH_CHECK(bounds[p] > bounds[p - 1], "lstmlab cpu backend: bad slices of hidden units");
   Layout lay(cell, H, std::move(bounds), Q);
-  TORCH_CHECK(cell.A == 0 || (Wa.dim() == 2 && Wa.size(0) == lay.AH() && Wa.size(1) == lay.AH()),
+  TORCH_CHECK(cell.n_fed == 0 || (Wa.dim() == 2 && Wa.size(0) == lay.AH() && Wa.size(1) == lay.AH()),
               "lstmlab cpu backend: bad weight_gg shape");
   const int blk[3] = {cell.block_i, cell.block_f, cell.block_o}, ablk[3] = {cell.fed_i, cell.fed_f, cell.fed_o};
   for (int k = 0; k < 3; ++k)
@@ -772,7 +852,7 @@ Layout layout_of(const Cell& cell, std::vector<int64_t> bounds, const Weights& w
 // n_rec_blocks H and gate_cols = n_blocks H (cells.h Cell); K = Hs + A H, S's row. Every
 // tensor is contiguous, on the CPU, of x's dtype (float32 or float64) unless said; an
 // absent one is an empty tensor.
-//   cfg           Cell::kFields whole numbers: the cell (Plan.cfg; cells.h Cell).
+//   cell          the Cell (cells.h; built from Plan.cfg by name and checked then).
 //   bounds        P + 1 slice edges of the hidden units, 0 = bounds[0] < ... < bounds[P] = H
 //                 (with a projection, P = 1).
 //   groups        G >= 1 groups of batch rows, one per worker (G > 1 needs P = 1; steps.h).
@@ -799,14 +879,12 @@ Layout layout_of(const Cell& cell, std::vector<int64_t> bounds, const Weights& w
 // and every c_t in the kernel's per-slice layout (keep; C for lstm kinds); the final state
 // S and c (lstm kinds); every c_t in torch's layout, 0 past a row's length (return_cells,
 // lstm kinds); every m_t = o act(c_t) (keep, with a projection). Empty where not asked for.
-std::vector<at::Tensor> forward(std::vector<int64_t> cfg, std::vector<int64_t> bounds, int64_t groups, at::Tensor x,
+std::vector<at::Tensor> forward(const Cell& cell, std::vector<int64_t> bounds, int64_t groups, at::Tensor x,
                                 at::Tensor s0, at::Tensor c0, at::Tensor Wx, at::Tensor bx, at::Tensor W_hh,
                                 at::Tensor W_gg, at::Tensor h_src, at::Tensor a_src, at::Tensor peep,
                                 at::Tensor lengths, bool keep, bool return_cells, std::vector<int64_t> tune,
                                 at::Tensor W_hr) {
-  TORCH_CHECK((int64_t)cfg.size() == Cell::kFields && tune.size() == 5, "lstmlab cpu backend: bad configuration");
-  Cell cell(cfg);
-  check_cell(cell);
+  TORCH_CHECK(tune.size() == 5, "lstmlab cpu backend: bad configuration");
   check_sizes(x, W_hh);
   const auto dt = x.scalar_type();
   for (auto& [t, n] : {std::pair{&x, "x"}, {&s0, "s0"}, {&Wx, "Wx"}, {&bx, "bx"}, {&W_hh, "weight_hh"},
@@ -839,15 +917,13 @@ std::vector<at::Tensor> forward(std::vector<int64_t> cfg, std::vector<int64_t> b
 // the gradients of x, s0 (the kernel's column order), c0 (lstm kinds), Wx and bx (the
 // kernel's row order), W_hh and W_gg (torch's layout, as given), peep and W_hr; the norms
 // (want_norms; norm_c for lstm kinds). Empty (or with no rows) where the input is absent.
-std::vector<at::Tensor> backward(std::vector<int64_t> cfg, std::vector<int64_t> bounds, int64_t groups, at::Tensor x,
+std::vector<at::Tensor> backward(const Cell& cell, std::vector<int64_t> bounds, int64_t groups, at::Tensor x,
                                  at::Tensor s0, at::Tensor c0, at::Tensor Wx, at::Tensor W_hh, at::Tensor W_gg,
                                  at::Tensor h_src, at::Tensor a_src, at::Tensor peep, at::Tensor lengths,
                                  at::Tensor out, at::Tensor gates, at::Tensor C, at::Tensor dout, at::Tensor ds_final,
                                  at::Tensor dc_final, at::Tensor dcells, bool want_norms, std::vector<int64_t> tune,
                                  at::Tensor W_hr, at::Tensor M) {
-  TORCH_CHECK((int64_t)cfg.size() == Cell::kFields && tune.size() == 5, "lstmlab cpu backend: bad configuration");
-  Cell cell(cfg);
-  check_cell(cell);
+  TORCH_CHECK(tune.size() == 5, "lstmlab cpu backend: bad configuration");
   check_sizes(x, W_hh);
   const auto dt = x.scalar_type();
   for (auto& [t, n] : {std::pair{&out, "out"}, {&gates, "gates"}, {&dout, "dout"}, {&ds_final, "ds_final"},
@@ -888,5 +964,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("read_clock", &lstmlab::read_clock);
   m.attr("vector_bytes") = lstmlab::kVecBytes;
   m.attr("have_blas") = lstmlab::have_blas();
-  m.attr("activations") = lstmlab::activation_codes();
+  // The cell, made by name and checked once (cell_from); its enums' tables of names.
+  py::class_<lstmlab::Cell>(m, "Cell")
+      .def(py::init(&lstmlab::cell_from))
+      .def("to_dict", &lstmlab::cell_dict)
+      .def("__repr__",
+           [](const lstmlab::Cell& c) { return "Cell(" + py::str(lstmlab::cell_dict(c)).cast<std::string>() + ")"; });
+  m.attr("cell_fields") =
+      py::cast(std::vector<std::string>(std::begin(lstmlab::kCellFields), std::end(lstmlab::kCellFields)));
+  m.attr("kinds") = lstmlab::table(lstmlab::kKinds);
+  m.attr("forget_modes") = lstmlab::table(lstmlab::kForgetModes);
+  m.attr("gru_blocks") = lstmlab::table(lstmlab::kGruBlocks);
+  m.attr("activations") = lstmlab::table(lstmlab::kActivations);
 }

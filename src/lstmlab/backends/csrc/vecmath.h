@@ -231,24 +231,21 @@ template <class T> inline vec_t<T> vtanh(vec_t<T> x) {
 
 // ---- the activations of CellSpec, and their derivatives as functions of the output --
 // The codes are those of lstmlab.cells.ACTIVATIONS (each Activation's `code`); the module
-// exports kActivations as `activations` and Python checks the two tables agree when it
-// loads. forward() and backward() reject a code not in kActivations (check_cell), so the
-// switches below never see one: their default is a NaN, never a silent stand-in.
+// exports kActivations as `activations`, and Python checks that the two agree when it
+// loads. A Cell holds an Act only after its constructor checked the code against
+// kActivations (lstmlab_cpu.cpp cell_from), so the switches below are exhaustive over
+// Act (no default: the compiler's -Wswitch names a case left out) and never reached with
+// another value.
 enum Act { ACT_TANH = 0, ACT_SIGMOID = 1, ACT_RELU = 2, ACT_IDENTITY = 3, ACT_G1997 = 4, ACT_H1997 = 5 };
-struct ActName {
+// One entry of an enum's table of names, as the module exports it (name -> code).
+struct EnumName {
   const char* name;
   int code;
 };
-inline constexpr ActName kActivations[] = {{"tanh", ACT_TANH},         {"sigmoid", ACT_SIGMOID}, {"relu", ACT_RELU},
-                                           {"identity", ACT_IDENTITY}, {"g1997", ACT_G1997},     {"h1997", ACT_H1997}};
-inline bool known_activation(int64_t a) {
-  for (const ActName& k : kActivations)
-    if (k.code == a) return true;
-  return false;
-}
-template <class T> inline vec_t<T> act_unknown() { return splat(std::numeric_limits<T>::quiet_NaN()); }
+inline constexpr EnumName kActivations[] = {{"tanh", ACT_TANH},         {"sigmoid", ACT_SIGMOID}, {"relu", ACT_RELU},
+                                            {"identity", ACT_IDENTITY}, {"g1997", ACT_G1997},     {"h1997", ACT_H1997}};
 
-template <class T> inline vec_t<T> activate(int a, vec_t<T> x) {
+template <class T> inline vec_t<T> activate(Act a, vec_t<T> x) {
   switch (a) {
     case ACT_TANH: return vtanh<T>(x);
     case ACT_SIGMOID: return vsigmoid<T>(x);
@@ -256,12 +253,12 @@ template <class T> inline vec_t<T> activate(int a, vec_t<T> x) {
     case ACT_IDENTITY: return x;
     case ACT_G1997: return T(2) * vtanh<T>(T(0.5) * x);  // = 4 sigma(x) - 2
     case ACT_H1997: return vtanh<T>(T(0.5) * x);         // = 2 sigma(x) - 1
-    default: return act_unknown<T>();
   }
+  __builtin_unreachable();  // an Act is one of the cases (see above)
 }
 
 // d act / d x, given y = act(x) (the same formulas torch's autograd uses).
-template <class T> inline vec_t<T> activate_grad(int a, vec_t<T> y) {
+template <class T> inline vec_t<T> activate_grad(Act a, vec_t<T> y) {
   switch (a) {
     case ACT_TANH: return T(1) - y * y;
     case ACT_SIGMOID: return y * (T(1) - y);
@@ -269,14 +266,14 @@ template <class T> inline vec_t<T> activate_grad(int a, vec_t<T> y) {
     case ACT_IDENTITY: return splat(T(1));
     case ACT_G1997: return (y + T(2)) * (T(2) - y) * T(0.25);  // 4 s (1 - s), s = (y + 2) / 4
     case ACT_H1997: return (T(1) + y) * (T(1) - y) * T(0.5);   // 2 s (1 - s), s = (y + 1) / 2
-    default: return act_unknown<T>();
   }
+  __builtin_unreachable();  // an Act is one of the cases (see above)
 }
 
 // The gradient d of act's output taken back through it, given y = act(x): d act'(x), but
 // for relu a selection, as torch's threshold_backward: 0 where y <= 0, else d (NaN or inf
 // in d do not leak through a unit that is off; NaN in y lets d through).
-template <class T> inline vec_t<T> activate_back(int a, vec_t<T> d, vec_t<T> y) {
+template <class T> inline vec_t<T> activate_back(Act a, vec_t<T> d, vec_t<T> y) {
   if (a == ACT_RELU) return y <= T(0) ? splat(T(0)) : d;
   return d * activate_grad<T>(a, y);
 }
