@@ -4,6 +4,8 @@ dtypes (torch's: LSTM and RNN in bfloat16, GRU in float32), values and float32 p
 gradients within bfloat16's tolerance; every registered cell runs, its dtypes by kind and
 the backends agreeing; float64 is left alone, as autocast leaves it."""
 
+import importlib
+
 import pytest
 import torch
 
@@ -79,7 +81,9 @@ def test_every_cell_runs_under_autocast_alike_on_every_backend(cell):
     x = torch.randn(6, 3, 4, generator=torch.Generator().manual_seed(2))
     lengths = torch.tensor([6, 2, 4])
     results = {}
-    for backend in BACKENDS:
+    # the backends that compute this cell (the cpu kernel has no slstm, minlstm, mingru yet: issue #13)
+    runs_it = [b for b in BACKENDS if importlib.import_module(f"lstmlab.backends.{b}").supports(spec)[0]]
+    for backend in runs_it:
         torch.manual_seed(0)
         m = lstmlab.Recurrent(
             4, 5, cell=cell, bidirectional=True, backend=backend, return_cell_states=spec.kind == "lstm"
@@ -93,9 +97,9 @@ def test_every_cell_runs_under_autocast_alike_on_every_backend(cell):
         if spec.kind == "lstm":
             assert res[2].data.dtype == BF16  # the cell states, packed
             results[backend][-1] = res[2].data
-    for backend in BACKENDS[1:]:
-        for a, b in zip(results[backend], results[BACKENDS[0]], strict=True):
-            assert_close(a.float(), b.float(), BF16, msg=f"{cell}: {backend} vs {BACKENDS[0]}")
+    for backend in runs_it[1:]:
+        for a, b in zip(results[backend], results[runs_it[0]], strict=True):
+            assert_close(a.float(), b.float(), BF16, msg=f"{cell}: {backend} vs {runs_it[0]}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

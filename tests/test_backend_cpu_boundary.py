@@ -33,7 +33,7 @@ def ext(cpu_backend):
 
 
 # ---- the Cell, by name, checked when made ------------------------------------------------
-@pytest.mark.parametrize("name", lstmlab.cell_names())
+@pytest.mark.parametrize("name", [n for n in lstmlab.cell_names() if cpu.supports(lstmlab.get_cell(n))[0]])
 def test_every_cells_plan_names_each_field_of_the_kernels_cell_once(ext, name):
     cfg = plan(lstmlab.get_cell(name), 6, (0, 3, 6), False).cfg
     assert tuple(cfg) == boundary.CELL_FIELDS == tuple(ext.cell_fields)
@@ -155,17 +155,20 @@ def test_a_kernel_that_disagrees_is_not_used(monkeypatch):
 
 # ---- supports(), and how backends use it -------------------------------------------------
 @pytest.mark.parametrize("name", lstmlab.cell_names())
-def test_every_registered_cell_is_supported_by_both_backends(name):
+def test_every_registered_cell_is_supported_by_the_reference_and_the_kernels_kinds_by_cpu(name):
     spec = lstmlab.get_cell(name)
-    assert cpu.supports(spec) == (True, "")
+    # issue #13's slstm, minlstm and mingru have no kernel yet
+    refused = f"kind {spec.kind!r} is not one the kernel computes ({', '.join(boundary.KINDS)})"
+    want = (True, "") if spec.kind in boundary.KINDS else (False, refused)
+    assert cpu.supports(spec) == want
     assert reference.supports(spec) == (True, "")
 
 
 @dataclasses.dataclass(frozen=True)
-class HeadedSpec(CellSpec):
+class ExpertSpec(CellSpec):
     """A CellSpec with a field the kernel does not know (as a newer cell's options)."""
 
-    heads: int = 1
+    experts: int = 1
 
 
 def test_an_unknown_kind_or_field_is_refused_with_the_reason():
@@ -173,10 +176,10 @@ def test_an_unknown_kind_or_field_is_refused_with_the_reason():
     object.__setattr__(spec, "kind", "slstm")  # past CellSpec's own check, as a kind registered later
     assert cpu.supports(spec) == (False, "kind 'slstm' is not one the kernel computes (rnn, lstm, gru)")
     assert reference.supports(spec) == (True, "")
-    assert cpu.supports(HeadedSpec("h1", "lstm", "", heads=1)) == (True, "")
-    assert cpu.supports(HeadedSpec("h2", "lstm", "", heads=2)) == (
+    assert cpu.supports(ExpertSpec("e1", "lstm", "", experts=1)) == (True, "")
+    assert cpu.supports(ExpertSpec("e2", "lstm", "", experts=2)) == (
         False,
-        "the kernel does not know the cell field heads (here 2)",
+        "the kernel does not know the cell field experts (here 2)",
     )
     with pytest.raises(ArgumentError, match="cell 'fake-slstm' cannot run on backend 'cpu': kind 'slstm'"):
         cpu.run_layer(

@@ -12,7 +12,8 @@ import lstmlab
 from conftest import assert_close
 from lstmlab.backends import cpu, reference
 
-CELLS = lstmlab.cell_names()
+# the cells the kernel computes (issue #13's slstm, minlstm and mingru have no kernel yet)
+CELLS = [c for c in lstmlab.cell_names() if cpu.supports(lstmlab.get_cell(c))[0]]
 F64 = torch.float64
 PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_ch", "weight_gg")
 

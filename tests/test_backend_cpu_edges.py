@@ -11,7 +11,8 @@ import lstmlab
 from conftest import assert_close
 from lstmlab.backends import cpu, reference
 
-CELLS = lstmlab.cell_names()
+# the cells the kernel computes (issue #13's slstm, minlstm and mingru have no kernel yet)
+CELLS = [c for c in lstmlab.cell_names() if cpu.supports(lstmlab.get_cell(c))[0]]
 
 
 pytestmark = pytest.mark.usefixtures("cpu_backend")

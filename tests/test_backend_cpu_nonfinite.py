@@ -10,7 +10,8 @@ import lstmlab
 from conftest import TOL
 from lstmlab.backends import cpu, reference
 
-CELLS = lstmlab.cell_names()
+# the cells the kernel computes (issue #13's slstm, minlstm and mingru have no kernel yet)
+CELLS = [c for c in lstmlab.cell_names() if cpu.supports(lstmlab.get_cell(c))[0]]
 VALUES = {"nan": float("nan"), "+inf": float("inf"), "-inf": float("-inf")}
 T, B, I, H = 4, 3, 3, 5
 

@@ -45,7 +45,7 @@ def test_constructor_errors(kwargs, pattern):
 
 
 def test_spec_validation():
-    with pytest.raises(ValueError, match=r"kind='cnn'.*\('rnn', 'lstm', 'gru'\)"):
+    with pytest.raises(ValueError, match=r"kind='cnn'.*\('rnn', 'lstm', 'gru', 'slstm', 'minlstm', 'mingru'\)"):
         CellSpec("x", "cnn", "bad")
     with pytest.raises(ValueError, match=r"coupled.*no input gate"):
         CellSpec("x", "lstm", "bad", input_gate=False, forget_gate="coupled")

@@ -12,7 +12,9 @@ from ..backends import get_backend
 @dataclass
 class GradientFlow:
     """h: (T, B) norms of dL/dh_t for t = 1..T (the state after step t); c likewise for
-    LSTM cells (else None); h_mean / c_mean: averaged over the batch, (T,)."""
+    cells of the lstm kind (else None: slstm's c is stabilised, rescaled by exp(-m_t), so
+    its gradient is not that of the paper's cell state); h_mean / c_mean: averaged over the
+    batch, (T,)."""
 
     h: torch.Tensor
     c: torch.Tensor | None
@@ -59,7 +61,7 @@ def gradient_flow(model, x, loss_fn, hx=None, layer: int = 0, direction: int = 0
 
 def _hooked(model, x, loss_fn, hx, layer, direction) -> GradientFlow:
     names = model.spec.state_names
-    norms = {"h": [], "c": []}
+    norms = {"h": [], "c": []} if model.spec.kind == "lstm" else {"h": []}
 
     def keep(slot):
         def hook(grad):
@@ -86,5 +88,7 @@ def _hooked(model, x, loss_fn, hx, layer, direction) -> GradientFlow:
         )
     order = (lambda v: v.flip(0)) if direction == 1 else (lambda v: v)
     return GradientFlow(
-        order(torch.stack(norms["h"])), order(torch.stack(norms["c"])) if norms["c"] else None, float(loss.detach())
+        order(torch.stack(norms["h"])),
+        order(torch.stack(norms["c"])) if norms.get("c") else None,
+        float(loss.detach()),
     )

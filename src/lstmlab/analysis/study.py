@@ -21,7 +21,7 @@ import torch
 from ..cells import get_cell
 from ..layer import INITS, Recurrent
 from .flow import gradient_flow
-from .jacobians import jacobians_from_run, record
+from .jacobians import check_closed_form, jacobians_from_run, record
 from .lag import by_lag, lag_jacobians
 from .lyapunov import lyapunov_from_jacobians
 
@@ -54,7 +54,7 @@ class FlowConfig:
         if not self.cells:
             raise ValueError("cells is empty; allowed: one or more of lstmlab.cell_names()")
         for c in self.cells:
-            get_cell(c)  # raises with the list of valid cells
+            check_closed_form(get_cell(c))  # get_cell raises with the list of valid cells
         for name in ("forget_biases", "lstm_forget_biases"):
             v = getattr(self, name)
             if not all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in v):

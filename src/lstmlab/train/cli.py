@@ -70,6 +70,11 @@ def parse_cell_options(cell: str, items: list[str]) -> dict:
             if value.lower() not in ("true", "false"):
                 raise ValueError(f"--cell-option {key}={value!r} is invalid; allowed: true or false")
             options[key] = value.lower() == "true"
+        elif kinds[key] in (int, "int"):
+            try:
+                options[key] = int(value)
+            except ValueError:
+                raise ValueError(f"--cell-option {key}={value!r} is invalid; allowed: an int") from None
         else:
             options[key] = value
     return options

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from ..analysis.jacobians import check_closed_form
 from ..cells import cell_names, get_cell
 from ..tasks import make
 from ..tasks.base import LOSS_STEPS
@@ -139,6 +140,8 @@ class TrainConfig:
             _integer(name, getattr(self, name), minimum)
         _integer("checkpoint_every", self.checkpoint_every, 1, optional=True)
         _integer("flow_every", self.flow_every, 1, optional=True)
+        if self.flow_every is not None:
+            check_closed_form(spec)  # the flow measurements include the closed-form Jacobians
         _number("lr", self.lr)
         if not (
             isinstance(self.momentum, (int, float)) and not isinstance(self.momentum, bool) and 0 <= self.momentum < 1
@@ -154,7 +157,7 @@ class TrainConfig:
             _number("forget_bias", self.forget_bias, minimum=float("-inf"))
         if self.input_bias is not None:
             _number("input_bias", self.input_bias, minimum=float("-inf"))
-            if spec.kind != "lstm" or not spec.input_gate:
+            if "i" not in spec.gates:
                 raise ValueError(
                     f"input_bias={self.input_bias!r} needs a cell with an input gate; cell {self.cell!r} has none"
                 )
