@@ -19,10 +19,11 @@ def make(cell, seed=0, **kw):
 
 
 def rand_state(spec, B, g):
-    # gate activations (FGR) live in (0, 1)
+    # gate activations (FGR) live in (0, 1); slstm's normaliser n in (0.5, 1.5) (it is a sum
+    # of positive terms), its stabiliser m any number
     return tuple(
-        torch.rand(B, spec.state_width(n) * H, generator=g, dtype=DT)
-        if n == "a"
+        torch.rand(B, spec.state_width(n) * H, generator=g, dtype=DT) + (0.5 if n == "n" else 0.0)
+        if n in ("a", "n")
         else torch.randn(B, H, generator=g, dtype=DT)
         for n in spec.state_names
     )
@@ -53,22 +54,34 @@ def test_registry_names():
         "cifg",
         "fgr",
         "gru",
+        "slstm",
+        "minlstm",
+        "mingru",
     ]
 
 
 @pytest.mark.parametrize("cell", lstmlab.cell_names())
 def test_reference_step_gradcheck(cell):
     """The full gradient of every cell's step (the truncated rule is, by design, not the
-    derivative of the step: its own tests are below)."""
+    derivative of the step: its own tests are below). slstm's stabiliser m is detached: its
+    step is checked as the map (x, h, c, n) -> h_t with m_{t-1} given, which is exact (c_t,
+    n_t and m_t are h's numerator and denominator rescaled by a constant; tests in
+    test_modern_cells.py)."""
     m = make(cell, truncate=False if lstmlab.get_cell(cell).kind == "lstm" else None)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, I, generator=g, dtype=DT, requires_grad=True)
-    state = tuple(s.requires_grad_() for s in rand_state(m.spec, 2, g))
+    state = rand_state(m.spec, 2, g)
+    stabilised = "m" in m.spec.state_names
+    state, fixed = (state[:-1], state[-1:]) if stabilised else (state, ())
+    state = tuple(s.requires_grad_() for s in state)
     params = [p for p in m.parameters()]
 
+    def step(p, x, st):
+        new = reference.step(m.spec, p, x, (*st, *fixed), truncate=m.truncate)
+        return new[:1] if stabilised else new
+
     def f(x, *rest):
-        st = rest[: len(state)]
-        return reference.step(m.spec, m.cell_params(0), x, st, truncate=m.truncate)
+        return step(m.cell_params(0), x, rest[: len(state)])
 
     assert gradcheck(f, (x, *state))
     # parameters too: gradcheck the step as a function of every weight
@@ -76,7 +89,7 @@ def test_reference_step_gradcheck(cell):
 
     def fp(*ws):
         p = reference.CellParams(**{n.rsplit("_l0", 1)[0]: w for n, w in zip(names, ws)})
-        return reference.step(m.spec, p, x.detach(), tuple(s.detach() for s in state), truncate=m.truncate)
+        return step(p, x.detach(), tuple(s.detach() for s in state))
 
     assert gradcheck(fp, tuple(w.detach().requires_grad_() for w in params))
 
@@ -233,9 +246,12 @@ def test_gru_and_rnn_sigmoid_equations():
 
 
 # Parameter counts written out from the equations, one layer and direction, torch's layout
-# (two bias vectors per gate block): 4 gates for i, f, g, o; peepholes one H-vector a gate.
-def count(gates, peep=0, fgr=0):
-    return gates * (H * I + H * H + 2 * H) + peep * H + fgr * H * H
+# (two bias vectors per gate block): 4 gates for i, f, g, o; peepholes one H-vector a gate;
+# minlstm / mingru: no recurrent weights, one bias; slstm: H x H/heads recurrent blocks.
+def count(gates, peep=0, fgr=0, recurrent=True, heads=1):
+    if not recurrent:
+        return gates * (H * I + H)
+    return gates * (H * I + H * H // heads + 2 * H) + peep * H + fgr * H * H
 
 
 @pytest.mark.parametrize(
@@ -256,11 +272,19 @@ def count(gates, peep=0, fgr=0):
         ("cifg", count(3, 2)),
         ("fgr", count(4, 3, 9)),
         ("gru", count(3)),
+        ("slstm", count(4)),
+        ("minlstm", count(3, recurrent=False)),
+        ("mingru", count(2, recurrent=False)),
     ],
 )
 def test_parameter_counts(cell, n):
     m = make(cell)
     assert sum(p.numel() for p in m.parameters()) == n == m.spec.num_parameters(I, H)
+
+
+def test_parameter_count_of_slstm_with_heads():
+    m = make("slstm", heads=2)
+    assert sum(p.numel() for p in m.parameters()) == count(4, heads=2) == m.spec.num_parameters(I, H)
 
 
 def test_forget_bias_and_1997_init():

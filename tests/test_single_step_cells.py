@@ -1,4 +1,5 @@
-"""lstmlab.LSTMCell / GRUCell / RNNCell: against torch.nn.LSTMCell / GRUCell / RNNCell for
+"""lstmlab.LSTMCell / GRUCell / RNNCell (and RecurrentCell, for the kinds torch has no cell of):
+against torch.nn.LSTMCell / GRUCell / RNNCell for
 the torch cells (outputs, every gradient, state_dicts both ways), and for every registered
 cell against lstmlab.Recurrent run over the same sequence (the cell stepped by hand must
 give the layer's outputs, final state and gradients)."""
@@ -73,7 +74,7 @@ def test_cell_stepped_by_hand_is_the_layer(cell):
     torch.manual_seed(3)
     layer = lstmlab.Recurrent(I, H, cell=cell, backend="reference", dtype=dt)
     spec = layer.spec
-    step = CLASS[spec.kind](I, H, cell=cell, dtype=dt)
+    step = CLASS.get(spec.kind, lstmlab.RecurrentCell)(I, H, cell=cell, dtype=dt)
     step.load_state_dict({n.replace("_l0", ""): w for n, w in layer.state_dict().items()}, strict=True)
     assert step.truncate == layer.truncate
     g = torch.Generator().manual_seed(4)
@@ -81,6 +82,8 @@ def test_cell_stepped_by_hand_is_the_layer(cell):
     h0 = [torch.randn(B, spec.state_width(s) * H, generator=g, dtype=dt, requires_grad=True) for s in spec.state_names]
     if "a" in spec.state_names:  # previous gate activations live in (0, 1)
         h0[-1] = torch.rand(B, spec.state_width("a") * H, generator=g, dtype=dt).requires_grad_()
+    if "n" in spec.state_names:  # slstm's normaliser is a sum of positive terms
+        h0[2] = (torch.rand(B, H, generator=g, dtype=dt) + 0.5).requires_grad_()
     out_l, fin_l = layer(x, tuple(t.unsqueeze(0) for t in h0) if len(h0) > 1 else h0[0].unsqueeze(0))
     fin_l = [t.squeeze(0) for t in _flat(fin_l)]
     state, outs = tuple(h0) if len(h0) > 1 else h0[0], []
@@ -92,9 +95,13 @@ def test_cell_stepped_by_hand_is_the_layer(cell):
     for a, b in zip(fin_s, fin_l, strict=True):
         assert_close(a, b, msg="final state")
     cot = [torch.randn(t.shape, generator=g, dtype=dt) for t in [out_l, *fin_l]]
-    # the truncated rule (lstm1997) leaves h_0 out of the graph: no gradient in either
-    gl = torch.autograd.grad([out_l, *fin_l], [x, *h0, *layer.parameters()], cot, allow_unused=True)
-    gs = torch.autograd.grad([out_s, *fin_s], [x, *h0, *step.parameters()], cot, allow_unused=True)
+    # the truncated rule (lstm1997) leaves h_0 out of the graph: no gradient in either;
+    # slstm's stabiliser m carries none (it is detached), in both
+    assert [t.requires_grad for t in fin_s] == [t.requires_grad for t in fin_l] == [s != "m" for s in spec.state_names]
+    keep = [k for k, t in enumerate([out_l, *fin_l]) if t.requires_grad]
+    outs_l, outs_s, cot = ([v[k] for k in keep] for v in ([out_l, *fin_l], [out_s, *fin_s], cot))
+    gl = torch.autograd.grad(outs_l, [x, *h0, *layer.parameters()], cot, allow_unused=True)
+    gs = torch.autograd.grad(outs_s, [x, *h0, *step.parameters()], cot, allow_unused=True)
     names = ["x", *spec.state_names] + [n for n, _ in layer.named_parameters()]
     for name, a, b in zip(names, gs, gl, strict=True):
         assert (a is None) == (b is None), name

@@ -7,9 +7,10 @@ through time.
     >>> rnn = lstmlab.Recurrent(8, 32, cell="vanilla", batch_first=True)
     >>> lstm = lstmlab.LSTM(8, 32, 2)           # torch.nn.LSTM's drop-in: num_layers=2
     >>> step = lstmlab.LSTMCell(8, 32, cell="vanilla")   # torch.nn.LSTMCell's, any LSTM cell (peepholes)
+    >>> slstm = lstmlab.Recurrent(8, 32, cell="slstm", heads=4)   # xLSTM's sLSTM, 4 heads
 """
 
-from .cell import GRUCell, LSTMCell, RNNCell
+from .cell import GRUCell, LSTMCell, RecurrentCell, RNNCell
 from .cells import CellSpec, cell_names, get_cell
 from .errors import ArgumentError, InputError, InputTypeError
 from .layer import Recurrent
@@ -28,6 +29,7 @@ __all__ = [
     "LSTMCell",
     "RNNCell",
     "Recurrent",
+    "RecurrentCell",
     "cell_names",
     "get_cell",
 ]

@@ -1,17 +1,20 @@
 """Single-step cells: lstmlab.LSTMCell, GRUCell, RNNCell, drop-ins for torch.nn.LSTMCell,
-GRUCell and RNNCell for every cell of the family (cell=...).
+GRUCell and RNNCell for every cell of the family (cell=...), and lstmlab.RecurrentCell,
+which takes any cell (also slstm, minlstm, mingru).
 
 One call is one application of the state map s_t = F(x_t, s_{t-1}); the maths is
 `lstmlab.backends.reference.step`, the specification every backend is tested against, so a
 cell stepped by hand over a sequence gives exactly what lstmlab.Recurrent gives for it.
-Parameters: weight_ih (G*H, I), weight_hh (G*H, H), bias_ih, bias_hh (G*H,) (None with
-bias=False, as torch), plus weight_ch (K*H,) for cells with peepholes and weight_gg
-(A*H, A*H) for fgr: the names of Recurrent's layer 0 without the "_l0".
+Parameters: CellSpec.param_shapes: weight_ih (G*H, I), weight_hh (G*H, H), bias_ih, bias_hh
+(G*H,) (None with bias=False, as torch), plus weight_ch (K*H,) for cells with peepholes and
+weight_gg (A*H, A*H) for fgr (slstm's weight_hh (G*H, H // heads); minlstm / mingru have no
+weight_hh, bias_hh): the names of Recurrent's layer 0 without the "_l0".
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 
 import torch
 from torch import nn
@@ -26,7 +29,7 @@ from .options import check_bool, check_int
 class _Cell(nn.Module):
     """The shared body of the three cells; `_kind` is the kind of cell a class takes."""
 
-    _kind = ""
+    _kind = ""  # empty: any kind (RecurrentCell)
 
     def __init__(
         self,
@@ -44,7 +47,7 @@ class _Cell(nn.Module):
         check_int("hidden_size", hidden_size, 1)
         check_bool("bias", bias)
         spec = get_cell(cell).with_options(**cell_options)
-        if spec.kind != self._kind:
+        if self._kind and spec.kind != self._kind:
             same = [n for n in cell_names() if get_cell(n).kind == self._kind]
             raise ArgumentError(
                 f"cell={spec.name!r} is a {spec.kind} cell; lstmlab.{type(self).__name__} "
@@ -60,20 +63,13 @@ class _Cell(nn.Module):
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
         self.truncate = spec.truncate if truncate is None else truncate
         kw = {"device": device, "dtype": dtype}
-        G, H = len(spec.gates), hidden_size
-        K, A = len(spec.peephole_gates), len(spec.recurrent_gates)
-        self.weight_ih = nn.Parameter(torch.empty(G * H, input_size, **kw))
-        self.weight_hh = nn.Parameter(torch.empty(G * H, H, **kw))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(G * H, **kw))
-            self.bias_hh = nn.Parameter(torch.empty(G * H, **kw))
-        else:
+        shapes = spec.param_shapes(input_size, hidden_size, bias)
+        for name, shape in shapes.items():
+            self.register_parameter(name, nn.Parameter(torch.empty(shape, **kw)))
+        if not bias:  # torch's cells have the attributes, None
             self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
-        if K:
-            self.weight_ch = nn.Parameter(torch.empty(K * H, **kw))
-        if A:
-            self.weight_gg = nn.Parameter(torch.empty(A * H, A * H, **kw))
+            if spec.recurrent_weights:
+                self.register_parameter("bias_hh", None)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -84,10 +80,7 @@ class _Cell(nn.Module):
             w.uniform_(-bound, bound)
 
     def cell_params(self) -> CellParams:
-        get = lambda n: getattr(self, n, None)
-        return CellParams(
-            self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, get("weight_ch"), get("weight_gg")
-        )
+        return CellParams(**{f.name: getattr(self, f.name, None) for f in fields(CellParams)})
 
     def _step(self, input, hx) -> tuple[torch.Tensor, ...]:
         """Check the input and state as torch does, then one reference step."""
@@ -261,3 +254,37 @@ class RNNCell(_Cell):
 
     def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None) -> torch.Tensor:
         return self._step(input, hx)[0]
+
+
+class RecurrentCell(_Cell):
+    r"""One step of any cell of the family: `lstmlab.Recurrent`'s single-step counterpart,
+    for the cells torch has no class for (slstm, minlstm, mingru), and the others too.
+
+    Args: input_size, hidden_size, bias=True, device=None, dtype=None; keyword-only: cell
+        (default "lstm"), truncate (lstm cells) and cell options (heads=..., ...).
+    Inputs: input (N, I) or (I,); hx: the state in spec.state_names order, h_0 for one-state
+        cells (rnn-*, gru, minlstm, mingru), else a tuple ((h_0, c_0, n_0, m_0) for slstm),
+        each (N, H) or (H,) (fgr's a_0 3H wide); the default state (zeros, slstm's
+        m_0 = -inf) if None.
+    Returns: the new state like hx: h_1, or the tuple.
+    """
+
+    _default_cell = "lstm"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        cell: str | CellSpec = "lstm",
+        truncate: bool | None = None,
+        **cell_options,
+    ):
+        super().__init__(input_size, hidden_size, bias, device, dtype, cell, truncate, cell_options)
+
+    def forward(self, input: torch.Tensor, hx=None):
+        new = self._step(input, hx)
+        return new[0] if len(new) == 1 else new

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from dataclasses import fields
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,7 @@ from .options import check_bool, check_int, check_number, resolve_spec
 
 INITS = ("torch", "1997")
 # torch.nn.RNNBase.mode for each kind of cell (plain RNNs: "RNN_" + the activation).
-_MODES = {"lstm": "LSTM", "gru": "GRU"}
+_MODES = {"lstm": "LSTM", "gru": "GRU", "slstm": "SLSTM", "minlstm": "MINLSTM", "mingru": "MINGRU"}
 _DROPOUT_WARNING = (
     "dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
     "expects num_layers greater than 1, but got dropout={} and num_layers={}"
@@ -41,6 +42,9 @@ class Recurrent(nn.Module):
         c_t = f_t * c_{t-1} + i_t * g_t
         o_t = sigma(W_o x_t + b_io + R_o h_{t-1} + b_ho [+ p_o * c_t])
         h_t = o_t * Hs(c_t)                     [h_t = W_hr (o_t * Hs(c_t)) with proj_size]
+    slstm (xLSTM), minlstm and mingru (Feng et al. 2024): docs/cells.md; their weights are
+    named as torch's (minlstm / mingru have no weight_hh / bias_hh; slstm's weight_hh is
+    (4H, H // heads), block-diagonal over heads).
 
     Args:
         input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
@@ -53,16 +57,17 @@ class Recurrent(nn.Module):
         truncate: the 1997 truncated gradient (error flows back in time only along c);
             None takes the cell's default (on for lstm1997 only). LSTM cells only.
         forget_bias: initial value of the forget-gate bias (put in bias_ih; bias_hh's
-            forget slice is zeroed). Cells with a free forget gate only.
+            forget slice is zeroed). Cells with a free forget gate only (also slstm, minlstm).
         input_bias: initial value of the input-gate bias, put in the same way. The 1997
             paper's remedy for internal state drift: a negative bias keeps the input gates
-            nearly shut at first. Cells with an input gate only.
+            nearly shut at first. Cells with an input gate only (also slstm, minlstm).
         init: "torch" (U(-1/sqrt(H), 1/sqrt(H)) for every parameter, torch's default) or
             "1997" (U(-0.1, 0.1) and negative output-gate biases, as the 1997 paper).
         return_cell_states: forward also returns every step's cell state of the last
             layer, shaped like the output but H wide. LSTM cells only.
         learn_init: learn the initial state (parameters initial_h, initial_c, ...),
-            used when hx is None.
+            used when hx is None; slstm learns initial_h only (its m_0 = -inf makes the
+            first step ignore c_0 and n_0; see CellSpec.learnable_states).
         **cell_options: change fields of the cell, e.g. peepholes=True (see CellSpec).
 
     Inputs: input, hx
@@ -70,12 +75,12 @@ class Recurrent(nn.Module):
             PackedSequence. L >= 1 (torch raises for L = 0 too); N may be 0.
         hx: the initial state: a tensor (D*num_layers, N, H) for rnn-* and gru; a tuple
             (h_0, c_0) for LSTM cells ((h_0, c_0, a_0) for fgr, a_0 the previous gate
-            activations, (D*num_layers, N, 3H)); h_0 is P = proj_size wide when set.
-            Zeros (or the learned state) if None.
+            activations, (D*num_layers, N, 3H)); (h_0, c_0, n_0, m_0) for slstm; h_0 is
+            P = proj_size wide when set. Zeros (slstm: m_0 = -inf; or the learned state) if None.
     Outputs: output, state[, cells]
         output: (L, N, D*P) (batch_first: (N, L, D*P)); a PackedSequence if input was.
             P is proj_size, or H without a projection.
-        state: h_n, or the tuple (h_n, c_n[, a_n]): h_n (D*num_layers, N, P), the others
+        state: h_n, or the tuple (h_n, c_n[, a_n]) (slstm: (h_n, c_n, n_n, m_n)): h_n (D*num_layers, N, P), the others
             (D*num_layers, N, width*H).
         cells: only with return_cell_states, the last layer's c_t for every t.
     Raises:
@@ -154,31 +159,23 @@ class Recurrent(nn.Module):
         self.num_directions = 2 if bidirectional else 1
 
         kw = {"device": device, "dtype": dtype}
-        H, G, P = hidden_size, len(spec.gates), self._state_width("h")
-        K, A = len(spec.peephole_gates), len(spec.recurrent_gates)
-        # torch's order within a layer: weight_ih, weight_hh, bias_ih, bias_hh, weight_hr;
-        # the peephole and gate-to-gate weights of the other cells follow.
+        P = self._state_width("h")
+        # The layout comes from the spec (CellSpec.param_shapes): torch's order within a
+        # layer, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, then the peephole and
+        # gate-to-gate weights of the cells that have them.
         self._flat_weights_names: list[str] = []
         self._all_weights: list[list[str]] = []
         for k in range(num_layers):
             layer_in = input_size if k == 0 else P * self.num_directions
+            shapes = spec.param_shapes(layer_in, hidden_size, bias, proj_size)
             for sfx in self._suffixes():
-                shapes = {"weight_ih": (G * H, layer_in), "weight_hh": (G * H, P)}
-                if bias:
-                    shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
-                if proj_size:
-                    shapes["weight_hr"] = (proj_size, H)
-                if K:
-                    shapes["weight_ch"] = (K * H,)
-                if A:
-                    shapes["weight_gg"] = (A * H, A * H)
                 names = [f"{name}_l{k}{sfx}" for name in shapes]
                 for name, shape in zip(names, shapes.values()):
                     self.register_parameter(name, nn.Parameter(torch.empty(shape, **kw)))
                 self._flat_weights_names.extend(names)
                 self._all_weights.append(names)
         if learn_init:
-            for s in spec.state_names:
+            for s in spec.learnable_states:
                 shape = (num_layers * self.num_directions, self._state_width(s))
                 self.register_parameter(f"initial_{s}", nn.Parameter(torch.zeros(shape, **kw)))
         self._init_flat_weights()
@@ -233,18 +230,19 @@ class Recurrent(nn.Module):
             for sfx in self._suffixes():
                 if not self.bias:
                     continue
-                b_ih, b_hh = getattr(self, f"bias_ih_l{k}{sfx}"), getattr(self, f"bias_hh_l{k}{sfx}")
+                # bias_hh (absent for minlstm / mingru) gets 0 where bias_ih gets a value, so
+                # that the sum is exact
+                b_ih, b_hh = getattr(self, f"bias_ih_l{k}{sfx}"), getattr(self, f"bias_hh_l{k}{sfx}", None)
+                values = [(g, v) for g, v in (("f", self.forget_bias), ("i", self.input_bias)) if v is not None]
                 if self.init == "1997" and "o" in gates:
                     # The paper gives its few blocks' output gates biases -1, -2, -3, ... so
                     # that cells switch on one after another; with one cell a block we cycle
-                    # units through -1..-4 (bias_hh's slice is zeroed so the sum is exact).
-                    o = gates.index("o")
-                    b_ih[o * H : (o + 1) * H] = -(1.0 + torch.arange(H, dtype=b_ih.dtype) % 4)
-                    b_hh[o * H : (o + 1) * H] = 0.0
-                for gate, value in (("f", self.forget_bias), ("i", self.input_bias)):
-                    if value is not None:
-                        j = gates.index(gate)
-                        b_ih[j * H : (j + 1) * H] = value
+                    # units through -1..-4.
+                    values.append(("o", -(1.0 + torch.arange(H, dtype=b_ih.dtype) % 4)))
+                for gate, value in values:
+                    j = gates.index(gate)
+                    b_ih[j * H : (j + 1) * H] = value
+                    if b_hh is not None:
                         b_hh[j * H : (j + 1) * H] = 0.0
 
     def flatten_parameters(self) -> None:
@@ -253,16 +251,7 @@ class Recurrent(nn.Module):
     def cell_params(self, layer: int, direction: int = 0) -> CellParams:
         """The parameters of one layer and direction (views, not copies)."""
         sfx = self._suffixes()[direction]
-        get = lambda n: getattr(self, f"{n}_l{layer}{sfx}", None)
-        return CellParams(
-            get("weight_ih"),
-            get("weight_hh"),
-            get("bias_ih"),
-            get("bias_hh"),
-            get("weight_ch"),
-            get("weight_gg"),
-            get("weight_hr"),
-        )
+        return CellParams(**{f.name: getattr(self, f"{f.name}_l{layer}{sfx}", None) for f in fields(CellParams)})
 
     # ---- forward -----------------------------------------------------------------------
     def forward(self, input, hx=None):
@@ -350,11 +339,14 @@ class Recurrent(nn.Module):
         spec = self.spec
         LD = self.num_layers * self.num_directions
         if hx is None:
-            if any(n.startswith("initial_") for n, _ in self.named_parameters()):
-                full = [getattr(self, f"initial_{s}").unsqueeze(1).expand(-1, B, -1) for s in spec.state_names]
-            else:
-                z = zero_state(spec, B, self.hidden_size, x, self.proj_size)
-                full = [t.unsqueeze(0).expand(LD, -1, -1) for t in z]
+            # the default state, with the learned initial states (learn_init) in their places
+            z = zero_state(spec, B, self.hidden_size, x, self.proj_size)
+            full = [
+                learned.unsqueeze(1).expand(-1, B, -1)
+                if (learned := getattr(self, f"initial_{s}", None)) is not None
+                else t.unsqueeze(0).expand(LD, -1, -1)
+                for s, t in zip(spec.state_names, z)
+            ]
         else:
             names = [f"{s}_0" for s in spec.state_names]
             if len(names) == 1:

@@ -36,22 +36,34 @@ def resolve_spec(
             f"proj_size={proj_size} is invalid; allowed: 0 (no projection) up to hidden_size - 1 = {hidden_size - 1}"
         )
     if spec.kind != "lstm":
+        # rnn and gru have no gate whose bias forget_bias / input_bias could set; the modern
+        # cells have (below), but no truncated rule, cell-state output or projection
+        gated = spec.kind not in ("rnn", "gru")
         for name, value in [
             ("truncate", truncate or None),
-            ("forget_bias", forget_bias),
-            ("input_bias", input_bias),
+            ("forget_bias", None if gated else forget_bias),
+            ("input_bias", None if gated else input_bias),
             ("return_cell_states", return_cell_states or None),
             ("proj_size", proj_size or None),
         ]:
             if value is not None:
                 raise ArgumentError(
                     f"cell {spec.name!r} has no option {name!r} (given {value!r}); it needs a cell state (an LSTM cell)"
+                    if not gated
+                    else f"cell {spec.name!r} ({spec.kind}) has no option {name!r} (given {value!r}); "
+                    f"it is an option of the lstm kind of cell"
                 )
+    spec.head_size(hidden_size)  # heads must divide hidden_size
     if truncate is not None:
         check_bool("truncate", truncate)
     for name, value, gate, why in [
-        ("forget_bias", forget_bias, spec.forget_gate == "free", f"its forget gate is {spec.forget_gate!r}"),
-        ("input_bias", input_bias, spec.input_gate, "it has no input gate"),
+        (
+            "forget_bias",
+            forget_bias,
+            "f" in spec.gates,
+            f"its forget gate is {spec.forget_gate!r}" if spec.kind == "lstm" else "it has no forget gate",
+        ),
+        ("input_bias", input_bias, "i" in spec.gates, "it has no input gate"),
     ]:
         if value is None:
             continue

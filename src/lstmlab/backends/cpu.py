@@ -67,6 +67,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_
 
 from ..cells import CellSpec
 from . import reference
+from .csrc.layout import _KIND as KERNEL_KINDS
 from .csrc.layout import check_activations
 from .csrc.layout import plan as layout_plan
 from .reference import CellParams, State
@@ -76,17 +77,18 @@ DTYPES = (torch.float32, torch.float64)
 # ---- building and loading the extension ------------------------------------------------
 _ext = None
 _ext_error: str | None = None
+_ext_lacks: frozenset[str] = frozenset()  # activations of lstmlab.cells.ACTIVATIONS the kernel does not know
 
 
 def _extension():
     """The compiled module; raises RuntimeError with the reason if it cannot be had."""
-    global _ext, _ext_error
+    global _ext, _ext_error, _ext_lacks
     if _ext is None and _ext_error is None:
         from . import csrc
 
         try:
             ext = csrc.load()
-            check_activations(dict(ext.activations))
+            _ext_lacks = check_activations(dict(ext.activations))
             _ext = ext
         except csrc.BuildError as e:
             _ext_error = str(e)
@@ -647,6 +649,16 @@ def _fallback(why: str, *args, **kw):
     return reference.run_layer(*args, **kw)
 
 
+def _kernel_lacks(spec: CellSpec) -> str | None:
+    """Why the kernel cannot run this cell (issue #13: the slstm, minlstm and mingru kinds
+    and the g_min activation have no kernel yet), or None."""
+    if spec.kind not in KERNEL_KINDS:
+        return f"cell {spec.name!r}: the kernel has no {spec.kind} cells"
+    _extension()
+    unknown = [a for a in (spec.activation, spec.output_activation) if a in _ext_lacks]
+    return f"cell {spec.name!r}: the kernel has no activation {unknown[0]!r}" if unknown else None
+
+
 def run_layer(
     spec: CellSpec,
     p: CellParams,
@@ -672,6 +684,9 @@ def run_layer(
     truncate = spec.truncate if truncate is None else truncate
     if p.weight_hr is not None and spec.kind != "lstm":
         raise ValueError(f"weight_hr given for cell {spec.name!r} ({spec.kind}); allowed: lstm cells only (proj_size)")
+    lacks = _kernel_lacks(spec)
+    if lacks:
+        return _fallback(lacks, spec, p, x, state, lengths, reverse, truncate, return_cells)
     if x.device.type != "cpu" or x.dtype not in DTYPES:
         return _fallback(
             f"{x.dtype} on {x.device} is not supported (float32/float64 on cpu)",

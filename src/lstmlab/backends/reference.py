@@ -8,6 +8,10 @@ gradient.
 
 Shapes: B batch, T time, I input features, H hidden units, G = len(spec.gates), and
 P the width of h: H, or proj_size for an LSTM cell with a projection (weight_hr).
+
+The modern cells (docs/cells.md): slstm (Beck et al. 2024) with exponential input gate,
+normaliser n and stabiliser m (detached: the output does not depend on it); minlstm and
+mingru (Feng et al. 2024), whose gates see the input alone (no recurrent product).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..cells import ACTIVATIONS, CellSpec
 
@@ -23,18 +28,20 @@ State = tuple[torch.Tensor, ...]  # in spec.state_names order: h (B, P), the oth
 
 @dataclass
 class CellParams:
-    """The parameters of one layer and direction, in torch's layout.
+    """The parameters of one layer and direction, in torch's layout (the fields are the
+    names of CellSpec.param_shapes, which gives their shapes; absent ones are None).
 
-    weight_ih (G*H, I), weight_hh (G*H, P), bias_ih / bias_hh (G*H,) or None,
+    weight_ih (G*H, I), weight_hh (G*H, P) (slstm: (G*H, H // heads), block-diagonal over
+        heads, compressed; minlstm / mingru: None), bias_ih / bias_hh (G*H,) or None,
     weight_ch (K*H,) peephole vectors for the K = len(spec.peephole_gates) gates, or None,
     weight_gg (A*H, A*H) gate-to-gate matrices for spec.recurrent_gates (FGR), or None,
     weight_hr (P, H) the projection of LSTM cells (torch's proj_size = P), or None: then
         h_t = (o_t * act(c_t)) @ weight_hr.T is P wide (and P = H without it).
-    H is weight_hh.shape[0] // G, never weight_hh.shape[1] (which is P).
+    H is weight_ih.shape[0] // G, never weight_hh.shape[1] (which is P).
     """
 
     weight_ih: torch.Tensor
-    weight_hh: torch.Tensor
+    weight_hh: torch.Tensor | None = None
     bias_ih: torch.Tensor | None = None
     bias_hh: torch.Tensor | None = None
     weight_ch: torch.Tensor | None = None
@@ -52,6 +59,19 @@ def _split(t: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
     return dict(zip(names, t.chunk(len(names), dim=-1)))
 
 
+def recurrent_product(spec: CellSpec, p: CellParams, h: torch.Tensor) -> torch.Tensor:
+    """R h_{t-1} + b_hh: (B, P) -> (B, G*H). slstm with heads > 1: block-diagonal, unit j
+    of every gate block (in head d = j // dh) sees h[:, d*dh : (d+1)*dh] through row j of
+    weight_hh (G*H, dh); dh = H // heads."""
+    if spec.kind == "slstm" and spec.heads > 1:
+        (B, H), dh = h.shape, p.weight_hh.shape[1]
+        R = p.weight_hh.view(len(spec.gates), H // dh, dh, dh)  # (G, heads, dh out, dh in)
+        hw = torch.einsum("bdk,gdjk->bgdj", h.reshape(B, H // dh, dh), R).reshape(B, -1)
+    else:
+        hw = h @ p.weight_hh.t()
+    return hw + p.bias_hh if p.bias_hh is not None else hw
+
+
 def pointwise(
     spec: CellSpec, p: CellParams, xw: torch.Tensor, state: State, truncate: bool = False, trace: dict | None = None
 ) -> State:
@@ -62,10 +82,9 @@ def pointwise(
     and activations of the step are stored in it (the Jacobian code reads them).
     """
     h = state[0]
-    h_in = h.detach() if truncate else h
-    hw = h_in @ p.weight_hh.t()
-    if p.bias_hh is not None:
-        hw = hw + p.bias_hh
+    if not spec.recurrent_weights:
+        return _min_pointwise(spec, xw, h, trace)
+    hw = recurrent_product(spec, p, h.detach() if truncate else h)
     if spec.kind == "rnn":
         pre = xw + hw
         new = (ACTIVATIONS[spec.activation].fn(pre),)
@@ -80,7 +99,49 @@ def pointwise(
         if trace is not None:
             trace.update(r=r, z=z, n=n, hw_n=hs["n"])
         return ((1 - z) * n + z * h,)
+    if spec.kind == "slstm":
+        return _slstm_pointwise(spec, xw + hw, state, trace)
     return _lstm_pointwise(spec, p, xw + hw, state, truncate, trace)
+
+
+def _min_pointwise(spec, xw, h, trace):
+    """minlstm / mingru (Feng et al. 2024): gates and candidate from the input alone."""
+    pre = _split(xw, spec.gates)  # (B, H) each
+    h_tilde = ACTIVATIONS[spec.activation].fn(pre["h"])
+    if spec.kind == "mingru":
+        z = torch.sigmoid(pre["z"])
+        if trace is not None:
+            trace.update(pre=pre, z=z, h_tilde=h_tilde)
+        return ((1 - z) * h + z * h_tilde,)
+    # f' = f / (f + i) = sigma(log f - log i) and i' = 1 - f', in a form that neither
+    # underflows nor divides 0 by 0 when both gates are tiny
+    d = F.logsigmoid(pre["f"]) - F.logsigmoid(pre["i"])
+    f, i = torch.sigmoid(d), torch.sigmoid(-d)
+    if trace is not None:
+        trace.update(pre=pre, f=f, i=i, h_tilde=h_tilde)
+    return (f * h + i * h_tilde,)
+
+
+def _slstm_pointwise(spec, pre_all, state, trace):
+    """sLSTM (Beck et al. 2024), stabilised: m_t = max(log f + m_{t-1}, log i);
+    i' = exp(log i - m_t), f' = exp(log f + m_{t-1} - m_t); c_t = f' c + i' z,
+    n_t = f' n + i', h_t = o c_t / n_t. c and n are the paper's c~ and n~ times exp(-m_t), so
+    h does not depend on m: m is detached (a constant to autograd) and gradients are exact."""
+    _, c, n, m = state
+    pre = _split(pre_all, spec.gates)  # i f z o, (B, H) each
+    log_i = pre["i"]
+    log_f = F.logsigmoid(pre["f"]) if spec.forget_activation == "sigmoid" else pre["f"]
+    m_prev = m.detach()
+    m_new = torch.maximum(log_f + m_prev, log_i).detach()
+    i = torch.exp(log_i - m_new)
+    f = torch.exp(log_f + m_prev - m_new)  # 0 when m_prev = -inf (the first step)
+    z, o = torch.tanh(pre["z"]), torch.sigmoid(pre["o"])
+    c_new = f * c + i * z
+    n_new = f * n + i
+    h_new = o * c_new / n_new
+    if trace is not None:
+        trace.update(pre=pre, i=i, f=f, z=z, o=o, c=c_new, n=n_new, m=m_new)
+    return h_new, c_new, n_new, m_new
 
 
 def _lstm_pointwise(spec, p, pre_all, state, truncate, trace):
@@ -131,11 +192,10 @@ def step(spec: CellSpec, p: CellParams, x_t: torch.Tensor, state: State, truncat
 
 
 def zero_state(spec: CellSpec, batch: int, hidden: int, like: torch.Tensor, proj_size: int = 0) -> State:
-    """The all-zero state: h (batch, proj_size or hidden), the others (batch, width*hidden)."""
-    return tuple(
-        like.new_zeros(batch, proj_size if n == "h" and proj_size else spec.state_width(n) * hidden)
-        for n in spec.state_names
-    )
+    """The default initial state: h (batch, proj_size or hidden), the others (batch,
+    width*hidden), each filled with spec.initial_value(name): zeros, and slstm's m = -inf."""
+    width = lambda n: proj_size if n == "h" and proj_size else spec.state_width(n) * hidden
+    return tuple(like.new_full((batch, width(n)), spec.initial_value(n)) for n in spec.state_names)
 
 
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:

@@ -12,7 +12,8 @@ from .spec import ACTIVATIONS, Activation, CellSpec
 _REGISTRY: dict[str, CellSpec] = {}  # filled by discover() at the end of this file
 
 # The order of cell_names(): plain RNNs, the LSTM line in historical order, Greff's
-# variants, GRU. Cells not listed here (new files) follow in alphabetical order.
+# variants, GRU, then the modern cells (xLSTM's sLSTM, Feng et al.'s minimal ones). Cells
+# not listed here (new files) follow in alphabetical order.
 _ORDER = (
     "rnn-tanh",
     "rnn-sigmoid",
@@ -29,6 +30,9 @@ _ORDER = (
     "cifg",
     "fgr",
     "gru",
+    "slstm",
+    "minlstm",
+    "mingru",
 )
 
 
