@@ -43,6 +43,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..cells import ACTIVATIONS
 from ..errors import ArgumentError
 from .reference import CellParams, State, input_projection, reverse_padded
 
@@ -141,25 +142,17 @@ def _log_g(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 0, torch.log(x.clamp(min=0) + 0.5), F.logsigmoid(x))
 
 
-# Activations of the candidate h~ that are positive, by the log of their value: for these the
-# inputs b = (input gate) * h~ are formed in log space; any other activation is applied as it is.
-_LOG_ACTIVATIONS = {"g_min": _log_g, "sigmoid": F.logsigmoid}
-
-
 def _decay_and_input(spec, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """log a and b of the recurrence h_t = a_t h_{t-1} + b_t from k = x W_ih^T + b_ih (T, B, G*H)."""
     if spec.kind == "mingru":  # rows [z; h~]: h_t = (1 - z) h_{t-1} + z h~
         k_z, k_h = k.chunk(2, dim=-1)
         log_a, log_in = F.logsigmoid(-k_z), F.logsigmoid(k_z)
-    else:  # minlstm, rows [f; i; h~]: h_t = f' h_{t-1} + i' h~, f' = f / (f + i), i' = i / (f + i)
+    else:  # minlstm, rows [f; i; h~]: h_t = f' h_{t-1} + i' h~, f' = f / (f + i) = sigmoid(log f - log i)
         k_f, k_i, k_h = k.chunk(3, dim=-1)
-        log_f, log_i = F.logsigmoid(k_f), F.logsigmoid(k_i)
-        log_sum = torch.logaddexp(log_f, log_i)
-        log_a, log_in = log_f - log_sum, log_i - log_sum
-    if spec.activation in _LOG_ACTIVATIONS:
-        return log_a, (log_in + _LOG_ACTIVATIONS[spec.activation](k_h)).exp()
-    from ..cells import ACTIVATIONS
-
+        d = F.logsigmoid(k_f) - F.logsigmoid(k_i)
+        log_a, log_in = F.logsigmoid(d), F.logsigmoid(-d)
+    if spec.activation == "g_min":  # positive: b = exp(log i' + log g(k_h))
+        return log_a, (log_in + _log_g(k_h)).exp()
     return log_a, log_in.exp() * ACTIVATIONS[spec.activation].fn(k_h)
 
 
