@@ -67,16 +67,21 @@ def _scan_forward(log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> tor
     if pad:
         log_a = torch.cat([log_a, log_a.new_zeros(pad, N)])
         b = torch.cat([b, b.new_zeros(pad, N)])
-    log_a, b = log_a.view(C, L, N), b.view(C, L, N)
-    log_decay = log_a.cumsum(1)  # (C, L, N): log of the decay from each chunk's start
+    # Step t of every chunk at once, laid out (L, C, N) so that each step reads and writes
+    # contiguous blocks (elementwise ops on strided slices, with out=, are ~15x slower on CPU).
+    log_a = log_a.view(C, L, N).transpose(0, 1).contiguous()
+    b = b.view(C, L, N).transpose(0, 1).contiguous()
     a = log_a.exp()
-    acc = torch.empty_like(b)  # (C, L, N): each chunk's own inputs, from a zero state
-    acc[:, 0] = b[:, 0]
+    log_decay = torch.empty_like(log_a)  # log of the decay from the chunk's start
+    acc = torch.empty_like(b)  # the chunk's own inputs, from a zero state
+    log_decay[0], acc[0] = log_a[0], b[0]
     for t in range(1, L):
-        torch.addcmul(b[:, t], a[:, t], acc[:, t - 1], out=acc[:, t])
-    ends = _scan_forward(log_decay[:, -1], acc[:, -1], h0)  # (C, N): h at each chunk's end
-    starts = torch.cat([h0.unsqueeze(0), ends[:-1]]).unsqueeze(1)  # (C, 1, N)
-    return torch.addcmul(acc, log_decay.exp(), starts).view(C * L, N)[:T]
+        torch.add(log_decay[t - 1], log_a[t], out=log_decay[t])
+        torch.addcmul(b[t], a[t], acc[t - 1], out=acc[t])
+    ends = _scan_forward(log_decay[-1], acc[-1], h0)  # (C, N): h at each chunk's end
+    starts = torch.cat([h0.unsqueeze(0), ends[:-1]])  # (C, N)
+    h = acc.addcmul_(log_decay.exp_(), starts)  # (L, C, N)
+    return h.transpose(0, 1).reshape(C * L, N)[:T]
 
 
 class _Scan(torch.autograd.Function):
