@@ -69,15 +69,13 @@ def _scan_forward(log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> tor
         b = torch.cat([b, b.new_zeros(pad, N)])
     # Step t of every chunk at once, laid out (L, C, N) so that each step reads and writes
     # contiguous blocks (elementwise ops on strided slices, with out=, are ~15x slower on CPU).
-    log_a = log_a.view(C, L, N).transpose(0, 1).contiguous()
-    b = b.view(C, L, N).transpose(0, 1).contiguous()
-    a = log_a.exp()
-    log_decay = torch.empty_like(log_a)  # log of the decay from the chunk's start
-    acc = torch.empty_like(b)  # the chunk's own inputs, from a zero state
-    log_decay[0], acc[0] = log_a[0], b[0]
+    # Two working copies, updated in place: log_decay (the log of the decay from the chunk's
+    # start, a running sum of log a) and acc (the chunk's own inputs, from a zero state).
+    log_decay = log_a.new_empty(L, C, N).copy_(log_a.view(C, L, N).transpose(0, 1))
+    acc = b.new_empty(L, C, N).copy_(b.view(C, L, N).transpose(0, 1))
     for t in range(1, L):
-        torch.add(log_decay[t - 1], log_a[t], out=log_decay[t])
-        torch.addcmul(b[t], a[t], acc[t - 1], out=acc[t])
+        acc[t].addcmul_(log_decay[t].exp(), acc[t - 1])
+        log_decay[t].add_(log_decay[t - 1])
     ends = _scan_forward(log_decay[-1], acc[-1], h0)  # (C, N): h at each chunk's end
     starts = torch.cat([h0.unsqueeze(0), ends[:-1]])  # (C, N)
     h = acc.addcmul_(log_decay.exp_(), starts)  # (L, C, N)
@@ -98,11 +96,10 @@ class _Scan(torch.autograd.Function):
         log_a, h0, h = ctx.saved_tensors
         # g_t = dh_t + a_{t+1} g_{t+1}: the forward recurrence on the time-reversed sequence,
         # whose step t sees the decay a_{t+1} (and a_{T+1} multiplies g_{T+1} = 0).
-        log_a_next = torch.cat([log_a[1:], log_a.new_zeros(1, log_a.shape[1])])
-        g = _Scan.apply(log_a_next.flip(0), dh.flip(0), torch.zeros_like(h0)).flip(0)
-        a = log_a.exp()
+        log_a_next = torch.cat([log_a.new_zeros(1, log_a.shape[1]), log_a[1:].flip(0)])  # reversed in time
+        g = _Scan.apply(log_a_next, dh.flip(0), torch.zeros_like(h0)).flip(0)
         h_prev = torch.cat([h0.unsqueeze(0), h[:-1]])
-        return g * a * h_prev, g, a[0] * g[0]
+        return g * h_prev * log_a.exp(), g, log_a[0].exp() * g[0]
 
 
 def scan(log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
