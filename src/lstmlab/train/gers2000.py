@@ -39,10 +39,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..bench import machine_label
 from ..errors import ArgumentError
 from ..io import atomic_write
 from ..tasks.reber import SYMBOLS, Coins, embedded_string
-from .net1997 import BlockNet, Init1997, Machine1997
+from .net1997 import BlockNet, Init1997, Machine1997, fast_available
 
 ARMS = ("no-forget", "forget", "forget-decay")
 PUBLISHED = {"no-forget": 0.0, "forget": 0.18, "forget-decay": 0.62}  # fraction of perfect nets
@@ -85,8 +86,6 @@ def gers_init(forget_gate: bool) -> Init1997:
 def gers_machine(arm: str, seed: int, fast: bool | None = None) -> Machine1997:
     if arm not in ARMS:
         raise ArgumentError(f"arm={arm!r} is invalid; allowed: {', '.join(map(repr, ARMS))}")
-    from .paper1997 import fast_available
-
     forget = arm != "no-forget"
     return Machine1997(
         gers_net(forget), gers_init(forget), seed * 1000 + 3, fast=fast_available() if fast is None else fast
@@ -208,8 +207,6 @@ def run_gers_trial(
         run, _ = run_stream(machine, train, MAX_STREAM, decay=decay)
         streams, symbols = streams + 1, symbols + run
         perfect, correct = perfect_test(machine, [ReberStream(g) for g in test_streams(seed)], test_length)
-    from .paper1997 import _machine_label
-
     mean = float(np.mean(correct)) if correct else None
     return {
         "arm": arm,
@@ -226,7 +223,7 @@ def run_gers_trial(
         "wall_seconds": round(time.perf_counter() - start, 3),
         "cpu_seconds": round(time.process_time() - cpu_start, 3),
         "backend": f"Machine1997 {machine.backend}",
-        "machine": _machine_label(),
+        "machine": machine_label(),
         "paper_fraction": PUBLISHED[arm],
     }
 

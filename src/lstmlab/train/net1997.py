@@ -35,6 +35,7 @@ masked: they stay zero and are not counted in num_weights() or the flat weight v
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from numbers import Real
@@ -217,6 +218,11 @@ def _as_array(name, value, shape_hint: str) -> np.ndarray:
 
 
 UPDATES = ("step", "end")
+
+
+def fast_available() -> bool:
+    """Whether Machine1997's C++ engine (lstmlab.train.net1997_cpp) is part of this tree."""
+    return importlib.util.find_spec("lstmlab.train.net1997_cpp") is not None
 
 
 class Machine1997:

@@ -29,7 +29,6 @@ evaluations run every `eval_every` sequences.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -37,6 +36,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import numpy as np
 import torch
 
+from ..bench import machine_label
 from ..errors import ArgumentError
 from ..tasks import Batch, Judgement, StoppingRule, WindowRule, make
 from ..tasks.base import Task
@@ -519,13 +519,6 @@ def trial_budget(row: Row, budget: str | int | None, arm: str = "paper") -> int:
     raise ArgumentError(f"budget={budget!r} is invalid; allowed: 'default', 'paper' or an int >= 1")
 
 
-def _machine_label() -> str:
-    from ..bench import machine
-
-    m = machine()
-    return f"{m['cpu']} ({m['cores']} cores)"
-
-
 def _targets_with_nan(batch: Batch) -> np.ndarray:
     t = batch.targets.to(torch.float64).clone()
     t[~batch.mask] = float("nan")
@@ -557,16 +550,12 @@ def _select(j: Judgement, start: int, stop: int) -> Judgement:
     return Judgement(j.correct[start:stop], j.error[start:stop])
 
 
-def fast_available() -> bool:
-    """Whether Machine1997's C++ engine (lstmlab.train.net1997_cpp) is part of this tree."""
-    return importlib.util.find_spec("lstmlab.train.net1997_cpp") is not None
-
-
 def paper_machine(row: Row, seed: int, fast: bool | None = None):
     """The row's Machine1997, initialised from `seed` (weights U(-r, r), the gate biases).
     fast: the C++ engine (None: when the tree has it), False: the autograd reference."""
+    from .net1997 import BlockNet, Init1997, Machine1997, fast_available
+
     fast = fast_available() if fast is None else fast
-    from .net1997 import BlockNet, Init1997, Machine1997
 
     names = {f.name for f in fields(BlockNet)}
     kwargs = row.paper.net.block_net_kwargs()
@@ -839,7 +828,7 @@ def run_trial(
         "criterion_reachable": budget > row.make_task().stopping_rule().confirmation,
         "wall_seconds": round(time.perf_counter() - start, 3),
         "cpu_seconds": round(time.process_time() - cpu_start, 3),
-        "machine": _machine_label(),
+        "machine": machine_label(),
         "paper_sequences": row.paper_sequences,
         "paper_test": None if row.paper_test is None else list(row.paper_test),
     }
