@@ -2,8 +2,9 @@
 Optuna storage (lstmlab.train.trials: resumable, any number of workers), and their report
 (lstmlab.train.reproduce_report).
 
-    1997      every row of Hochreiter & Schmidhuber 1997 (lstmlab.train.paper1997): the
-              paper's machine ("paper"), today's recipe ("modern"), a tanh RNN ("rnn").
+    1997      every row of Hochreiter & Schmidhuber 1997 (rows: lstmlab.train.rows1997,
+              trials: lstmlab.train.paper1997): the paper's machine ("paper"), today's
+              recipe ("modern"), a tanh RNN ("rnn").
     gers2000  Gers, Schmidhuber & Cummins 2000 on the continual embedded Reber grammar
               (lstmlab.train.gers2000): no forget gate, forget gate, forget gate with
               learning-rate decay; plus both nets' cell states over one stream.
@@ -165,7 +166,7 @@ BUDGETS = ("default", "paper")
 
 
 def _paper_1997() -> Experiment:
-    from . import paper1997 as p
+    from . import rows1997 as p
 
     published = {}
     for r in p.ROWS:
