@@ -175,9 +175,6 @@ class Row:
         return self.paper_sequences + self.make_task().stopping_rule().confirmation
 
 
-# ---------------------------------------------------------------------------------------
-# The paper arms (Table 10, Table 11 and the text of section 5).
-
 # The modern arm: reproduce.ROWS_1997's recipe where it has the row (tuned there), else the
 # same cell, biases and optimiser, untuned.
 _TODAY = {r.task: r.lstm for r in ROWS_1997}
@@ -193,6 +190,9 @@ _MODERN = {
     "temporal-order-3": _TODAY["temporal-order"],
 }
 
+
+# ---------------------------------------------------------------------------------------
+# The paper arms (Table 10, Table 11 and the text of section 5).
 
 _REBER_READING = (
     "Experiment 1. Table 10 rows 1-1 .. 1-5: 7 inputs, 7 outputs, F connectivity, bias weights "
@@ -363,6 +363,52 @@ def _adding(T: int, seqs: int, wrong: int) -> Row:
     )
 
 
+# Default sequences per trial, per row and arm, so that every row x 3 arms x 10 seeds fits
+# 60 minutes on 2 worker processes (BUDGET_NOTE says how they were sized).
+DEFAULT_BUDGETS: dict[str, dict[str, int]] = {
+    "1-3x2-lr0.5": {"paper": 8_440, "modern": 3_500, "rnn": 4_200},
+    "1-4x1-lr0.1": {"paper": 28_000, "modern": 4_700, "rnn": 3_800},
+    "2a": {"paper": 15_040, "modern": 5_500, "rnn": 2_900},
+    "2b": {"paper": 15_680, "modern": 2_900, "rnn": 3_300},
+    "2c-q50-p50": {"paper": 40_000, "modern": 4_200, "rnn": 3_900},
+    "2c-q100-p100": {"paper": 15_000, "modern": 2_200, "rnn": 2_700},
+    "2c-q200-p200": {"paper": 15_000, "modern": 2_200, "rnn": 2_400},
+    "2c-q500-p500": {"paper": 670, "modern": 1_000, "rnn": 1_800},
+    "2c-q1000-p1000": {"paper": 260, "modern": 360, "rnn": 340},
+    "2c-q1000-p500": {"paper": 380, "modern": 250, "rnn": 440},
+    "2c-q1000-p200": {"paper": 910, "modern": 960, "rnn": 520},
+    "2c-q1000-p100": {"paper": 15_000, "modern": 680, "rnn": 730},
+    "2c-q1000-p50": {"paper": 15_000, "modern": 850, "rnn": 640},
+    "3a-T100-N3": {"paper": 39_850, "modern": 1_200, "rnn": 800},
+    "3a-T100-N1": {"paper": 64_330, "modern": 870, "rnn": 1_400},
+    "3a-T1000-N3": {"paper": 12_000, "modern": 370, "rnn": 450},
+    "3b-T100-N3": {"paper": 43_250, "modern": 700, "rnn": 1_000},
+    "3b-T100-N1": {"paper": 73_000, "modern": 920, "rnn": 1_000},
+    "3b-T1000-N1": {"paper": 7_200, "modern": 550, "rnn": 570},
+    "3c-T100-N3": {"paper": 68_000, "modern": 1_000, "rnn": 1_100},
+    "3c-T100-N1": {"paper": 77_000, "modern": 980, "rnn": 630},
+    "4-T100": {"paper": 74_000, "modern": 3_200, "rnn": 5_600},
+    "4-T500": {"paper": 18_000, "modern": 5_100, "rnn": 1_700},
+    "4-T1000": {"paper": 8_600, "modern": 1_000, "rnn": 2_600},
+    "5-T100": {"paper": 78_000, "modern": 5_200, "rnn": 6_000},
+    "6a": {"paper": 31_390, "modern": 760, "rnn": 760},
+    "6b": {"paper": 43_000, "modern": 560, "rnn": 500},
+}
+BUDGET_NOTE = (
+    "Default budgets: the cost of each (row, arm) was measured on a shared 2-core AMD EPYC "
+    "(seconds per training sequence and the fixed cost of a trial: setup, evaluations, the test; "
+    "two short runs of each, single-threaded, the paper arm on Machine1997's C++ engine). The "
+    "paper arm of 2a, 2b and the cheaper 2c rows first gets enough for its 10,000-sequence check "
+    "(2a/2b their paper count, those 2c rows 15,000); then every other (row, arm) gets the same "
+    "wall time for its 10 seeds (about 53 s), capped at the paper's own count, so that all rows x "
+    "3 arms x 10 seeds take at most 80% of 2 workers x 60 minutes. The paper arm is 10-100 times "
+    "cheaper per sequence than the modern and rnn arms (torch autograd, Adam), so it gets far "
+    "more sequences; where a budget is below a row's uncounted check window (2a-2c) the trial "
+    "cannot meet the criterion and says so (criterion_reachable: false). `--budget paper` gives "
+    "every arm the paper's count."
+)
+
+
 def _build_rows() -> tuple[Row, ...]:
     from ..tasks.lag_distractor import ROWS as PAIRS
 
@@ -429,51 +475,6 @@ def _build_rows() -> tuple[Row, ...]:
     ]
     return tuple(replace(r, budget=DEFAULT_BUDGETS[r.name]) for r in rows)
 
-
-# Default sequences per trial, per row and arm, so that every row x 3 arms x 10 seeds fits
-# 60 minutes on 2 worker processes (BUDGET_NOTE says how they were sized).
-DEFAULT_BUDGETS: dict[str, dict[str, int]] = {
-    "1-3x2-lr0.5": {"paper": 8_440, "modern": 3_500, "rnn": 4_200},
-    "1-4x1-lr0.1": {"paper": 28_000, "modern": 4_700, "rnn": 3_800},
-    "2a": {"paper": 15_040, "modern": 5_500, "rnn": 2_900},
-    "2b": {"paper": 15_680, "modern": 2_900, "rnn": 3_300},
-    "2c-q50-p50": {"paper": 40_000, "modern": 4_200, "rnn": 3_900},
-    "2c-q100-p100": {"paper": 15_000, "modern": 2_200, "rnn": 2_700},
-    "2c-q200-p200": {"paper": 15_000, "modern": 2_200, "rnn": 2_400},
-    "2c-q500-p500": {"paper": 670, "modern": 1_000, "rnn": 1_800},
-    "2c-q1000-p1000": {"paper": 260, "modern": 360, "rnn": 340},
-    "2c-q1000-p500": {"paper": 380, "modern": 250, "rnn": 440},
-    "2c-q1000-p200": {"paper": 910, "modern": 960, "rnn": 520},
-    "2c-q1000-p100": {"paper": 15_000, "modern": 680, "rnn": 730},
-    "2c-q1000-p50": {"paper": 15_000, "modern": 850, "rnn": 640},
-    "3a-T100-N3": {"paper": 39_850, "modern": 1_200, "rnn": 800},
-    "3a-T100-N1": {"paper": 64_330, "modern": 870, "rnn": 1_400},
-    "3a-T1000-N3": {"paper": 12_000, "modern": 370, "rnn": 450},
-    "3b-T100-N3": {"paper": 43_250, "modern": 700, "rnn": 1_000},
-    "3b-T100-N1": {"paper": 73_000, "modern": 920, "rnn": 1_000},
-    "3b-T1000-N1": {"paper": 7_200, "modern": 550, "rnn": 570},
-    "3c-T100-N3": {"paper": 68_000, "modern": 1_000, "rnn": 1_100},
-    "3c-T100-N1": {"paper": 77_000, "modern": 980, "rnn": 630},
-    "4-T100": {"paper": 74_000, "modern": 3_200, "rnn": 5_600},
-    "4-T500": {"paper": 18_000, "modern": 5_100, "rnn": 1_700},
-    "4-T1000": {"paper": 8_600, "modern": 1_000, "rnn": 2_600},
-    "5-T100": {"paper": 78_000, "modern": 5_200, "rnn": 6_000},
-    "6a": {"paper": 31_390, "modern": 760, "rnn": 760},
-    "6b": {"paper": 43_000, "modern": 560, "rnn": 500},
-}
-BUDGET_NOTE = (
-    "Default budgets: the cost of each (row, arm) was measured on a shared 2-core AMD EPYC "
-    "(seconds per training sequence and the fixed cost of a trial: setup, evaluations, the test; "
-    "two short runs of each, single-threaded, the paper arm on Machine1997's C++ engine). The "
-    "paper arm of 2a, 2b and the cheaper 2c rows first gets enough for its 10,000-sequence check "
-    "(2a/2b their paper count, those 2c rows 15,000); then every other (row, arm) gets the same "
-    "wall time for its 10 seeds (about 53 s), capped at the paper's own count, so that all rows x "
-    "3 arms x 10 seeds take at most 80% of 2 workers x 60 minutes. The paper arm is 10-100 times "
-    "cheaper per sequence than the modern and rnn arms (torch autograd, Adam), so it gets far "
-    "more sequences; where a budget is below a row's uncounted check window (2a-2c) the trial "
-    "cannot meet the criterion and says so (criterion_reachable: false). `--budget paper` gives "
-    "every arm the paper's count."
-)
 
 ROWS: tuple[Row, ...] = _build_rows()
 ROW_NAMES = tuple(r.name for r in ROWS)
