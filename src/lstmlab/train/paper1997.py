@@ -201,7 +201,6 @@ class PaperRun:
                 replayed = self._train(part)
                 fired = [self.rule.update(_select(replayed, i, i + 1)) for i in range(stop + 1)]
                 assert fired[-1], "the replay of a chunk must fire the rule where the first pass did"
-                judged = replayed
             self.seen += stop + 1
             self.solved = True
 
