@@ -43,7 +43,7 @@ from ..bench import machine_label
 from ..errors import ArgumentError
 from ..io import atomic_write
 from ..tasks.reber import SYMBOLS, Coins, embedded_string
-from .net1997 import BlockNet, Init1997, Machine1997, fast_available
+from .net1997 import BlockNet, Init1997, Machine1997
 
 ARMS = ("no-forget", "forget", "forget-decay")
 PUBLISHED = {"no-forget": 0.0, "forget": 0.18, "forget-decay": 0.62}  # fraction of perfect nets
@@ -87,9 +87,7 @@ def gers_machine(arm: str, seed: int, fast: bool | None = None) -> Machine1997:
     if arm not in ARMS:
         raise ArgumentError(f"arm={arm!r} is invalid; allowed: {', '.join(map(repr, ARMS))}")
     forget = arm != "no-forget"
-    return Machine1997(
-        gers_net(forget), gers_init(forget), seed * 1000 + 3, fast=fast_available() if fast is None else fast
-    )
+    return Machine1997(gers_net(forget), gers_init(forget), seed * 1000 + 3, fast=fast)
 
 
 class ReberStream:

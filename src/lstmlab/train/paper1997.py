@@ -84,9 +84,7 @@ def _select(j: Judgement, start: int, stop: int) -> Judgement:
 def paper_machine(row: Row, seed: int, fast: bool | None = None):
     """The row's Machine1997, initialised from `seed` (weights U(-r, r), the gate biases).
     fast: the C++ engine (None: when the tree has it), False: the autograd reference."""
-    from .net1997 import BlockNet, Init1997, Machine1997, fast_available
-
-    fast = fast_available() if fast is None else fast
+    from .net1997 import BlockNet, Init1997, Machine1997
 
     names = {f.name for f in fields(BlockNet)}
     kwargs = row.paper.net.block_net_kwargs()
