@@ -44,6 +44,7 @@ from ..errors import ArgumentError
 from ..io import atomic_write
 from ..tasks.reber import SYMBOLS, Coins, embedded_string
 from .net1997 import BlockNet, Init1997, Machine1997
+from .reproduce import budget_choice
 
 ARMS = ("no-forget", "forget", "forget-decay")
 PUBLISHED = {"no-forget": 0.0, "forget": 0.18, "forget-decay": 0.62}  # fraction of perfect nets
@@ -185,14 +186,8 @@ def run_gers_trial(
     last test's correct symbols per stream and their mean, good (mean > 1,000, the paper's
     "good solution"), budget, wall_seconds, backend, machine, paper_fraction.
     max_streams: None / "default" (DEFAULT_STREAMS), "paper" (30,000) or an int."""
-    if max_streams is None or max_streams == "default":
-        budget = DEFAULT_STREAMS
-    elif max_streams == "paper":
-        budget = PAPER_STREAMS
-    elif isinstance(max_streams, int) and not isinstance(max_streams, bool) and max_streams >= 1:
-        budget = max_streams
-    else:
-        raise ArgumentError(f"max_streams={max_streams!r} is invalid; allowed: 'default', 'paper' or an int >= 1")
+    choice = budget_choice("max_streams", max_streams)
+    budget = {"default": DEFAULT_STREAMS, "paper": PAPER_STREAMS}.get(choice, choice)
     start, cpu_start = time.perf_counter(), time.process_time()
     machine = gers_machine(arm, seed)
     train = ReberStream(torch.Generator().manual_seed(seed * 1000))

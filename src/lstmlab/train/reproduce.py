@@ -165,6 +165,18 @@ class Experiment:
 BUDGETS = ("default", "paper")
 
 
+def budget_choice(name: str, value: str | int | None) -> str | int:
+    """A trial's budget as given: "default" (also None), "paper", or an int >= 1, returned as
+    such; anything else raises ArgumentError naming the argument `name`."""
+    if value is None or value == "default":
+        return "default"
+    if value == "paper":
+        return "paper"
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ArgumentError(f"{name}={value!r} is invalid; allowed: 'default', 'paper' or an int >= 1")
+
+
 def _paper_1997() -> Experiment:
     from . import rows1997 as p
 

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from ..errors import ArgumentError
 from ..tasks import make
 from ..tasks.base import Task
-from .reproduce import ROWS_1997
+from .reproduce import ROWS_1997, budget_choice
 
 ARMS = ("paper", "modern", "rnn")
 BIASED = ("gates", "hidden", "all", "none")  # Table 10, column 12: ga, b1, all, none
@@ -490,13 +490,12 @@ def get_row(name: str) -> Row:
 def trial_budget(row: Row, budget: str | int | None, arm: str = "paper") -> int:
     """Sequences of one trial of `arm`: None / "default" -> row.budget[arm], "paper" -> the
     paper's own count (plus any uncounted window), an int -> that."""
-    if budget is None or budget == "default":
+    choice = budget_choice("budget", budget)
+    if choice == "default":
         return row.budget[arm]
-    if budget == "paper":
+    if choice == "paper":
         return row.paper_count_budget()
-    if isinstance(budget, int) and not isinstance(budget, bool) and budget >= 1:
-        return budget
-    raise ArgumentError(f"budget={budget!r} is invalid; allowed: 'default', 'paper' or an int >= 1")
+    return choice
 
 
 def row_table() -> list[dict]:
