@@ -402,7 +402,8 @@ def reference_state_grads(m, x, state, lengths, reverse, truncate):
     for t in range(T):
         new = reference.pointwise(spec, p, xw[t], state, truncate)
         for n in new:  # what step t computes: its gradient is the total dL/dh_t, dL/dc_t
-            n.retain_grad()
+            if n.requires_grad:  # (not slstm's m, detached)
+                n.retain_grad()
         states.append(new)
         state = tuple(torch.where(valid[t], n, s) for n, s in zip(new, state))
         outs.append(state[0] * valid[t])
@@ -413,7 +414,17 @@ def reference_state_grads(m, x, state, lengths, reverse, truncate):
 
 @pytest.mark.parametrize(
     "cell,truncate",
-    [("lstm", False), ("vanilla", False), ("fgr", False), ("lstm1997", True), ("gru", None), ("rnn-tanh", None)],
+    [
+        ("lstm", False),
+        ("vanilla", False),
+        ("fgr", False),
+        ("lstm1997", True),
+        ("gru", None),
+        ("rnn-tanh", None),
+        ("slstm", None),
+        ("minlstm", None),
+        ("mingru", None),
+    ],
 )
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("groups", [1, 2])
@@ -426,10 +437,11 @@ def test_grad_norms_match_reference(cell, truncate, reverse, groups):
     assert len(norms.runs) == 1 and norms.h[0] is None  # filled by backward
     cot = torch.randn(out.shape, generator=g, dtype=out.dtype)
     fcot = [torch.randn(s.shape, generator=g, dtype=s.dtype) for s in final]
-    torch.autograd.backward([out, *final], [cot, *fcot])
+    live = [k for k, s in enumerate(final) if s.requires_grad]  # not slstm's m_n
+    torch.autograd.backward([out, *[final[k] for k in live]], [cot, *[fcot[k] for k in live]])
 
     r_out, r_final, states, valid = reference_state_grads(m, x, state, lengths, reverse, truncate)
-    torch.autograd.backward([r_out, *r_final], [cot, *fcot])
+    torch.autograd.backward([r_out, *[r_final[k] for k in live]], [cot, *[fcot[k] for k in live]])
     for k, got in enumerate([norms.h[0], norms.c[0]]):
         if m.spec.kind != "lstm" and k == 1:
             assert got is None
