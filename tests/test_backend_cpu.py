@@ -477,3 +477,27 @@ def test_unsupported_dtype_falls_back_with_a_warning():
 
 def test_tolerances_are_the_shared_table():
     assert TOL[torch.float64] == (1e-10, 1e-10) and TOL[torch.float32] == (1e-5, 1e-5)
+
+
+@pytest.mark.parametrize("heads,forget", [(2, "sigmoid"), (4, "exp"), (1, "exp")])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_slstm_heads_and_forget_activations_match_reference(heads, forget, dtype):
+    """slstm's block-diagonal recurrence (heads > 1: one product per head, the weights in
+    the kernel's head-major order) and exponential forget gate, with lengths, both
+    directions and the truncated rule's skipped recurrent gradient: every output and gradient."""
+    T, B, I, H = 7, 3, 4, 8
+    torch.manual_seed(3)
+    m = lstmlab.Recurrent(I, H, cell="slstm", heads=heads, forget_activation=forget, dtype=dtype, backend="reference")
+    assert m.weight_hh_l0.shape == (4 * H, H // heads) and m.spec.forget_activation == forget
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(T, B, I, generator=g, dtype=dtype).requires_grad_()
+    state = tuple(
+        (torch.rand if n == "n" else torch.randn)(B, H, generator=g, dtype=dtype).requires_grad_()
+        for n in m.spec.state_names
+    )
+    lengths = torch.tensor([7, 3, 5])
+    for reverse, truncate in ((False, None), (True, None), (False, True)):
+        want = run_and_differentiate(reference, m, x, state, lengths, reverse, truncate)
+        got = run_and_differentiate(cpu, m, x, state, lengths, reverse, truncate)
+        for name in want:
+            assert_close(got[name], want[name], dtype, msg=f"heads={heads} {forget} reverse={reverse}: {name}")
