@@ -501,3 +501,23 @@ def test_slstm_heads_and_forget_activations_match_reference(heads, forget, dtype
         got = run_and_differentiate(cpu, m, x, state, lengths, reverse, truncate)
         for name in want:
             assert_close(got[name], want[name], dtype, msg=f"heads={heads} {forget} reverse={reverse}: {name}")
+
+
+@pytest.mark.parametrize("cell", ["minlstm", "mingru"])
+@pytest.mark.parametrize("activation", ["identity", "g_min"])
+def test_min_cells_activations_match_reference(cell, activation):
+    """The min cells' candidate h~ = act(k): the paper's g_min (pre-activations of either sign)
+    or identity; lengths and both directions, float64."""
+    T, B, I, H = 6, 3, 2, 9
+    torch.manual_seed(5)
+    m = lstmlab.Recurrent(I, H, cell=cell, activation=activation, dtype=torch.float64, backend="reference")
+    assert m.spec.activation == activation
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(T, B, I, generator=g, dtype=torch.float64).requires_grad_()
+    state = (torch.randn(B, H, generator=g, dtype=torch.float64).requires_grad_(),)
+    for reverse in (False, True):
+        lengths = torch.tensor([6, 2, 4])
+        want = run_and_differentiate(reference, m, x, state, lengths, reverse, None)
+        got = run_and_differentiate(cpu, m, x, state, lengths, reverse, None)
+        for name in want:
+            assert_close(got[name], want[name], msg=f"{cell} {activation} reverse={reverse}: {name}")
