@@ -143,3 +143,32 @@ def test_slstm_gradient_flow_equals_autograd_state_gradients():
     gf = gradient_flow(m, x, lambda out: (out * u).sum())
     for got, w in zip((gf.h, gf.c, gf.n), want):
         assert_close(got, w, tol="float64_closed_form")
+
+
+@pytest.mark.parametrize("cell", ["slstm", "minlstm", "mingru"])
+def test_training_records_the_flow_of_the_modern_cells(cell, tmp_path):
+    """train --flow-every (lstmlab.analysis.watch) measures them too: the closed-form
+    Jacobians cover every kind, so TrainConfig no longer refuses them."""
+    import json
+
+    from lstmlab.train import TrainConfig, train
+
+    cfg = dict(task="adding", task_params={"T": 22}, cell=cell, hidden_size=4, batch_size=4, eval_every=8)
+    train(TrainConfig(**cfg, eval_size=8, test=False, max_sequences=8, flow_every=8, out_dir=str(tmp_path)))
+    records = json.loads((tmp_path / "flow.json").read_text())["records"]
+    assert [r["sequences"] for r in records] == [0, 8]
+    assert all(r["lyapunov_status"] in ("decays", "growing", "constant") for r in records)
+    assert all(math.isfinite(r["lyapunov_top"]) for r in records)
+
+
+def test_the_closed_forms_cover_every_kind_and_refuse_an_unknown_one():
+    import dataclasses
+
+    from lstmlab.analysis.jacobians import CLOSED_FORM_KINDS, check_closed_form
+    from lstmlab.cells.spec import KINDS
+
+    assert set(CLOSED_FORM_KINDS) == set(KINDS)
+    spec = dataclasses.replace(lstmlab.get_cell("lstm"), name="fake")
+    object.__setattr__(spec, "kind", "mlstm")  # past CellSpec's own check, as a kind registered later
+    with pytest.raises(lstmlab.ArgumentError, match=r"cell 'fake' is of kind 'mlstm': the closed-form step Jacobians"):
+        check_closed_form(spec)
