@@ -22,11 +22,13 @@ def layer(cell, hidden=4, seed=0, **kw):
     return lstmlab.Recurrent(I, hidden, cell=cell, dtype=DT, backend="reference", **kw)
 
 
-def autograd_step_jacobians(m, x, hx=None):
+def autograd_step_jacobians(m, x, hx=None, direction=0):
     """d s_t / d s_{t-1} by torch.func.jacrev of reference.step, one step and batch element
-    at a time, s = (h, c, n) for slstm with m (the last state) held at its recorded value."""
-    run = record(m, x, hx)
-    p = m.cell_params(0)
+    at a time, s = (h, c, n) for slstm with m (the last state) held at its recorded value.
+    direction 1: the reverse direction of layer 0, which reads x backwards."""
+    run = record(m, x, hx, direction=direction)
+    p = m.cell_params(0, direction)
+    x = x.flip(0) if direction else x
     carried = 3 if m.spec.kind == "slstm" else 1  # the states that carry error
     out = []
     for t in range(x.shape[0]):
@@ -61,6 +63,12 @@ def test_slstm_step_jacobians_equal_autograd_with_m_fixed(case):
     J = step_jacobians(m, x)
     assert J.shape == (T, B, 3 * case["hidden"], 3 * case["hidden"])
     assert_close(J, autograd_step_jacobians(m, x), tol="jacobian")
+
+
+def test_slstm_step_jacobians_of_the_reverse_direction():
+    m = layer("slstm", heads=2, bidirectional=True)
+    x = torch.randn(T, B, I, dtype=DT, generator=torch.Generator().manual_seed(4))
+    assert_close(step_jacobians(m, x, direction=1), autograd_step_jacobians(m, x, direction=1), tol="jacobian")
 
 
 def test_slstm_step_jacobians_from_a_given_state_where_the_forget_branch_wins():
