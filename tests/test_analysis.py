@@ -54,8 +54,10 @@ def lstm_truncations(cell):
     return [None, False, True] if lstmlab.get_cell(cell).kind == "lstm" else [None]
 
 
-# the kinds with closed-form Jacobians (slstm, minlstm, mingru are refused: test_modern_cells.py)
+# every cell whose state is all error-carrying (slstm's stabiliser m is held fixed, which the
+# helper above does not do: tests/test_modern_instruments.py)
 CLOSED_FORM_CELLS = [c for c in lstmlab.cell_names() if lstmlab.get_cell(c).kind in CLOSED_FORM_KINDS]
+CLOSED_FORM_CELLS = [c for c in CLOSED_FORM_CELLS if lstmlab.get_cell(c).kind != "slstm"]
 
 
 @pytest.mark.parametrize("cell,truncate", [(c, t) for c in CLOSED_FORM_CELLS for t in lstm_truncations(c)])

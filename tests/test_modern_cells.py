@@ -2,7 +2,8 @@
 al. 2024, "Were RNNs All We Needed?"). The reference step against float64 implementations of
 the papers' equations written out here (sLSTM also in its unstabilised form), gradcheck of
 whole layers, the stabiliser's invariance, heads as a block-diagonal matrix, the layer's
-options, parameter names and state_dicts, padding, and the instruments' refusals."""
+options, parameter names and state_dicts, padding, and the gradient flow of the min cells
+(the other instruments: test_modern_instruments.py)."""
 
 import math
 
@@ -12,10 +13,9 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import lstmlab
 from conftest import assert_close, gradcheck
-from lstmlab.analysis import gradient_flow, record, step_jacobians
+from lstmlab.analysis import gradient_flow, record
 from lstmlab.backends import reference
 from lstmlab.cells import ACTIVATIONS
-from lstmlab.train import TrainConfig
 
 DT = torch.float64
 I, H = 3, 4
@@ -397,17 +397,6 @@ def test_spec_declares_the_layout(cell):
 
 
 # ---- the instruments ---------------------------------------------------------------------
-@pytest.mark.parametrize("cell", MODERN)
-def test_closed_form_instruments_refuse_the_new_kinds(cell):
-    m = layer(cell)
-    with pytest.raises(
-        lstmlab.ArgumentError, match=rf"cell '{cell}' is of kind '{cell}': the closed-form step Jacobians"
-    ):
-        step_jacobians(m, torch.randn(3, 1, I, dtype=DT))
-    with pytest.raises(ValueError, match="closed-form"):
-        TrainConfig(task="adding", task_params={"T": 30}, cell=cell, flow_every=10)
-
-
 @pytest.mark.parametrize("cell,carry", [("mingru", lambda tr: 1 - tr["z"]), ("minlstm", lambda tr: tr["f"])])
 def test_gradient_flow_of_the_min_cells_is_the_product_of_their_carries(cell, carry):
     """dh_t/dh_{t-1} = diag(1 - z_t) (mingru), diag(f'_t) (minlstm): the gradient of

@@ -209,3 +209,43 @@ def test_the_report_answers_from_the_numbers(study):
     html = (study[0] / "report.html").read_text()
     assert html.index("The answer") < html.index("gradient_by_lag.png") < html.index("The numbers")
     assert "Measured share carried by the carousel" in html
+
+
+@pytest.fixture(scope="module")
+def modern(tmp_path_factory):
+    out = tmp_path_factory.mktemp("flow_modern")
+    args = ["flow", "--cells", "slstm,minlstm,mingru", "--steps", "40", "--hidden", "8", "--batch", "3"]
+    assert main([*args, "--heatmap-stride", "4", "--forget-bias-sweep", "", "--out", str(out)]) == 0
+    return out, json.loads((out / "flow.json").read_text())
+
+
+def test_the_default_study_includes_the_modern_cells():
+    from lstmlab.analysis.study import DEFAULT_CELLS, FlowConfig
+
+    assert {"slstm", "minlstm", "mingru"} <= set(DEFAULT_CELLS) == set(FlowConfig().cells)
+
+
+@pytest.mark.slow
+def test_the_modern_cells_in_the_study(modern):
+    out, res = modern
+    cells = {k: v for k, v in res["cells"].items() if not k.startswith("lstm, forget bias")}
+    assert list(cells) == ["slstm", "minlstm", "mingru"]
+    for r in cells.values():
+        assert r["lyapunov_status"] == "decays" and r["measured_status"] == "below_threshold"
+        assert r["decay_rate_fit"] == approx(r["decay_rate"], "decay_fit_short")
+        assert 0 < r["carry_mean"] < 1
+    # the min cells' step Jacobians are their diagonal carries: the top Lyapunov exponent is
+    # the largest mean log carry of a unit (over the steps both count, all but a few)
+    for name in ("minlstm", "mingru"):
+        assert cells[name]["lyapunov_top"] == approx(cells[name]["carry_log_top"], "decay_fit_short")
+        assert "cell_path" not in cells[name] and "grad_c_by_lag" not in cells[name]
+    s = cells["slstm"]
+    assert s["state"] == ["h", "c", "n", "m"] and len(s["grad_n_by_lag"]) == 40
+    assert s["heatmap"]["stride"] == 8  # twice --heatmap-stride: its state is 3H wide
+    assert 0 < s["ratio_carry_mean"] < 1 and s["carry_log_top"] <= 0
+    assert all(0 <= v <= 1 for v in s["cell_path"]["share"])
+    html = (out / "report.html").read_text()
+    assert f"f&prime; averages {s['carry_mean']:.2f} and the ratio's factor {s['ratio_carry_mean']:.2f}" in html
+    for name, what in (("minlstm", "minLSTM"), ("mingru", "minGRU")):
+        assert f"<b>{what}</b>'s error flows back only along h" in html
+        assert f"(averaging {cells[name]['carry_mean']:.2f} here)" in html

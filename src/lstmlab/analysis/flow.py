@@ -12,13 +12,19 @@ from ..backends import get_backend
 @dataclass
 class GradientFlow:
     """h: (T, B) norms of dL/dh_t for t = 1..T (the state after step t); c likewise for
-    cells of the lstm kind (else None: slstm's c is stabilised, rescaled by exp(-m_t), so
-    its gradient is not that of the paper's cell state); h_mean / c_mean: averaged over the
-    batch, (T,)."""
+    cells with a cell state (lstm and slstm kinds, else None); n: slstm's normaliser (else
+    None). h_mean / c_mean / n_mean: averaged over the batch, (T,).
+
+    slstm's c and n are the stabilised states c~ exp(-m_t), n~ exp(-m_t) (m detached): their
+    gradients are the error the backward carries, and the step Jacobians act on (the paper's
+    unstabilised c~ would have the gradient dL/dc_t exp(-m_t)). The cell-state path keeps its
+    meaning: the diagonal of dc_t/dc_{t-1} is the stabilised forget gate f'_t (<= 1), and the
+    rest of the c -> c product runs through h and the recurrent weights, as for the LSTM."""
 
     h: torch.Tensor
     c: torch.Tensor | None
     loss: float
+    n: torch.Tensor | None = None
 
     @property
     def h_mean(self):
@@ -28,11 +34,15 @@ class GradientFlow:
     def c_mean(self):
         return None if self.c is None else self.c.mean(1)
 
+    @property
+    def n_mean(self):
+        return None if self.n is None else self.n.mean(1)
+
 
 def gradient_flow(model, x, loss_fn, hx=None, layer: int = 0, direction: int = 0) -> GradientFlow:
     """One forward and backward pass of loss_fn(model(x)[0]) that also records the norm of
     the total gradient reaching every step's state: dL/dh_t (through the output at t and
-    through every later step) and dL/dc_t (through h_t and c_{t+1}).
+    through every later step) and dL/dc_t (through h_t and c_{t+1}); slstm also dL/dn_t.
 
     On the cpu backend the fused backward hands the norms back as it goes (no extra work);
     otherwise the reference loop runs with a hook on every state.
@@ -61,7 +71,7 @@ def gradient_flow(model, x, loss_fn, hx=None, layer: int = 0, direction: int = 0
 
 def _hooked(model, x, loss_fn, hx, layer, direction) -> GradientFlow:
     names = model.spec.state_names
-    norms = {"h": [], "c": []} if model.spec.kind == "lstm" else {"h": []}
+    norms = {n: [] for n in ("h", "c", "n") if n in names}  # not slstm's m: it carries no error
 
     def keep(slot):
         def hook(grad):
@@ -87,8 +97,5 @@ def _hooked(model, x, loss_fn, hx, layer, direction) -> GradientFlow:
             "gradient_flow: no state required grad (are all parameters frozen and x without requires_grad?)"
         )
     order = (lambda v: v.flip(0)) if direction == 1 else (lambda v: v)
-    return GradientFlow(
-        order(torch.stack(norms["h"])),
-        order(torch.stack(norms["c"])) if norms.get("c") else None,
-        float(loss.detach()),
-    )
+    stacked = {k: order(torch.stack(v)) if v else None for k, v in norms.items()}
+    return GradientFlow(stacked["h"], stacked.get("c"), float(loss.detach()), stacked.get("n"))

@@ -1,9 +1,12 @@
 """Jacobians of the state map s_t = F(x_t, s_{t-1}), in closed form from the cell definition.
 
-The state is s = h for rnn-* and gru, s = [h, c] for the LSTM cells and [h, c, a] for FGR
-(a: the previous gate activations), so S = H * (number of state blocks). The Jacobian is
-the one the backward pass actually uses: with the truncated rule the gates and the cell
-input do not depend on the previous state, and only the Constant Error Carousel remains.
+The state is s = h for rnn-*, gru, minlstm and mingru, s = [h, c] for the LSTM cells,
+[h, c, a] for FGR (a: the previous gate activations) and [h, c, n] for slstm, so
+S = H * (number of state blocks). The Jacobian is the one the backward pass actually
+uses: with the truncated rule the gates and the cell input do not depend on the previous
+state, and only the Constant Error Carousel remains; slstm's stabiliser m is not a state
+that carries error (the reference detaches it: h does not depend on it), so it is held
+fixed and left out of s.
 
 All steps and batch elements are done at once, by the chain rule through the pointwise
 maths of `lstmlab.backends.reference`; no autograd, no per-step loop. Every derivative of
@@ -81,15 +84,16 @@ def step_jacobians(model, x, hx=None, layer: int = 0, direction: int = 0) -> tor
             (its input is the output of the layers below).
     Returns:
         (T, B, S, S) with S = H * len(state blocks); row and column blocks in the order
-        h, c[, a]. J[t] maps s_{t-1} (the state before step t) to s_t.
+        h, c[, a] (slstm: h, c, n; m held fixed). J[t] maps s_{t-1} (the state before step t)
+        to s_t.
     """
     check_closed_form(model.spec)
     return jacobians_from_run(record(model, x, hx, layer, direction))
 
 
-# The kinds of cell whose step Jacobians are worked out below. slstm, minlstm and mingru
-# (issue #13) are not yet: they are refused rather than given another kind's formulas.
-CLOSED_FORM_KINDS = ("rnn", "gru", "lstm")
+# The kinds of cell whose step Jacobians are worked out below: every kind of CellSpec. A
+# kind added later is refused here until its formulas are, rather than given another's.
+CLOSED_FORM_KINDS = ("rnn", "gru", "lstm", "slstm", "minlstm", "mingru")
 
 
 def check_closed_form(spec: CellSpec) -> None:
@@ -110,6 +114,12 @@ def jacobians_from_run(run: Run) -> torch.Tensor:
             return _rnn(spec, p, run.trace)
         if spec.kind == "gru":
             return _gru(spec, p, run.prev, run.trace)
+        if spec.kind == "slstm":
+            return _slstm(spec, p, run.prev, run.trace)
+        if spec.kind == "mingru":  # dh_t/dh_{t-1} = diag(1 - z_t): z sees x_t alone
+            return torch.diag_embed(1 - run.trace["z"])
+        if spec.kind == "minlstm":  # diag(f'_t), f' = f / (f + i) of x_t alone
+            return torch.diag_embed(run.trace["f"])
         return _lstm(spec, p, run.prev, run.trace, run.truncate)
 
 
@@ -221,3 +231,36 @@ def _lstm(spec, p, prev, tr, truncate):
     dH = dC.scale(o * act.grad(c)) + dO.scale(act.fn(c))
     rows = [dH, dC] + [{"i": dI, "f": dF, "o": dO}[k] for k in spec.recurrent_gates]
     return materialize(rows, mats, c_prev)
+
+
+def dense_recurrent(spec: CellSpec, p: CellParams) -> torch.Tensor:
+    """slstm's weight_hh (G*H, H // heads), block-diagonal over heads and stored compressed,
+    as the full (G*H, H) matrix that multiplies h_{t-1} (reference.recurrent_product)."""
+    G = len(spec.gates)
+    GH, dh = p.weight_hh.shape
+    H = GH // G
+    blocks = p.weight_hh.view(G, H // dh, dh, dh)  # (G, heads, dh out, dh in)
+    return torch.cat([torch.block_diag(*blocks[g]) for g in range(G)])
+
+
+def _slstm(spec, p, prev, tr):
+    """sLSTM over s = [h, c, n] with the stabiliser m held fixed (as the reference's
+    backward holds it: m is detached). With pre-activations k_g = W_g x + R_g h_{t-1} + b_g:
+    i' = exp(k_i - m_t), f' = exp(log f + m_{t-1} - m_t) (log f = logsigmoid(k_f), or k_f
+    for the exponential forget gate), so d i' = i' d k_i and d f' = f' (d log f / d k_f) d k_f;
+    c_t = f' c_{t-1} + i' z, n_t = f' n_{t-1} + i', h_t = o c_t / n_t."""
+    _, c_prev, n_prev = prev[:3]
+    H = c_prev.shape[-1]
+    R = dict(zip(spec.gates, dense_recurrent(spec, p).chunk(len(spec.gates), dim=0)))
+    mats = {g: torch.cat([R[g], c_prev.new_zeros(H, 2 * H)], 1) for g in spec.gates}  # (H, 3H): h only
+    i, f, z, o, c, n = tr["i"], tr["f"], tr["z"], tr["o"], tr["c"], tr["n"]
+    k_f = tr["pre"]["f"]
+    dlog_f = torch.sigmoid(-k_f) if spec.forget_activation == "sigmoid" else torch.ones_like(k_f)
+    dI = Lin({"i": i})
+    dF = Lin({"f": f * dlog_f})
+    dZ = Lin({"z": 1 - z**2})
+    dO = Lin({"o": o * (1 - o)})
+    dC = dF.scale(c_prev) + dI.scale(z) + dZ.scale(i) + Lin({("eye", H): f})
+    dN = dF.scale(n_prev) + dI + Lin({("eye", 2 * H): f})
+    dH = dO.scale(c / n) + dC.scale(o / n) + dN.scale(-o * c / n**2)
+    return materialize([dH, dC, dN], mats, c_prev)

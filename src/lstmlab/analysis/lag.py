@@ -37,7 +37,8 @@ def lag_jacobians(
     Args:
         J: (T, B, S, S) step Jacobians (lstmlab.analysis.step_jacobians); J[k] maps s_k to s_{k+1}.
         forget: (T, B, H) forget-gate activations for the cell-path product (LSTM cells;
-            the state's second block is c), or None.
+            slstm: its stabilised f', the diagonal of dc_t/dc_{t-1} with m fixed; the
+            state's second block is c), or None.
         stride: keep every stride-th start and end (the cost is O(T^2 / stride) products).
         spectral: also compute spectral norms (one SVD per kept product).
     """

@@ -37,6 +37,9 @@ COLOURS = {
     "gru": "#e377c2",
     "lstm, forget bias 1": "#17becf",
     "lstm, forget bias 2": "#000000",
+    "slstm": "#006d2c",
+    "minlstm": "#b8860b",
+    "mingru": "#4b0082",
 }
 SPARE = ("#bcbd22", "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94")
 MARKERS = "os^vDP*Xhp<>"

@@ -1,4 +1,5 @@
-"""The gradient-flow study: RNNs against LSTMs, in numbers (flow.json), figures and a report.
+"""The gradient-flow study: RNNs against LSTMs (and the modern cells: sLSTM, minLSTM,
+minGRU), in numbers (flow.json), figures and a report.
 
 For every cell: a freshly initialised network of `hidden` units is driven by Gaussian
 input for `steps` steps (float64, so that vanishing gradients are measured rather than
@@ -6,8 +7,9 @@ flushed to zero). A loss on the last step only, L = <u, h_T> with u a random uni
 per sequence, is backpropagated; ||dL/dh_t|| / ||dL/dh_T|| as a function of the lag T - t
 is how much error from the end reaches step t. Beside it: the exact step Jacobians, the
 norms of their products over every lag, the share of the c -> c product carried by the
-cell-state path, and the Lyapunov spectrum of the backward dynamics with the memory
-horizon it implies.
+cell-state path (lstm and slstm kinds), and the Lyapunov spectrum of the backward dynamics
+with the memory horizon it implies. Every cell's mean diagonal carry (the forget gate f,
+slstm's stabilised f', minlstm's f' = f / (f + i), mingru's 1 - z) is recorded beside it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from .jacobians import check_closed_form, jacobians_from_run, record
 from .lag import by_lag, lag_jacobians
 from .lyapunov import lyapunov_from_jacobians
 
+# the classic cells, then the modern ones (issue #13)
 DEFAULT_CELLS = ("rnn-tanh", "rnn-sigmoid", "rnn-relu", "lstm1997", "lstm", "vanilla", "gru")
+DEFAULT_CELLS += ("slstm", "minlstm", "mingru")
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,7 @@ class FlowConfig:
     seed: int = 0
     forget_bias: float | None = None  # for cells with a free forget gate; None: as init
     init: str = "torch"  # "torch" or "1997" (see lstmlab.Recurrent)
-    heatmap_stride: int = 5  # lag products kept every this many steps (cost ~ T^2/stride)
+    heatmap_stride: int = 5  # lag products kept every this many steps (cost ~ T^2/stride); slstm: twice this
     heatmap_batch: int = 2  # sequences the heatmaps and cell-path share average over
     warmup: int | None = None  # backward steps not counted in the Lyapunov exponents; None: min(10, steps // 2)
     threshold: float = 1e-6  # the gradient falls below this: the empirical horizon
@@ -120,9 +124,10 @@ def study_cell(cell: str, cfg: FlowConfig, forget_bias: float | None = None) -> 
     t0 = time.perf_counter()
 
     # 1. the gradient of a loss at the last step, at every earlier step: the norm over the
-    #    whole state s_t = [h_t, c_t] (with the truncated rule error lives in c alone)
+    #    whole state s_t = [h_t, c_t] (with the truncated rule error lives in c alone;
+    #    slstm: [h_t, c_t, n_t], the state its step Jacobians act on)
     gf = gradient_flow(model, x, lambda out: (out[-1] * u).sum())
-    state = gf.h if gf.c is None else torch.sqrt(gf.h**2 + gf.c**2)
+    state = torch.sqrt(sum(v**2 for v in (gf.h, gf.c, gf.n) if v is not None))
     by_lag_of = lambda v: torch.log((v / state[-1]).clamp_min(1e-300)).mean(1).flip(0)
     log_rel = by_lag_of(state)  # lag 0..T-1, geometric mean over the batch
     grad_by_lag = torch.exp(log_rel)
@@ -141,6 +146,8 @@ def study_cell(cell: str, cfg: FlowConfig, forget_bias: float | None = None) -> 
     if gf.c is not None:
         out["grad_h_by_lag"] = torch.exp(by_lag_of(gf.h)).tolist()
         out["grad_c_by_lag"] = torch.exp(by_lag_of(gf.c)).tolist()
+    if gf.n is not None:
+        out["grad_n_by_lag"] = torch.exp(by_lag_of(gf.n)).tolist()
 
     # 2. exact step Jacobians, and the Lyapunov spectrum of their backward product
     run = record(model, x)
@@ -155,14 +162,33 @@ def study_cell(cell: str, cfg: FlowConfig, forget_bias: float | None = None) -> 
     one_step = torch.linalg.matrix_norm(J, ord=2)
     out["step_jacobian_spectral_mean"] = float(one_step.mean())
 
-    # 3. lag products: heatmap of log10 spectral norms; cell-path share by lag
+    # 3. the diagonal carries; lag products: heatmap of log10 spectral norms; cell-path share by lag
+    carry = diagonal_carry(spec, run)
+    if carry is not None:
+        out["carry_mean"] = float(carry.mean())
+        # the top exponent of the diagonal alone: max over units of the mean log carry, from the
+        # second step (slstm's first forgets its initial state: f'_1 = 0); for the min cells,
+        # whose Jacobians are that diagonal, the top Lyapunov exponent over the same steps
+        out["carry_log_top"] = float(torch.log(carry[1:]).mean(0).amax(-1).mean())
     if spec.kind == "lstm":
         out["forget_gate_mean"] = float(run.trace["f"].mean())
+    if spec.kind == "slstm":
+        # what h = o c / n sees: c / n carried with f' n_{t-1} / n_t (lstmlab.theory.slstm_ratio_factor)
+        ratio = run.trace["f"] * run.prev[2] / run.trace["n"]
+        out["ratio_carry_mean"] = float(ratio.mean())
+        out["ratio_carry_log_top"] = float(torch.log(ratio[1:]).mean(0).amax(-1).mean())
     nb = min(cfg.heatmap_batch, cfg.batch)
-    forget = run.trace["f"][:, :nb] if spec.kind == "lstm" else None
-    lag = lag_jacobians(J[:, :nb], forget, stride=cfg.heatmap_stride)
+    forget = run.trace["f"][:, :nb] if spec.kind in ("lstm", "slstm") else None
+    # slstm's state [h, c, n] is 3H wide: its lag products cost (3/2)^3 times the lstm's, and
+    # the heatmap is kept at twice the stride (a quarter of the products' norms). Its first
+    # step forgets the initial state by design (m_0 = -inf: f'_1 = 0, a zero carousel), so its
+    # lag products start from s_1
+    stride, first = (2 * cfg.heatmap_stride, 1) if spec.kind == "slstm" else (cfg.heatmap_stride, 0)
+    lag = lag_jacobians(J[first:, :nb], None if forget is None else forget[first:], stride=stride)
+    lag.starts, lag.ends = lag.starts + first, lag.ends + first
     heat = torch.log10(lag.spectral.clamp_min(1e-300)).nanmean(0)
     out["heatmap"] = {
+        "stride": stride,
         "starts": lag.starts.tolist(),
         "ends": lag.ends.tolist(),
         "log10_spectral": [[v if math.isfinite(v) else None for v in row] for row in heat.tolist()],
@@ -179,6 +205,18 @@ def study_cell(cell: str, cfg: FlowConfig, forget_bias: float | None = None) -> 
         }
     out["seconds"] = time.perf_counter() - t0
     return out
+
+
+def diagonal_carry(spec, run) -> torch.Tensor | None:
+    """(T, B, H): the gate that carries each cell's memory from step to step, the diagonal of
+    its step Jacobian along that state: lstm kinds f (1 without a forget gate), slstm the
+    stabilised f' (of c and n), minlstm f' = f / (f + i), mingru 1 - z (the whole Jacobian).
+    None for rnn and gru, whose h has no gated self-connection of its own."""
+    if spec.kind in ("lstm", "slstm", "minlstm"):
+        return run.trace["f"]
+    if spec.kind == "mingru":
+        return 1 - run.trace["z"]
+    return None
 
 
 def forget_bias_sweep(cfg: FlowConfig, cell: str = "lstm") -> dict:

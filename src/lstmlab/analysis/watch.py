@@ -111,7 +111,7 @@ class FlowProbe:
         x, T = self.x, self.x.shape[0]
         u = self._unit(model.hidden_size)
         gf = gradient_flow(model, x, lambda out: (out[-1] * u).sum())
-        state = gf.h if gf.c is None else torch.sqrt(gf.h**2 + gf.c**2)  # (T, B)
+        state = torch.sqrt(sum(v**2 for v in (gf.h, gf.c, gf.n) if v is not None))  # (T, B); slstm: h, c, n
         ref = state[-1].clamp_min(1e-300)
         by_lag_of = lambda v: torch.exp(torch.log((v / ref).clamp_min(1e-300)).mean(1).flip(0))
         grad = by_lag_of(state)
