@@ -132,10 +132,13 @@ def test_lyapunov_of_mingru_is_the_mean_log_carry_of_each_unit():
     assert_close(L.exponents, want, tol="float64_closed_form")
 
 
-def test_slstm_gradient_flow_equals_autograd_state_gradients():
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_slstm_gradient_flow_equals_autograd_state_gradients(backend):
     """dL/dh_t, dL/dc_t, dL/dn_t (c, n: the stabilised states the backward carries) by
-    torch.autograd.grad on a loop written here, against gradient_flow's hooks."""
+    torch.autograd.grad on a loop written here, against gradient_flow's hooks. On a layer
+    of the cpu backend too, whose kernel norms have no n: all three must still come back."""
     m = layer("slstm", heads=2)
+    m.backend = backend
     x = torch.randn(T, B, I, dtype=DT)
     u = torch.randn(T, B, 4, dtype=DT)
     p = m.cell_params(0)
