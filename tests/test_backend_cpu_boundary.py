@@ -33,7 +33,8 @@ def ext(cpu_backend):
 
 
 # ---- the Cell, by name, checked when made ------------------------------------------------
-@pytest.mark.parametrize("name", [n for n in lstmlab.cell_names() if cpu.supports(lstmlab.get_cell(n))[0]])
+# the cells of the generic kernel (the modern kinds cross as codes, csrc/modern.h)
+@pytest.mark.parametrize("name", [n for n in lstmlab.cell_names() if lstmlab.get_cell(n).kind in boundary.KINDS])
 def test_every_cells_plan_names_each_field_of_the_kernels_cell_once(ext, name):
     cfg = plan(lstmlab.get_cell(name), 6, (0, 3, 6), False).cfg
     assert tuple(cfg) == boundary.CELL_FIELDS == tuple(ext.cell_fields)
@@ -96,6 +97,8 @@ def kernel_tables(**changes):
         "forget_modes": dict(boundary.FORGET_MODES),
         "gru_blocks": dict(boundary.GRU_BLOCKS),
         "activations": boundary.activation_codes(),
+        "modern_kinds": dict(boundary.MODERN_KINDS),
+        "forget_activations": dict(boundary.FORGET_ACTIVATIONS),
         "vector_bytes": 64,
     }
     return types.SimpleNamespace(**{**tables, **changes})
@@ -104,6 +107,9 @@ def kernel_tables(**changes):
 def test_the_real_kernels_tables_agree(ext):
     boundary.check_kernel(ext)  # nothing raised
     assert dict(ext.kinds) == {"rnn": 0, "lstm": 1, "gru": 2}
+    assert dict(ext.modern_kinds) == {"slstm": 0, "minlstm": 1, "mingru": 2}
+    assert set(boundary.KINDS) | set(boundary.MODERN_KINDS) == set(lstmlab.cells.spec.KINDS)
+    assert set(boundary.FORGET_ACTIVATIONS) == set(lstmlab.cells.spec.FORGET_ACTIVATIONS)
     assert set(boundary.KINDS) <= set(lstmlab.cells.spec.KINDS)
     assert set(boundary.FORGET_MODES) == set(lstmlab.cells.spec.FORGET_MODES)
 
@@ -117,7 +123,9 @@ def test_tables_that_disagree_are_refused_naming_each_difference():
         kinds={"rnn": 0, "lstm": 2, "gru": 1},
         forget_modes={"free": 0, "coupled": 1},
         gru_blocks={**boundary.GRU_BLOCKS, "x": 4},
-        activations={**boundary.activation_codes(), "relu": 7, "gelu": 6},
+        activations={**boundary.activation_codes(), "relu": 7, "gelu": 9},
+        modern_kinds={"slstm": 0, "minlstm": 2, "mingru": 1},
+        forget_activations={"sigmoid": 0},
     )
     with pytest.raises(csrc.BuildError) as e:
         boundary.check_kernel(bad)
@@ -128,7 +136,9 @@ def test_tables_that_disagree_are_refused_naming_each_difference():
     assert "forget mode 'none' is 2 here but unknown to the kernel" in msg
     assert "gru block 'x' is 4 in the kernel but unknown here" in msg
     assert "activation 'relu' is 2 here but 7 in the kernel" in msg
-    assert "activation 'gelu' is 6 in the kernel but unknown here" in msg
+    assert "activation 'gelu' is 9 in the kernel but unknown here" in msg
+    assert "modern kind 'minlstm' is 1 here but 2 in the kernel" in msg
+    assert "forget activation 'exp' is 1 here but unknown to the kernel" in msg
 
 
 def test_an_activation_the_kernel_lacks_is_allowed_but_one_it_has_must_be_in_activations(monkeypatch):
@@ -155,13 +165,28 @@ def test_a_kernel_that_disagrees_is_not_used(monkeypatch):
 
 # ---- supports(), and how backends use it -------------------------------------------------
 @pytest.mark.parametrize("name", lstmlab.cell_names())
-def test_every_registered_cell_is_supported_by_the_reference_and_the_kernels_kinds_by_cpu(name):
+def test_every_registered_cell_is_supported_by_the_reference_and_by_cpu(name):
     spec = lstmlab.get_cell(name)
-    # issue #13's slstm, minlstm and mingru have no kernel yet
-    refused = f"kind {spec.kind!r} is not one the kernel computes ({', '.join(boundary.KINDS)})"
-    want = (True, "") if spec.kind in boundary.KINDS else (False, refused)
-    assert cpu.supports(spec) == want
+    assert cpu.supports(spec) == (True, "")
     assert reference.supports(spec) == (True, "")
+
+
+@pytest.mark.parametrize(
+    "kind,options",
+    [
+        ("slstm", dict(heads=1, forget_activation="sigmoid")),
+        ("slstm", dict(heads=4, forget_activation="exp")),
+        ("minlstm", dict(activation="identity")),
+        ("mingru", dict(activation="g_min")),
+    ],
+)
+def test_the_modern_cells_options_are_supported(kind, options):
+    assert cpu.supports(CellSpec(f"x-{kind}", kind, "", **options)) == (True, "")
+
+
+def test_g_min_is_computed_for_the_min_cells_only():
+    ok, why = cpu.supports(CellSpec("rnn-gmin", "rnn", "", activation="g_min"))
+    assert not ok and why == "the kernel computes activation 'g_min' for the minlstm and mingru cells only"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,15 +198,18 @@ class ExpertSpec(CellSpec):
 
 def test_an_unknown_kind_or_field_is_refused_with_the_reason():
     spec = dataclasses.replace(lstmlab.get_cell("lstm"), name="fake-slstm")
-    object.__setattr__(spec, "kind", "slstm")  # past CellSpec's own check, as a kind registered later
-    assert cpu.supports(spec) == (False, "kind 'slstm' is not one the kernel computes (rnn, lstm, gru)")
+    object.__setattr__(spec, "kind", "mlstm")  # past CellSpec's own check, as a kind registered later
+    assert cpu.supports(spec) == (
+        False,
+        "kind 'mlstm' is not one the kernel computes (rnn, lstm, gru, slstm, minlstm, mingru)",
+    )
     assert reference.supports(spec) == (True, "")
     assert cpu.supports(ExpertSpec("e1", "lstm", "", experts=1)) == (True, "")
     assert cpu.supports(ExpertSpec("e2", "lstm", "", experts=2)) == (
         False,
         "the kernel does not know the cell field experts (here 2)",
     )
-    with pytest.raises(ArgumentError, match="cell 'fake-slstm' cannot run on backend 'cpu': kind 'slstm'"):
+    with pytest.raises(ArgumentError, match="cell 'fake-slstm' cannot run on backend 'cpu': kind 'mlstm'"):
         cpu.run_layer(
             spec, CellParams(torch.zeros(16, 2), torch.zeros(16, 4)), torch.zeros(3, 1, 2), (torch.zeros(1, 4),) * 2
         )

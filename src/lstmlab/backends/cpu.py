@@ -14,6 +14,13 @@ flags (csrc/cells.h), so a newly registered cell is covered without new code:
               so the pre-activation gradients of only two chunks are ever held; bias and
               peephole gradients accumulate in the pointwise pass.
 
+The modern cells (slstm, minlstm, mingru) run on a dedicated path of the same operators
+(csrc/modern.h, one worker): x W_ih^T for all steps as one product; per step slstm's
+block-diagonal recurrent product (one product per head) and the pointwise pass; the backward
+per step the pointwise backward (and slstm's dP R per head), then dx, dW_ih, dW_hh and the
+bias gradients as products over all steps. slstm's n and m cross as one [n | m] state in the
+FGR a slot; m is detached, as in the reference step (it carries no gradient).
+
 With a projection (CellParams.weight_hr, torch's proj_size; lstm kinds) h is proj_size
 wide: h_t = (o_t * act(c_t)) W_hr^T is one more product per step, whose backward is one
 product per step (dL/dm_t = dL/dh_t W_hr) and one per chunk (dW_hr). A slice of hidden
@@ -64,9 +71,9 @@ from typing import NamedTuple
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 
-from ..cells import CellSpec
+from ..cells import ACTIVATIONS, CellSpec
 from . import reference
-from .csrc.boundary import ADMITTED, admit, check_kernel
+from .csrc.boundary import ADMITTED, FORGET_ACTIVATIONS, MODERN_KINDS, admit, check_kernel
 from .csrc.boundary import spec_key as _spec_key
 from .csrc.boundary import spec_of as _spec_of
 from .csrc.boundary import supports as _kernel_supports
@@ -357,6 +364,8 @@ def _forward_impl(cell: str, config: list[int], lengths: Tensor | None, tensors:
     o_t act(c_t) in the kernel's layout (if keep)]; (0,) where absent. P = proj_size or H."""
     if tensors[0].shape[1] == 0:  # no rows (eager calls never get here: run_layer answers them)
         return _forward_outputs(cell, config, tensors, tensors[0].new_zeros)
+    if _spec_of(cell).kind in MODERN_KINDS:
+        return _modern_forward(_spec_of(cell), config, lengths, tensors)
     c, tensors = _fitted(config, tensors[0]), _present(tensors)
     plan, kcell, Wx, bx, s0, (c0, W_hh, W_gg, r_src, a_src, peep, lens), W_hr = _kernel_args(cell, c, lengths, tensors)
     x, a0 = tensors[0].contiguous(), tensors[3]
@@ -387,6 +396,38 @@ def _forward_impl(cell: str, config: list[int], lengths: Tensor | None, tensors:
 _layer_forward = torch.library.custom_op("lstmlab::layer_forward", _forward_impl, mutates_args=(), device_types="cpu")
 
 
+def _modern_codes(spec: CellSpec) -> tuple[int, int, int]:
+    """csrc/modern.h's kind, the min cells' activation (slstm: identity's code, unused) and
+    slstm's forget activation."""
+    act = ACTIVATIONS[spec.activation if spec.kind != "slstm" else "identity"].code
+    return MODERN_KINDS[spec.kind], act, FORGET_ACTIVATIONS[spec.forget_activation]
+
+
+def _modern_forward(spec, config, lengths, tensors):
+    """layer_forward for slstm, minlstm, mingru (csrc/modern.h): a0 is slstm's [n0 | m0],
+    a_n [n_n | m_n]; gates the pre-activations, C every step's c, n, m (keep)."""
+    c = Config.of(config)
+    x, h0, c0, a0, W_ih, W_hh, b_ih, b_hh = _present(tensors)[:8]
+    none = x.new_empty(0)
+    pick = lambda t: none if t is None else t.contiguous()
+    lens = none.long() if lengths is None else lengths.contiguous()
+    out, h_n, c_n, a_n, K, S = _extension().modern_forward(
+        *_modern_codes(spec),
+        x.contiguous(),
+        h0.contiguous(),
+        pick(c0),
+        pick(a0),
+        W_ih.contiguous(),
+        pick(b_ih),
+        pick(W_hh),
+        pick(b_hh),
+        lens,
+        bool(c.keep),
+        c.tune[0],
+    )
+    return [out, h_n, c_n, a_n, x.new_empty(0), K, S, x.new_empty(0)]
+
+
 def _fitted(config: list[int], x: Tensor) -> Config:
     """The config, with no more batch groups than x has rows: a traced graph keeps the split
     of the batch it was traced with, and runs at any batch size, as torch.nn.LSTM's does."""
@@ -398,6 +439,19 @@ def _forward_outputs(cell, config, tensors, new):
     """layer_forward's outputs, each new(*shape): the fake kernel's (new_empty), or those of
     a batch of no rows (new_zeros), which a traced or compiled graph can be called with."""
     spec, c = _spec_of(cell), Config.of(config)
+    if spec.kind in MODERN_KINDS:  # csrc/modern.h: out, h_n, c_n, [n_n | m_n], -, K, S, -
+        (T, B, _), G = tensors[0].shape, len(spec.gates)
+        H, slstm = tensors[4].shape[0] // G, spec.kind == "slstm"
+        return [
+            new(T, B, H),
+            new(B, H),
+            new(B, H) if slstm else new(0),
+            new(B, 2 * H) if slstm else new(0),
+            new(0),
+            new(T * B * G * H) if c.keep else new(0),
+            new((T + 1) * B * 3 * H) if c.keep and slstm else new(0),
+            new(0),
+        ]
     x, W_hh, W_gg, W_hr = tensors[0], tensors[5], tensors[9], _present(tensors)[10]
     (T, B, _), H = x.shape, W_hh.shape[0] // len(spec.gates)
     P = H if W_hr is None else W_hr.shape[0]
@@ -434,6 +488,8 @@ def _backward_impl(
     (config's norms >= 0)."""
     if tensors[0].shape[1] == 0:  # no rows: zero weight gradients, as torch.nn gives
         return _backward_outputs(cell, config, tensors, tensors[0].new_zeros)
+    if _spec_of(cell).kind in MODERN_KINDS:
+        return _modern_backward(_spec_of(cell), config, lengths, tensors, saved, grads)
     c, tensors = _fitted(config, tensors[0]), _present(tensors)
     plan, kcell, Wx, _, s0, (c0, W_hh, W_gg, r_src, a_src, peep, lens), W_hr = _kernel_args(
         cell, c, lengths, tensors, with_bias=False
@@ -488,6 +544,40 @@ def _backward_impl(
 _layer_backward = torch.library.custom_op(
     "lstmlab::layer_backward", _backward_impl, mutates_args=(), device_types="cpu"
 )
+
+
+def _modern_backward(spec, config, lengths, tensors, saved, grads):
+    """layer_backward for slstm, minlstm, mingru (csrc/modern.h; see _modern_forward)."""
+    c, tensors = Config.of(config), _present(tensors)
+    x, h0, _, _, W_ih, W_hh, b_ih, b_hh = tensors[:8]
+    none = x.new_empty(0)
+    pick = lambda t: none if t is None else t.contiguous()
+    lens = none.long() if lengths is None else lengths.contiguous()
+    out, K, S, _ = saved
+    dout, dh_n, dc_n, da_n, _ = grads
+    want = c.norms >= 0
+    dx, dh0, dc0, da0, dW_ih, dW_hh, db, norm_h = _extension().modern_backward(
+        *_modern_codes(spec),
+        bool(c.truncate),
+        x.contiguous(),
+        h0.contiguous(),
+        W_ih.contiguous(),
+        pick(W_hh),
+        lens,
+        out,
+        K,
+        S,
+        pick(dout),
+        pick(dh_n),
+        pick(dc_n),
+        pick(da_n),
+        want,
+        c.tune[0],
+    )
+    db_hh = db.clone() if b_ih is not None else db  # two outputs may not share memory
+    got = [dx, dh0, dc0, da0, dW_ih, dW_hh, db, db_hh]
+    got = [x.new_empty(0) if t is None else g for t, g in zip(tensors[:8], got, strict=True)]
+    return got + [x.new_empty(0) for _ in tensors[8:]] + [norm_h if want else x.new_empty(0), x.new_empty(0)]
 
 
 def _backward_outputs(cell, config, tensors, new):
@@ -620,10 +710,16 @@ def _reference_grads(spec, truncate, return_cells, lengths, inputs, grads):
     same inputs, differentiated with create_graph=True."""
     x, h0, c0, a0, *weights = inputs
     state = tuple(t for t in (h0, c0, a0) if t is not None)
+    if spec.kind == "slstm":  # a0 is [n0 | m0]
+        state = (h0, c0, *a0.chunk(2, dim=1))
+    if spec.kind in ("minlstm", "mingru"):
+        weights[1] = None  # the operators' empty stand-in for the absent weight_hh
     with torch.enable_grad():
         out, final, cells = reference.run_layer(
             spec, CellParams(*weights), x, state, lengths, truncate=truncate, return_cells=return_cells
         )
+    if spec.kind == "slstm":  # a_n is [n_n | m_n]
+        final = (*final[:2], torch.cat(final[2:], dim=1))
     outs = [out, *final] + ([cells] if return_cells else [])
     dout, dh_n, dc_n, da_n, dcells = grads
     douts = [dout, dh_n, dc_n, da_n][: 1 + len(final)] + ([dcells] if return_cells else [])
@@ -674,6 +770,8 @@ def run_layer(
     if cell not in ADMITTED:  # once per cell: the kernel computes it, else ArgumentError
         admit(spec, cell)
     truncate = spec.truncate if truncate is None else truncate
+    if spec.kind in MODERN_KINDS and x.device.type == "cpu" and x.dtype in DTYPES:
+        return _run_modern(spec, p, x, state, lengths, reverse, truncate)
     if p.weight_hr is not None and spec.kind != "lstm":
         raise ValueError(f"weight_hr given for cell {spec.name!r} ({spec.kind}); allowed: lstm cells only (proj_size)")
     if x.device.type != "cpu" or x.dtype not in DTYPES:
@@ -746,6 +844,52 @@ def run_layer(
         out = reference.reverse_padded(out, lengths)
         cells = reference.reverse_padded(cells, lengths) if cells is not None else None
     return out, final, cells
+
+
+def _run_modern(spec, p, x, state, lengths, reverse, truncate):
+    """run_layer for slstm, minlstm, mingru (csrc/modern.h, one worker): the same operators,
+    with slstm's n and m in the a slot as [n | m], m detached (it carries no gradient, as
+    in the reference step)."""
+    T, B, H = int(x.shape[0]), int(x.shape[1]), int(p.weight_ih.shape[0]) // len(spec.gates)
+    if T == 0 or B == 0 or H == 0:
+        return _empty(spec, p, x, state, lengths, reverse, truncate, False)
+    if lengths is not None:
+        lengths = lengths.to("cpu", torch.long)
+        if bool((lengths >= T).all()):
+            lengths = None
+    if reverse:
+        x = reference.reverse_padded(x, lengths)
+    record = GradNorms._register(reverse, lengths)
+    slstm = spec.kind == "slstm"
+    tensors = [
+        x,
+        state[0],
+        state[1] if slstm else None,
+        torch.cat([state[2], state[3].detach()], dim=1) if slstm else None,
+        p.weight_ih,
+        p.weight_hh,
+        p.bias_ih,
+        p.bias_hh,
+        None,
+        None,
+        None,
+    ]
+    keep = torch.jit.is_tracing() or (
+        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    )
+    tune = _current
+    config = Config(int(truncate), 1, int(keep), 0, -1 if record is None else record.id, tuple(_tune(1, tune)), (0, H))
+    none = x.new_empty(0)
+    args = (_spec_key(spec), config.to_list(), lengths, [none if t is None else t for t in tensors])
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        out, h_n, c_n, a_n, *_ = _layer_forward(*args)
+    else:
+        layer = _EagerLayer if _eager(x) else _Layer
+        out, h_n, c_n, a_n, *_ = layer.apply(*args[:3], *args[3])
+    final = (h_n, c_n, a_n[:, :H], a_n[:, H:].detach()) if slstm else (h_n,)
+    if reverse:
+        out = reference.reverse_padded(out, lengths)
+    return out, final, None
 
 
 def _empty(spec, p, x, state, lengths, reverse, truncate, return_cells):

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("lstmlab_cpu.cpp", "cells.h", "clock.h", "gemm.h", "steps.h", "vecmath.h", "work.h")
+SOURCES = ("lstmlab_cpu.cpp", "cells.h", "clock.h", "gemm.h", "modern.h", "steps.h", "vecmath.h", "work.h")
 NET1997_SOURCES = ("net1997.cpp", "net1997.h")
 
 

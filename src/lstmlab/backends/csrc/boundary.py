@@ -53,7 +53,15 @@ FORGET_MODES = {"free": 0, "coupled": 1, "none": 2}
 GRU_BLOCKS = {"r": 0, "z": 1, "hn": 2, "n": 3}  # the blocks of a gru gates row, in this order
 # The activations the kernel computes, by their codes in lstmlab.cells.ACTIVATIONS (a newer
 # activation of the cell family is run by the reference backend until the kernel has it).
-KERNEL_ACTIVATIONS = ("tanh", "sigmoid", "relu", "identity", "g1997", "h1997")
+KERNEL_ACTIVATIONS = ("tanh", "sigmoid", "relu", "identity", "g1997", "h1997", "g_min")
+# The modern cells' path (csrc/modern.h ModernKind, ForgetAct): its kinds, which do not
+# cross as a Cell but as these codes, slstm's forget activations, and the activations of
+# the min cells' candidate h~ it computes. g_min is computed for those cells only: the
+# generic cells' backward reads an activation's derivative off its output, which for g_min
+# is not exact where a tiny negative x rounds sigmoid(x) to 1/2.
+MODERN_KINDS = {"slstm": 0, "minlstm": 1, "mingru": 2}
+FORGET_ACTIVATIONS = {"sigmoid": 0, "exp": 1}
+MIN_CELL_ACTIVATIONS = ("identity", "g_min")
 
 # The CellSpec fields the kernel reads (or that do not change the maths: name, summary,
 # torch_module). A field added to CellSpec later is refused at any value but its default.
@@ -71,6 +79,8 @@ _KNOWN_SPEC_FIELDS = frozenset(
         "gate_recurrence",
         "truncate",
         "torch_module",
+        "heads",
+        "forget_activation",
     )
 )
 
@@ -106,12 +116,14 @@ def check_kernel(ext) -> None:
         ("forget mode", FORGET_MODES, ext.forget_modes),
         ("gru block", GRU_BLOCKS, ext.gru_blocks),
         ("activation", activation_codes(), ext.activations),
+        ("modern kind", MODERN_KINDS, ext.modern_kinds),
+        ("forget activation", FORGET_ACTIVATIONS, ext.forget_activations),
     ):
         diffs += _differences(what, ours, dict(kernel))
     if diffs:
         raise BuildError(
-            "the kernel's tables (csrc/cells.h, csrc/vecmath.h) disagree with lstmlab.backends.csrc.boundary: "
-            + "; ".join(diffs)
+            "the kernel's tables (csrc/cells.h, csrc/vecmath.h, csrc/modern.h) disagree with "
+            "lstmlab.backends.csrc.boundary: " + "; ".join(diffs)
         )
 
 
@@ -119,9 +131,22 @@ def supports(spec: CellSpec) -> tuple[bool, str]:
     """(True, "") if the kernel computes this cell, else (False, why): a kind, forget mode
     or activation the kernel does not have, or a CellSpec field it does not know set away
     from its default. Needs no extension (the tables above are checked against it when it
-    loads)."""
-    if spec.kind not in KINDS:
-        return False, f"kind {spec.kind!r} is not one the kernel computes ({', '.join(KINDS)})"
+    loads). slstm: any heads (the kernel takes them from weight_hh's shape, (4H, H // heads),
+    and refuses a shape whose heads do not divide H) and both forget activations; the min
+    cells: the activations of MIN_CELL_ACTIVATIONS."""
+    if spec.kind in MODERN_KINDS:
+        if spec.forget_activation not in FORGET_ACTIVATIONS:
+            return False, f"forget_activation={spec.forget_activation!r} is not one the kernel computes"
+        if spec.kind != "slstm" and spec.activation not in MIN_CELL_ACTIVATIONS:
+            return False, (
+                f"activation={spec.activation!r} is not one the kernel computes for {spec.kind} "
+                f"({', '.join(MIN_CELL_ACTIVATIONS)})"
+            )
+    elif spec.kind not in KINDS:
+        kinds = ", ".join([*KINDS, *MODERN_KINDS])
+        return False, f"kind {spec.kind!r} is not one the kernel computes ({kinds})"
+    elif "g_min" in (spec.activation, spec.output_activation):
+        return False, "the kernel computes activation 'g_min' for the minlstm and mingru cells only"
     if spec.forget_gate not in FORGET_MODES:
         return False, f"forget_gate={spec.forget_gate!r} is not one the kernel computes ({', '.join(FORGET_MODES)})"
     known = activation_codes()

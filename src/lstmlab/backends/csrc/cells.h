@@ -218,6 +218,7 @@ struct CellKernel {
       case ACT_IDENTITY: run([](V x) { return x; }); break;
       case ACT_G1997: run([](V x) { return T(2) * vtanh<T>(T(0.5) * x); }); break;
       case ACT_H1997: run([](V x) { return vtanh<T>(T(0.5) * x); }); break;
+      case ACT_GMIN: run([](V x) { return activate<T>(ACT_GMIN, x); }); break;
     }
   }
 

@@ -42,6 +42,7 @@
 #include "cells.h"
 #include "clock.h"
 #include "gemm.h"
+#include "modern.h"
 #include "steps.h"
 #include "work.h"
 
@@ -940,6 +941,265 @@ std::vector<at::Tensor> backward(const Cell& cell, std::vector<int64_t> bounds, 
                                dc_final, dcells, want_norms, tune, W_hr, M);
 }
 
+// ---- the modern cells (modern.h) -------------------------------------------------------
+// slstm's (4H, ...) tensors between torch's row order (gate, head, unit) and the path's
+// (head, gate, unit); identity with one head, or for an absent tensor.
+at::Tensor gate_rows_to_heads(const at::Tensor& w, int64_t heads, bool back) {
+  if (heads == 1 || !has(w)) return w.contiguous();
+  const int64_t dh = w.size(0) / 4 / heads;
+  auto sizes = w.sizes().vec();
+  auto v = back ? w.reshape({heads, 4, dh, -1}) : w.reshape({4, heads, dh, -1});
+  return v.transpose(0, 1).contiguous().reshape(sizes);
+}
+
+struct ModernArgs {
+  ModernKind kind;
+  Act act;
+  bool fexp, truncate;
+  int64_t T_, B, I, H, G, heads, dh;
+  const int64_t* len;
+  int64_t small_limit;
+};
+
+ModernArgs modern_args(int64_t kind, int64_t act, int64_t fexp, bool truncate, const at::Tensor& x,
+                       const at::Tensor& W_ih, const at::Tensor& W_hh, const at::Tensor& lengths,
+                       int64_t small_limit) {
+  TORCH_CHECK(kind >= 0 && kind <= 2, "lstmlab cpu backend: modern kind ", kind, " unknown");
+  TORCH_CHECK(act == ACT_IDENTITY || act == ACT_GMIN || kind == MODERN_SLSTM,
+              "lstmlab cpu backend: activation ", act, " not computed for the min cells (identity, g_min)");
+  TORCH_CHECK(fexp == 0 || fexp == 1, "lstmlab cpu backend: forget activation ", fexp, " unknown");
+  TORCH_CHECK(x.dim() == 3 && x.size(0) > 0 && x.size(1) > 0, "lstmlab cpu backend: x has shape ", x.sizes(),
+              "; the kernel needs at least one step and one batch row");
+  const int64_t G = kind == MODERN_SLSTM ? 4 : kind == MODERN_MINLSTM ? 3 : 2;
+  TORCH_CHECK(W_ih.dim() == 2 && W_ih.size(0) % G == 0 && W_ih.size(0) > 0 && W_ih.size(1) == x.size(2),
+              "lstmlab cpu backend: weight_ih has shape ", W_ih.sizes());
+  const int64_t H = W_ih.size(0) / G;
+  int64_t dh = H;
+  if (kind == MODERN_SLSTM) {
+    TORCH_CHECK(W_hh.dim() == 2 && W_hh.size(0) == 4 * H && W_hh.size(1) > 0 && H % W_hh.size(1) == 0,
+                "lstmlab cpu backend: slstm's weight_hh has shape ", W_hh.sizes(), "; expected (4H, H / heads)");
+    dh = W_hh.size(1);
+  }
+  return ModernArgs{(ModernKind)kind, (Act)act, fexp == 1, truncate, x.size(0), x.size(1), x.size(2), H, G,
+                    H / dh, dh, has(lengths) ? lengths.data_ptr<int64_t>() : nullptr, small_limit};
+}
+
+template <class T>
+ModernRun<T> modern_run(const ModernArgs& a) {
+  return ModernRun<T>{a.kind, a.act, a.fexp, a.B, a.H, a.heads, a.dh, a.G, a.len};
+}
+
+// C (M x 4H, head d's columns d 4dh on) [+]= A (M x H, head d's columns d dh on) per head
+// through Wd (heads blocks of dh x 4dh, or with `back`, of 4dh x dh into C (M x H) from A
+// (M x 4H)): the block-diagonal recurrent product and its transpose.
+template <class T>
+void heads_product(const ModernArgs& a, int64_t M, const T* A, const T* W, T* C, bool back, bool accumulate) {
+  const int64_t dh = a.dh, H = a.H, K = back ? 4 * dh : dh, N = back ? dh : 4 * dh;
+  const int64_t lda = back ? 4 * H : H, ldc = back ? H : 4 * H;
+  for (int64_t d = 0; d < a.heads; ++d) {
+    const T* Ad = A + d * K;
+    const T* Wd = W + d * K * N;
+    T* Cd = C + d * N;
+    if (M * N * K <= a.small_limit)
+      gemm_small<T>(M, N, K, Ad, lda, Wd, N, Cd, ldc, accumulate);
+    else
+      gemm_blas<T>(false, false, M, N, K, Ad, lda, Wd, N, Cd, ldc, accumulate);
+  }
+}
+
+template <class T>
+std::vector<at::Tensor> modern_forward_impl(const ModernArgs& a, const at::Tensor& x, const at::Tensor& h0,
+                                            const at::Tensor& c0, const at::Tensor& nm0, const at::Tensor& Wx,
+                                            const at::Tensor& bias, const at::Tensor& Wh, bool keep) {
+  const auto opts = x.options();
+  const int64_t T_ = a.T_, B = a.B, H = a.H, GH = a.G * a.H;
+  const ModernRun<T> run = modern_run<T>(a);
+  at::Tensor K = at::empty({T_ * B * GH}, opts), out = at::empty({T_, B, H}, opts);
+  gemm_blas<T>(false, true, T_ * B, GH, a.I, x.data_ptr<T>(), a.I, Wx.data_ptr<T>(), a.I, K.data_ptr<T>(), GH, false);
+  at::Tensor hs = h0.clone();
+  T* h = hs.data_ptr<T>();
+  T* k = K.data_ptr<T>();
+  T* o = out.data_ptr<T>();
+  const T* b = has(bias) ? bias.data_ptr<T>() : nullptr;
+  const at::Tensor none = at::empty({0}, opts);
+  if (a.kind != MODERN_SLSTM) {
+    for (int64_t t = 0; t < T_; ++t) run.min_forward_step(t, k + t * B * GH, b, h, h, o + t * B * H);
+    return {out, hs, none, none, keep ? K : none, none};
+  }
+  // state rows [c | n | m]: every step's when the backward needs them, else two
+  at::Tensor S = at::empty({(keep ? T_ + 1 : 2) * B * 3 * H}, opts);
+  T* s = S.data_ptr<T>();
+  for (int64_t bb = 0; bb < B; ++bb) {
+    std::memcpy(s + bb * 3 * H, c0.data_ptr<T>() + bb * H, sizeof(T) * H);
+    std::memcpy(s + bb * 3 * H + H, nm0.data_ptr<T>() + bb * 2 * H, sizeof(T) * 2 * H);
+  }
+  // the recurrent weights per head as dh x 4dh (the rows of R^T)
+  at::Tensor WhT = Wh.view({a.heads, 4 * a.dh, a.dh}).transpose(1, 2).contiguous();
+  for (int64_t t = 0; t < T_; ++t) {
+    T* kt = k + t * B * GH;
+    heads_product<T>(a, B, h, WhT.data_ptr<T>(), kt, false, true);
+    const T* sp = s + (keep ? t : t % 2) * B * 3 * H;
+    T* sn = s + (keep ? t + 1 : (t + 1) % 2) * B * 3 * H;
+    run.slstm_forward_step(t, kt, b, sp, sn, h, h, o + t * B * H);
+  }
+  const T* last = s + (keep ? T_ : T_ % 2) * B * 3 * H;
+  at::Tensor c_n = at::empty({B, H}, opts), a_n = at::empty({B, 2 * H}, opts);
+  for (int64_t bb = 0; bb < B; ++bb) {
+    std::memcpy(c_n.data_ptr<T>() + bb * H, last + bb * 3 * H, sizeof(T) * H);
+    std::memcpy(a_n.data_ptr<T>() + bb * 2 * H, last + bb * 3 * H + H, sizeof(T) * 2 * H);
+  }
+  return {out, hs, c_n, a_n, keep ? K : none, keep ? S : none};
+}
+
+// One layer and direction of a modern cell (lstmlab.backends.cpu `_forward_impl`):
+//   kind, act, fexp   modern.h's ModernKind, the min cells' activation (identity, g_min),
+//                     slstm's ForgetAct.
+//   x (T, B, I) (a reverse direction already reversed), h0 (B, H); slstm: c0 (B, H), nm0
+//   (B, 2H) [n0 | m0]; W_ih (G H, I), b_ih, b_hh (G H,) or absent, W_hh (4H, H / heads)
+//   (slstm) in torch's layout; lengths (B,) or absent; keep: save what the backward needs.
+// Returns {out (T, B, H), h_n, c_n, a_n = [n_n | m_n] (slstm), K, S}: K the pre-activations
+// (T B G H, the path's column order), S every step's c, n, m ((T + 1) B 3H, the first the
+// initial ones) (slstm), if keep; empty where absent.
+std::vector<at::Tensor> modern_forward(int64_t kind, int64_t act, int64_t fexp, at::Tensor x, at::Tensor h0,
+                                       at::Tensor c0, at::Tensor nm0, at::Tensor W_ih, at::Tensor b_ih,
+                                       at::Tensor W_hh, at::Tensor b_hh, at::Tensor lengths, bool keep,
+                                       int64_t small_limit) {
+  const auto dt = x.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "lstmlab cpu backend: dtype ", dt,
+              " is not supported (float32, float64)");
+  for (auto& [t, n] : {std::pair{&x, "x"}, {&h0, "h0"}, {&c0, "c0"}, {&nm0, "nm0"}, {&W_ih, "weight_ih"},
+                       {&b_ih, "bias_ih"}, {&W_hh, "weight_hh"}, {&b_hh, "bias_hh"}})
+    check(*t, n, dt);
+  check(lengths, "lengths", at::kLong);
+  const ModernArgs a = modern_args(kind, act, fexp, false, x, W_ih, W_hh, lengths, small_limit);
+  TORCH_CHECK(h0.numel() == a.B * a.H, "lstmlab cpu backend: h0 has shape ", h0.sizes());
+  if (a.kind == MODERN_SLSTM)
+    TORCH_CHECK(c0.numel() == a.B * a.H && nm0.numel() == 2 * a.B * a.H,
+                "lstmlab cpu backend: slstm needs c0 (B, H) and nm0 (B, 2H)");
+  at::Tensor bias = has(b_ih) ? b_ih : b_hh;
+  if (has(b_ih) && has(b_hh)) bias = b_ih.add(b_hh);
+  const at::Tensor Wx = gate_rows_to_heads(W_ih, a.heads, false), bx = gate_rows_to_heads(bias, a.heads, false);
+  const at::Tensor Wh = gate_rows_to_heads(W_hh, a.heads, false);
+  if (dt == at::kFloat) return modern_forward_impl<float>(a, x, h0, c0, nm0, Wx, bx, Wh, keep);
+  return modern_forward_impl<double>(a, x, h0, c0, nm0, Wx, bx, Wh, keep);
+}
+
+template <class T>
+std::vector<at::Tensor> modern_backward_impl(const ModernArgs& a, const at::Tensor& x, const at::Tensor& h0,
+                                             const at::Tensor& Wx, const at::Tensor& Wh, const at::Tensor& out,
+                                             at::Tensor K, const at::Tensor& S, const at::Tensor& dout,
+                                             const at::Tensor& dh_n, const at::Tensor& dc_n, const at::Tensor& da_n,
+                                             bool want_norms) {
+  const auto opts = x.options();
+  const int64_t T_ = a.T_, B = a.B, H = a.H, GH = a.G * a.H, TB = T_ * B;
+  const bool slstm = a.kind == MODERN_SLSTM;
+  const ModernRun<T> run = modern_run<T>(a);
+  const at::Tensor none = at::empty({0}, opts);
+  at::Tensor dh = has(dh_n) ? dh_n.clone() : at::zeros({B, H}, opts);
+  at::Tensor dcn = none, tmp = none;
+  if (slstm) {
+    dcn = at::zeros({B, 2 * H}, opts);
+    for (int64_t b = 0; b < B; ++b) {
+      if (has(dc_n)) std::memcpy(dcn.data_ptr<T>() + b * 2 * H, dc_n.data_ptr<T>() + b * H, sizeof(T) * H);
+      if (has(da_n)) std::memcpy(dcn.data_ptr<T>() + b * 2 * H + H, da_n.data_ptr<T>() + b * 2 * H, sizeof(T) * H);
+    }
+    tmp = at::empty({B, H}, opts);
+  }
+  at::Tensor norm = want_norms ? at::zeros({T_, B}, opts) : none;
+  T* k = K.data_ptr<T>();
+  T* g = dh.data_ptr<T>();
+  const T* o = out.data_ptr<T>();
+  const T* h0p = h0.data_ptr<T>();
+  const T* dO = has(dout) ? dout.data_ptr<T>() : nullptr;
+  T* nrm = want_norms ? norm.data_ptr<T>() : nullptr;
+  for (int64_t t = T_ - 1; t >= 0; --t) {
+    T* kt = k + t * B * GH;
+    const T* dOt = dO ? dO + t * B * H : nullptr;
+    T* nt = nrm ? nrm + t * B : nullptr;
+    if (!slstm) {
+      run.min_backward_step(t, kt, t == 0 ? h0p : o + (t - 1) * B * H, g, dOt, nt);
+      continue;
+    }
+    const T* s = S.data_ptr<T>();
+    run.slstm_backward_step(t, kt, s + t * B * 3 * H, s + (t + 1) * B * 3 * H, g, dOt, dcn.data_ptr<T>(), nt);
+    // dL/dh_{t-1} of the running rows: the recurrent product's (none under the truncated rule)
+    T* r = a.len ? tmp.data_ptr<T>() : g;
+    if (a.truncate)
+      std::memset(r, 0, sizeof(T) * B * H);
+    else
+      heads_product<T>(a, B, kt, Wh.data_ptr<T>(), r, true, false);
+    if (a.len)
+      for (int64_t b = 0; b < B; ++b)
+        if (run.valid(t, b)) std::memcpy(g + b * H, r + b * H, sizeof(T) * H);
+  }
+  at::Tensor dx = at::empty({T_, B, a.I}, opts), dWx = at::empty({GH, a.I}, opts), db = at::zeros({GH}, opts);
+  gemm_blas<T>(false, false, TB, a.I, GH, k, GH, Wx.data_ptr<T>(), a.I, dx.data_ptr<T>(), a.I, false);
+  gemm_blas<T>(true, false, GH, a.I, TB, k, GH, x.data_ptr<T>(), a.I, dWx.data_ptr<T>(), a.I, false);
+  // the biases' gradients: sums over all steps and rows, accumulated in double (float's
+  // running sum over thousands of rows would lose digits that torch's pairwise sum keeps)
+  std::vector<double> acc(GH, 0.0);
+  for (int64_t row = 0; row < TB; ++row)
+    for (int64_t j = 0; j < GH; ++j) acc[j] += k[row * GH + j];
+  T* dbp = db.data_ptr<T>();
+  for (int64_t j = 0; j < GH; ++j) dbp[j] = (T)acc[j];
+  at::Tensor dWh = none, dc0 = none, da0 = none;
+  if (slstm) {
+    // dW_hh per head: dP^T h_{t-1} over the running rows (padded ones hold no product)
+    dWh = at::empty({4 * H, a.dh}, opts);
+    at::Tensor hprev = at::empty({TB, H}, opts);
+    T* hp = hprev.data_ptr<T>();
+    std::memcpy(hp, h0p, sizeof(T) * B * H);
+    std::memcpy(hp + B * H, o, sizeof(T) * (T_ - 1) * B * H);
+    if (a.len)
+      for (int64_t t = 0; t < T_; ++t)
+        for (int64_t b = 0; b < B; ++b)
+          if (!run.valid(t, b)) std::memset(hp + (t * B + b) * H, 0, sizeof(T) * H);
+    for (int64_t d = 0; d < a.heads; ++d)
+      gemm_blas<T>(true, false, 4 * a.dh, a.dh, TB, k + d * 4 * a.dh, 4 * H, hp + d * a.dh, H,
+                   dWh.data_ptr<T>() + d * 4 * a.dh * a.dh, a.dh, false);
+    dc0 = at::empty({B, H}, opts);
+    da0 = at::zeros({B, 2 * H}, opts);
+    for (int64_t b = 0; b < B; ++b) {
+      std::memcpy(dc0.data_ptr<T>() + b * H, dcn.data_ptr<T>() + b * 2 * H, sizeof(T) * H);
+      std::memcpy(da0.data_ptr<T>() + b * 2 * H, dcn.data_ptr<T>() + b * 2 * H + H, sizeof(T) * H);
+    }
+  }
+  return {dx, dh, dc0, da0, dWx, dWh, db, norm};
+}
+
+// The backward of `modern_forward` (lstmlab.backends.cpu `_backward_impl`): the arguments
+// of the call being differentiated (less the biases), what it returned (out, K, S; made
+// with keep) and the gradients of out, h_n, c_n, a_n (absent: zero; a_n's m part is not
+// read: m carries no gradient). truncate: no gradient through the recurrent product.
+// Returns {dx, dh0, dc0, da0 ([dn0 | 0]), dW_ih, dW_hh (torch's layouts), db (G H,: the
+// gradient of either bias), norm_h (T, B) (want_norms)}; empty where absent.
+std::vector<at::Tensor> modern_backward(int64_t kind, int64_t act, int64_t fexp, bool truncate, at::Tensor x,
+                                        at::Tensor h0, at::Tensor W_ih, at::Tensor W_hh, at::Tensor lengths,
+                                        at::Tensor out, at::Tensor K, at::Tensor S, at::Tensor dout,
+                                        at::Tensor dh_n, at::Tensor dc_n, at::Tensor da_n, bool want_norms,
+                                        int64_t small_limit) {
+  const auto dt = x.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "lstmlab cpu backend: dtype ", dt,
+              " is not supported (float32, float64)");
+  for (auto& [t, n] : {std::pair{&x, "x"}, {&h0, "h0"}, {&W_ih, "weight_ih"}, {&W_hh, "weight_hh"}, {&out, "out"},
+                       {&K, "K"}, {&S, "S"}, {&dout, "dout"}, {&dh_n, "dh_n"}, {&dc_n, "dc_n"}, {&da_n, "da_n"}})
+    check(*t, n, dt);
+  check(lengths, "lengths", at::kLong);
+  const ModernArgs a = modern_args(kind, act, fexp, truncate, x, W_ih, W_hh, lengths, small_limit);
+  TORCH_CHECK(K.numel() == a.T_ * a.B * a.G * a.H && out.numel() == a.T_ * a.B * a.H &&
+                  (a.kind != MODERN_SLSTM || S.numel() == (a.T_ + 1) * a.B * 3 * a.H),
+              "lstmlab cpu backend: the saved tensors do not match the call");
+  const at::Tensor Wx = gate_rows_to_heads(W_ih, a.heads, false), Wh = gate_rows_to_heads(W_hh, a.heads, false);
+  K = K.clone();  // overwritten with the pre-activations' gradients (a second backward reads it again)
+  auto r = dt == at::kFloat
+               ? modern_backward_impl<float>(a, x, h0, Wx, Wh, out, K, S, dout, dh_n, dc_n, da_n, want_norms)
+               : modern_backward_impl<double>(a, x, h0, Wx, Wh, out, K, S, dout, dh_n, dc_n, da_n, want_norms);
+  r[4] = gate_rows_to_heads(r[4], a.heads, true);
+  r[5] = gate_rows_to_heads(r[5], a.heads, true);
+  r[6] = gate_rows_to_heads(r[6], a.heads, true);
+  return r;
+}
+
 // `lstmlab bench`: switch the clock on (and reset it) or off; read it.
 void set_clock(bool on) { g_clock = Clock{on}; }
 py::dict read_clock() {
@@ -960,6 +1220,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // The GIL is released while a sequence runs (no Python object is touched there).
   m.def("forward", &lstmlab::forward, py::call_guard<py::gil_scoped_release>());
   m.def("backward", &lstmlab::backward, py::call_guard<py::gil_scoped_release>());
+  m.def("modern_forward", &lstmlab::modern_forward, py::call_guard<py::gil_scoped_release>());
+  m.def("modern_backward", &lstmlab::modern_backward, py::call_guard<py::gil_scoped_release>());
   m.def("set_clock", &lstmlab::set_clock);
   m.def("read_clock", &lstmlab::read_clock);
   m.attr("vector_bytes") = lstmlab::kVecBytes;
@@ -976,4 +1238,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("forget_modes") = lstmlab::table(lstmlab::kForgetModes);
   m.attr("gru_blocks") = lstmlab::table(lstmlab::kGruBlocks);
   m.attr("activations") = lstmlab::table(lstmlab::kActivations);
+  m.attr("modern_kinds") = lstmlab::table(lstmlab::kModernKinds);
+  m.attr("forget_activations") = lstmlab::table(lstmlab::kForgetActs);
 }

@@ -236,14 +236,15 @@ template <class T> inline vec_t<T> vtanh(vec_t<T> x) {
 // kActivations (lstmlab_cpu.cpp cell_from), so the switches below are exhaustive over
 // Act (no default: the compiler's -Wswitch names a case left out) and never reached with
 // another value.
-enum Act { ACT_TANH = 0, ACT_SIGMOID = 1, ACT_RELU = 2, ACT_IDENTITY = 3, ACT_G1997 = 4, ACT_H1997 = 5 };
+enum Act { ACT_TANH = 0, ACT_SIGMOID = 1, ACT_RELU = 2, ACT_IDENTITY = 3, ACT_G1997 = 4, ACT_H1997 = 5, ACT_GMIN = 6 };
 // One entry of an enum's table of names, as the module exports it (name -> code).
 struct EnumName {
   const char* name;
   int code;
 };
 inline constexpr EnumName kActivations[] = {{"tanh", ACT_TANH},         {"sigmoid", ACT_SIGMOID}, {"relu", ACT_RELU},
-                                            {"identity", ACT_IDENTITY}, {"g1997", ACT_G1997},     {"h1997", ACT_H1997}};
+                                            {"identity", ACT_IDENTITY}, {"g1997", ACT_G1997},     {"h1997", ACT_H1997},
+                                            {"g_min", ACT_GMIN}};
 
 template <class T> inline vec_t<T> activate(Act a, vec_t<T> x) {
   switch (a) {
@@ -253,6 +254,7 @@ template <class T> inline vec_t<T> activate(Act a, vec_t<T> x) {
     case ACT_IDENTITY: return x;
     case ACT_G1997: return T(2) * vtanh<T>(T(0.5) * x);  // = 4 sigma(x) - 2
     case ACT_H1997: return vtanh<T>(T(0.5) * x);         // = 2 sigma(x) - 1
+    case ACT_GMIN: return x >= T(0) ? x + T(0.5) : vsigmoid<T>(x);  // Feng et al.'s g (minlstm, mingru)
   }
   __builtin_unreachable();  // an Act is one of the cases (see above)
 }
@@ -266,6 +268,10 @@ template <class T> inline vec_t<T> activate_grad(Act a, vec_t<T> y) {
     case ACT_IDENTITY: return splat(T(1));
     case ACT_G1997: return (y + T(2)) * (T(2) - y) * T(0.25);  // 4 s (1 - s), s = (y + 2) / 4
     case ACT_H1997: return (T(1) + y) * (T(1) - y) * T(0.5);   // 2 s (1 - s), s = (y + 1) / 2
+    // g_min: the branch read off y (y >= 1/2 for x >= 0), which is not exact where a tiny
+    // negative x rounds sigmoid(x) to 1/2: the min cells (modern.h) take it from x instead,
+    // and the generic cells do not get g_min (lstmlab.backends.csrc.boundary.supports)
+    case ACT_GMIN: return y >= T(0.5) ? splat(T(1)) : y * (T(1) - y);
   }
   __builtin_unreachable();  // an Act is one of the cases (see above)
 }
