@@ -402,7 +402,8 @@ def reference_state_grads(m, x, state, lengths, reverse, truncate):
     for t in range(T):
         new = reference.pointwise(spec, p, xw[t], state, truncate)
         for n in new:  # what step t computes: its gradient is the total dL/dh_t, dL/dc_t
-            n.retain_grad()
+            if n.requires_grad:  # (not slstm's m, detached)
+                n.retain_grad()
         states.append(new)
         state = tuple(torch.where(valid[t], n, s) for n, s in zip(new, state))
         outs.append(state[0] * valid[t])
@@ -413,7 +414,17 @@ def reference_state_grads(m, x, state, lengths, reverse, truncate):
 
 @pytest.mark.parametrize(
     "cell,truncate",
-    [("lstm", False), ("vanilla", False), ("fgr", False), ("lstm1997", True), ("gru", None), ("rnn-tanh", None)],
+    [
+        ("lstm", False),
+        ("vanilla", False),
+        ("fgr", False),
+        ("lstm1997", True),
+        ("gru", None),
+        ("rnn-tanh", None),
+        ("slstm", None),
+        ("minlstm", None),
+        ("mingru", None),
+    ],
 )
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("groups", [1, 2])
@@ -426,10 +437,11 @@ def test_grad_norms_match_reference(cell, truncate, reverse, groups):
     assert len(norms.runs) == 1 and norms.h[0] is None  # filled by backward
     cot = torch.randn(out.shape, generator=g, dtype=out.dtype)
     fcot = [torch.randn(s.shape, generator=g, dtype=s.dtype) for s in final]
-    torch.autograd.backward([out, *final], [cot, *fcot])
+    live = [k for k, s in enumerate(final) if s.requires_grad]  # not slstm's m_n
+    torch.autograd.backward([out, *[final[k] for k in live]], [cot, *[fcot[k] for k in live]])
 
     r_out, r_final, states, valid = reference_state_grads(m, x, state, lengths, reverse, truncate)
-    torch.autograd.backward([r_out, *r_final], [cot, *fcot])
+    torch.autograd.backward([r_out, *[r_final[k] for k in live]], [cot, *[fcot[k] for k in live]])
     for k, got in enumerate([norms.h[0], norms.c[0]]):
         if m.spec.kind != "lstm" and k == 1:
             assert got is None
@@ -465,3 +477,47 @@ def test_unsupported_dtype_falls_back_with_a_warning():
 
 def test_tolerances_are_the_shared_table():
     assert TOL[torch.float64] == (1e-10, 1e-10) and TOL[torch.float32] == (1e-5, 1e-5)
+
+
+@pytest.mark.parametrize("heads,forget", [(2, "sigmoid"), (4, "exp"), (1, "exp")])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_slstm_heads_and_forget_activations_match_reference(heads, forget, dtype):
+    """slstm's block-diagonal recurrence (heads > 1: one product per head, the weights in
+    the kernel's head-major order) and exponential forget gate, with lengths, both
+    directions and the truncated rule's skipped recurrent gradient: every output and gradient."""
+    T, B, I, H = 7, 3, 4, 8
+    torch.manual_seed(3)
+    m = lstmlab.Recurrent(I, H, cell="slstm", heads=heads, forget_activation=forget, dtype=dtype, backend="reference")
+    assert m.weight_hh_l0.shape == (4 * H, H // heads) and m.spec.forget_activation == forget
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(T, B, I, generator=g, dtype=dtype).requires_grad_()
+    state = tuple(
+        (torch.rand if n == "n" else torch.randn)(B, H, generator=g, dtype=dtype).requires_grad_()
+        for n in m.spec.state_names
+    )
+    lengths = torch.tensor([7, 3, 5])
+    for reverse, truncate in ((False, None), (True, None), (False, True)):
+        want = run_and_differentiate(reference, m, x, state, lengths, reverse, truncate)
+        got = run_and_differentiate(cpu, m, x, state, lengths, reverse, truncate)
+        for name in want:
+            assert_close(got[name], want[name], dtype, msg=f"heads={heads} {forget} reverse={reverse}: {name}")
+
+
+@pytest.mark.parametrize("cell", ["minlstm", "mingru"])
+@pytest.mark.parametrize("activation", ["identity", "g_min"])
+def test_min_cells_activations_match_reference(cell, activation):
+    """The min cells' candidate h~ = act(k): the paper's g_min (pre-activations of either sign)
+    or identity; lengths and both directions, float64."""
+    T, B, I, H = 6, 3, 2, 9
+    torch.manual_seed(5)
+    m = lstmlab.Recurrent(I, H, cell=cell, activation=activation, dtype=torch.float64, backend="reference")
+    assert m.spec.activation == activation
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(T, B, I, generator=g, dtype=torch.float64).requires_grad_()
+    state = (torch.randn(B, H, generator=g, dtype=torch.float64).requires_grad_(),)
+    for reverse in (False, True):
+        lengths = torch.tensor([6, 2, 4])
+        want = run_and_differentiate(reference, m, x, state, lengths, reverse, None)
+        got = run_and_differentiate(cpu, m, x, state, lengths, reverse, None)
+        for name in want:
+            assert_close(got[name], want[name], msg=f"{cell} {activation} reverse={reverse}: {name}")

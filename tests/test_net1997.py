@@ -10,7 +10,7 @@ import torch
 import lstmlab
 from conftest import assert_close
 from lstmlab.errors import ArgumentError
-from lstmlab.train.net1997 import BlockNet, Init1997, Machine1997
+from lstmlab.train.net1997 import BlockNet, Init1997, Machine1997, fast_available
 from lstmlab.train.net1997_reference import reference_step
 
 REBER = {"cell_bias": False, "output_bias": False}  # sec. 5.1: gates biased, outputs from cells only
@@ -267,6 +267,13 @@ def test_fast_online_training_equals_the_reference(name):
     _close(fast.get_weights(), ref.get_weights(), "weights")
     assert np.abs(fast.get_weights() - Machine1997(net, INIT, 4).get_weights()).max() > 1e-3  # it learned
     _close(fast.predict(xs, lengths), ref.predict(xs, lengths), "predict")
+
+
+def test_fast_none_takes_the_cpp_engine_when_the_tree_has_it():
+    net = NETS["adding-2x2"]
+    m = Machine1997(net, INIT, 0, fast=None)
+    assert m.backend == ("cpp" if fast_available() else "reference")
+    np.testing.assert_array_equal(m.get_weights(), Machine1997(net, INIT, 0, fast=False).get_weights())
 
 
 def test_errors_are_measured_before_the_update():

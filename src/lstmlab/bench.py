@@ -270,15 +270,25 @@ def bench_memory(shape, cfg: BenchConfig, meter: PeakMemory) -> dict[str, float 
     return out
 
 
-def machine() -> dict:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo's first "model name"; else what platform knows)."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             model = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    return model
+
+
+def machine_label() -> str:
+    """The machine in one line, as a trial's result records it: "<cpu model> (<n> cores)"."""
+    return f"{cpu_model()} ({os.cpu_count()} cores)"
+
+
+def machine() -> dict:
     return {
-        "cpu": model,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

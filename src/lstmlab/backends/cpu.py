@@ -424,6 +424,7 @@ def _modern_forward(spec, config, lengths, tensors):
         lens,
         bool(c.keep),
         c.tune[0],
+        bool(c.tune[1]),
     )
     return [out, h_n, c_n, a_n, x.new_empty(0), K, S, x.new_empty(0)]
 
@@ -573,6 +574,7 @@ def _modern_backward(spec, config, lengths, tensors, saved, grads):
         pick(da_n),
         want,
         c.tune[0],
+        bool(c.tune[1]),
     )
     db_hh = db.clone() if b_ih is not None else db  # two outputs may not share memory
     got = [dx, dh0, dc0, da0, dW_ih, dW_hh, db, db_hh]

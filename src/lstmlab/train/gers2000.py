@@ -39,10 +39,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..bench import machine_label
 from ..errors import ArgumentError
 from ..io import atomic_write
 from ..tasks.reber import SYMBOLS, Coins, embedded_string
 from .net1997 import BlockNet, Init1997, Machine1997
+from .reproduce import budget_choice
 
 ARMS = ("no-forget", "forget", "forget-decay")
 PUBLISHED = {"no-forget": 0.0, "forget": 0.18, "forget-decay": 0.62}  # fraction of perfect nets
@@ -85,12 +87,8 @@ def gers_init(forget_gate: bool) -> Init1997:
 def gers_machine(arm: str, seed: int, fast: bool | None = None) -> Machine1997:
     if arm not in ARMS:
         raise ArgumentError(f"arm={arm!r} is invalid; allowed: {', '.join(map(repr, ARMS))}")
-    from .paper1997 import fast_available
-
     forget = arm != "no-forget"
-    return Machine1997(
-        gers_net(forget), gers_init(forget), seed * 1000 + 3, fast=fast_available() if fast is None else fast
-    )
+    return Machine1997(gers_net(forget), gers_init(forget), seed * 1000 + 3, fast=fast)
 
 
 class ReberStream:
@@ -188,14 +186,8 @@ def run_gers_trial(
     last test's correct symbols per stream and their mean, good (mean > 1,000, the paper's
     "good solution"), budget, wall_seconds, backend, machine, paper_fraction.
     max_streams: None / "default" (DEFAULT_STREAMS), "paper" (30,000) or an int."""
-    if max_streams is None or max_streams == "default":
-        budget = DEFAULT_STREAMS
-    elif max_streams == "paper":
-        budget = PAPER_STREAMS
-    elif isinstance(max_streams, int) and not isinstance(max_streams, bool) and max_streams >= 1:
-        budget = max_streams
-    else:
-        raise ArgumentError(f"max_streams={max_streams!r} is invalid; allowed: 'default', 'paper' or an int >= 1")
+    choice = budget_choice("max_streams", max_streams)
+    budget = {"default": DEFAULT_STREAMS, "paper": PAPER_STREAMS}.get(choice, choice)
     start, cpu_start = time.perf_counter(), time.process_time()
     machine = gers_machine(arm, seed)
     train = ReberStream(torch.Generator().manual_seed(seed * 1000))
@@ -208,8 +200,6 @@ def run_gers_trial(
         run, _ = run_stream(machine, train, MAX_STREAM, decay=decay)
         streams, symbols = streams + 1, symbols + run
         perfect, correct = perfect_test(machine, [ReberStream(g) for g in test_streams(seed)], test_length)
-    from .paper1997 import _machine_label
-
     mean = float(np.mean(correct)) if correct else None
     return {
         "arm": arm,
@@ -226,7 +216,7 @@ def run_gers_trial(
         "wall_seconds": round(time.perf_counter() - start, 3),
         "cpu_seconds": round(time.process_time() - cpu_start, 3),
         "backend": f"Machine1997 {machine.backend}",
-        "machine": _machine_label(),
+        "machine": machine_label(),
         "paper_fraction": PUBLISHED[arm],
     }
 

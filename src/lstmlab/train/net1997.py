@@ -35,6 +35,7 @@ masked: they stay zero and are not counted in num_weights() or the flat weight v
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from numbers import Real
@@ -219,23 +220,31 @@ def _as_array(name, value, shape_hint: str) -> np.ndarray:
 UPDATES = ("step", "end")
 
 
+def fast_available() -> bool:
+    """Whether Machine1997's C++ engine (lstmlab.train.net1997_cpp) is part of this tree."""
+    return importlib.util.find_spec("lstmlab.train.net1997_cpp") is not None
+
+
 class Machine1997:
     """A BlockNet with its weights, trained online as in the 1997 paper (or on a stream, Gers 2000).
 
     Args:
         net: the topology. init: the weight initialisation. seed: its generator's seed.
         fast: the C++ engine (lstmlab.train.net1997_cpp; raises its BuildError when it cannot
-            be built); False: the autograd reference (slow; the specification).
+            be built); False: the autograd reference (slow; the specification); None: the
+            C++ engine when this tree has it (fast_available()), else the reference.
     Attributes: backend ("cpp" or "reference"), num_weights.
     """
 
-    def __init__(self, net: BlockNet, init: Init1997, seed: int, fast: bool = True):
+    def __init__(self, net: BlockNet, init: Init1997, seed: int, fast: bool | None = True):
         if not isinstance(net, BlockNet):
             raise ArgumentError(f"Machine1997: net={net!r} is not allowed; a BlockNet")
         if not isinstance(init, Init1997):
             raise ArgumentError(f"Machine1997: init={init!r} is not allowed; an Init1997")
         self.net, self.init, self.seed = net, init, int(seed)
         w_hid, w_out = init.weights(net, self.seed)
+        if fast is None:
+            fast = fast_available()
         if fast:
             from .net1997_cpp import CppEngine
 

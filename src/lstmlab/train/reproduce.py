@@ -2,8 +2,9 @@
 Optuna storage (lstmlab.train.trials: resumable, any number of workers), and their report
 (lstmlab.train.reproduce_report).
 
-    1997      every row of Hochreiter & Schmidhuber 1997 (lstmlab.train.paper1997): the
-              paper's machine ("paper"), today's recipe ("modern"), a tanh RNN ("rnn").
+    1997      every row of Hochreiter & Schmidhuber 1997 (rows: lstmlab.train.rows1997,
+              trials: lstmlab.train.paper1997): the paper's machine ("paper"), today's
+              recipe ("modern"), a tanh RNN ("rnn").
     gers2000  Gers, Schmidhuber & Cummins 2000 on the continual embedded Reber grammar
               (lstmlab.train.gers2000): no forget gate, forget gate, forget gate with
               learning-rate decay; plus both nets' cell states over one stream.
@@ -164,8 +165,20 @@ class Experiment:
 BUDGETS = ("default", "paper")
 
 
+def budget_choice(name: str, value: str | int | None) -> str | int:
+    """A trial's budget as given: "default" (also None), "paper", or an int >= 1, returned as
+    such; anything else raises ArgumentError naming the argument `name`."""
+    if value is None or value == "default":
+        return "default"
+    if value == "paper":
+        return "paper"
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ArgumentError(f"{name}={value!r} is invalid; allowed: 'default', 'paper' or an int >= 1")
+
+
 def _paper_1997() -> Experiment:
-    from . import paper1997 as p
+    from . import rows1997 as p
 
     published = {}
     for r in p.ROWS:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import importlib
 import multiprocessing
 import os
-import platform
 import socket
 import sys
 import threading
@@ -42,6 +41,7 @@ from datetime import datetime
 
 import torch
 
+from ..bench import cpu_model
 from ..extras import require
 from ..sweep.storage import check_storage, engine_url, shown
 
@@ -85,15 +85,8 @@ def budget_key(row: str, arm: str) -> str:
 
 def machine() -> dict:
     """Where a result was measured: CPU model, host, torch version, torch threads."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "host": socket.gethostname(),
         "torch": torch.__version__,

@@ -36,6 +36,7 @@
 
 #include <algorithm>
 #include <iterator>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -959,11 +960,12 @@ struct ModernArgs {
   int64_t T_, B, I, H, G, heads, dh;
   const int64_t* len;
   int64_t small_limit;
+  bool allow_pack;
 };
 
 ModernArgs modern_args(int64_t kind, int64_t act, int64_t fexp, bool truncate, const at::Tensor& x,
                        const at::Tensor& W_ih, const at::Tensor& W_hh, const at::Tensor& lengths,
-                       int64_t small_limit) {
+                       int64_t small_limit, bool allow_pack) {
   TORCH_CHECK(kind >= 0 && kind <= 2, "lstmlab cpu backend: modern kind ", kind, " unknown");
   TORCH_CHECK(act == ACT_IDENTITY || act == ACT_GMIN || kind == MODERN_SLSTM,
               "lstmlab cpu backend: activation ", act, " not computed for the min cells (identity, g_min)");
@@ -981,7 +983,8 @@ ModernArgs modern_args(int64_t kind, int64_t act, int64_t fexp, bool truncate, c
     dh = W_hh.size(1);
   }
   return ModernArgs{(ModernKind)kind, (Act)act, fexp == 1, truncate, x.size(0), x.size(1), x.size(2), H, G,
-                    H / dh, dh, has(lengths) ? lengths.data_ptr<int64_t>() : nullptr, small_limit};
+                    H / dh, dh, has(lengths) ? lengths.data_ptr<int64_t>() : nullptr, small_limit,
+                    allow_pack};
 }
 
 template <class T>
@@ -989,22 +992,21 @@ ModernRun<T> modern_run(const ModernArgs& a) {
   return ModernRun<T>{a.kind, a.act, a.fexp, a.B, a.H, a.heads, a.dh, a.G, a.len};
 }
 
-// C (M x 4H, head d's columns d 4dh on) [+]= A (M x H, head d's columns d dh on) per head
-// through Wd (heads blocks of dh x 4dh, or with `back`, of 4dh x dh into C (M x H) from A
-// (M x 4H)): the block-diagonal recurrent product and its transpose.
+// The per-step products with slstm's recurrent weights (the path's row order, (4H, dh)), one
+// part per head (block-diagonal R): forward C (B x 4H) += h (B x H) R^T, head d's part from
+// h's columns d dh on into C's d 4dh on; backward (back) C (B x H) = dP (B x 4H) R, the
+// transpose. StepProduct (gemm.h) chooses the built-in product, MKL's packed weights or the
+// BLAS per part.
 template <class T>
-void heads_product(const ModernArgs& a, int64_t M, const T* A, const T* W, T* C, bool back, bool accumulate) {
-  const int64_t dh = a.dh, H = a.H, K = back ? 4 * dh : dh, N = back ? dh : 4 * dh;
-  const int64_t lda = back ? 4 * H : H, ldc = back ? H : 4 * H;
+StepProduct<T> heads_product(const ModernArgs& a, const at::Tensor& Wh, bool back) {
+  std::vector<typename StepProduct<T>::Part> parts;
+  const int64_t dh = a.dh;
   for (int64_t d = 0; d < a.heads; ++d) {
-    const T* Ad = A + d * K;
-    const T* Wd = W + d * K * N;
-    T* Cd = C + d * N;
-    if (M * N * K <= a.small_limit)
-      gemm_small<T>(M, N, K, Ad, lda, Wd, N, Cd, ldc, accumulate);
-    else
-      gemm_blas<T>(false, false, M, N, K, Ad, lda, Wd, N, Cd, ldc, accumulate);
+    const T* W = Wh.data_ptr<T>() + d * 4 * dh * dh;
+    parts.push_back(back ? typename StepProduct<T>::Part{W, dh, 4 * dh, dh, false}
+                         : typename StepProduct<T>::Part{W, dh, dh, 4 * dh, true});
   }
+  return StepProduct<T>(a.B, std::move(parts), a.small_limit, a.allow_pack, int64_t(1) << 20);
 }
 
 template <class T>
@@ -1033,11 +1035,10 @@ std::vector<at::Tensor> modern_forward_impl(const ModernArgs& a, const at::Tenso
     std::memcpy(s + bb * 3 * H, c0.data_ptr<T>() + bb * H, sizeof(T) * H);
     std::memcpy(s + bb * 3 * H + H, nm0.data_ptr<T>() + bb * 2 * H, sizeof(T) * 2 * H);
   }
-  // the recurrent weights per head as dh x 4dh (the rows of R^T)
-  at::Tensor WhT = Wh.view({a.heads, 4 * a.dh, a.dh}).transpose(1, 2).contiguous();
+  const StepProduct<T> prod = heads_product<T>(a, Wh, false);
   for (int64_t t = 0; t < T_; ++t) {
     T* kt = k + t * B * GH;
-    heads_product<T>(a, B, h, WhT.data_ptr<T>(), kt, false, true);
+    for (int64_t d = 0; d < a.heads; ++d) prod(d, h + d * a.dh, H, kt + d * 4 * a.dh, 4 * H, true);
     const T* sp = s + (keep ? t : t % 2) * B * 3 * H;
     T* sn = s + (keep ? t + 1 : (t + 1) % 2) * B * 3 * H;
     run.slstm_forward_step(t, kt, b, sp, sn, h, h, o + t * B * H);
@@ -1063,7 +1064,7 @@ std::vector<at::Tensor> modern_forward_impl(const ModernArgs& a, const at::Tenso
 std::vector<at::Tensor> modern_forward(int64_t kind, int64_t act, int64_t fexp, at::Tensor x, at::Tensor h0,
                                        at::Tensor c0, at::Tensor nm0, at::Tensor W_ih, at::Tensor b_ih,
                                        at::Tensor W_hh, at::Tensor b_hh, at::Tensor lengths, bool keep,
-                                       int64_t small_limit) {
+                                       int64_t small_limit, bool allow_pack) {
   const auto dt = x.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "lstmlab cpu backend: dtype ", dt,
               " is not supported (float32, float64)");
@@ -1071,7 +1072,7 @@ std::vector<at::Tensor> modern_forward(int64_t kind, int64_t act, int64_t fexp, 
                        {&b_ih, "bias_ih"}, {&W_hh, "weight_hh"}, {&b_hh, "bias_hh"}})
     check(*t, n, dt);
   check(lengths, "lengths", at::kLong);
-  const ModernArgs a = modern_args(kind, act, fexp, false, x, W_ih, W_hh, lengths, small_limit);
+  const ModernArgs a = modern_args(kind, act, fexp, false, x, W_ih, W_hh, lengths, small_limit, allow_pack);
   TORCH_CHECK(h0.numel() == a.B * a.H, "lstmlab cpu backend: h0 has shape ", h0.sizes());
   if (a.kind == MODERN_SLSTM)
     TORCH_CHECK(c0.numel() == a.B * a.H && nm0.numel() == 2 * a.B * a.H,
@@ -1106,6 +1107,8 @@ std::vector<at::Tensor> modern_backward_impl(const ModernArgs& a, const at::Tens
     tmp = at::empty({B, H}, opts);
   }
   at::Tensor norm = want_norms ? at::zeros({T_, B}, opts) : none;
+  std::optional<StepProduct<T>> prod;
+  if (slstm && !a.truncate) prod.emplace(heads_product<T>(a, Wh, true));
   T* k = K.data_ptr<T>();
   T* g = dh.data_ptr<T>();
   const T* o = out.data_ptr<T>();
@@ -1127,7 +1130,7 @@ std::vector<at::Tensor> modern_backward_impl(const ModernArgs& a, const at::Tens
     if (a.truncate)
       std::memset(r, 0, sizeof(T) * B * H);
     else
-      heads_product<T>(a, B, kt, Wh.data_ptr<T>(), r, true, false);
+      for (int64_t d = 0; d < a.heads; ++d) (*prod)(d, kt + d * 4 * a.dh, 4 * H, r + d * a.dh, H, false);
     if (a.len)
       for (int64_t b = 0; b < B; ++b)
         if (run.valid(t, b)) std::memcpy(g + b * H, r + b * H, sizeof(T) * H);
@@ -1177,7 +1180,7 @@ std::vector<at::Tensor> modern_backward(int64_t kind, int64_t act, int64_t fexp,
                                         at::Tensor h0, at::Tensor W_ih, at::Tensor W_hh, at::Tensor lengths,
                                         at::Tensor out, at::Tensor K, at::Tensor S, at::Tensor dout,
                                         at::Tensor dh_n, at::Tensor dc_n, at::Tensor da_n, bool want_norms,
-                                        int64_t small_limit) {
+                                        int64_t small_limit, bool allow_pack) {
   const auto dt = x.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "lstmlab cpu backend: dtype ", dt,
               " is not supported (float32, float64)");
@@ -1185,7 +1188,7 @@ std::vector<at::Tensor> modern_backward(int64_t kind, int64_t act, int64_t fexp,
                        {&K, "K"}, {&S, "S"}, {&dout, "dout"}, {&dh_n, "dh_n"}, {&dc_n, "dc_n"}, {&da_n, "da_n"}})
     check(*t, n, dt);
   check(lengths, "lengths", at::kLong);
-  const ModernArgs a = modern_args(kind, act, fexp, truncate, x, W_ih, W_hh, lengths, small_limit);
+  const ModernArgs a = modern_args(kind, act, fexp, truncate, x, W_ih, W_hh, lengths, small_limit, allow_pack);
   TORCH_CHECK(K.numel() == a.T_ * a.B * a.G * a.H && out.numel() == a.T_ * a.B * a.H &&
                   (a.kind != MODERN_SLSTM || S.numel() == (a.T_ + 1) * a.B * 3 * a.H),
               "lstmlab cpu backend: the saved tensors do not match the call");

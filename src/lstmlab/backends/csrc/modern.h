@@ -47,18 +47,55 @@ struct ModernMath {
     V r = vexp(x);
     const T lo = sizeof(T) == 4 ? T(-87) : T(-708), hi = -lo;
     const auto out = (x < lo) | (x > hi);
-    for (int k = 0; k < L; ++k)
-      if (out[k]) r[k] = std::exp(x[k]);
+    int64_t any = 0;
+    for (int k = 0; k < L; ++k) any |= out[k];
+    if (__builtin_expect(any != 0, 0))
+      for (int k = 0; k < L; ++k)
+        if (out[k]) r[k] = std::exp(x[k]);
     return r;
   }
-  // log sigmoid(x) = -softplus(-x) as torch computes softplus (threshold 20).
+  // log sigmoid(x) = -softplus(-x) as torch computes softplus (threshold 20): -y for
+  // y = -x > 20, else -log1p(exp(y)); std::log1p for double, a vector form for float.
   static V logsig(V x) {
-    V r;
-    for (int k = 0; k < L; ++k) {
-      const T y = -x[k];
-      r[k] = -(y > T(20) ? y : std::log1p(std::exp(y)));
+    if constexpr (sizeof(T) == 4) {
+      const V y = -x, e = exp(y), w = T(1) + e;
+      // log1p(e) = log(w) e / (w - 1) (exact where w = 1 + e rounds; e itself where w == 1)
+      const V lp = w == T(1) ? e : vlogf(w) * e / (w - T(1));
+      return -(y > T(20) ? y : lp);
+    } else {
+      V r;
+      for (int k = 0; k < L; ++k) {
+        const T y = -x[k];
+        r[k] = -(y > T(20) ? y : std::log1p(std::exp(y)));
+      }
+      return r;
     }
-    return r;
+  }
+  // log(w) for float w >= 1 (finite; other lanes are not read): Cephes' logf, ~1 ulp.
+  static vec_t<float> vlogf(vec_t<float> w) {
+    using VF = vec_t<float>;
+    using I = Vec<float>::itype;
+    const I bits = (I)w;
+    I e = ((bits >> 23) & 0xff) - 126;
+    VF m = (VF)((bits & (I{} + 0x807fffff)) | (I{} + 0x3f000000));  // in [0.5, 1)
+    const I small = m < 0.707106781186547524f;  // -1 where true
+    e = e + small;
+    m = small ? m + m - 1.0f : m - 1.0f;
+    const VF z = m * m;
+    VF y = splat(7.0376836292e-2f);
+    y = y * m - 1.1514610310e-1f;
+    y = y * m + 1.1676998740e-1f;
+    y = y * m - 1.2420140846e-1f;
+    y = y * m + 1.4249322787e-1f;
+    y = y * m - 1.6668057665e-1f;
+    y = y * m + 2.0000714765e-1f;
+    y = y * m - 2.4999993993e-1f;
+    y = y * m + 3.3333331174e-1f;
+    y = y * m * z;
+    const VF ef = __builtin_convertvector(e, VF);
+    y = y + ef * -2.12194440e-4f;
+    y = y - 0.5f * z;
+    return m + y + ef * 0.693359375f;
   }
   // The gradient g of logsig(x) taken back to x: torch's softplus_backward at -x (a sign
   // flip on either side, exact): g where -x > 20, else g e / (e + 1), e = exp(-x).
