@@ -35,13 +35,15 @@ _MODULES = {"reference": f"{__name__}.reference", "cpu": f"{__name__}.cpu", "sca
 # CPU: the fused kernel for every cell it computes; never the scan. The scan solves
 # minlstm's and mingru's linear recurrence in O(sqrt T) sequential steps, but does several
 # times the elementwise passes of the sequential route (log-space gates, two levels of
-# chunks, a backward scan), and a CPU with few cores turns fewer sequential steps into no
-# time: measured (BENCHMARKS.md, "The modern cells"; B=16, I=H=128, one thread) the scan is
-# 1.2-1.5x faster than the reference loop at T = 256 and 1000 but 1.3-1.4x slower at
-# T = 4096, and slower than the fused kernel throughout. On CPU it runs when asked for by
-# name. Other devices (the kernel is CPU only): the scan for those two cells, whose
-# O(sqrt T) sequential operations against the reference loop's O(T) are what a device with
-# per-operation launch costs rewards (not measured on an accelerator: none was available).
+# chunks, a backward scan) over (T, B, H) tensors that outgrow the caches, and a CPU with
+# few cores turns fewer sequential steps into no time. Measured (BENCHMARKS.md, "The modern
+# cells"; B=16, I=H=128): the fused kernel is 2-4x faster than the scan, forward + backward,
+# at T = 256, 1000 and 4096, for both cells; against the reference loop the scan is
+# 1.2-1.5x faster at T = 256 and 1000 but 1.3-1.4x slower at T = 4096 (one thread, CPU
+# time). So on CPU it runs when asked for by name. Other devices (the kernel is CPU only):
+# the scan for those two cells, whose O(sqrt T) sequential operations against the
+# reference loop's O(T) are what a device with per-operation launch costs rewards (not
+# measured on an accelerator: none was available to this work).
 _PREFERENCE = {"cpu": ("cpu",)}
 _PREFERENCE_OTHER: tuple[str, ...] = ("scan",)
 # Backends that compute only a few kinds of cell: "auto" passes them over silently for the
