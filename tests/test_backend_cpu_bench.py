@@ -7,6 +7,7 @@ import math
 import re
 
 import pytest
+import torch
 
 from lstmlab import bench
 from lstmlab.backends import cpu
@@ -122,8 +123,83 @@ def test_force_split_forces_groups_or_slices_and_restores():
         (["--rounds", "0"], r"--rounds 0 / --reference-rounds 2 is invalid"),
         (["--variant", "CHUNK_STEPS"], r"--variant 'CHUNK_STEPS' is invalid; allowed: NAME=VALUE"),
         (["--variant", "CHUNK=2"], r"--variant 'CHUNK=2': tuning CHUNK=2: unknown; allowed: SMALL_GEMM_LIMIT"),
+        (["--min-shape", "16,128"], r"--min-shape '16,128' is invalid; allowed: B,I,H"),
+        (["--min-steps", "256", "0"], r"--min-steps \[256, 0\] is invalid; allowed: positive integers"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(args, pattern, capsys):
     assert main(["bench", *args]) == 2
     assert re.search(pattern, capsys.readouterr().err)
+
+
+# ---- the modern section (issue #13) ----------------------------------------------------------
+MODERN = dict(sections=("modern",), shapes=((2, 12, 3, 8),), min_shape=(2, 3, 4), min_steps=(10, 40), rounds=1)
+
+
+def test_modern_section_reports_routes_ratios_and_growth_from_its_times():
+    cfg = bench.BenchConfig(**MODERN, memory=False)
+    result = bench.run(cfg, log=lambda *_: None)
+    assert "shapes" not in result and "summary" not in result  # the grid did not run
+    mod = result["modern"]
+    (s,) = mod["slstm"]
+    assert s["shape"] == [2, 12, 3, 8] and s["backend"] == bench.sequential_backend("slstm")
+    assert all(a_time(s[k]) for k in ("fwd_s", "train_s", "lstm_fwd_s", "lstm_train_s"))
+    assert s["fwd_ratio"] == s["fwd_s"] / s["lstm_fwd_s"] and s["train_ratio"] == s["train_s"] / s["lstm_train_s"]
+    assert [m["T"] for m in mod["min"]] == [10, 40]
+    seq = {c: f"{c} {bench.sequential_backend(c)}" for c in ("minlstm", "mingru")}
+    text = bench.markdown(result, "lstmlab bench --sections modern")
+    for res in mod["min"]:
+        rows = {r["model"]: r for r in res["rows"]}
+        torch_models = ["torch.nn.GRU", "torch.nn.LSTM"]
+        assert list(rows) == ["minlstm scan", seq["minlstm"], "mingru scan", seq["mingru"], *torch_models]
+        assert [r["route"] for r in res["rows"]] == ["scan", "sequential"] * 2 + ["torch"] * 2
+        gru = rows["torch.nn.GRU"]
+        for name, r in rows.items():
+            assert a_time(r["fwd_s"]) and a_time(r["train_s"])
+            assert r["fwd_vs_gru"] == r["fwd_s"] / gru["fwd_s"] and r["train_vs_gru"] == r["train_s"] / gru["train_s"]
+            assert f"| {name} | {r['route']} | {1e3 * r['fwd_s']:.2f} | {1e3 * r['train_s']:.2f} |" in text
+        for cell, sp in res["scan_speedup"].items():
+            assert sp["sequential"] == seq[cell]
+            assert sp["train"] == rows[seq[cell]]["train_s"] / rows[f"{cell} scan"]["train_s"]
+            assert sp["fwd"] == rows[seq[cell]]["fwd_s"] / rows[f"{cell} scan"]["fwd_s"]
+            assert f"{cell} (vs {seq[cell]}) fwd {sp['fwd']:.2f}x, fwd+bwd {sp['train']:.2f}x" in text
+    for name, g in mod["growth"].items():
+        t = [next(r["train_s"] for r in m["rows"] if r["model"] == name) for m in mod["min"]]
+        assert g["train_s"] == t and g["T"] == [10, 40]
+        assert math.isclose(g["exponent"], math.log(t[1] / t[0]) / math.log(4))  # time ~ T^p
+    assert f"| 2, 12, 3, 8 | {s['backend']} |" in text and f"{s['train_ratio']:.2f} |" in text
+    assert "### Growth with T" in text and "Peak memory" not in text and mod["memory"] == []
+
+
+def test_modern_section_gives_a_cells_two_routes_the_same_weights(monkeypatch):
+    seen = {}
+    timer = bench._time_models
+
+    def spy(models, x, rounds, knobs=None):
+        seen.update(models=models, x=x)
+        return timer(models, x, rounds, knobs)
+
+    monkeypatch.setattr(bench, "_time_models", spy)
+    cfg = bench.BenchConfig(**MODERN, memory=False)
+    bench.bench_min(40, cfg, log=lambda *_: None)
+    models, x = seen["models"], seen["x"]
+    for cell in ("minlstm", "mingru"):
+        scan_m, seq_m = models[f"{cell} scan"], models[f"{cell} {bench.sequential_backend(cell)}"]
+        assert scan_m.backend == "scan" and seq_m.backend == bench.sequential_backend(cell)
+        for (n, a), (m, b) in zip(scan_m.state_dict().items(), seq_m.state_dict().items(), strict=True):
+            assert n == m and torch.equal(a, b)
+        with torch.no_grad():
+            torch.testing.assert_close(scan_m(x)[0], seq_m(x)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_modern_memory_is_measured_in_a_subprocess():
+    B, T, I, H = 4, 300, 8, 16
+    lstm = bench.memory_in_subprocess({"torch": "LSTM"}, (B, T, I, H))
+    if lstm is None:
+        pytest.skip("no /proc/self/clear_refs here: peak memory is not measurable")
+    scan = bench.memory_in_subprocess({"cell": "minlstm", "backend": "scan"}, (B, T, I, H))
+    assert lstm >= 0
+    # the scan saves three (T, B, H) float32 tensors for its backward (log a, h0, h) beside the
+    # gates' (T, B, 3H) pre-activations: at least 3 * T*B*H*4 bytes are live at the peak
+    assert scan >= 3 * T * B * H * 4

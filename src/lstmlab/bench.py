@@ -12,15 +12,25 @@ process's resident-set high-water mark (/proc/self/status VmHWM, reset through
 /proc/self/clear_refs) over one training step (the smaller of two), measured after all
 timings with glibc set to return freed memory at once; parameters and their gradients
 exist beforehand.
+
+`--sections modern` (issue #13's cells) instead: slstm on its sequential route (the cpu
+kernel where it computes it, else the reference) against torch.nn.LSTM on the grid;
+minlstm and mingru on the parallel scan (backend "scan") and on their sequential route,
+with the same weights, against torch.nn.GRU (and LSTM) at (B, I, H) = (16, 128, 128) for
+T = 256, 1000, 4096, all of one T in the same rounds, and how each one's time grows with
+T; and the peak memory of each model's training step measured the same way, but in a
+fresh subprocess per model (no other model's buffers in the process).
 """
 
 from __future__ import annotations
 
 import ctypes
 import gc
+import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,6 +43,10 @@ from .io import check_writable, write_json, write_text
 from .layer import Recurrent
 
 GRID = ((1, 1000, 1, 32), (16, 500, 8, 64), (32, 200, 32, 128), (64, 100, 64, 256), (8, 100, 128, 512))
+SECTIONS = ("grid", "modern")
+MIN_SHAPE = (16, 128, 128)  # B, I, H of issue #13's minLSTM / minGRU comparison
+MIN_STEPS = (256, 1000, 4096)
+MIN_CELLS = ("minlstm", "mingru")
 
 
 def kernel_cells() -> tuple[str, ...]:
@@ -47,7 +61,11 @@ class BenchConfig:
     for the slow reference loop (0 skips it). memory: measure peak memory. seed: for inputs
     and weights. variants: each a tuple of (name, value) overrides of the cpu backend's
     tuning constants (`cpu.tuning`): every cell runs once more under each, with the same
-    weights, in the same rounds, as "cell [name=value,...]"."""
+    weights, in the same rounds, as "cell [name=value,...]". sections: "grid" (the cells on
+    `shapes` against torch.nn.LSTM) and/or "modern" (issue #13's cells: slstm on `shapes`
+    against torch.nn.LSTM; minlstm and mingru, the parallel scan against their sequential
+    route and torch.nn.GRU, at min_shape = (B, I, H) for each T in min_steps; with memory,
+    the peak memory of each, in a subprocess per model)."""
 
     cells: tuple[str, ...] = field(default_factory=kernel_cells)
     shapes: tuple[tuple[int, int, int, int], ...] = GRID
@@ -56,6 +74,9 @@ class BenchConfig:
     memory: bool = True
     seed: int = 0
     variants: tuple[tuple[tuple[str, int], ...], ...] = ()
+    sections: tuple[str, ...] = ("grid",)
+    min_shape: tuple[int, int, int] = MIN_SHAPE
+    min_steps: tuple[int, ...] = MIN_STEPS
 
 
 # ---- measuring -------------------------------------------------------------------------
@@ -82,6 +103,27 @@ def _best(fn, rounds: int) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def _time_models(models: dict, x, rounds: int, knobs=None) -> tuple[dict, dict]:
+    """Best forward (no_grad) and forward + backward times of each model on x: after one
+    warm-up of each (which also allocates the parameters' gradients), `rounds` rounds in
+    which every model runs once, back to back, so that the ratios between them compare runs
+    made under the same conditions."""
+    knobs = knobs or {}
+    forward = {k: _tuned(_forward(m, x), knobs.get(k)) for k, m in models.items()}
+    step = {k: _tuned(_train_step(m, x), knobs.get(k)) for k, m in models.items()}
+    for k in models:
+        step[k]()
+        forward[k]()
+    fwd = {k: math.inf for k in models}
+    train = {k: math.inf for k in models}
+    for _ in range(rounds):
+        for k in models:
+            fwd[k] = min(fwd[k], _best(forward[k], 1))
+        for k in models:
+            train[k] = min(train[k], _best(step[k], 1))
+    return fwd, train
 
 
 def matmul_peak(seconds: float = 1.0) -> float:
@@ -184,18 +226,7 @@ def bench_shape(shape, cfg: BenchConfig, log=print) -> dict:
     """Times, ratios and product rates for one shape (memory: see bench_memory)."""
     B, T, I, H = shape
     x, models, knobs = _models(shape, cfg)
-    forward = {k: _tuned(_forward(m, x), knobs[k]) for k, m in models.items()}
-    step = {k: _tuned(_train_step(m, x), knobs[k]) for k, m in models.items()}
-    for k in models:  # warm up (and allocate the parameters' gradients)
-        step[k]()
-        forward[k]()
-    fwd = {k: math.inf for k in models}
-    train = {k: math.inf for k in models}
-    for _ in range(cfg.rounds):
-        for k in models:
-            fwd[k] = min(fwd[k], _best(forward[k], 1))
-        for k in models:
-            train[k] = min(train[k], _best(step[k], 1))
+    fwd, train = _time_models(models, x, cfg.rounds, knobs)
     rows = []
     for k, m in models.items():
         row = {
@@ -266,29 +297,198 @@ def machine() -> dict:
     }
 
 
+# ---- the modern cells (issue #13) ------------------------------------------------------
+def sequential_backend(cell: str) -> str:
+    """The sequential route a cell runs on by default on CPU: the fused kernel where it is
+    available and computes the cell, else the reference loop."""
+    return "cpu" if cpu.available()[0] and cpu.supports(get_cell(cell))[0] else "reference"
+
+
+def _modern_model(desc: dict, I: int, H: int):
+    """A model from its description: {"torch": "LSTM" | "GRU"} or {"cell": name, "backend": name}."""
+    if "torch" in desc:
+        return getattr(torch.nn, desc["torch"])(I, H)
+    return Recurrent(I, H, cell=desc["cell"], backend=desc["backend"])
+
+
+def _min_models(cfg: BenchConfig) -> dict[str, dict]:
+    """The models of the minlstm / mingru comparison by name, as descriptions."""
+    out = {}
+    for cell in MIN_CELLS:
+        out[f"{cell} scan"] = {"cell": cell, "backend": "scan", "route": "scan"}
+        seq = sequential_backend(cell)
+        out[f"{cell} {seq}"] = {"cell": cell, "backend": seq, "route": "sequential"}
+    out["torch.nn.GRU"] = {"torch": "GRU", "route": "torch"}
+    out["torch.nn.LSTM"] = {"torch": "LSTM", "route": "torch"}
+    return out
+
+
+def bench_slstm(shape, cfg: BenchConfig, log=print) -> dict:
+    """slstm (on its sequential route) against torch.nn.LSTM at one (B, T, I, H)."""
+    B, T, I, H = shape
+    torch.manual_seed(cfg.seed)
+    x = torch.randn(T, B, I, requires_grad=True)
+    backend = sequential_backend("slstm")
+    models = {"torch.nn.LSTM": torch.nn.LSTM(I, H), "slstm": Recurrent(I, H, cell="slstm", backend=backend)}
+    fwd, train = _time_models(models, x, cfg.rounds)
+    row = {
+        "shape": list(shape),
+        "backend": backend,
+        "fwd_s": fwd["slstm"],
+        "train_s": train["slstm"],
+        "lstm_fwd_s": fwd["torch.nn.LSTM"],
+        "lstm_train_s": train["torch.nn.LSTM"],
+        "fwd_ratio": fwd["slstm"] / fwd["torch.nn.LSTM"],
+        "train_ratio": train["slstm"] / train["torch.nn.LSTM"],
+    }
+    log(f"  slstm ({backend}) at {shape}: fwd+bwd {row['train_ratio']:.2f}x torch.nn.LSTM, fwd {row['fwd_ratio']:.2f}x")
+    return row
+
+
+def bench_min(T: int, cfg: BenchConfig, log=print) -> dict:
+    """minlstm and mingru, the scan and the sequential route with the same weights, and
+    torch.nn.GRU / LSTM, at (B, I, H) = cfg.min_shape and T steps, timed in the same rounds."""
+    B, I, H = cfg.min_shape
+    torch.manual_seed(cfg.seed)
+    x = torch.randn(T, B, I, requires_grad=True)
+    descs = _min_models(cfg)
+    models = {}
+    for name, d in descs.items():
+        models[name] = _modern_model(d, I, H)
+        same = next((m for k, m in models.items() if k != name and descs[k].get("cell", 0) == d.get("cell")), None)
+        if same is not None:  # the cell's two routes share their weights
+            models[name].load_state_dict(same.state_dict())
+    fwd, train = _time_models(models, x, cfg.rounds)
+    rows = []
+    for name, d in descs.items():
+        row = {"model": name, "route": d["route"], "fwd_s": fwd[name], "train_s": train[name]}
+        row["fwd_vs_gru"] = fwd[name] / fwd["torch.nn.GRU"]
+        row["train_vs_gru"] = train[name] / train["torch.nn.GRU"]
+        rows.append(row)
+    speedup = {}
+    for cell in MIN_CELLS:  # the sequential route's time over the scan's: > 1 when the scan is faster
+        seq = f"{cell} {sequential_backend(cell)}"
+        speedup[cell] = {
+            "sequential": seq,
+            "fwd": fwd[seq] / fwd[f"{cell} scan"],
+            "train": train[seq] / train[f"{cell} scan"],
+        }
+    log(
+        f"  T={T}: scan speed-up over the sequential route (fwd+bwd) "
+        + ", ".join(f"{c} {v['train']:.2f}x" for c, v in speedup.items())
+    )
+    return {"T": T, "shape": [B, T, I, H], "rows": rows, "scan_speedup": speedup}
+
+
+def growth(mins: list[dict]) -> dict[str, dict]:
+    """Per model, its fwd+bwd times by T and the exponent p of time ~ T^p from the first
+    to the last T (1: linear in T)."""
+    out = {}
+    if not mins:
+        return out
+    for name in (r["model"] for r in mins[0]["rows"]):
+        ts = [m["T"] for m in mins]
+        times = [next(r["train_s"] for r in m["rows"] if r["model"] == name) for m in mins]
+        p = math.log(times[-1] / times[0]) / math.log(ts[-1] / ts[0]) if ts[-1] != ts[0] else None
+        out[name] = {"T": ts, "train_s": times, "exponent": p}
+    return out
+
+
+def _memory_child(desc_json: str) -> None:
+    """Subprocess entry (see `memory_in_subprocess`): print, as JSON, the peak memory of one
+    training step of the model `desc_json` describes, the smaller of two after a warm-up."""
+    desc = json.loads(desc_json)
+    B, T, I, H = desc["shape"]
+    torch.manual_seed(0)
+    meter = PeakMemory()
+    model = _modern_model(desc, I, H)
+    x = torch.randn(T, B, I, requires_grad=True)
+    step = _train_step(model, x)
+    step()  # once-only buffers, and the gradients exist before the measured steps
+    model.zero_grad(set_to_none=False)
+    x.grad = torch.zeros_like(x)
+    peaks = [meter(step) for _ in range(2)]
+    print(json.dumps({"peak_bytes": None if None in peaks else min(peaks)}))
+
+
+def memory_in_subprocess(desc: dict, shape) -> float | None:
+    """Peak memory (bytes) of one training step of a model in a fresh Python process: the
+    rise of its resident-set high-water mark (PeakMemory) over the step, so that no other
+    model's allocations or cached buffers are in it. None where that cannot be measured."""
+    src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    code = f"from lstmlab.bench import _memory_child; _memory_child({json.dumps({**desc, 'shape': list(shape)})!r})"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1800)
+    if r.returncode != 0:
+        raise RuntimeError(f"memory measurement of {desc} failed: {r.stderr.strip()[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])["peak_bytes"]
+
+
+def bench_modern_memory(T: int, cfg: BenchConfig, log=print) -> list[dict]:
+    """Peak memory of one training step at (B, I, H) = cfg.min_shape and T, per model
+    (the min cells on both routes, slstm, torch.nn.GRU and LSTM), and its ratio to torch.nn.LSTM's."""
+    B, I, H = cfg.min_shape
+    descs = {**_min_models(cfg), "slstm": {"cell": "slstm", "backend": sequential_backend("slstm")}}
+    peaks = {name: memory_in_subprocess(d, (B, T, I, H)) for name, d in descs.items()}
+    base = peaks["torch.nn.LSTM"]
+    rows = []
+    for name, peak in peaks.items():
+        ratio = peak / base if peak is not None and base else None
+        rows.append({"model": name, "T": T, "peak_bytes": peak, "vs_lstm": ratio})
+    log(f"  T={T}: peak memory " + ", ".join(f"{r['model']} {r['vs_lstm']:.2f}x" for r in rows if r["vs_lstm"]))
+    return rows
+
+
+def run_modern(cfg: BenchConfig, log=print) -> dict:
+    """The "modern" section: see BenchConfig."""
+    out = {"slstm": [], "min": [], "memory": []}
+    for shape in cfg.shapes:
+        out["slstm"].append(bench_slstm(shape, cfg, log))
+    for T in cfg.min_steps:
+        out["min"].append(bench_min(T, cfg, log))
+    out["growth"] = growth(out["min"])
+    if cfg.memory:
+        for T in cfg.min_steps:
+            out["memory"] += bench_modern_memory(T, cfg, log)
+    return out
+
+
+def _load() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the system has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def run(cfg: BenchConfig, log=print) -> dict:
-    ok, why = cpu.available()
-    if not ok:
-        raise RuntimeError(f"lstmlab bench needs the cpu backend, which is unavailable: {why}")
+    """The sections of `cfg` in one process (the modern section's memory in subprocesses)."""
+    if "grid" in cfg.sections:
+        ok, why = cpu.available()
+        if not ok:
+            raise RuntimeError(f"lstmlab bench needs the cpu backend, which is unavailable: {why}")
     info = machine()
+    info["load_before"] = _load()
     info["matmul_peak_flops"] = matmul_peak()
     log(f"{info['cpu']}, {info['torch_threads']} threads, matmul peak {info['matmul_peak_flops'] / 1e9:.0f} GFLOP/s")
-    shapes = []
-    for shape in cfg.shapes:
-        log(f"B, T, I, H = {shape}")
-        shapes.append(bench_shape(shape, cfg, log))
-    if cfg.memory:
-        meter = PeakMemory()
-        for res in shapes:
-            peaks = bench_memory(tuple(res["shape"]), cfg, meter)
-            for row in res["rows"]:
-                row["peak_bytes"] = peaks[row["model"]]
-    return {
-        "config": {**asdict(BenchConfig()), **asdict(cfg)},
-        "machine": info,
-        "shapes": shapes,
-        "summary": summarise(shapes),
-    }
+    result = {"config": {**asdict(BenchConfig()), **asdict(cfg)}, "machine": info}
+    if "grid" in cfg.sections:
+        shapes = []
+        for shape in cfg.shapes:
+            log(f"B, T, I, H = {shape}")
+            shapes.append(bench_shape(shape, cfg, log))
+        if cfg.memory:
+            meter = PeakMemory()
+            for res in shapes:
+                peaks = bench_memory(tuple(res["shape"]), cfg, meter)
+                for row in res["rows"]:
+                    row["peak_bytes"] = peaks[row["model"]]
+        result["shapes"], result["summary"] = shapes, summarise(shapes)
+    if "modern" in cfg.sections:
+        log("modern cells (issue #13)")
+        result["modern"] = run_modern(cfg, log)
+    info["load_after"] = _load()
+    return result
 
 
 def _geomean(xs):
@@ -323,8 +523,23 @@ def markdown(result: dict, command: str) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} with {m['torch_threads']} threads, "
         f"Python {m['python']}; cpu backend: {m['cpu_backend']}. Matrix-multiply peak "
-        f"(2048^3 float32, torch.mm): {peak / 1e9:.0f} GFLOP/s.",
+        f"(2048^3 float32, torch.mm): {peak / 1e9:.0f} GFLOP/s."
+        + (
+            f" Load average (1, 5, 15 min) before the run: {m['load_before']}, after: {m['load_after']}."
+            if m.get("load_before") is not None
+            else ""
+        ),
         "",
+    ]
+    if "shapes" in result:
+        lines += _grid_markdown(result, peak)
+    if "modern" in result:
+        lines += _modern_markdown(result["modern"])
+    return "\n".join(lines) + "\n"
+
+
+def _grid_markdown(result: dict, peak: float) -> list[str]:
+    lines = [
         "Ratios are time / torch.nn.LSTM's time at the same shape, measured in this one run "
         "(best of the rounds). fwd: forward under no_grad; fwd+bwd: forward and backward of "
         "out.sum(). vs ref: how many times faster than the reference backend's loop (fwd+bwd). "
@@ -366,13 +581,98 @@ def markdown(result: dict, command: str) -> str:
     ]
     for c, v in s["per_cell"].items():
         lines.append(f"| {c} | {v['train_geomean']:.2f} | {v['train_worst']:.2f} | {v['fwd_worst']:.2f} |")
-    return "\n".join(lines) + "\n"
+    return lines + [""]
+
+
+def _mib(b) -> str:
+    return f"{b / 2**20:.1f}" if b is not None else "n/a"
+
+
+def _modern_markdown(mod: dict) -> list[str]:
+    lines = [
+        "### sLSTM against torch.nn.LSTM",
+        "",
+        "slstm on its sequential route (backend), times in ms, ratio = slstm / torch.nn.LSTM "
+        "(best of the rounds, the two interleaved).",
+        "",
+        "| B, T, I, H | backend | slstm fwd | LSTM fwd | fwd ratio | slstm fwd+bwd | LSTM fwd+bwd | fwd+bwd ratio |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in mod["slstm"]:
+        lines.append(
+            f"| {', '.join(map(str, r['shape']))} | {r['backend']} | {1e3 * r['fwd_s']:.2f} | "
+            f"{1e3 * r['lstm_fwd_s']:.2f} | {r['fwd_ratio']:.2f} | {1e3 * r['train_s']:.2f} | "
+            f"{1e3 * r['lstm_train_s']:.2f} | {r['train_ratio']:.2f} |"
+        )
+    lines.append("")
+    for res in mod["min"]:
+        B, T, I, H = res["shape"]
+        lines += [
+            f"### minLSTM / minGRU, B={B}, T={T}, I={I}, H={H}",
+            "",
+            "| model | route | fwd ms | fwd+bwd ms | fwd vs GRU | fwd+bwd vs GRU |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for r in res["rows"]:
+            lines.append(
+                f"| {r['model']} | {r['route']} | {1e3 * r['fwd_s']:.2f} | {1e3 * r['train_s']:.2f} | "
+                f"{r['fwd_vs_gru']:.2f} | {r['train_vs_gru']:.2f} |"
+            )
+        lines.append("")
+        lines.append(
+            "Scan speed-up over the sequential route (its time / the scan's; > 1: the scan is faster): "
+            + "; ".join(
+                f"{c} (vs {v['sequential']}) fwd {v['fwd']:.2f}x, fwd+bwd {v['train']:.2f}x"
+                for c, v in res["scan_speedup"].items()
+            )
+            + "."
+        )
+        lines.append("")
+    if mod.get("growth"):
+        ts = next(iter(mod["growth"].values()))["T"]
+        lines += [
+            "### Growth with T (fwd+bwd ms)",
+            "",
+            "exponent: p in time ~ T^p from the first to the last T (1 = linear).",
+            "",
+            "| model | " + " | ".join(f"T={t}" for t in ts) + " | exponent |",
+            "|---|" + "---:|" * (len(ts) + 1),
+        ]
+        for name, g in mod["growth"].items():
+            p = f"{g['exponent']:.2f}" if g["exponent"] is not None else ""
+            lines.append(f"| {name} | " + " | ".join(f"{1e3 * t:.1f}" for t in g["train_s"]) + f" | {p} |")
+        lines.append("")
+    if mod["memory"]:
+        lines += [
+            "### Peak memory of one training step (fwd+bwd)",
+            "",
+            "Rise of the resident-set high-water mark (/proc/self/status VmHWM, reset through "
+            "/proc/self/clear_refs) over one step, in a fresh subprocess per model, after one "
+            "warm-up step (the smaller of two steps); parameters and their gradients exist before.",
+            "",
+            "| T | model | peak MiB | vs torch.nn.LSTM |",
+            "|---:|---|---:|---:|",
+        ]
+        for r in mod["memory"]:
+            ratio = f"{r['vs_lstm']:.2f}" if r["vs_lstm"] is not None else "n/a"
+            lines.append(f"| {r['T']} | {r['model']} | {_mib(r['peak_bytes'])} | {ratio} |")
+        lines.append("")
+    return lines
 
 
 def _shape(text: str) -> tuple[int, int, int, int]:
     parts = text.split(",")
     if len(parts) != 4 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
         raise ValueError(f"--shape {text!r} is invalid; allowed: B,T,I,H (four positive integers)")
+    return tuple(int(p) for p in parts)
+
+
+def _min_shape(text: str | None) -> tuple[int, int, int]:
+    if text is None:
+        return MIN_SHAPE
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"--min-shape {text!r} is invalid; allowed: B,I,H (three positive integers)")
     return tuple(int(p) for p in parts)
 
 
@@ -411,7 +711,12 @@ def _main(args) -> int:
             f"--cells {', '.join(unknown)}: not a registered cell the cpu backend computes; "
             f"valid: {', '.join(kernel_cells())}"
         )
+    if any(t < 1 for t in args.min_steps):
+        raise ValueError(f"--min-steps {args.min_steps} is invalid; allowed: positive integers")
     cfg = BenchConfig(
+        sections=tuple(dict.fromkeys(args.sections)),
+        min_shape=_min_shape(args.min_shape),
+        min_steps=tuple(args.min_steps),
         cells=tuple(args.cells or kernel_cells()),
         shapes=tuple(_shape(s) for s in args.shape) if args.shape else GRID,
         rounds=args.rounds,
@@ -431,7 +736,9 @@ def _main(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="the cpu backend against torch.nn.LSTM and the reference loop")
+    p = sub.add_parser(
+        "bench", help="the cpu backend against torch.nn.LSTM and the reference loop; the modern cells' routes"
+    )
     p.add_argument("--cells", nargs="+", help="cells to run (default: all registered)")
     p.add_argument("--shape", action="append", help="B,T,I,H (repeatable; default: the issue's grid of five)")
     p.add_argument("--rounds", type=int, default=BenchConfig.rounds, help="timing rounds, best of")
@@ -448,6 +755,20 @@ def register(sub) -> None:
         metavar="NAME=VALUE[,...]",
         help="also run every cell with these cpu backend tuning constants (lstmlab.backends.cpu.TUNING), "
         "in the same rounds (repeatable)",
+    )
+    p.add_argument(
+        "--sections",
+        nargs="+",
+        choices=SECTIONS,
+        default=["grid"],
+        help="grid: every cell on the grid against torch.nn.LSTM (default); modern: slstm on the grid against "
+        "torch.nn.LSTM, minlstm / mingru parallel scan against their sequential route and torch.nn.GRU at "
+        "--min-shape for each --min-steps, and peak memory in subprocesses (several minutes)",
+    )
+    default_min = ",".join(map(str, MIN_SHAPE))
+    p.add_argument("--min-shape", help=f"B,I,H of the minlstm / mingru comparison (default {default_min})")
+    p.add_argument(
+        "--min-steps", nargs="+", type=int, default=list(MIN_STEPS), help="sequence lengths T of that comparison"
     )
     p.add_argument("--out", help="also write the markdown report here")
     p.add_argument("--json", help="write all numbers as JSON here")

@@ -1,6 +1,10 @@
 """Backends by name. Each runs one layer and direction over a whole sequence with the
 signature of `reference.run_layer`, and must match the reference forward and backward.
 
+    reference   plain PyTorch, step by step: the specification; every cell, any device.
+    cpu         the fused C++ kernel (cpu.py): the kinds it has code for, CPU tensors.
+    scan        the parallel-in-time route (scan.py): minlstm and mingru only, any device.
+
 A backend module exposes
     available() -> (bool, reason)          whether it can run at all here (never raises);
     supports(spec) -> (bool, reason)       whether it computes this CellSpec (never raises;
@@ -25,9 +29,26 @@ import torch
 
 from ..errors import ArgumentError
 
-# name -> module, in order of preference for backend="auto" on CPU.
-_MODULES = {"reference": f"{__name__}.reference", "cpu": f"{__name__}.cpu"}
-_PREFERENCE_CPU: tuple[str, ...] = ("cpu", "reference")
+# name -> module.
+_MODULES = {"reference": f"{__name__}.reference", "cpu": f"{__name__}.cpu", "scan": f"{__name__}.scan"}
+# backend="auto": the candidates in order of preference per device type (then "reference").
+# CPU: the fused kernel for every cell it computes; never the scan. The scan solves
+# minlstm's and mingru's linear recurrence in O(sqrt T) sequential steps, but does several
+# times the elementwise passes of the sequential route (log-space gates, two levels of
+# chunks, a backward scan) over (T, B, H) tensors that outgrow the caches, and a CPU with
+# few cores turns fewer sequential steps into no time. Measured (BENCHMARKS.md, "The modern
+# cells"; B=16, I=H=128): the fused kernel is 2-4x faster than the scan, forward + backward,
+# at T = 256, 1000 and 4096, for both cells; against the reference loop the scan is
+# 1.2-1.5x faster at T = 256 and 1000 but 1.3-1.4x slower at T = 4096 (one thread, CPU
+# time). So on CPU it runs when asked for by name. Other devices (the kernel is CPU only):
+# the scan for those two cells, whose O(sqrt T) sequential operations against the
+# reference loop's O(T) are what a device with per-operation launch costs rewards (not
+# measured on an accelerator: none was available to this work).
+_PREFERENCE = {"cpu": ("cpu",)}
+_PREFERENCE_OTHER: tuple[str, ...] = ("scan",)
+# Backends that compute only a few kinds of cell: "auto" passes them over silently for the
+# others (that is not a fallback worth a warning).
+_SPECIALISTS = frozenset({"scan"})
 
 
 def backend_names() -> list[str]:
@@ -87,22 +108,23 @@ def check_supports(name: str, spec) -> None:
 def _resolve(name: str, device_type: str, spec=None) -> str:
     """The name of the backend get_backend returns, its module imported into _LOADED."""
     if name == "auto":
-        chosen = "reference"
-        for cand in _PREFERENCE_CPU if device_type == "cpu" else ():
+        chosen, passed = "reference", []
+        for cand in _PREFERENCE.get(device_type, _PREFERENCE_OTHER):
+            if spec is None and cand in _SPECIALISTS:  # any cell: only a backend that runs every cell
+                continue
             ok, why = availability()[cand]
             if not ok:
-                warnings.warn(f"lstmlab: backend {cand!r} unavailable ({why}); using 'reference'", stacklevel=4)
+                passed.append((f"lstmlab: backend {cand!r} unavailable ({why}); using ", ""))
                 continue
             ok, why = _supports(cand, spec)
             if ok:
                 chosen = cand
                 break
-            if (cand, spec) not in _WARNED:
+            if cand not in _SPECIALISTS and (cand, spec) not in _WARNED:
                 _WARNED.add((cand, spec))
-                warnings.warn(
-                    f"lstmlab: backend {cand!r} cannot run cell {spec.name!r} ({why}); using 'reference' for it",
-                    stacklevel=4,
-                )
+                passed.append((f"lstmlab: backend {cand!r} cannot run cell {spec.name!r} ({why}); using ", " for it"))
+        for before, after in passed:  # each naming the backend chosen instead
+            warnings.warn(f"{before}{chosen!r}{after}", stacklevel=4)
     else:
         if name not in _MODULES:
             raise ValueError(f"backend={name!r} is not a backend; valid: 'auto', {', '.join(map(repr, _MODULES))}")

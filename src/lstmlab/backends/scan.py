@@ -8,6 +8,8 @@ gates from x_t alone, so over a whole sequence their state obeys
 with every a_t and b_t known before the first step. `scan` solves that recurrence for all t
 with O(sqrt T) sequential tensor operations instead of T, and `run_layer` runs a minlstm or
 mingru layer on it with `reference.run_layer`'s semantics (lengths, reverse, final state).
+This module is the backend "scan" (`Recurrent(..., backend="scan")`; backend="auto" takes
+it on devices other than the CPU only: see lstmlab.backends for why).
 
 Numerics. The textbook log-space solution, log h_t = log A_t + logcumsumexp_s(log b_s - log A_s)
 with log A_t = sum_{k<=t} log a_k, subtracts two numbers of size |log A_t| (thousands after a
@@ -216,4 +218,16 @@ def run_layer(
 
 
 def available() -> tuple[bool, str]:
-    return True, "plain PyTorch (minlstm and mingru only)"
+    """Always (True, how): plain PyTorch, on any device. Never raises."""
+    return True, "plain PyTorch, any device (minlstm and mingru only)"
+
+
+def supports(spec) -> tuple[bool, str]:
+    """(True, "") for the kinds whose recurrence is linear in h (minlstm, mingru: any
+    activation of h~), else (False, why). Never raises."""
+    if spec.kind in KINDS:
+        return True, ""
+    return False, (
+        f"kind {spec.kind!r} is not one the parallel scan computes ({', '.join(KINDS)}: "
+        "their recurrence is linear in h)"
+    )
