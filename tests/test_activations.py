@@ -56,10 +56,22 @@ def run_and_differentiate(backend, m, x, state):
     return [o.detach() for o in outs] + list(torch.autograd.grad(outs, leaves, cot))
 
 
-@pytest.mark.parametrize("name", KERNEL_ACTIVATIONS)
-@pytest.mark.parametrize(
-    "cell,field", [("rnn-tanh", "activation"), ("lstm", "activation"), ("lstm", "output_activation")]
-)
+GENERIC_PLACES = [("rnn-tanh", "activation"), ("lstm", "activation"), ("lstm", "output_activation")]
+# g_min is the kernel's for the min cells' candidate only (tests/test_backend_cpu.py runs those)
+GENERIC_ACTIVATIONS = [n for n in KERNEL_ACTIVATIONS if n != "g_min"]
+
+
+@pytest.mark.parametrize("cell,field", GENERIC_PLACES)
+def test_the_kernel_refuses_g_min_in_the_generic_cells(cell, field):
+    spec = lstmlab.get_cell(cell).with_options(**{field: "g_min"})
+    ok, why = cpu.supports(spec)
+    assert not ok and "g_min" in why
+    with pytest.raises(ValueError, match="g_min"):
+        lstmlab.Recurrent(3, 6, cell=cell, backend="cpu", **{field: "g_min"})
+
+
+@pytest.mark.parametrize("name", GENERIC_ACTIVATIONS)
+@pytest.mark.parametrize("cell,field", GENERIC_PLACES)
 def test_the_kernel_applies_and_differentiates_each_activation_as_the_reference(ext, name, cell, field):
     torch.manual_seed(3)
     m = lstmlab.Recurrent(3, 6, cell=cell, dtype=F64, backend="reference", **{field: name})
