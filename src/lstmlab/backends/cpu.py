@@ -746,6 +746,14 @@ def _fallback(why: str, *args, **kw):
     return reference.run_layer(*args, **kw)
 
 
+def _full_lengths_as_none(lengths: torch.Tensor | None, T: int) -> torch.Tensor | None:
+    """lengths as CPU int64, or None when every sequence runs all T steps."""
+    if lengths is None:
+        return None
+    lengths = lengths.to("cpu", torch.long)
+    return None if bool((lengths >= T).all()) else lengths
+
+
 def run_layer(
     spec: CellSpec,
     p: CellParams,
@@ -792,10 +800,7 @@ def run_layer(
     T, B, H = int(x.shape[0]), int(x.shape[1]), int(p.weight_hh.shape[0]) // len(spec.gates)
     if T == 0 or B == 0 or H == 0:  # before `tensors`, where an empty c0 would read as absent
         return _empty(spec, p, x, state, lengths, reverse, truncate, return_cells)
-    if lengths is not None:
-        lengths = lengths.to("cpu", torch.long)
-        if bool((lengths >= T).all()):
-            lengths = None
+    lengths = _full_lengths_as_none(lengths, T)
     if reverse:
         x = reference.reverse_padded(x, lengths)
     lanes = _vector_bytes() // x.element_size()
@@ -855,10 +860,7 @@ def _run_modern(spec, p, x, state, lengths, reverse, truncate):
     T, B, H = int(x.shape[0]), int(x.shape[1]), int(p.weight_ih.shape[0]) // len(spec.gates)
     if T == 0 or B == 0 or H == 0:
         return _empty(spec, p, x, state, lengths, reverse, truncate, False)
-    if lengths is not None:
-        lengths = lengths.to("cpu", torch.long)
-        if bool((lengths >= T).all()):
-            lengths = None
+    lengths = _full_lengths_as_none(lengths, T)
     if reverse:
         x = reference.reverse_padded(x, lengths)
     record = GradNorms._register(reverse, lengths)
