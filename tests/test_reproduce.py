@@ -16,7 +16,8 @@ import pytest
 
 from lstmlab.cli import main
 from lstmlab.train import reproduce as reproduce_module
-from lstmlab.train.reproduce import ROWS_1997, experiment, reproduce
+from lstmlab.train.recipes1997 import RECIPES_1997
+from lstmlab.train.reproduce import experiment, reproduce
 from lstmlab.train.reproduce_report import markdown, summarise, table_line, write_report
 from lstmlab.train.trials import TrialSet, claim, make_storage, open_study
 
@@ -25,19 +26,19 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 # ---- the modern recipe's rows (the modern arm's configuration where it was searched) ------------
 def test_the_rows_are_the_issue_s_and_each_has_its_reasons():
-    assert [(r.task, r.params) for r in ROWS_1997] == [
+    assert [(r.task, r.params) for r in RECIPES_1997] == [
         ("adding", {"T": 100}),
         ("lag", {"p": 100}),
         ("temporal-order", {}),
         ("reber", {}),
     ]
-    for row in ROWS_1997:
+    for row in RECIPES_1997:
         assert row.why and row.budget > 0
 
 
 def test_rows_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
-        ROWS_1997[0].budget = 1
+        RECIPES_1997[0].budget = 1
 
 
 # ---- trials ------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from conftest import assert_close
 from lstmlab.train import TrainConfig, Trainer, TrainingDiverged, train
 from lstmlab.train.cli import parse_cell_options, parse_params, register
 from lstmlab.train.model import SequenceModel
-from lstmlab.train.reproduce import LAG_CELL
+from lstmlab.train.recipes1997 import LAG_CELL
 
 EASY = {"T": 12, "criterion": "st1"}  # two-sequence: the class sits in the first 3 of 12 steps
 

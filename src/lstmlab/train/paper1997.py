@@ -30,7 +30,7 @@ from ..tasks import Batch, Judgement, StoppingRule, WindowRule, make
 from ..tasks.base import Task
 from .config import TrainConfig
 from .loop import EVAL_DATA, TEST_DATA, TRAIN_DATA, TrainingDiverged, seeded, train
-from .reproduce import weights
+from .recipes1997 import weights
 from .rows1997 import (
     ARMS,
     BUDGET_NOTE,

@@ -8,7 +8,7 @@ A row is one line of one of the paper's result tables (Tables 1-9). It carries t
           gradient, online plain gradient descent (one update per sequence, no momentum,
           no clipping) at the paper's learning rate, the paper's stopping rule and test.
           Trained by `lstmlab.train.net1997.Machine1997`.
-  modern  today's recipe (`reproduce.ROWS_1997` where it has the row; elsewhere the same
+  modern  today's recipe (`recipes1997.RECIPES_1997` where it has the row; elsewhere the same
           recipe, untuned): a forget-gate LSTM with a high forget-gate and a negative
           input-gate bias, Adam, trained by `lstmlab.train.loop.train`.
   rnn     a tanh RNN with about the paper net's number of weights, trained like the modern
@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, field, replace
 from ..errors import ArgumentError
 from ..tasks import make
 from ..tasks.base import Task
-from .reproduce import ROWS_1997, budget_choice
+from .recipes1997 import RECIPES_1997
+from .reproduce import budget_choice
 
 ARMS = ("paper", "modern", "rnn")
 BIASED = ("gates", "hidden", "all", "none")  # Table 10, column 12: ga, b1, all, none
@@ -175,9 +176,9 @@ class Row:
         return self.paper_sequences + self.make_task().stopping_rule().confirmation
 
 
-# The modern arm: reproduce.ROWS_1997's recipe where it has the row (tuned there), else the
+# The modern arm: recipes1997.RECIPES_1997's recipe where it has the row (tuned there), else the
 # same cell, biases and optimiser, untuned.
-_TODAY = {r.task: r.lstm for r in ROWS_1997}
+_TODAY = {r.task: r.lstm for r in RECIPES_1997}
 _RECIPE = dict(cell="lstm", hidden_size=16, forget_bias=5.0, input_bias=-3.0, optimizer="adam", lr=0.003, batch_size=1)
 _MODERN = {
     "reber": _TODAY["reber"],
