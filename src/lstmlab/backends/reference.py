@@ -71,7 +71,7 @@ def recurrent_product(spec: CellSpec, p: CellParams, h: torch.Tensor) -> torch.T
     if spec.kind == "slstm" and spec.heads > 1:
         (B, H), dh = h.shape, p.weight_hh.shape[1]
         R = p.weight_hh.view(len(spec.gates), H // dh, dh, dh)  # (G, heads, dh out, dh in)
-        hw = torch.einsum("bdk,gdjk->bgdj", h.reshape(B, H // dh, dh), R).reshape(B, -1)
+        hw = torch.einsum("bdk,gdjk->bgdj", h.reshape(B, H // dh, dh), R).reshape(B, len(spec.gates) * H)
     else:
         hw = h @ p.weight_hh.t()
     return hw + p.bias_hh if p.bias_hh is not None else hw
