@@ -33,7 +33,8 @@ test: $(STAMP)
 # build (the build key includes the flags), about 30 s the first time. x86-64 machines only.
 ISA_MARCHES ?= x86-64-v3 x86-64
 ISA_TESTS ?= tests/test_backend_cpu.py tests/test_backend_cpu_nonfinite.py tests/test_backend_cpu_edges.py \
-    tests/test_backend_cpu_proj.py tests/test_backend_cpu_bench.py tests/test_backend_cpu_build.py
+    tests/test_backend_cpu_proj.py tests/test_backend_cpu_bench.py tests/test_backend_cpu_build.py \
+    tests/test_modern_workers.py tests/test_gemm_engine.py
 test-isa: $(STAMP)
 	@test "$$(uname -m)" = x86_64 || { echo "make test-isa: needs an x86-64 machine, this is $$(uname -m)"; exit 1; }
 	@for march in $(ISA_MARCHES); do \

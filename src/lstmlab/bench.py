@@ -222,6 +222,32 @@ def _product_rate(model, x) -> float | None:
     return flops / seconds if seconds > 0 else None
 
 
+def _recurrence_share(model, x, steps: int = 3) -> dict | None:
+    """Where one training step of a min cell on the fused sequential route spends its time
+    (the kernel's clock, the busier worker's seconds, best of `steps`): the products over
+    all steps (x W^T; dx = dP W, dW = dP^T x and the bias sums) against the recurrence
+    itself (the per-step pointwise passes, forward and backward). Every route computes the
+    same products, so a parallel-in-time route can at most remove the recurrence's share:
+    `bound` = the step's time / its products' time is the speed-up no route can pass."""
+    ext = cpu._extension()
+    best = None
+    for _ in range(steps):
+        ext.set_clock(True)
+        try:
+            _train_step(model, x)()
+            clock = ext.read_clock()
+        finally:
+            ext.set_clock(False)
+        products = clock["forward input"] + clock["backward chunk"]
+        recurrence = clock["forward pointwise"] + clock["backward pointwise"]
+        if best is None or products + recurrence < best["products_s"] + best["recurrence_s"]:
+            best = {"products_s": products, "recurrence_s": recurrence}
+    total = best["products_s"] + best["recurrence_s"]
+    if total <= 0 or best["products_s"] <= 0:
+        return None
+    return {**best, "recurrence_share": best["recurrence_s"] / total, "bound": total / best["products_s"]}
+
+
 def bench_shape(shape, cfg: BenchConfig, log=print) -> dict:
     """Times, ratios and product rates for one shape (memory: see bench_memory)."""
     B, T, I, H = shape
@@ -373,6 +399,8 @@ def bench_min(T: int, cfg: BenchConfig, log=print) -> dict:
             "fwd": fwd[seq] / fwd[f"{cell} scan"],
             "train": train[seq] / train[f"{cell} scan"],
         }
+        if speedup[cell]["sequential"].endswith(" cpu"):
+            speedup[cell]["split"] = _recurrence_share(models[seq], x)
     log(
         f"  T={T}: scan speed-up over the sequential route (fwd+bwd) "
         + ", ".join(f"{c} {v['train']:.2f}x" for c, v in speedup.items())
@@ -628,6 +656,19 @@ def _modern_markdown(mod: dict) -> list[str]:
             + "."
         )
         lines.append("")
+        splits = {c: v["split"] for c, v in res["scan_speedup"].items() if v.get("split")}
+        if splits:
+            lines.append(
+                "The sequential route's training step (kernel clock): products over all steps against the "
+                "recurrence; no route that computes the same products can be faster than the bound: "
+                + "; ".join(
+                    f"{c} products {1e3 * v['products_s']:.2f} ms, recurrence {1e3 * v['recurrence_s']:.2f} ms "
+                    f"({100 * v['recurrence_share']:.0f}%), bound {v['bound']:.2f}x"
+                    for c, v in splits.items()
+                )
+                + "."
+            )
+            lines.append("")
     if mod.get("growth"):
         ts = next(iter(mod["growth"].values()))["T"]
         lines += [

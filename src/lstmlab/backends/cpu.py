@@ -15,11 +15,14 @@ flags (csrc/cells.h), so a newly registered cell is covered without new code:
               peephole gradients accumulate in the pointwise pass.
 
 The modern cells (slstm, minlstm, mingru) run on a dedicated path of the same operators
-(csrc/modern.h, one worker): x W_ih^T for all steps as one product; per step slstm's
-block-diagonal recurrent product (one product per head) and the pointwise pass; the backward
-per step the pointwise backward (and slstm's dP R per head), then dx, dW_ih, dW_hh and the
-bias gradients as products over all steps. slstm's n and m cross as one [n | m] state in the
-FGR a slot; m is detached, as in the reference step (it carries no gradient).
+(csrc/modern.h): x W_ih^T for all steps as one product; per step slstm's block-diagonal
+recurrent product (one product per block of a head's units) and the pointwise pass; the
+backward per step the pointwise backward (and slstm's dP R per block), then dx, dW_ih,
+dW_hh and the bias gradients as products over all steps. Threads share it
+(`_modern_split`): slstm by groups of batch rows, which never meet, or by blocks of units,
+which meet at every step; the min cells by ranges of units, which never meet. slstm's n
+and m cross as one [n | m] state in the FGR a slot; m is detached, as in the reference
+step (it carries no gradient).
 
 With a projection (CellParams.weight_hr, torch's proj_size; lstm kinds) h is proj_size
 wide: h_t = (o_t * act(c_t)) W_hr^T is one more product per step, whose backward is one
@@ -96,12 +99,26 @@ def _extension():
         try:
             ext = csrc.load()
             check_kernel(ext)
+            choice = os.environ.get("LSTMLAB_GEMM", "auto")
+            if choice not in ext.gemm_choices:
+                raise csrc.BuildError(f"LSTMLAB_GEMM={choice!r} is not allowed; allowed: {', '.join(ext.gemm_choices)}")
+            ext.set_gemm_choice(ext.gemm_choices[choice])
             _ext = ext
         except csrc.BuildError as e:
             _ext_error = str(e)
     if _ext is None:
         raise RuntimeError(_ext_error)
     return _ext
+
+
+def gemm_engine(dtype: torch.dtype = torch.float32) -> str:
+    """Which engine the kernel's matrix products use for this dtype: "builtin" (its own
+    register-blocked product, compiled for this CPU) or "blas" (the BLAS torch is linked
+    with). LSTMLAB_GEMM=auto (the default) measures once per process which is faster here
+    (MKL runs its AVX2 code on CPUs that are not Intel's); blas or builtin sets it."""
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"gemm_engine: dtype={dtype} is not supported; allowed: torch.float32, torch.float64")
+    return "builtin" if _extension().gemm_uses_builtin(dtype == torch.float64) else "blas"
 
 
 def supports(spec: CellSpec) -> tuple[bool, str]:
@@ -302,12 +319,12 @@ class Config(NamedTuple):
     """The operators' `config` list, by name (to_list / of)."""
 
     truncate: int
-    groups: int  # groups of batch rows (csrc/steps.h)
+    groups: int  # groups of batch rows (csrc/steps.h; the modern cells: _modern_split)
     keep: int  # save what the backward needs
     return_cells: int
     norms: int  # forward: the id of the RunNorms its backward fills; backward: want them; -1: none
     tune: tuple[int, ...]  # _tune(): 5 numbers
-    bounds: tuple[int, ...]  # the slices of hidden units
+    bounds: tuple[int, ...]  # the slices of hidden units; the modern cells: (workers, *edges) (_modern_split)
 
     def to_list(self) -> list[int]:
         return [self.truncate, self.groups, self.keep, self.return_cells, self.norms, *self.tune, *self.bounds]
@@ -425,6 +442,9 @@ def _modern_forward(spec, config, lengths, tensors):
         bool(c.keep),
         c.tune[0],
         bool(c.tune[1]),
+        c.groups,
+        c.bounds[0],
+        list(c.bounds[1:]),
     )
     return [out, h_n, c_n, a_n, x.new_empty(0), K, S, x.new_empty(0)]
 
@@ -575,6 +595,9 @@ def _modern_backward(spec, config, lengths, tensors, saved, grads):
         want,
         c.tune[0],
         bool(c.tune[1]),
+        c.groups,
+        c.bounds[0],
+        list(c.bounds[1:]),
     )
     db_hh = db.clone() if b_ih is not None else db  # two outputs may not share memory
     got = [dx, dh0, dc0, da0, dW_ih, dW_hh, db, db_hh]
@@ -853,10 +876,43 @@ def run_layer(
     return out, final, cells
 
 
+def _modern_split(
+    slstm: bool, T: int, B: int, H: int, dh: int, lanes: int, tune: Tuning
+) -> tuple[int, int, tuple[int, ...]]:
+    """How the threads share a modern cell's sequence (csrc/modern.h): (groups, workers,
+    edges). slstm in groups of batch rows (groups > 1, one worker each) under the generic
+    kernel's rule (`_split`: at least GROUP_MIN_ROWS rows a group, a step's recurrent product
+    of at most GROUP_MAX_WORK multiply-adds): they never meet. Else the edges cut each head's
+    dh units into blocks (slstm) or the H units into ranges (min cells), on whole vectors,
+    for `workers` threads: slstm's blocks meet at every step, so they share a sequence from
+    PARALLEL_MIN_WORK multiply-adds a step on (heads alone are blocks enough when there are
+    as many as threads); the min cells' ranges never meet, and share it from 2^15
+    unit-steps on. force_split: groups=n as for the generic kernel (slstm); cuts=(...) cuts
+    at those fractions, one worker a block (at most the threads, at least 2)."""
+    span = dh if slstm else H
+    heads = H // dh if slstm else 1
+    if slstm and min(tune.force_groups, B) >= 2:
+        return min(tune.force_groups, B), 1, (0, span)
+    if tune.force_cuts:
+        edges = tuple(sorted({0, span, *(min(span, max(1, round(f * span))) for f in tune.force_cuts)}))
+        return 1, min(heads * (len(edges) - 1), max(2, _threads())), edges
+    threads = _threads()
+    work = B * 4 * H * dh  # slstm: multiply-adds of a step's recurrent product
+    groups = min(threads, B // tune.GROUP_MIN_ROWS)
+    if slstm and groups >= 2 and work <= tune.GROUP_MAX_WORK:
+        return groups, 1, (0, span)
+    busy = work >= tune.PARALLEL_MIN_WORK if slstm else T * B * H >= 1 << 15
+    if threads < 2 or not busy:
+        return 1, 1, (0, span)
+    parts = min(-(-threads // heads), max(1, span // lanes))
+    edges = sorted({0, span, *(min(span, round(span * k / parts / lanes) * lanes) for k in range(1, parts))})
+    return 1, min(threads, heads * (len(edges) - 1)), tuple(edges)
+
+
 def _run_modern(spec, p, x, state, lengths, reverse, truncate):
-    """run_layer for slstm, minlstm, mingru (csrc/modern.h, one worker): the same operators,
-    with slstm's n and m in the a slot as [n | m], m detached (it carries no gradient, as
-    in the reference step)."""
+    """run_layer for slstm, minlstm, mingru (csrc/modern.h): the same operators, with
+    slstm's n and m in the a slot as [n | m], m detached (it carries no gradient, as in the
+    reference step); the threads share the sequence as _modern_split says."""
     T, B, H = int(x.shape[0]), int(x.shape[1]), int(p.weight_ih.shape[0]) // len(spec.gates)
     if T == 0 or B == 0 or H == 0:
         return _empty(spec, p, x, state, lengths, reverse, truncate, False)
@@ -882,7 +938,17 @@ def _run_modern(spec, p, x, state, lengths, reverse, truncate):
         torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     )
     tune = _current
-    config = Config(int(truncate), 1, int(keep), 0, -1 if record is None else record.id, tuple(_tune(1, tune)), (0, H))
+    dh = int(p.weight_hh.shape[1]) if slstm else H
+    groups, workers, edges = _modern_split(slstm, T, B, H, dh, _vector_bytes() // x.element_size(), tune)
+    config = Config(
+        int(truncate),
+        groups,
+        int(keep),
+        0,
+        -1 if record is None else record.id,
+        tuple(_tune(groups, tune)),
+        (workers, *edges),
+    )
     none = x.new_empty(0)
     args = (_spec_key(spec), config.to_list(), lengths, [none if t is None else t for t in tensors])
     if torch.jit.is_tracing() or torch.compiler.is_compiling():

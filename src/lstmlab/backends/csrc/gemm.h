@@ -4,16 +4,29 @@
 // ones go to the BLAS that torch is linked with (MKL in the official x86 wheels), called
 // directly: its Fortran sgemm_/dgemm_ are declared weak, and where the process has none,
 // at::mm on wrapped pointers does the product instead.
+//
+// Unless the built-in kernel is the faster one on this machine (use_builtin): MKL runs
+// its AVX2 code on CPUs that are not Intel's, where this kernel, compiled for the host,
+// uses all of AVX-512. On an AMD EPYC (Zen 5) it does 150-220 GFLOP/s a core against MKL's
+// 50-85 at the kernel's shapes (BENCHMARKS.md). Which one is faster is measured once per
+// process and type (about 2 ms), or set (LSTMLAB_GEMM, lstmlab.backends.cpu).
 #pragma once
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/mm.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <memory>
 #include <type_traits>
 #include <utility>
 #include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "vecmath.h"
 
@@ -30,15 +43,28 @@ void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k
                       int ld, float* dest) __attribute__((weak));
 void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k, const float* a, int lda,
                          const float* b, int ldb, float beta, float* c, int ldc) __attribute__((weak));
+int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
 }
 
 namespace lstmlab {
 
 inline bool have_blas() { return sgemm_ != nullptr && dgemm_ != nullptr; }
 
+// Inside a team of threads each thread's BLAS calls run on that thread alone; telling MKL
+// so spares every call its check for nested parallelism.
+struct OneBlasThread {
+  int saved = 0;
+  OneBlasThread() {
+    if (MKL_Set_Num_Threads_Local) saved = MKL_Set_Num_Threads_Local(1);
+  }
+  ~OneBlasThread() {
+    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(saved);
+  }
+};
+
 // MR rows x NV vectors of C per block; KS independent accumulator sets over k give the
 // FMA pipeline enough independent chains when the block is small.
-template <class T, int MR, int NV, int KS, bool TAIL>
+template <class T, int MR, int NV, int KS, bool TAIL, bool TA = false>
 inline void gemm_block(int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
                        int ncols, bool accumulate) {
   using V = vec_t<T>;
@@ -55,7 +81,7 @@ inline void gemm_block(int64_t K, const T* A, int64_t lda, const T* B, int64_t l
       V bv[NV];
       for (int j = 0; j < NV; ++j) bv[j] = (TAIL && j == NV - 1) ? load_n(b + j * L, last) : load(b + j * L);
       for (int r = 0; r < MR; ++r) {
-        V a = splat(A[r * lda + k + s]);
+        V a = splat(TA ? A[(k + s) * lda + r] : A[r * lda + k + s]);
         for (int j = 0; j < NV; ++j) acc[s][r][j] += a * bv[j];
       }
     }
@@ -65,7 +91,7 @@ inline void gemm_block(int64_t K, const T* A, int64_t lda, const T* B, int64_t l
     V bv[NV];
     for (int j = 0; j < NV; ++j) bv[j] = (TAIL && j == NV - 1) ? load_n(b + j * L, last) : load(b + j * L);
     for (int r = 0; r < MR; ++r) {
-      V a = splat(A[r * lda + k]);
+      V a = splat(TA ? A[k * lda + r] : A[r * lda + k]);
       for (int j = 0; j < NV; ++j) acc[0][r][j] += a * bv[j];
     }
   }
@@ -81,11 +107,11 @@ inline void gemm_block(int64_t K, const T* A, int64_t lda, const T* B, int64_t l
   }
 }
 
-template <class T, int MR, int NV, bool TAIL>
+template <class T, int MR, int NV, bool TAIL, bool TA = false>
 inline void gemm_rows(int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
                       int ncols, bool accumulate) {
   constexpr int KS = MR * NV <= 2 ? 4 : (MR * NV <= 4 ? 2 : 1);
-  gemm_block<T, MR, NV, KS, TAIL>(K, A, lda, B, ldb, C, ldc, ncols, accumulate);
+  gemm_block<T, MR, NV, KS, TAIL, TA>(K, A, lda, B, ldb, C, ldc, ncols, accumulate);
 }
 
 // With 32 vector registers (AVX-512) a block of 8 rows x 3 vectors keeps its 24
@@ -96,37 +122,43 @@ constexpr bool kEightRowBlocks = kVecBytes >= 64;
 // One panel of NV vectors of columns, all M rows: blocks of 8 rows (kEightRowBlocks,
 // NV <= 3), then of 4, then the rest; the panel of B is read once per block, from the L1
 // cache after the first.
-template <class T, int NV, bool TAIL>
+template <class T, int NV, bool TAIL, bool TA = false>
 inline void gemm_panel(int64_t M, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
                        int64_t ldc, int ncols, bool accumulate) {
+  const int64_t ra = TA ? 1 : lda;  // A's step from one row of op(A) to the next
   int64_t m = 0;
   if constexpr (kEightRowBlocks && NV <= 3)
     for (; m + 8 <= M; m += 8)
-      gemm_rows<T, 8, NV, TAIL>(K, A + m * lda, lda, B, ldb, C + m * ldc, ldc, ncols, accumulate);
+      gemm_rows<T, 8, NV, TAIL, TA>(K, A + m * ra, lda, B, ldb, C + m * ldc, ldc, ncols, accumulate);
   for (; m + 4 <= M; m += 4)
-    gemm_rows<T, 4, NV, TAIL>(K, A + m * lda, lda, B, ldb, C + m * ldc, ldc, ncols, accumulate);
+    gemm_rows<T, 4, NV, TAIL, TA>(K, A + m * ra, lda, B, ldb, C + m * ldc, ldc, ncols, accumulate);
   switch (M - m) {
-    case 3: gemm_rows<T, 3, NV, TAIL>(K, A + m * lda, lda, B, ldb, C + m * ldc, ldc, ncols, accumulate); break;
-    case 2: gemm_rows<T, 2, NV, TAIL>(K, A + m * lda, lda, B, ldb, C + m * ldc, ldc, ncols, accumulate); break;
-    case 1: gemm_rows<T, 1, NV, TAIL>(K, A + m * lda, lda, B, ldb, C + m * ldc, ldc, ncols, accumulate); break;
+    case 3: gemm_rows<T, 3, NV, TAIL, TA>(K, A + m * ra, lda, B, ldb, C + m * ldc, ldc, ncols, accumulate); break;
+    case 2: gemm_rows<T, 2, NV, TAIL, TA>(K, A + m * ra, lda, B, ldb, C + m * ldc, ldc, ncols, accumulate); break;
+    case 1: gemm_rows<T, 1, NV, TAIL, TA>(K, A + m * ra, lda, B, ldb, C + m * ldc, ldc, ncols, accumulate); break;
     default: break;
   }
 }
 
-template <class T, int NVMAX>
+// PK: B is packed (pack_panels): the panel from column n0 on is K x its width, contiguous
+// from B + n0 K.
+template <class T, int NVMAX, bool TA = false, bool PK = false>
 void gemm_panels(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
                  int64_t ldc, bool accumulate) {
   constexpr int L = Vec<T>::n;
   int64_t n0 = 0;
   for (; n0 + NVMAX * L <= N; n0 += NVMAX * L)
-    gemm_panel<T, NVMAX, false>(M, K, A, lda, B + n0, ldb, C + n0, ldc, NVMAX * L, accumulate);
+    gemm_panel<T, NVMAX, false, TA>(M, K, A, lda, PK ? B + n0 * K : B + n0, PK ? NVMAX * L : ldb, C + n0, ldc,
+                                    NVMAX * L, accumulate);
   const int rest = (int)(N - n0);
   if (rest == 0) return;
   const int nv = (rest + L - 1) / L;
   const bool tail = rest % L != 0;
+  const T* Bn = PK ? B + n0 * K : B + n0;
+  const int64_t ldn = PK ? rest : ldb;
 #define LSTMLAB_PANEL(NV)                                                                             \
-  (tail ? gemm_panel<T, NV, true>(M, K, A, lda, B + n0, ldb, C + n0, ldc, rest, accumulate)          \
-        : gemm_panel<T, NV, false>(M, K, A, lda, B + n0, ldb, C + n0, ldc, rest, accumulate))
+  (tail ? gemm_panel<T, NV, true, TA>(M, K, A, lda, Bn, ldn, C + n0, ldc, rest, accumulate)          \
+        : gemm_panel<T, NV, false, TA>(M, K, A, lda, Bn, ldn, C + n0, ldc, rest, accumulate))
   switch (nv) {
     case 1: LSTMLAB_PANEL(1); break;
     case 2: LSTMLAB_PANEL(2); break;
@@ -140,14 +172,154 @@ void gemm_panels(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const
 
 // Panels of 4 vectors below 8 rows (4-row blocks, 16 accumulators), of 3 from 8 rows on
 // where the 8-row blocks fit (24 accumulators: each vector of B feeds 8 rows; measured in
-// BENCHMARKS.md).
-template <class T>
+// BENCHMARKS.md). TA: op(A) = A^T, A stored K x M (its elements are broadcast one by one,
+// so the kernel reads them in either order at the same cost).
+template <class T, bool TA = false>
 void gemm_small(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
                 int64_t ldc, bool accumulate) {
   if (kEightRowBlocks && M >= 8)
-    gemm_panels<T, 3>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+    gemm_panels<T, 3, TA>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
   else
-    gemm_panels<T, 4>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+    gemm_panels<T, 4, TA>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+}
+
+// The columns of gemm_small's panels for M rows.
+template <class T>
+constexpr int64_t panel_width(int64_t M) {
+  return (kEightRowBlocks && M >= 8 ? 3 : 4) * Vec<T>::n;
+}
+
+// dst (cols x rows) = src (rows x cols) transposed, src's row i at row(i): 16 rows at a
+// time, column by column, so that each write fills a cache line of dst and the 16 rows'
+// lines of src stay in the L1 cache across the 16 columns each holds. (Square tiles over a
+// power-of-two leading dimension would put every line a tile writes in one cache set.)
+template <class T, class Row>
+void transpose_rows(int64_t rows, int64_t cols, const Row& row, T* dst) {
+  constexpr int64_t kRows = 16;
+  for (int64_t i0 = 0; i0 < rows; i0 += kRows) {
+    const int64_t n = std::min(kRows, rows - i0);
+    const T* src[kRows];
+    for (int64_t i = 0; i < n; ++i) src[i] = row(i0 + i);
+    for (int64_t j = 0; j < cols; ++j)
+      for (int64_t i = 0; i < n; ++i) dst[j * rows + i0 + i] = src[i][j];
+  }
+}
+template <class T>
+void transpose_into(int64_t rows, int64_t cols, const T* src, int64_t ld, T* dst) {
+  transpose_rows<T>(rows, cols, [&](int64_t i) { return src + i * ld; }, dst);
+}
+
+// op(B) (K x N; B row-major with leading dimension ldb, or, trans_b, B^T with B stored
+// N x K) packed in panels of pw columns (panel_width; the last the rest), each K x its
+// width, contiguous, so that the product streams it from memory in order (in a row-major
+// B with a wide leading dimension each k's few vectors are on another page).
+template <class T>
+void pack_panels(int64_t pw, int64_t K, int64_t N, const T* B, int64_t ldb, T* dst, bool trans_b = false) {
+  for (int64_t n0 = 0; n0 < N; n0 += pw) {
+    const int64_t w = std::min(pw, N - n0);
+    if (trans_b)
+      transpose_rows<T>(w, K, [&](int64_t j) { return B + (n0 + j) * ldb; }, dst + n0 * K);
+    else
+      for (int64_t k = 0; k < K; ++k) std::memcpy(dst + n0 * K + k * w, B + k * ldb + n0, sizeof(T) * w);
+  }
+}
+
+// gemm_small with B packed by pack_panels(pw, ...).
+template <class T, bool TA = false>
+void gemm_packed(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* Bp, int64_t pw, T* C,
+                 int64_t ldc, bool accumulate) {
+  if (pw == 3 * Vec<T>::n)
+    gemm_panels<T, 3, TA, true>(M, N, K, A, lda, Bp, 0, C, ldc, accumulate);
+  else
+    gemm_panels<T, 4, TA, true>(M, N, K, A, lda, Bp, 0, C, ldc, accumulate);
+}
+
+// A large product with the built-in kernel: blocks of kRowBlock rows of A (kept in the L2
+// cache while every panel of B passes) and kDepthBlock of the depth (later ones
+// accumulate), B packed in panels (pack_panels, once, where the rows repay the copy),
+// shared between torch's threads by row blocks, or by column ranges of whole panels when
+// there are too few row blocks; one thread inside a team or for little work.
+template <class T, bool TA = false>
+void gemm_builtin(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                  int64_t ldc, bool accumulate, bool trans_b = false) {
+  constexpr int64_t kRowBlock = 128, kDepthBlock = 512;
+  const int64_t pw = panel_width<T>(M);
+  std::unique_ptr<T[]> bp;  // depth block k0's panels from k0 N on
+  if (M >= 16 || trans_b) {
+    bp.reset(new T[K * N]);
+    for (int64_t k0 = 0; k0 < K; k0 += kDepthBlock)
+      pack_panels<T>(pw, std::min(kDepthBlock, K - k0), N, trans_b ? B + k0 : B + k0 * ldb, ldb, bp.get() + k0 * N,
+                     trans_b);
+  }
+  auto part = [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    if (m1 <= m0 || n1 <= n0) return;
+    for (int64_t k0 = 0; k0 < K; k0 += kDepthBlock) {
+      const int64_t kk = std::min(kDepthBlock, K - k0);
+      const T* a = TA ? A + k0 * lda + m0 : A + m0 * lda + k0;
+      T* c = C + m0 * ldc + n0;
+      if (bp)
+        gemm_packed<T, TA>(m1 - m0, n1 - n0, kk, a, lda, bp.get() + k0 * N + n0 * kk, pw, c, ldc, accumulate || k0 > 0);
+      else
+        gemm_small<T, TA>(m1 - m0, n1 - n0, kk, a, lda, B + k0 * ldb + n0, ldb, c, ldc, accumulate || k0 > 0);
+    }
+  };
+  const int64_t blocks = (M + kRowBlock - 1) / kRowBlock;
+  int64_t threads = 1;
+#ifdef _OPENMP
+  if (!omp_in_parallel() && M * N * K >= (int64_t(1) << 20)) threads = std::max(1, at::get_num_threads());
+#endif
+  if (threads <= 1) {
+    for (int64_t b = 0; b < blocks; ++b) part(b * kRowBlock, std::min(M, (b + 1) * kRowBlock), 0, N);
+    return;
+  }
+  const int64_t panels = (N + pw - 1) / pw;
+  const bool by_rows = blocks >= 2 * threads || panels < threads;
+#ifdef _OPENMP
+#pragma omp parallel num_threads((int)threads)
+  {
+    const int64_t nt = omp_get_num_threads(), me = omp_get_thread_num();
+    if (by_rows) {
+      for (int64_t b = me; b < blocks; b += nt) part(b * kRowBlock, std::min(M, (b + 1) * kRowBlock), 0, N);
+    } else {
+      const int64_t n0 = std::min(N, panels * me / nt * pw), n1 = std::min(N, panels * (me + 1) / nt * pw);
+      for (int64_t b = 0; b < blocks; ++b) part(b * kRowBlock, std::min(M, (b + 1) * kRowBlock), n0, n1);
+    }
+  }
+#endif
+}
+
+// The built-in kernel with transposed operands. op(A) = A^T is read in place (the kernel
+// broadcasts A's elements one by one, in either order at the same cost), but for fewer
+// columns than a vector holds (the weight gradients dP^T x at a small input size): (B^T
+// A)^T is formed then, with B and the result copied. A transposed B is transposed into
+// the packed panels (gemm_builtin).
+template <class T>
+void gemm_builtin_op(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+                     const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+  if (trans_a && !trans_b && N < Vec<T>::n && N < M) {
+    std::unique_ptr<T[]> bt(new T[N * K]), ct(new T[N * M]);
+    transpose_into<T>(K, N, B, ldb, bt.get());
+    gemm_builtin<T>(N, M, K, bt.get(), K, A, lda, ct.get(), M, false);
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = accumulate ? C[i * ldc + j] + ct[j * M + i] : ct[j * M + i];
+    return;
+  }
+  if (trans_a)
+    gemm_builtin<T, true>(M, N, K, A, lda, B, ldb, C, ldc, accumulate, trans_b);
+  else
+    gemm_builtin<T>(M, N, K, A, lda, B, ldb, C, ldc, accumulate, trans_b);
+}
+
+// Which engine the products use: measured (GEMM_AUTO) or set (set_gemm_choice).
+enum GemmChoice { GEMM_AUTO = 0, GEMM_BLAS = 1, GEMM_BUILTIN = 2 };
+inline constexpr EnumName kGemmChoices[] = {{"auto", GEMM_AUTO}, {"blas", GEMM_BLAS}, {"builtin", GEMM_BUILTIN}};
+inline std::atomic<int>& gemm_choice() {
+  static std::atomic<int> choice{GEMM_AUTO};
+  return choice;
+}
+inline void set_gemm_choice(int64_t c) {
+  TORCH_CHECK(c >= GEMM_AUTO && c <= GEMM_BUILTIN, "lstmlab cpu backend: unknown gemm choice ", c);
+  gemm_choice() = (int)c;
 }
 
 inline void blas_call(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
@@ -161,10 +333,49 @@ inline void blas_call(const char* ta, const char* tb, const int* m, const int* n
   dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
-// Row-major C (M x N) [+]= op(A) op(B), op(X) = X^T when trans_x (X then stored K x M /
-// N x K). The BLAS is column-major: row-major C = A B is column-major C^T = B^T A^T.
+
+// One thread's time for a product of the recurrent kind (64 x 256 by 256 x 512), best of
+// 3 rounds of 4, with the built-in kernel and with the BLAS: the built-in one is chosen
+// where it takes under 0.8 of the BLAS's time (a margin against a noisy measurement).
 template <class T>
-void gemm_blas(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
+bool builtin_measured_faster() {
+  if (!have_blas()) return true;  // at::mm on wrapped pointers: the built-in kernel is not slower
+  constexpr int64_t M = 64, K = 256, N = 512;
+  std::vector<T> a(M * K), b(K * N), c(M * N);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = T((i * 7 % 13) - 6) / T(16);
+  for (size_t i = 0; i < b.size(); ++i) b[i] = T((i * 5 % 11) - 5) / T(16);
+  const OneBlasThread one;
+  const int m = (int)N, n = (int)M, k = (int)K;
+  const T one_ = 1, zero = 0;
+  auto best = [&](auto&& f) {
+    double t = 1e30;
+    for (int round = 0; round < 3; ++round) {
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int r = 0; r < 4; ++r) f();
+      t = std::min(t, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return t;
+  };
+  const double builtin = best([&] { gemm_small<T>(M, N, K, a.data(), K, b.data(), N, c.data(), N, false); });
+  const double blas = best([&] { blas_call("N", "N", &m, &n, &k, &one_, b.data(), &m, a.data(), &k, &zero, c.data(), &m); });
+  return builtin < 0.8 * blas;
+}
+
+// Whether products of type T use the built-in kernel (in-loop products always; the others
+// where it is the faster engine).
+template <class T>
+bool use_builtin() {
+  const int c = gemm_choice();
+  if (c != GEMM_AUTO) return c == GEMM_BUILTIN;
+  static const bool faster = builtin_measured_faster<T>();
+  return faster;
+}
+
+// Row-major C (M x N) [+]= op(A) op(B), op(X) = X^T when trans_x (X then stored K x M /
+// N x K): the built-in kernel where it is faster (use_builtin), else the BLAS, which is
+// column-major: row-major C = A B is column-major C^T = B^T A^T.
+template <class T>
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
                int64_t ldb, T* C, int64_t ldc, bool accumulate) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
@@ -172,6 +383,7 @@ void gemm_blas(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, cons
       for (int64_t m = 0; m < M; ++m) std::memset(C + m * ldc, 0, sizeof(T) * N);
     return;
   }
+  if (use_builtin<T>()) return gemm_builtin_op<T>(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate);
   if (have_blas()) {
     const int m = (int)N, n = (int)M, k = (int)K, la = (int)ldb, lb = (int)lda, lc = (int)ldc;
     const T one = 1, beta = accumulate ? T(1) : T(0);
@@ -191,9 +403,9 @@ void gemm_blas(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, cons
 
 // The products with fixed weight blocks, repeated every step: C (M x n) [+]= A (M x k)
 // . op(W_part), op(W) = W (k x n, row-major, leading dimension ld) or, when transposed,
-// W^T with W stored n x k. Per part it uses the built-in kernel (small products), MKL's
-// packed weights (float, few rows, when the BLAS is MKL; packed once here) or the plain
-// BLAS call; the built-in kernel and the BLAS read a k x n copy of a transposed part,
+// W^T with W stored n x k. Per part it uses the built-in kernel (small products, or all
+// where it is the faster engine: use_builtin), MKL's packed weights (float, few rows, when
+// the BLAS is MKL; packed once here) or the plain BLAS call; the built-in kernel and the BLAS read a k x n copy of a transposed part,
 // made once here.
 //
 // A part may read a torch parameter in the kernel's order through index maps, so that no
@@ -220,7 +432,8 @@ class StepProduct {
   StepProduct(int64_t M, std::vector<Part> parts, int64_t small_limit, bool allow_pack, int64_t gather_max)
       : M_(M) {
     constexpr bool is_float = std::is_same<T, float>::value;
-    const bool mkl = is_float && allow_pack && cblas_sgemm_pack && cblas_sgemm_compute &&
+    const bool builtin = use_builtin<T>();
+    const bool mkl = is_float && allow_pack && !builtin && cblas_sgemm_pack && cblas_sgemm_compute &&
                      cblas_sgemm_pack_get_size && M <= kPackMaxRows;
     // A packed copy takes about the memory of the weights it packs (resident; MKL reserves
     // ~7.5 MB more per copy that stays untouched). Transposed parts are copied anyway, so
@@ -235,14 +448,19 @@ class StepProduct {
       pack_in_place = bytes <= kPackMaxBytes;
     }
     for (const Part& q : parts) {
-      Plan plan{q, BLAS, at::Tensor()};
+      Plan plan{q, BLAS, at::Tensor(), false};
       if (q.k == 0 || q.n == 0) {
         plan.kind = EMPTY;
-      } else if (M * q.n * q.k <= small_limit || !(q.transposed ? mkl : pack_in_place)) {
-        plan.kind = M * q.n * q.k <= small_limit ? SMALL : BLAS;
+      } else if (builtin || M * q.n * q.k <= small_limit || !(q.transposed ? mkl : pack_in_place)) {
+        plan.kind = builtin || M * q.n * q.k <= small_limit ? SMALL : BLAS;
         // the built-in kernel, and the BLAS at few rows, read op(W) row by row
         const bool small_groups = q.groups > 1 && (plan.kind == SMALL || q.k * q.n * (int64_t)sizeof(T) <= gather_max);
-        if (q.transposed || q.rows || small_groups) {
+        if (plan.kind == SMALL && q.k * q.n * (int64_t)sizeof(T) > kPanelPackBytes) {
+          // weights beyond the L1 cache, streamed at every step: in panels (pack_panels)
+          plan.copy = gather_panels(q, panel_width<T>(M));
+          plan.part = {plan.copy.template data_ptr<T>(), q.n, q.k, q.n, false};
+          plan.panels = true;
+        } else if (q.transposed || q.rows || small_groups) {
           plan.copy = gather(q);
           plan.part = {plan.copy.template data_ptr<T>(), q.n, q.k, q.n, false};
         }
@@ -273,6 +491,7 @@ class StepProduct {
           for (int64_t m = 0; m < M_; ++m) std::memset(C + m * ldc, 0, sizeof(T) * q.n);
         return;
       case SMALL:
+        if (pl.panels) return gemm_packed<T>(M_, q.n, q.k, A, lda, q.W, panel_width<T>(M_), C, ldc, accumulate);
         return gemm_small<T>(M_, q.n, q.k, A, lda, q.W, q.ld, C, ldc, accumulate);
       case PACKED:
         if constexpr (std::is_same<T, float>::value)
@@ -285,7 +504,7 @@ class StepProduct {
     }
     const int64_t gw = q.n / q.groups;
     for (int64_t g = 0; g < q.groups; ++g)
-      gemm_blas<T>(false, q.transposed, M_, gw, q.k, A, lda, q.W + g * q.gstride, q.ld, C + g * gw, ldc, accumulate);
+      gemm<T>(false, q.transposed, M_, gw, q.k, A, lda, q.W + g * q.gstride, q.ld, C + g * gw, ldc, accumulate);
   }
 
  private:
@@ -310,7 +529,34 @@ class StepProduct {
     return copy;
   }
 
-  // op(q) as a k x n row-major copy (transposed parts: in 64 x 64 tiles)
+  // op(q) in pack_panels' order, panels of pw columns, each k x its width, contiguous
+  static at::Tensor gather_panels(const Part& q, int64_t pw) {
+    if (q.transposed && q.cols) {  // the columns in order first
+      at::Tensor rows = gather_rows(q);
+      return gather_panels({rows.template data_ptr<T>(), q.k, q.k, q.n, true}, pw);
+    }
+    at::Tensor copy = at::empty({q.k * q.n}, options());
+    const int64_t gw = q.n / q.groups;
+    for (int64_t p0 = 0; p0 < q.n; p0 += pw) {
+      const int64_t w = std::min(pw, q.n - p0);
+      T* panel = copy.template data_ptr<T>() + p0 * q.k;
+      if (q.transposed) {
+        transpose_rows<T>(w, q.k, [&](int64_t j) { return q.W + (q.rows ? q.rows[p0 + j] : p0 + j) * q.ld; }, panel);
+        continue;
+      }
+      for (int64_t k = 0; k < q.k; ++k) {
+        const T* src = q.W + (q.rows ? q.rows[k] : k) * q.ld;
+        for (int64_t c = p0, e; c < p0 + w; c = e) {  // the panel's columns, group by group
+          const int64_t g = c / gw;
+          e = std::min(p0 + w, (g + 1) * gw);
+          std::memcpy(panel + k * w + (c - p0), src + g * q.gstride + (c - g * gw), sizeof(T) * (e - c));
+        }
+      }
+    }
+    return copy;
+  }
+
+  // op(q) as a k x n row-major copy
   static at::Tensor gather(const Part& q) {
     if (q.transposed && q.cols) {  // the columns in order first, then the plain transposition
       at::Tensor rows = gather_rows(q);
@@ -319,12 +565,7 @@ class StepProduct {
     at::Tensor copy = at::empty({q.k, q.n}, options());
     T* dst = copy.template data_ptr<T>();
     if (q.transposed) {
-      for (int64_t j0 = 0; j0 < q.n; j0 += 64)
-        for (int64_t k0 = 0; k0 < q.k; k0 += 64)
-          for (int64_t j = j0; j < std::min(q.n, j0 + 64); ++j) {
-            const T* src = q.W + (q.rows ? q.rows[j] : j) * q.ld;
-            for (int64_t k = k0; k < std::min(q.k, k0 + 64); ++k) dst[k * q.n + j] = src[k];
-          }
+      transpose_rows<T>(q.n, q.k, [&](int64_t j) { return q.W + (q.rows ? q.rows[j] : j) * q.ld; }, dst);
     } else {
       const int64_t gw = q.n / q.groups;
       for (int64_t k = 0; k < q.k; ++k) {
@@ -339,12 +580,14 @@ class StepProduct {
   struct Plan {
     Part part;
     Kind kind;
-    at::Tensor copy;  // the transposed copy (SMALL) or MKL's packed weights (PACKED)
+    at::Tensor copy;  // the transposed copy or the panels (SMALL) or MKL's packed weights (PACKED)
+    bool panels = false;  // SMALL: op(W) in pack_panels' order
   };
   // MKL's CBLAS enums; packing pays off for few rows (measured: see BENCHMARKS.md)
   static constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kB = 162;
   static constexpr int64_t kPackMaxRows = 16;
   static constexpr size_t kPackMaxBytes = size_t(24) << 20;
+  static constexpr int64_t kPanelPackBytes = 64 << 10;
   int64_t M_;
   std::vector<Plan> plans_;
 };

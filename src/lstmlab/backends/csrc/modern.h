@@ -1,5 +1,5 @@
 // The modern cells (issue #13): slstm (Beck et al. 2024) and minlstm / mingru (Feng et al.
-// 2024), forward and backward over a whole sequence, one worker. The maths is
+// 2024), forward and backward over a whole sequence. The maths is
 // lstmlab.backends.reference's _slstm_pointwise and _min_pointwise written out by hand, each
 // operation in the order torch's autograd forms it, so that NaN and infinities land where
 // the reference has them.
@@ -7,17 +7,23 @@
 // Not the generic kernel's time loop (cells.h): these cells have more state (slstm's c, n,
 // m) or none of its recurrent product (the min cells), and a dedicated path is shorter:
 //   forward   K = x W_ih^T, one product for all steps; per step (slstm) the recurrent
-//             product h_{t-1} R^T added to the step's rows of K, one product per head
-//             (block-diagonal R); then the pointwise pass, which keeps K + biases (the
-//             pre-activations) in place and, for slstm, every c_t, n_t, m_t.
+//             product h_{t-1} R^T added to the step's rows of K, one product per block
+//             (R is block-diagonal by heads); then the pointwise pass, which keeps K +
+//             biases (the pre-activations) in place and, for slstm, every c_t, n_t, m_t.
 //   backward  per step (last to first) the pointwise backward, which overwrites the saved
 //             pre-activations with their gradients dP (slstm: then dh_{t-1} = dP R, one
-//             product per head); afterwards dx = dP W_ih, dW_ih = dP^T x, dW_hh per head
+//             product per block); afterwards dx = dP W_ih, dW_ih = dP^T x, dW_hh per head
 //             (dP^T h_{t-1}), the biases' gradients as sums of dP: products over all steps.
-// Column order of the pre-activations (slstm with heads > 1): head-major, head d's gates
-// i f z o side by side, dh = H / heads units each (col(g, u) = d 4dh + g dh + u - d dh), so
-// that one product per head fills them; the weights are permuted into it once per call
-// (lstmlab_cpu.cpp modern_forward). With one head it is torch's (g H + u).
+// Workers (threads) share a sequence by units or, slstm, by batch rows. The min cells' units
+// never meet: each worker runs every step of its range of units. slstm's blocks (Block
+// below; a head's units cut at the same edges in every head) meet at every step, at one
+// barrier: the forward product of a block reads all of its head's h_{t-1}, the backward
+// product all of its head's dP (csrc/steps.h run_steps; lstmlab_cpu.cpp
+// modern_forward_impl). slstm's groups of batch rows (small steps, enough rows) never meet:
+// each runs every step of its rows, all blocks, and every group reads all the weights.
+// Column order of slstm's pre-activations: block-major, a block's gates i f z o side by
+// side (Block); the weights are permuted into it once per call (lstmlab_cpu.cpp
+// slstm_rows). With one head and one block it is torch's (g H + u).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -47,8 +53,9 @@ struct ModernMath {
     V r = vexp(x);
     const T lo = sizeof(T) == 4 ? T(-87) : T(-708), hi = -lo;
     const auto out = (x < lo) | (x > hi);
-    int64_t any = 0;
-    for (int k = 0; k < L; ++k) any |= out[k];
+    uint64_t words[sizeof out / 8], any = 0;  // the lanes' masks, 64 bits at a time
+    std::memcpy(words, &out, sizeof out);
+    for (uint64_t w : words) any |= w;
     if (__builtin_expect(any != 0, 0))
       for (int k = 0; k < L; ++k)
         if (out[k]) r[k] = std::exp(x[k]);
@@ -121,7 +128,19 @@ struct ModernMath {
   }
 };
 
-// What a call works on, one dtype T. Pointers: row-major, (T, B, cols) for sequences.
+// A block of slstm's units, the path's unit of work: units [j0, j1) of head d (dh units a
+// head), whose gates i f z o are the columns base + g w + (j - j0), w = j1 - j0, of the
+// pre-activations. Blocks lie head by head, a head's in order of j0, so that a head's
+// columns are 4 dh consecutive ones from d 4 dh (its block-diagonal part of the recurrent
+// product is one product); with one block a head, the layout is the head-major one above.
+struct Block {
+  int64_t d, j0, j1, base;
+  int64_t w() const { return j1 - j0; }
+};
+
+// What a call works on, one dtype T. Pointers: row-major, (T, B, cols) for sequences. Every
+// pass works on a range of units (the min cells: [u0, u1) of H; slstm: a Block), so that
+// workers may share a step.
 template <class T>
 struct ModernRun {
   using M = ModernMath<T>;
@@ -133,27 +152,22 @@ struct ModernRun {
   int64_t B, H, heads, dh, G;  // G: gates per unit (slstm 4, minlstm 3, mingru 2)
   const int64_t* len;          // (B,) or null
   bool valid(int64_t t, int64_t b) const { return len == nullptr || t < len[b]; }
-  // The pre-activation column of gate g, unit u.
-  int64_t col(int64_t g, int64_t u) const {
-    const int64_t d = u / dh;
-    return d * G * dh + g * dh + (u - d * dh);
-  }
 
   // ---- min cells -----------------------------------------------------------------------
-  // One step, rows b: k (B, G H) pre-activations without bias (bias added and kept in k),
-  // hp (B, H) h_{t-1}, h (B, H) h_t, out (B, H) the step's output row.
-  void min_forward_step(int64_t t, T* k, const T* bias, const T* hp, T* h, T* out) const {
+  // One step, rows b, units [u0, u1): k (B, G H) pre-activations without bias (bias added
+  // and kept in k), hp (B, H) h_{t-1}, h (B, H) h_t, out (B, H) the step's output row.
+  void min_forward_step(int64_t t, T* k, const T* bias, const T* hp, T* h, T* out, int64_t u0, int64_t u1) const {
     for (int64_t b = 0; b < B; ++b) {
       T* kb = k + b * G * H;
       const T* hpb = hp + b * H;
       T* hb = h + b * H;
       if (!valid(t, b)) {
-        if (hb != hpb) std::memcpy(hb, hpb, sizeof(T) * H);
-        std::memset(out + b * H, 0, sizeof(T) * H);
+        if (hb != hpb) std::memcpy(hb + u0, hpb + u0, sizeof(T) * (u1 - u0));
+        std::memset(out + b * H + u0, 0, sizeof(T) * (u1 - u0));
         continue;
       }
-      for (int64_t u = 0; u < H; u += L) {
-        const int n = (int)std::min<int64_t>(L, H - u);
+      for (int64_t u = u0; u < u1; u += L) {
+        const int n = (int)std::min<int64_t>(L, u1 - u);
         V hv;
         if (kind == MODERN_MINGRU) {  // rows z, h
           V kz = ld(kb + u, n), kh = ld(kb + H + u, n);
@@ -178,23 +192,24 @@ struct ModernRun {
     }
   }
 
-  // Backward of one step: k (B, G H) the kept pre-activations, overwritten with their
-  // gradients (0 on padded rows); hp h_{t-1}; dhr (B, H) the gradient reaching h_t from later
-  // steps, replaced by that of h_{t-1}; dout the output's gradient row or null; norm (B,)
-  // or null: ||dL/dh_t||.
-  void min_backward_step(int64_t t, T* k, const T* hp, T* dhr, const T* dout, T* norm) const {
+  // Backward of one step, units [u0, u1): k (B, G H) the kept pre-activations, dk their
+  // gradients (0 on padded rows); hp h_{t-1}; dhr (B, H) the gradient reaching
+  // h_t from later steps, replaced by that of h_{t-1}; dout the output's gradient row or
+  // null; sq (B,) or null: the units' part of ||dL/dh_t||^2.
+  void min_backward_step(int64_t t, const T* k, T* dk, const T* hp, T* dhr, const T* dout, T* sq, int64_t u0, int64_t u1) const {
     for (int64_t b = 0; b < B; ++b) {
-      T* kb = k + b * G * H;
+      const T* kb = k + b * G * H;
+      T* db = dk + b * G * H;
       if (!valid(t, b)) {
-        std::memset(kb, 0, sizeof(T) * G * H);
-        if (norm) norm[b] = 0;
+        for (int64_t g = 0; g < G; ++g) std::memset(db + g * H + u0, 0, sizeof(T) * (u1 - u0));
+        if (sq) sq[b] = 0;
         continue;
       }
       const T* hpb = hp + b * H;
       T* dhb = dhr + b * H;
       V acc = V{};
-      for (int64_t u = 0; u < H; u += L) {
-        const int n = (int)std::min<int64_t>(L, H - u);
+      for (int64_t u = u0; u < u1; u += L) {
+        const int n = (int)std::min<int64_t>(L, u1 - u);
         V g = ld(dhb + u, n);
         if (dout) g += ld(dout + b * H + u, n);
         acc += g * g;
@@ -203,8 +218,8 @@ struct ModernRun {
           const V kz = ld(kb + u, n), kh = ld(kb + H + u, n);
           const V z = vsigmoid<T>(kz), ht = M::cand(act, kh);
           const V dz = g * ht - g * hpv;  // (1 - z) h + z h~: dh h~ + (-(dh h))
-          st(kb + u, M::sigmoid_back(dz, z), n);
-          st(kb + H + u, M::cand_back(act, g * z, kh), n);
+          st(db + u, M::sigmoid_back(dz, z), n);
+          st(db + H + u, M::cand_back(act, g * z, kh), n);
           st(dhb + u, g * (T(1) - z), n);
         } else {
           const V kf = ld(kb + u, n), ki = ld(kb + H + u, n), kh = ld(kb + 2 * H + u, n);
@@ -212,111 +227,114 @@ struct ModernRun {
           const V f = vsigmoid<T>(d), i = vsigmoid<T>(-d), ht = M::cand(act, kh);
           const V df = g * hpv, di = g * ht;
           const V dd = M::sigmoid_back(df, f) - M::sigmoid_back(di, i);  // i = sigmoid(-d)
-          st(kb + u, M::logsig_back(dd, kf), n);
-          st(kb + H + u, M::logsig_back(-dd, ki), n);
-          st(kb + 2 * H + u, M::cand_back(act, g * i, kh), n);
+          st(db + u, M::logsig_back(dd, kf), n);
+          st(db + H + u, M::logsig_back(-dd, ki), n);
+          st(db + 2 * H + u, M::cand_back(act, g * i, kh), n);
           st(dhb + u, g * f, n);
         }
       }
-      if (norm) norm[b] = std::sqrt(reduce(acc));
+      if (sq) sq[b] = reduce(acc);
     }
   }
 
   // ---- slstm ---------------------------------------------------------------------------
-  // One step: k (B, 4H) x W^T + h_{t-1} R^T, biases added and kept in place; sp (B, 3H) the
-  // previous c, n, m; s (B, 3H) the new ones; h (B, H) h_t (hp: h_{t-1}); out the output row.
-  void slstm_forward_step(int64_t t, T* k, const T* bias, const T* sp, T* s, const T* hp, T* h, T* out) const {
-    for (int64_t b = 0; b < B; ++b) {
+  // One step of block q, rows [b0, b1): k (B, 4H) x W^T + h_{t-1} R^T, biases added and kept in place; sp
+  // (B, 3H) the previous c, n, m; s (B, 3H) the new ones; h (B, H) h_t (hp: h_{t-1}); out
+  // the output row.
+  void slstm_forward_step(int64_t t, T* k, const T* bias, const T* sp, T* s, const T* hp, T* h, T* out,
+                          const Block& q, int64_t b0, int64_t b1) const {
+    const int64_t w = q.w(), u0 = q.d * dh + q.j0;
+    for (int64_t b = b0; b < b1; ++b) {
       T* kb = k + b * 4 * H;
       const T* spb = sp + b * 3 * H;
       T* sb = s + b * 3 * H;
       T* hb = h + b * H;
       if (!valid(t, b)) {
-        if (sb != spb) std::memcpy(sb, spb, sizeof(T) * 3 * H);
-        if (hb != hp + b * H) std::memcpy(hb, hp + b * H, sizeof(T) * H);
-        std::memset(out + b * H, 0, sizeof(T) * H);
+        for (int64_t r = 0; r < 3; ++r) std::memcpy(sb + r * H + u0, spb + r * H + u0, sizeof(T) * w);
+        std::memcpy(hb + u0, hp + b * H + u0, sizeof(T) * w);
+        std::memset(out + b * H + u0, 0, sizeof(T) * w);
         continue;
       }
-      for (int64_t d = 0; d < heads; ++d)
-        for (int64_t j = 0; j < dh; j += L) {
-          const int n = (int)std::min<int64_t>(L, dh - j);
-          const int64_t u = d * dh + j, c0 = d * 4 * dh + j;
-          V kv[4];
-          for (int g = 0; g < 4; ++g) {
-            kv[g] = ld(kb + c0 + g * dh, n);
-            if (bias) kv[g] += ld(bias + c0 + g * dh, n);
-            st(kb + c0 + g * dh, kv[g], n);
-          }
-          const V lf = fexp ? kv[1] : M::logsig(kv[1]);
-          const V mp = ld(spb + 2 * H + u, n);
-          const V a = lf + mp;
-          const V mn = M::maximum(a, kv[0]);
-          const V iv = M::exp(kv[0] - mn), fv = M::exp(a - mn);
-          const V z = vtanh<T>(kv[2]), o = vsigmoid<T>(kv[3]);
-          const V c = fv * ld(spb + u, n) + iv * z;
-          const V nn = fv * ld(spb + H + u, n) + iv;
-          const V hv = o * c / nn;
-          st(sb + u, c, n);
-          st(sb + H + u, nn, n);
-          st(sb + 2 * H + u, mn, n);
-          st(hb + u, hv, n);
-          st(out + b * H + u, hv, n);
+      for (int64_t j = 0; j < w; j += L) {
+        const int n = (int)std::min<int64_t>(L, w - j);
+        const int64_t u = u0 + j, c0 = q.base + j;
+        V kv[4];
+        for (int g = 0; g < 4; ++g) {
+          kv[g] = ld(kb + c0 + g * w, n);
+          if (bias) kv[g] += ld(bias + c0 + g * w, n);
+          st(kb + c0 + g * w, kv[g], n);
         }
+        const V lf = fexp ? kv[1] : M::logsig(kv[1]);
+        const V mp = ld(spb + 2 * H + u, n);
+        const V a = lf + mp;
+        const V mn = M::maximum(a, kv[0]);
+        const V iv = M::exp(kv[0] - mn), fv = M::exp(a - mn);
+        const V z = vtanh<T>(kv[2]), o = vsigmoid<T>(kv[3]);
+        const V c = fv * ld(spb + u, n) + iv * z;
+        const V nn = fv * ld(spb + H + u, n) + iv;
+        const V hv = o * c / nn;
+        st(sb + u, c, n);
+        st(sb + H + u, nn, n);
+        st(sb + 2 * H + u, mn, n);
+        st(hb + u, hv, n);
+        st(out + b * H + u, hv, n);
+      }
     }
   }
 
-  // Backward of one step: k (B, 4H) kept pre-activations, overwritten with their gradients
-  // (0 on padded rows); sp, s the previous and this step's c, n, m; dhr (B, H) the gradient
-  // reaching h_t from later steps (read only), dout its output row's (or null); dcn (B, 2H)
-  // those of c_t and n_t, replaced by those of c_{t-1}, n_{t-1} on running rows; norm (B,)
-  // or null.
-  void slstm_backward_step(int64_t t, T* k, const T* sp, const T* s, const T* dhr, const T* dout, T* dcn,
-                           T* norm) const {
-    for (int64_t b = 0; b < B; ++b) {
-      T* kb = k + b * 4 * H;
+  // Backward of one step of block q, rows [b0, b1): k (B, 4H) kept pre-activations, dk
+  // their gradients (0 on padded rows); sp, s the previous and this step's c, n, m; dhr (B, H) the
+  // gradient reaching h_t from later steps (read only), dout its output row's (or null); dcn
+  // (B, 2H) those of c_t and n_t, replaced by those of c_{t-1}, n_{t-1} on running rows; sq
+  // (B,) or null: the block's part of ||dL/dh_t||^2.
+  void slstm_backward_step(int64_t t, const T* k, T* dk, const T* sp, const T* s, const T* dhr, const T* dout, T* dcn, T* sq,
+                           const Block& q, int64_t b0, int64_t b1) const {
+    const int64_t w = q.w(), u0 = q.d * dh + q.j0;
+    for (int64_t b = b0; b < b1; ++b) {
+      const T* kb = k + b * 4 * H;
+      T* db = dk + b * 4 * H;
       if (!valid(t, b)) {
-        std::memset(kb, 0, sizeof(T) * 4 * H);
-        if (norm) norm[b] = 0;
+        std::memset(db + q.base, 0, sizeof(T) * 4 * w);
+        if (sq) sq[b] = 0;
         continue;
       }
       const T* spb = sp + b * 3 * H;
       const T* sb = s + b * 3 * H;
       T* dcb = dcn + b * 2 * H;
       V acc = V{};
-      for (int64_t d = 0; d < heads; ++d)
-        for (int64_t j = 0; j < dh; j += L) {
-          const int n = (int)std::min<int64_t>(L, dh - j);
-          const int64_t u = d * dh + j, c0 = d * 4 * dh + j;
-          const V ki = ld(kb + c0, n), kf = ld(kb + c0 + dh, n), kz = ld(kb + c0 + 2 * dh, n),
-                  ko = ld(kb + c0 + 3 * dh, n);
-          const V cp = ld(spb + u, n), np = ld(spb + H + u, n), mp = ld(spb + 2 * H + u, n);
-          const V c = ld(sb + u, n), nn = ld(sb + H + u, n), mn = ld(sb + 2 * H + u, n);
-          const V lf = fexp ? kf : M::logsig(kf);
-          const V a = lf + mp;
-          const V iv = M::exp(ki - mn), fv = M::exp(a - mn);
-          const V z = vtanh<T>(kz), o = vsigmoid<T>(ko);
-          V g = ld(dhr + b * H + u, n);
-          if (dout) g += ld(dout + b * H + u, n);
-          acc += g * g;
-          // h = (o c) / n: torch's div backward, g / n and -g ((q / n) / n)
-          const V q = o * c;
-          const V dq = g / nn;
-          const V dc = ld(dcb + u, n) + dq * o;
-          const V dn = ld(dcb + H + u, n) + (-g) * ((q / nn) / nn);
-          const V dko = M::sigmoid_back(dq * c, o);
-          const V df = dc * cp + dn * np;
-          const V di = dc * z + dn;
-          const V dkz = dc * iv * (T(1) - z * z);
-          const V dki = di * iv;
-          const V dlf = df * fv;
-          st(kb + c0, dki, n);
-          st(kb + c0 + dh, fexp ? dlf : M::logsig_back(dlf, kf), n);
-          st(kb + c0 + 2 * dh, dkz, n);
-          st(kb + c0 + 3 * dh, dko, n);
-          st(dcb + u, dc * fv, n);
-          st(dcb + H + u, dn * fv, n);
-        }
-      if (norm) norm[b] = std::sqrt(reduce(acc));
+      for (int64_t j = 0; j < w; j += L) {
+        const int n = (int)std::min<int64_t>(L, w - j);
+        const int64_t u = u0 + j, c0 = q.base + j;
+        const V ki = ld(kb + c0, n), kf = ld(kb + c0 + w, n), kz = ld(kb + c0 + 2 * w, n),
+                ko = ld(kb + c0 + 3 * w, n);
+        const V cp = ld(spb + u, n), np = ld(spb + H + u, n), mp = ld(spb + 2 * H + u, n);
+        const V c = ld(sb + u, n), nn = ld(sb + H + u, n), mn = ld(sb + 2 * H + u, n);
+        const V lf = fexp ? kf : M::logsig(kf);
+        const V a = lf + mp;
+        const V iv = M::exp(ki - mn), fv = M::exp(a - mn);
+        const V z = vtanh<T>(kz), o = vsigmoid<T>(ko);
+        V g = ld(dhr + b * H + u, n);
+        if (dout) g += ld(dout + b * H + u, n);
+        acc += g * g;
+        // h = (o c) / n: torch's div backward, g / n and -g ((q / n) / n)
+        const V qv = o * c;
+        const V dq = g / nn;
+        const V dc = ld(dcb + u, n) + dq * o;
+        const V dn = ld(dcb + H + u, n) + (-g) * ((qv / nn) / nn);
+        const V dko = M::sigmoid_back(dq * c, o);
+        const V df = dc * cp + dn * np;
+        const V di = dc * z + dn;
+        const V dkz = dc * iv * (T(1) - z * z);
+        const V dki = di * iv;
+        const V dlf = df * fv;
+        st(db + c0, dki, n);
+        st(db + c0 + w, fexp ? dlf : M::logsig_back(dlf, kf), n);
+        st(db + c0 + 2 * w, dkz, n);
+        st(db + c0 + 3 * w, dko, n);
+        st(dcb + u, dc * fv, n);
+        st(dcb + H + u, dn * fv, n);
+      }
+      if (sq) sq[b] = reduce(acc);
     }
   }
 

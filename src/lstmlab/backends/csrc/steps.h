@@ -18,21 +18,9 @@
 #include <omp.h>
 #endif
 
-extern "C" int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
+#include "gemm.h"
 
 namespace lstmlab {
-
-// Inside the team each thread's BLAS calls run on that thread alone; telling MKL so spares
-// every call its check for nested parallelism.
-struct OneBlasThread {
-  int saved = 0;
-  OneBlasThread() {
-    if (MKL_Set_Num_Threads_Local) saved = MKL_Set_Num_Threads_Local(1);
-  }
-  ~OneBlasThread() {
-    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(saved);
-  }
-};
 
 // f(t, p): step t (0..T-1 in loop order) of slice p. Must not throw.
 template <class F>

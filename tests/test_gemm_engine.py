@@ -1,0 +1,201 @@
+"""The kernel's matrix-product engine (csrc/gemm.h): `cpu.gemm_engine(dtype)` names it
+("builtin": the kernel's own register-blocked product; "blas": the BLAS torch is linked
+with), the extension's set_gemm_choice switches it at any time, and LSTMLAB_GEMM
+(auto|blas|builtin, read when the extension first loads) sets it for a process; an invalid
+value makes the cpu backend unavailable with a message that says why. Both engines give the
+reference backend's results (the generic kernel and the modern path, forward and backward,
+the in-loop products too) and each other's to rounding."""
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import lstmlab
+from conftest import assert_close
+from lstmlab.backends import cpu, csrc
+
+pytestmark = pytest.mark.usefixtures("cpu_backend")
+
+ENGINES = ("blas", "builtin")
+
+
+@pytest.fixture
+def ext():
+    """The extension; afterwards the engine choice this process started with (LSTMLAB_GEMM,
+    auto by default) is restored, whatever the test set."""
+    e = cpu._extension()
+    try:
+        yield e
+    finally:
+        e.set_gemm_choice(e.gemm_choices[os.environ.get("LSTMLAB_GEMM", "auto")])
+
+
+@contextlib.contextmanager
+def engine(ext, name):
+    ext.set_gemm_choice(ext.gemm_choices[name])
+    try:
+        yield
+    finally:
+        ext.set_gemm_choice(ext.gemm_choices[os.environ.get("LSTMLAB_GEMM", "auto")])
+
+
+# ---- naming and choosing the engine ----------------------------------------------------------
+def test_gemm_engine_names_one_of_two_engines_per_dtype():
+    for dtype in (torch.float32, torch.float64):
+        assert cpu.gemm_engine(dtype) in ENGINES
+    assert cpu.gemm_engine() == cpu.gemm_engine(torch.float32)  # the default dtype
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int64, torch.complex64])
+def test_gemm_engine_rejects_other_dtypes(dtype):
+    with pytest.raises(ValueError, match=rf"dtype={dtype} is not supported; allowed: torch.float32, torch.float64"):
+        cpu.gemm_engine(dtype)
+
+
+def test_gemm_choices_table(ext):
+    assert dict(ext.gemm_choices) == {"auto": 0, "blas": 1, "builtin": 2}
+
+
+def test_set_gemm_choice_overrides_at_any_time_and_auto_keeps_its_measurement(ext):
+    """blas and builtin set the engine of both dtypes; auto goes back to the measured choice,
+    which is measured once per process (the same answer every time)."""
+    ext.set_gemm_choice(ext.gemm_choices["auto"])
+    measured = {dt: cpu.gemm_engine(dt) for dt in (torch.float32, torch.float64)}
+    for name in ("blas", "builtin", "blas", "auto", "builtin", "auto"):
+        ext.set_gemm_choice(ext.gemm_choices[name])
+        for dt in (torch.float32, torch.float64):
+            assert cpu.gemm_engine(dt) == (measured[dt] if name == "auto" else name), (name, dt)
+
+
+@pytest.mark.parametrize("bad", [-1, 3, 100])
+def test_set_gemm_choice_refuses_unknown_codes(ext, bad):
+    before = cpu.gemm_engine(torch.float64)
+    with pytest.raises(RuntimeError, match=f"unknown gemm choice {bad}"):
+        ext.set_gemm_choice(bad)
+    assert cpu.gemm_engine(torch.float64) == before  # unchanged
+
+
+# ---- both engines compute the same ------------------------------------------------------------
+def run_layer_and_grads(model, x0, hx0, lengths):
+    """Output, final states and the gradients of x, the initial state and every parameter of
+    a packed run of `model` under a fixed loss."""
+    x = x0.clone().requires_grad_()
+    hx = [h.clone().requires_grad_() for h in hx0]
+    model.zero_grad()
+    out, state = model(pack_padded_sequence(x, lengths, enforce_sorted=False), tuple(hx) if len(hx) > 1 else hx[0])
+    state = state if isinstance(state, tuple) else (state,)
+    loss = (out.data * out.data.cos()).sum() + sum((s * s.sin()).sum() for s in state if s.requires_grad)
+    loss.backward()
+    got = {"output": out.data.detach(), **{f"final {k}": s.detach() for k, s in enumerate(state)}, "d x": x.grad}
+    got.update({f"d state {k}": torch.zeros_like(h) if h.grad is None else h.grad for k, h in enumerate(hx)})
+    got.update({f"d {n}": p.grad.clone() for n, p in model.named_parameters()})
+    return got
+
+
+CELLS = {
+    "lstm": ("lstm", {}, contextlib.nullcontext),
+    "slstm-heads2-blocks": ("slstm", {"heads": 2}, lambda: cpu.force_split(cuts=(0.5,))),
+    "minlstm": ("minlstm", {}, contextlib.nullcontext),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", CELLS)
+def test_both_engines_match_reference_and_each_other(ext, name, dtype):
+    """A bidirectional layer over packed sequences, forward and backward, with each engine:
+    the input projection and the weight-gradient products, and (SMALL_GEMM_LIMIT=0) the
+    in-loop recurrent products through the engine too (float32 with the BLAS: MKL's packed
+    weights, and without them)."""
+    cell, options, split = CELLS[name]
+    I, H, T, B = 7, 24, 9, 5
+    kw = dict(cell=cell, bidirectional=True, dtype=dtype, **options)
+    torch.manual_seed(0)
+    ref = lstmlab.Recurrent(I, H, backend="reference", **kw)
+    ours = lstmlab.Recurrent(I, H, backend="cpu", **kw)
+    ours.load_state_dict(ref.state_dict())
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(T, B, I, generator=g, dtype=dtype)
+    hx0 = [(torch.rand if n == "n" else torch.randn)(2, B, H, generator=g, dtype=dtype) for n in ref.spec.state_names]
+    lengths = torch.tensor([9, 4, 7, 1, 9])
+    want = run_layer_and_grads(ref, x0, hx0, lengths)
+    runs = {}
+    for eng in ENGINES:
+        for limit, packed in [(1 << 16, 1), (0, 1), (0, 0)]:
+            tune = cpu.tuning(SMALL_GEMM_LIMIT=limit, GROUP_SMALL_GEMM_LIMIT=limit, USE_PACKED_GEMM=packed)
+            with engine(ext, eng), split(), tune:
+                assert cpu.gemm_engine(dtype) == eng
+                runs[eng, limit, packed] = run_layer_and_grads(ours, x0, hx0, lengths)
+    for key, got in runs.items():
+        assert got.keys() == want.keys()
+        for k in want:
+            tol = "float32_gradient" if dtype == torch.float32 and k.startswith("d ") else dtype
+            assert_close(got[k], want[k], msg=f"{name} {key} vs reference: {k}", tol=tol)
+            other = runs[("builtin" if key[0] == "blas" else "blas", *key[1:])]
+            assert_close(got[k], other[k], msg=f"{name} {key} vs the other engine: {k}", tol=tol)
+
+
+# ---- LSTMLAB_GEMM --------------------------------------------------------------------------------
+def run_python(code, **env):
+    """A fresh interpreter (the variable is read when the extension first loads) that finds
+    the extension this process built: the same build directory, so nothing is recompiled
+    (unless the sources changed meanwhile)."""
+    full = {**os.environ, "LSTMLAB_BUILD_DIR": str(csrc.build_dir()), **env}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+REPORT = """
+import json, os, torch
+import lstmlab
+from lstmlab.backends import cpu
+ok, why = cpu.available()
+result = {"ok": ok, "why": why}
+if ok:
+    result["engines"] = [cpu.gemm_engine(torch.float32), cpu.gemm_engine(torch.float64)]
+    ext = cpu._extension()
+    ext.set_gemm_choice(ext.gemm_choices["builtin"] if result["engines"][0] == "blas" else ext.gemm_choices["blas"])
+    result["overridden"] = [cpu.gemm_engine(torch.float32), cpu.gemm_engine(torch.float64)]
+    torch.manual_seed(0)
+    ext.set_gemm_choice(ext.gemm_choices[os.environ["LSTMLAB_GEMM"]])
+    ref = lstmlab.Recurrent(3, 16, cell="slstm", heads=2, dtype=torch.float64, backend="reference")
+    ours = lstmlab.Recurrent(3, 16, cell="slstm", heads=2, dtype=torch.float64, backend="cpu")
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(6, 4, 3, dtype=torch.float64)
+    with cpu.force_split(cuts=(0.5,)):
+        result["max_diff"] = float((ours(x)[0] - ref(x)[0]).abs().max())
+else:
+    try:
+        cpu.gemm_engine(torch.float32)
+    except RuntimeError as e:
+        result["raised"] = str(e)
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.slow
+def test_an_invalid_LSTMLAB_GEMM_makes_the_backend_unavailable_and_says_why():
+    r = run_python(REPORT, LSTMLAB_GEMM="bogus")
+    assert r["ok"] is False
+    for word in ("LSTMLAB_GEMM", "'bogus'", "auto", "blas", "builtin"):
+        assert word in r["why"], (word, r["why"])
+    assert r["raised"] == r["why"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("choice", ENGINES)
+def test_LSTMLAB_GEMM_sets_the_engine_of_a_process(choice):
+    """Both dtypes use the engine named; set_gemm_choice still overrides it; the results are
+    the reference's."""
+    r = run_python(REPORT, LSTMLAB_GEMM=choice)
+    assert r["ok"] is True, r["why"]
+    assert r["engines"] == [choice, choice]
+    other = "builtin" if choice == "blas" else "blas"
+    assert r["overridden"] == [other, other]
+    assert 0 <= r["max_diff"] < 1e-10
