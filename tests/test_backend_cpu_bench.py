@@ -163,6 +163,11 @@ def test_modern_section_reports_routes_ratios_and_growth_from_its_times():
             assert sp["train"] == rows[seq[cell]]["train_s"] / rows[f"{cell} scan"]["train_s"]
             assert sp["fwd"] == rows[seq[cell]]["fwd_s"] / rows[f"{cell} scan"]["fwd_s"]
             assert f"{cell} (vs {seq[cell]}) fwd {sp['fwd']:.2f}x, fwd+bwd {sp['train']:.2f}x" in text
+            if seq[cell].endswith(" cpu"):  # the kernel's clock splits its step: products, recurrence, bound
+                split = sp["split"]
+                assert math.isclose(split["bound"], (split["products_s"] + split["recurrence_s"]) / split["products_s"])
+                assert f"{cell} products {1e3 * split['products_s']:.2f} ms" in text
+                assert f"bound {split['bound']:.2f}x" in text
     for name, g in mod["growth"].items():
         t = [next(r["train_s"] for r in m["rows"] if r["model"] == name) for m in mod["min"]]
         assert g["train_s"] == t and g["T"] == [10, 40]
@@ -203,3 +208,75 @@ def test_modern_memory_is_measured_in_a_subprocess():
     # the scan saves three (T, B, H) float32 tensors for its backward (log a, h0, h) beside the
     # gates' (T, B, 3H) pre-activations: at least 3 * T*B*H*4 bytes are live at the peak
     assert scan >= 3 * T * B * H * 4
+
+
+def test_gemm_section_runs_each_cell_on_both_engines_with_the_same_weights(monkeypatch):
+    """--sections gemm: lstm, gru and slstm on the BLAS and on the built-in product (the
+    same weights, the same outputs to float tolerance), with torch.nn.LSTM in the same
+    rounds; each engine is in force while its model runs, and the one set before afterwards;
+    the ratios and gains are made from the measured times."""
+    seen, engines = {}, {}
+    timer = bench._time_models
+
+    def spy(models, x, rounds, knobs=None):
+        seen.update(models=models, x=x, knobs=knobs)
+        return timer(models, x, rounds, knobs)
+
+    monkeypatch.setattr(bench, "_time_models", spy)
+    before = cpu.gemm_engine()
+    cfg = bench.BenchConfig(sections=("gemm",), shapes=((2, 12, 3, 8),), rounds=1, memory=False)
+    result = bench.run(cfg, log=lambda *_: None)
+    assert cpu.gemm_engine() == before
+    models, knobs = seen["models"], seen["knobs"]
+    assert list(models) == ["torch.nn.LSTM"] + [f"{c} {e}" for c in bench.GEMM_CELLS for e in ("blas", "builtin")]
+    for name, k in knobs.items():
+        engine = name.split()[1]
+        assert k == {"engine": engine}
+        bench._tuned(lambda name=name: engines.__setitem__(name, cpu.gemm_engine()), k)()
+        assert engines[name] == engine
+    for c in bench.GEMM_CELLS:
+        a, b = models[f"{c} blas"], models[f"{c} builtin"]
+        for (n, p), (m, q) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+            assert n == m and torch.equal(p, q)
+        with torch.no_grad():
+            torch.testing.assert_close(a(seen["x"])[0], b(seen["x"])[0], rtol=1e-5, atol=1e-5)
+    (res,) = result["gemm"]
+    rows = {r["model"]: r for r in res["rows"]}
+    lstm = rows["torch.nn.LSTM"]
+    for r in rows.values():
+        assert a_time(r["fwd_s"]) and a_time(r["train_s"])
+        assert r["train_ratio"] == r["train_s"] / lstm["train_s"] and r["fwd_ratio"] == r["fwd_s"] / lstm["fwd_s"]
+    for c in bench.GEMM_CELLS:
+        assert res["builtin_gain"][c] == rows[f"{c} blas"]["train_s"] / rows[f"{c} builtin"]["train_s"]
+    text = bench.markdown(result, "lstmlab bench --sections gemm")
+    assert "### The product engines" in text and f"| 2, 12, 3, 8 | {1e3 * rows['lstm blas']['train_s']:.2f} (" in text
+    assert result["machine"]["gemm_engine"]["float32"] in ("blas", "builtin")
+
+
+def test_using_gemm_sets_the_engine_for_a_block_and_checks_its_name():
+    before = cpu.gemm_engine()
+    with cpu.using_gemm("blas"):
+        assert cpu.gemm_engine() == "blas" and cpu.gemm_engine(torch.float64) == "blas"
+        with cpu.using_gemm("builtin"):
+            assert cpu.gemm_engine() == "builtin"
+        assert cpu.gemm_engine() == "blas"
+    assert cpu.gemm_engine() == before
+    with cpu.using_gemm(None):
+        assert cpu.gemm_engine() == before
+    with pytest.raises(ValueError, match=r"engine='mkl'.*allowed: 'blas', 'builtin'"):
+        with cpu.using_gemm("mkl"):
+            pass
+
+
+def test_recurrence_share_splits_a_min_cells_step_by_the_kernel_clock():
+    """The sequential route's training step split into its products and its recurrence (the
+    kernel clock's phases), and the bound no route computing the same products can pass:
+    total / products."""
+    torch.manual_seed(0)
+    m = bench.Recurrent(8, 16, cell="mingru", backend="cpu")
+    x = torch.randn(50, 4, 8, requires_grad=True)
+    s = bench._recurrence_share(m, x, steps=2)
+    assert a_time(s["products_s"]) and a_time(s["recurrence_s"])
+    total = s["products_s"] + s["recurrence_s"]
+    assert math.isclose(s["recurrence_share"], s["recurrence_s"] / total)
+    assert math.isclose(s["bound"], total / s["products_s"]) and s["bound"] > 1

@@ -20,6 +20,11 @@ with the same weights, against torch.nn.GRU (and LSTM) at (B, I, H) = (16, 128, 
 T = 256, 1000, 4096, all of one T in the same rounds, and how each one's time grows with
 T; and the peak memory of each model's training step measured the same way, but in a
 fresh subprocess per model (no other model's buffers in the process).
+
+`--sections gemm`: lstm, gru and slstm on the cpu backend with each engine of its matrix
+products (the BLAS torch is linked with, and the kernel's own product; cpu.gemm_engine),
+the same weights, against torch.nn.LSTM on the grid, all in the same rounds: what the
+engine that LSTMLAB_GEMM=auto measures and picks is worth on this machine.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ from .io import check_writable, write_json, write_text
 from .layer import Recurrent
 
 GRID = ((1, 1000, 1, 32), (16, 500, 8, 64), (32, 200, 32, 128), (64, 100, 64, 256), (8, 100, 128, 512))
-SECTIONS = ("grid", "modern")
+SECTIONS = ("grid", "modern", "gemm")
+GEMM_CELLS = ("lstm", "gru", "slstm")  # the "gemm" section's cells, on each product engine
 MIN_SHAPE = (16, 128, 128)  # B, I, H of issue #13's minLSTM / minGRU comparison
 MIN_STEPS = (256, 1000, 4096)
 MIN_CELLS = ("minlstm", "mingru")
@@ -198,11 +204,15 @@ def _models(shape, cfg: BenchConfig):
 
 
 def _tuned(fn, knobs):
+    """fn under the cpu backend's tuning `knobs` (cpu.tuning's names), and under the product
+    engine knobs["engine"] ("blas" or "builtin", cpu.using_gemm) if given."""
     if not knobs:
         return fn
+    knobs = dict(knobs)
+    engine = knobs.pop("engine", None)
 
     def run():
-        with cpu.tuning(**knobs):
+        with cpu.tuning(**knobs), cpu.using_gemm(engine):
             fn()
 
     return run
@@ -467,6 +477,43 @@ def bench_modern_memory(T: int, cfg: BenchConfig, log=print) -> list[dict]:
     return rows
 
 
+def bench_gemm(shape, cfg: BenchConfig, log=print) -> dict:
+    """GEMM_CELLS on the cpu backend with each product engine (same weights) and
+    torch.nn.LSTM at one (B, T, I, H), in the same rounds."""
+    B, T, I, H = shape
+    torch.manual_seed(cfg.seed)
+    x = torch.randn(T, B, I, requires_grad=True)
+    models, knobs = {"torch.nn.LSTM": torch.nn.LSTM(I, H)}, {}
+    for cell in GEMM_CELLS:
+        first = None
+        for engine in ("blas", "builtin"):
+            name = f"{cell} {engine}"
+            models[name] = Recurrent(I, H, cell=cell, backend="cpu")
+            if first is None:
+                first = models[name]
+            else:
+                models[name].load_state_dict(first.state_dict())
+            knobs[name] = {"engine": engine}
+    fwd, train = _time_models(models, x, cfg.rounds, knobs)
+    rows = []
+    for name in models:
+        rows.append(
+            {
+                "model": name,
+                "fwd_s": fwd[name],
+                "train_s": train[name],
+                "fwd_ratio": fwd[name] / fwd["torch.nn.LSTM"],
+                "train_ratio": train[name] / train["torch.nn.LSTM"],
+            }
+        )
+    gain = {c: train[f"{c} blas"] / train[f"{c} builtin"] for c in GEMM_CELLS}
+    log(
+        f"  {shape}: fwd+bwd with the BLAS / with the built-in product: "
+        + ", ".join(f"{c} {g:.2f}x" for c, g in gain.items())
+    )
+    return {"shape": list(shape), "rows": rows, "builtin_gain": gain}
+
+
 def run_modern(cfg: BenchConfig, log=print) -> dict:
     """The "modern" section: see BenchConfig."""
     out = {"slstm": [], "min": [], "memory": []}
@@ -515,6 +562,10 @@ def run(cfg: BenchConfig, log=print) -> dict:
     if "modern" in cfg.sections:
         log("modern cells (issue #13)")
         result["modern"] = run_modern(cfg, log)
+    if "gemm" in cfg.sections:
+        info["gemm_engine"] = {"float32": cpu.gemm_engine(torch.float32), "float64": cpu.gemm_engine(torch.float64)}
+        log(f"product engines (LSTMLAB_GEMM picks {info['gemm_engine']['float32']} for float32 here)")
+        result["gemm"] = [bench_gemm(shape, cfg, log) for shape in cfg.shapes]
     info["load_after"] = _load()
     return result
 
@@ -563,7 +614,32 @@ def markdown(result: dict, command: str) -> str:
         lines += _grid_markdown(result, peak)
     if "modern" in result:
         lines += _modern_markdown(result["modern"])
+    if "gemm" in result:
+        lines += _gemm_markdown(result["gemm"], m.get("gemm_engine", {}))
     return "\n".join(lines) + "\n"
+
+
+def _gemm_markdown(res: list[dict], engine: dict) -> list[str]:
+    lines = [
+        "### The product engines",
+        "",
+        f"The engine LSTMLAB_GEMM=auto picks on this machine: {engine.get('float32', 'n/a')} (float32). "
+        "fwd+bwd ms and ratio to torch.nn.LSTM; gain = time with the BLAS / time with the built-in product.",
+        "",
+        "| B, T, I, H | " + " | ".join(f"{c} blas | {c} builtin | {c} gain" for c in GEMM_CELLS) + " |",
+        "|---|" + "---:|" * (3 * len(GEMM_CELLS)),
+    ]
+    for r in res:
+        by = {row["model"]: row for row in r["rows"]}
+        cells = []
+        for c in GEMM_CELLS:
+            for e in ("blas", "builtin"):
+                row = by[f"{c} {e}"]
+                cells.append(f"{1e3 * row['train_s']:.2f} ({row['train_ratio']:.2f}x)")
+            cells.append(f"{r['builtin_gain'][c]:.2f}x")
+        lines.append(f"| {', '.join(map(str, r['shape']))} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
 
 
 def _grid_markdown(result: dict, peak: float) -> list[str]:
@@ -804,7 +880,8 @@ def register(sub) -> None:
         default=["grid"],
         help="grid: every cell on the grid against torch.nn.LSTM (default); modern: slstm on the grid against "
         "torch.nn.LSTM, minlstm / mingru parallel scan against their sequential route and torch.nn.GRU at "
-        "--min-shape for each --min-steps, and peak memory in subprocesses (several minutes)",
+        "--min-shape for each --min-steps, and peak memory in subprocesses (several minutes); gemm: lstm, gru "
+        "and slstm with each matrix-product engine (BLAS, built-in) against torch.nn.LSTM on the grid",
     )
     default_min = ",".join(map(str, MIN_SHAPE))
     p.add_argument("--min-shape", help=f"B,I,H of the minlstm / mingru comparison (default {default_min})")

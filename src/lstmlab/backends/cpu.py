@@ -121,6 +121,26 @@ def gemm_engine(dtype: torch.dtype = torch.float32) -> str:
     return "builtin" if _extension().gemm_uses_builtin(dtype == torch.float64) else "blas"
 
 
+@contextlib.contextmanager
+def using_gemm(engine: str | None):
+    """A context manager: the kernel's matrix products use this engine ("blas" or
+    "builtin") inside the block (None: unchanged), then what was set before (LSTMLAB_GEMM's
+    choice). Process-wide, not thread-safe, as `tuning` is; for `lstmlab bench --sections gemm`
+    and tests."""
+    if engine is None:
+        yield
+        return
+    ext = _extension()
+    if engine not in ("blas", "builtin"):
+        raise ValueError(f"using_gemm: engine={engine!r} is not allowed; allowed: 'blas', 'builtin' (or None)")
+    saved = ext.gemm_choice()
+    ext.set_gemm_choice(ext.gemm_choices[engine])
+    try:
+        yield
+    finally:
+        ext.set_gemm_choice(saved)
+
+
 def supports(spec: CellSpec) -> tuple[bool, str]:
     """(True, "") if the kernel computes this cell, else (False, why) (csrc/boundary.py:
     its kind, forget mode and activations, and no CellSpec field it does not know). Needs

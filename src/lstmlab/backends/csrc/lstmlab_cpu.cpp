@@ -1401,6 +1401,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("modern_backward", &lstmlab::modern_backward, py::call_guard<py::gil_scoped_release>());
   m.def("set_clock", &lstmlab::set_clock);
   m.def("set_gemm_choice", &lstmlab::set_gemm_choice);
+  m.def("gemm_choice", []() { return (int64_t)lstmlab::gemm_choice().load(); });
   m.def("gemm_uses_builtin", [](bool is_double) {
     return is_double ? lstmlab::use_builtin<double>() : lstmlab::use_builtin<float>();
   });
