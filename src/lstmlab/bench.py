@@ -232,7 +232,7 @@ def _product_rate(model, x) -> float | None:
     return flops / seconds if seconds > 0 else None
 
 
-def _recurrence_share(model, x, steps: int = 3) -> dict | None:
+def _recurrence_share(model, x, steps: int = 5) -> dict | None:
     """Where one training step of a min cell on the fused sequential route spends its time
     (the kernel's clock, the busier worker's seconds, best of `steps`): the products over
     all steps (x W^T; dx = dP W, dW = dP^T x and the bias sums) against the recurrence
