@@ -236,9 +236,11 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const
 
 // A large product with the built-in kernel: blocks of kRowBlock rows of A (kept in the L2
 // cache while every panel of B passes) and kDepthBlock of the depth (later ones
-// accumulate), B packed in panels (pack_panels, once, where the rows repay the copy),
-// shared between torch's threads by row blocks, or by column ranges of whole panels when
-// there are too few row blocks; one thread inside a team or for little work.
+// accumulate), B packed in panels once (pack_panels; a transposed B, stored N x K,
+// transposed into them; a plain one where the rows repay the copy: slstm's dW_hh at
+// H = 512 took 10% less time so), shared between torch's threads by row blocks, or by
+// column ranges of whole panels when there are too few row blocks; one thread inside a
+// team or for little work.
 template <class T, bool TA = false>
 void gemm_builtin(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
                   int64_t ldc, bool accumulate, bool trans_b = false) {

@@ -1318,19 +1318,15 @@ std::vector<at::Tensor> modern_backward_impl(const ModernArgs& a, const at::Tens
   column_sums<T>(dp, TB, GH, db.data_ptr<T>());
   at::Tensor dWh = none, dc0 = none, da0 = none;
   if (slstm) {
-    // dW_hh per head: dP^T h_{t-1} over the running rows (padded ones hold no product)
+    // dW_hh per head: dP^T h_{t-1}, h_{t-1} = h0 at the first step and the previous output
+    // row after it: a padded row's dP is 0 and so is its output row (its held state, which
+    // may not be finite, is never read), as the reference's product leaves such rows out
     dWh = at::empty({4 * H, a.dh}, opts);
-    at::Tensor hprev = at::empty({TB, H}, opts);
-    T* hp = hprev.data_ptr<T>();
-    std::memcpy(hp, h0p, sizeof(T) * B * H);
-    std::memcpy(hp + B * H, o, sizeof(T) * (T_ - 1) * B * H);
-    if (a.len)
-      for (int64_t t = 0; t < T_; ++t)
-        for (int64_t b = 0; b < B; ++b)
-          if (!run.valid(t, b)) std::memset(hp + (t * B + b) * H, 0, sizeof(T) * H);
-    for (int64_t d = 0; d < a.heads; ++d)
-      gemm<T>(true, false, 4 * a.dh, a.dh, TB, dp + d * 4 * a.dh, 4 * H, hp + d * a.dh, H,
-              dWh.data_ptr<T>() + d * 4 * a.dh * a.dh, a.dh, false);
+    for (int64_t d = 0; d < a.heads; ++d) {
+      T* dw = dWh.data_ptr<T>() + d * 4 * a.dh * a.dh;
+      gemm<T>(true, false, 4 * a.dh, a.dh, B, dp + d * 4 * a.dh, GH, h0p + d * a.dh, H, dw, a.dh, false);
+      gemm<T>(true, false, 4 * a.dh, a.dh, TB - B, dp + B * GH + d * 4 * a.dh, GH, o + d * a.dh, H, dw, a.dh, true);
+    }
     dc0 = at::empty({B, H}, opts);
     da0 = at::zeros({B, 2 * H}, opts);
     for (int64_t b = 0; b < B; ++b) {
