@@ -103,6 +103,8 @@ def _extension():
             if choice not in ext.gemm_choices:
                 raise csrc.BuildError(f"LSTMLAB_GEMM={choice!r} is not allowed; allowed: {', '.join(ext.gemm_choices)}")
             ext.set_gemm_choice(ext.gemm_choices[choice])
+            for double in (False, True):  # measure auto's choice now, outside any team of threads
+                ext.gemm_uses_builtin(double)
             _ext = ext
         except csrc.BuildError as e:
             _ext_error = str(e)
