@@ -199,3 +199,39 @@ def test_LSTMLAB_GEMM_sets_the_engine_of_a_process(choice):
     other = "builtin" if choice == "blas" else "blas"
     assert r["overridden"] == [other, other]
     assert 0 <= r["max_diff"] < 1e-10
+
+
+# ---- large recurrent weights: read in place by the built-in product -------------------------
+ONE_WORKER = dict(PARALLEL_MIN_WORK=1 << 40, GROUP_MAX_WORK=0)
+
+
+@pytest.mark.parametrize(
+    "cell,H,split",
+    [
+        # FGR at H = 512 in two slices: its weights are 13.6 MB, over the 8 MB bound on the
+        # built-in product's copies (gemm.h StepProduct), so the backward product reads a
+        # slice's weight_gg blocks in place, group by group
+        ("fgr", 512, {"cuts": (0.5,)}),
+        # FGR and slstm (H = 768, 9.4 MB) in one worker: the backward product reads the
+        # weights in place, not in panels
+        ("fgr", 512, {}),
+        ("slstm", 768, {}),
+    ],
+)
+def test_weights_over_the_copy_bound_are_read_in_place_with_the_reference_results(ext, cell, H, split):
+    torch.manual_seed(0)
+    ref = lstmlab.Recurrent(3, H, cell=cell, backend="reference")
+    fast = lstmlab.Recurrent(3, H, cell=cell, backend="cpu")
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 2, 3)
+    results = {}
+    for name, m in (("reference", ref), ("cpu", fast)):
+        xs = x.clone().requires_grad_()
+        forced = cpu.force_split(**split) if split else cpu.tuning(**ONE_WORKER)
+        with engine(ext, "builtin"), forced:
+            out, _ = m(xs)
+            g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+            grads = torch.autograd.grad(out, [xs, *m.parameters()], g)
+        results[name] = [out.detach(), *grads]
+    for a, b in zip(results["cpu"], results["reference"], strict=True):
+        assert_close(a, b, tol="float32_gradient")
