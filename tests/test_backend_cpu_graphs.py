@@ -1,6 +1,7 @@
 """The cpu backend under torch's graph tools, as torch.nn.LSTM works under them: the kernel is
 the custom operator lstmlab::layer_forward (gradient: lstmlab::layer_backward). For lstm,
-gru, rnn-tanh and the 1997 cell (peepholes off, truncated gradient): torch.jit.trace,
+gru, rnn-tanh, the 1997 cell (peepholes off, truncated gradient), FGR and the modern cells
+(slstm, minlstm, mingru, on their own path of the operator): torch.jit.trace,
 torch.export, torch.func.grad / vmap and torch.compile(fullgraph=True) give eager's
 outputs and gradients; torch.library.opcheck on sample inputs; GradNorms refuses a
 compiled run."""
@@ -14,7 +15,7 @@ import lstmlab
 from conftest import assert_close
 from lstmlab.backends import cpu
 
-CELLS = ["lstm", "gru", "rnn-tanh", "lstm1997", "fgr"]
+CELLS = ["lstm", "gru", "rnn-tanh", "lstm1997", "fgr", "slstm", "minlstm", "mingru"]
 
 
 pytestmark = pytest.mark.usefixtures("cpu_backend")
@@ -126,6 +127,17 @@ def test_compile_fullgraph(cell):
     m = net(cell)
     compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
     same(grads_of(compiled, inputs(2)), grads_of(m, inputs(2)), f"{cell} compiled")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_compile_fullgraph_under_no_grad(cell):
+    """Inference: the kernel saves nothing for a backward, and its absent results are each a
+    tensor of their own (a custom operator's outputs may not alias one another)."""
+    torch._dynamo.reset()
+    m = net(cell)
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        assert_close(compiled(inputs(3)), m(inputs(3)))
 
 
 def test_compile_inductor():

@@ -135,3 +135,25 @@ def test_nonfinite_values_with_variable_lengths(cell, reverse):
                     torch.float64,
                     f"{cell}, {value} in {where}{index}, reverse={reverse}: {name}",
                 )
+
+
+@pytest.mark.parametrize("cell", ["lstm", "vanilla", "gru", "fgr", "slstm", "minlstm", "mingru"])
+def test_a_row_that_never_runs_keeps_its_nonfinite_state_out_of_every_gradient(cell):
+    """A length-0 row (run_layer takes it; a packed batch cannot have one) with NaN or inf in
+    its initial state or input: it holds its state and outputs 0, and, as the reference
+    leaves it out of every step, none of its values reaches the weights' gradients (its dP is
+    0 and 0 * NaN would be NaN: the kernel's weight-gradient products read a zeroed copy of
+    its initial state)."""
+    spec = lstmlab.get_cell(cell)
+    lengths = torch.tensor([4, 0, 3])
+    for where, index in sites(spec):
+        if not (where == "x" or where.startswith("state ")):
+            continue
+        for value in VALUES.values():
+            m, x, state = case(spec, torch.float64, where, index, value)  # row 1 is the one that never runs
+            want = run(reference, m, x, state, None, lengths)
+            got = run(cpu, m, x, state, None, lengths)
+            for name in want:
+                same_nonfinite(got[name], want[name], torch.float64, f"{cell}, {value} in {where}{index}: {name}")
+            for name, _ in m.named_parameters():
+                assert torch.isfinite(got[f"d {name}"]).all(), f"{cell}, {value} in {where}: d {name}"

@@ -326,8 +326,9 @@ def same_nonfinite(actual, expected, what):
 
 def nan_sites(spec, H):
     """(what, where): one input row at a running step, one input row at a padded step (row 1
-    runs 3 steps), one entry of h0, one weight entry of a unit in the last block (head,
-    range), and for slstm one of weight_hh (its head's block-diagonal part only)."""
+    runs 3 steps; reference.mask_padding zeroes it on both backends), one entry of h0, one
+    weight entry of a unit in the last block (head, range), and for slstm one of weight_hh
+    (its head's block-diagonal part only)."""
     yield "x", (2, 0)
     yield "x", (5, 1)
     yield "h0", (2, H - 1)
@@ -354,7 +355,10 @@ def test_nan_propagates_as_in_reference_in_forced_split(name, split):
             want = run_and_differentiate(reference, m, x, state, LENGTHS, reverse, False)
             with cpu.force_split(**split):
                 got = run_and_differentiate(cpu, m, x, state, LENGTHS, reverse, False)
-            assert any(v.isnan().any() for v in want.values())  # the NaN reaches something
+            if (what, where) == ("x", (5, 1)):  # padding: masked on both backends, it reaches nothing
+                assert not any(v.isnan().any() for v in want.values())
+            else:
+                assert any(v.isnan().any() for v in want.values())  # the NaN reaches something
             assert not want["output"].isnan().all()
             for k in want:
                 same_nonfinite(got[k], want[k], f"{name} {split}, NaN in {what}{where}, reverse={reverse}: {k}")

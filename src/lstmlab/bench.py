@@ -238,7 +238,9 @@ def _recurrence_share(model, x, steps: int = 5) -> dict | None:
     all steps (x W^T; dx = dP W, dW = dP^T x and the bias sums) against the recurrence
     itself (the per-step pointwise passes, forward and backward). Every route computes the
     same products, so a parallel-in-time route can at most remove the recurrence's share:
-    `bound` = the step's time / its products' time is the speed-up no route can pass."""
+    `bound` = (products + recurrence) / products, the clocked kernel time over its
+    products' (the step's Python and allocation time left out), is the speed-up no such
+    route can pass."""
     ext = cpu._extension()
     best = None
     for _ in range(steps):

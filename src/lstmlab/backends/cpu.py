@@ -196,7 +196,8 @@ class Tuning:
     force_groups, force_cuts: not tuning but a way to force a split whatever the sizes
         (tests; set through `force_split`): force_groups > 1 runs min(force_groups, B)
         groups of batch rows where that is at least 2; force_cuts (fractions of H in (0, 1))
-        cuts the hidden units into slices there. Neither: `_split`'s rule.
+        cuts the hidden units into slices there (slstm: each head's H / heads units into
+        blocks, `_modern_split`). Neither: `_split`'s rule.
     """
 
     SMALL_GEMM_LIMIT: int = 1 << 16
@@ -280,7 +281,8 @@ def force_split(groups: int | None = None, cuts: tuple[float, ...] | None = None
     """A context manager for tests: the calls made inside the block share the work this way
     whatever the sizes: `groups` > 1 groups of batch rows (at most one a row; with one row,
     the usual rule), or the hidden units cut into slices at these fractions of H (each cut
-    at least unit 1). None keeps what the current Tuning forces (nothing by default)."""
+    at least unit 1; slstm: of each head's H / heads units, into blocks; the min cells: into
+    ranges). None keeps what the current Tuning forces (nothing by default)."""
     groups = _current.force_groups if groups is None else groups
     cuts = _current.force_cuts if cuts is None else tuple(float(f) for f in cuts)
     return _swapped(replace(_current, force_groups=groups, force_cuts=cuts))
@@ -848,6 +850,7 @@ def run_layer(
     lengths = _full_lengths_as_none(lengths, T)
     if reverse:
         x = reference.reverse_padded(x, lengths)
+    x = reference.mask_padding(x, lengths)  # non-finite padding reaches no gradient
     lanes = _vector_bytes() // x.element_size()
     work = B * int(p.weight_hh.numel() + (p.weight_gg.numel() if p.weight_gg is not None else 0))  # multiply-adds
     tune = _current
@@ -941,6 +944,7 @@ def _run_modern(spec, p, x, state, lengths, reverse, truncate):
     lengths = _full_lengths_as_none(lengths, T)
     if reverse:
         x = reference.reverse_padded(x, lengths)
+    x = reference.mask_padding(x, lengths)  # non-finite padding reaches no gradient
     record = GradNorms._register(reverse, lengths)
     slstm = spec.kind == "slstm"
     tensors = [

@@ -220,6 +220,18 @@ def reverse_padded(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tenso
     return x.gather(0, idx.view(T, -1, *([1] * (x.dim() - 2))).expand_as(x))
 
 
+def mask_padding(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """x (T, B, ...) with 0 at every padded step (t >= lengths[b]), by torch.where: a NaN or
+    inf there reaches neither the weights' gradients (the input projection runs over every
+    row, and a padded row's zero gradient times NaN is NaN) nor anything else, as in
+    torch's packed sequences, where padding is not there at all; its gradient is 0."""
+    if lengths is None:
+        return x
+    t = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
+    valid = (t < lengths.to(x.device).unsqueeze(0)).view(*x.shape[:2], *([1] * (x.dim() - 2)))
+    return torch.where(valid, x, 0.0)
+
+
 def run_layer(
     spec: CellSpec,
     p: CellParams,
@@ -250,6 +262,7 @@ def run_layer(
     truncate = spec.truncate if truncate is None else truncate
     if reverse:
         x = reverse_padded(x, lengths)
+    x = mask_padding(x, lengths)
     # (T, B, G*H): one matrix product for all steps, split into steps by unbind, whose
     # backward stacks the steps' gradients once (indexing xw[t] would add a full-size zero
     # gradient per step, O(T^2) in the backward)
@@ -270,6 +283,8 @@ def run_layer(
             rows = valid[t, :, 0].nonzero().squeeze(1)
             ran = pointwise(spec, p, xw[t][rows], tuple(s[rows] for s in state), truncate, trace)
             new = tuple(s.index_copy(0, rows, n) for s, n in zip(state, ran))
+            if spec.kind == "slstm":  # a held row's m is a constant too, as every stepped row's is
+                new = (*new[:3], new[3].detach())
         if probe is not None:
             probe(t, state, new, trace)
         state = new

@@ -8,8 +8,10 @@
 // Unless the built-in kernel is the faster one on this machine (use_builtin): MKL runs
 // its AVX2 code on CPUs that are not Intel's, where this kernel, compiled for the host,
 // uses all of AVX-512. On an AMD EPYC (Zen 5) it does 150-220 GFLOP/s a core against MKL's
-// 50-85 at the kernel's shapes (BENCHMARKS.md). Which one is faster is measured once per
-// process and type (about 2 ms), or set (LSTMLAB_GEMM, lstmlab.backends.cpu).
+// 50-85 at the kernel's shapes (BENCHMARKS.md, "The product engines"). Which one is faster
+// is measured once per process and type (about 2 ms; lstmlab.backends.cpu asks at load),
+// or set (LSTMLAB_GEMM). A measurement near the margin may choose differently in another
+// process: for bitwise-equal results across processes, set LSTMLAB_GEMM.
 #pragma once
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -234,60 +236,54 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const
     gemm_panels<T, 4, TA, true>(M, N, K, A, lda, Bp, 0, C, ldc, accumulate);
 }
 
-// A large product with the built-in kernel: blocks of kRowBlock rows of A (kept in the L2
-// cache while every panel of B passes) and kDepthBlock of the depth (later ones
-// accumulate), B packed in panels once (pack_panels; a transposed B, stored N x K,
-// transposed into them; a plain one where the rows repay the copy: slstm's dW_hh at
-// H = 512 took 10% less time so), shared between torch's threads by row blocks, or by
-// column ranges of whole panels when there are too few row blocks; one thread inside a
-// team or for little work.
+// A large product with the built-in kernel, depth block by depth block (kDepthBlock of K;
+// later ones accumulate): B's block packed in panels (pack_panels; a transposed B, stored
+// N x K, transposed into them; a plain one where the rows repay the copy: slstm's dW_hh
+// at H = 512 took 10% less time so), then C in blocks of kRowBlock rows (A's block stays
+// in the L2 cache while every panel passes), shared between torch's threads by row blocks,
+// or by column ranges of whole panels when there are too few row blocks; one thread inside
+// a team or for little work. The packed copy is one depth block's, not all of B's.
 template <class T, bool TA = false>
 void gemm_builtin(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
                   int64_t ldc, bool accumulate, bool trans_b = false) {
   constexpr int64_t kRowBlock = 128, kDepthBlock = 512;
-  const int64_t pw = panel_width<T>(M);
-  std::unique_ptr<T[]> bp;  // depth block k0's panels from k0 N on
-  if (M >= 16 || trans_b) {
-    bp.reset(new T[K * N]);
-    for (int64_t k0 = 0; k0 < K; k0 += kDepthBlock)
-      pack_panels<T>(pw, std::min(kDepthBlock, K - k0), N, trans_b ? B + k0 : B + k0 * ldb, ldb, bp.get() + k0 * N,
-                     trans_b);
-  }
-  auto part = [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-    if (m1 <= m0 || n1 <= n0) return;
-    for (int64_t k0 = 0; k0 < K; k0 += kDepthBlock) {
-      const int64_t kk = std::min(kDepthBlock, K - k0);
-      const T* a = TA ? A + k0 * lda + m0 : A + m0 * lda + k0;
-      T* c = C + m0 * ldc + n0;
-      if (bp)
-        gemm_packed<T, TA>(m1 - m0, n1 - n0, kk, a, lda, bp.get() + k0 * N + n0 * kk, pw, c, ldc, accumulate || k0 > 0);
-      else
-        gemm_small<T, TA>(m1 - m0, n1 - n0, kk, a, lda, B + k0 * ldb + n0, ldb, c, ldc, accumulate || k0 > 0);
-    }
-  };
-  const int64_t blocks = (M + kRowBlock - 1) / kRowBlock;
+  const int64_t pw = panel_width<T>(M), blocks = (M + kRowBlock - 1) / kRowBlock, panels = (N + pw - 1) / pw;
+  std::unique_ptr<T[]> bp(M >= 16 || trans_b ? new T[std::min(kDepthBlock, K) * N] : nullptr);
   int64_t threads = 1;
 #ifdef _OPENMP
   if (!omp_in_parallel() && M * N * K >= (int64_t(1) << 20)) threads = std::max(1, at::get_num_threads());
 #endif
-  if (threads <= 1) {
-    for (int64_t b = 0; b < blocks; ++b) part(b * kRowBlock, std::min(M, (b + 1) * kRowBlock), 0, N);
-    return;
-  }
-  const int64_t panels = (N + pw - 1) / pw;
   const bool by_rows = blocks >= 2 * threads || panels < threads;
+  for (int64_t k0 = 0; k0 < K; k0 += kDepthBlock) {
+    const int64_t kk = std::min(kDepthBlock, K - k0);
+    const bool acc = accumulate || k0 > 0;
+    if (bp) pack_panels<T>(pw, kk, N, trans_b ? B + k0 : B + k0 * ldb, ldb, bp.get(), trans_b);
+    auto part = [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+      if (m1 <= m0 || n1 <= n0) return;
+      const T* a = TA ? A + k0 * lda + m0 : A + m0 * lda + k0;
+      T* c = C + m0 * ldc + n0;
+      if (bp)
+        gemm_packed<T, TA>(m1 - m0, n1 - n0, kk, a, lda, bp.get() + n0 * kk, pw, c, ldc, acc);
+      else
+        gemm_small<T, TA>(m1 - m0, n1 - n0, kk, a, lda, B + k0 * ldb + n0, ldb, c, ldc, acc);
+    };
+    if (threads <= 1) {
+      for (int64_t b = 0; b < blocks; ++b) part(b * kRowBlock, std::min(M, (b + 1) * kRowBlock), 0, N);
+      continue;
+    }
 #ifdef _OPENMP
 #pragma omp parallel num_threads((int)threads)
-  {
-    const int64_t nt = omp_get_num_threads(), me = omp_get_thread_num();
-    if (by_rows) {
-      for (int64_t b = me; b < blocks; b += nt) part(b * kRowBlock, std::min(M, (b + 1) * kRowBlock), 0, N);
-    } else {
-      const int64_t n0 = std::min(N, panels * me / nt * pw), n1 = std::min(N, panels * (me + 1) / nt * pw);
-      for (int64_t b = 0; b < blocks; ++b) part(b * kRowBlock, std::min(M, (b + 1) * kRowBlock), n0, n1);
+    {
+      const int64_t nt = omp_get_num_threads(), me = omp_get_thread_num();
+      if (by_rows) {
+        for (int64_t b = me; b < blocks; b += nt) part(b * kRowBlock, std::min(M, (b + 1) * kRowBlock), 0, N);
+      } else {
+        const int64_t n0 = std::min(N, panels * me / nt * pw), n1 = std::min(N, panels * (me + 1) / nt * pw);
+        for (int64_t b = 0; b < blocks; ++b) part(b * kRowBlock, std::min(M, (b + 1) * kRowBlock), n0, n1);
+      }
     }
-  }
 #endif
+  }
 }
 
 // The built-in kernel with transposed operands. op(A) = A^T is read in place (the kernel
@@ -359,7 +355,8 @@ bool builtin_measured_faster() {
     return t;
   };
   const double builtin = best([&] { gemm_small<T>(M, N, K, a.data(), K, b.data(), N, c.data(), N, false); });
-  const double blas = best([&] { blas_call("N", "N", &m, &n, &k, &one_, b.data(), &m, a.data(), &k, &zero, c.data(), &m); });
+  const double blas =
+      best([&] { blas_call("N", "N", &m, &n, &k, &one_, b.data(), &m, a.data(), &k, &zero, c.data(), &m); });
   return builtin < 0.8 * blas;
 }
 
@@ -407,8 +404,10 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* 
 // . op(W_part), op(W) = W (k x n, row-major, leading dimension ld) or, when transposed,
 // W^T with W stored n x k. Per part it uses the built-in kernel (small products, or all
 // where it is the faster engine: use_builtin), MKL's packed weights (float, few rows, when
-// the BLAS is MKL; packed once here) or the plain BLAS call; the built-in kernel and the BLAS read a k x n copy of a transposed part,
-// made once here.
+// the BLAS is MKL; packed once here) or the plain BLAS call. The built-in kernel reads a
+// copy made once here of a transposed part (k x n, or in panels, pack_panels, beyond
+// 64 KiB, where it streams op(W) from memory at every step; copies of parts it could read
+// in place are bounded in sum), the BLAS at few rows a k x n copy of it.
 //
 // A part may read a torch parameter in the kernel's order through index maps, so that no
 // reordered copy of the weights has to outlive the pass: a transposed part's column j of
@@ -417,8 +416,8 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* 
 // gstride apart in W (side by side in C). Those that need a copy anyway (transposed ones,
 // plain ones with a row map) gather it, and so do grouped ones of at most gather_max bytes
 // (one product instead of one per group, for a copy that hardly counts); MKL packs from
-// such a copy, dropped at once; the BLAS runs a larger grouped part group by group, in
-// place (beside such products the calls cost little, and a copy would count).
+// such a copy, dropped at once; the BLAS (and the built-in kernel over the copies' bound)
+// runs a larger grouped part group by group, in place.
 template <class T>
 class StepProduct {
  public:

@@ -226,10 +226,14 @@ struct ForwardPass : Sizes {
       T* hout = Q > 0 ? m_row(t, b) : o + (t * B + b) * H;
       const T* cp = lstm ? c_row(p, t - 1, b) : nullptr;
       T* cn = lstm ? c_row(p, t, b) : nullptr;
-      if (kern.valid(t, b))
+      if (kern.valid(t, b)) {
         kern.forward_row(p, gates_row(p, t, b), bias, sprev + b * K, snext + b * K, cp, cn, hout);
-      else
+      } else {
         kern.hold_row(p, sprev + b * K, snext + b * K, cp, cn, hout);
+        // FGR's backward reads the saved gates as a_t for dW_gg, a padded row's with a zero dP:
+        // zeros, not what the product made of its held (maybe not finite) state
+        if (A > 0) std::memset(gates_row(p, t, b), 0, sizeof(T) * slice_cols);
+      }
     }
     if (Q > 0) {  // h_t = m_t W_hr^T (one slice: all of m is here), into the output and S
       T* ht = o + (t * B + b0) * Q;
@@ -375,6 +379,7 @@ struct BackwardPass : Sizes {
   const int64_t n_peep;
   T *ds, *dc, *db, *dpe, *stg, *stga;
   T *dwx, *dwh, *dwa, *dxp, *nrm;
+  at::Tensor s0_zeroed;  // s0_running's copy (declared before s0p, which it initialises)
   const T *c0p, *o, *s0p, *mp;
   T *dq, *dm, *dwr;
   const T *xp, *wx, *dop, *dcl;
@@ -439,7 +444,7 @@ struct BackwardPass : Sizes {
         nrm(ptr<T>(norms)),
         c0p(ptr<T>(c0)),
         o(ptr<T>(out)),
-        s0p(ptr<T>(s0)),
+        s0p(ptr<T>(s0_running(s0, lengths))),
         mp(ptr<T>(M)),
         dq(ptr<T>(DQ)),
         dm(ptr<T>(DM)),
@@ -506,6 +511,20 @@ struct BackwardPass : Sizes {
     const int64_t L = columns && len >= n_shares * Vec<T>::n ? Vec<T>::n : 1;
     auto edge = [&](int64_t i) { return i == n_shares ? len : len * i / n_shares / L * L; };
     return {edge(g), edge(g + 1)};
+  }
+
+  // The initial state as the weight-gradient products read it: a row that never runs
+  // (length 0) zeroed (into s0_zeroed), as the reference leaves it out (its dP is 0, and
+  // 0 * NaN is NaN).
+  const at::Tensor& s0_running(const at::Tensor& s0, const at::Tensor& lengths) {
+    if (!has(lengths) || !has(s0)) return s0;
+    const int64_t* len = lengths.data_ptr<int64_t>();
+    if (std::all_of(len, len + lengths.numel(), [](int64_t l) { return l > 0; })) return s0;
+    s0_zeroed = s0.clone();
+    const int64_t K = s0.numel() / lengths.numel();
+    for (int64_t b = 0; b < lengths.numel(); ++b)
+      if (len[b] <= 0) std::memset(s0_zeroed.data_ptr<T>() + b * K, 0, sizeof(T) * K);
+    return s0_zeroed;
   }
 
   // Share g of n_shares of slice p's rows of dWh += dP[t0:t0+n]^T h_{t-1}, and (FGR) of its
@@ -1031,7 +1050,7 @@ void each_worker(int64_t n, const F& f) {
 
 template <class T>
 ModernRun<T> modern_run(const ModernArgs& a) {
-  return ModernRun<T>{a.kind, a.act, a.fexp, a.B, a.H, a.heads, a.dh, a.G, a.len};
+  return ModernRun<T>{a.kind, a.act, a.fexp, a.B, a.H, a.dh, a.G, a.len};
 }
 
 // The per-step products with slstm's recurrent weights W_hh (4H, dh) in torch's row order,
@@ -1137,7 +1156,8 @@ std::vector<at::Tensor> modern_forward_impl(const ModernArgs& a, const at::Tenso
   T* k = K.data_ptr<T>();
   T* o = out.data_ptr<T>();
   const T* b = has(bias) ? bias.data_ptr<T>() : nullptr;
-  const at::Tensor none = at::empty({0}, opts);
+  // an absent result: a tensor of its own each (a custom operator's outputs may not alias)
+  auto none = [&] { return at::empty({0}, opts); };
   if (a.kind != MODERN_SLSTM) {
     at::Tensor hs = h0.clone();
     T* h = hs.data_ptr<T>();
@@ -1149,7 +1169,7 @@ std::vector<at::Tensor> modern_forward_impl(const ModernArgs& a, const at::Tenso
       clock.add(w, F_POINTWISE, since);
     });
     clock.fold();
-    return {out, hs, none, none, keep ? K : none, none};
+    return {out, hs, none(), none(), keep ? K : none(), none()};
   }
   // state rows [c | n | m]: every step's when the backward needs them, else two; h by step
   // parity (a step's product reads h_{t-1} of the head's other blocks while h_t is formed)
@@ -1187,7 +1207,7 @@ std::vector<at::Tensor> modern_forward_impl(const ModernArgs& a, const at::Tenso
     std::memcpy(c_n.data_ptr<T>() + bb * H, last + bb * 3 * H, sizeof(T) * H);
     std::memcpy(a_n.data_ptr<T>() + bb * 2 * H, last + bb * 3 * H + H, sizeof(T) * 2 * H);
   }
-  return {out, h_n, c_n, a_n, keep ? K : none, keep ? S : none};
+  return {out, h_n, c_n, a_n, keep ? K : none(), keep ? S : none()};
 }
 
 // One layer and direction of a modern cell (lstmlab.backends.cpu `_forward_impl`):
@@ -1239,9 +1259,10 @@ std::vector<at::Tensor> modern_backward_impl(const ModernArgs& a, const at::Tens
   const int64_t T_ = a.T_, B = a.B, H = a.H, GH = a.G * a.H, TB = T_ * B;
   const bool slstm = a.kind == MODERN_SLSTM;
   const ModernRun<T> run = modern_run<T>(a);
-  const at::Tensor none = at::empty({0}, opts);
+  // an absent result: a tensor of its own each (a custom operator's outputs may not alias)
+  auto none = [&] { return at::empty({0}, opts); };
   at::Tensor dh = has(dh_n) ? dh_n.clone() : at::zeros({B, H}, opts);
-  at::Tensor dcn = none, tmp = none;
+  at::Tensor dcn = none(), tmp = none();
   if (slstm) {
     dcn = at::zeros({B, 2 * H}, opts);
     for (int64_t b = 0; b < B; ++b) {
@@ -1252,7 +1273,7 @@ std::vector<at::Tensor> modern_backward_impl(const ModernArgs& a, const at::Tens
   }
   // the units' parts of ||dL/dh_t||^2, (parts, T, B): one part a block or range
   const int64_t nparts = slstm ? (int64_t)a.blocks.size() : a.ranges();
-  at::Tensor sq = want_norms ? at::empty({nparts, T_, B}, opts) : none;
+  at::Tensor sq = want_norms ? at::empty({nparts, T_, B}, opts) : none();
   std::optional<WorkerProducts<T>> prods;
   if (slstm && !a.truncate) prods.emplace(a, Wh, true);
   const T* k = K.data_ptr<T>();
@@ -1270,8 +1291,8 @@ std::vector<at::Tensor> modern_backward_impl(const ModernArgs& a, const at::Tens
       auto since = clock.now();
       for (int64_t r = w; r < a.ranges(); r += a.workers)
         for (int64_t t = T_ - 1; t >= 0; --t)
-          run.min_backward_step(t, k + t * B * GH, dp + t * B * GH, t == 0 ? h0p : o + (t - 1) * B * H, g, dO ? dO + t * B * H : nullptr,
-                                sq_at(r, t), a.edges[r], a.edges[r + 1]);
+          run.min_backward_step(t, k + t * B * GH, dp + t * B * GH, t == 0 ? h0p : o + (t - 1) * B * H, g,
+                                dO ? dO + t * B * H : nullptr, sq_at(r, t), a.edges[r], a.edges[r + 1]);
       clock.add(w, B_POINTWISE, since);
     });
   } else {
@@ -1280,6 +1301,7 @@ std::vector<at::Tensor> modern_backward_impl(const ModernArgs& a, const at::Tens
     // dL/dh_t of its own units that the product has just formed
     const T* s = S.data_ptr<T>();
     T* dc = dcn.data_ptr<T>();
+    T* r_all = a.len ? tmp.data_ptr<T>() : g;  // the product's dL/dh_{t-1}: staged when rows may be padded
     const int64_t nb = (int64_t)a.blocks.size();
     slstm_steps(a, T_ + 1, [&](int64_t i, int64_t w) {
       const auto [b0, b1] = a.rows(w);
@@ -1289,7 +1311,7 @@ std::vector<at::Tensor> modern_backward_impl(const ModernArgs& a, const at::Tens
         const int64_t u0 = q.d * a.dh + q.j0, uw = q.w();
         if (i > 0) {  // dL/dh_{t-1} of the running rows: the recurrent product's (none when truncated)
           const int64_t t = T_ - i;
-          T* r = a.len ? tmp.data_ptr<T>() : g;
+          T* r = r_all;
           if (a.truncate)
             for (int64_t b = b0; b < b1; ++b) std::memset(r + b * H + u0, 0, sizeof(T) * uw);
           else
@@ -1310,21 +1332,29 @@ std::vector<at::Tensor> modern_backward_impl(const ModernArgs& a, const at::Tens
     if (g_clock.on) g_clock.flops[1] += a.truncate ? 0.0 : 2.0 * (T_ - 1) * B * 4 * H * a.dh;
   }
   auto since = clock.now();
-  at::Tensor norm = none;
+  at::Tensor norm = none();
   if (want_norms) norm = sq.sum(0).sqrt_();
   at::Tensor dx = at::empty({T_, B, a.I}, opts), dWx = at::empty({GH, a.I}, opts), db = at::empty({GH}, opts);
   gemm<T>(false, false, TB, a.I, GH, dp, GH, Wx.data_ptr<T>(), a.I, dx.data_ptr<T>(), a.I, false);
   gemm<T>(true, false, GH, a.I, TB, dp, GH, x.data_ptr<T>(), a.I, dWx.data_ptr<T>(), a.I, false);
   column_sums<T>(dp, TB, GH, db.data_ptr<T>());
-  at::Tensor dWh = none, dc0 = none, da0 = none;
+  at::Tensor dWh = none(), dc0 = none(), da0 = none();
   if (slstm) {
     // dW_hh per head: dP^T h_{t-1}, h_{t-1} = h0 at the first step and the previous output
-    // row after it: a padded row's dP is 0 and so is its output row (its held state, which
-    // may not be finite, is never read), as the reference's product leaves such rows out
+    // row after it. A padded row's dP is 0 and so is its output row (its held state, which
+    // may not be finite, is never read), as the reference's product leaves such rows out; a
+    // row that never runs has h0 zeroed here (0 * NaN would be NaN).
     dWh = at::empty({4 * H, a.dh}, opts);
+    at::Tensor h0z;
+    if (a.len) {
+      h0z = h0.clone();
+      for (int64_t b = 0; b < B; ++b)
+        if (!run.valid(0, b)) std::memset(h0z.data_ptr<T>() + b * H, 0, sizeof(T) * H);
+    }
+    const T* h0r = a.len ? h0z.data_ptr<T>() : h0p;
     for (int64_t d = 0; d < a.heads; ++d) {
       T* dw = dWh.data_ptr<T>() + d * 4 * a.dh * a.dh;
-      gemm<T>(true, false, 4 * a.dh, a.dh, B, dp + d * 4 * a.dh, GH, h0p + d * a.dh, H, dw, a.dh, false);
+      gemm<T>(true, false, 4 * a.dh, a.dh, B, dp + d * 4 * a.dh, GH, h0r + d * a.dh, H, dw, a.dh, false);
       gemm<T>(true, false, 4 * a.dh, a.dh, TB - B, dp + B * GH + d * 4 * a.dh, GH, o + d * a.dh, H, dw, a.dh, true);
     }
     dc0 = at::empty({B, H}, opts);

@@ -149,7 +149,7 @@ struct ModernRun {
   ModernKind kind;
   Act act;        // min cells: the candidate's activation
   bool fexp;      // slstm: log f = k_f (else logsigmoid(k_f))
-  int64_t B, H, heads, dh, G;  // G: gates per unit (slstm 4, minlstm 3, mingru 2)
+  int64_t B, H, dh, G;  // G: gates per unit (slstm 4, minlstm 3, mingru 2)
   const int64_t* len;          // (B,) or null
   bool valid(int64_t t, int64_t b) const { return len == nullptr || t < len[b]; }
 
@@ -193,10 +193,11 @@ struct ModernRun {
   }
 
   // Backward of one step, units [u0, u1): k (B, G H) the kept pre-activations, dk their
-  // gradients (0 on padded rows); hp h_{t-1}; dhr (B, H) the gradient reaching
-  // h_t from later steps, replaced by that of h_{t-1}; dout the output's gradient row or
-  // null; sq (B,) or null: the units' part of ||dL/dh_t||^2.
-  void min_backward_step(int64_t t, const T* k, T* dk, const T* hp, T* dhr, const T* dout, T* sq, int64_t u0, int64_t u1) const {
+  // gradients (0 on padded rows); hp h_{t-1}; dhr (B, H) the gradient reaching h_t from
+  // later steps, replaced by that of h_{t-1}; dout the output's gradient row or null; sq
+  // (B,) or null: the units' part of ||dL/dh_t||^2.
+  void min_backward_step(int64_t t, const T* k, T* dk, const T* hp, T* dhr, const T* dout, T* sq, int64_t u0,
+                         int64_t u1) const {
     for (int64_t b = 0; b < B; ++b) {
       const T* kb = k + b * G * H;
       T* db = dk + b * G * H;
@@ -283,12 +284,12 @@ struct ModernRun {
   }
 
   // Backward of one step of block q, rows [b0, b1): k (B, 4H) kept pre-activations, dk
-  // their gradients (0 on padded rows); sp, s the previous and this step's c, n, m; dhr (B, H) the
-  // gradient reaching h_t from later steps (read only), dout its output row's (or null); dcn
-  // (B, 2H) those of c_t and n_t, replaced by those of c_{t-1}, n_{t-1} on running rows; sq
-  // (B,) or null: the block's part of ||dL/dh_t||^2.
-  void slstm_backward_step(int64_t t, const T* k, T* dk, const T* sp, const T* s, const T* dhr, const T* dout, T* dcn, T* sq,
-                           const Block& q, int64_t b0, int64_t b1) const {
+  // their gradients (0 on padded rows); sp, s the previous and this step's c, n, m; dhr
+  // (B, H) the gradient reaching h_t from later steps (read only), dout its output row's
+  // (or null); dcn (B, 2H) those of c_t and n_t, replaced by those of c_{t-1}, n_{t-1} on
+  // running rows; sq (B,) or null: the block's part of ||dL/dh_t||^2.
+  void slstm_backward_step(int64_t t, const T* k, T* dk, const T* sp, const T* s, const T* dhr, const T* dout,
+                           T* dcn, T* sq, const Block& q, int64_t b0, int64_t b1) const {
     const int64_t w = q.w(), u0 = q.d * dh + q.j0;
     for (int64_t b = b0; b < b1; ++b) {
       const T* kb = k + b * 4 * H;
