@@ -100,6 +100,29 @@ def assert_close(actual, expected, dtype=None, msg="", tol=None):
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{msg}\n{m}")
 
 
+def run_and_differentiate(backend, m, x, state, lengths, reverse, truncate):
+    """Outputs, final state (and, lstm kinds, every cell state) of one run_layer of `backend`
+    (a module with run_layer: lstmlab.backends.reference or cpu) with layer 0 of m, then the
+    gradients of a fixed random projection of them with respect to x, the initial state and
+    every weight, by name: "output", "final <state>", "cells", "d x", "d <state>0",
+    "d <parameter>". slstm's m_n carries no gradient on either backend: its value is
+    compared, its gradient is 0 (as for any leaf the outputs do not reach)."""
+    spec = m.spec
+    out, final, cells = backend.run_layer(
+        spec, m.cell_params(0), x, state, lengths, reverse=reverse, truncate=truncate, return_cells=spec.kind == "lstm"
+    )
+    outs = [out, *final] + ([cells] if cells is not None else [])
+    g = torch.Generator().manual_seed(99)
+    cot = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outs]
+    leaves = [x, *state, *m.parameters()]
+    pairs = [(o, c) for o, c in zip(outs, cot) if o.requires_grad]
+    grads = torch.autograd.grad([o for o, _ in pairs], leaves, [c for _, c in pairs], allow_unused=True)
+    grads = [torch.zeros_like(leaf) if gr is None else gr for leaf, gr in zip(leaves, grads)]
+    names = ["output", *[f"final {n}" for n in spec.state_names]] + (["cells"] if cells is not None else [])
+    names += ["d x", *[f"d {n}0" for n in spec.state_names], *[f"d {n}" for n, _ in m.named_parameters()]]
+    return dict(zip(names, [o.detach() for o in outs] + grads))
+
+
 def approx(expected, tol):
     """pytest.approx(expected) within TOL[tol]."""
     rtol, atol = TOL[tol]

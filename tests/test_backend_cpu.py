@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import lstmlab
-from conftest import TOL, assert_close
+from conftest import TOL, assert_close, run_and_differentiate
 from lstmlab.backends import cpu, reference
 
 # the cells the kernel computes (all registered ones)
@@ -63,26 +63,6 @@ def random_case(cell, dtype, T, B, I, H, seed):
         for n in m.spec.state_names
     )
     return m, x, state
-
-
-def run_and_differentiate(backend, m, x, state, lengths, reverse, truncate):
-    """Outputs, final state (and cells) of one run_layer, then the gradients of a fixed
-    random projection of all of them with respect to x, the state and every weight."""
-    spec = m.spec
-    out, final, cells = backend.run_layer(
-        spec, m.cell_params(0), x, state, lengths, reverse=reverse, truncate=truncate, return_cells=spec.kind == "lstm"
-    )
-    outs = [out, *final] + ([cells] if cells is not None else [])
-    g = torch.Generator().manual_seed(99)
-    cot = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outs]
-    leaves = [x, *state, *m.parameters()]
-    # slstm's m_n carries no gradient (detached on both backends): its value is compared
-    pairs = [(o, c) for o, c in zip(outs, cot) if o.requires_grad]
-    grads = torch.autograd.grad([o for o, _ in pairs], leaves, [c for _, c in pairs], allow_unused=True)
-    grads = [torch.zeros_like(leaf) if gr is None else gr for leaf, gr in zip(leaves, grads)]
-    names = ["output", *[f"final {n}" for n in spec.state_names]] + (["cells"] if cells is not None else [])
-    names += ["d input", *[f"d initial {n}" for n in spec.state_names], *[f"d {n}" for n, _ in m.named_parameters()]]
-    return dict(zip(names, [o.detach() for o in outs] + grads))
 
 
 case = st.fixed_dictionaries(

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import lstmlab
-from conftest import TOL, assert_close, gradcheck
+from conftest import TOL, assert_close, gradcheck, run_and_differentiate
 from lstmlab.backends import cpu, reference
 
 pytestmark = pytest.mark.usefixtures("cpu_backend")
@@ -85,23 +85,6 @@ def make(name, dtype, seed=0):
         for n in m.spec.state_names
     )
     return m, x, state
-
-
-def run_and_differentiate(backend, m, x, state, lengths, reverse, truncate):
-    """Outputs and final state of one run_layer, then the gradients of a fixed random
-    projection of them with respect to x, the initial state and every weight (slstm's m
-    carries no gradient on either backend: its value is compared, its gradient is 0)."""
-    out, final, _ = backend.run_layer(m.spec, m.cell_params(0), x, state, lengths, reverse=reverse, truncate=truncate)
-    outs = [out, *final]
-    g = torch.Generator().manual_seed(99)
-    cot = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outs]
-    leaves = [x, *state, *m.parameters()]
-    pairs = [(o, c) for o, c in zip(outs, cot) if o.requires_grad]
-    grads = torch.autograd.grad([o for o, _ in pairs], leaves, [c for _, c in pairs], allow_unused=True)
-    grads = [torch.zeros_like(leaf) if gr is None else gr for leaf, gr in zip(leaves, grads)]
-    names = ["output", *[f"final {n}" for n in m.spec.state_names]]
-    names += ["d x", *[f"d {n}0" for n in m.spec.state_names], *[f"d {n}" for n, _ in m.named_parameters()]]
-    return dict(zip(names, [o.detach() for o in outs] + grads))
 
 
 def tol(dtype, name):

@@ -218,15 +218,20 @@ def _tuned(fn, knobs):
     return run
 
 
-def _product_rate(model, x) -> float | None:
-    """flop/s of the recurrent products during one training step (the kernel's clock)."""
+def _clocked_step(model, x) -> dict:
+    """The kernel's clock (seconds per phase, products' flops) over one training step."""
     ext = cpu._extension()
     ext.set_clock(True)
     try:
         _train_step(model, x)()
-        clock = ext.read_clock()
+        return ext.read_clock()
     finally:
         ext.set_clock(False)
+
+
+def _product_rate(model, x) -> float | None:
+    """flop/s of the recurrent products during one training step (the kernel's clock)."""
+    clock = _clocked_step(model, x)
     seconds = clock["forward product"] + clock["backward product"]
     flops = clock["forward product flops"] + clock["backward product flops"]
     return flops / seconds if seconds > 0 else None
@@ -241,15 +246,9 @@ def _recurrence_share(model, x, steps: int = 5) -> dict | None:
     `bound` = (products + recurrence) / products, the clocked kernel time over its
     products' (the step's Python and allocation time left out), is the speed-up no such
     route can pass."""
-    ext = cpu._extension()
     best = None
     for _ in range(steps):
-        ext.set_clock(True)
-        try:
-            _train_step(model, x)()
-            clock = ext.read_clock()
-        finally:
-            ext.set_clock(False)
+        clock = _clocked_step(model, x)
         products = clock["forward input"] + clock["backward chunk"]
         recurrence = clock["forward pointwise"] + clock["backward pointwise"]
         if best is None or products + recurrence < best["products_s"] + best["recurrence_s"]:
