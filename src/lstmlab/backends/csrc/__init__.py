@@ -31,7 +31,18 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("lstmlab_cpu.cpp", "cells.h", "clock.h", "gemm.h", "modern.h", "steps.h", "vecmath.h", "work.h")
+SOURCES = (
+    "lstmlab_cpu.cpp",
+    "modern_layer.cpp",
+    "cells.h",
+    "clock.h",
+    "gemm.h",
+    "modern.h",
+    "modern_layer.h",
+    "steps.h",
+    "vecmath.h",
+    "work.h",
+)
 NET1997_SOURCES = ("net1997.cpp", "net1997.h")
 
 
@@ -157,7 +168,7 @@ def _load(prefix: str, sources: tuple[str, ...], what: str, openmp: bool, second
     try:
         module = cpp_extension.load(
             name=name,
-            sources=[str(HERE / sources[0])],
+            sources=[str(HERE / src) for src in sources if src.endswith(".cpp")],
             extra_include_paths=[str(HERE)],
             extra_cflags=_cflags(openmp),
             extra_ldflags=["-fopenmp"] if openmp else [],

@@ -18,11 +18,11 @@
 // never meet: each worker runs every step of its range of units. slstm's blocks (Block
 // below; a head's units cut at the same edges in every head) meet at every step, at one
 // barrier: the forward product of a block reads all of its head's h_{t-1}, the backward
-// product all of its head's dP (csrc/steps.h run_steps; lstmlab_cpu.cpp
+// product all of its head's dP (csrc/steps.h run_steps; modern_layer.cpp
 // modern_forward_impl). slstm's groups of batch rows (small steps, enough rows) never meet:
 // each runs every step of its rows, all blocks, and every group reads all the weights.
 // Column order of slstm's pre-activations: block-major, a block's gates i f z o side by
-// side (Block); the weights are permuted into it once per call (lstmlab_cpu.cpp
+// side (Block); the weights are permuted into it once per call (modern_layer.cpp
 // slstm_rows). With one head and one block it is torch's (g H + u).
 #pragma once
 #include <cmath>

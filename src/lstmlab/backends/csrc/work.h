@@ -16,6 +16,15 @@ namespace lstmlab {
 inline bool has(const at::Tensor& t) { return t.defined() && t.numel() > 0; }
 template <class T> T* ptr(const at::Tensor& t) { return has(t) ? t.data_ptr<T>() : nullptr; }
 
+// An argument the kernel reads: absent, or on the CPU, of this dtype, contiguous.
+inline void check(const at::Tensor& t, const char* name, at::ScalarType dtype) {
+  if (!has(t)) return;
+  TORCH_CHECK(t.device().is_cpu(), "lstmlab cpu backend: ", name, " must be on the CPU");
+  TORCH_CHECK(t.scalar_type() == dtype, "lstmlab cpu backend: ", name, " has dtype ", t.scalar_type(),
+              ", expected ", dtype);
+  TORCH_CHECK(t.is_contiguous(), "lstmlab cpu backend: ", name, " must be contiguous");
+}
+
 // n elements, in vectors: the staged copies are many short rows (a slice's block of a batch
 // row), where a call to memcpy would cost more than the copy.
 template <class T>
