@@ -23,6 +23,7 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <new>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -243,12 +244,16 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const
 // in the L2 cache while every panel passes), shared between torch's threads by row blocks,
 // or by column ranges of whole panels when there are too few row blocks; one thread inside
 // a team or for little work. The packed copy is one depth block's, not all of B's.
+// Returns false, having done nothing, when a transposed B finds no memory for its copy
+// (the caller takes the BLAS then; nothing here throws, as it may run inside a team of
+// threads); a plain B is read in place then.
 template <class T, bool TA = false>
-void gemm_builtin(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+bool gemm_builtin(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
                   int64_t ldc, bool accumulate, bool trans_b = false) {
   constexpr int64_t kRowBlock = 128, kDepthBlock = 512;
   const int64_t pw = panel_width<T>(M), blocks = (M + kRowBlock - 1) / kRowBlock, panels = (N + pw - 1) / pw;
-  std::unique_ptr<T[]> bp(M >= 16 || trans_b ? new T[std::min(kDepthBlock, K) * N] : nullptr);
+  std::unique_ptr<T[]> bp(M >= 16 || trans_b ? new (std::nothrow) T[std::min(kDepthBlock, K) * N] : nullptr);
+  if (trans_b && !bp) return false;
   int64_t threads = 1;
 #ifdef _OPENMP
   if (!omp_in_parallel() && M * N * K >= (int64_t(1) << 20)) threads = std::max(1, at::get_num_threads());
@@ -284,28 +289,31 @@ void gemm_builtin(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, cons
     }
 #endif
   }
+  return true;
 }
 
 // The built-in kernel with transposed operands. op(A) = A^T is read in place (the kernel
 // broadcasts A's elements one by one, in either order at the same cost), but for fewer
 // columns than a vector holds (the weight gradients dP^T x at a small input size): (B^T
 // A)^T is formed then, with B and the result copied. A transposed B is transposed into
-// the packed panels (gemm_builtin).
+// the packed panels (gemm_builtin). Returns false, having done nothing, where a copy finds
+// no memory (see gemm_builtin).
 template <class T>
-void gemm_builtin_op(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+bool gemm_builtin_op(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                      const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate) {
   if (trans_a && !trans_b && N < Vec<T>::n && N < M) {
-    std::unique_ptr<T[]> bt(new T[N * K]), ct(new T[N * M]);
-    transpose_into<T>(K, N, B, ldb, bt.get());
-    gemm_builtin<T>(N, M, K, bt.get(), K, A, lda, ct.get(), M, false);
-    for (int64_t i = 0; i < M; ++i)
-      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = accumulate ? C[i * ldc + j] + ct[j * M + i] : ct[j * M + i];
-    return;
+    std::unique_ptr<T[]> bt(new (std::nothrow) T[N * K]), ct(new (std::nothrow) T[N * M]);
+    if (bt && ct) {
+      transpose_into<T>(K, N, B, ldb, bt.get());
+      gemm_builtin<T>(N, M, K, bt.get(), K, A, lda, ct.get(), M, false);
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t j = 0; j < N; ++j)
+          C[i * ldc + j] = accumulate ? C[i * ldc + j] + ct[j * M + i] : ct[j * M + i];
+      return true;
+    }
   }
-  if (trans_a)
-    gemm_builtin<T, true>(M, N, K, A, lda, B, ldb, C, ldc, accumulate, trans_b);
-  else
-    gemm_builtin<T>(M, N, K, A, lda, B, ldb, C, ldc, accumulate, trans_b);
+  if (trans_a) return gemm_builtin<T, true>(M, N, K, A, lda, B, ldb, C, ldc, accumulate, trans_b);
+  return gemm_builtin<T>(M, N, K, A, lda, B, ldb, C, ldc, accumulate, trans_b);
 }
 
 // Which engine the products use: measured (GEMM_AUTO) or set (set_gemm_choice).
@@ -382,7 +390,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* 
       for (int64_t m = 0; m < M; ++m) std::memset(C + m * ldc, 0, sizeof(T) * N);
     return;
   }
-  if (use_builtin<T>()) return gemm_builtin_op<T>(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+  if (use_builtin<T>() && gemm_builtin_op<T>(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate)) return;
   if (have_blas()) {
     const int m = (int)N, n = (int)M, k = (int)K, la = (int)ldb, lb = (int)lda, lc = (int)ldc;
     const T one = 1, beta = accumulate ? T(1) : T(0);
