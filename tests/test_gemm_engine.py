@@ -36,15 +36,6 @@ def ext():
         e.set_gemm_choice(e.gemm_choices[os.environ.get("LSTMLAB_GEMM", "auto")])
 
 
-@contextlib.contextmanager
-def engine(ext, name):
-    ext.set_gemm_choice(ext.gemm_choices[name])
-    try:
-        yield
-    finally:
-        ext.set_gemm_choice(ext.gemm_choices[os.environ.get("LSTMLAB_GEMM", "auto")])
-
-
 # ---- naming and choosing the engine ----------------------------------------------------------
 def test_gemm_engine_names_one_of_two_engines_per_dtype():
     for dtype in (torch.float32, torch.float64):
@@ -128,7 +119,7 @@ def test_both_engines_match_reference_and_each_other(ext, name, dtype):
     for eng in ENGINES:
         for limit, packed in [(1 << 16, 1), (0, 1), (0, 0)]:
             tune = cpu.tuning(SMALL_GEMM_LIMIT=limit, GROUP_SMALL_GEMM_LIMIT=limit, USE_PACKED_GEMM=packed)
-            with engine(ext, eng), split(), tune:
+            with cpu.using_gemm(eng), split(), tune:
                 assert cpu.gemm_engine(dtype) == eng
                 runs[eng, limit, packed] = run_layer_and_grads(ours, x0, hx0, lengths)
     for key, got in runs.items():
@@ -228,7 +219,7 @@ def test_weights_over_the_copy_bound_are_read_in_place_with_the_reference_result
     for name, m in (("reference", ref), ("cpu", fast)):
         xs = x.clone().requires_grad_()
         forced = cpu.force_split(**split) if split else cpu.tuning(**ONE_WORKER)
-        with engine(ext, "builtin"), forced:
+        with cpu.using_gemm("builtin"), forced:
             out, _ = m(xs)
             g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
             grads = torch.autograd.grad(out, [xs, *m.parameters()], g)

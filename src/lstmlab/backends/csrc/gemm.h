@@ -339,7 +339,6 @@ inline void blas_call(const char* ta, const char* tb, const int* m, const int* n
   dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
-
 // One thread's time for a product of the recurrent kind (64 x 256 by 256 x 512), best of
 // 3 rounds of 4, with the built-in kernel and with the BLAS: the built-in one is chosen
 // where it takes under 0.8 of the BLAS's time (a margin against a noisy measurement).
@@ -368,8 +367,8 @@ bool builtin_measured_faster() {
   return builtin < 0.8 * blas;
 }
 
-// Whether products of type T use the built-in kernel (in-loop products always; the others
-// where it is the faster engine).
+// Whether the products of type T use the built-in kernel for every size (measured or set;
+// StepProduct's in-loop products use it below small_limit in any case).
 template <class T>
 bool use_builtin() {
   const int c = gemm_choice();
@@ -383,7 +382,7 @@ bool use_builtin() {
 // column-major: row-major C = A B is column-major C^T = B^T A^T.
 template <class T>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
-               int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+          int64_t ldb, T* C, int64_t ldc, bool accumulate) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     if (!accumulate)
@@ -583,25 +582,8 @@ class StepProduct {
     return copy;
   }
 
-  // op(q) as a k x n row-major copy
-  static at::Tensor gather(const Part& q) {
-    if (q.transposed && q.cols) {  // the columns in order first, then the plain transposition
-      at::Tensor rows = gather_rows(q);
-      return gather({rows.template data_ptr<T>(), q.k, q.k, q.n, true});
-    }
-    at::Tensor copy = at::empty({q.k, q.n}, options());
-    T* dst = copy.template data_ptr<T>();
-    if (q.transposed) {
-      transpose_rows<T>(q.n, q.k, [&](int64_t j) { return q.W + (q.rows ? q.rows[j] : j) * q.ld; }, dst);
-    } else {
-      const int64_t gw = q.n / q.groups;
-      for (int64_t k = 0; k < q.k; ++k) {
-        const T* src = q.W + (q.rows ? q.rows[k] : k) * q.ld;
-        for (int64_t g = 0; g < q.groups; ++g) std::memcpy(dst + k * q.n + g * gw, src + g * q.gstride, sizeof(T) * gw);
-      }
-    }
-    return copy;
-  }
+  // op(q) as a k x n row-major copy: one panel as wide as op(q)
+  static at::Tensor gather(const Part& q) { return gather_panels(q, q.n); }
 
   enum Kind { EMPTY, SMALL, PACKED, BLAS };
   struct Plan {

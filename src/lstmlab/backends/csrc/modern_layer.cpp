@@ -270,46 +270,6 @@ std::vector<at::Tensor> modern_forward_impl(const ModernArgs& a, const at::Tenso
   return {out, h_n, c_n, a_n, keep ? K : none(), keep ? S : none()};
 }
 
-// One layer and direction of a modern cell (lstmlab.backends.cpu `_forward_impl`; bound as
-// modern_forward):
-//   kind, act, fexp   modern.h's ModernKind, the min cells' activation (identity, g_min),
-//                     slstm's ForgetAct.
-//   x (T, B, I) (a reverse direction already reversed), h0 (B, H); slstm: c0 (B, H), nm0
-//   (B, 2H) [n0 | m0]; W_ih (G H, I), b_ih, b_hh (G H,) or absent, W_hh (4H, H / heads)
-//   (slstm) in torch's layout; lengths (B,) or absent; keep: save what the backward needs.
-//   groups: slstm's groups of batch rows, one a worker (1: none); workers: threads that
-//   share the sequence otherwise; edges: where the units are cut into ranges (min cells: of
-//   H, one range a worker) or blocks (slstm: of each head's H / heads).
-// Returns {out (T, B, H), h_n, c_n, a_n = [n_n | m_n] (slstm), K, S}: K the pre-activations
-// (T B G H, the path's column order), S every step's c, n, m ((T + 1) B 3H, the first the
-// initial ones) (slstm), if keep; empty where absent.
-std::vector<at::Tensor> forward_layer(int64_t kind, int64_t act, int64_t fexp, at::Tensor x, at::Tensor h0,
-                                       at::Tensor c0, at::Tensor nm0, at::Tensor W_ih, at::Tensor b_ih,
-                                       at::Tensor W_hh, at::Tensor b_hh, at::Tensor lengths, bool keep,
-                                       int64_t small_limit, bool allow_pack, int64_t groups, int64_t workers,
-                                       std::vector<int64_t> edges) {
-  const auto dt = x.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "lstmlab cpu backend: dtype ", dt,
-              " is not supported (float32, float64)");
-  for (auto& [t, n] : {std::pair{&x, "x"}, {&h0, "h0"}, {&c0, "c0"}, {&nm0, "nm0"}, {&W_ih, "weight_ih"},
-                       {&b_ih, "bias_ih"}, {&W_hh, "weight_hh"}, {&b_hh, "bias_hh"}})
-    check(*t, n, dt);
-  check(lengths, "lengths", at::kLong);
-  const ModernArgs a =
-      modern_args(kind, act, fexp, false, x, W_ih, W_hh, lengths, small_limit, allow_pack, groups, workers,
-                  std::move(edges));
-  TORCH_CHECK(h0.numel() == a.B * a.H, "lstmlab cpu backend: h0 has shape ", h0.sizes());
-  if (a.kind == MODERN_SLSTM)
-    TORCH_CHECK(c0.numel() == a.B * a.H && nm0.numel() == 2 * a.B * a.H,
-                "lstmlab cpu backend: slstm needs c0 (B, H) and nm0 (B, 2H)");
-  at::Tensor bias = has(b_ih) ? b_ih : b_hh;
-  if (has(b_ih) && has(b_hh)) bias = b_ih.add(b_hh);
-  const at::Tensor Wx = slstm_rows(a, W_ih, false), bx = slstm_rows(a, bias, false);
-  const at::Tensor Wh = W_hh.contiguous();  // torch's order (blocks_product maps it)
-  if (dt == at::kFloat) return modern_forward_impl<float>(a, x, h0, c0, nm0, Wx, bx, Wh, keep);
-  return modern_forward_impl<double>(a, x, h0, c0, nm0, Wx, bx, Wh, keep);
-}
-
 template <class T>
 std::vector<at::Tensor> modern_backward_impl(const ModernArgs& a, const at::Tensor& x, const at::Tensor& h0,
                                              const at::Tensor& Wx, const at::Tensor& Wh, const at::Tensor& out,
@@ -430,14 +390,54 @@ std::vector<at::Tensor> modern_backward_impl(const ModernArgs& a, const at::Tens
   return {dx, dh, dc0, da0, dWx, dWh, db, norm};
 }
 
-// The backward of forward_layer, bound as modern_backward (lstmlab.backends.cpu
-// `_backward_impl`): the arguments of the call being differentiated (less the biases),
-// what it returned (out, K, S; made with keep) and the gradients of out, h_n, c_n, a_n
-// (absent: zero; a_n's m part is not read: m carries no gradient). truncate: no gradient
-// through the recurrent product.
+}  // namespace
+
+// One layer and direction of a modern cell (lstmlab.backends.cpu `_forward_impl`):
+//   kind, act, fexp   modern.h's ModernKind, the min cells' activation (identity, g_min),
+//                     slstm's ForgetAct.
+//   x (T, B, I) (a reverse direction already reversed), h0 (B, H); slstm: c0 (B, H), nm0
+//   (B, 2H) [n0 | m0]; W_ih (G H, I), b_ih, b_hh (G H,) or absent, W_hh (4H, H / heads)
+//   (slstm) in torch's layout; lengths (B,) or absent; keep: save what the backward needs.
+//   groups: slstm's groups of batch rows, one a worker (1: none); workers: threads that
+//   share the sequence otherwise; edges: where the units are cut into ranges (min cells: of
+//   H, one range a worker) or blocks (slstm: of each head's H / heads).
+// Returns {out (T, B, H), h_n, c_n, a_n = [n_n | m_n] (slstm), K, S}: K the pre-activations
+// (T B G H, the path's column order), S every step's c, n, m ((T + 1) B 3H, the first the
+// initial ones) (slstm), if keep; empty where absent.
+std::vector<at::Tensor> modern_forward(int64_t kind, int64_t act, int64_t fexp, at::Tensor x, at::Tensor h0,
+                                       at::Tensor c0, at::Tensor nm0, at::Tensor W_ih, at::Tensor b_ih,
+                                       at::Tensor W_hh, at::Tensor b_hh, at::Tensor lengths, bool keep,
+                                       int64_t small_limit, bool allow_pack, int64_t groups, int64_t workers,
+                                       std::vector<int64_t> edges) {
+  const auto dt = x.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "lstmlab cpu backend: dtype ", dt,
+              " is not supported (float32, float64)");
+  for (auto& [t, n] : {std::pair{&x, "x"}, {&h0, "h0"}, {&c0, "c0"}, {&nm0, "nm0"}, {&W_ih, "weight_ih"},
+                       {&b_ih, "bias_ih"}, {&W_hh, "weight_hh"}, {&b_hh, "bias_hh"}})
+    check(*t, n, dt);
+  check(lengths, "lengths", at::kLong);
+  const ModernArgs a =
+      modern_args(kind, act, fexp, false, x, W_ih, W_hh, lengths, small_limit, allow_pack, groups, workers,
+                  std::move(edges));
+  TORCH_CHECK(h0.numel() == a.B * a.H, "lstmlab cpu backend: h0 has shape ", h0.sizes());
+  if (a.kind == MODERN_SLSTM)
+    TORCH_CHECK(c0.numel() == a.B * a.H && nm0.numel() == 2 * a.B * a.H,
+                "lstmlab cpu backend: slstm needs c0 (B, H) and nm0 (B, 2H)");
+  at::Tensor bias = has(b_ih) ? b_ih : b_hh;
+  if (has(b_ih) && has(b_hh)) bias = b_ih.add(b_hh);
+  const at::Tensor Wx = slstm_rows(a, W_ih, false), bx = slstm_rows(a, bias, false);
+  const at::Tensor Wh = W_hh.contiguous();  // torch's order (blocks_product maps it)
+  if (dt == at::kFloat) return modern_forward_impl<float>(a, x, h0, c0, nm0, Wx, bx, Wh, keep);
+  return modern_forward_impl<double>(a, x, h0, c0, nm0, Wx, bx, Wh, keep);
+}
+
+// The backward of modern_forward (lstmlab.backends.cpu `_backward_impl`): the arguments of
+// the call being differentiated (less the biases), what it returned (out, K, S; made with
+// keep) and the gradients of out, h_n, c_n, a_n (absent: zero; a_n's m part is not read:
+// m carries no gradient). truncate: no gradient through the recurrent product.
 // Returns {dx, dh0, dc0, da0 ([dn0 | 0]), dW_ih, dW_hh (torch's layouts), db (G H,: the
 // gradient of either bias), norm_h (T, B) (want_norms)}; empty where absent.
-std::vector<at::Tensor> backward_layer(int64_t kind, int64_t act, int64_t fexp, bool truncate, at::Tensor x,
+std::vector<at::Tensor> modern_backward(int64_t kind, int64_t act, int64_t fexp, bool truncate, at::Tensor x,
                                         at::Tensor h0, at::Tensor W_ih, at::Tensor W_hh, at::Tensor lengths,
                                         at::Tensor out, at::Tensor K, at::Tensor S, at::Tensor dout,
                                         at::Tensor dh_n, at::Tensor dc_n, at::Tensor da_n, bool want_norms,
@@ -463,27 +463,6 @@ std::vector<at::Tensor> backward_layer(int64_t kind, int64_t act, int64_t fexp, 
   r[5] = slstm_rows(a, r[5], true);
   r[6] = slstm_rows(a, r[6], true);
   return r;
-}
-
-}  // namespace
-
-std::vector<at::Tensor> modern_forward(int64_t kind, int64_t act, int64_t fexp, at::Tensor x, at::Tensor h0,
-                                       at::Tensor c0, at::Tensor nm0, at::Tensor W_ih, at::Tensor b_ih,
-                                       at::Tensor W_hh, at::Tensor b_hh, at::Tensor lengths, bool keep,
-                                       int64_t small_limit, bool allow_pack, int64_t groups, int64_t workers,
-                                       std::vector<int64_t> edges) {
-  return forward_layer(kind, act, fexp, x, h0, c0, nm0, W_ih, b_ih, W_hh, b_hh, lengths, keep, small_limit,
-                       allow_pack, groups, workers, std::move(edges));
-}
-
-std::vector<at::Tensor> modern_backward(int64_t kind, int64_t act, int64_t fexp, bool truncate, at::Tensor x,
-                                        at::Tensor h0, at::Tensor W_ih, at::Tensor W_hh, at::Tensor lengths,
-                                        at::Tensor out, at::Tensor K, at::Tensor S, at::Tensor dout,
-                                        at::Tensor dh_n, at::Tensor dc_n, at::Tensor da_n, bool want_norms,
-                                        int64_t small_limit, bool allow_pack, int64_t groups, int64_t workers,
-                                        std::vector<int64_t> edges) {
-  return backward_layer(kind, act, fexp, truncate, x, h0, W_ih, W_hh, lengths, out, K, S, dout, dh_n, dc_n, da_n,
-                        want_norms, small_limit, allow_pack, groups, workers, std::move(edges));
 }
 
 }  // namespace lstmlab

@@ -1,5 +1,5 @@
-// The modern cells' layer, forward and backward (modern_layer.cpp; the arguments and
-// results are documented there, at forward_layer and backward_layer).
+// The modern cells' layer, forward and backward (modern_layer.cpp documents the arguments
+// and results).
 #pragma once
 #include <ATen/core/Tensor.h>
 
