@@ -486,15 +486,10 @@ def bench_gemm(shape, cfg: BenchConfig, log=print) -> dict:
     x = torch.randn(T, B, I, requires_grad=True)
     models, knobs = {"torch.nn.LSTM": torch.nn.LSTM(I, H)}, {}
     for cell in GEMM_CELLS:
-        first = None
         for engine in ("blas", "builtin"):
-            name = f"{cell} {engine}"
-            models[name] = Recurrent(I, H, cell=cell, backend="cpu")
-            if first is None:
-                first = models[name]
-            else:
-                models[name].load_state_dict(first.state_dict())
-            knobs[name] = {"engine": engine}
+            models[f"{cell} {engine}"] = Recurrent(I, H, cell=cell, backend="cpu")
+            knobs[f"{cell} {engine}"] = {"engine": engine}
+        models[f"{cell} builtin"].load_state_dict(models[f"{cell} blas"].state_dict())
     fwd, train = _time_models(models, x, cfg.rounds, knobs)
     rows = []
     for name in models:
