@@ -47,6 +47,13 @@ def test_rows_are_frozen():
 def fake_trial(row, arm, seed, max_sequences, max_seconds):
     with open(os.environ["LSTMLAB_TEST_CALLS"], "a") as f:
         f.write(f"{row} {arm} {seed}\n")
+    meet = os.environ.get("LSTMLAB_TEST_MEET")
+    if meet:  # hold each trial until two worker processes have started one (60 s at most)
+        with open(meet, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        deadline = time.monotonic() + 60
+        while len(set(open(meet).read().split())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
     if os.environ.get("LSTMLAB_TEST_RAISE") == f"{arm} {seed}":
         raise RuntimeError(f"seed {seed} raised on purpose")
     solved = seed % 3 != 2
@@ -325,7 +332,10 @@ def test_a_reproduction_on_postgresql_continues(tmp_path, calls, postgres_url):
 
 
 @pytest.mark.slow
-def test_two_workers_on_postgresql_run_every_trial_once(tmp_path, calls, postgres_url):
+def test_two_workers_on_postgresql_run_every_trial_once(tmp_path, calls, postgres_url, monkeypatch):
+    # the trials are instant: without a meeting, one worker could run them all before the
+    # other has started (it did, on a loaded machine)
+    monkeypatch.setenv("LSTMLAB_TEST_MEET", str(tmp_path / "meet.txt"))
     done = run(tmp_path, storage=postgres_url, study="two-workers", seeds=4, workers=2)
     assert sorted(calls()) == sorted(keys(seeds=range(4))) and done["missing"] == []
     trials = study_trials(postgres_url, "two-workers").values()
