@@ -246,6 +246,57 @@ def test_run_layer_gradcheck(kind):
     assert gradcheck(fn, inputs)
 
 
+@pytest.mark.parametrize("kind", ["minlstm", "mingru"])
+def test_run_layer_double_backward(kind):
+    """The layer's Function differentiates its recomputed gates under create_graph."""
+    spec = min_cell(kind, "g_min")
+    lengths = torch.tensor([35, 34])
+
+    def fn(w, bias, x, h0):
+        out, (h,), _ = S.run_layer(spec, CellParams(w, None, bias), x, (h0,), lengths, reverse=True)
+        return out, h
+
+    inputs = [t.requires_grad_() for t in _layer_inputs(kind, 35, 2, 2, 2, seed=4)]
+    rtol, atol = TOL["gradcheck"]
+    assert torch.autograd.gradgradcheck(fn, inputs, eps=1e-6, atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("kind", ["minlstm", "mingru"])
+def test_run_layer_gradient_of_h0_alone(kind):
+    """Weights frozen and x constant: only h0 asks for a gradient (the Function skips dk)."""
+    spec = min_cell(kind)
+    w, bias, x, h0 = _layer_inputs(kind, 40, 3, 2, 4, seed=6)
+    grads = []
+    for backend in (S, reference):
+        h0_ = h0.clone().requires_grad_()
+        out, (h,), _ = backend.run_layer(spec, CellParams(w, None, bias), x, (h0_,))
+        grads.append(torch.autograd.grad((out * torch.arange(out.numel(), dtype=f64).view(out.shape)).sum(), h0_)[0])
+    assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("kind", ["minlstm", "mingru"])
+def test_run_layer_saves_the_pre_activations_and_h_only(kind):
+    """What the scan route keeps for its backward, counted by autograd's saved-tensor hooks:
+    x and the weights (the input projection), the pre-activations k (G units of T x B x H)
+    and h (one unit); no log-space gate intermediates."""
+    T, B, I, H = 64, 4, 3, 8
+    G = 3 if kind == "minlstm" else 2
+    w, bias, x, h0 = [t.requires_grad_() for t in _layer_inputs(kind, T, B, I, H, seed=2)]
+    storages = {}  # data pointer -> bytes: a storage saved twice counts once
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        S.run_layer(min_cell(kind), CellParams(w, None, bias), x, (h0,))
+    unit = T * B * H * 8
+    own = sum(storages.values()) - x.nbytes - w.nbytes - h0.nbytes
+    assert own <= (G + 1) * unit, (
+        f"{kind}: the scan route saves {own / unit:.2f} units of (T, B, H); k and h are {G + 1}"
+    )
+
+
 def test_run_layer_refuses_what_it_does_not_do():
     w, bias, x, h0 = _layer_inputs("mingru", 5, 2, 3, 4, seed=0)
     p = CellParams(w, None, bias)

@@ -55,9 +55,9 @@ PARAM_NAMES: tuple[str, ...] = tuple(CellParams.__dataclass_fields__)
 
 
 def input_projection(p: CellParams, x: torch.Tensor) -> torch.Tensor:
-    """W x + b_ih for all steps at once: (..., I) -> (..., G*H)."""
-    out = x @ p.weight_ih.t()
-    return out + p.bias_ih if p.bias_ih is not None else out
+    """W x + b_ih for all steps at once: (..., I) -> (..., G*H), one product with the bias
+    added in it (no second (..., G*H) tensor)."""
+    return F.linear(x, p.weight_ih, p.bias_ih)
 
 
 def _split(t: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:

@@ -30,10 +30,14 @@ sequential loop) with O(sqrt T) instead of O(T) roundings along any path. h0 and
 any sign. Values are in linear space throughout: the range is the dtype's, as for h itself.
 
 Backward. The adjoint of the recurrence is the same recurrence backwards in time,
-g_t = dh_t + a_{t+1} g_{t+1}, solved by the same scan; then d log a_t = g_t a_t h_{t-1},
-db_t = g_t, dh0 = a_1 g_1. The custom autograd Function saves log a, h0 and h (three
-(T, B, H) tensors) instead of a graph per step, and its backward is itself differentiable
-(it calls the scan through the Function): double backward is exact.
+g_t = dh_t + a_{t+1} g_{t+1}, solved by the same scan run in reverse; then
+d log a_t = g_t a_t h_{t-1}, db_t = g_t, dh0 = a_1 g_1. `scan`'s autograd Function saves
+log a, h0 and h instead of a graph per step, and its backward is itself differentiable (it
+calls the scan through the Function): double backward is exact. The layer (`run_layer`)
+goes one step further: its Function saves only the pre-activations k and h, recomputes the
+gates from k in its backward and forms dk in closed form, so that a training step keeps
+no log-space intermediates (under create_graph it differentiates the recomputed
+composition instead).
 
 Shapes: T time, B batch, I input features, H hidden units.
 """
@@ -53,55 +57,99 @@ KINDS = ("minlstm", "mingru")
 _DIRECT = 32  # sequences this short (and the top levels of the recursion) run step by step
 
 
-def _scan_forward(log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    """h_t = exp(log_a_t) h_{t-1} + b_t for (T, N) log_a, b and (N,) h0; no autograd."""
+def _chunked(src: torch.Tensor, L: int, C: int, reverse: bool) -> torch.Tensor:
+    """(T, N) -> (L, C, N), step j of chunk c at [j, c]. The C * L - T steps that do not fit
+    are zeros (a = 1, b = 0) beyond the sequence's end in its direction of time: at the end
+    of the last chunk forwards, at the start of the first in reverse."""
+    T, N = src.shape
+    out = src.new_empty(L, C, N)
+    r = T - (C - 1) * L  # steps in the partial chunk
+    if reverse:
+        out[: L - r, 0].zero_()
+        out[L - r :, 0].copy_(src[:r])
+        out[:, 1:].copy_(src[r:].view(C - 1, L, N).transpose(0, 1))
+    else:
+        out[:, :-1].copy_(src[: T - r].view(C - 1, L, N).transpose(0, 1))
+        out[:r, -1].copy_(src[T - r :])
+        out[r:, -1].zero_()
+    return out
+
+
+def _unchunked(h: torch.Tensor, T: int, reverse: bool) -> torch.Tensor:
+    """The inverse of `_chunked`: (L, C, N) -> (T, N), without the padded steps."""
+    L, C, N = h.shape
+    out = h.new_empty(T, N)
+    r = T - (C - 1) * L
+    if reverse:
+        out[:r].copy_(h[L - r :, 0])
+        out[r:].view(C - 1, L, N).copy_(h[:, 1:].transpose(0, 1))
+    else:
+        out[: T - r].view(C - 1, L, N).copy_(h[:, :-1].transpose(0, 1))
+        out[T - r :].copy_(h[:r, -1])
+    return out
+
+
+def _scan_forward(log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """h_t = exp(log_a_t) h_{t-1} + b_t for (T, N) log_a, b and (N,) h0; no autograd.
+
+    reverse: h_t = exp(log_a_t) h_{t+1} + b_t from h_{T+1} = h0 (the same recurrence run
+    backwards in time, without copying the inputs into reversed order)."""
     T, N = b.shape
     if T <= _DIRECT:
         out = torch.empty_like(b)
         a = log_a.exp()
         h = h0
-        for t in range(T):
+        for t in range(T - 1, -1, -1) if reverse else range(T):
             h = torch.addcmul(b[t], a[t], h, out=out[t])
         return out
     L = math.isqrt(T - 1) + 1  # ceil(sqrt(T)): L steps in the chunks, ~sqrt(T) chunks
     C = -(-T // L)
-    pad = C * L - T  # padded steps: a = 1, b = 0 (they come after every real step)
-    if pad:
-        log_a = torch.cat([log_a, log_a.new_zeros(pad, N)])
-        b = torch.cat([b, b.new_zeros(pad, N)])
-    # Step t of every chunk at once, laid out (L, C, N) so that each step reads and writes
+    # Step j of every chunk at once, laid out (L, C, N) so that each step reads and writes
     # contiguous blocks (elementwise ops on strided slices, with out=, are ~15x slower on CPU).
     # Two working copies, updated in place: log_decay (the log of the decay from the chunk's
     # start, a running sum of log a) and acc (the chunk's own inputs, from a zero state).
-    log_decay = log_a.new_empty(L, C, N).copy_(log_a.view(C, L, N).transpose(0, 1))
-    acc = b.new_empty(L, C, N).copy_(b.view(C, L, N).transpose(0, 1))
-    for t in range(1, L):
-        acc[t].addcmul_(log_decay[t].exp(), acc[t - 1])
-        log_decay[t].add_(log_decay[t - 1])
-    ends = _scan_forward(log_decay[-1], acc[-1], h0)  # (C, N): h at each chunk's end
-    starts = torch.cat([h0.unsqueeze(0), ends[:-1]])  # (C, N)
-    h = acc.addcmul_(log_decay.exp_(), starts)  # (L, C, N)
-    return h.transpose(0, 1).reshape(C * L, N)[:T]
+    log_decay, acc = _chunked(log_a, L, C, reverse), _chunked(b, L, C, reverse)
+    for j in range(L - 2, -1, -1) if reverse else range(1, L):
+        prev = j + 1 if reverse else j - 1
+        acc[j].addcmul_(log_decay[j].exp(), acc[prev])
+        log_decay[j].add_(log_decay[prev])
+    last = 0 if reverse else -1
+    ends = _scan_forward(log_decay[last], acc[last], h0, reverse)  # (C, N): h at each chunk's end
+    starts = torch.cat([ends[1:], h0.unsqueeze(0)]) if reverse else torch.cat([h0.unsqueeze(0), ends[:-1]])
+    return _unchunked(acc.addcmul_(log_decay.exp_(), starts), T, reverse)
+
+
+def _shifted(log_a: torch.Tensor, reverse: bool) -> torch.Tensor:
+    """The decays of the adjoint recurrence: the gradient reaching h_t from h_{t+1} is scaled
+    by a_{t+1} (by a_{t-1} in reverse), and nothing comes from beyond the last step."""
+    zero = log_a.new_zeros(1, *log_a.shape[1:])
+    return torch.cat([zero, log_a[:-1]]) if reverse else torch.cat([log_a[1:], zero])
+
+
+def _previous(h: torch.Tensor, h0: torch.Tensor, reverse: bool) -> torch.Tensor:
+    """The state each step starts from: h_{t-1} (h_{t+1} in reverse), h0 for the first."""
+    return torch.cat([h[1:], h0.unsqueeze(0)]) if reverse else torch.cat([h0.unsqueeze(0), h[:-1]])
 
 
 class _Scan(torch.autograd.Function):
     """h = scan(log_a, b, h0) on (T, N), (T, N), (N,) tensors; see the module docstring."""
 
     @staticmethod
-    def forward(ctx, log_a, b, h0):
-        h = _scan_forward(log_a, b, h0)
+    def forward(ctx, log_a, b, h0, reverse):
+        h = _scan_forward(log_a, b, h0, reverse)
         ctx.save_for_backward(log_a, h0, h)
+        ctx.reverse = reverse
         return h
 
     @staticmethod
     def backward(ctx, dh):
         log_a, h0, h = ctx.saved_tensors
-        # g_t = dh_t + a_{t+1} g_{t+1}: the forward recurrence on the time-reversed sequence,
-        # whose step t sees the decay a_{t+1} (and a_{T+1} multiplies g_{T+1} = 0).
-        log_a_next = torch.cat([log_a.new_zeros(1, log_a.shape[1]), log_a[1:].flip(0)])  # reversed in time
-        g = _Scan.apply(log_a_next, dh.flip(0), torch.zeros_like(h0)).flip(0)
-        h_prev = torch.cat([h0.unsqueeze(0), h[:-1]])
-        return g * h_prev * log_a.exp(), g, log_a[0].exp() * g[0]
+        rev = ctx.reverse
+        # g_t = dh_t + a_{t+1} g_{t+1} (forwards; a_{t-1} g_{t-1} in reverse): the same
+        # recurrence run the other way in time, itself through this Function.
+        g = _Scan.apply(_shifted(log_a, rev), dh, torch.zeros_like(h0), not rev)
+        first = -1 if rev else 0
+        return g * _previous(h, h0, rev) * log_a.exp(), g, log_a[first].exp() * g[first], None
 
 
 def scan(log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
@@ -122,7 +170,7 @@ def scan(log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor
     if b.shape[0] == 0:
         raise ArgumentError("scan: b has T = 0 steps; at least one is needed")
     T = b.shape[0]
-    h = _Scan.apply(log_a.reshape(T, -1), b.reshape(T, -1), h0.reshape(-1))
+    h = _Scan.apply(log_a.reshape(T, -1), b.reshape(T, -1), h0.reshape(-1), False)
     return h.view(b.shape)
 
 
@@ -146,18 +194,91 @@ def _log_g(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 0, torch.log(x.clamp(min=0) + 0.5), F.logsigmoid(x))
 
 
-def _decay_and_input(spec, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """log a and b of the recurrence h_t = a_t h_{t-1} + b_t from k = x W_ih^T + b_ih (T, B, G*H)."""
-    if spec.kind == "mingru":  # rows [z; h~]: h_t = (1 - z) h_{t-1} + z h~
+def _gate_logs(kind: str, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log a and log i' of h_t = a_t h_{t-1} + i'_t h~_t, and k_h (h~ = act(k_h)), from
+    k = x W_ih^T + b_ih (T, B, G*H)."""
+    if kind == "mingru":  # rows [z; h~]: h_t = (1 - z) h_{t-1} + z h~
         k_z, k_h = k.chunk(2, dim=-1)
-        log_a, log_in = F.logsigmoid(-k_z), F.logsigmoid(k_z)
-    else:  # minlstm, rows [f; i; h~]: h_t = f' h_{t-1} + i' h~, f' = f / (f + i) = sigmoid(log f - log i)
-        k_f, k_i, k_h = k.chunk(3, dim=-1)
-        d = F.logsigmoid(k_f) - F.logsigmoid(k_i)
-        log_a, log_in = F.logsigmoid(d), F.logsigmoid(-d)
-    if spec.activation == "g_min":  # positive: b = exp(log i' + log g(k_h))
-        return log_a, (log_in + _log_g(k_h)).exp()
-    return log_a, log_in.exp() * ACTIVATIONS[spec.activation].fn(k_h)
+        return F.logsigmoid(-k_z), F.logsigmoid(k_z), k_h
+    # minlstm, rows [f; i; h~]: h_t = f' h_{t-1} + i' h~, f' = f / (f + i) = sigmoid(log f - log i)
+    k_f, k_i, k_h = k.chunk(3, dim=-1)
+    d = F.logsigmoid(k_f) - F.logsigmoid(k_i)
+    return F.logsigmoid(d), F.logsigmoid(-d), k_h
+
+
+def _input(activation: str, log_in: torch.Tensor, k_h: torch.Tensor) -> torch.Tensor:
+    """b_t = i'_t act(k_h): for g_min (positive) exp(log i' + log g(k_h)), in log space."""
+    if activation == "g_min":
+        return (log_in + _log_g(k_h)).exp()
+    return log_in.exp() * ACTIVATIONS[activation].fn(k_h)
+
+
+def _decay_and_input(kind: str, activation: str, k: torch.Tensor, valid: torch.Tensor | None):
+    """log a and b of the recurrence h_t = a_t h_{t-1} + b_t; padded steps (valid False) hold
+    the state (a = 1, b = 0)."""
+    log_a, log_in, k_h = _gate_logs(kind, k)
+    b = _input(activation, log_in, k_h)
+    if valid is not None:
+        log_a, b = torch.where(valid, log_a, 0.0), torch.where(valid, b, 0.0)
+    return log_a, b
+
+
+class _MinLayer(torch.autograd.Function):
+    """h = the minlstm / mingru recurrence over k (T, B, G*H) from h0 (B, H), by the scan.
+
+    Saves k and h only: its backward recomputes the gates from k and forms dk in closed form
+    (h_t = a h_{t-1} + i' h~ with a, i' functions of k and h~ = act(k_h)), instead of
+    autograd's intermediates of every log-space gate operation. Under create_graph (double
+    backward) it differentiates the recomputed composition of differentiable operations
+    (`_decay_and_input` and `_Scan`) instead."""
+
+    @staticmethod
+    def forward(ctx, k, h0, valid, kind, activation):
+        T, B, H = k.shape[0], *h0.shape
+        log_a, b = _decay_and_input(kind, activation, k, valid)
+        h = _scan_forward(log_a.reshape(T, -1), b.reshape(T, -1), h0.reshape(-1)).view(T, B, H)
+        ctx.save_for_backward(k, h0, h, valid)
+        ctx.kind, ctx.activation = kind, activation
+        return h
+
+    @staticmethod
+    def backward(ctx, dh):
+        k, h0, h, valid = ctx.saved_tensors
+        kind, act = ctx.kind, ACTIVATIONS[ctx.activation]
+        want_k, want_h0 = ctx.needs_input_grad[:2]
+        if torch.is_grad_enabled():  # create_graph: differentiable all the way down
+            inputs = [t for t, want in ((k, want_k), (h0, want_h0)) if want]
+            with torch.enable_grad():
+                log_a, b = _decay_and_input(kind, ctx.activation, k, valid)
+                h_again = scan(log_a, b, h0)
+            grads = iter(torch.autograd.grad(h_again, inputs, dh, create_graph=True))
+            return (next(grads) if want_k else None), (next(grads) if want_h0 else None), None, None, None
+        T, B, H = h.shape
+        log_a, log_in, k_h = _gate_logs(kind, k)
+        if valid is not None:
+            log_a.masked_fill_(~valid, 0.0)
+        # g_t = dL/dh_t in total: dh_t + a_{t+1} g_{t+1}, the recurrence backwards in time.
+        g = _scan_forward(_shifted(log_a, False).view(T, -1), dh.reshape(T, -1), h0.new_zeros(B * H), True)
+        g = g.view(T, B, H)
+        dh0 = log_a[0].exp() * g[0] if want_h0 else None
+        if not want_k:
+            return None, dh0, None, None, None
+        a = log_a.exp_()
+        g_in = g.mul_(log_in.exp_())  # dL/dh~ = g i'
+        del log_in
+        dk = torch.empty_like(k)
+        parts = dk.chunk(3 if kind == "minlstm" else 2, dim=-1)
+        torch.mul(g_in, act.grad(k_h), out=parts[-1])
+        # dL/d(log f - log i) (minlstm) = -dL/dk_z (mingru) = g a i' (h_{t-1} - h~): a = sigmoid of it, i' = 1 - a.
+        D = _previous(h, h0, False).sub_(act.fn(k_h)).mul_(a).mul_(g_in)
+        del a, g_in
+        if kind == "mingru":
+            torch.neg(D, out=parts[0])
+        else:  # d (log sigmoid(k_f) - log sigmoid(k_i)) = sigmoid(-k_f) dk_f - sigmoid(-k_i) dk_i
+            k_f, k_i, _ = k.chunk(3, dim=-1)
+            torch.mul(D, torch.sigmoid(-k_f), out=parts[0])
+            torch.mul(D, torch.sigmoid(-k_i), out=parts[1]).neg_()
+        return dk, dh0, None, None, None
 
 
 def run_layer(
@@ -206,10 +327,7 @@ def run_layer(
     if lengths is not None:
         valid = (torch.arange(T, device=x.device).unsqueeze(1) < lengths.to(x.device)).unsqueeze(-1)  # (T, B, 1)
         k = torch.where(valid, k, 0.0)  # nothing from the padding reaches the gates' gradients
-    log_a, b = _decay_and_input(spec, k)
-    if valid is not None:  # padded steps hold the state
-        log_a, b = torch.where(valid, log_a, 0.0), torch.where(valid, b, 0.0)
-    h = scan(log_a, b, state[0])  # (T, B, H)
+    h = _MinLayer.apply(k, state[0], valid, spec.kind, spec.activation)  # (T, B, H)
     final = (h[-1],)
     out = h if valid is None else torch.where(valid, h, 0.0)
     if reverse:
