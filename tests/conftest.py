@@ -2,11 +2,15 @@
 the comparisons that are not two implementations of the same maths) and the Hypothesis
 profiles."""
 
+import itertools
+import math
 import os
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+
+import lstmlab
 
 # Hypothesis: "ci" is derandomised (the same examples on every run, so a failure in CI is a
 # failure on every machine) and prints the reproduction blob of a failing example; "dev"
@@ -47,6 +51,10 @@ TOL = {
     # threads' split): an entry that is a sum with cancellation carries the rounding of its
     # terms, ~1e-7 times the sum of their magnitudes (1e-5 absolute was exceeded at 1.9e-5)
     "float32_gradient": (1e-5, 5e-5),
+    # float32 gradients through h_{t-1} - h~ with both near 1e30 (saturated_gates): the
+    # difference of two such numbers keeps their rounding, ~1e-7 of 1e30, and two kernels
+    # that order the products differently land 1e-5 to 3e-5 apart relative to the result
+    "float32_cancelling": (1e-4, 1e-5),
     # the explorer page's JavaScript doubles against lstmlab.theory's: the same formulas a few
     # roundings apart, for values down to 1e-300 (products over long lags), so no absolute floor
     "js_vs_python": (1e-12, 1e-300),
@@ -121,6 +129,27 @@ def run_and_differentiate(backend, m, x, state, lengths, reverse, truncate):
     names = ["output", *[f"final {n}" for n in spec.state_names]] + (["cells"] if cells is not None else [])
     names += ["d x", *[f"d {n}0" for n in spec.state_names], *[f"d {n}" for n, _ in m.named_parameters()]]
     return dict(zip(names, [o.detach() for o in outs] + grads))
+
+
+def saturated_gates(cell, activation, dtype, T, backend="reference"):
+    """A one-input minlstm / mingru layer with one unit per combination of extreme gate and
+    candidate pre-activations (biases from -inf through the ends of exp's range to +inf; the
+    input moves them by at most 0.1), x (T, 2, 1) and h0 (1, 2, H): where a gate saturates
+    to 0 and multiplies an unbounded candidate (g_min or identity), or a decay of 1e-13
+    compounds over steps."""
+    big = 709.9 if dtype == torch.float64 else 88.8  # beyond: torch's sigmoid is exactly 0
+    levels = [-math.inf, -1e30, -big, -big + 1.5, -30.0, 0.0, 30.0, big, 1e30, math.inf]
+    G = 3 if cell == "minlstm" else 2
+    combos = torch.tensor(list(itertools.product(levels, repeat=G)), dtype=dtype)
+    H = combos.shape[0]
+    m = lstmlab.Recurrent(1, H, cell=cell, activation=activation, dtype=dtype, backend=backend)
+    with torch.no_grad():
+        m.weight_ih_l0.fill_(0.1)
+        m.bias_ih_l0.copy_(combos.t().reshape(-1))  # rows gate-major: g * H + unit
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(T, 2, 1, generator=g, dtype=dtype) * 2 - 1).requires_grad_()
+    h0 = torch.randn(1, 2, H, generator=g, dtype=dtype).requires_grad_()
+    return m, x, h0
 
 
 def approx(expected, tol):

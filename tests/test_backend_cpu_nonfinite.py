@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import lstmlab
-from conftest import TOL
+from conftest import TOL, saturated_gates
 from lstmlab.backends import cpu, reference
 
 # the cells the kernel computes (all registered ones)
@@ -19,15 +19,16 @@ T, B, I, H = 4, 3, 3, 5
 pytestmark = pytest.mark.usefixtures("cpu_backend")
 
 
-def same_nonfinite(actual, expected, dtype, what):
-    """NaN where expected has NaN, the same infinities, finite values within tolerance."""
+def same_nonfinite(actual, expected, dtype, what, tol=None):
+    """NaN where expected has NaN, the same infinities, finite values within tolerance
+    (TOL[tol], or TOL[dtype])."""
     for name, mask in (("NaN", torch.isnan), ("+inf", torch.isposinf), ("-inf", torch.isneginf)):
         got, want = mask(actual), mask(expected)
         assert torch.equal(got, want), (
             f"{what}: {name} at {got.nonzero().tolist()}, expected at {want.nonzero().tolist()}"
         )
     finite = torch.isfinite(expected)
-    rtol, atol = TOL[dtype]
+    rtol, atol = TOL[tol or dtype]
     torch.testing.assert_close(actual[finite], expected[finite], rtol=rtol, atol=atol, msg=lambda m: f"{what}\n{m}")
 
 
@@ -157,3 +158,18 @@ def test_a_row_that_never_runs_keeps_its_nonfinite_state_out_of_every_gradient(c
                 same_nonfinite(got[name], want[name], torch.float64, f"{cell}, {value} in {where}{index}: {name}")
             for name, _ in m.named_parameters():
                 assert torch.isfinite(got[f"d {name}"]).all(), f"{cell}, {value} in {where}: d {name}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("activation", ["g_min", "identity"])
+@pytest.mark.parametrize("cell", ["minlstm", "mingru"])
+def test_saturated_gates_times_unbounded_candidates(cell, activation, dtype):
+    """A gate past the end of exp's range is exactly 0, as torch's sigmoid makes it (not
+    exp's clamped value, 1.6e-38 in float32, which a candidate of 1e30 would magnify), and
+    within it reaches the denormal numbers as torch's does."""
+    m, x, h0 = saturated_gates(cell, activation, dtype, T=5)
+    want = run(reference, m, x, (h0[0],), None)
+    got = run(cpu, m, x, (h0[0],), None)
+    tol = "float32_cancelling" if dtype == torch.float32 else None
+    for name in want:
+        same_nonfinite(got[name], want[name], dtype, f"{cell} {activation}: {name}", tol)

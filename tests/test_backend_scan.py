@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import lstmlab
-from conftest import assert_close
+from conftest import assert_close, saturated_gates
 from lstmlab import backends
 from lstmlab.backends import scan
 from lstmlab.errors import ArgumentError
@@ -115,3 +115,91 @@ def test_scan_runs_on_the_meta_device_shapes_only():
     m = lstmlab.Recurrent(3, 5, cell="mingru", bidirectional=True, backend="scan", device="meta")
     out, h = m(torch.empty(40, 2, 3, device="meta"))
     assert out.shape == (40, 2, 10) and h.shape == (2, 2, 5) and out.device.type == "meta"
+
+
+# ---- under torch's graph tools: right numbers and gradients, or a clear error ----------------
+
+
+def _graph_grads(model, x):
+    """out, h_n and the gradients of a fixed function of both, by x and by every parameter."""
+    return _graph_grads_from(model, x, None)
+
+
+def _graph_grads_from(model, x, h0):
+    """_graph_grads with an initial state h0 (None: zeros), whose gradient comes after x's."""
+    x = x.detach().clone().requires_grad_()
+    leaves = [x] + ([] if h0 is None else [h0.detach().clone().requires_grad_()])
+    out, h_n = model(*leaves)
+    g = torch.Generator().manual_seed(3)
+    cot_out = torch.randn(out.shape, generator=g, dtype=f64).to(out.dtype)
+    cot_h = torch.randn(h_n.shape, generator=g, dtype=f64).to(out.dtype)
+    loss = (out * cot_out).sum() + (h_n * cot_h).sum()
+    grads = torch.autograd.grad(loss, [*leaves, *model.parameters()])
+    return [out.detach(), h_n.detach(), *grads]
+
+
+def _same(got, want, what):
+    for k, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert_close(a, b, tol="float32_gradient", msg=f"{what}: item {k} (out, h_n, d x, d params)")
+
+
+@pytest.mark.parametrize("cell", MIN_CELLS)
+def test_export_runs_forward_and_backward(cell):
+    """torch.export records the scan's operations in place of its autograd Functions; the
+    exported module, run with gradients on, is differentiated operation by operation."""
+    ref, par = _pair(cell, torch.float32)
+    for T in (6, 40):  # the steps one by one, and the chunked route
+        x = torch.randn(T, 2, 4, generator=torch.Generator().manual_seed(T))
+        exported = torch.export.export(par, (x,)).module()
+        _same(_graph_grads(exported, x), _graph_grads(ref, x), f"{cell} exported, T={T}")
+
+
+@pytest.mark.parametrize("cell", MIN_CELLS)
+def test_compile_fullgraph_at_several_lengths(cell):
+    """A second length makes torch.compile trace T symbolically. (One layer: compiling the
+    unrolled chunks takes seconds a layer.)"""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    ref = lstmlab.Recurrent(4, 6, cell=cell, backend="reference")
+    par = lstmlab.Recurrent(4, 6, cell=cell, backend="scan")
+    par.load_state_dict(ref.state_dict())
+    compiled = torch.compile(par, fullgraph=True, backend="aot_eager")
+    for T in (40, 57):
+        x = torch.randn(T, 2, 4, generator=torch.Generator().manual_seed(T))
+        _same(_graph_grads(compiled, x), _graph_grads(ref, x), f"{cell} compiled, T={T}")
+
+
+@pytest.mark.parametrize("cell", MIN_CELLS)
+def test_jit_trace_at_other_lengths_and_batches(cell):
+    ref, par = _pair(cell, torch.float32)
+    traced = torch.jit.trace(par, (torch.randn(40, 2, 4),), check_trace=False)
+    for T, B in ((40, 2), (33, 3), (7, 1)):
+        x = torch.randn(T, B, 4, generator=torch.Generator().manual_seed(T))
+        _same(_graph_grads(traced, x), _graph_grads(ref, x), f"{cell} traced at (40, 2), run at ({T}, {B})")
+
+
+@pytest.mark.parametrize("dtype", [f64, torch.float32])
+@pytest.mark.parametrize("activation", ["g_min", "identity"])
+@pytest.mark.parametrize("cell", MIN_CELLS)
+def test_saturated_gates_finite_exactly_where_the_reference_is(cell, activation, dtype):
+    """Extreme gates and candidates: finite exactly where the reference is finite, and equal
+    there per step (out, h_n, d x, d h0; the weights' gradients sum terms of 1e30 over steps
+    and rows, whose cancellation leaves 1e15 of rounding, so only their finiteness is
+    compared here; test_layer_matches_reference_forward_and_backward compares them at
+    ordinary values). Where both are not finite the kind may differ (NaN or an infinity): the scan
+    multiplies decays compounded over a chunk, which underflow to 0 where the sequential
+    loop's tiny factor keeps an infinite state infinite (0 * inf = NaN), and it forms
+    i' h~ as exp(log i' + log h~), where the loop's 0 * inf is NaN (the module docstring)."""
+    ref, x, h0 = saturated_gates(cell, activation, dtype, T=45)  # chunked: 7 chunks of 7
+    par = lstmlab.Recurrent(1, ref.hidden_size, cell=cell, activation=activation, dtype=dtype, backend="scan")
+    par.load_state_dict(ref.state_dict())
+    got, want = _graph_grads_from(par, x, h0), _graph_grads_from(ref, x, h0)
+    tol = "float32_cancelling" if dtype == torch.float32 else None
+    for name, a, b in zip(("out", "h_n", "d x", "d h0", "d weight_ih", "d bias_ih"), got, want, strict=True):
+        finite = torch.isfinite(b)
+        assert torch.equal(torch.isfinite(a), finite), (
+            f"{cell} {activation} {dtype} {name}: finite at {(torch.isfinite(a) & ~finite).nonzero().tolist()[:5]}, "
+            f"not at {(~torch.isfinite(a) & finite).nonzero().tolist()[:5]}, unlike the reference"
+        )
+        if not name.startswith("d weight") and not name.startswith("d bias"):
+            assert_close(a[finite], b[finite], dtype=dtype, tol=tol, msg=f"{cell} {activation} {name}")

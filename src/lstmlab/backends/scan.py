@@ -29,6 +29,11 @@ error is that of a sum (relative to the sum of the magnitudes of its terms, as f
 sequential loop) with O(sqrt T) instead of O(T) roundings along any path. h0 and b may have
 any sign. Values are in linear space throughout: the range is the dtype's, as for h itself.
 
+Non-finite values. The result is finite exactly where the sequential recurrence's is, but
+not always the same non-finite value: a decay compounded over a chunk can underflow to 0
+where the loop's tiny factor keeps an infinite state infinite (0 * inf = NaN), and
+i' h~ is exp(log i' + log h~) for g_min, which is inf where the loop's 0 * inf is NaN.
+
 Backward. The adjoint of the recurrence is the same recurrence backwards in time,
 g_t = dh_t + a_{t+1} g_{t+1}, solved by the same scan run in reverse; then
 d log a_t = g_t a_t h_{t-1}, db_t = g_t, dh0 = a_1 g_1. `scan`'s autograd Function saves
@@ -43,8 +48,6 @@ Shapes: T time, B batch, I input features, H hidden units.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -96,27 +99,39 @@ def _scan_forward(log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, revers
     backwards in time, without copying the inputs into reversed order)."""
     T, N = b.shape
     if T <= _DIRECT:
-        out = torch.empty_like(b)
-        a = log_a.exp()
-        h = h0
+        a, h, rows = log_a.exp(), h0, [None] * T
         for t in range(T - 1, -1, -1) if reverse else range(T):
-            h = torch.addcmul(b[t], a[t], h, out=out[t])
-        return out
-    L = math.isqrt(T - 1) + 1  # ceil(sqrt(T)): L steps in the chunks, ~sqrt(T) chunks
+            h = rows[t] = torch.addcmul(b[t], a[t], h)
+        return torch.stack(rows)
+    # L = ceil(sqrt(T)) steps in the chunks, ~sqrt(T) chunks; found by comparisons, which
+    # torch.compile can make of a symbolic T (it cannot take math.isqrt of one)
+    L = 1
+    while L * L < T:
+        L += 1
     C = -(-T // L)
     # Step j of every chunk at once, laid out (L, C, N) so that each step reads and writes
     # contiguous blocks (elementwise ops on strided slices, with out=, are ~15x slower on CPU).
     # Two working copies, updated in place: log_decay (the log of the decay from the chunk's
     # start, a running sum of log a) and acc (the chunk's own inputs, from a zero state).
     log_decay, acc = _chunked(log_a, L, C, reverse), _chunked(b, L, C, reverse)
-    for j in range(L - 2, -1, -1) if reverse else range(1, L):
-        prev = j + 1 if reverse else j - 1
-        acc[j].addcmul_(log_decay[j].exp(), acc[prev])
-        log_decay[j].add_(log_decay[prev])
+    steps = [(j, j + 1) for j in range(L - 2, -1, -1)] if reverse else [(j, j - 1) for j in range(1, L)]
     last = 0 if reverse else -1
+    if torch.compiler.is_exporting():
+        # torch.export records these operations in place of the autograd Functions around
+        # them, and its graph is differentiated operation by operation, which needs every
+        # value it saves unchanged: the same steps without updates in place.
+        acc_rows, decay_rows = list(acc.unbind(0)), list(log_decay.unbind(0))
+        for j, prev in steps:
+            acc_rows[j] = torch.addcmul(acc_rows[j], decay_rows[j].exp(), acc_rows[prev])
+            decay_rows[j] = decay_rows[j] + decay_rows[prev]
+        acc, log_decay = torch.stack(acc_rows), torch.stack(decay_rows)
+    else:
+        for j, prev in steps:
+            acc[j].addcmul_(log_decay[j].exp(), acc[prev])
+            log_decay[j].add_(log_decay[prev])
     ends = _scan_forward(log_decay[last], acc[last], h0, reverse)  # (C, N): h at each chunk's end
     starts = torch.cat([ends[1:], h0.unsqueeze(0)]) if reverse else torch.cat([h0.unsqueeze(0), ends[:-1]])
-    return _unchunked(acc.addcmul_(log_decay.exp_(), starts), T, reverse)
+    return _unchunked(torch.addcmul(acc, log_decay.exp(), starts), T, reverse)
 
 
 def _shifted(log_a: torch.Tensor, reverse: bool) -> torch.Tensor:
@@ -268,16 +283,16 @@ class _MinLayer(torch.autograd.Function):
         del log_in
         dk = torch.empty_like(k)
         parts = dk.chunk(3 if kind == "minlstm" else 2, dim=-1)
-        torch.mul(g_in, act.grad(k_h), out=parts[-1])
+        parts[-1].copy_(g_in * act.grad(k_h))
         # dL/d(log f - log i) (minlstm) = -dL/dk_z (mingru) = g a i' (h_{t-1} - h~): a = sigmoid of it, i' = 1 - a.
         D = _previous(h, h0, False).sub_(act.fn(k_h)).mul_(a).mul_(g_in)
         del a, g_in
         if kind == "mingru":
-            torch.neg(D, out=parts[0])
+            parts[0].copy_(D.neg_())
         else:  # d (log sigmoid(k_f) - log sigmoid(k_i)) = sigmoid(-k_f) dk_f - sigmoid(-k_i) dk_i
             k_f, k_i, _ = k.chunk(3, dim=-1)
-            torch.mul(D, torch.sigmoid(-k_f), out=parts[0])
-            torch.mul(D, torch.sigmoid(-k_i), out=parts[1]).neg_()
+            parts[0].copy_(D * torch.sigmoid(-k_f))
+            parts[1].copy_(D.mul_(torch.sigmoid(-k_i)).neg_())
         return dk, dh0, None, None, None
 
 

@@ -98,10 +98,10 @@ template <class T> inline vec_t<T> clamp(vec_t<T> x, T lo, T hi) {
 // exp(x) = 2^n 2^f, n = round(x log2 e), f = x log2 e - n in [-1/2, 1/2] (computed with
 // log2 e split in two, so f is accurate); 2^f by a degree-6 fit (relative error 1e-7);
 // vscalefps applies 2^n. x is clamped to [-87, 87]: exp(x), and 1 / (1 + exp(x)) in the
-// sigmoid, stay normal numbers (denormals cost a hundred cycles each); sigmoid(x) for
-// x < -87 is then 1.6e-38 instead of smaller, an absolute error below 2e-38 (and -inf
-// gives 0, see vsigmoid). A NaN passes the clamp (vminps / vmaxps return their second
-// operand when either is NaN) and gives NaN.
+// sigmoid, stay normal numbers (denormals cost a hundred cycles each); exp(x) for x < -87
+// is then 1.6e-38 instead of smaller, an absolute error below 2e-38 where the cells add
+// it to numbers of order 1 (vsigmoid treats its own tail exactly). A NaN passes the clamp
+// (vminps / vmaxps return their second operand when either is NaN) and gives NaN.
 inline vec_t<float> vexp(vec_t<float> x) {
   using V = vec_t<float>;
   const __m512 v = _mm512_max_ps(_mm512_set1_ps(-87.0f), _mm512_min_ps(_mm512_set1_ps(87.0f), (__m512)x));
@@ -183,11 +183,44 @@ inline vec_t<double> vrecip(vec_t<double> d) {
 #endif
 }
 
-// 1 / (1 + exp(-x)); exactly 0 at -inf (where the clamped exp would leave 1.6e-38 in
-// float), as torch gives, so that 0 * inf in the cell makes NaN there too.
+// Whether any lane of a comparison's result (all bits set where true) is true.
+template <class T> inline bool any_lane(typename Vec<T>::itype m) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4) return _mm512_test_epi32_mask((__m512i)m, (__m512i)m) != 0;
+  else return _mm512_test_epi64_mask((__m512i)m, (__m512i)m) != 0;
+#elif defined(__AVX__)
+  return !_mm256_testz_si256((__m256i)m, (__m256i)m);
+#else
+  typename Vec<T>::itype z = {};
+  return std::memcmp(&m, &z, sizeof m) != 0;
+#endif
+}
+
+// Where vexp's clamp begins (below it vexp(x) = exp(-87) or exp(-708)) and where torch's
+// sigmoid 1 / (1 + exp(-x)) becomes exactly 0 (exp(-x) overflows: x < -log of the largest
+// finite number).
+template <class T> struct SigmoidTail;
+template <> struct SigmoidTail<float> {
+  static constexpr float clamp = -87.0f, zero = -88.72283935546875f;
+};
+template <> struct SigmoidTail<double> {
+  static constexpr double clamp = -708.0, zero = -709.782712893384;
+};
+
+// 1 / (1 + exp(-x)), as torch computes it at both ends: below vexp's clamp it is exp(x)
+// (1 + exp(x) rounds to 1 there), computed as exp(x + 24 log 2) 2^-24 so that it reaches
+// the denormal numbers, and exactly 0 where torch's exp(-x) overflows (-inf included). A
+// gate multiplies an unbounded candidate in some cells (minGRU's z h~ with h~ = g(x) or x;
+// an LSTM with activation="identity"), so 1.6e-38 in place of 0 would not be a small error
+// there. NaN stays NaN (every comparison is false for it).
 template <class T> inline vec_t<T> vsigmoid(vec_t<T> x) {
-  const vec_t<T> s = vrecip(T(1) + vexp(-x));
-  return x == splat(-std::numeric_limits<T>::infinity()) ? splat(T(0)) : s;
+  using V = vec_t<T>;
+  const V s = vrecip(T(1) + vexp(-x));
+  const auto tail = x < SigmoidTail<T>::clamp;
+  if (__builtin_expect(!any_lane<T>(tail), 1)) return s;
+  const T ln2 = T(0.693147180559945309417232121458);
+  const V small = vexp(x + T(24) * ln2) * T(1.0 / 16777216.0);
+  return x < SigmoidTail<T>::zero ? splat(T(0)) : (tail ? small : s);
 }
 
 template <class T> inline typename Vec<T>::itype sign_mask() {
