@@ -9,9 +9,9 @@
 // its AVX2 code on CPUs that are not Intel's, where this kernel, compiled for the host,
 // uses all of AVX-512. On an AMD EPYC (Zen 5) it does 150-220 GFLOP/s a core against MKL's
 // 50-85 at the kernel's shapes (BENCHMARKS.md, "The product engines"). Which one is faster
-// is measured once per process and type (about 2 ms; lstmlab.backends.cpu asks at load),
-// or set (LSTMLAB_GEMM). A measurement near the margin may choose differently in another
-// process: for bitwise-equal results across processes, set LSTMLAB_GEMM.
+// is measured once per process and type (about 50 ms for both at load, in
+// lstmlab.backends.cpu), or set (LSTMLAB_GEMM). Where the two are close, another process may
+// choose the other: for bitwise-equal results across processes, set LSTMLAB_GEMM.
 #pragma once
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -339,9 +339,12 @@ inline void blas_call(const char* ta, const char* tb, const int* m, const int* n
   dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
-// One thread's time for a product of the recurrent kind (64 x 256 by 256 x 512), best of
-// 3 rounds of 4, with the built-in kernel and with the BLAS: the built-in one is chosen
-// where it takes under 0.8 of the BLAS's time (a margin against a noisy measurement).
+// One thread's time for a product of the recurrent kind (64 x 256 by 256 x 512) with the
+// built-in kernel and with the BLAS, each the best of 9 rounds of 4 products, the two
+// alternating round by round so that a change of clock speed or a neighbour's load falls on
+// both alike; the faster one is chosen. (Where the two are close either choice costs little;
+// a margin in the BLAS's favour made the choice flip between processes on a Zen 4, where the
+// built-in kernel is 6-46% faster at the layers' shapes but only ~20% on this product.)
 template <class T>
 bool builtin_measured_faster() {
   if (!have_blas()) return true;  // at::mm on wrapped pointers: the built-in kernel is not slower
@@ -352,19 +355,18 @@ bool builtin_measured_faster() {
   const OneBlasThread one;
   const int m = (int)N, n = (int)M, k = (int)K;
   const T one_ = 1, zero = 0;
-  auto best = [&](auto&& f) {
-    double t = 1e30;
-    for (int round = 0; round < 3; ++round) {
-      const auto t0 = std::chrono::steady_clock::now();
-      for (int r = 0; r < 4; ++r) f();
-      t = std::min(t, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    }
-    return t;
+  auto round = [&](auto&& f) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int r = 0; r < 4; ++r) f();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   };
-  const double builtin = best([&] { gemm_small<T>(M, N, K, a.data(), K, b.data(), N, c.data(), N, false); });
-  const double blas =
-      best([&] { blas_call("N", "N", &m, &n, &k, &one_, b.data(), &m, a.data(), &k, &zero, c.data(), &m); });
-  return builtin < 0.8 * blas;
+  double builtin = 1e30, blas = 1e30;
+  for (int r = 0; r < 9; ++r) {
+    builtin = std::min(builtin, round([&] { gemm_small<T>(M, N, K, a.data(), K, b.data(), N, c.data(), N, false); }));
+    blas = std::min(
+        blas, round([&] { blas_call("N", "N", &m, &n, &k, &one_, b.data(), &m, a.data(), &k, &zero, c.data(), &m); }));
+  }
+  return builtin < blas;
 }
 
 // Whether the products of type T use the built-in kernel for every size (measured or set;
