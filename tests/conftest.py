@@ -51,8 +51,8 @@ TOL = {
     # threads' split): an entry that is a sum with cancellation carries the rounding of its
     # terms, ~1e-7 times the sum of their magnitudes (1e-5 absolute was exceeded at 1.9e-5)
     "float32_gradient": (1e-5, 5e-5),
-    # float32 gradients through h_{t-1} - h~ with both near 1e30 (saturated_gates): the
-    # difference of two such numbers keeps their rounding, ~1e-7 of 1e30, and two kernels
+    # float32 gradients through h_{t-1} - h~ with both near 1e38 (saturated_gates): the
+    # difference of two such numbers keeps their rounding, ~1e-7 of 1e38, and two kernels
     # that order the products differently land 1e-5 to 3e-5 apart relative to the result
     "float32_cancelling": (1e-4, 1e-5),
     # the explorer page's JavaScript doubles against lstmlab.theory's: the same formulas a few
@@ -131,14 +131,18 @@ def run_and_differentiate(backend, m, x, state, lengths, reverse, truncate):
     return dict(zip(names, [o.detach() for o in outs] + grads))
 
 
-def saturated_gates(cell, activation, dtype, T, backend="reference"):
+def saturated_gates(cell, activation, dtype, T, backend="reference", huge=None):
     """A one-input minlstm / mingru layer with one unit per combination of extreme gate and
     candidate pre-activations (biases from -inf through the ends of exp's range to +inf; the
     input moves them by at most 0.1), x (T, 2, 1) and h0 (1, 2, H): where a gate saturates
     to 0 and multiplies an unbounded candidate (g_min or identity), or a decay of 1e-13
-    compounds over steps."""
-    big = 709.9 if dtype == torch.float64 else 88.8  # beyond: torch's sigmoid is exactly 0
-    levels = [-math.inf, -1e30, -big, -big + 1.5, -30.0, 0.0, 30.0, big, 1e30, math.inf]
+    compounds over steps. A candidate near the dtype's largest value (`huge`, by default)
+    makes a gate of the size of its smallest normal number (the end of exp's range) visible
+    in the output."""
+    # sigmoid is 0 in torch below -88.72 (float) / -709.78 (double): edge +- 0.1 straddles it
+    edge, largest = (709.78, 1e307) if dtype == torch.float64 else (88.72, 1e38)
+    huge = huge or largest
+    levels = [-math.inf, -huge, -edge, -edge + 1.5, -30.0, 0.0, 30.0, edge, huge, math.inf]
     G = 3 if cell == "minlstm" else 2
     combos = torch.tensor(list(itertools.product(levels, repeat=G)), dtype=dtype)
     H = combos.shape[0]

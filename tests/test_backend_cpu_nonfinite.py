@@ -3,6 +3,8 @@ in the initial state or in one entry of any weight tensor give, for every regist
 NaN exactly where the reference backend has NaN, +-inf where it has +-inf, and equal finite
 values elsewhere: in the outputs, the final states, the cell states and every gradient."""
 
+import math
+
 import pytest
 import torch
 
@@ -165,11 +167,31 @@ def test_a_row_that_never_runs_keeps_its_nonfinite_state_out_of_every_gradient(c
 @pytest.mark.parametrize("cell", ["minlstm", "mingru"])
 def test_saturated_gates_times_unbounded_candidates(cell, activation, dtype):
     """A gate past the end of exp's range is exactly 0, as torch's sigmoid makes it (not
-    exp's clamped value, 1.6e-38 in float32, which a candidate of 1e30 would magnify), and
-    within it reaches the denormal numbers as torch's does."""
+    exp's clamped value, 1.6e-38 in float32, which a candidate of 1e38 magnifies to 1.6),
+    and just inside it has torch's denormal values (times 1e38: values of order 1)."""
     m, x, h0 = saturated_gates(cell, activation, dtype, T=5)
     want = run(reference, m, x, (h0[0],), None)
     got = run(cpu, m, x, (h0[0],), None)
     tol = "float32_cancelling" if dtype == torch.float32 else None
     for name in want:
         same_nonfinite(got[name], want[name], dtype, f"{cell} {activation}: {name}", tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sigmoid_at_the_last_value_before_zero(dtype):
+    """minGRU with z's pre-activation at the two values either side of where torch's sigmoid
+    becomes 0 (exp(-x) overflows) and an infinite candidate: 0 * inf = NaN below, inf above."""
+    below, above = (
+        (-709.7827128933841, -709.782712893384) if dtype == torch.float64 else (-88.72283935546875, -88.72283172607422)
+    )
+    m = lstmlab.Recurrent(1, 2, cell="mingru", activation="identity", dtype=dtype, backend="reference")
+    with torch.no_grad():
+        m.weight_ih_l0.zero_()
+        m.bias_ih_l0.copy_(torch.tensor([below, above, math.inf, math.inf], dtype=dtype))
+    assert torch.sigmoid(torch.tensor([below, above], dtype=dtype)).tolist()[0] == 0.0
+    x, h0 = torch.zeros(1, 1, 1, dtype=dtype, requires_grad=True), torch.zeros(1, 2, dtype=dtype, requires_grad=True)
+    want = run(reference, m, x, (h0,), None)
+    got = run(cpu, m, x, (h0,), None)
+    assert torch.isnan(want["output"][0, 0, 0]) and torch.isposinf(want["output"][0, 0, 1])
+    for name in want:
+        same_nonfinite(got[name], want[name], dtype, f"sigmoid's last value, {dtype}: {name}")

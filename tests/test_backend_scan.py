@@ -189,8 +189,10 @@ def test_saturated_gates_finite_exactly_where_the_reference_is(cell, activation,
     ordinary values). Where both are not finite the kind may differ (NaN or an infinity): the scan
     multiplies decays compounded over a chunk, which underflow to 0 where the sequential
     loop's tiny factor keeps an infinite state infinite (0 * inf = NaN), and it forms
-    i' h~ as exp(log i' + log h~), where the loop's 0 * inf is NaN (the module docstring)."""
-    ref, x, h0 = saturated_gates(cell, activation, dtype, T=45)  # chunked: 7 chunks of 7
+    i' h~ as exp(log i' + log h~), where the loop's 0 * inf is NaN (the module docstring).
+    Candidates up to 1e30, not the dtype's largest: that product in log space keeps the digits
+    a denormal i' (1e-39, 1e-309) has lost in the loop, a difference of order 1 times 1e38."""
+    ref, x, h0 = saturated_gates(cell, activation, dtype, T=45, huge=1e30)  # chunked: 7 chunks of 7
     par = lstmlab.Recurrent(1, ref.hidden_size, cell=cell, activation=activation, dtype=dtype, backend="scan")
     par.load_state_dict(ref.state_dict())
     got, want = _graph_grads_from(par, x, h0), _graph_grads_from(ref, x, h0)

@@ -29,10 +29,14 @@ error is that of a sum (relative to the sum of the magnitudes of its terms, as f
 sequential loop) with O(sqrt T) instead of O(T) roundings along any path. h0 and b may have
 any sign. Values are in linear space throughout: the range is the dtype's, as for h itself.
 
-Non-finite values. The result is finite exactly where the sequential recurrence's is, but
+Non-finite values. A minlstm or mingru layer (`run_layer`, where each h_t is a convex
+combination of h_{t-1} and h~_t) is finite exactly where the sequential recurrence is, but
 not always the same non-finite value: a decay compounded over a chunk can underflow to 0
 where the loop's tiny factor keeps an infinite state infinite (0 * inf = NaN), and
-i' h~ is exp(log i' + log h~) for g_min, which is inf where the loop's 0 * inf is NaN.
+i' h~ is exp(log i' + log h~) for g_min, which is inf where the loop's 0 * inf is NaN. The
+general `scan` (b of any sign) sums a chunk's inputs before it meets the state, so near the
+dtype's largest values it can overflow where the loop, whose state cancels them step by
+step, does not (and the other way round).
 
 Backward. The adjoint of the recurrence is the same recurrence backwards in time,
 g_t = dh_t + a_{t+1} g_{t+1}, solved by the same scan run in reverse; then

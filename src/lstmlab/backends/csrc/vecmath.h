@@ -196,31 +196,30 @@ template <class T> inline bool any_lane(typename Vec<T>::itype m) {
 #endif
 }
 
-// Where vexp's clamp begins (below it vexp(x) = exp(-87) or exp(-708)) and where torch's
-// sigmoid 1 / (1 + exp(-x)) becomes exactly 0 (exp(-x) overflows: x < -log of the largest
-// finite number).
+// Where vexp's clamp begins (below it vexp(x) = exp(-87) or exp(-708)), and the last x at
+// which torch's sigmoid 1 / (1 + exp(-x)) is not exactly 0: below it exp(-x) overflows
+// (float: exp(88.72283172607422) is finite, exp of the next float, 88.72283935546875, is not).
 template <class T> struct SigmoidTail;
 template <> struct SigmoidTail<float> {
-  static constexpr float clamp = -87.0f, zero = -88.72283935546875f;
+  static constexpr float clamp = -87.0f, zero = -88.72283172607422f;
 };
 template <> struct SigmoidTail<double> {
   static constexpr double clamp = -708.0, zero = -709.782712893384;
 };
 
 // 1 / (1 + exp(-x)), as torch computes it at both ends: below vexp's clamp it is exp(x)
-// (1 + exp(x) rounds to 1 there), computed as exp(x + 24 log 2) 2^-24 so that it reaches
-// the denormal numbers, and exactly 0 where torch's exp(-x) overflows (-inf included). A
-// gate multiplies an unbounded candidate in some cells (minGRU's z h~ with h~ = g(x) or x;
-// an LSTM with activation="identity"), so 1.6e-38 in place of 0 would not be a small error
-// there. NaN stays NaN (every comparison is false for it).
+// (1 + exp(x) rounds to 1 there), computed as exp(x / 2)^2 so that it reaches the denormal
+// numbers with one rounding more than exp's own, and exactly 0 where torch's exp(-x)
+// overflows (-inf included). A gate multiplies an unbounded candidate in some cells
+// (minGRU's z h~ with h~ = g(x) or x; an LSTM with activation="identity"), so 1.6e-38 in
+// place of 0 would not be a small error there. NaN stays NaN (every comparison is false).
 template <class T> inline vec_t<T> vsigmoid(vec_t<T> x) {
   using V = vec_t<T>;
   const V s = vrecip(T(1) + vexp(-x));
   const auto tail = x < SigmoidTail<T>::clamp;
   if (__builtin_expect(!any_lane<T>(tail), 1)) return s;
-  const T ln2 = T(0.693147180559945309417232121458);
-  const V small = vexp(x + T(24) * ln2) * T(1.0 / 16777216.0);
-  return x < SigmoidTail<T>::zero ? splat(T(0)) : (tail ? small : s);
+  const V half = vexp(x * T(0.5));
+  return x < SigmoidTail<T>::zero ? splat(T(0)) : (tail ? half * half : s);
 }
 
 template <class T> inline typename Vec<T>::itype sign_mask() {
