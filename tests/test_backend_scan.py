@@ -205,3 +205,17 @@ def test_saturated_gates_finite_exactly_where_the_reference_is(cell, activation,
         )
         if not name.startswith("d weight") and not name.startswith("d bias"):
             assert_close(a[finite], b[finite], dtype=dtype, tol=tol, msg=f"{cell} {activation} {name}")
+
+
+@pytest.mark.parametrize("cell", MIN_CELLS)
+def test_func_grad_vmap_and_vmap_of_grad(cell):
+    """torch.func's transforms through the scan's autograd Functions (forward and
+    setup_context apart, vmap rules generated): the reference backend's numbers."""
+    ref, par = _pair(cell, torch.float32)
+    xs = torch.randn(3, 40, 2, 4, generator=torch.Generator().manual_seed(8))
+    loss = lambda m: lambda x: m(x)[0].square().sum()
+    assert_close(torch.func.grad(loss(par))(xs[0]), torch.func.grad(loss(ref))(xs[0]), tol="float32_gradient")
+    with torch.no_grad():
+        assert_close(torch.func.vmap(lambda x: par(x)[0])(xs), torch.stack([ref(x)[0] for x in xs]))
+    want = torch.stack([torch.func.grad(loss(ref))(x) for x in xs])
+    assert_close(torch.func.vmap(torch.func.grad(loss(par)))(xs), want, tol="float32_gradient")

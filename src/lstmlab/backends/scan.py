@@ -153,12 +153,17 @@ def _previous(h: torch.Tensor, h0: torch.Tensor, reverse: bool) -> torch.Tensor:
 class _Scan(torch.autograd.Function):
     """h = scan(log_a, b, h0) on (T, N), (T, N), (N,) tensors; see the module docstring."""
 
+    generate_vmap_rule = True  # (setup_context apart from forward: torch.func can transform it)
+
     @staticmethod
-    def forward(ctx, log_a, b, h0, reverse):
-        h = _scan_forward(log_a, b, h0, reverse)
-        ctx.save_for_backward(log_a, h0, h)
+    def forward(log_a, b, h0, reverse):
+        return _scan_forward(log_a, b, h0, reverse)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        log_a, _, h0, reverse = inputs
+        ctx.save_for_backward(log_a, h0, output)
         ctx.reverse = reverse
-        return h
 
     @staticmethod
     def backward(ctx, dh):
@@ -251,14 +256,19 @@ class _MinLayer(torch.autograd.Function):
     backward) it differentiates the recomputed composition of differentiable operations
     (`_decay_and_input` and `_Scan`) instead."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, k, h0, valid, kind, activation):
+    def forward(k, h0, valid, kind, activation):
         T, B, H = k.shape[0], *h0.shape
         log_a, b = _decay_and_input(kind, activation, k, valid)
-        h = _scan_forward(log_a.reshape(T, -1), b.reshape(T, -1), h0.reshape(-1)).view(T, B, H)
-        ctx.save_for_backward(k, h0, h, valid)
+        return _scan_forward(log_a.reshape(T, -1), b.reshape(T, -1), h0.reshape(-1)).view(T, B, H)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        k, h0, valid, kind, activation = inputs
+        ctx.save_for_backward(k, h0, output, valid)
         ctx.kind, ctx.activation = kind, activation
-        return h
 
     @staticmethod
     def backward(ctx, dh):
