@@ -226,3 +226,25 @@ def test_weights_over_the_copy_bound_are_read_in_place_with_the_reference_result
         results[name] = [out.detach(), *grads]
     for a, b in zip(results["cpu"], results["reference"], strict=True):
         assert_close(a, b, tol="float32_gradient")
+
+
+@pytest.mark.parametrize("cell,kw", [("lstm", {}), ("gru", {}), ("slstm", {"heads": 4}), ("slstm", {})])
+def test_weights_packed_in_panels_by_both_threads(ext, cell, kw):
+    """Recurrent weights of 1 MB (H = 256) are copied into the built-in product's panels by
+    the threads side by side (gemm.h gather_panels), in torch's row order through slstm's row
+    map where its units are cut into blocks: the reference's results."""
+    torch.manual_seed(0)
+    ref = lstmlab.Recurrent(3, 256, cell=cell, backend="reference", **kw)
+    fast = lstmlab.Recurrent(3, 256, cell=cell, backend="cpu", **kw)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 2, 3)
+    results = {}
+    for name, m in (("reference", ref), ("cpu", fast)):
+        xs = x.clone().requires_grad_()
+        with cpu.using_gemm("builtin"), cpu.force_split(cuts=(0.5,)) if cell == "slstm" else contextlib.nullcontext():
+            out, _ = m(xs)
+            g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+            grads = torch.autograd.grad(out, [xs, *m.parameters()], g)
+        results[name] = [out.detach(), *grads]
+    for a, b in zip(results["cpu"], results["reference"], strict=True):
+        assert_close(a, b, tol="float32_gradient")

@@ -565,12 +565,12 @@ class StepProduct {
     }
     at::Tensor copy = at::empty({q.k * q.n}, options());
     const int64_t gw = q.n / q.groups;
-    for (int64_t p0 = 0; p0 < q.n; p0 += pw) {
+    auto panel_copy = [&](int64_t p0) {
       const int64_t w = std::min(pw, q.n - p0);
       T* panel = copy.template data_ptr<T>() + p0 * q.k;
       if (q.transposed) {
         transpose_rows<T>(w, q.k, [&](int64_t j) { return q.W + (q.rows ? q.rows[p0 + j] : p0 + j) * q.ld; }, panel);
-        continue;
+        return;
       }
       for (int64_t k = 0; k < q.k; ++k) {
         const T* src = q.W + (q.rows ? q.rows[k] : k) * q.ld;
@@ -580,7 +580,15 @@ class StepProduct {
           std::memcpy(panel + k * w + (c - p0), src + g * q.gstride + (c - g * gw), sizeof(T) * (e - c));
         }
       }
-    }
+    };
+    // The panels between the threads where there is a copy worth sharing (a layer's W_hh at
+    // H = 512 is 4 MB, whose transposed copy took ~1 ms a call in one thread); inside a team
+    // of threads parallel_for runs them in the calling thread.
+    const int64_t panels = (q.n + pw - 1) / pw;
+    const int64_t grain = std::max<int64_t>(1, (int64_t(256) << 10) / std::max<int64_t>(1, pw * q.k * sizeof(T)));
+    at::parallel_for(0, panels, grain, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) panel_copy(i * pw);
+    });
     return copy;
   }
 
