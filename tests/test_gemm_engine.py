@@ -196,6 +196,26 @@ def test_LSTMLAB_GEMM_sets_the_engine_of_a_process(choice):
 ONE_WORKER = dict(PARALLEL_MIN_WORK=1 << 40, GROUP_MAX_WORK=0)
 
 
+def _builtin_against_reference(cell, H, T, split, **kw):
+    """One layer's output and gradients on the cpu backend with the built-in product, under
+    `split()` (a function that returns a context manager), against the reference backend's."""
+    torch.manual_seed(0)
+    ref = lstmlab.Recurrent(3, H, cell=cell, backend="reference", **kw)
+    fast = lstmlab.Recurrent(3, H, cell=cell, backend="cpu", **kw)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(T, 2, 3)
+    results = {}
+    for name, m in (("reference", ref), ("cpu", fast)):
+        xs = x.clone().requires_grad_()
+        with cpu.using_gemm("builtin"), split():
+            out, _ = m(xs)
+            g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+            grads = torch.autograd.grad(out, [xs, *m.parameters()], g)
+        results[name] = [out.detach(), *grads]
+    for a, b in zip(results["cpu"], results["reference"], strict=True):
+        assert_close(a, b, tol="float32_gradient")
+
+
 @pytest.mark.parametrize(
     "cell,H,split",
     [
@@ -210,22 +230,8 @@ ONE_WORKER = dict(PARALLEL_MIN_WORK=1 << 40, GROUP_MAX_WORK=0)
     ],
 )
 def test_weights_over_the_copy_bound_are_read_in_place_with_the_reference_results(ext, cell, H, split):
-    torch.manual_seed(0)
-    ref = lstmlab.Recurrent(3, H, cell=cell, backend="reference")
-    fast = lstmlab.Recurrent(3, H, cell=cell, backend="cpu")
-    fast.load_state_dict(ref.state_dict())
-    x = torch.randn(3, 2, 3)
-    results = {}
-    for name, m in (("reference", ref), ("cpu", fast)):
-        xs = x.clone().requires_grad_()
-        forced = cpu.force_split(**split) if split else cpu.tuning(**ONE_WORKER)
-        with cpu.using_gemm("builtin"), forced:
-            out, _ = m(xs)
-            g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
-            grads = torch.autograd.grad(out, [xs, *m.parameters()], g)
-        results[name] = [out.detach(), *grads]
-    for a, b in zip(results["cpu"], results["reference"], strict=True):
-        assert_close(a, b, tol="float32_gradient")
+    forced = (lambda: cpu.force_split(**split)) if split else (lambda: cpu.tuning(**ONE_WORKER))
+    _builtin_against_reference(cell, H, 3, forced)
 
 
 @pytest.mark.parametrize("cell,kw", [("lstm", {}), ("gru", {}), ("slstm", {"heads": 4}), ("slstm", {})])
@@ -233,18 +239,5 @@ def test_weights_packed_in_panels_by_both_threads(ext, cell, kw):
     """Recurrent weights of 1 MB (H = 256) are copied into the built-in product's panels by
     the threads side by side (gemm.h gather_panels), in torch's row order through slstm's row
     map where its units are cut into blocks: the reference's results."""
-    torch.manual_seed(0)
-    ref = lstmlab.Recurrent(3, 256, cell=cell, backend="reference", **kw)
-    fast = lstmlab.Recurrent(3, 256, cell=cell, backend="cpu", **kw)
-    fast.load_state_dict(ref.state_dict())
-    x = torch.randn(4, 2, 3)
-    results = {}
-    for name, m in (("reference", ref), ("cpu", fast)):
-        xs = x.clone().requires_grad_()
-        with cpu.using_gemm("builtin"), cpu.force_split(cuts=(0.5,)) if cell == "slstm" else contextlib.nullcontext():
-            out, _ = m(xs)
-            g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
-            grads = torch.autograd.grad(out, [xs, *m.parameters()], g)
-        results[name] = [out.detach(), *grads]
-    for a, b in zip(results["cpu"], results["reference"], strict=True):
-        assert_close(a, b, tol="float32_gradient")
+    split = (lambda: cpu.force_split(cuts=(0.5,))) if cell == "slstm" else contextlib.nullcontext
+    _builtin_against_reference(cell, 256, 4, split, **kw)
