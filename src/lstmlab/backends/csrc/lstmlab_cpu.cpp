@@ -902,7 +902,7 @@ std::vector<at::Tensor> forward(const Cell& cell, std::vector<int64_t> bounds, i
                                 at::Tensor W_hr) {
   TORCH_CHECK(tune.size() == 5, "lstmlab cpu backend: bad configuration");
   check_sizes(x, W_hh);
-  const auto dt = x.scalar_type();
+  const auto dt = kernel_dtype(x);
   for (auto& [t, n] : {std::pair{&x, "x"}, {&s0, "s0"}, {&Wx, "Wx"}, {&bx, "bx"}, {&W_hh, "weight_hh"},
                        {&W_gg, "weight_gg"}, {&c0, "c0"}, {&peep, "peep"}, {&W_hr, "weight_hr"}})
     check(*t, n, dt);
@@ -912,7 +912,6 @@ std::vector<at::Tensor> forward(const Cell& cell, std::vector<int64_t> bounds, i
   if (dt == at::kFloat)
     return forward_impl<float>(cell, lay, groups, x, s0, c0, Wx, bx, wts, peep, lengths, keep, return_cells, tune,
                                W_hr);
-  TORCH_CHECK(dt == at::kDouble, "lstmlab cpu backend: dtype ", dt, " is not supported (float32, float64)");
   return forward_impl<double>(cell, lay, groups, x, s0, c0, Wx, bx, wts, peep, lengths, keep, return_cells, tune,
                               W_hr);
 }
@@ -941,7 +940,7 @@ std::vector<at::Tensor> backward(const Cell& cell, std::vector<int64_t> bounds, 
                                  at::Tensor W_hr, at::Tensor M) {
   TORCH_CHECK(tune.size() == 5, "lstmlab cpu backend: bad configuration");
   check_sizes(x, W_hh);
-  const auto dt = x.scalar_type();
+  const auto dt = kernel_dtype(x);
   for (auto& [t, n] : {std::pair{&out, "out"}, {&gates, "gates"}, {&dout, "dout"}, {&ds_final, "ds_final"},
                        {&dc_final, "dc_final"}, {&dcells, "dcells"}, {&C, "C"}, {&W_hh, "weight_hh"},
                        {&W_gg, "weight_gg"}, {&W_hr, "weight_hr"}, {&M, "M"}})

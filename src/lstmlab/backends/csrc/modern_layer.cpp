@@ -409,9 +409,7 @@ std::vector<at::Tensor> modern_forward(int64_t kind, int64_t act, int64_t fexp, 
                                        at::Tensor W_hh, at::Tensor b_hh, at::Tensor lengths, bool keep,
                                        int64_t small_limit, bool allow_pack, int64_t groups, int64_t workers,
                                        std::vector<int64_t> edges) {
-  const auto dt = x.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "lstmlab cpu backend: dtype ", dt,
-              " is not supported (float32, float64)");
+  const auto dt = kernel_dtype(x);
   for (auto& [t, n] : {std::pair{&x, "x"}, {&h0, "h0"}, {&c0, "c0"}, {&nm0, "nm0"}, {&W_ih, "weight_ih"},
                        {&b_ih, "bias_ih"}, {&W_hh, "weight_hh"}, {&b_hh, "bias_hh"}})
     check(*t, n, dt);
@@ -443,9 +441,7 @@ std::vector<at::Tensor> modern_backward(int64_t kind, int64_t act, int64_t fexp,
                                         at::Tensor dh_n, at::Tensor dc_n, at::Tensor da_n, bool want_norms,
                                         int64_t small_limit, bool allow_pack, int64_t groups, int64_t workers,
                                         std::vector<int64_t> edges) {
-  const auto dt = x.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "lstmlab cpu backend: dtype ", dt,
-              " is not supported (float32, float64)");
+  const auto dt = kernel_dtype(x);
   for (auto& [t, n] : {std::pair{&x, "x"}, {&h0, "h0"}, {&W_ih, "weight_ih"}, {&W_hh, "weight_hh"}, {&out, "out"},
                        {&K, "K"}, {&S, "S"}, {&dout, "dout"}, {&dh_n, "dh_n"}, {&dc_n, "dc_n"}, {&da_n, "da_n"}})
     check(*t, n, dt);

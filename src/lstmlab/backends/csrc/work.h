@@ -17,6 +17,14 @@ inline bool has(const at::Tensor& t) { return t.defined() && t.numel() > 0; }
 template <class T> T* ptr(const at::Tensor& t) { return has(t) ? t.data_ptr<T>() : nullptr; }
 
 // An argument the kernel reads: absent, or on the CPU, of this dtype, contiguous.
+// x's dtype, the one the kernel computes in: float32 or float64, else an error naming it.
+inline at::ScalarType kernel_dtype(const at::Tensor& x) {
+  const auto dt = x.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "lstmlab cpu backend: dtype ", dt,
+              " is not supported (float32, float64)");
+  return dt;
+}
+
 inline void check(const at::Tensor& t, const char* name, at::ScalarType dtype) {
   if (!has(t)) return;
   TORCH_CHECK(t.device().is_cpu(), "lstmlab cpu backend: ", name, " must be on the CPU");
