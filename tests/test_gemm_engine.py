@@ -72,6 +72,49 @@ def test_set_gemm_choice_refuses_unknown_codes(ext, bad):
     assert cpu.gemm_engine(torch.float64) == before  # unchanged
 
 
+# ---- the engines' products against torch's ---------------------------------------------------
+# (M, N, K): one element; fewer columns than a vector holds (dot products, or C^T formed);
+# one and several row blocks (128 rows) and depth blocks (512), shared between the threads
+# by rows or by columns of panels, or not shared (under 2^20 multiply-adds)
+PRODUCT_SHAPES = [(1, 1, 1), (5, 1, 7), (130, 1, 128), (37, 3, 600), (9, 7, 5), (300, 24, 513), (64, 200, 256),
+                  (3, 50, 1040), (129, 33, 20), (520, 40, 300), (260, 100, 600)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("engine", ENGINES)
+def test_products_match_torch_within_the_dot_product_error_bound(ext, engine, dtype):
+    """C [+]= op(A) op(B), each operand plain or transposed: the float64 product's value within
+    the bound on a sum of K products, 2 K eps (|op(A)| |op(B)| + |C|)."""
+    g = torch.Generator().manual_seed(0)
+    eps = torch.finfo(dtype).eps
+    ext.set_gemm_choice(ext.gemm_choices[engine])
+    for M, N, K in PRODUCT_SHAPES:
+        for trans_a in (False, True):
+            for trans_b in (False, True):
+                A = torch.randn(*((K, M) if trans_a else (M, K)), generator=g, dtype=dtype)
+                B = torch.randn(*((N, K) if trans_b else (K, N)), generator=g, dtype=dtype)
+                C0 = torch.randn(M, N, generator=g, dtype=dtype)
+                a, b = (A.t() if trans_a else A).double(), (B.t() if trans_b else B).double()
+                for accumulate in (False, True):
+                    C = C0.clone()
+                    ext.product(trans_a, trans_b, A, B, C, accumulate)
+                    want = a @ b + (C0.double() if accumulate else 0)
+                    bound = 2 * (K + 1) * eps * (a.abs() @ b.abs() + C0.double().abs())
+                    err = (C.double() - want).abs()
+                    where = f"{engine} {dtype} M={M} N={N} K={K} trans_a={trans_a} trans_b={trans_b} acc={accumulate}"
+                    assert bool((err <= bound).all()), f"{where}: max error {float(err.max()):.3g}"
+
+
+def test_product_refuses_what_it_cannot_multiply(ext):
+    f = torch.zeros(2, 3)
+    with pytest.raises(RuntimeError, match="shapes of op\\(A\\), op\\(B\\) and C do not agree"):
+        ext.product(False, False, f, f, torch.zeros(2, 3), False)
+    with pytest.raises(RuntimeError, match="contiguous 2-D CPU tensors of one dtype"):
+        ext.product(False, False, f, torch.zeros(3, 3, dtype=torch.float64), f, False)
+    with pytest.raises(RuntimeError, match="dtype Half is not supported"):
+        ext.product(False, False, f.half(), f.half(), f.half(), False)
+
+
 # ---- both engines compute the same ------------------------------------------------------------
 def run_layer_and_grads(model, x0, hx0, lengths):
     """Output, final states and the gradients of x, the initial state and every parameter of

@@ -119,8 +119,12 @@ inline void gemm_rows(int64_t K, const T* A, int64_t lda, const T* B, int64_t ld
 
 // With 32 vector registers (AVX-512) a block of 8 rows x 3 vectors keeps its 24
 // accumulators, the 3 vectors of B and a broadcast in registers; with 16 (AVX2) it would
-// spill, and blocks stay at 4 rows.
+// spill, and blocks stay at 4 rows. A 4-row block takes 4 vectors (16 accumulators) with
+// 32 registers; with 16 it takes 3 (12 accumulators, 3 vectors of B, a broadcast): 4
+// would spill, and on an AVX2 Zen 1 the 3-vector panels do 38 GFLOP/s a core where the
+// 4-vector ones did 23-27 (BENCHMARKS.md, "The product engines on an AVX2 machine").
 constexpr bool kEightRowBlocks = kVecBytes >= 64;
+constexpr int kFourRowVectors = kVecBytes >= 64 ? 4 : 3;
 
 // One panel of NV vectors of columns, all M rows: blocks of 8 rows (kEightRowBlocks,
 // NV <= 3), then of 4, then the rest; the panel of B is read once per block, from the L1
@@ -173,7 +177,7 @@ void gemm_panels(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const
 #undef LSTMLAB_PANEL
 }
 
-// Panels of 4 vectors below 8 rows (4-row blocks, 16 accumulators), of 3 from 8 rows on
+// Panels of kFourRowVectors vectors below 8 rows (4-row blocks), of 3 from 8 rows on
 // where the 8-row blocks fit (24 accumulators: each vector of B feeds 8 rows; measured in
 // BENCHMARKS.md). TA: op(A) = A^T, A stored K x M (its elements are broadcast one by one,
 // so the kernel reads them in either order at the same cost).
@@ -183,13 +187,13 @@ void gemm_small(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const 
   if (kEightRowBlocks && M >= 8)
     gemm_panels<T, 3, TA>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
   else
-    gemm_panels<T, 4, TA>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+    gemm_panels<T, kFourRowVectors, TA>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
 }
 
 // The columns of gemm_small's panels for M rows.
 template <class T>
 constexpr int64_t panel_width(int64_t M) {
-  return (kEightRowBlocks && M >= 8 ? 3 : 4) * Vec<T>::n;
+  return (kEightRowBlocks && M >= 8 ? 3 : kFourRowVectors) * Vec<T>::n;
 }
 
 // dst (cols x rows) = src (rows x cols) transposed, src's row i at row(i): 16 rows at a
@@ -233,7 +237,7 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const
                  int64_t ldc, bool accumulate) {
   if (pw == 3 * Vec<T>::n)
     gemm_panels<T, 3, TA, true>(M, N, K, A, lda, Bp, 0, C, ldc, accumulate);
-  else
+  else if constexpr (kFourRowVectors == 4)
     gemm_panels<T, 4, TA, true>(M, N, K, A, lda, Bp, 0, C, ldc, accumulate);
 }
 
@@ -249,42 +253,55 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const
 // threads); a plain B is read in place then.
 template <class T, bool TA = false>
 bool gemm_builtin(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
-                  int64_t ldc, bool accumulate, bool trans_b = false) {
+                  int64_t ldc, bool accumulate, bool trans_b = false, bool share = true) {
   constexpr int64_t kRowBlock = 128, kDepthBlock = 512;
   const int64_t pw = panel_width<T>(M), blocks = (M + kRowBlock - 1) / kRowBlock, panels = (N + pw - 1) / pw;
   std::unique_ptr<T[]> bp(M >= 16 || trans_b ? new (std::nothrow) T[std::min(kDepthBlock, K) * N] : nullptr);
   if (trans_b && !bp) return false;
   int64_t threads = 1;
 #ifdef _OPENMP
-  if (!omp_in_parallel() && M * N * K >= (int64_t(1) << 20)) threads = std::max(1, at::get_num_threads());
+  if (share && !omp_in_parallel() && M * N * K >= (int64_t(1) << 20)) threads = std::max(1, at::get_num_threads());
 #endif
   const bool by_rows = blocks >= 2 * threads || panels < threads;
   for (int64_t k0 = 0; k0 < K; k0 += kDepthBlock) {
     const int64_t kk = std::min(kDepthBlock, K - k0);
     const bool acc = accumulate || k0 > 0;
     if (bp) pack_panels<T>(pw, kk, N, trans_b ? B + k0 : B + k0 * ldb, ldb, bp.get(), trans_b);
-    auto part = [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    // ap: a thread's copy of a transposed A's block (or null: read in place)
+    auto part = [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1, T* ap) {
       if (m1 <= m0 || n1 <= n0) return;
       const T* a = TA ? A + k0 * lda + m0 : A + m0 * lda + k0;
+      int64_t la = lda;
+      if (TA && ap) {
+        for (int64_t k = 0; k < kk; ++k) std::memcpy(ap + k * (m1 - m0), a + k * lda, sizeof(T) * (m1 - m0));
+        a = ap;
+        la = m1 - m0;
+      }
       T* c = C + m0 * ldc + n0;
       if (bp)
-        gemm_packed<T, TA>(m1 - m0, n1 - n0, kk, a, lda, bp.get() + n0 * kk, pw, c, ldc, acc);
+        gemm_packed<T, TA>(m1 - m0, n1 - n0, kk, a, la, bp.get() + n0 * kk, pw, c, ldc, acc);
       else
-        gemm_small<T, TA>(m1 - m0, n1 - n0, kk, a, lda, B + k0 * ldb + n0, ldb, c, ldc, acc);
+        gemm_small<T, TA>(m1 - m0, n1 - n0, kk, a, la, B + k0 * ldb + n0, ldb, c, ldc, acc);
+    };
+    auto a_copy = [&] {
+      return std::unique_ptr<T[]>(TA && M > 4 ? new (std::nothrow) T[std::min(kRowBlock, M) * kk] : nullptr);
     };
     if (threads <= 1) {
-      for (int64_t b = 0; b < blocks; ++b) part(b * kRowBlock, std::min(M, (b + 1) * kRowBlock), 0, N);
+      const auto ap = a_copy();
+      for (int64_t b = 0; b < blocks; ++b) part(b * kRowBlock, std::min(M, (b + 1) * kRowBlock), 0, N, ap.get());
       continue;
     }
 #ifdef _OPENMP
 #pragma omp parallel num_threads((int)threads)
     {
       const int64_t nt = omp_get_num_threads(), me = omp_get_thread_num();
+      const auto ap = a_copy();
       if (by_rows) {
-        for (int64_t b = me; b < blocks; b += nt) part(b * kRowBlock, std::min(M, (b + 1) * kRowBlock), 0, N);
+        for (int64_t b = me; b < blocks; b += nt)
+          part(b * kRowBlock, std::min(M, (b + 1) * kRowBlock), 0, N, ap.get());
       } else {
         const int64_t n0 = std::min(N, panels * me / nt * pw), n1 = std::min(N, panels * (me + 1) / nt * pw);
-        for (int64_t b = 0; b < blocks; ++b) part(b * kRowBlock, std::min(M, (b + 1) * kRowBlock), n0, n1);
+        for (int64_t b = 0; b < blocks; ++b) part(b * kRowBlock, std::min(M, (b + 1) * kRowBlock), n0, n1, ap.get());
       }
     }
 #endif
@@ -292,24 +309,64 @@ bool gemm_builtin(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, cons
   return true;
 }
 
+// C (M x N, N below a vector's lanes) [+]= A (M x K) op(B): every element a dot product
+// along K of a row of A with a row of op(B)^T (B^T copied, N x K; a transposed B read in
+// place), in four vector accumulators. Returns false, having done nothing, where the copy
+// finds no memory.
+template <class T>
+bool gemm_narrow(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                 int64_t ldc, bool accumulate, bool trans_b) {
+  using V = vec_t<T>;
+  constexpr int L = Vec<T>::n;
+  std::unique_ptr<T[]> bt(trans_b ? nullptr : new (std::nothrow) T[N * K]);
+  if (!trans_b && !bt) return false;
+  if (!trans_b) transpose_into<T>(K, N, B, ldb, bt.get());
+  const T* b = trans_b ? B : bt.get();
+  const int64_t lb = trans_b ? ldb : K;
+  for (int64_t i = 0; i < M; ++i) {
+    const T* a = A + i * lda;
+    for (int64_t j = 0; j < N; ++j) {
+      const T* bj = b + j * lb;
+      V s[4] = {};
+      int64_t k = 0;
+      for (; k + 4 * L <= K; k += 4 * L)
+        for (int u = 0; u < 4; ++u) s[u] += load(a + k + u * L) * load(bj + k + u * L);
+      for (; k + L <= K; k += L) s[0] += load(a + k) * load(bj + k);
+      const V v = (s[0] + s[1]) + (s[2] + s[3]);
+      T dot = 0;
+      for (int l = 0; l < L; ++l) dot += v[l];
+      for (; k < K; ++k) dot += a[k] * bj[k];
+      C[i * ldc + j] = accumulate ? C[i * ldc + j] + dot : dot;
+    }
+  }
+  return true;
+}
+
 // The built-in kernel with transposed operands. op(A) = A^T is read in place (the kernel
-// broadcasts A's elements one by one, in either order at the same cost), but for fewer
-// columns than a vector holds (the weight gradients dP^T x at a small input size): (B^T
-// A)^T is formed then, with B and the result copied. A transposed B is transposed into
-// the packed panels (gemm_builtin). Returns false, having done nothing, where a copy finds
-// no memory (see gemm_builtin).
+// broadcasts A's elements one by one, in either order at the same cost; gemm_builtin
+// copies a large one's row blocks). A transposed B is transposed into the packed panels
+// (gemm_builtin). For fewer columns than a vector holds (dx = dP W_ih and dW_ih = dP^T x at
+// a small input size), where a panel would be one part-filled vector: gemm_narrow's dot
+// products for a plain A (at 128 x 1 over a depth of 128 the panels did 0.5 GFLOP/s on a
+// Zen 1), and for op(A) = A^T, C^T = op(B)^T A formed with op(B)^T's few rows broadcast and
+// C taken from it. Returns false, having done nothing, where a copy finds no memory (see
+// gemm_builtin).
 template <class T>
 bool gemm_builtin_op(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                      const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate) {
-  if (trans_a && !trans_b && N < Vec<T>::n && N < M) {
-    std::unique_ptr<T[]> bt(new (std::nothrow) T[N * K]), ct(new (std::nothrow) T[N * M]);
-    if (bt && ct) {
-      transpose_into<T>(K, N, B, ldb, bt.get());
-      gemm_builtin<T>(N, M, K, bt.get(), K, A, lda, ct.get(), M, false);
-      for (int64_t i = 0; i < M; ++i)
-        for (int64_t j = 0; j < N; ++j)
-          C[i * ldc + j] = accumulate ? C[i * ldc + j] + ct[j * M + i] : ct[j * M + i];
-      return true;
+  if (N < Vec<T>::n && N < M) {
+    if (!trans_a) {
+      if (gemm_narrow<T>(M, N, K, A, lda, B, ldb, C, ldc, accumulate, trans_b)) return true;
+    } else {
+      // op(B)^T (N x K) is B stored K x N read transposed, or B itself (stored N x K)
+      std::unique_ptr<T[]> ct(new (std::nothrow) T[N * M]);
+      if (ct && (trans_b ? gemm_builtin<T>(N, M, K, B, ldb, A, lda, ct.get(), M, false)
+                         : gemm_builtin<T, true>(N, M, K, B, ldb, A, lda, ct.get(), M, false))) {
+        for (int64_t i = 0; i < M; ++i)
+          for (int64_t j = 0; j < N; ++j)
+            C[i * ldc + j] = accumulate ? C[i * ldc + j] + ct[j * M + i] : ct[j * M + i];
+        return true;
+      }
     }
   }
   if (trans_a) return gemm_builtin<T, true>(M, N, K, A, lda, B, ldb, C, ldc, accumulate, trans_b);
@@ -339,32 +396,49 @@ inline void blas_call(const char* ta, const char* tb, const int* m, const int* n
   dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
-// One thread's time for a product of the recurrent kind (64 x 256 by 256 x 512) with the
-// built-in kernel and with the BLAS, each the best of 9 rounds of 4 products, the two
-// alternating round by round so that a change of clock speed or a neighbour's load falls on
-// both alike; the faster one is chosen. (Where the two are close either choice costs little;
-// a margin in the BLAS's favour made the choice flip between processes on a Zen 4, where the
-// built-in kernel is 6-46% faster at the layers' shapes but only ~20% on this product.)
+// One thread's time for two products with the built-in kernel (as gemm_builtin runs them,
+// operands packed) and with the BLAS, each the best of 9 rounds, the two alternating round
+// by round so that a change of clock speed or a neighbour's load falls on both alike; the
+// faster one is chosen. The two: a weight gradient's dP^T x (256 x 128 over a depth of 256,
+// op(A) = A^T), the most part of a backward's products, and a product of the recurrent kind
+// (64 x 256 by 256 x 512). (Where the two are close either choice costs little; a margin in
+// the BLAS's favour made the choice flip between processes on a Zen 4, where the built-in
+// kernel is 6-46% faster at the layers' shapes but only ~20% on the second product. On an
+// AVX2 Zen 1 the second alone, timed without packing, chose MKL, which is 1.2x slower
+// there at the in-loop products of H = 512.)
 template <class T>
 bool builtin_measured_faster() {
   if (!have_blas()) return true;  // at::mm on wrapped pointers: the built-in kernel is not slower
-  constexpr int64_t M = 64, K = 256, N = 512;
-  std::vector<T> a(M * K), b(K * N), c(M * N);
+  struct Product {
+    int64_t M, N, K;
+    bool ta;
+  };
+  constexpr Product kProducts[] = {{256, 128, 256, true}, {64, 512, 256, false}};
+  std::vector<T> a(256 * 256), b(256 * 512), c(256 * 512);
   for (size_t i = 0; i < a.size(); ++i) a[i] = T((i * 7 % 13) - 6) / T(16);
   for (size_t i = 0; i < b.size(); ++i) b[i] = T((i * 5 % 11) - 5) / T(16);
   const OneBlasThread one;
-  const int m = (int)N, n = (int)M, k = (int)K;
   const T one_ = 1, zero = 0;
   auto round = [&](auto&& f) {
     const auto t0 = std::chrono::steady_clock::now();
-    for (int r = 0; r < 4; ++r) f();
+    for (const Product& p : kProducts) f(p);
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   };
   double builtin = 1e30, blas = 1e30;
   for (int r = 0; r < 9; ++r) {
-    builtin = std::min(builtin, round([&] { gemm_small<T>(M, N, K, a.data(), K, b.data(), N, c.data(), N, false); }));
-    blas = std::min(
-        blas, round([&] { blas_call("N", "N", &m, &n, &k, &one_, b.data(), &m, a.data(), &k, &zero, c.data(), &m); }));
+    builtin = std::min(builtin, round([&](const Product& p) {
+                         if (p.ta)
+                           gemm_builtin<T, true>(p.M, p.N, p.K, a.data(), p.M, b.data(), p.N, c.data(), p.N, false,
+                                                 false, false);
+                         else
+                           gemm_builtin<T>(p.M, p.N, p.K, a.data(), p.K, b.data(), p.N, c.data(), p.N, false, false,
+                                           false);
+                       }));
+    blas = std::min(blas, round([&](const Product& p) {
+                      const int m = (int)p.N, n = (int)p.M, k = (int)p.K, lb = p.ta ? n : k;
+                      blas_call("N", p.ta ? "T" : "N", &m, &n, &k, &one_, b.data(), &m, a.data(), &lb, &zero,
+                                c.data(), &m);
+                    }));
   }
   return builtin < blas;
 }

@@ -967,6 +967,30 @@ py::dict read_clock() {
   return d;
 }
 
+// C [+]= op(A) op(B) with the engine the kernel's products use now (gemm.h `gemm`), on
+// contiguous 2-D tensors of one dtype (float32 or float64; op(X) = X^T when trans_x):
+// for tests of the engines against torch.
+template <class T>
+void product_of(bool trans_a, bool trans_b, const at::Tensor& A, const at::Tensor& B, at::Tensor& C, bool accumulate) {
+  const int64_t M = C.size(0), N = C.size(1), K = trans_a ? A.size(0) : A.size(1);
+  gemm<T>(trans_a, trans_b, M, N, K, A.data_ptr<T>(), A.size(1), B.data_ptr<T>(), B.size(1), C.data_ptr<T>(), N,
+          accumulate);
+}
+void product(bool trans_a, bool trans_b, const at::Tensor& A, const at::Tensor& B, at::Tensor& C, bool accumulate) {
+  const auto dt = kernel_dtype(C);
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&A, &B, &C})
+    TORCH_CHECK(t->device().is_cpu() && t->dim() == 2 && t->is_contiguous() && t->scalar_type() == dt,
+                "product: A, B and C must be contiguous 2-D CPU tensors of one dtype");
+  const int64_t M = C.size(0), N = C.size(1), K = trans_a ? A.size(0) : A.size(1);
+  TORCH_CHECK((trans_a ? A.size(1) : A.size(0)) == M && (trans_b ? B.size(1) : B.size(0)) == K &&
+                  (trans_b ? B.size(0) : B.size(1)) == N,
+              "product: the shapes of op(A), op(B) and C do not agree");
+  if (dt == at::kFloat)
+    product_of<float>(trans_a, trans_b, A, B, C, accumulate);
+  else
+    product_of<double>(trans_a, trans_b, A, B, C, accumulate);
+}
+
 }  // namespace
 }  // namespace lstmlab
 
@@ -984,6 +1008,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return is_double ? lstmlab::use_builtin<double>() : lstmlab::use_builtin<float>();
   });
   m.def("read_clock", &lstmlab::read_clock);
+  m.def("product", &lstmlab::product);
   m.attr("vector_bytes") = lstmlab::kVecBytes;
   m.attr("have_blas") = lstmlab::have_blas();
   // The cell, made by name and checked once (cell_from); its enums' tables of names.
