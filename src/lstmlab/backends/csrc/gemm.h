@@ -22,6 +22,8 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
+#include <functional>
 #include <memory>
 #include <new>
 #include <type_traits>
@@ -50,6 +52,9 @@ int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
 }
 
 namespace lstmlab {
+
+// MKL's CBLAS enums
+inline constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kB = 162;
 
 inline bool have_blas() { return sgemm_ != nullptr && dgemm_ != nullptr; }
 
@@ -396,51 +401,71 @@ inline void blas_call(const char* ta, const char* tb, const int* m, const int* n
   dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
-// One thread's time for two products with the built-in kernel (as gemm_builtin runs them,
-// operands packed) and with the BLAS, each the best of 9 rounds, the two alternating round
-// by round so that a change of clock speed or a neighbour's load falls on both alike; the
-// faster one is chosen. The two: a weight gradient's dP^T x (256 x 128 over a depth of 256,
-// op(A) = A^T), the most part of a backward's products, and a product of the recurrent kind
-// (64 x 256 by 256 x 512). (Where the two are close either choice costs little; a margin in
-// the BLAS's favour made the choice flip between processes on a Zen 4, where the built-in
-// kernel is 6-46% faster at the layers' shapes but only ~20% on the second product. On an
-// AVX2 Zen 1 the second alone, timed without packing, chose MKL, which is 1.2x slower
-// there at the in-loop products of H = 512.)
+// One thread's time for three products of the layers' kinds with the built-in kernel (as
+// the kernel runs them: gemm_builtin's packed copies, or weights packed once) and with the
+// BLAS (MKL's packed weights for the third where there are), each the best of 9 rounds, the
+// two engines alternating so that a change of clock speed or a neighbour's load falls on
+// both alike. The built-in kernel is chosen where its time over the BLAS's, geometric mean
+// over the three, is below 1. The three: a weight gradient's dP^T x (256 x 128 over a depth
+// of 256, op(A) = A^T, most of a backward's products); 64 x 256 by 256 x 512; an in-loop
+// product at 8 rows (8 x 256 by the weights 256 x 512). Each counts alike: timed as one sum,
+// the in-loop product, the smallest, counted for little, and on an AVX2 Zen 1 the first two
+// are within 3% of MKL's time either way while the in-loop products at H = 512 take 1.7x
+// longer with MKL; the choice flipped between processes there. (A margin in the BLAS's
+// favour made it flip on a Zen 4, where the built-in kernel is faster at every shape.)
 template <class T>
 bool builtin_measured_faster() {
   if (!have_blas()) return true;  // at::mm on wrapped pointers: the built-in kernel is not slower
-  struct Product {
-    int64_t M, N, K;
-    bool ta;
-  };
-  constexpr Product kProducts[] = {{256, 128, 256, true}, {64, 512, 256, false}};
-  std::vector<T> a(256 * 256), b(256 * 512), c(256 * 512);
+  constexpr int64_t K = 256, N = 512, kInLoopRows = 8;
+  constexpr bool is_float = std::is_same<T, float>::value;
+  std::vector<T> a(256 * K), b(K * N), c(256 * N), panels(K * N);
   for (size_t i = 0; i < a.size(); ++i) a[i] = T((i * 7 % 13) - 6) / T(16);
   for (size_t i = 0; i < b.size(); ++i) b[i] = T((i * 5 % 11) - 5) / T(16);
   const OneBlasThread one;
   const T one_ = 1, zero = 0;
-  auto round = [&](auto&& f) {
+  const int64_t pw = panel_width<T>(kInLoopRows);
+  pack_panels<T>(pw, K, N, b.data(), N, panels.data());
+  at::Tensor mkl_packed;
+  if constexpr (is_float)
+    if (cblas_sgemm_pack && cblas_sgemm_compute && cblas_sgemm_pack_get_size) {
+      mkl_packed = at::empty({(int64_t)cblas_sgemm_pack_get_size(kB, kInLoopRows, N, K)}, at::kByte);
+      cblas_sgemm_pack(kRowMajor, kB, kNoTrans, kInLoopRows, N, K, 1.0f, b.data(), N, (float*)mkl_packed.data_ptr());
+    }
+  // the BLAS, column-major: C (M x N) = op(A) B, A stored K x M when ta
+  auto blas = [&](int64_t M, int64_t n_cols, bool ta) {
+    const int m = (int)n_cols, n = (int)M, k = (int)K, lb = ta ? n : k;
+    blas_call("N", ta ? "T" : "N", &m, &n, &k, &one_, b.data(), &m, a.data(), &lb, &zero, c.data(), &m);
+  };
+  using Run = std::function<void()>;
+  const std::pair<Run, Run> products[] = {
+      {[&] { gemm_builtin<T, true>(256, 128, K, a.data(), 256, b.data(), 128, c.data(), 128, false, false, false); },
+       [&] { blas(256, 128, true); }},
+      {[&] { gemm_builtin<T>(64, N, K, a.data(), K, b.data(), N, c.data(), N, false, false, false); },
+       [&] { blas(64, N, false); }},
+      {[&] { gemm_packed<T>(kInLoopRows, N, K, a.data(), K, panels.data(), pw, c.data(), N, false); },
+       [&] {
+         if constexpr (is_float)
+           if (mkl_packed.defined())
+             return cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, kInLoopRows, N, K, a.data(), K,
+                                        (const float*)mkl_packed.data_ptr(), N, 0.0f, c.data(), N);
+         blas(kInLoopRows, N, false);
+       }},
+  };
+  auto seconds = [](const Run& f) {
     const auto t0 = std::chrono::steady_clock::now();
-    for (const Product& p : kProducts) f(p);
+    f();
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   };
-  double builtin = 1e30, blas = 1e30;
-  for (int r = 0; r < 9; ++r) {
-    builtin = std::min(builtin, round([&](const Product& p) {
-                         if (p.ta)
-                           gemm_builtin<T, true>(p.M, p.N, p.K, a.data(), p.M, b.data(), p.N, c.data(), p.N, false,
-                                                 false, false);
-                         else
-                           gemm_builtin<T>(p.M, p.N, p.K, a.data(), p.K, b.data(), p.N, c.data(), p.N, false, false,
-                                           false);
-                       }));
-    blas = std::min(blas, round([&](const Product& p) {
-                      const int m = (int)p.N, n = (int)p.M, k = (int)p.K, lb = p.ta ? n : k;
-                      blas_call("N", p.ta ? "T" : "N", &m, &n, &k, &one_, b.data(), &m, a.data(), &lb, &zero,
-                                c.data(), &m);
-                    }));
+  double log_ratio = 0;
+  for (const auto& [builtin, other] : products) {
+    double tb = 1e30, to = 1e30;
+    for (int r = 0; r < 9; ++r) {
+      tb = std::min(tb, seconds(builtin));
+      to = std::min(to, seconds(other));
+    }
+    log_ratio += std::log(tb / to);
   }
-  return builtin < blas;
+  return log_ratio < 0;
 }
 
 // Whether the products of type T use the built-in kernel for every size (measured or set;
@@ -676,8 +701,7 @@ class StepProduct {
     at::Tensor copy;  // the transposed copy or the panels (SMALL) or MKL's packed weights (PACKED)
     bool panels = false;  // SMALL: op(W) in pack_panels' order
   };
-  // MKL's CBLAS enums; packing pays off for few rows (measured: see BENCHMARKS.md)
-  static constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kB = 162;
+  // packing pays off for few rows (measured: see BENCHMARKS.md)
   static constexpr int64_t kPackMaxRows = 16;
   static constexpr size_t kPackMaxBytes = size_t(24) << 20;
   static constexpr int64_t kPanelPackBytes = 64 << 10;
