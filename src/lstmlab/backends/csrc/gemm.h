@@ -250,9 +250,11 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const
 // later ones accumulate): B's block packed in panels (pack_panels; a transposed B, stored
 // N x K, transposed into them; a plain one where the rows repay the copy: slstm's dW_hh
 // at H = 512 took 10% less time so), then C in blocks of kRowBlock rows (A's block stays
-// in the L2 cache while every panel passes), shared between torch's threads by row blocks,
-// or by column ranges of whole panels when there are too few row blocks; one thread inside
-// a team or for little work. The packed copy is one depth block's, not all of B's.
+// in the L2 cache while every panel passes), shared between torch's threads by rows (equal
+// ranges), or by column ranges of whole panels when there are few rows (below 32 a thread);
+// one thread inside a team or for little work. (Blocks of 128 rows dealt out, and columns
+// where there were fewer than two blocks a thread, gave one of two threads a third of
+// slstm's dW_hh at H = 64, 3 panels: 40 GFLOP/s against 30 with one thread.) The packed copy is one depth block's, not all of B's.
 // Returns false, having done nothing, when a transposed B finds no memory for its copy
 // (the caller takes the BLAS then; nothing here throws, as it may run inside a team of
 // threads); a plain B is read in place then.
@@ -267,7 +269,9 @@ bool gemm_builtin(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, cons
 #ifdef _OPENMP
   if (share && !omp_in_parallel() && M * N * K >= (int64_t(1) << 20)) threads = std::max(1, at::get_num_threads());
 #endif
-  const bool by_rows = blocks >= 2 * threads || panels < threads;
+  // each thread's rows: M / threads, on multiples of 8 (whole blocks of rows)
+  auto row_edge = [&](int64_t i, int64_t nt) { return i == nt ? M : M * i / nt / 8 * 8; };
+  const bool by_rows = M >= 32 * threads || panels < threads;
   for (int64_t k0 = 0; k0 < K; k0 += kDepthBlock) {
     const int64_t kk = std::min(kDepthBlock, K - k0);
     const bool acc = accumulate || k0 > 0;
@@ -302,8 +306,9 @@ bool gemm_builtin(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, cons
       const int64_t nt = omp_get_num_threads(), me = omp_get_thread_num();
       const auto ap = a_copy();
       if (by_rows) {
-        for (int64_t b = me; b < blocks; b += nt)
-          part(b * kRowBlock, std::min(M, (b + 1) * kRowBlock), 0, N, ap.get());
+        const int64_t r1 = row_edge(me + 1, nt);
+        for (int64_t m0 = row_edge(me, nt); m0 < r1; m0 += kRowBlock)
+          part(m0, std::min(r1, m0 + kRowBlock), 0, N, ap.get());
       } else {
         const int64_t n0 = std::min(N, panels * me / nt * pw), n1 = std::min(N, panels * (me + 1) / nt * pw);
         for (int64_t b = 0; b < blocks; ++b) part(b * kRowBlock, std::min(M, (b + 1) * kRowBlock), n0, n1, ap.get());
@@ -351,27 +356,26 @@ bool gemm_narrow(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const
 // broadcasts A's elements one by one, in either order at the same cost; gemm_builtin
 // copies a large one's row blocks). A transposed B is transposed into the packed panels
 // (gemm_builtin). For fewer columns than a vector holds (dx = dP W_ih and dW_ih = dP^T x at
-// a small input size), where a panel would be one part-filled vector: gemm_narrow's dot
+// a small input size), where a panel would be one part-filled vector, gemm_narrow's dot
 // products for a plain A (at 128 x 1 over a depth of 128 the panels did 0.5 GFLOP/s on a
-// Zen 1), and for op(A) = A^T, C^T = op(B)^T A formed with op(B)^T's few rows broadcast and
-// C taken from it. Returns false, having done nothing, where a copy finds no memory (see
-// gemm_builtin).
+// Zen 1); for op(A) = A^T and fewer columns than a panel, not whole vectors, C^T = op(B)^T
+// A, formed with op(B)^T's few rows broadcast, and C taken from it (dW_ih at I = 12, H =
+// 128: 9.5 GFLOP/s in a part-filled panel, 28 so, on a Zen 1). Returns false, having done
+// nothing, where a copy finds no memory (see gemm_builtin).
 template <class T>
 bool gemm_builtin_op(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                      const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate) {
-  if (N < Vec<T>::n && N < M) {
-    if (!trans_a) {
-      if (gemm_narrow<T>(M, N, K, A, lda, B, ldb, C, ldc, accumulate, trans_b)) return true;
-    } else {
-      // op(B)^T (N x K) is B stored K x N read transposed, or B itself (stored N x K)
-      std::unique_ptr<T[]> ct(new (std::nothrow) T[N * M]);
-      if (ct && (trans_b ? gemm_builtin<T>(N, M, K, B, ldb, A, lda, ct.get(), M, false)
-                         : gemm_builtin<T, true>(N, M, K, B, ldb, A, lda, ct.get(), M, false))) {
-        for (int64_t i = 0; i < M; ++i)
-          for (int64_t j = 0; j < N; ++j)
-            C[i * ldc + j] = accumulate ? C[i * ldc + j] + ct[j * M + i] : ct[j * M + i];
-        return true;
-      }
+  if (!trans_a && N < Vec<T>::n && N < M && gemm_narrow<T>(M, N, K, A, lda, B, ldb, C, ldc, accumulate, trans_b))
+    return true;
+  if (trans_a && N < M && N < panel_width<T>(M) && N % Vec<T>::n != 0) {
+    // op(B)^T (N x K) is B stored K x N read transposed, or B itself (stored N x K)
+    std::unique_ptr<T[]> ct(new (std::nothrow) T[N * M]);
+    if (ct && (trans_b ? gemm_builtin<T>(N, M, K, B, ldb, A, lda, ct.get(), M, false)
+                       : gemm_builtin<T, true>(N, M, K, B, ldb, A, lda, ct.get(), M, false))) {
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t j = 0; j < N; ++j)
+          C[i * ldc + j] = accumulate ? C[i * ldc + j] + ct[j * M + i] : ct[j * M + i];
+      return true;
     }
   }
   if (trans_a) return gemm_builtin<T, true>(M, N, K, A, lda, B, ldb, C, ldc, accumulate, trans_b);

@@ -47,10 +47,18 @@ template <class T> inline vec_t<T> load(const T* p) {
 template <class T> inline void store(T* p, vec_t<T> v) { std::memcpy(p, &v, sizeof v); }
 
 // Loads / stores of the first n (< lanes) elements; the rest of the vector is zero.
-// With AVX-512 these are masked moves, which never touch memory past p + n.
+// With AVX-512 and AVX2 these are masked moves, which never touch memory past p + n (a
+// memcpy of a run-time length, the fallback, is a library call: the built-in product's
+// last part-filled panel ran at 4 GFLOP/s on a Zen 1 where whole ones ran at 30).
+#if defined(__AVX2__) && !defined(__AVX512F__)
+inline __m256i lanes_below(int n) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
+inline __m256i lanes_below_pd(int n) { return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3)); }
+#endif
 inline vec_t<float> load_n(const float* p, int n) {
 #if defined(__AVX512F__)
   return (vec_t<float>)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p);
+#elif defined(__AVX2__)
+  return (vec_t<float>)_mm256_maskload_ps(p, lanes_below(n));
 #else
   vec_t<float> v = {};
   std::memcpy(&v, p, sizeof(float) * n);
@@ -60,6 +68,8 @@ inline vec_t<float> load_n(const float* p, int n) {
 inline vec_t<double> load_n(const double* p, int n) {
 #if defined(__AVX512F__)
   return (vec_t<double>)_mm512_maskz_loadu_pd((__mmask8)((1u << n) - 1), p);
+#elif defined(__AVX2__)
+  return (vec_t<double>)_mm256_maskload_pd(p, lanes_below_pd(n));
 #else
   vec_t<double> v = {};
   std::memcpy(&v, p, sizeof(double) * n);
@@ -69,6 +79,8 @@ inline vec_t<double> load_n(const double* p, int n) {
 inline void store_n(float* p, vec_t<float> v, int n) {
 #if defined(__AVX512F__)
   _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), (__m512)v);
+#elif defined(__AVX2__)
+  _mm256_maskstore_ps(p, lanes_below(n), (__m256)v);
 #else
   std::memcpy(p, &v, sizeof(float) * n);
 #endif
@@ -76,6 +88,8 @@ inline void store_n(float* p, vec_t<float> v, int n) {
 inline void store_n(double* p, vec_t<double> v, int n) {
 #if defined(__AVX512F__)
   _mm512_mask_storeu_pd(p, (__mmask8)((1u << n) - 1), (__m512d)v);
+#elif defined(__AVX2__)
+  _mm256_maskstore_pd(p, lanes_below_pd(n), (__m256d)v);
 #else
   std::memcpy(p, &v, sizeof(double) * n);
 #endif
