@@ -225,9 +225,11 @@ void transpose_into(int64_t rows, int64_t cols, const T* src, int64_t ld, T* dst
 // N x K) packed in panels of pw columns (panel_width; the last the rest), each K x its
 // width, contiguous, so that the product streams it from memory in order (in a row-major
 // B with a wide leading dimension each k's few vectors are on another page).
+// (first, stride: the panels first, first + stride, ...; a thread's share)
 template <class T>
-void pack_panels(int64_t pw, int64_t K, int64_t N, const T* B, int64_t ldb, T* dst, bool trans_b = false) {
-  for (int64_t n0 = 0; n0 < N; n0 += pw) {
+void pack_panels(int64_t pw, int64_t K, int64_t N, const T* B, int64_t ldb, T* dst, bool trans_b = false,
+                 int64_t first = 0, int64_t stride = 1) {
+  for (int64_t n0 = first * pw; n0 < N; n0 += stride * pw) {
     const int64_t w = std::min(pw, N - n0);
     if (trans_b)
       transpose_rows<T>(w, K, [&](int64_t j) { return B + (n0 + j) * ldb; }, dst + n0 * K);
@@ -254,10 +256,10 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const
 // ranges), or by column ranges of whole panels when there are few rows (below 32 a thread);
 // one thread inside a team or for little work. (Blocks of 128 rows dealt out, and columns
 // where there were fewer than two blocks a thread, gave one of two threads a third of
-// slstm's dW_hh at H = 64, 3 panels: 40 GFLOP/s against 30 with one thread.) The packed copy is one depth block's, not all of B's.
-// Returns false, having done nothing, when a transposed B finds no memory for its copy
-// (the caller takes the BLAS then; nothing here throws, as it may run inside a team of
-// threads); a plain B is read in place then.
+// slstm's dW_hh at H = 64, 3 panels: 40 GFLOP/s against 30 with one thread.) The packed
+// copy is one depth block's, not all of B's. Returns false, having done nothing, when a
+// transposed B finds no memory for its copy (the caller takes the BLAS then; nothing here
+// throws, as it may run inside a team of threads); a plain B is read in place then.
 template <class T, bool TA = false>
 bool gemm_builtin(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
                   int64_t ldc, bool accumulate, bool trans_b = false, bool share = true) {
@@ -272,50 +274,66 @@ bool gemm_builtin(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, cons
   // each thread's rows: M / threads, on multiples of 8 (whole blocks of rows)
   auto row_edge = [&](int64_t i, int64_t nt) { return i == nt ? M : M * i / nt / 8 * 8; };
   const bool by_rows = M >= 32 * threads || panels < threads;
-  for (int64_t k0 = 0; k0 < K; k0 += kDepthBlock) {
+  // a thread's copy of a transposed A's row block (or null: read in place)
+  auto a_copy = [&] {
+    return std::unique_ptr<T[]>(TA && M > 4 ? new (std::nothrow) T[std::min(kRowBlock, M) * std::min(kDepthBlock, K)]
+                                            : nullptr);
+  };
+  auto part = [&](int64_t k0, int64_t m0, int64_t m1, int64_t n0, int64_t n1, T* ap) {
+    if (m1 <= m0 || n1 <= n0) return;
     const int64_t kk = std::min(kDepthBlock, K - k0);
     const bool acc = accumulate || k0 > 0;
-    if (bp) pack_panels<T>(pw, kk, N, trans_b ? B + k0 : B + k0 * ldb, ldb, bp.get(), trans_b);
-    // ap: a thread's copy of a transposed A's block (or null: read in place)
-    auto part = [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1, T* ap) {
-      if (m1 <= m0 || n1 <= n0) return;
-      const T* a = TA ? A + k0 * lda + m0 : A + m0 * lda + k0;
-      int64_t la = lda;
-      if (TA && ap) {
-        for (int64_t k = 0; k < kk; ++k) std::memcpy(ap + k * (m1 - m0), a + k * lda, sizeof(T) * (m1 - m0));
-        a = ap;
-        la = m1 - m0;
-      }
-      T* c = C + m0 * ldc + n0;
-      if (bp)
-        gemm_packed<T, TA>(m1 - m0, n1 - n0, kk, a, la, bp.get() + n0 * kk, pw, c, ldc, acc);
-      else
-        gemm_small<T, TA>(m1 - m0, n1 - n0, kk, a, la, B + k0 * ldb + n0, ldb, c, ldc, acc);
-    };
-    auto a_copy = [&] {
-      return std::unique_ptr<T[]>(TA && M > 4 ? new (std::nothrow) T[std::min(kRowBlock, M) * kk] : nullptr);
-    };
-    if (threads <= 1) {
-      const auto ap = a_copy();
-      for (int64_t b = 0; b < blocks; ++b) part(b * kRowBlock, std::min(M, (b + 1) * kRowBlock), 0, N, ap.get());
-      continue;
+    const T* a = TA ? A + k0 * lda + m0 : A + m0 * lda + k0;
+    int64_t la = lda;
+    if (TA && ap) {
+      for (int64_t k = 0; k < kk; ++k) std::memcpy(ap + k * (m1 - m0), a + k * lda, sizeof(T) * (m1 - m0));
+      a = ap;
+      la = m1 - m0;
     }
+    T* c = C + m0 * ldc + n0;
+    if (bp)
+      gemm_packed<T, TA>(m1 - m0, n1 - n0, kk, a, la, bp.get() + n0 * kk, pw, c, ldc, acc);
+    else
+      gemm_small<T, TA>(m1 - m0, n1 - n0, kk, a, la, B + k0 * ldb + n0, ldb, c, ldc, acc);
+  };
+  // depth block k0's panels of B, the share from panel `first` in steps of `stride`
+  auto pack = [&](int64_t k0, int64_t first, int64_t stride) {
+    if (bp)
+      pack_panels<T>(pw, std::min(kDepthBlock, K - k0), N, trans_b ? B + k0 : B + k0 * ldb, ldb, bp.get(), trans_b,
+                     first, stride);
+  };
+  if (threads <= 1) {
+    const auto ap = a_copy();
+    for (int64_t k0 = 0; k0 < K; k0 += kDepthBlock) {
+      pack(k0, 0, 1);
+      for (int64_t b = 0; b < blocks; ++b) part(k0, b * kRowBlock, std::min(M, (b + 1) * kRowBlock), 0, N, ap.get());
+    }
+    return true;
+  }
 #ifdef _OPENMP
+  // one team for all depth blocks; each packs its share of a block's panels (the copy made
+  // by one thread alone kept the other waiting: slstm's dW_hh at H = 256 copies 512 KiB a
+  // block)
 #pragma omp parallel num_threads((int)threads)
-    {
-      const int64_t nt = omp_get_num_threads(), me = omp_get_thread_num();
-      const auto ap = a_copy();
+  {
+    const int64_t nt = omp_get_num_threads(), me = omp_get_thread_num();
+    const auto ap = a_copy();
+    for (int64_t k0 = 0; k0 < K; k0 += kDepthBlock) {
+      pack(k0, me, nt);
+#pragma omp barrier
       if (by_rows) {
         const int64_t r1 = row_edge(me + 1, nt);
         for (int64_t m0 = row_edge(me, nt); m0 < r1; m0 += kRowBlock)
-          part(m0, std::min(r1, m0 + kRowBlock), 0, N, ap.get());
+          part(k0, m0, std::min(r1, m0 + kRowBlock), 0, N, ap.get());
       } else {
         const int64_t n0 = std::min(N, panels * me / nt * pw), n1 = std::min(N, panels * (me + 1) / nt * pw);
-        for (int64_t b = 0; b < blocks; ++b) part(b * kRowBlock, std::min(M, (b + 1) * kRowBlock), n0, n1, ap.get());
+        for (int64_t b = 0; b < blocks; ++b)
+          part(k0, b * kRowBlock, std::min(M, (b + 1) * kRowBlock), n0, n1, ap.get());
       }
+#pragma omp barrier
     }
-#endif
   }
+#endif
   return true;
 }
 
