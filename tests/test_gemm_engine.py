@@ -64,6 +64,21 @@ def test_set_gemm_choice_overrides_at_any_time_and_auto_keeps_its_measurement(ex
             assert cpu.gemm_engine(dt) == (measured[dt] if name == "auto" else name), (name, dt)
 
 
+def test_auto_takes_the_builtin_product_where_its_measured_time_ratios_say_so(ext):
+    """The measurement at load: three time ratios (built-in / BLAS) per dtype, and auto's
+    choice is the built-in product exactly where their geometric mean is below 1."""
+    ext.set_gemm_choice(ext.gemm_choices["auto"])
+    for double, dtype in ((False, torch.float32), (True, torch.float64)):
+        ratios = ext.gemm_time_ratios(double)
+        if not ext.have_blas:
+            assert ratios == [] and cpu.gemm_engine(dtype) == "builtin"
+            continue
+        assert len(ratios) == 3 and all(0 < r < float("inf") for r in ratios), ratios
+        geomean = (ratios[0] * ratios[1] * ratios[2]) ** (1 / 3)
+        assert cpu.gemm_engine(dtype) == ("builtin" if geomean < 1 else "blas"), ratios
+        assert ext.gemm_time_ratios(double) == ratios  # measured once
+
+
 @pytest.mark.parametrize("bad", [-1, 3, 100])
 def test_set_gemm_choice_refuses_unknown_codes(ext, bad):
     before = cpu.gemm_engine(torch.float64)

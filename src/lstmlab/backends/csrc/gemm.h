@@ -425,10 +425,11 @@ inline void blas_call(const char* ta, const char* tb, const int* m, const int* n
 
 // One thread's time for three products of the layers' kinds with the built-in kernel (as
 // the kernel runs them: gemm_builtin's packed copies, or weights packed once) and with the
-// BLAS (MKL's packed weights for the third where there are), each the best of 9 rounds, the
-// two engines alternating so that a change of clock speed or a neighbour's load falls on
-// both alike. The built-in kernel is chosen where its time over the BLAS's, geometric mean
-// over the three, is below 1. The three: a weight gradient's dP^T x (256 x 128 over a depth
+// BLAS (MKL's packed weights for the third where there are), each the best of 9 rounds after
+// an untimed one, the two engines alternating so that a change of clock speed or a neighbour's load falls on
+// both alike: the three time ratios (built-in / BLAS), in this order; none without a BLAS
+// (at::mm on wrapped pointers then, where the built-in kernel is not slower). use_builtin
+// takes the built-in kernel where their geometric mean is below 1. The three: a weight gradient's dP^T x (256 x 128 over a depth
 // of 256, op(A) = A^T, most of a backward's products); 64 x 256 by 256 x 512; an in-loop
 // product at 8 rows (8 x 256 by the weights 256 x 512). Each counts alike: timed as one sum,
 // the in-loop product, the smallest, counted for little, and on an AVX2 Zen 1 the first two
@@ -436,8 +437,8 @@ inline void blas_call(const char* ta, const char* tb, const int* m, const int* n
 // longer with MKL; the choice flipped between processes there. (A margin in the BLAS's
 // favour made it flip on a Zen 4, where the built-in kernel is faster at every shape.)
 template <class T>
-bool builtin_measured_faster() {
-  if (!have_blas()) return true;  // at::mm on wrapped pointers: the built-in kernel is not slower
+std::vector<double> measure_engines() {
+  if (!have_blas()) return {};
   constexpr int64_t K = 256, N = 512, kInLoopRows = 8;
   constexpr bool is_float = std::is_same<T, float>::value;
   std::vector<T> a(256 * K), b(K * N), c(256 * N), panels(K * N);
@@ -478,16 +479,25 @@ bool builtin_measured_faster() {
     f();
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   };
-  double log_ratio = 0;
+  std::vector<double> ratios;
   for (const auto& [builtin, other] : products) {
     double tb = 1e30, to = 1e30;
+    builtin();  // untimed: first touches, the BLAS's set-up
+    other();
     for (int r = 0; r < 9; ++r) {
       tb = std::min(tb, seconds(builtin));
       to = std::min(to, seconds(other));
     }
-    log_ratio += std::log(tb / to);
+    ratios.push_back(tb / to);
   }
-  return log_ratio < 0;
+  return ratios;
+}
+
+// measure_engines' ratios for T, measured once per process.
+template <class T>
+const std::vector<double>& engine_ratios() {
+  static const std::vector<double> ratios = measure_engines<T>();
+  return ratios;
 }
 
 // Whether the products of type T use the built-in kernel for every size (measured or set;
@@ -496,7 +506,11 @@ template <class T>
 bool use_builtin() {
   const int c = gemm_choice();
   if (c != GEMM_AUTO) return c == GEMM_BUILTIN;
-  static const bool faster = builtin_measured_faster<T>();
+  static const bool faster = [] {
+    double log_ratio = 0;
+    for (double r : engine_ratios<T>()) log_ratio += std::log(r);
+    return log_ratio < 0;  // also without a BLAS (no ratios)
+  }();
   return faster;
 }
 

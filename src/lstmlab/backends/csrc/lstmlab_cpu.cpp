@@ -1007,6 +1007,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_uses_builtin", [](bool is_double) {
     return is_double ? lstmlab::use_builtin<double>() : lstmlab::use_builtin<float>();
   });
+  m.def("gemm_time_ratios", [](bool is_double) {
+    return is_double ? lstmlab::engine_ratios<double>() : lstmlab::engine_ratios<float>();
+  });
   m.def("read_clock", &lstmlab::read_clock);
   m.def("product", &lstmlab::product);
   m.attr("vector_bytes") = lstmlab::kVecBytes;
