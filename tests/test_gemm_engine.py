@@ -92,8 +92,21 @@ def test_set_gemm_choice_refuses_unknown_codes(ext, bad):
 # formed, or a part-filled vector: masked loads and stores);
 # one and several row blocks (128 rows) and depth blocks (512), shared between the threads
 # by rows or by columns of panels, or not shared (under 2^20 multiply-adds)
-PRODUCT_SHAPES = [(1, 1, 1), (5, 1, 7), (130, 1, 128), (37, 3, 600), (9, 7, 5), (300, 24, 513), (64, 200, 256),
-                  (3, 50, 1040), (129, 33, 20), (520, 40, 300), (260, 100, 600), (200, 12, 700), (300, 20, 513)]
+PRODUCT_SHAPES = [
+    (1, 1, 1),
+    (5, 1, 7),
+    (130, 1, 128),
+    (37, 3, 600),
+    (9, 7, 5),
+    (300, 24, 513),
+    (64, 200, 256),
+    (3, 50, 1040),
+    (129, 33, 20),
+    (520, 40, 300),
+    (260, 100, 600),
+    (200, 12, 700),
+    (300, 20, 513),
+]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
