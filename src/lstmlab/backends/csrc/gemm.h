@@ -8,9 +8,10 @@
 // Unless the built-in kernel is the faster one on this machine (use_builtin): MKL runs
 // its AVX2 code on CPUs that are not Intel's, where this kernel, compiled for the host,
 // uses all of AVX-512. On an AMD EPYC (Zen 5) it does 150-220 GFLOP/s a core against MKL's
-// 50-85 at the kernel's shapes (BENCHMARKS.md, "The product engines"). Which one is faster
-// is measured once per process and type (about 50 ms for both at load, in
-// lstmlab.backends.cpu), or set (LSTMLAB_GEMM). Where the two are close, another process may
+// 50-85 at the kernel's shapes (BENCHMARKS.md, "The product engines"); on an AVX2 Zen 1,
+// where MKL's code is the same width, 30-38 against MKL's 22-33, and 1.7x its rate in the
+// loop at 8 rows. Which one is faster is measured once per process and type (about 80 ms
+// for both at load, in lstmlab.backends.cpu; measure_engines), or set (LSTMLAB_GEMM). Where the two are close, another process may
 // choose the other: for bitwise-equal results across processes, set LSTMLAB_GEMM.
 #pragma once
 #include <ATen/Parallel.h>
