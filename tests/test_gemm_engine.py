@@ -88,12 +88,13 @@ def test_set_gemm_choice_refuses_unknown_codes(ext, bad):
 
 
 # ---- the engines' products against torch's ---------------------------------------------------
-# (M, N, K): one element; fewer columns than a vector or a panel holds (dot products, or C^T
-# formed, or a part-filled vector: masked loads and stores);
-# one and several row blocks (128 rows) and depth blocks (512), shared between the threads
-# by rows or by columns of panels, or not shared (under 2^20 multiply-adds)
+# (M, N, K): one element; no depth; fewer columns than a vector or a panel holds (dot
+# products, or C^T formed, or a part-filled vector: masked loads and stores); one and
+# several row blocks (128 rows) and depth blocks (512), shared between the threads by rows
+# or by columns of panels (few rows), or not shared (under 2^20 multiply-adds)
 PRODUCT_SHAPES = [
     (1, 1, 1),
+    (5, 6, 0),
     (5, 1, 7),
     (130, 1, 128),
     (37, 3, 600),
@@ -106,40 +107,64 @@ PRODUCT_SHAPES = [
     (260, 100, 600),
     (200, 12, 700),
     (300, 20, 513),
+    (24, 400, 200),
+    (40, 10, 3000),
 ]
+
+
+def _in_wider(rows, cols, g, dtype):
+    """A rows x cols operand whose rows are 3 apart more than their length (the columns 1 to
+    cols of a wider tensor), and that tensor."""
+    wide = torch.randn(rows, cols + 3, generator=g, dtype=dtype)
+    return wide[:, 1 : cols + 1], wide
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("engine", ENGINES)
 def test_products_match_torch_within_the_dot_product_error_bound(ext, engine, dtype):
-    """C [+]= op(A) op(B), each operand plain or transposed: the float64 product's value within
-    the bound on a sum of K products, 2 K eps (|op(A)| |op(B)| + |C|)."""
+    """C [+]= op(A) op(B), each operand plain or transposed, every one a slice of a wider
+    tensor (leading dimensions beyond the widths), with 4 threads: the float64 product's
+    value within the bound on a sum of K products, 2 (K + 1) eps (|op(A)| |op(B)| + |C|),
+    and C's tensor untouched outside the slice."""
     g = torch.Generator().manual_seed(0)
     eps = torch.finfo(dtype).eps
     ext.set_gemm_choice(ext.gemm_choices[engine])
-    for M, N, K in PRODUCT_SHAPES:
-        for trans_a in (False, True):
-            for trans_b in (False, True):
-                A = torch.randn(*((K, M) if trans_a else (M, K)), generator=g, dtype=dtype)
-                B = torch.randn(*((N, K) if trans_b else (K, N)), generator=g, dtype=dtype)
-                C0 = torch.randn(M, N, generator=g, dtype=dtype)
-                a, b = (A.t() if trans_a else A).double(), (B.t() if trans_b else B).double()
-                for accumulate in (False, True):
-                    C = C0.clone()
-                    ext.product(trans_a, trans_b, A, B, C, accumulate)
-                    want = a @ b + (C0.double() if accumulate else 0)
-                    bound = 2 * (K + 1) * eps * (a.abs() @ b.abs() + C0.double().abs())
-                    err = (C.double() - want).abs()
-                    where = f"{engine} {dtype} M={M} N={N} K={K} trans_a={trans_a} trans_b={trans_b} acc={accumulate}"
-                    assert bool((err <= bound).all()), f"{where}: max error {float(err.max()):.3g}"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        for M, N, K in PRODUCT_SHAPES:
+            for trans_a in (False, True):
+                for trans_b in (False, True):
+                    A, _ = _in_wider(*((K, M) if trans_a else (M, K)), g, dtype)
+                    B, _ = _in_wider(*((N, K) if trans_b else (K, N)), g, dtype)
+                    C0, C0_wide = _in_wider(M, N, g, dtype)
+                    a, b = (A.t() if trans_a else A).double(), (B.t() if trans_b else B).double()
+                    for accumulate in (False, True):
+                        C_wide = C0_wide.clone()
+                        C = C_wide[:, 1 : N + 1]
+                        ext.product(trans_a, trans_b, A, B, C, accumulate)
+                        want = a @ b + (C0.double() if accumulate else 0)
+                        bound = 2 * (K + 1) * eps * (a.abs() @ b.abs() + C0.double().abs())
+                        err = (C.double() - want).abs()
+                        where = (
+                            f"{engine} {dtype} M={M} N={N} K={K} trans_a={trans_a} trans_b={trans_b} acc={accumulate}"
+                        )
+                        assert bool((err <= bound).all()), f"{where}: max error {float(err.max()):.3g}"
+                        outside = torch.ones_like(C_wide, dtype=torch.bool)
+                        outside[:, 1 : N + 1] = False
+                        assert torch.equal(C_wide[outside], C0_wide[outside]), f"{where}: wrote outside C"
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_product_refuses_what_it_cannot_multiply(ext):
     f = torch.zeros(2, 3)
     with pytest.raises(RuntimeError, match="shapes of op\\(A\\), op\\(B\\) and C do not agree"):
         ext.product(False, False, f, f, torch.zeros(2, 3), False)
-    with pytest.raises(RuntimeError, match="contiguous 2-D CPU tensors of one dtype"):
+    with pytest.raises(RuntimeError, match="row-major 2-D CPU tensors of one dtype"):
         ext.product(False, False, f, torch.zeros(3, 3, dtype=torch.float64), f, False)
+    with pytest.raises(RuntimeError, match="row-major 2-D CPU tensors of one dtype"):
+        ext.product(False, False, f, torch.zeros(3, 3), torch.zeros(3, 2).t(), False)
     with pytest.raises(RuntimeError, match="dtype Half is not supported"):
         ext.product(False, False, f.half(), f.half(), f.half(), False)
 

@@ -126,9 +126,10 @@ inline void gemm_rows(int64_t K, const T* A, int64_t lda, const T* B, int64_t ld
 // With 32 vector registers (AVX-512) a block of 8 rows x 3 vectors keeps its 24
 // accumulators, the 3 vectors of B and a broadcast in registers; with 16 (AVX2) it would
 // spill, and blocks stay at 4 rows. A 4-row block takes 4 vectors (16 accumulators) with
-// 32 registers; with 16 it takes 3 (12 accumulators, 3 vectors of B, a broadcast): 4
-// would spill, and on an AVX2 Zen 1 the 3-vector panels do 38 GFLOP/s a core where the
-// 4-vector ones did 23-27 (BENCHMARKS.md, "The product engines on an AVX2 machine").
+// 32 registers; with 16 (AVX2, and SSE2 or NEON where narrower vectors emulate these) it
+// takes 3 (12 accumulators, 3 vectors of B, a broadcast): 4 would spill, and on an AVX2
+// Zen 1 the 3-vector panels do 38 GFLOP/s a core where the 4-vector ones did 23-27
+// (BENCHMARKS.md, "A third machine: an AVX2 Zen 1").
 constexpr bool kEightRowBlocks = kVecBytes >= 64;
 constexpr int kFourRowVectors = kVecBytes >= 64 ? 4 : 3;
 
@@ -340,8 +341,8 @@ bool gemm_builtin(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, cons
 
 // C (M x N, N below a vector's lanes) [+]= A (M x K) op(B): every element a dot product
 // along K of a row of A with a row of op(B)^T (B^T copied, N x K; a transposed B read in
-// place), in four vector accumulators. Returns false, having done nothing, where the copy
-// finds no memory.
+// place), in four vector accumulators; rows shared between the threads as gemm_builtin
+// shares them. Returns false, having done nothing, where the copy finds no memory.
 template <class T>
 bool gemm_narrow(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
                  int64_t ldc, bool accumulate, bool trans_b) {
@@ -352,6 +353,12 @@ bool gemm_narrow(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const
   if (!trans_b) transpose_into<T>(K, N, B, ldb, bt.get());
   const T* b = trans_b ? B : bt.get();
   const int64_t lb = trans_b ? ldb : K;
+  // rows shared between torch's threads for much work outside a team (the modern path's dx
+  // over the whole sequence); nothing in the loop throws
+#ifdef _OPENMP
+  const int threads = !omp_in_parallel() && M * N * K >= (int64_t(1) << 20) ? std::max(1, at::get_num_threads()) : 1;
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
+#endif
   for (int64_t i = 0; i < M; ++i) {
     const T* a = A + i * lda;
     for (int64_t j = 0; j < N; ++j) {
@@ -508,9 +515,11 @@ bool use_builtin() {
   const int c = gemm_choice();
   if (c != GEMM_AUTO) return c == GEMM_BUILTIN;
   static const bool faster = [] {
+    const std::vector<double>& ratios = engine_ratios<T>();
+    if (ratios.empty()) return true;  // no BLAS: at::mm on wrapped pointers is not faster
     double log_ratio = 0;
-    for (double r : engine_ratios<T>()) log_ratio += std::log(r);
-    return log_ratio < 0;  // also without a BLAS (no ratios)
+    for (double r : ratios) log_ratio += std::log(r);
+    return log_ratio < 0;
   }();
   return faster;
 }

@@ -968,19 +968,21 @@ py::dict read_clock() {
 }
 
 // C [+]= op(A) op(B) with the engine the kernel's products use now (gemm.h `gemm`), on
-// contiguous 2-D tensors of one dtype (float32 or float64; op(X) = X^T when trans_x):
-// for tests of the engines against torch.
+// row-major 2-D tensors of one dtype (float32 or float64; rows may be further apart than
+// their length, as in a slice of columns; op(X) = X^T when trans_x): for tests of the
+// engines against torch.
 template <class T>
 void product_of(bool trans_a, bool trans_b, const at::Tensor& A, const at::Tensor& B, at::Tensor& C, bool accumulate) {
   const int64_t M = C.size(0), N = C.size(1), K = trans_a ? A.size(0) : A.size(1);
-  gemm<T>(trans_a, trans_b, M, N, K, A.data_ptr<T>(), A.size(1), B.data_ptr<T>(), B.size(1), C.data_ptr<T>(), N,
-          accumulate);
+  gemm<T>(trans_a, trans_b, M, N, K, A.data_ptr<T>(), A.stride(0), B.data_ptr<T>(), B.stride(0), C.data_ptr<T>(),
+          C.stride(0), accumulate);
 }
 void product(bool trans_a, bool trans_b, const at::Tensor& A, const at::Tensor& B, at::Tensor& C, bool accumulate) {
   const auto dt = kernel_dtype(C);
   for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&A, &B, &C})
-    TORCH_CHECK(t->device().is_cpu() && t->dim() == 2 && t->is_contiguous() && t->scalar_type() == dt,
-                "product: A, B and C must be contiguous 2-D CPU tensors of one dtype");
+    TORCH_CHECK(t->device().is_cpu() && t->dim() == 2 && t->scalar_type() == dt && t->stride(1) == 1 &&
+                    t->stride(0) >= std::max<int64_t>(1, t->size(1)),
+                "product: A, B and C must be row-major 2-D CPU tensors of one dtype");
   const int64_t M = C.size(0), N = C.size(1), K = trans_a ? A.size(0) : A.size(1);
   TORCH_CHECK((trans_a ? A.size(1) : A.size(0)) == M && (trans_b ? B.size(1) : B.size(0)) == K &&
                   (trans_b ? B.size(0) : B.size(1)) == N,
