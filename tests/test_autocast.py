@@ -4,6 +4,7 @@ dtypes (torch's: LSTM and RNN in bfloat16, GRU in float32), values and float32 p
 gradients within bfloat16's tolerance; every registered cell runs, its dtypes by kind and
 the backends agreeing; float64 is left alone, as autocast leaves it."""
 
+import functools
 import importlib
 
 import pytest
@@ -31,6 +32,26 @@ TWINS = {
 }
 
 
+@functools.cache
+def torch_lstm_fails_under_autocast() -> str | None:
+    """Why torch.nn.LSTM itself cannot run under bfloat16 autocast here, or None: it runs
+    oneDNN's bfloat16 LSTM, which some CPUs lack (an AVX2 Zen 1: "could not create a
+    primitive descriptor"). The comparisons with it are skipped there, not failed: the
+    reference does not exist on that machine."""
+    try:
+        with torch.autocast("cpu", dtype=BF16):
+            torch.nn.LSTM(3, 4)(torch.randn(2, 1, 3))
+    except RuntimeError as e:
+        return f"torch.nn.LSTM fails under bfloat16 autocast on this CPU: {e}"
+    return None
+
+
+def skip_without_torch_lstm():
+    why = torch_lstm_fails_under_autocast()
+    if why:
+        pytest.skip(why)
+
+
 def as_tuple(state):
     return state if isinstance(state, tuple) else (state,)
 
@@ -48,6 +69,8 @@ def run(m, x, hx=None):
 
 @pytest.mark.parametrize("cell,backend", [(c, b) for c in TWINS for b in BACKENDS if runs(b, c)])
 def test_matches_torch_under_autocast(cell, backend):
+    if cell == "lstm":
+        skip_without_torch_lstm()
     cls, kw = TWINS[cell]
     torch.manual_seed(0)
     ours = lstmlab.Recurrent(5, 8, cell=cell, num_layers=2, bidirectional=True, backend=backend)
@@ -71,6 +94,7 @@ def test_matches_torch_under_autocast(cell, backend):
 
 def test_torch_dtypes_are_what_lstmlab_documents():
     """The rule backends/__init__.py describes, read off torch itself."""
+    skip_without_torch_lstm()
     x = torch.randn(4, 2, 3)
     with torch.autocast("cpu", dtype=BF16):
         lstm = torch.nn.LSTM(3, 4)(x)
